@@ -1,0 +1,17 @@
+"""The Matrix client-server API (and the admin API operators' tools use).
+
+Routes only parse, authorize, call one service and serialize; they never touch storage.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from client_api import account, admin, devices, login, profile, register, versions
+
+_MODULES = (versions, login, register, account, devices, profile, admin)
+
+
+def add_client_routes(app: web.Application) -> None:
+    for module in _MODULES:
+        module.routes.add_to(app.router)

@@ -1,0 +1,82 @@
+"""Devices: list, get, rename, delete (/devices, /delete_devices)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from client_api._routing import ClientRoutes
+from client_api.auth import require_requester
+from client_api.models import AuthOnlyBody, DeleteDevicesBody, DeviceUpdateBody, parse_body
+from homeserver.appkeys import SERVICES
+from homeserver.http.json import json_response, read_json_object
+from homeserver.services.uia import PASSWORD
+from storage.stores.devices import Device
+
+routes = ClientRoutes()
+
+
+def device_json(device: Device) -> dict[str, Any]:
+    body: dict[str, Any] = {"device_id": device.device_id}
+    for key, value in (("display_name", device.display_name),
+                       ("last_seen_ip", device.last_seen_ip),
+                       ("last_seen_ts", device.last_seen_ts)):
+        if value is not None:
+            body[key] = value
+    return body
+
+
+@routes.get("/devices")
+async def get_devices(request: web.Request) -> web.Response:
+    """GET /_matrix/client/v3/devices"""
+    requester = await require_requester(request)
+    devices = await request.app[SERVICES].devices.list_devices(requester.user_id)
+    return json_response({"devices": [device_json(d) for d in devices]})
+
+
+@routes.get("/devices/{device_id}")
+async def get_device(request: web.Request) -> web.Response:
+    """GET /_matrix/client/v3/devices/{deviceId}"""
+    requester = await require_requester(request)
+    device = await request.app[SERVICES].devices.get_device(
+        requester.user_id, request.match_info["device_id"])
+    return json_response(device_json(device))
+
+
+@routes.put("/devices/{device_id}")
+async def put_device(request: web.Request) -> web.Response:
+    """PUT /_matrix/client/v3/devices/{deviceId}"""
+    requester = await require_requester(request)
+    body = parse_body(DeviceUpdateBody, await read_json_object(request, allow_empty=True))
+    await request.app[SERVICES].devices.rename(
+        requester.user_id, request.match_info["device_id"], body.display_name)
+    return json_response({})
+
+
+@routes.delete("/devices/{device_id}")
+async def delete_device(request: web.Request) -> web.Response:
+    """DELETE /_matrix/client/v3/devices/{deviceId}"""
+    services = request.app[SERVICES]
+    requester = await require_requester(request)
+    body = parse_body(AuthOnlyBody, await read_json_object(request, allow_empty=True))
+    device_id = request.match_info["device_id"]
+    await services.devices.get_device(requester.user_id, device_id)  # 404 before UIA
+    await services.uia.authenticate([[PASSWORD]], body.auth, method=request.method,
+                                    uri=request.path, user_id=requester.user_id)
+    await services.devices.delete(requester.user_id, [device_id])
+    await services.uia.finish(body.auth)
+    return json_response({})
+
+
+@routes.post("/delete_devices")
+async def post_delete_devices(request: web.Request) -> web.Response:
+    """POST /_matrix/client/v3/delete_devices"""
+    services = request.app[SERVICES]
+    requester = await require_requester(request)
+    body = parse_body(DeleteDevicesBody, await read_json_object(request))
+    await services.uia.authenticate([[PASSWORD]], body.auth, method=request.method,
+                                    uri=request.path, user_id=requester.user_id)
+    await services.devices.delete(requester.user_id, body.devices)
+    await services.uia.finish(body.auth)
+    return json_response({})

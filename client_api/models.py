@@ -1,0 +1,84 @@
+"""Request bodies, validated with pydantic in strict mode (no silent type coercion)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from homeserver.errors import BadJson, MissingParam
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+def parse_body(model: type[M], body: dict[str, Any]) -> M:
+    """Validate ``body``; a missing field is 400 M_MISSING_PARAM, a wrong one M_BAD_JSON."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(body)"
+        if first["type"] == "missing":
+            raise MissingParam(f"Missing parameter: {where}") from None
+        raise BadJson(f"Invalid parameter {where}: {first['msg']}") from None
+
+
+class LoginBody(Body):
+    type: str
+    identifier: dict[str, Any] | None = None
+    user: str | None = None
+    password: str | None = None
+    device_id: str | None = Field(default=None, max_length=512)
+    initial_device_display_name: str | None = Field(default=None, max_length=512)
+    refresh_token: bool = False
+
+
+class RefreshBody(Body):
+    refresh_token: str
+
+
+class RegisterBody(Body):
+    auth: dict[str, Any] | None = None
+    username: str | None = Field(default=None, max_length=255)
+    password: str | None = Field(default=None, max_length=512)
+    device_id: str | None = Field(default=None, max_length=512)
+    initial_device_display_name: str | None = Field(default=None, max_length=512)
+    inhibit_login: bool = False
+    refresh_token: bool = False
+
+
+class AuthOnlyBody(Body):
+    auth: dict[str, Any] | None = None
+
+
+class PasswordBody(Body):
+    auth: dict[str, Any] | None = None
+    new_password: str = Field(max_length=512)
+    logout_devices: bool = True
+
+
+class DeactivateBody(Body):
+    auth: dict[str, Any] | None = None
+    erase: bool = False
+    id_server: str | None = None
+
+
+class DeleteDevicesBody(Body):
+    auth: dict[str, Any] | None = None
+    devices: list[str]
+
+
+class DeviceUpdateBody(Body):
+    display_name: str | None = Field(default=None, max_length=512)
+
+
+class NewRegistrationTokenBody(Body):
+    token: str | None = Field(default=None, min_length=1, max_length=64,
+                              pattern=r"^[A-Za-z0-9._~-]+$")
+    uses_allowed: int | None = Field(default=None, ge=0)
+    expiry_time: int | None = Field(default=None, ge=0)
+    length: int = Field(default=16, ge=1, le=64)

@@ -1,0 +1,56 @@
+"""Discovery: /versions, /.well-known/matrix/client and /capabilities."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from client_api._routing import ClientRoutes
+from client_api.auth import require_requester
+from homeserver.appkeys import SERVICES
+from homeserver.http.json import json_response
+
+routes = ClientRoutes()
+
+SPEC_VERSIONS = [
+    "r0.0.1", "r0.1.0", "r0.2.0", "r0.3.0", "r0.4.0", "r0.5.0", "r0.6.0", "r0.6.1",
+    "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11",
+    "v1.12",
+]
+
+# Our extensions (DESIGN.md). Each turns true when its issue lands.
+UNSTABLE_FEATURES = {
+    "org.ktchat.sse": False,
+    "org.ktchat.friends": False,
+    "org.ktchat.history": False,
+}
+
+# Room versions the server will create and join; issue #3 brings rooms.
+ROOM_VERSIONS = {"10": "stable", "11": "stable", "12": "stable"}
+DEFAULT_ROOM_VERSION = "12"
+
+
+@routes.get("/_matrix/client/versions", versions=("",))
+async def get_versions(request: web.Request) -> web.Response:
+    """GET /_matrix/client/versions"""
+    return json_response({"versions": SPEC_VERSIONS, "unstable_features": UNSTABLE_FEATURES})
+
+
+@routes.get("/.well-known/matrix/client", versions=("",))
+async def get_well_known_client(request: web.Request) -> web.Response:
+    """GET /.well-known/matrix/client"""
+    base_url = request.app[SERVICES].config.public_baseurl
+    return json_response({"m.homeserver": {"base_url": base_url}})
+
+
+@routes.get("/capabilities")
+async def get_capabilities(request: web.Request) -> web.Response:
+    """GET /_matrix/client/v3/capabilities"""
+    await require_requester(request)
+    return json_response({"capabilities": {
+        "m.change_password": {"enabled": True},
+        "m.room_versions": {"default": DEFAULT_ROOM_VERSION, "available": ROOM_VERSIONS},
+        "m.set_displayname": {"enabled": True},
+        "m.set_avatar_url": {"enabled": True},
+        "m.3pid_changes": {"enabled": False},
+        "m.get_login_token": {"enabled": False},
+    }})

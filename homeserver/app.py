@@ -1,0 +1,90 @@
+"""Composition root: one aiohttp application per listener, sharing one ``Services``.
+
+The only module (with ``cli``) that imports both ``client_api`` and ``federation``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Iterable
+
+from aiohttp import web
+
+from client_api import add_client_routes
+from federation import add_federation_routes
+from homeserver.appkeys import SERVICES
+from homeserver.config import HomeserverConfig, ListenerConfig
+from homeserver.http.access_log import AccessLogger
+from homeserver.http.middleware import cors_middleware, error_middleware
+from homeserver.services.container import Services, build_services
+
+logger = logging.getLogger(__name__)
+
+# In-flight requests get this long to finish after SIGTERM.
+SHUTDOWN_GRACE_S = 10.0
+
+
+def build_app(services: Services, resources: Iterable[str] = ("client", "federation")
+              ) -> web.Application:
+    """The web application serving ``resources`` (client, federation, media)."""
+    app = web.Application(
+        middlewares=[cors_middleware, error_middleware],
+        client_max_size=services.config.http.max_request_body_bytes,
+        handler_args={"max_field_size": 16384},
+    )
+    app[SERVICES] = services
+    resources = set(resources)
+    if "client" in resources:
+        add_client_routes(app)
+    if "federation" in resources and services.config.federation.enabled:
+        add_federation_routes(app)
+    return app
+
+
+def _ssl_context(config: HomeserverConfig) -> ssl.SSLContext:
+    assert config.tls.certificate_path and config.tls.private_key_path
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls.certificate_path, config.tls.private_key_path)
+    return context
+
+
+async def _start_listener(services: Services, listener: ListenerConfig) -> web.AppRunner:
+    runner = web.AppRunner(build_app(services, listener.resources),
+                           access_log_class=AccessLogger,
+                           access_log=logging.getLogger("ktchat.access"),
+                           shutdown_timeout=SHUTDOWN_GRACE_S)
+    await runner.setup()
+    host = None if listener.bind == "*" else listener.bind
+    site = web.TCPSite(runner, host, listener.port,
+                       ssl_context=_ssl_context(services.config) if listener.tls else None,
+                       reuse_address=True)
+    await site.start()
+    scheme = "https" if listener.tls else "http"
+    logger.info("Listening on %s://%s:%d (%s)", scheme, listener.bind, listener.port,
+                ", ".join(listener.resources))
+    return runner
+
+
+async def serve(config: HomeserverConfig) -> None:
+    """Run until SIGTERM or SIGINT, then finish in-flight requests and close the database."""
+    services = build_services(config)
+    await services.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runners: list[web.AppRunner] = []
+    try:
+        for listener in config.listeners:
+            runners.append(await _start_listener(services, listener))
+        logger.info("KT-Chat %s is serving %s", config.server_name, config.public_baseurl)
+        await stop.wait()
+        logger.info("Shutting down")
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        await services.stop()
+        logger.info("Stopped")

@@ -1,0 +1,402 @@
+"""Configuration: one YAML file parsed once into an immutable tree.
+
+Every problem in a file is collected and reported together (``ConfigError.problems``), one line
+per problem naming its key, so an operator fixes them all in one go.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from homeserver.types import is_valid_server_name
+
+T = TypeVar("T")
+
+RESOURCES = ("client", "federation", "media")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# Outbound federation never reaches these unless allowed (SSRF protection).
+DEFAULT_IP_RANGE_DENYLIST: tuple[str, ...] = (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+    "192.0.0.0/24", "169.254.0.0/16", "192.88.99.0/24", "198.18.0.0/15", "192.0.2.0/24",
+    "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "0.0.0.0/8", "255.255.255.255/32",
+    "::1/128", "::/128", "fe80::/10", "fc00::/7", "2001:db8::/32", "ff00::/8", "fec0::/10",
+    "::ffff:0:0/96", "64:ff9b::/96",
+)
+
+
+class ConfigError(Exception):
+    """Raised with every problem found; each names the key it is about."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    port: int
+    bind: str = "127.0.0.1"
+    tls: bool = False
+    resources: tuple[str, ...] = ("client",)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    certificate_path: Path | None = None
+    private_key_path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str
+    pool_size: int = 10
+    # SQLite only: FULL fsyncs the WAL on every commit, so an acknowledged write survives power
+    # loss as well as kill -9. NORMAL survives kill -9 only.
+    sqlite_synchronous: str = "FULL"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationConfig:
+    enabled: bool = False
+    require_token: bool = False
+    shared_secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FederationConfig:
+    enabled: bool = True
+    verify_tls: bool = True
+    ip_range_denylist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    ip_range_allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    per_second: float
+    burst_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitsConfig:
+    enabled: bool = True
+    login_per_ip: RateLimit = RateLimit(0.17, 5)
+    login_per_account: RateLimit = RateLimit(0.17, 5)
+    login_failed_per_account: RateLimit = RateLimit(0.17, 5)
+    registration_per_ip: RateLimit = RateLimit(0.17, 5)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    # Lifetime of access tokens issued with a refresh token (login/register `refresh_token: true`).
+    refreshable_access_token_lifetime_ms: int = 5 * 60 * 1000
+    # None: refresh tokens live until used or logged out.
+    refresh_token_lifetime_ms: int | None = None
+    password_min_length: int = 8
+    ui_auth_session_timeout_ms: int = 15 * 60 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    # Largest JSON request body accepted on any endpoint (media uploads have their own limit).
+    max_request_body_bytes: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    store_path: Path
+    max_upload_bytes: int = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class HomeserverConfig:
+    server_name: str
+    public_baseurl: str
+    signing_key_path: Path
+    database: DatabaseConfig
+    media: MediaConfig
+    listeners: tuple[ListenerConfig, ...] = ()
+    tls: TlsConfig = TlsConfig()
+    registration: RegistrationConfig = RegistrationConfig()
+    federation: FederationConfig = FederationConfig()
+    rate_limits: RateLimitsConfig = RateLimitsConfig()
+    auth: AuthConfig = AuthConfig()
+    http: HttpConfig = HttpConfig()
+    presence: PresenceConfig = PresenceConfig()
+    logging: LoggingConfig = LoggingConfig()
+    config_dir: Path = field(default=Path("."))
+
+
+class _Reader:
+    """Reads typed values out of a YAML mapping, recording a problem per bad key."""
+
+    def __init__(self, data: dict[str, Any], problems: list[str], prefix: str = "") -> None:
+        self._data = data
+        self._problems = problems
+        self._prefix = prefix
+
+    def key(self, name: str) -> str:
+        return f"{self._prefix}{name}"
+
+    def problem(self, name: str, text: str) -> None:
+        self._problems.append(f"{self.key(name)}: {text}")
+
+    def section(self, name: str) -> _Reader:
+        value = self._data.get(name)
+        if value is None:
+            value = {}
+        elif not isinstance(value, dict):
+            self.problem(name, "must be a mapping")
+            value = {}
+        return _Reader(value, self._problems, f"{self.key(name)}.")
+
+    def get(self, name: str, kind: type[T] | tuple[type, ...], default: T) -> T:
+        value = self._data.get(name, default)
+        if value is None and default is None:
+            return default
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a YAML `true` is no port number.
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if not ok:
+            names = " or ".join(k.__name__ for k in kinds)
+            self.problem(name, f"must be {names}, not {type(value).__name__}")
+            return default
+        return value  # type: ignore[return-value]
+
+    def positive(self, name: str, default: int) -> int:
+        value = self.get(name, int, default)
+        if value <= 0:
+            self.problem(name, "must be a positive integer")
+            return default
+        return value
+
+    def unknown_keys(self, known: set[str]) -> Iterator[str]:
+        return (k for k in self._data if k not in known)
+
+
+def _path(reader: _Reader, name: str, base: Path, default: Path | None) -> Path | None:
+    value = reader.get(name, str, str(default) if default is not None else None)
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def _networks(
+    reader: _Reader, name: str, default: tuple[str, ...]
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    values = reader.get(name, list, list(default))
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(ipaddress.ip_network(str(value), strict=False))
+        except ValueError:
+            reader.problem(f"{name}[{i}]", f"not an IP range: {value!r}")
+    return tuple(out)
+
+
+def _rate_limit(reader: _Reader, name: str, default: RateLimit) -> RateLimit:
+    sub = reader.section(name)
+    per_second = sub.get("per_second", (int, float), default.per_second)
+    burst = sub.get("burst_count", int, default.burst_count)
+    if per_second <= 0:
+        sub.problem("per_second", "must be greater than 0")
+        per_second = default.per_second
+    if burst < 1:
+        sub.problem("burst_count", "must be at least 1")
+        burst = default.burst_count
+    return RateLimit(float(per_second), burst)
+
+
+def _listeners(reader: _Reader) -> tuple[ListenerConfig, ...]:
+    raw = reader.get("listeners", list, [])
+    listeners = []
+    for i, item in enumerate(raw):
+        key = f"listeners[{i}]"
+        if not isinstance(item, dict):
+            reader.problem(key, "must be a mapping")
+            continue
+        sub = _Reader(item, reader._problems, f"{reader.key(key)}.")
+        port = sub.get("port", int, 0)
+        if not 0 < port < 65536:
+            sub.problem("port", "must be a port number between 1 and 65535")
+        bind = sub.get("bind", str, "127.0.0.1")
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            if bind not in ("localhost", "*"):
+                sub.problem("bind", f"not an IP address: {bind!r}")
+        tls = sub.get("tls", bool, False)
+        resources = sub.get("resources", list, ["client"])
+        for res in resources:
+            if res not in RESOURCES:
+                sub.problem("resources", f"unknown resource {res!r} (known: {', '.join(RESOURCES)})")
+        listeners.append(ListenerConfig(port, bind, tls, tuple(str(r) for r in resources)))
+    return tuple(listeners)
+
+
+def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
+    """Build the config tree from parsed YAML, or raise ``ConfigError`` with every problem."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): the config file must be a YAML mapping"])
+    r = _Reader(data, problems)
+
+    server_name = r.get("server_name", str, "")
+    if not server_name:
+        r.problem("server_name", "is required")
+    elif not is_valid_server_name(server_name):
+        r.problem("server_name", f"not a valid server name: {server_name!r}")
+    public_baseurl = r.get("public_baseurl", str, f"https://{server_name}/")
+    if not public_baseurl.startswith(("http://", "https://")):
+        r.problem("public_baseurl", "must start with http:// or https://")
+    if not public_baseurl.endswith("/"):
+        public_baseurl += "/"
+
+    listeners = _listeners(r)
+    if not listeners and "listeners" in data:
+        r.problem("listeners", "needs at least one listener")
+
+    tls_r = r.section("tls")
+    tls = TlsConfig(
+        _path(tls_r, "certificate_path", config_dir, None),
+        _path(tls_r, "private_key_path", config_dir, None),
+    )
+    if any(lst.tls for lst in listeners):
+        for name, value in (("certificate_path", tls.certificate_path),
+                            ("private_key_path", tls.private_key_path)):
+            if value is None:
+                tls_r.problem(name, "is required when a listener has tls: true")
+            elif not value.is_file():
+                tls_r.problem(name, f"file not found: {value}")
+
+    signing_key_path = _path(r, "signing_key_path", config_dir, config_dir / "signing.key")
+    assert signing_key_path is not None
+    if not signing_key_path.is_file():
+        r.problem("signing_key_path", f"file not found: {signing_key_path}")
+
+    db_r = r.section("database")
+    url = db_r.get("url", str, f"sqlite+aiosqlite:///{config_dir / 'homeserver.db'}")
+    if not url.startswith(("sqlite+aiosqlite:///", "postgresql+asyncpg://")):
+        db_r.problem("url", "must start with sqlite+aiosqlite:/// or postgresql+asyncpg://")
+    sync_mode = db_r.get("sqlite_synchronous", str, "FULL").upper()
+    if sync_mode not in ("FULL", "NORMAL", "EXTRA"):
+        db_r.problem("sqlite_synchronous", "must be FULL, NORMAL or EXTRA")
+    database = DatabaseConfig(url, db_r.positive("pool_size", 10), sync_mode)
+
+    reg_r = r.section("registration")
+    registration = RegistrationConfig(
+        reg_r.get("enabled", bool, False),
+        reg_r.get("require_token", bool, False),
+        reg_r.get("shared_secret", str, None),
+    )
+
+    fed_r = r.section("federation")
+    federation = FederationConfig(
+        fed_r.get("enabled", bool, True),
+        fed_r.get("verify_tls", bool, True),
+        _networks(fed_r, "ip_range_denylist", DEFAULT_IP_RANGE_DENYLIST),
+        _networks(fed_r, "ip_range_allowlist", ()),
+    )
+
+    rl_r = r.section("rate_limits")
+    defaults = RateLimitsConfig()
+    rate_limits = RateLimitsConfig(
+        rl_r.get("enabled", bool, True),
+        _rate_limit(rl_r, "login_per_ip", defaults.login_per_ip),
+        _rate_limit(rl_r, "login_per_account", defaults.login_per_account),
+        _rate_limit(rl_r, "login_failed_per_account", defaults.login_failed_per_account),
+        _rate_limit(rl_r, "registration_per_ip", defaults.registration_per_ip),
+    )
+
+    auth_r = r.section("auth")
+    auth_defaults = AuthConfig()
+    refresh_lifetime = auth_r.get("refresh_token_lifetime_ms", int, None)
+    if refresh_lifetime is not None and refresh_lifetime <= 0:
+        auth_r.problem("refresh_token_lifetime_ms", "must be a positive integer or null")
+    auth = AuthConfig(
+        auth_r.positive("refreshable_access_token_lifetime_ms",
+                        auth_defaults.refreshable_access_token_lifetime_ms),
+        refresh_lifetime,
+        auth_r.get("password_min_length", int, auth_defaults.password_min_length),
+        auth_r.positive("ui_auth_session_timeout_ms", auth_defaults.ui_auth_session_timeout_ms),
+    )
+
+    http = HttpConfig(r.section("http").positive("max_request_body_bytes",
+                                                  HttpConfig().max_request_body_bytes))
+
+    media_r = r.section("media")
+    store_path = _path(media_r, "store_path", config_dir, config_dir / "media")
+    assert store_path is not None
+    media = MediaConfig(store_path, media_r.positive("max_upload_bytes", 50 * 1024 * 1024))
+
+    presence = PresenceConfig(r.section("presence").get("enabled", bool, True))
+
+    log_r = r.section("logging")
+    level = log_r.get("level", str, "INFO").upper()
+    if level not in LOG_LEVELS:
+        log_r.problem("level", f"must be one of {', '.join(LOG_LEVELS)}")
+        level = "INFO"
+
+    known = {
+        "server_name", "public_baseurl", "listeners", "tls", "signing_key_path", "database",
+        "registration", "federation", "rate_limits", "auth", "http", "media", "presence",
+        "logging",
+    }
+    for key in r.unknown_keys(known):
+        r.problem(key, "unknown key")
+
+    if problems:
+        raise ConfigError(problems)
+    return HomeserverConfig(
+        server_name=server_name,
+        public_baseurl=public_baseurl,
+        signing_key_path=signing_key_path,
+        database=database,
+        media=media,
+        listeners=listeners,
+        tls=tls,
+        registration=registration,
+        federation=federation,
+        rate_limits=rate_limits,
+        auth=auth,
+        http=http,
+        presence=presence,
+        logging=LoggingConfig(level),
+        config_dir=config_dir,
+    )
+
+
+def load_config(path: Path) -> HomeserverConfig:
+    """Read and validate the YAML file at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"(file) {path}: cannot read: {e.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError([f"(file) {path}: not valid YAML{where}"]) from None
+    return parse_config(data, path.resolve().parent)

@@ -1,0 +1,1 @@
+"""Pure cryptographic helpers: signing keys, JSON signing, password hashing, TLS material."""

@@ -1,0 +1,48 @@
+"""Reading JSON request bodies and writing JSON responses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from homeserver.errors import BadJson, NotJson
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+async def read_json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object.
+
+    Raises:
+        NotJson: the body is not valid UTF-8 JSON (NaN and Infinity included).
+        BadJson: it is JSON but not an object.
+        TooLarge: (from aiohttp, turned into 413 by the middleware) over the size limit.
+    """
+    raw = await request.read()
+    if not raw.strip() and allow_empty:
+        return {}
+    try:
+        value = _decoder.decode(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise NotJson("Content not JSON.") from None
+    if not isinstance(value, dict):
+        raise BadJson("Content must be a JSON object.")
+    return value
+
+
+def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> web.Response:
+    return web.Response(
+        body=_encoder.encode(body).encode("utf-8"),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )

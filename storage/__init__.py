@@ -1,0 +1,38 @@
+"""Persistence: SQLAlchemy Core on SQLite (default) or PostgreSQL.
+
+``Database`` composes the stores; nothing outside ``storage`` writes SQL.
+"""
+
+from __future__ import annotations
+
+from storage.engine import DatabaseEngine
+from storage.stores.auth_sessions import NonceStore, RegistrationTokenStore, UiAuthStore
+from storage.stores.devices import DeviceStore
+from storage.stores.users import ProfileStore, UserStore
+
+
+class Database:
+    """The engine and one instance of each store."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, sqlite_synchronous: str = "FULL",
+                 postgres_search_path: str | None = None) -> None:
+        self.engine = DatabaseEngine(url, pool_size=pool_size,
+                                     sqlite_synchronous=sqlite_synchronous,
+                                     postgres_search_path=postgres_search_path)
+        self.users = UserStore(self.engine)
+        self.profiles = ProfileStore(self.engine)
+        self.devices = DeviceStore(self.engine)
+        self.ui_auth = UiAuthStore(self.engine)
+        self.registration_tokens = RegistrationTokenStore(self.engine)
+        self.nonces = NonceStore(self.engine)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.is_sqlite
+
+    async def open(self) -> None:
+        """Apply pending migrations; call once before use."""
+        await self.engine.migrate()
+
+    async def close(self) -> None:
+        await self.engine.close()

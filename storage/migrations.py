@@ -1,0 +1,46 @@
+"""Versioned schema migrations, applied at start-up.
+
+A new database is created from ``schema.metadata`` and stamped ``LATEST``. An existing one runs
+each migration above its stamped version, in order, in one transaction. Every migration is a
+function of a synchronous SQLAlchemy connection, so it can branch on the dialect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, inspect, select, text
+
+from storage import schema
+
+Migration = Callable[[Connection], None]
+
+# MIGRATIONS[n - 2] brings a database from version n-1 to version n. Version 1 is the first
+# schema, created whole. Append only; never edit one that has shipped.
+MIGRATIONS: list[Migration] = []
+LATEST = 1 + len(MIGRATIONS)
+
+
+class SchemaTooNewError(RuntimeError):
+    pass
+
+
+def migrate(conn: Connection) -> int:
+    """Bring the database to ``LATEST``; returns the version it was at (0 if new)."""
+    if conn.dialect.name == "postgresql":
+        # Several workers may start at once: one migrates, the others wait and find it done.
+        conn.execute(text("SELECT pg_advisory_xact_lock(7447736)"))
+    if not inspect(conn).has_table("schema_version"):
+        schema.metadata.create_all(conn)
+        conn.execute(schema.schema_version.insert().values(lock=1, version=LATEST))
+        return 0
+    current = conn.execute(select(schema.schema_version.c.version)).scalar_one()
+    if current > LATEST:
+        raise SchemaTooNewError(
+            f"database schema is version {current}, this code knows up to {LATEST}"
+        )
+    for version in range(current + 1, LATEST + 1):
+        MIGRATIONS[version - 2](conn)
+    if current != LATEST:
+        conn.execute(schema.schema_version.update().values(version=LATEST))
+    return current

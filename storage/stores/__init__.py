@@ -1,0 +1,1 @@
+"""One store per area; each wraps the engine and returns frozen dataclasses, never rows."""
