@@ -22,7 +22,11 @@ class ClientRoutes:
               ) -> Callable[[Handler], Handler]:
         def decorate(handler: Handler) -> Handler:
             for version in versions:
-                prefix = f"/_matrix/client/{version}" if version else ""
+                # A version is "v3"-like, "" (no prefix), or a full prefix starting with "/".
+                if not version or version.startswith("/"):
+                    prefix = version
+                else:
+                    prefix = f"/_matrix/client/{version}"
                 self.entries.append((method, prefix + path, handler))
             return handler
 

@@ -1,0 +1,42 @@
+# KT-Chat: `make run` serves a homeserver from ./data; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+DATA ?= data
+SERVER_NAME ?= localhost
+BIN := $(VENV)/bin
+
+.PHONY: run test bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	touch $(VENV)/.installed $@
+
+$(DATA)/homeserver.yaml: | $(VENV)/.installed
+	$(BIN)/ktchat generate-config --server-name $(SERVER_NAME) --data-dir $(DATA)
+
+run: $(VENV)/.installed $(DATA)/homeserver.yaml
+	@echo "KT-Chat: client API on http://127.0.0.1:8008, federation on https://127.0.0.1:8448"
+	@echo "Create a user (in another terminal):"
+	@echo "  $(BIN)/ktchat register-user -c $(DATA)/homeserver.yaml --user alice --password 'a long password'"
+	$(BIN)/ktchat run -c $(DATA)/homeserver.yaml
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-test
+	@for script in bench/*.py; do echo "== $$script" >&2; $(BIN)/python $$script || exit 1; done
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check homeserver client_api federation storage tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,118 @@
+"""Shared pieces of the benchmarks: a real server from a generated config, load loops bounded
+in count and time, figures as one JSON line."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    if not samples_ms:
+        return {"p50_ms": 0.0, "p99_ms": 0.0}
+    ordered = sorted(samples_ms)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return {"p50_ms": round(statistics.median(ordered), 3), "p99_ms": round(p99, 3)}
+
+
+class BenchServer:
+    """A ``ktchat run`` process on SQLite (or ``database_url``), rate limits off."""
+
+    def __init__(self, database_url: str | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="ktchat-bench-"))
+        self.port = free_port()
+        subprocess.run(
+            [sys.executable, "-m", "homeserver", "generate-config", "--server-name", "bench.local",
+             "--data-dir", str(self.dir), "--client-port", str(self.port),
+             "--federation-port", str(free_port())],
+            check=True, capture_output=True, cwd=REPO)
+        config_path = self.dir / "homeserver.yaml"
+        config = yaml.safe_load(config_path.read_text())
+        config["rate_limits"] = {"enabled": False}
+        config["registration"]["shared_secret"] = "bench-secret"
+        config["logging"] = {"level": "WARNING"}
+        if database_url:
+            config["database"] = {"url": database_url}
+        config_path.write_text(yaml.safe_dump(config))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "homeserver", "run", "-c", str(config_path)], cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=open(self.dir / "server.log", "w"))  # noqa: SIM115
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("server did not start")
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return 0.0
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    async def register(self, session: aiohttp.ClientSession, username: str, password: str
+                       ) -> dict[str, Any]:
+        async with session.get(f"{self.base}/_synapse/admin/v1/register") as resp:
+            nonce = (await resp.json())["nonce"]
+        mac = hmac.new(b"bench-secret", digestmod=hashlib.sha1)
+        mac.update(f"{nonce}\0{username}\0{password}\0notadmin".encode())
+        async with session.post(f"{self.base}/_synapse/admin/v1/register", json={
+                "nonce": nonce, "username": username, "password": password,
+                "admin": False, "mac": mac.hexdigest()}) as resp:
+            resp.raise_for_status()
+            return await resp.json()  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def emit(figures: dict[str, Any]) -> None:
+    print(json.dumps(figures, sort_keys=False))

@@ -1,0 +1,65 @@
+"""Validating our responses against the Matrix spec's OpenAPI definitions (tests/spec/data,
+an unmodified copy of matrix-org/matrix-spec's data files)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+SPEC_DIR = Path(__file__).resolve().parent.parent / "spec" / "data" / "api"
+
+
+@functools.cache
+def _load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _retrieve(uri: str) -> Resource[Any]:
+    path = Path(uri.removeprefix("file://"))
+    return Resource.from_contents(_load(path), default_specification=DRAFT202012)
+
+
+@functools.cache
+def _registry() -> Registry[Any]:
+    return Registry(retrieve=_retrieve)  # type: ignore[call-arg]
+
+
+def _find_operation(api: str, method: str, path: str) -> tuple[Path, dict[str, Any]]:
+    """The spec file and operation for ``method`` ``path`` (e.g. '/login' under client-server)."""
+    for file in sorted((SPEC_DIR / api).glob("*.yaml")):
+        doc = _load(file)
+        for template, ops in (doc.get("paths") or {}).items():
+            pattern = "^" + re.sub(r"\{[^}]+\}", "[^/]+", template) + "$"
+            if re.match(pattern, path) and method.lower() in ops:
+                return file, ops[method.lower()]
+    raise LookupError(f"no operation {method} {path} in {api}")
+
+
+def assert_matches_spec(api: str, method: str, path: str, status: int, body: Any) -> None:
+    """Assert ``body`` fits the response schema the spec gives for ``status``.
+
+    Args:
+        api: ``client-server`` or ``server-server``.
+        path: the path after the API's base (e.g. ``/login`` or ``/account/whoami``).
+    """
+    file, op = _find_operation(api, method, path)
+    response = op["responses"].get(str(status))
+    assert response is not None, f"spec has no {status} response for {method} {path}"
+    schema = ((response.get("content") or {}).get("application/json") or {}).get("schema")
+    if schema is None:
+        return
+    # Relative $refs in the spec resolve against the file the schema came from, and local ones
+    # ("#/components/...") against that file's root, so the root carries its components.
+    root = {"$id": f"file://{file}", "components": _load(file).get("components") or {},
+            "allOf": [schema]}
+    validator = Draft202012Validator(root, registry=_registry())
+    errors = sorted(validator.iter_errors(body), key=lambda e: list(e.path))
+    assert not errors, f"{method} {path} {status} does not match the spec: " + "; ".join(
+        f"{list(e.path)}: {e.message}" for e in errors[:5])
