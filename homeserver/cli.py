@@ -6,16 +6,19 @@ import argparse
 import asyncio
 import getpass
 import secrets
+import ssl
 import sys
 from pathlib import Path
 
 import yaml
+from sqlalchemy.exc import SQLAlchemyError
 
 from homeserver.config import ConfigError, HomeserverConfig, load_config
 from homeserver.crypto.signing_keys import generate_key_file
 from homeserver.crypto.tls import generate_self_signed
 from homeserver.errors import MatrixError
 from homeserver.types import is_valid_server_name
+from storage.migrations import SchemaTooNewError
 
 EXIT_USAGE = 2
 
@@ -58,7 +61,8 @@ def generate_config(args: argparse.Namespace) -> int:
     if config_path.exists():
         print(f"kept existing {config_path}")
         return 0
-    host = args.bind if args.bind not in ("0.0.0.0", "::", "*") else "127.0.0.1"
+    wildcard = ("0.0.0.0", "::", "*")  # noqa: S104 (recognising it, not binding to it)
+    host = args.bind if args.bind not in wildcard else "127.0.0.1"
     host = f"[{host}]" if ":" in host else host
     config = {
         "server_name": args.server_name,
@@ -97,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(serve(config))
     except OSError as e:
         print(f"ktchat: cannot start: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except (SQLAlchemyError, SchemaTooNewError, ssl.SSLError, ValueError) as e:
+        # Database unreachable, schema from a newer version, unusable TLS or key material.
+        print(f"ktchat: cannot start: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
         return 1
     return 0
 

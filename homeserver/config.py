@@ -181,7 +181,7 @@ class _Reader:
             names = " or ".join(k.__name__ for k in kinds)
             self.problem(name, f"must be {names}, not {type(value).__name__}")
             return default
-        return value  # type: ignore[return-value]
+        return value  # type: ignore[no-any-return]
 
     def positive(self, name: str, default: int) -> int:
         value = self.get(name, int, default)
@@ -250,7 +250,8 @@ def _listeners(reader: _Reader) -> tuple[ListenerConfig, ...]:
         resources = sub.get("resources", list, ["client"])
         for res in resources:
             if res not in RESOURCES:
-                sub.problem("resources", f"unknown resource {res!r} (known: {', '.join(RESOURCES)})")
+                known_resources = ", ".join(RESOURCES)
+                sub.problem("resources", f"unknown resource {res!r} (known: {known_resources})")
         listeners.append(ListenerConfig(port, bind, tls, tuple(str(r) for r in resources)))
     return tuple(listeners)
 

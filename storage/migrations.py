@@ -34,7 +34,7 @@ def migrate(conn: Connection) -> int:
         schema.metadata.create_all(conn)
         conn.execute(schema.schema_version.insert().values(lock=1, version=LATEST))
         return 0
-    current = conn.execute(select(schema.schema_version.c.version)).scalar_one()
+    current = int(conn.execute(select(schema.schema_version.c.version)).scalar_one())
     if current > LATEST:
         raise SchemaTooNewError(
             f"database schema is version {current}, this code knows up to {LATEST}"

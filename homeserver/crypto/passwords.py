@@ -17,7 +17,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 class PasswordHasher:
     """Hashes and checks passwords in a small thread pool (argon2 releases the GIL)."""
 
-    def __init__(self, *, memory_kib: int = 19 * 1024, time_cost: int = 2, workers: int = 2) -> None:
+    def __init__(self, *, memory_kib: int = 19 * 1024, time_cost: int = 2, workers: int = 2
+                 ) -> None:
         self._argon2 = _Argon2(time_cost=time_cost, memory_cost=memory_kib, parallelism=1)
         # Bounded: concurrent logins queue here instead of each taking 19 MiB at once.
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pwhash")

@@ -10,7 +10,6 @@ import secrets
 import string
 from pathlib import Path
 
-from nacl.signing import SigningKey
 from signedjson.key import (
     encode_verify_key_base64,
     generate_signing_key,
@@ -18,6 +17,7 @@ from signedjson.key import (
     read_signing_keys,
     write_signing_keys,
 )
+from signedjson.types import SigningKey
 
 
 def new_key_version() -> str:
@@ -43,12 +43,12 @@ def load_signing_key(path: Path) -> SigningKey:
             raise ValueError(f"not a signing key file: {e}") from None
     if not keys:
         raise ValueError("the file holds no signing key")
-    return keys[0]  # type: ignore[no-any-return]
+    return keys[0]
 
 
 def key_id(key: SigningKey) -> str:
-    return f"{key.alg}:{key.version}"  # type: ignore[attr-defined]
+    return f"{key.alg}:{key.version}"
 
 
 def verify_key_base64(key: SigningKey) -> str:
-    return encode_verify_key_base64(get_verify_key(key))  # type: ignore[no-any-return]
+    return encode_verify_key_base64(get_verify_key(key))

@@ -14,7 +14,7 @@ from multidict import MultiDict
 
 SECRET_QUERY_PARAMS = frozenset({"access_token", "token", "refresh_token", "password",
                                  "loginToken", "sid", "client_secret"})
-REQUESTER_LOG_KEY = "ktchat.requester_user_id"
+REQUESTER_LOG_KEY: web.RequestKey[str] = web.RequestKey("requester_user_id", str)
 
 
 def redacted_path(request: web.BaseRequest) -> str:

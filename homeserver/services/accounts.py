@@ -105,7 +105,9 @@ class AccountService:
         """
         if localpart is None:
             localpart = await self._free_numeric_localpart()
-        user_id = await self.check_username(localpart.lower() if localpart else localpart)
+        # Synapse lower-cases the username first, so the default display name matches too.
+        localpart = localpart.lower()
+        user_id = await self.check_username(localpart)
         password_hash = await self._hasher.hash(password) if password is not None else None
         created = await self._db.users.create_user(
             user_id, password_hash=password_hash, created_ts=self._clock.time_ms(), admin=admin,

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from nacl.signing import SigningKey
+from signedjson.types import SigningKey
 
 from homeserver.clock import Clock, SystemClock
 from homeserver.config import HomeserverConfig

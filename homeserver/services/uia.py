@@ -71,7 +71,7 @@ class UiAuthService:
 
         error: MatrixError | None = None
         stage = auth.get("type") if auth else None
-        if stage is not None:
+        if auth and stage is not None:
             if not any(stage in flow for flow in flows):
                 error = MatrixError(f"Auth type {stage!r} is not offered", status=400)
             else:

@@ -63,3 +63,14 @@ def assert_matches_spec(api: str, method: str, path: str, status: int, body: Any
     errors = sorted(validator.iter_errors(body), key=lambda e: list(e.path))
     assert not errors, f"{method} {path} {status} does not match the spec: " + "; ".join(
         f"{list(e.path)}: {e.message}" for e in errors[:5])
+
+
+def request_properties(api: str, method: str, path: str) -> list[str]:
+    """The top-level property names of the spec's JSON request body for an operation."""
+    _file, op = _find_operation(api, method, path)
+    content = ((op.get("requestBody") or {}).get("content") or {}).get("application/json") or {}
+    schema = content.get("schema") or {}
+    names = list((schema.get("properties") or {}).keys())
+    for part in schema.get("allOf", []):
+        names += list((part.get("properties") or {}).keys())
+    return names
