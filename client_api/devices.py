@@ -49,8 +49,12 @@ async def put_device(request: web.Request) -> web.Response:
     """PUT /_matrix/client/v3/devices/{deviceId}"""
     requester = await require_requester(request)
     body = parse_body(DeviceUpdateBody, await read_json_object(request, allow_empty=True))
-    await request.app[SERVICES].devices.rename(
-        requester.user_id, request.match_info["device_id"], body.display_name)
+    devices = request.app[SERVICES].devices
+    if "display_name" not in body.model_fields_set:
+        # "If not given, the display name is unchanged."
+        await devices.get_device(requester.user_id, request.match_info["device_id"])
+        return json_response({})
+    await devices.rename(requester.user_id, request.match_info["device_id"], body.display_name)
     return json_response({})
 
 

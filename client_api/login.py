@@ -10,7 +10,7 @@ from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from client_api.models import LoginBody, RefreshBody, parse_body
 from homeserver.appkeys import SERVICES
-from homeserver.errors import BadRequest, Forbidden, MissingParam
+from homeserver.errors import BadJson, BadRequest, Forbidden, MissingParam
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.accounts import Session
 
@@ -44,7 +44,9 @@ def _login_identifier(body: LoginBody) -> str:
         if body.identifier.get("type") != "m.id.user":
             raise BadRequest("Unknown login identifier type")
         user = body.identifier.get("user")
-        if not isinstance(user, str) or not user:
+        if user is not None and not isinstance(user, str):
+            raise BadJson("User identifier 'user' must be a string")
+        if not user:
             raise MissingParam("User identifier is missing 'user' key")
         return user
     if body.user:

@@ -43,7 +43,7 @@ class RefreshBody(Body):
 
 class RegisterBody(Body):
     auth: dict[str, Any] | None = None
-    username: str | None = Field(default=None, max_length=255)
+    username: str | None = None  # length is checked as M_INVALID_USERNAME
     password: str | None = Field(default=None, max_length=512)
     device_id: str | None = Field(default=None, max_length=512)
     initial_device_display_name: str | None = Field(default=None, max_length=512)

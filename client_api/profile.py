@@ -40,7 +40,11 @@ async def _profile(request: web.Request) -> dict[str, Any]:
 @routes.get("/profile/{user_id}")
 async def get_profile(request: web.Request) -> web.Response:
     """GET /_matrix/client/v3/profile/{userId}"""
-    return json_response(await _profile(request))
+    profile = await _profile(request)
+    if not profile:
+        # As Synapse: a profile with nothing in it (e.g. erased) is "no profile information".
+        raise NotFound("Profile was not found")
+    return json_response(profile)
 
 
 @routes.get("/profile/{user_id}/{field}")

@@ -142,6 +142,10 @@ def register_user(args: argparse.Namespace) -> int:
     except MatrixError as e:
         print(f"ktchat: {e.message}", file=sys.stderr)
         return 1
+    except (OSError, SQLAlchemyError, SchemaTooNewError) as e:
+        # Database unreachable or from a newer version: say so, as `run` does; no traceback.
+        print(f"ktchat: cannot open the database: {e}".splitlines()[0], file=sys.stderr)
+        return 1
     print(f"registered {user_id}{' (admin)' if args.admin else ''}")
     return 0
 

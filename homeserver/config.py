@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from homeserver.crypto.signing_keys import load_signing_key
 from homeserver.types import is_valid_server_name
 
 T = TypeVar("T")
@@ -295,6 +296,11 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
     assert signing_key_path is not None
     if not signing_key_path.is_file():
         r.problem("signing_key_path", f"file not found: {signing_key_path}")
+    else:
+        try:
+            load_signing_key(signing_key_path)
+        except (OSError, ValueError) as e:
+            r.problem("signing_key_path", f"{signing_key_path}: {e}")
 
     db_r = r.section("database")
     url = db_r.get("url", str, f"sqlite+aiosqlite:///{config_dir / 'homeserver.db'}")

@@ -14,8 +14,11 @@ from cryptography.x509.oid import NameOID
 
 def generate_self_signed(server_name: str, cert_path: Path, key_path: Path) -> None:
     """Write a certificate valid ten years for ``server_name`` (host part) and loopback."""
-    host = server_name.rsplit(":", 1)[0] if not server_name.startswith("[") else server_name
-    host = host.strip("[]")
+    # "[v6]:port" / "[v6]": the address is inside the brackets; otherwise drop any ":port".
+    if server_name.startswith("["):
+        host = server_name[1:].split("]", 1)[0]
+    else:
+        host = server_name.rsplit(":", 1)[0]
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []
     try:

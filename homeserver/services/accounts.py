@@ -262,6 +262,8 @@ class AccountService:
     async def create_registration_token(self, token: str | None, *, length: int,
                                         uses_allowed: int | None, expiry_time: int | None
                                         ) -> RegistrationToken:
+        if expiry_time is not None and expiry_time < self._clock.time_ms():
+            raise BadRequest("expiry_time must not be in the past", errcode="M_INVALID_PARAM")
         alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~-"
         for _ in range(5):
             candidate = token or "".join(secrets.choice(alphabet) for _ in range(length))

@@ -11,6 +11,9 @@ from sqlalchemy import and_, delete, or_, select, update
 from storage.engine import DatabaseEngine
 from storage.schema import registration_nonces, registration_tokens, ui_auth_sessions
 
+# The stage whose result is the registration token it reserved (homeserver.services.uia).
+REGISTRATION_TOKEN_STAGE = "m.login.registration_token"
+
 
 @dataclass(frozen=True, slots=True)
 class UiAuthSession:
@@ -68,9 +71,19 @@ class UiAuthStore:
                                .where(ui_auth_sessions.c.session_id == session_id))
 
     async def delete_expired(self, older_than_ts: int) -> None:
+        """Drop sessions started before ``older_than_ts``, giving back the registration-token
+        uses they reserved but never completed."""
+        expired = ui_auth_sessions.c.created_ts < older_than_ts
         async with self._db.write() as conn:
-            await conn.execute(delete(ui_auth_sessions)
-                               .where(ui_auth_sessions.c.created_ts < older_than_ts))
+            rows = await conn.execute(select(ui_auth_sessions.c.completed).where(expired))
+            released = [json.loads(r[0]).get(REGISTRATION_TOKEN_STAGE) for r in rows]
+            t = registration_tokens.c
+            for token in released:
+                if isinstance(token, str):
+                    await conn.execute(update(registration_tokens)
+                                       .where(and_(t.token == token, t.pending > 0))
+                                       .values(pending=t.pending - 1))
+            await conn.execute(delete(ui_auth_sessions).where(expired))
 
 
 class RegistrationTokenStore:
