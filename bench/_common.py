@@ -71,7 +71,7 @@ class BenchServer:
         config_path.write_text(yaml.safe_dump(config))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "homeserver", "run", "-c", str(config_path)], cwd=REPO,
-            stdout=subprocess.DEVNULL, stderr=open(self.dir / "server.log", "w"))  # noqa: SIM115
+            stdout=subprocess.DEVNULL, stderr=open(self.dir / "server.log", "w"))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchServer, emit, machine, percentiles  # noqa: E402
+from _common import BenchServer, emit, machine, percentiles
 
 PASSWORD = "benchmark password"
 
