@@ -304,8 +304,16 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
 
     db_r = r.section("database")
     url = db_r.get("url", str, f"sqlite+aiosqlite:///{config_dir / 'homeserver.db'}")
-    if not url.startswith(("sqlite+aiosqlite:///", "postgresql+asyncpg://")):
+    sqlite_prefix = "sqlite+aiosqlite:///"
+    if not url.startswith((sqlite_prefix, "postgresql+asyncpg://")):
         db_r.problem("url", "must start with sqlite+aiosqlite:/// or postgresql+asyncpg://")
+    elif url.startswith(sqlite_prefix):
+        sqlite_path = url[len(sqlite_prefix):]
+        if not sqlite_path or sqlite_path.startswith(":memory:"):
+            db_r.problem("url", "needs a file path (an in-memory database would lose everything)")
+        elif not sqlite_path.startswith("/"):
+            # A relative path is relative to the config file, like every other path here.
+            url = sqlite_prefix + str(config_dir / sqlite_path)
     sync_mode = db_r.get("sqlite_synchronous", str, "FULL").upper()
     if sync_mode not in ("FULL", "NORMAL", "EXTRA"):
         db_r.problem("sqlite_synchronous", "must be FULL, NORMAL or EXTRA")

@@ -9,6 +9,7 @@ PostgreSQL uses one asyncpg pool for both.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,10 +30,19 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int, synchronous: str, re
         # Let us emit BEGIN ourselves (pysqlite's implicit transactions are broken).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=10000")
+        # Turning a new file to WAL needs an exclusive lock, and SQLite answers "database is
+        # locked" at once (no busy wait) while another process opens the same new file.
+        for attempt in range(200):
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except Exception as e:
+                if "locked" not in str(e) or attempt == 199:
+                    raise
+                time.sleep(0.01)
         for pragma in (
-            "PRAGMA journal_mode=WAL",
             "PRAGMA foreign_keys=ON",
-            "PRAGMA busy_timeout=10000",
             f"PRAGMA synchronous={synchronous}",
             f"PRAGMA query_only={'ON' if read_only else 'OFF'}",
         ):
