@@ -43,7 +43,7 @@ class ServerProcess:
     def __init__(self, config: Path, log: Path) -> None:
         self.config = config
         self.log_path = log
-        self._log = open(log, "w")  # noqa: SIM115
+        self._log = open(log, "w")
         self.proc = subprocess.Popen(
             [*KTCHAT, "run", "-c", str(config)], stdout=self._log, stderr=subprocess.STDOUT,
             text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
