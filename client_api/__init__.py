@@ -7,9 +7,22 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from client_api import account, admin, devices, login, profile, register, versions
+from client_api import (
+    account,
+    account_data,
+    admin,
+    devices,
+    directory,
+    login,
+    membership,
+    profile,
+    register,
+    rooms,
+    versions,
+)
 
-_MODULES = (versions, login, register, account, devices, profile, admin)
+_MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
+            directory, account_data)
 
 
 def add_client_routes(app: web.Application) -> None:

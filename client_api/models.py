@@ -82,3 +82,48 @@ class NewRegistrationTokenBody(Body):
     uses_allowed: int | None = Field(default=None, ge=0)
     expiry_time: int | None = Field(default=None, ge=0)
     length: int = Field(default=16, ge=1, le=64)
+
+
+class CreateRoomBody(Body):
+    visibility: str = "private"
+    room_alias_name: str | None = Field(default=None, max_length=255)
+    name: str | None = Field(default=None, max_length=255)
+    topic: str | None = Field(default=None, max_length=65536)
+    invite: list[str] = Field(default_factory=list, max_length=1000)
+    invite_3pid: list[dict[str, Any]] = Field(default_factory=list)
+    room_version: str | None = None
+    creation_content: dict[str, Any] = Field(default_factory=dict)
+    initial_state: list[dict[str, Any]] = Field(default_factory=list, max_length=1000)
+    preset: str | None = None
+    is_direct: bool = False
+    power_level_content_override: dict[str, Any] | None = None
+
+
+class MembershipBody(Body):
+    reason: str | None = Field(default=None, max_length=4096)
+
+
+class TargetBody(Body):
+    user_id: str
+    reason: str | None = Field(default=None, max_length=4096)
+
+
+class RedactBody(Body):
+    reason: str | None = Field(default=None, max_length=4096)
+
+
+class AliasBody(Body):
+    room_id: str
+
+
+class VisibilityBody(Body):
+    visibility: str = "private"
+
+
+class PublicRoomsBody(Body):
+    limit: int | None = Field(default=None, ge=0)
+    since: str | None = None
+    filter: dict[str, Any] | None = None
+    server: str | None = None
+    include_all_networks: bool = False
+    third_party_instance_id: str | None = None

@@ -7,6 +7,7 @@ from aiohttp import web
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from homeserver.appkeys import SERVICES
+from homeserver.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
 from homeserver.http.json import json_response
 
 routes = ClientRoutes()
@@ -24,9 +25,7 @@ UNSTABLE_FEATURES = {
     "org.ktchat.history": False,
 }
 
-# Room versions the server will create and join; issue #3 brings rooms.
-ROOM_VERSIONS = {"10": "stable", "11": "stable", "12": "stable"}
-DEFAULT_ROOM_VERSION = "12"
+ROOM_VERSIONS = {version: "stable" for version in KNOWN_ROOM_VERSIONS}
 
 
 @routes.get("/_matrix/client/versions", versions=("",))
@@ -48,7 +47,8 @@ async def get_capabilities(request: web.Request) -> web.Response:
     await require_requester(request)
     return json_response({"capabilities": {
         "m.change_password": {"enabled": True},
-        "m.room_versions": {"default": DEFAULT_ROOM_VERSION, "available": ROOM_VERSIONS},
+        "m.room_versions": {"default": DEFAULT_ROOM_VERSION.identifier,
+                            "available": ROOM_VERSIONS},
         "m.set_displayname": {"enabled": True},
         "m.set_avatar_url": {"enabled": True},
         "m.3pid_changes": {"enabled": False},

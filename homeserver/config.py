@@ -95,6 +95,9 @@ class RateLimitsConfig:
     login_per_account: RateLimit = RateLimit(0.17, 5)
     login_failed_per_account: RateLimit = RateLimit(0.17, 5)
     registration_per_ip: RateLimit = RateLimit(0.17, 5)
+    message_per_user: RateLimit = RateLimit(10.0, 50)
+    joins_per_user: RateLimit = RateLimit(0.5, 20)
+    invites_per_user: RateLimit = RateLimit(0.5, 20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +345,9 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         _rate_limit(rl_r, "login_per_account", defaults.login_per_account),
         _rate_limit(rl_r, "login_failed_per_account", defaults.login_failed_per_account),
         _rate_limit(rl_r, "registration_per_ip", defaults.registration_per_ip),
+        _rate_limit(rl_r, "message_per_user", defaults.message_per_user),
+        _rate_limit(rl_r, "joins_per_user", defaults.joins_per_user),
+        _rate_limit(rl_r, "invites_per_user", defaults.invites_per_user),
     )
 
     auth_r = r.section("auth")

@@ -6,8 +6,12 @@
 from __future__ import annotations
 
 from storage.engine import DatabaseEngine
+from storage.stores.account_data import AccountDataStore
 from storage.stores.auth_sessions import NonceStore, RegistrationTokenStore, UiAuthStore
 from storage.stores.devices import DeviceStore
+from storage.stores.events import EventStore
+from storage.stores.rooms import RoomStore
+from storage.stores.state import StateStore
 from storage.stores.users import ProfileStore, UserStore
 
 
@@ -25,6 +29,10 @@ class Database:
         self.ui_auth = UiAuthStore(self.engine)
         self.registration_tokens = RegistrationTokenStore(self.engine)
         self.nonces = NonceStore(self.engine)
+        self.events = EventStore(self.engine)
+        self.state = StateStore(self.engine)
+        self.rooms = RoomStore(self.engine)
+        self.account_data = AccountDataStore(self.engine)
 
     @property
     def is_sqlite(self) -> bool:
@@ -33,6 +41,7 @@ class Database:
     async def open(self) -> None:
         """Apply pending migrations; call once before use."""
         await self.engine.migrate()
+        await self.account_data.load()
 
     async def close(self) -> None:
         await self.engine.close()

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -117,4 +118,150 @@ registration_nonces = Table(
     metadata,
     Column("nonce", Text, primary_key=True),
     Column("created_ts", BigInteger, nullable=False),
+)
+
+# --- rooms and events ------------------------------------------------------------------------
+
+rooms = Table(
+    "rooms",
+    metadata,
+    Column("room_id", Text, primary_key=True),
+    Column("room_version", Text, nullable=False),
+    Column("creator", Text, nullable=False),
+    Column("is_public", Boolean, nullable=False, default=False),  # in the room directory
+    Column("created_ts", BigInteger, nullable=False),
+    # The state group of the room's current state.
+    Column("current_state_group", BigInteger, nullable=True),
+)
+
+events = Table(
+    "events",
+    metadata,
+    # Internal numeric ID: state groups refer to events by it (8 bytes, not a 44-char ID).
+    Column("nid", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("event_id", Text, nullable=False, unique=True),
+    Column("room_id", Text, nullable=False),
+    # Position in the server-wide stream (sync); NULL for outliers.
+    Column("stream_ordering", BigInteger, nullable=True, unique=True),
+    Column("depth", BigInteger, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("state_key", Text, nullable=True),
+    Column("sender", Text, nullable=False),
+    Column("origin_server_ts", BigInteger, nullable=False),
+    Column("received_ts", BigInteger, nullable=False),
+    # The PDU as signed (canonical JSON), never with local metadata.
+    Column("json", Text, nullable=False),
+    Column("outlier", Boolean, nullable=False, default=False),
+    Column("rejected_reason", Text, nullable=True),
+    # State groups: the state before the event, and after it (the same for non-state events).
+    Column("state_group_before", BigInteger, nullable=True),
+    Column("state_group_after", BigInteger, nullable=True),
+    # Who sent it from here (for transaction IDs and unsigned.transaction_id).
+    Column("device_id", Text, nullable=True),
+    Column("txn_id", Text, nullable=True),
+    Index("events_room_order", "room_id", "depth", "stream_ordering"),
+    Index("events_room_stream", "room_id", "stream_ordering"),
+    Index("events_txn", "room_id", "sender", "device_id", "txn_id", unique=True),
+)
+
+event_edges = Table(
+    "event_edges",
+    metadata,
+    Column("event_id", Text, nullable=False),
+    Column("prev_event_id", Text, nullable=False),
+    PrimaryKeyConstraint("event_id", "prev_event_id"),
+    Index("event_edges_prev", "prev_event_id"),
+)
+
+event_auth = Table(
+    "event_auth",
+    metadata,
+    Column("event_id", Text, nullable=False),
+    Column("auth_id", Text, nullable=False),
+    PrimaryKeyConstraint("event_id", "auth_id"),
+)
+
+forward_extremities = Table(
+    "forward_extremities",
+    metadata,
+    Column("room_id", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    PrimaryKeyConstraint("room_id", "event_id"),
+)
+
+current_state = Table(
+    "current_state",
+    metadata,
+    Column("room_id", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("state_key", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    # For m.room.member: the membership, so "rooms of a user" is one index lookup.
+    Column("membership", Text, nullable=True),
+    PrimaryKeyConstraint("room_id", "type", "state_key"),
+    Index("current_state_members", "state_key", "membership", "type"),
+)
+
+# Interned (type, state_key) pairs, so state maps are pairs of integers.
+state_keys = Table(
+    "state_keys",
+    metadata,
+    Column("nid", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("type", Text, nullable=False),
+    Column("state_key", Text, nullable=False),
+    Index("state_keys_unique", "type", "state_key", unique=True),
+)
+
+# Layered state: a group is its parent's state plus `added` minus `removed`, each a packed
+# array of (state key nid, event nid) pairs. A root (no parent) holds the full state. Layers
+# are at most a few deep and merge as they grow (storage/state_groups.py), so a room's state
+# is never copied per event.
+state_groups = Table(
+    "state_groups",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("room_id", Text, nullable=False),
+    Column("parent_id", BigInteger, nullable=True),
+    Column("added", LargeBinary, nullable=False),
+    Column("removed", LargeBinary, nullable=False),
+)
+
+redactions = Table(
+    "redactions",
+    metadata,
+    Column("event_id", Text, primary_key=True),  # the redaction
+    Column("redacts", Text, nullable=False),
+    Column("received_ts", BigInteger, nullable=False),
+    # Set once the redacted event's stored JSON has been pruned.
+    Column("censored", Boolean, nullable=False, default=False),
+    Index("redactions_redacts", "redacts"),
+)
+
+room_aliases = Table(
+    "room_aliases",
+    metadata,
+    Column("alias", Text, primary_key=True),
+    Column("room_id", Text, nullable=False),
+    Column("creator", Text, nullable=False),
+    Index("room_aliases_room", "room_id"),
+)
+
+account_data = Table(
+    "account_data",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("room_id", Text, nullable=False),  # "" for global account data
+    Column("type", Text, nullable=False),
+    Column("content", Text, nullable=False),
+    Column("stream_id", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "room_id", "type"),
+    Index("account_data_stream", "user_id", "stream_id"),
+)
+
+room_forgotten = Table(
+    "room_forgotten",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("room_id", Text, nullable=False),
+    PrimaryKeyConstraint("user_id", "room_id"),
 )

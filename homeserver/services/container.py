@@ -10,15 +10,24 @@ from dataclasses import dataclass, field
 from signedjson.types import SigningKey
 
 from homeserver.clock import Clock, SystemClock
-from homeserver.config import HomeserverConfig
+from homeserver.config import HomeserverConfig, RateLimit
 from homeserver.crypto.passwords import PasswordHasher
 from homeserver.crypto.signing_keys import load_signing_key
 from homeserver.ratelimit import RateLimiter
+from homeserver.services.account_data import AccountDataService
 from homeserver.services.accounts import AccountService
 from homeserver.services.auth import AuthService
 from homeserver.services.devices import DeviceService
+from homeserver.services.directory import DirectoryService
+from homeserver.services.event_persister import EventPersister
+from homeserver.services.membership import MembershipService
+from homeserver.services.messages import MessageService
+from homeserver.services.notifier import Notifier
 from homeserver.services.profile import ProfileService
+from homeserver.services.rooms import RoomService
+from homeserver.services.serialize import EventSerializer
 from homeserver.services.uia import UiAuthService
+from homeserver.services.visibility import VisibilityService
 from storage import Database
 
 logger = logging.getLogger(__name__)
@@ -38,6 +47,13 @@ class Services:
     devices: DeviceService
     uia: UiAuthService
     profiles: ProfileService
+    notifier: Notifier
+    persister: EventPersister
+    rooms: RoomService
+    membership: MembershipService
+    messages: MessageService
+    directory: DirectoryService
+    account_data: AccountDataService
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -45,6 +61,7 @@ class Services:
     async def start(self) -> None:
         """Open the database (migrating it) and start background housekeeping."""
         await self.db.open()
+        await self.persister.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
 
     async def stop(self) -> None:
@@ -53,6 +70,7 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.persister.stop()
         await self.auth.flush_last_seen()
         await self.db.close()
         self.hasher.close()
@@ -80,20 +98,38 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     uia = UiAuthService(db.ui_auth, db.registration_tokens, accounts, clock,
                         config.auth.ui_auth_session_timeout_ms)
     rl = config.rate_limits
+
+    def limiter(limit: RateLimit) -> RateLimiter:
+        return RateLimiter(clock, limit.per_second, limit.burst_count, enabled=rl.enabled)
+
+    signing_key = load_signing_key(config.signing_key_path)
+    profiles = ProfileService(db.profiles, db.users)
+    notifier = Notifier()
+    persister = EventPersister(db, clock, notifier, config.server_name, signing_key)
+    rooms = RoomService(persister, db.rooms, profiles, config.server_name,
+                        limiter(rl.message_per_user))
+    serializer = EventSerializer(db.events, db.state)
+    visibility = VisibilityService(db.state, db.events)
     return Services(
         config=config,
         clock=clock,
         db=db,
-        signing_key=load_signing_key(config.signing_key_path),
+        signing_key=signing_key,
         hasher=hasher,
         auth=auth,
         accounts=accounts,
         devices=DeviceService(db.devices, auth),
         uia=uia,
-        profiles=ProfileService(db.profiles, db.users),
-        login_ip_limiter=RateLimiter(clock, rl.login_per_ip.per_second,
-                                     rl.login_per_ip.burst_count, enabled=rl.enabled),
-        registration_ip_limiter=RateLimiter(clock, rl.registration_per_ip.per_second,
-                                            rl.registration_per_ip.burst_count,
-                                            enabled=rl.enabled),
+        profiles=profiles,
+        notifier=notifier,
+        persister=persister,
+        rooms=rooms,
+        membership=MembershipService(persister, rooms, db.rooms, db.state, db.users,
+                                     config.server_name, limiter(rl.joins_per_user),
+                                     limiter(rl.invites_per_user)),
+        messages=MessageService(db.events, db.state, visibility, serializer, clock),
+        directory=DirectoryService(persister, db.rooms, db.state),
+        account_data=AccountDataService(db.account_data),
+        login_ip_limiter=limiter(rl.login_per_ip),
+        registration_ip_limiter=limiter(rl.registration_per_ip),
     )

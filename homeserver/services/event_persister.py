@@ -1,0 +1,411 @@
+"""The one write path for events.
+
+Every new event — created here or, later, received over federation — is built, authorized
+and ordered under its room's lock against the room's in-memory current state, then handed to
+one batch writer that commits everything queued in a single transaction. A request gets its
+answer only after the commit, so an acknowledged event is durable. Rooms proceed in
+parallel; within a room the next event builds on the previous one while it is still being
+written, so concurrent senders share commits instead of queueing for one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from signedjson.types import SigningKey
+
+from homeserver.clock import Clock
+from homeserver.errors import Forbidden, MatrixError, NotFound, TooLarge
+from homeserver.events.builder import build_event
+from homeserver.events.canonical import encode_canonical
+from homeserver.events.model import Event
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.rooms.auth import AuthError, auth_types_for_event, check_auth_rules
+from homeserver.services.notifier import Notifier
+from storage import Database
+from storage.ids import IdAllocator
+from storage.schema import events as events_table
+from storage.schema import state_groups as state_groups_table
+from storage.schema import state_keys as state_keys_table
+from storage.state_layers import Layer, diff, pack_pairs, plan_group
+from storage.stores.events import NewStateGroup, PersistItem, StoredEvent
+from storage.stores.state import StateKey
+
+logger = logging.getLogger(__name__)
+
+MAX_PREV_EVENTS = 10
+MAX_PDU_BYTES = 65536
+MAX_BATCH = 500
+_EVENT_CACHE_SIZE = 20_000
+_ROOM_CACHE_SIZE = 5_000
+
+
+@dataclass(slots=True)
+class RoomSnapshot:
+    """A room's current state as the writer sees it (ahead of the database while a batch is
+    being written)."""
+
+    room_id: str
+    room_version: RoomVersion
+    state: dict[StateKey, str]
+    state_nids: dict[int, int]
+    state_group: int | None
+    chain: list[Layer]
+    extremities: list[str]
+    depth: int
+    pending_txns: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """What a service asks the persister to create."""
+
+    type: str
+    sender: str
+    content: Mapping[str, Any]
+    state_key: str | None = None
+    redacts: str | None = None
+    device_id: str | None = None
+    txn_id: str | None = None
+
+
+class EventPersister:
+    def __init__(self, db: Database, clock: Clock, notifier: Notifier, server_name: str,
+                 signing_key: SigningKey) -> None:
+        self._db = db
+        self._clock = clock
+        self._notifier = notifier
+        self._server_name = server_name
+        self._signing_key = signing_key
+        self._room_locks: dict[str, asyncio.Lock] = {}
+        self._rooms: OrderedDict[str, RoomSnapshot] = OrderedDict()
+        self._events: OrderedDict[str, Event] = OrderedDict()
+        self._event_nids: dict[str, int] = {}
+        self._nids = IdAllocator(events_table.c.nid)
+        self._stream = IdAllocator(events_table.c.stream_ordering)
+        self._groups = IdAllocator(state_groups_table.c.id)
+        self._key_nids = IdAllocator(state_keys_table.c.nid)
+        self._queue: asyncio.Queue[tuple[PersistItem, asyncio.Future[None], int]] = \
+            asyncio.Queue()
+        # Bumped when a room's write fails: queued events built on the lost ones are dropped.
+        self._room_generation: dict[str, int] = {}
+        self._writer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        for allocator in (self._nids, self._stream, self._groups, self._key_nids):
+            await allocator.load(self._db.engine)
+        self._notifier.set_initial_position(self._stream.last)
+        self._writer = asyncio.create_task(self._write_loop())
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            # Let queued events finish: their senders are waiting for the commit.
+            await self._queue.join()
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+
+    # -- reading what the persister knows -----------------------------------------------------
+
+    async def get_events(self, event_ids: list[str]) -> dict[str, Event]:
+        """Events by ID from the cache or the database (rejected and unknown ones left out)."""
+        out = {e: self._events[e] for e in event_ids if e in self._events}
+        missing = [e for e in event_ids if e not in out]
+        if missing:
+            for event_id, stored in (await self._db.events.get_events(missing)).items():
+                if stored.rejected_reason is None:
+                    out[event_id] = self._cache_event(self.event_from_stored(stored))
+        return out
+
+    @staticmethod
+    def event_from_stored(stored: StoredEvent) -> Event:
+        version = KNOWN_ROOM_VERSIONS[stored.room_version]
+        return Event(stored.event_id, version, stored.pdu)
+
+    def _cache_event(self, event: Event) -> Event:
+        self._events[event.event_id] = event
+        if len(self._events) > _EVENT_CACHE_SIZE:
+            self._events.popitem(last=False)
+        return event
+
+    async def current_state(self, room_id: str) -> dict[StateKey, str] | None:
+        """The room's current state (type, state_key) -> event ID; None for unknown rooms."""
+        async with self._lock(room_id):
+            snapshot = await self._snapshot(room_id)
+        return dict(snapshot.state) if snapshot is not None else None
+
+    async def room_version(self, room_id: str) -> RoomVersion | None:
+        snapshot = self._rooms.get(room_id)
+        if snapshot is not None:
+            return snapshot.room_version
+        info = await self._db.events.room_info(room_id)
+        return KNOWN_ROOM_VERSIONS.get(info[0]) if info is not None else None
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _lock(self, room_id: str) -> asyncio.Lock:
+        lock = self._room_locks.get(room_id)
+        if lock is None:
+            lock = self._room_locks[room_id] = asyncio.Lock()
+        return lock
+
+    async def create_room(self, room_version: RoomVersion, creator: str,
+                          create_content: Mapping[str, Any], *, room_id: str | None = None
+                          ) -> Event:
+        """Create a room with its m.room.create event; returns that event."""
+        now = self._clock.time_ms()
+        content = dict(create_content)
+        if not room_version.implicit_room_creator:
+            content["creator"] = creator
+        content["room_version"] = room_version.identifier
+        event = build_event(room_version, type="m.room.create", sender=creator, content=content,
+                            room_id=None if room_version.room_id_is_create_event_hash else room_id,
+                            state_key="", prev_events=[], auth_events=[], depth=1,
+                            origin_server_ts=now, server_name=self._server_name,
+                            signing_key=self._signing_key)
+        check_auth_rules(event, {}, create_event=event)
+        room_id = event.room_id
+        async with self._lock(room_id):
+            if room_id in self._rooms or await self._db.events.room_info(room_id) is not None:
+                raise MatrixError("Room already exists", status=400, errcode="M_ROOM_IN_USE")
+            snapshot = RoomSnapshot(room_id, room_version, {}, {}, None, [], [], 0)
+            item = self._prepare(snapshot, event, NewEvent("m.room.create", creator, content,
+                                                           ""), now)
+            item.new_room = (room_version.identifier, creator, now)
+            self._remember_room(snapshot)
+            future = self._enqueue(item)
+        await self._await_commit(future, room_id)
+        return event
+
+    async def send(self, room_id: str, new: NewEvent) -> Event:
+        """Build, authorize and persist one event; see ``send_events``."""
+        return (await self.send_events(room_id, [new]))[0]
+
+    async def send_events(self, room_id: str, news: list[NewEvent]) -> list[Event]:
+        """Build, authorize and persist events in order; returns them once all are committed.
+
+        A repeated ``(sender, device_id, txn_id)`` returns the event first created for it.
+
+        Raises:
+            NotFound: the room is unknown here.
+            Forbidden: an event fails the room's authorization rules (it and the events after
+                it are not created; those before it are).
+        """
+        out: list[Event] = []
+        futures: list[asyncio.Future[None]] = []
+        txns: list[tuple[RoomSnapshot, tuple[str, str, str]]] = []
+        try:
+            async with self._lock(room_id):
+                snapshot = await self._snapshot(room_id)
+                if snapshot is None:
+                    raise NotFound("Unknown room")
+                for new in news:
+                    txn = (new.sender, new.device_id, new.txn_id) \
+                        if new.txn_id is not None and new.device_id is not None else None
+                    if txn is not None:
+                        existing = await self._event_for_txn(snapshot, txn)
+                        if existing is not None:
+                            out.append(existing)
+                            continue
+                    event = await self._build_and_auth(snapshot, new)
+                    futures.append(self._enqueue(self._prepare(snapshot, event, new,
+                                                               event.origin_server_ts)))
+                    if txn is not None:
+                        snapshot.pending_txns[txn] = event.event_id
+                        txns.append((snapshot, txn))
+                    out.append(event)
+        finally:
+            # Events queued before a failure are still written: wait for them either way.
+            for future in futures:
+                await self._await_commit(future, room_id)
+            for snapshot_, txn in txns:
+                snapshot_.pending_txns.pop(txn, None)
+        return out
+
+    async def _event_for_txn(self, snapshot: RoomSnapshot, txn: tuple[str, str, str]
+                             ) -> Event | None:
+        existing = snapshot.pending_txns.get(txn) or await self._db.events.event_for_txn(
+            snapshot.room_id, *txn)
+        if existing is None:
+            return None
+        return (await self.get_events([existing])).get(existing)
+
+    async def _build_and_auth(self, snapshot: RoomSnapshot, new: NewEvent) -> Event:
+        version = snapshot.room_version
+        auth_ids = [snapshot.state[k] for k in auth_types_for_event(
+            version, new.type, new.state_key, new.sender, new.content) if k in snapshot.state]
+        try:
+            event = build_event(
+                version, type=new.type, sender=new.sender, content=new.content,
+                room_id=snapshot.room_id, state_key=new.state_key,
+                prev_events=snapshot.extremities[-MAX_PREV_EVENTS:], auth_events=auth_ids,
+                depth=snapshot.depth + 1, origin_server_ts=self._clock.time_ms(),
+                redacts=new.redacts, server_name=self._server_name,
+                signing_key=self._signing_key)
+        except ValueError as e:
+            raise MatrixError(f"Invalid event: {e}", status=400, errcode="M_BAD_JSON") from None
+        if len(encode_canonical(dict(event.pdu))) > MAX_PDU_BYTES:
+            raise TooLarge("Event is too large")
+        await self._check_auth(snapshot, event, auth_ids)
+        return event
+
+    async def _check_auth(self, snapshot: RoomSnapshot, event: Event, auth_ids: list[str]
+                          ) -> None:
+        create_id = snapshot.state.get(("m.room.create", ""))
+        wanted = [*auth_ids, create_id] if create_id else list(auth_ids)
+        loaded = await self.get_events(wanted)
+        auth_events: dict[StateKey, Event] = {}
+        for event_id in auth_ids:
+            auth_event = loaded[event_id]
+            if auth_event.state_tuple is not None:
+                auth_events[auth_event.state_tuple] = auth_event
+        try:
+            check_auth_rules(event, auth_events,
+                             create_event=loaded.get(create_id) if create_id else None)
+        except AuthError as e:
+            raise Forbidden(str(e)) from None
+
+    def _prepare(self, snapshot: RoomSnapshot, event: Event, new: NewEvent, now: int
+                 ) -> PersistItem:
+        """Turn an authorized event into a write, and move the snapshot past it."""
+        nid = self._nids.next()
+        item = PersistItem(
+            event_id=event.event_id, room_id=snapshot.room_id,
+            pdu_json=encode_canonical(dict(event.pdu)).decode("utf-8"), nid=nid,
+            stream_ordering=self._stream.next(), depth=event.depth, type=event.type,
+            state_key=event.state_key, sender=event.sender,
+            origin_server_ts=event.origin_server_ts, received_ts=now,
+            prev_event_ids=event.prev_event_ids, auth_event_ids=event.auth_event_ids,
+            state_group_before=snapshot.state_group, state_group_after=snapshot.state_group,
+            device_id=new.device_id if new.txn_id is not None else None, txn_id=new.txn_id,
+            redacts=event.redacts, extremities_removed=list(snapshot.extremities))
+        if event.state_tuple is not None:
+            key = event.state_tuple
+            key_nid = self._state_key_nid(key, item)
+            new_nids = dict(snapshot.state_nids)
+            new_nids[key_nid] = nid
+            added, removed = diff(snapshot.state_nids, new_nids)
+            plan = plan_group(snapshot.chain, added, removed)
+            group_id = self._groups.next()
+            layer = Layer(group_id, plan.parent_id, plan.added, plan.removed)
+            item.new_state_group = NewStateGroup(group_id, snapshot.room_id, plan.parent_id,
+                                                 pack_pairs(plan.added),
+                                                 pack_pairs(plan.removed))
+            item.state_group_after = group_id
+            item.current_state_delta.append((key[0], key[1], event.event_id, event.membership))
+            parent_depth = next((i for i, lay in enumerate(snapshot.chain)
+                                 if lay.group_id == plan.parent_id), -1)
+            snapshot.chain = [*snapshot.chain[:parent_depth + 1], layer]
+            snapshot.state_group = group_id
+            snapshot.state_nids = new_nids
+            snapshot.state[key] = event.event_id
+            self._db.state.remember_layer(layer, new_nids)
+        snapshot.extremities = [event.event_id]
+        snapshot.depth = max(snapshot.depth, event.depth)
+        self._cache_event(event)
+        self._event_nids[event.event_id] = nid
+        return item
+
+    def _state_key_nid(self, key: StateKey, item: PersistItem) -> int:
+        nid = self._db.state.cached_key_nid(key)
+        if nid is None:
+            nid = self._key_nids.next()
+            self._db.state.remember_key(nid, key)
+            item.new_state_keys.append((nid, key[0], key[1]))
+        return nid
+
+    def _enqueue(self, item: PersistItem) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, future, self._room_generation.get(item.room_id, 0)))
+        return future
+
+    async def _await_commit(self, future: asyncio.Future[None], room_id: str) -> None:
+        try:
+            await asyncio.shield(future)
+        except Exception:
+            logger.exception("Persisting an event in %s failed", room_id)
+            raise MatrixError("Could not store the event", status=500) from None
+
+    async def _write_loop(self) -> None:
+        while True:
+            queued = [await self._queue.get()]
+            while len(queued) < MAX_BATCH and not self._queue.empty():
+                queued.append(self._queue.get_nowait())
+            batch = []
+            for item, future, generation in queued:
+                if generation != self._room_generation.get(item.room_id, 0):
+                    future.set_exception(RuntimeError("an earlier event of the room was lost"))
+                else:
+                    batch.append((item, future))
+            if not batch:
+                for _ in queued:
+                    self._queue.task_done()
+                continue
+            items = [item for item, _ in batch]
+            try:
+                await self._db.events.persist_batch(items)
+            except Exception as e:
+                self._forget_failed(items)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                for _ in queued:
+                    self._queue.task_done()
+                continue
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+            for _ in queued:
+                self._queue.task_done()
+            self._notifier.on_new_events(items[-1].stream_ordering, {i.room_id for i in items})
+
+    def _forget_failed(self, items: list[PersistItem]) -> None:
+        """The snapshots ran ahead of what is stored: forget them, so the next event in each
+        room reloads the truth, and drop what was queued on top of the lost events."""
+        for item in items:
+            self._rooms.pop(item.room_id, None)
+            self._events.pop(item.event_id, None)
+            self._room_generation[item.room_id] = self._room_generation.get(item.room_id, 0) + 1
+        self._db.state.forget_keys([nid for i in items for nid, _, _ in i.new_state_keys])
+
+    # -- loading snapshots ------------------------------------------------------------------
+
+    def _remember_room(self, snapshot: RoomSnapshot) -> None:
+        self._rooms[snapshot.room_id] = snapshot
+        self._rooms.move_to_end(snapshot.room_id)
+        if len(self._rooms) > _ROOM_CACHE_SIZE:
+            for room_id in list(self._rooms)[:len(self._rooms) - _ROOM_CACHE_SIZE]:
+                if not self._room_locks.get(room_id, asyncio.Lock()).locked():
+                    del self._rooms[room_id]
+                    self._room_locks.pop(room_id, None)
+
+    async def _snapshot(self, room_id: str) -> RoomSnapshot | None:
+        snapshot = self._rooms.get(room_id)
+        if snapshot is not None:
+            self._rooms.move_to_end(room_id)
+            return snapshot
+        info = await self._db.events.room_info(room_id)
+        if info is None:
+            return None
+        version_id, group_id = info
+        version = KNOWN_ROOM_VERSIONS.get(version_id)
+        if version is None:
+            raise MatrixError(f"Unsupported room version {version_id}", status=400,
+                              errcode="M_UNSUPPORTED_ROOM_VERSION")
+        chain = await self._db.state.chain(group_id) if group_id is not None else []
+        state_nids = await self._db.state.full_state_nids(group_id) if group_id else {}
+        state = await self._db.state.state_at_group(group_id)
+        extremities = await self._db.events.room_extremities(room_id)
+        depth = await self._db.events.max_depth(extremities) if extremities else 0
+        snapshot = RoomSnapshot(room_id, version, state, dict(state_nids), group_id, chain,
+                                extremities, depth)
+        self._remember_room(snapshot)
+        return snapshot
+

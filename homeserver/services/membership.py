@@ -1,0 +1,181 @@
+"""Joining, inviting, leaving, kicking, banning, knocking and forgetting rooms.
+
+Every change is an ``m.room.member`` event through the persister, so the room's authorization
+rules decide; this module only shapes the event and answers the cases the rules cannot see
+(unknown users and rooms, forgetting).
+"""
+
+from __future__ import annotations
+
+from homeserver.errors import BadRequest, Forbidden, InvalidParam, MatrixError, NotFound
+from homeserver.events.model import Event
+from homeserver.ratelimit import RateLimiter
+from homeserver.rooms.power_levels import PowerLevels
+from homeserver.services.event_persister import EventPersister, NewEvent
+from homeserver.services.rooms import RoomService
+from homeserver.types import parse_user_id
+from storage.stores.rooms import RoomStore
+from storage.stores.state import StateStore
+from storage.stores.users import UserStore
+
+JOINED_OR_INVITED = ("join", "invite")
+
+
+class MembershipService:
+    def __init__(self, persister: EventPersister, rooms: RoomService, room_store: RoomStore,
+                 state: StateStore, users: UserStore, server_name: str,
+                 join_limiter: RateLimiter, invite_limiter: RateLimiter) -> None:
+        self._persister = persister
+        self._rooms = rooms
+        self._room_store = room_store
+        self._state = state
+        self._users = users
+        self._server_name = server_name
+        self._join_limiter = join_limiter
+        self._invite_limiter = invite_limiter
+
+    async def _resolve(self, room_id_or_alias: str) -> str:
+        if room_id_or_alias.startswith("#"):
+            return await self._rooms.resolve_alias(room_id_or_alias)
+        if not room_id_or_alias.startswith("!"):
+            raise InvalidParam("Expected a room ID or alias")
+        return room_id_or_alias
+
+    async def _require_room(self, room_id: str) -> None:
+        if await self._persister.room_version(room_id) is None:
+            # Joining rooms on other servers arrives with federation (issue #7).
+            raise NotFound("No known servers for this room" if room_id.startswith("!")
+                           else "Unknown room")
+
+    async def _member_event(self, room_id: str, sender: str, target: str, membership: str,
+                            reason: str | None, **extra: object) -> Event:
+        content = await self._rooms.member_content(target, membership, reason=reason, **extra)
+        return await self._persister.send(room_id, NewEvent("m.room.member", sender, content,
+                                                            target))
+
+    async def join(self, user_id: str, room_id_or_alias: str, *, reason: str | None = None
+                   ) -> str:
+        room_id = await self._resolve(room_id_or_alias)
+        await self._require_room(room_id)
+        current = await self._state.membership(room_id, user_id)
+        if current is not None and current[0] == "join":
+            return room_id
+        self._join_limiter.check(user_id)
+        extra: dict[str, object] = {}
+        authoriser = await self._restricted_join_authoriser(room_id, user_id, current)
+        if authoriser is not None:
+            extra["join_authorised_via_users_server"] = authoriser
+        await self._member_event(room_id, user_id, user_id, "join", reason, **extra)
+        await self._room_store.unforget(user_id, room_id)
+        return room_id
+
+    async def _restricted_join_authoriser(self, room_id: str, user_id: str,
+                                          current: tuple[str, str] | None) -> str | None:
+        """For a restricted room the user may join through another room's membership: a
+        local member with the power to invite vouches for the join."""
+        if current is not None and current[0] == "invite":
+            return None
+        state = await self._persister.current_state(room_id) or {}
+        join_rules_id = state.get(("m.room.join_rules", ""))
+        if join_rules_id is None:
+            return None
+        events = await self._persister.get_events([join_rules_id])
+        join_rules = events[join_rules_id].content if join_rules_id in events else {}
+        if join_rules.get("join_rule") not in ("restricted", "knock_restricted"):
+            return None
+        allowed = False
+        for entry in join_rules.get("allow") or []:
+            if isinstance(entry, dict) and entry.get("type") == "m.room_membership":
+                other = await self._state.membership(str(entry.get("room_id")), user_id)
+                if other is not None and other[0] == "join":
+                    allowed = True
+                    break
+        if not allowed:
+            return None
+        create = state.get(("m.room.create", ""))
+        power = state.get(("m.room.power_levels", ""))
+        loaded = await self._persister.get_events([e for e in (create, power) if e])
+        if create not in loaded:
+            return None
+        levels = PowerLevels.from_events(loaded[create], loaded.get(power) if power else None)
+        members = [m.state_key for m in await self._state.current_state(
+            room_id, types=["m.room.member"]) if m.membership == "join"]
+        local = [m for m in members if m.endswith(f":{self._server_name}")]
+        local.sort(key=lambda m: -levels.user_level(m))
+        for member in local:
+            if levels.user_level(member) >= levels.invite_level:
+                return member
+        return None
+
+    async def invite(self, inviter: str, room_id: str, target: str, *,
+                     reason: str | None = None, is_direct: bool = False) -> None:
+        try:
+            server = parse_user_id(target).server_name
+        except ValueError:
+            raise InvalidParam("Invalid user ID") from None
+        await self._require_room(room_id)
+        if server == self._server_name:
+            user = await self._users.get_user(target)
+            if user is None or user.deactivated:
+                raise NotFound("Unknown user")
+        else:
+            raise BadRequest("Inviting users on other servers arrives with federation")
+        current = await self._state.membership(room_id, target)
+        if current is not None and current[0] == "invite":
+            return  # already invited: nothing new
+        self._invite_limiter.check(inviter)
+        await self._member_event(room_id, inviter, target, "invite", reason,
+                                 is_direct=True if is_direct else None)
+
+    async def leave(self, user_id: str, room_id: str, *, reason: str | None = None) -> None:
+        await self._require_room(room_id)
+        current = await self._state.membership(room_id, user_id)
+        if current is None or current[0] in ("leave", "ban"):
+            if current is not None and current[0] == "leave":
+                return
+            raise Forbidden("You are not in this room")
+        await self._member_event(room_id, user_id, user_id, "leave", reason)
+
+    async def kick(self, sender: str, room_id: str, target: str, *, reason: str | None = None
+                   ) -> None:
+        await self._require_room(room_id)
+        current = await self._state.membership(room_id, target)
+        if current is None or current[0] not in ("join", "invite", "knock"):
+            raise Forbidden("The user is not in the room")
+        await self._member_event(room_id, sender, target, "leave", reason)
+
+    async def ban(self, sender: str, room_id: str, target: str, *, reason: str | None = None
+                  ) -> None:
+        try:
+            parse_user_id(target)
+        except ValueError:
+            raise InvalidParam("Invalid user ID") from None
+        await self._require_room(room_id)
+        await self._member_event(room_id, sender, target, "ban", reason)
+
+    async def unban(self, sender: str, room_id: str, target: str, *, reason: str | None = None
+                    ) -> None:
+        await self._require_room(room_id)
+        current = await self._state.membership(room_id, target)
+        if current is None or current[0] != "ban":
+            raise Forbidden("The user is not banned")
+        await self._member_event(room_id, sender, target, "leave", reason)
+
+    async def knock(self, user_id: str, room_id_or_alias: str, *, reason: str | None = None
+                    ) -> str:
+        room_id = await self._resolve(room_id_or_alias)
+        await self._require_room(room_id)
+        self._join_limiter.check(user_id)
+        await self._member_event(room_id, user_id, user_id, "knock", reason)
+        return room_id
+
+    async def forget(self, user_id: str, room_id: str) -> None:
+        current = await self._state.membership(room_id, user_id)
+        if current is None:
+            raise NotFound("You have never been in this room")
+        if current[0] in JOINED_OR_INVITED:
+            raise MatrixError("You must leave the room before forgetting it", status=400)
+        await self._room_store.forget(user_id, room_id)
+
+    async def joined_rooms(self, user_id: str) -> list[str]:
+        return await self._state.rooms_for_user(user_id, ("join",))

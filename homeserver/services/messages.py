@@ -1,0 +1,270 @@
+"""Reading rooms: events, history pages, context, state and members — each filtered by
+what the reader may see."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.clock import Clock
+from homeserver.errors import Forbidden, InvalidParam, NotFound
+from homeserver.services.filtering import RoomEventFilter
+from homeserver.services.serialize import EventSerializer
+from homeserver.services.visibility import HISTORY_VISIBILITY, VisibilityService
+from storage.stores.events import EventStore, StoredEvent
+from storage.stores.state import StateKey, StateMap, StateStore
+
+_TOKEN_RE = re.compile(r"^t(-?\d+)-(-?\d+)$")
+MAX_PAGE = 1000
+_SCAN_ROUNDS = 10
+
+
+def make_token(depth: int, stream: int) -> str:
+    """A /messages pagination token: a position in the room's topological order."""
+    return f"t{depth}-{stream}"
+
+
+def parse_token(token: str) -> tuple[int, int]:
+    match = _TOKEN_RE.match(token)
+    if match is None:
+        raise InvalidParam("Invalid pagination token")
+    return int(match.group(1)), int(match.group(2))
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    user_id: str
+    device_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomAccess:
+    """What the reader's relation to the room allows: everything up to ``until`` (the
+    reader's leave, as a (depth, stream) position), or everything when None."""
+
+    membership: str | None
+    until: tuple[int, int] | None
+    state_group: int | None  # the state the reader sees as "current"
+
+
+class MessageService:
+    def __init__(self, events: EventStore, state: StateStore, visibility: VisibilityService,
+                 serializer: EventSerializer, clock: Clock) -> None:
+        self._events = events
+        self._state = state
+        self._visibility = visibility
+        self._serializer = serializer
+        self._clock = clock
+
+    async def access(self, user_id: str, room_id: str) -> RoomAccess:
+        """Whether ``user_id`` may read the room at all, and up to where.
+
+        Raises:
+            Forbidden: not a member now or before, and the room is not world-readable.
+        """
+        info = await self._events.room_info(room_id)
+        if info is None:
+            raise Forbidden("You are not allowed to view this room.")
+        _version, group = info
+        membership = await self._state.membership(room_id, user_id)
+        if membership is not None and membership[0] == "join":
+            return RoomAccess("join", None, group)
+        if membership is not None and membership[0] in ("leave", "ban"):
+            leave = await self._events.get_event(membership[1])
+            if leave is not None and leave.stream_ordering is not None:
+                # A left user reads the room as it was when they left (if they were ever in).
+                joins = await self._events.join_positions(room_id, user_id)
+                if joins:
+                    return RoomAccess(membership[0], (leave.depth, leave.stream_ordering),
+                                      leave.state_group_after)
+        current = await self._state.state_at_group(group, only=[HISTORY_VISIBILITY])
+        if HISTORY_VISIBILITY in current:
+            vis_event = await self._events.get_event(current[HISTORY_VISIBILITY])
+            if vis_event is not None and (vis_event.pdu.get("content") or {}).get(
+                    "history_visibility") == "world_readable":
+                return RoomAccess(membership[0] if membership else None, None, group)
+        if membership is not None and membership[0] == "invite":
+            return RoomAccess("invite", None, group)
+        raise Forbidden("You are not allowed to view this room.")
+
+    async def _serialize(self, reader: Reader, events: list[StoredEvent]
+                         ) -> list[dict[str, Any]]:
+        return await self._serializer.serialize(events, requester_device=reader.device_id,
+                                                requester_user=reader.user_id,
+                                                now=self._clock.time_ms())
+
+    async def get_event(self, reader: Reader, room_id: str, event_id: str) -> dict[str, Any]:
+        await self.access(reader.user_id, room_id)
+        stored = await self._events.get_event(event_id)
+        if stored is None or stored.room_id != room_id or stored.rejected_reason is not None:
+            raise NotFound("Event not found.")
+        if not await self._visibility.filter_for_user(reader.user_id, [stored]):
+            raise NotFound("Event not found.")
+        return (await self._serialize(reader, [stored]))[0]
+
+    async def messages(self, reader: Reader, room_id: str, *, from_token: str | None,
+                       to_token: str | None, backwards: bool, limit: int,
+                       event_filter: RoomEventFilter) -> dict[str, Any]:
+        """GET /rooms/{roomId}/messages."""
+        access = await self.access(reader.user_id, room_id)
+        limit = max(0, min(limit, MAX_PAGE))
+        start = parse_token(from_token) if from_token else None
+        end = parse_token(to_token) if to_token else None
+        if access.until is not None:
+            # Nothing after the reader left: cap the starting point there.
+            cap = (access.until[0], access.until[1] + 1)
+            if backwards and (start is None or start > cap):
+                start = cap
+            if not backwards:
+                end = min(end, cap) if end is not None else cap
+        chunk: list[StoredEvent] = []
+        cursor = start
+        exhausted = False
+        for _ in range(_SCAN_ROUNDS):
+            if len(chunk) >= limit:
+                break
+            fetch = max(limit - len(chunk), 20) if (event_filter.types or
+                                                     event_filter.senders) else limit - len(chunk)
+            if backwards:
+                page = await self._events.paginate(room_id, before=cursor, after=end,
+                                                   backwards=True, limit=fetch)
+            else:
+                page = await self._events.paginate(room_id, after=cursor, before=end,
+                                                   backwards=False, limit=fetch)
+            if not page:
+                exhausted = True
+                break
+            wanted = [e for e in page if event_filter.matches(e.pdu)]
+            visible = await self._visibility.filter_for_user(reader.user_id, wanted)
+            room = limit - len(chunk)
+            chunk += visible[:room]
+            last = visible[room - 1] if len(visible) > room else page[-1]
+            cursor = (last.depth, last.stream_ordering or 0)
+            if len(visible) <= room and len(page) < fetch:
+                exhausted = True
+                break
+        if start is not None:
+            start_token = make_token(*start)
+        elif backwards:
+            start_token = make_token(2**62, 2**62)
+        else:
+            start_token = make_token(0, 0)
+        body: dict[str, Any] = {"chunk": await self._serialize(reader, chunk),
+                                "start": start_token}
+        if not exhausted and cursor is not None:
+            body["end"] = make_token(*cursor)
+        if event_filter.lazy_load_members and chunk:
+            body["state"] = await self._members_for(reader, chunk, access)
+        return body
+
+    async def _members_for(self, reader: Reader, chunk: list[StoredEvent],
+                           access: RoomAccess) -> list[dict[str, Any]]:
+        """The member events of the chunk's senders (lazy-loading members)."""
+        senders = sorted({str(e.pdu.get("sender")) for e in chunk})
+        oldest = min(chunk, key=lambda e: (e.depth, e.stream_ordering or 0))
+        state = await self._state.state_at_group(
+            oldest.state_group_after, only=[("m.room.member", s) for s in senders])
+        members = await self._events.get_events(state.values())
+        return await self._serialize(reader, [members[e] for e in state.values()
+                                              if e in members])
+
+    async def context(self, reader: Reader, room_id: str, event_id: str, limit: int,
+                      event_filter: RoomEventFilter) -> dict[str, Any]:
+        """GET /rooms/{roomId}/context/{eventId}."""
+        access = await self.access(reader.user_id, room_id)
+        stored = await self._events.get_event(event_id)
+        if stored is None or stored.room_id != room_id or stored.stream_ordering is None or \
+                not await self._visibility.filter_for_user(reader.user_id, [stored]):
+            raise NotFound("Event not found.")
+        limit = max(0, min(limit, MAX_PAGE))
+        position = make_token(stored.depth, stored.stream_ordering)
+        half_before = limit // 2
+        before = await self.messages(reader, room_id, from_token=position, to_token=None,
+                                     backwards=True, limit=half_before,
+                                     event_filter=event_filter)
+        after = await self.messages(reader, room_id, from_token=position, to_token=None,
+                                    backwards=False, limit=limit - half_before,
+                                    event_filter=event_filter)
+        state_group = stored.state_group_after
+        if access.until is not None and access.state_group is not None:
+            state_group = stored.state_group_after
+        state = await self._state.state_at_group(state_group)
+        state_events = await self._events.get_events(state.values())
+        if event_filter.lazy_load_members:
+            senders = {e["sender"] for e in before["chunk"] + after["chunk"]}
+            senders.add(str(stored.pdu.get("sender")))
+            state_events = {k: v for k, v in state_events.items()
+                            if v.pdu.get("type") != "m.room.member"
+                            or v.pdu.get("state_key") in senders}
+        return {
+            "event": (await self._serialize(reader, [stored]))[0],
+            "events_before": before["chunk"],
+            "events_after": after["chunk"],
+            "start": before.get("end", position),
+            "end": after.get("end", position),
+            "state": await self._serialize(reader, list(state_events.values())),
+        }
+
+    async def _visible_state(self, user_id: str, room_id: str) -> StateMap:
+        access = await self.access(user_id, room_id)
+        return await self._state.state_at_group(access.state_group)
+
+    async def room_state(self, reader: Reader, room_id: str) -> list[dict[str, Any]]:
+        """GET /rooms/{roomId}/state: current state, or the state when the reader left."""
+        state = await self._visible_state(reader.user_id, room_id)
+        events = await self._events.get_events(state.values())
+        return await self._serialize(reader, [events[e] for e in state.values() if e in events])
+
+    async def state_event(self, reader: Reader, room_id: str, key: StateKey
+                          ) -> dict[str, Any]:
+        state = await self._visible_state(reader.user_id, room_id)
+        event_id = state.get(key)
+        stored = await self._events.get_event(event_id) if event_id else None
+        if stored is None:
+            raise NotFound("Event not found.")
+        return (await self._serialize(reader, [stored]))[0]
+
+    async def members(self, reader: Reader, room_id: str, *, at: str | None,
+                      membership: str | None, not_membership: str | None
+                      ) -> list[dict[str, Any]]:
+        """GET /rooms/{roomId}/members."""
+        access = await self.access(reader.user_id, room_id)
+        group = access.state_group
+        if at is not None:
+            depth, stream = parse_token(at)
+            page = await self._events.paginate(room_id, before=(depth, stream + 1),
+                                               backwards=True, limit=1)
+            if page:
+                group = page[0].state_group_after
+        state = await self._state.state_at_group(group)
+        member_ids = [e for (t, _), e in state.items() if t == "m.room.member"]
+        events = await self._events.get_events(member_ids)
+        chosen = []
+        for event_id in member_ids:
+            event = events.get(event_id)
+            if event is None:
+                continue
+            value = (event.pdu.get("content") or {}).get("membership")
+            if membership is not None and value != membership:
+                continue
+            if not_membership is not None and value == not_membership:
+                continue
+            chosen.append(event)
+        return await self._serialize(reader, chosen)
+
+    async def joined_members(self, reader: Reader, room_id: str) -> dict[str, Any]:
+        access = await self.access(reader.user_id, room_id)
+        if access.membership != "join":
+            raise Forbidden("You are not in this room.")
+        state = await self._state.state_at_group(access.state_group)
+        member_ids = [e for (t, _), e in state.items() if t == "m.room.member"]
+        events = await self._events.get_events(member_ids)
+        joined = {}
+        for event in events.values():
+            content = event.pdu.get("content") or {}
+            if content.get("membership") == "join":
+                joined[str(event.pdu.get("state_key"))] = {
+                    "display_name": content.get("displayname"),
+                    "avatar_url": content.get("avatar_url")}
+        return {"joined": joined}

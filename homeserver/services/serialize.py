@@ -1,0 +1,74 @@
+"""Stored events as clients see them (the spec's ClientEvent format)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from homeserver.events.redaction import redact
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from storage.stores.events import EventStore, StoredEvent
+from storage.stores.state import StateStore
+
+_FEDERATION_ONLY_KEYS = ("auth_events", "prev_events", "hashes", "signatures", "depth",
+                         "origin", "membership", "prev_state")
+
+
+class EventSerializer:
+    def __init__(self, events: EventStore, state: StateStore) -> None:
+        self._events = events
+        self._state = state
+
+    async def serialize(self, stored: Sequence[StoredEvent], *, requester_device: str | None,
+                        requester_user: str | None, now: int) -> list[dict[str, Any]]:
+        """Client format for each event: redacted if redacted, with ``unsigned`` filled in."""
+        redactions = await self._events.get_events(
+            {s.redacted_by for s in stored if s.redacted_by is not None})
+        prev = await self._prev_state(s for s in stored if "state_key" in s.pdu)
+        out = []
+        for event in stored:
+            out.append(self._one(event, redactions, prev, requester_device, requester_user, now))
+        return out
+
+    def _one(self, event: StoredEvent, redactions: dict[str, StoredEvent],
+             prev: dict[str, StoredEvent], device: str | None, user: str | None, now: int
+             ) -> dict[str, Any]:
+        version = KNOWN_ROOM_VERSIONS[event.room_version]
+        redaction = redactions.get(event.redacted_by) if event.redacted_by else None
+        pdu = redact(event.pdu, version) if redaction is not None else event.pdu
+        body = {k: v for k, v in pdu.items() if k not in _FEDERATION_ONLY_KEYS
+                and k != "unsigned"}
+        body["event_id"] = event.event_id
+        body["room_id"] = event.room_id
+        if "content" not in body:
+            body["content"] = {}
+        if version.updated_redaction_rules and pdu.get("type") == "m.room.redaction":
+            redacts = (pdu.get("content") or {}).get("redacts")
+            if redacts is not None:
+                body["redacts"] = redacts  # clients of older versions read it here
+        unsigned: dict[str, Any] = {"age": max(0, now - int(pdu.get("origin_server_ts", now)))}
+        if event.txn_id is not None and event.device_id == device and \
+                pdu.get("sender") == user:
+            unsigned["transaction_id"] = event.txn_id
+        if redaction is not None:
+            because = self._one(redaction, {}, {}, None, None, now)
+            because.pop("unsigned", None)
+            unsigned["redacted_because"] = because
+        previous = prev.get(event.event_id)
+        if previous is not None:
+            unsigned["replaces_state"] = previous.event_id
+            unsigned["prev_content"] = previous.pdu.get("content", {})
+            unsigned["prev_sender"] = previous.pdu.get("sender")
+        body["unsigned"] = unsigned
+        return body
+
+    async def _prev_state(self, state_events: Iterable[StoredEvent]) -> dict[str, StoredEvent]:
+        """For each state event, the state event it replaced (if any)."""
+        replaced: dict[str, str] = {}
+        for event in state_events:
+            key = (str(event.pdu.get("type")), str(event.pdu.get("state_key")))
+            before = await self._state.state_at_group(event.state_group_before, only=[key])
+            if key in before:
+                replaced[event.event_id] = before[key]
+        loaded = await self._events.get_events(replaced.values())
+        return {e: loaded[p] for e, p in replaced.items() if p in loaded}

@@ -1,0 +1,86 @@
+"""Who may see which events: history visibility and membership, checked on every read
+(https://spec.matrix.org/v1.19/client-server-api/#history-visibility).
+
+For each event we look at the state before it: the room's ``m.room.history_visibility`` and
+the reader's membership. A user's own membership events are judged by the state after them,
+so everyone sees their own join and leave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from storage.stores.events import EventStore, StoredEvent
+from storage.stores.state import StateStore
+
+HISTORY_VISIBILITY = ("m.room.history_visibility", "")
+
+
+class VisibilityService:
+    def __init__(self, state: StateStore, events: EventStore) -> None:
+        self._state = state
+        self._events = events
+
+    async def _visibility_and_membership(self, group: int | None, user_id: str
+                                         ) -> tuple[str, str | None]:
+        """``(history_visibility, membership of user_id)`` in a state group."""
+        if group is None:
+            return "shared", None
+        member_key = ("m.room.member", user_id)
+        state = await self._state.state_at_group(group, only=[HISTORY_VISIBILITY, member_key])
+        visibility, membership = "shared", None
+        loaded = await self._state_contents(list(state.values()))
+        if HISTORY_VISIBILITY in state:
+            value = loaded.get(state[HISTORY_VISIBILITY], {}).get("history_visibility")
+            if isinstance(value, str):
+                visibility = value
+        if member_key in state:
+            value = loaded.get(state[member_key], {}).get("membership")
+            if isinstance(value, str):
+                membership = value
+        return visibility, membership
+
+    async def _state_contents(self, event_ids: list[str]) -> dict[str, dict[str, object]]:
+        events = await self._events.get_events(event_ids)
+        return {e: dict(s.pdu.get("content") or {}) for e, s in events.items()}
+
+    async def filter_for_user(self, user_id: str, events: Sequence[StoredEvent]
+                              ) -> list[StoredEvent]:
+        """The events ``user_id`` may see, in the given order (all from one room)."""
+        if not events:
+            return []
+        # `shared` history opens to anyone who joined at some point after the event.
+        joins = await self._events.join_positions(events[0].room_id, user_id)
+        last_join = max(joins, default=-1)
+        out = []
+        cache: dict[int | None, tuple[str, str | None]] = {}
+        for event in events:
+            own_member = (event.pdu.get("type") == "m.room.member"
+                          and event.pdu.get("state_key") == user_id)
+            if own_member:
+                out.append(event)
+                continue
+            group = event.state_group_before
+            if group not in cache:
+                cache[group] = await self._visibility_and_membership(group, user_id)
+            visibility, membership = cache[group]
+            if event.pdu.get("type") == "m.room.history_visibility" \
+                    and event.pdu.get("state_key") == "":
+                # A change of visibility is judged by the more open of the old and new rules.
+                new = (event.pdu.get("content") or {}).get("history_visibility")
+                if new == "world_readable" or (new == "shared" and visibility != "world_readable"):
+                    visibility = new
+            joined_later = last_join > (event.stream_ordering or 0)
+            if _allowed(visibility, membership, joined_later):
+                out.append(event)
+        return out
+
+
+def _allowed(visibility: str, membership: str | None, joined_later: bool) -> bool:
+    if visibility == "world_readable":
+        return True
+    if membership == "join":
+        return True
+    if visibility == "shared" and joined_later:
+        return True
+    return visibility == "invited" and membership == "invite"

@@ -1,0 +1,258 @@
+"""Events: the one batched write of new events, and the reads of stored ones.
+
+``persist_batch`` is the only code that writes ``events``, ``event_edges``, ``event_auth``,
+``state_groups``, ``current_state`` and ``forward_extremities``; the event persister calls it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, delete, func, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.dialect import insert
+from storage.engine import DatabaseEngine
+from storage.schema import (
+    current_state,
+    event_auth,
+    event_edges,
+    events,
+    forward_extremities,
+    redactions,
+    rooms,
+    state_groups,
+    state_keys,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    event_id: str
+    room_id: str
+    room_version: str
+    pdu: dict[str, Any]
+    stream_ordering: int | None
+    depth: int
+    state_group_before: int | None
+    state_group_after: int | None
+    device_id: str | None
+    txn_id: str | None
+    redacted_by: str | None
+    rejected_reason: str | None
+    outlier: bool
+
+
+@dataclass(slots=True)
+class NewStateGroup:
+    group_id: int
+    room_id: str
+    parent_id: int | None
+    added: bytes
+    removed: bytes
+
+
+@dataclass(slots=True)
+class PersistItem:
+    """Everything one new event changes, computed before the write."""
+
+    event_id: str
+    room_id: str
+    pdu_json: str
+    nid: int
+    stream_ordering: int
+    depth: int
+    type: str
+    state_key: str | None
+    sender: str
+    origin_server_ts: int
+    received_ts: int
+    prev_event_ids: list[str]
+    auth_event_ids: list[str]
+    state_group_before: int | None
+    state_group_after: int | None
+    device_id: str | None = None
+    txn_id: str | None = None
+    redacts: str | None = None
+    new_room: tuple[str, str, int] | None = None  # (room_version, creator, created_ts)
+    new_state_group: NewStateGroup | None = None
+    new_state_keys: list[tuple[int, str, str]] = field(default_factory=list)
+    # (type, state_key, event_id, membership) of the current state this event changes.
+    current_state_delta: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+    extremities_removed: list[str] = field(default_factory=list)
+
+
+_EVENT_COLUMNS = (events.c.event_id, events.c.room_id, events.c.json, events.c.stream_ordering,
+                  events.c.depth, events.c.state_group_before, events.c.state_group_after,
+                  events.c.device_id, events.c.txn_id, events.c.rejected_reason,
+                  events.c.outlier, rooms.c.room_version,
+                  redactions.c.event_id.label("redacted_by"))
+
+
+def _stored(row: Any) -> StoredEvent:
+    return StoredEvent(row.event_id, row.room_id, row.room_version, json.loads(row.json),
+                       row.stream_ordering, row.depth, row.state_group_before,
+                       row.state_group_after, row.device_id, row.txn_id, row.redacted_by,
+                       row.rejected_reason, bool(row.outlier))
+
+
+def _event_select() -> Any:
+    return (select(*_EVENT_COLUMNS)
+            .join(rooms, rooms.c.room_id == events.c.room_id)
+            .outerjoin(redactions, redactions.c.redacts == events.c.event_id))
+
+
+class EventStore:
+    def __init__(self, engine: DatabaseEngine) -> None:
+        self._db = engine
+
+    # -- the write path ---------------------------------------------------------------------
+
+    async def persist_batch(self, items: Sequence[PersistItem]) -> None:
+        """Write a batch of new events and everything they change, in one transaction."""
+        async with self._db.write() as conn:
+            await self._persist(conn, items)
+
+    async def _persist(self, conn: AsyncConnection, items: Sequence[PersistItem]) -> None:
+        is_sqlite = self._db.is_sqlite
+        new_rooms = [dict(room_id=i.room_id, room_version=i.new_room[0], creator=i.new_room[1],
+                          created_ts=i.new_room[2], is_public=False)
+                     for i in items if i.new_room is not None]
+        if new_rooms:
+            await conn.execute(rooms.insert(), new_rooms)
+        keys = [dict(nid=n, type=t, state_key=k) for i in items for n, t, k in i.new_state_keys]
+        if keys:
+            await conn.execute(state_keys.insert(), keys)
+        groups = [dict(id=g.group_id, room_id=g.room_id, parent_id=g.parent_id, added=g.added,
+                       removed=g.removed)
+                  for i in items if (g := i.new_state_group) is not None]
+        if groups:
+            await conn.execute(state_groups.insert(), groups)
+        await conn.execute(events.insert(), [dict(
+            nid=i.nid, event_id=i.event_id, room_id=i.room_id,
+            stream_ordering=i.stream_ordering, depth=i.depth, type=i.type,
+            state_key=i.state_key, sender=i.sender, origin_server_ts=i.origin_server_ts,
+            received_ts=i.received_ts, json=i.pdu_json, outlier=False, rejected_reason=None,
+            state_group_before=i.state_group_before, state_group_after=i.state_group_after,
+            device_id=i.device_id, txn_id=i.txn_id) for i in items])
+        edges = [dict(event_id=i.event_id, prev_event_id=p) for i in items
+                 for p in i.prev_event_ids]
+        if edges:
+            await conn.execute(event_edges.insert(), edges)
+        auth = [dict(event_id=i.event_id, auth_id=a) for i in items for a in i.auth_event_ids]
+        if auth:
+            await conn.execute(event_auth.insert(), auth)
+        redacted = [dict(event_id=i.event_id, redacts=i.redacts, received_ts=i.received_ts,
+                         censored=False) for i in items if i.redacts is not None]
+        if redacted:
+            await conn.execute(insert(is_sqlite, redactions).on_conflict_do_nothing(), redacted)
+
+        # Current state and extremities change in order; later items win.
+        for item in items:
+            for type_, state_key, event_id, membership in item.current_state_delta:
+                stmt = insert(is_sqlite, current_state).values(
+                    room_id=item.room_id, type=type_, state_key=state_key, event_id=event_id,
+                    membership=membership)
+                await conn.execute(stmt.on_conflict_do_update(
+                    index_elements=["room_id", "type", "state_key"],
+                    set_={"event_id": event_id, "membership": membership}))
+            if item.extremities_removed:
+                await conn.execute(delete(forward_extremities).where(and_(
+                    forward_extremities.c.room_id == item.room_id,
+                    forward_extremities.c.event_id.in_(item.extremities_removed))))
+            await conn.execute(forward_extremities.insert().values(
+                room_id=item.room_id, event_id=item.event_id))
+            if item.new_state_group is not None:
+                await conn.execute(update(rooms).where(rooms.c.room_id == item.room_id)
+                                   .values(current_state_group=item.state_group_after))
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get_events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
+        wanted = list(set(event_ids))
+        out: dict[str, StoredEvent] = {}
+        async with self._db.read() as conn:
+            for i in range(0, len(wanted), 500):
+                rows = await conn.execute(
+                    _event_select().where(events.c.event_id.in_(wanted[i:i + 500])))
+                out.update({r.event_id: _stored(r) for r in rows})
+        return out
+
+    async def get_event(self, event_id: str) -> StoredEvent | None:
+        return (await self.get_events([event_id])).get(event_id)
+
+    async def event_for_txn(self, room_id: str, sender: str, device_id: str, txn_id: str
+                            ) -> str | None:
+        async with self._db.read() as conn:
+            return (await conn.execute(select(events.c.event_id).where(and_(
+                events.c.room_id == room_id, events.c.sender == sender,
+                events.c.device_id == device_id,
+                events.c.txn_id == txn_id)))).scalar()
+
+    async def paginate(self, room_id: str, *, before: tuple[int, int] | None = None,
+                       after: tuple[int, int] | None = None, backwards: bool,
+                       limit: int) -> list[StoredEvent]:
+        """Events of a room in topological order ``(depth, stream_ordering)``.
+
+        Args:
+            before/after: exclusive bounds as ``(depth, stream_ordering)``.
+            backwards: newest first when true.
+        """
+
+        order = tuple_(events.c.depth, events.c.stream_ordering)
+        query = _event_select().where(and_(events.c.room_id == room_id,
+                                           events.c.stream_ordering.is_not(None),
+                                           events.c.rejected_reason.is_(None)))
+        if before is not None:
+            query = query.where(order < tuple_(*before))
+        if after is not None:
+            query = query.where(order > tuple_(*after))
+        if backwards:
+            query = query.order_by(events.c.depth.desc(), events.c.stream_ordering.desc())
+        else:
+            query = query.order_by(events.c.depth.asc(), events.c.stream_ordering.asc())
+        async with self._db.read() as conn:
+            rows = await conn.execute(query.limit(limit))
+            return [_stored(r) for r in rows]
+
+    async def join_positions(self, room_id: str, user_id: str) -> list[int]:
+        """Stream orderings of the user's join events in the room."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(select(events.c.stream_ordering, events.c.json).where(and_(
+                events.c.room_id == room_id, events.c.type == "m.room.member",
+                events.c.state_key == user_id, events.c.stream_ordering.is_not(None))))
+            return [r.stream_ordering for r in rows
+                    if json.loads(r.json).get("content", {}).get("membership") == "join"]
+
+    async def room_extremities(self, room_id: str) -> list[str]:
+        async with self._db.read() as conn:
+            rows = await conn.execute(select(forward_extremities.c.event_id)
+                                      .where(forward_extremities.c.room_id == room_id))
+            return [r[0] for r in rows]
+
+    async def room_info(self, room_id: str) -> tuple[str, int | None] | None:
+        """``(room_version, current_state_group)`` of a room this server knows."""
+        async with self._db.read() as conn:
+            row = (await conn.execute(select(rooms.c.room_version, rooms.c.current_state_group)
+                                      .where(rooms.c.room_id == room_id))).first()
+        return (row.room_version, row.current_state_group) if row is not None else None
+
+    async def max_depth(self, event_ids: Sequence[str]) -> int:
+
+        async with self._db.read() as conn:
+            return int((await conn.execute(select(func.max(events.c.depth))
+                                           .where(events.c.event_id.in_(list(event_ids)))))
+                       .scalar() or 0)
+
+    async def nids_for_events(self, event_ids: Iterable[str]) -> dict[str, int]:
+        wanted = list(set(event_ids))
+        out: dict[str, int] = {}
+        async with self._db.read() as conn:
+            for i in range(0, len(wanted), 500):
+                rows = await conn.execute(select(events.c.event_id, events.c.nid)
+                                          .where(events.c.event_id.in_(wanted[i:i + 500])))
+                out.update({r.event_id: r.nid for r in rows})
+        return out

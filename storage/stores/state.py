@@ -1,0 +1,184 @@
+"""Room state: interned state keys, layered state groups, and each room's current state."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, func, select, text, tuple_
+
+from storage.engine import DatabaseEngine
+from storage.schema import current_state, events, state_groups, state_keys
+from storage.state_layers import Layer, full_state, unpack_pairs
+
+StateKey = tuple[str, str]
+StateMap = dict[StateKey, str]
+"""(type, state_key) -> event ID"""
+
+_FULL_STATE_CACHE_GROUPS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentStateEntry:
+    type: str
+    state_key: str
+    event_id: str
+    membership: str | None
+
+
+class StateStore:
+    def __init__(self, engine: DatabaseEngine) -> None:
+        self._db = engine
+        self._key_nids: dict[StateKey, int] = {}
+        self._keys_by_nid: dict[int, StateKey] = {}
+        self._layers: OrderedDict[int, Layer] = OrderedDict()
+        self._full: OrderedDict[int, dict[int, int]] = OrderedDict()
+
+    # -- state keys -------------------------------------------------------------------------
+
+    def cached_key_nid(self, key: StateKey) -> int | None:
+        return self._key_nids.get(key)
+
+    def remember_key(self, nid: int, key: StateKey) -> None:
+        self._key_nids[key] = nid
+        self._keys_by_nid[nid] = key
+
+    def forget_keys(self, nids: Iterable[int]) -> None:
+        """Drop interned keys whose write failed."""
+        for nid in nids:
+            key = self._keys_by_nid.pop(nid, None)
+            if key is not None:
+                self._key_nids.pop(key, None)
+
+    async def key_nids(self, keys: Iterable[StateKey]) -> dict[StateKey, int]:
+        """Nids of already interned keys (missing keys are left out)."""
+        wanted = [k for k in keys if k not in self._key_nids]
+        if wanted:
+            async with self._db.read() as conn:
+                for i in range(0, len(wanted), 200):
+                    chunk = wanted[i:i + 200]
+                    rows = await conn.execute(select(state_keys).where(
+                        tuple_(state_keys.c.type, state_keys.c.state_key).in_(chunk)))
+                    for row in rows:
+                        self.remember_key(row.nid, (row.type, row.state_key))
+        return {k: self._key_nids[k] for k in keys if k in self._key_nids}
+
+    async def keys_for_nids(self, nids: Iterable[int]) -> dict[int, StateKey]:
+        missing = [n for n in nids if n not in self._keys_by_nid]
+        if missing:
+            async with self._db.read() as conn:
+                for i in range(0, len(missing), 500):
+                    rows = await conn.execute(
+                        select(state_keys).where(state_keys.c.nid.in_(missing[i:i + 500])))
+                    for row in rows:
+                        self.remember_key(row.nid, (row.type, row.state_key))
+        return {n: self._keys_by_nid[n] for n in nids if n in self._keys_by_nid}
+
+    # -- state groups -----------------------------------------------------------------------
+
+    def remember_layer(self, layer: Layer, full: dict[int, int] | None = None) -> None:
+        self._layers[layer.group_id] = layer
+        if len(self._layers) > 4 * _FULL_STATE_CACHE_GROUPS:
+            self._layers.popitem(last=False)
+        if full is not None:
+            self._full[layer.group_id] = full
+            if len(self._full) > _FULL_STATE_CACHE_GROUPS:
+                self._full.popitem(last=False)
+
+    async def chain(self, group_id: int) -> list[Layer]:
+        """The layers of a group, root first."""
+        out: list[Layer] = []
+        next_id: int | None = group_id
+        while next_id is not None and next_id in self._layers:
+            layer = self._layers[next_id]
+            out.append(layer)
+            next_id = layer.parent_id
+        if next_id is not None:
+            async with self._db.read() as conn:
+                rows = (await conn.execute(text(
+                    "WITH RECURSIVE chain(id) AS (SELECT :gid UNION ALL "
+                    "SELECT g.parent_id FROM state_groups g JOIN chain c ON g.id = c.id "
+                    "WHERE g.parent_id IS NOT NULL) "
+                    "SELECT g.id, g.parent_id, g.added, g.removed FROM state_groups g "
+                    "WHERE g.id IN (SELECT id FROM chain)"), {"gid": next_id})).all()
+            by_id = {r.id: Layer(r.id, r.parent_id, frozenset(unpack_pairs(r.added)),
+                                 frozenset(unpack_pairs(r.removed))) for r in rows}
+            while next_id is not None:
+                layer = by_id[next_id]
+                self.remember_layer(layer)
+                out.append(layer)
+                next_id = layer.parent_id
+        out.reverse()
+        return out
+
+    async def full_state_nids(self, group_id: int) -> dict[int, int]:
+        cached = self._full.get(group_id)
+        if cached is not None:
+            self._full.move_to_end(group_id)
+            return cached
+        state = full_state(await self.chain(group_id))
+        self._full[group_id] = state
+        if len(self._full) > _FULL_STATE_CACHE_GROUPS:
+            self._full.popitem(last=False)
+        return state
+
+    async def state_at_group(self, group_id: int | None, *,
+                             only: Sequence[StateKey] | None = None) -> StateMap:
+        """The state of a group as (type, state_key) -> event ID, optionally only some keys."""
+        if group_id is None:
+            return {}
+        nids = await self.full_state_nids(group_id)
+        if only is not None:
+            wanted = await self.key_nids(only)
+            nids = {k: nids[k] for k in wanted.values() if k in nids}
+        keys = await self.keys_for_nids(nids.keys())
+        event_ids = await self._event_ids_for_nids(nids.values())
+        return {keys[k]: event_ids[e] for k, e in nids.items() if e in event_ids}
+
+    async def _event_ids_for_nids(self, nids: Iterable[int]) -> dict[int, str]:
+        wanted = list(set(nids))
+        out: dict[int, str] = {}
+        async with self._db.read() as conn:
+            for i in range(0, len(wanted), 500):
+                rows = await conn.execute(select(events.c.nid, events.c.event_id)
+                                          .where(events.c.nid.in_(wanted[i:i + 500])))
+                out.update({r.nid: r.event_id for r in rows})
+        return out
+
+    # -- current state ----------------------------------------------------------------------
+
+    async def current_state(self, room_id: str, *, types: Iterable[str] | None = None
+                            ) -> list[CurrentStateEntry]:
+        query = select(current_state).where(current_state.c.room_id == room_id)
+        if types is not None:
+            query = query.where(current_state.c.type.in_(list(types)))
+        async with self._db.read() as conn:
+            rows = await conn.execute(query)
+            return [CurrentStateEntry(r.type, r.state_key, r.event_id, r.membership)
+                    for r in rows]
+
+    async def rooms_for_user(self, user_id: str, memberships: Sequence[str] = ("join",)
+                             ) -> list[str]:
+        async with self._db.read() as conn:
+            rows = await conn.execute(select(current_state.c.room_id).where(and_(
+                current_state.c.type == "m.room.member",
+                current_state.c.state_key == user_id,
+                current_state.c.membership.in_(list(memberships)))))
+            return [r[0] for r in rows]
+
+    async def membership(self, room_id: str, user_id: str) -> tuple[str, str] | None:
+        """The user's current ``(membership, event_id)`` in the room, if any."""
+        async with self._db.read() as conn:
+            row = (await conn.execute(select(current_state.c.membership,
+                                             current_state.c.event_id).where(and_(
+                current_state.c.room_id == room_id,
+                current_state.c.type == "m.room.member",
+                current_state.c.state_key == user_id)))).first()
+        return (row.membership, row.event_id) if row is not None else None
+
+    async def count_state_groups(self, room_id: str) -> int:
+        async with self._db.read() as conn:
+            return int((await conn.execute(select(func.count()).select_from(state_groups)
+                                           .where(state_groups.c.room_id == room_id))).scalar_one())
+
