@@ -772,7 +772,7 @@ def _join_rule(room_version: RoomVersion, state: StateMap) -> str:
         RESTRICTED: room_version.restricted_join_rule,
         KNOCK_RESTRICTED: room_version.knock_restricted_join_rule,
     }
-    return rule if enabled.get(rule, True) else ""
+    return INVITE if rule == "x" else rule.replace("knock_restricted", "restricted")
 
 
 def _original_creator(create: Event) -> str | None:

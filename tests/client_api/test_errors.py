@@ -71,7 +71,7 @@ async def token_for(client: TestClient, needs_auth: bool) -> dict[str, str]:
     ("GET", f"{V3}/login/"),
     ("GET", "/_matrix/client/v4/login"),
     ("GET", "/_matrix/client/unstable/org.example.nothing/thing"),
-    ("PUT", f"{V3}/rooms/!room:test.local/send/m.room.message/txn1"),
+    ("PUT", f"{V3}/rooms/!room:test.local/not_an_endpoint/txn1"),
     ("DELETE", f"{V3}/account/whoami/extra"),
     ("GET", "/_matrix/federation/v1/nonexistent"),
     ("GET", "/_matrix/key/v2/nonexistent"),
