@@ -49,7 +49,8 @@ class ServerProcess:
             text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def stop(self, timeout: float = 20) -> int:

@@ -1,0 +1,137 @@
+"""Rooms end to end with matrix-nio against a real ``ktchat run`` process: create, invite,
+join, send, page back through 500 messages both ways, redact, leave, forget; and a DM with
+``is_direct`` and ``m.direct``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nio
+import pytest
+import yaml
+
+from tests.helpers.processes import ServerProcess, free_port, ktchat, wait_for_port
+
+PASSWORD = "a long enough password"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("nio-rooms")
+    port = free_port()
+    data = tmp / "data"
+    ktchat("generate-config", "--server-name", "localhost", "--data-dir", str(data),
+           "--client-port", str(port), "--federation-port", str(free_port()))
+    config_path = data / "homeserver.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["rate_limits"] = {"enabled": False}
+    config_path.write_text(yaml.safe_dump(config))
+    for user in ("alice", "bob"):
+        ktchat("register-user", "-c", str(config_path), "--user", user, "--password", PASSWORD)
+    proc = ServerProcess(config_path, Path(tmp) / "server.log")
+    wait_for_port(port, proc.proc)
+    yield f"http://127.0.0.1:{port}"
+    assert proc.stop() == 0
+    assert "Traceback" not in proc.log()
+
+
+async def _client(base: str, user: str) -> nio.AsyncClient:
+    client = nio.AsyncClient(base, f"@{user}:localhost",
+                             config=nio.AsyncClientConfig(encryption_enabled=False))
+    login = await client.login(PASSWORD)
+    assert isinstance(login, nio.LoginResponse), login
+    return client
+
+
+@pytest.fixture
+async def alice_bob(server: str) -> AsyncIterator[tuple[nio.AsyncClient, nio.AsyncClient]]:
+    alice, bob = await _client(server, "alice"), await _client(server, "bob")
+    yield alice, bob
+    await alice.close()
+    await bob.close()
+
+
+async def _all_messages(client: nio.AsyncClient, room_id: str, direction: nio.MessageDirection
+                        ) -> list[str]:
+    bodies: list[str] = []
+    token = None
+    for _ in range(100):
+        resp = await client.room_messages(room_id, start=token, direction=direction, limit=37)
+        assert isinstance(resp, nio.RoomMessagesResponse), resp
+        bodies += [e.body for e in resp.chunk if isinstance(e, nio.RoomMessageText)]
+        if not resp.end:
+            break
+        token = resp.end
+    return bodies
+
+
+async def test_room_lifecycle(alice_bob: tuple[nio.AsyncClient, nio.AsyncClient]) -> None:
+    alice, bob = alice_bob
+    created = await alice.room_create(name="Lifecycle", topic="testing",
+                                      invite=["@bob:localhost"])
+    assert isinstance(created, nio.RoomCreateResponse), created
+    room_id = created.room_id
+    joined = await bob.join(room_id)
+    assert isinstance(joined, nio.JoinResponse), joined
+
+    for i in range(500):
+        sent = await (alice if i % 2 else bob).room_send(
+            room_id, "m.room.message", {"msgtype": "m.text", "body": f"message {i}"})
+        assert isinstance(sent, nio.RoomSendResponse), sent
+
+    backwards = await _all_messages(bob, room_id, nio.MessageDirection.back)
+    assert backwards == [f"message {i}" for i in reversed(range(500))]
+    first_page = await bob.room_messages(room_id, limit=1)
+    assert isinstance(first_page, nio.RoomMessagesResponse)
+    forwards = await _all_messages(bob, room_id, nio.MessageDirection.front)
+    assert forwards == [f"message {i}" for i in range(500)]
+
+    last = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text",
+                                                             "body": "regret"})
+    assert isinstance(last, nio.RoomSendResponse)
+    redacted = await alice.room_redact(room_id, last.event_id, reason="oops")
+    assert isinstance(redacted, nio.RoomRedactResponse), redacted
+    page = await bob.room_messages(room_id, limit=5)
+    assert isinstance(page, nio.RoomMessagesResponse)
+    bodies = [getattr(e, "body", None) for e in page.chunk]
+    assert "regret" not in bodies
+    assert any(isinstance(e, nio.RedactedEvent) for e in page.chunk)
+
+    left = await bob.room_leave(room_id)
+    assert isinstance(left, nio.RoomLeaveResponse), left
+    after_leave = await bob.room_send(room_id, "m.room.message", {"msgtype": "m.text",
+                                                                  "body": "ghost"})
+    assert isinstance(after_leave, nio.RoomSendError)
+    assert after_leave.status_code == "M_FORBIDDEN"
+    forgot = await bob.room_forget(room_id)
+    assert isinstance(forgot, nio.RoomForgetResponse), forgot
+
+
+async def test_direct_message(server: str,
+                              alice_bob: tuple[nio.AsyncClient, nio.AsyncClient]) -> None:
+    alice, bob = alice_bob
+    created = await alice.room_create(is_direct=True, invite=["@bob:localhost"],
+                                      preset=nio.RoomPreset.trusted_private_chat)
+    assert isinstance(created, nio.RoomCreateResponse), created
+    room_id = created.room_id
+    state = await bob.room_get_state_event(room_id, "m.room.member", "@bob:localhost")
+    # Bob is only invited: he may read his own invite's state through the room.
+    if isinstance(state, nio.RoomGetStateEventResponse):
+        assert state.content.get("is_direct") is True
+    async with aiohttp.ClientSession() as session:
+        url = f"{server}/_matrix/client/v3/user/@alice:localhost/account_data/m.direct"
+        headers = {"Authorization": f"Bearer {alice.access_token}"}
+        async with session.put(url, json={"@bob:localhost": [room_id]}, headers=headers) as r:
+            assert r.status == 200
+        async with session.get(url, headers=headers) as r:
+            assert await r.json() == {"@bob:localhost": [room_id]}
+    joined = await bob.join(room_id)
+    assert isinstance(joined, nio.JoinResponse), joined
+    member = await alice.room_get_state_event(room_id, "m.room.member", "@bob:localhost")
+    assert isinstance(member, nio.RoomGetStateEventResponse), member
+    assert member.content["membership"] == "join"
+    sent = await bob.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "hi"})
+    assert isinstance(sent, nio.RoomSendResponse), sent
