@@ -254,8 +254,8 @@ def check_auth_rules(
     if event.type == CREATE:
         _check_create_event(event)
         return
-    create = _find_create_event(event, auth_events, create_event)
-    _check_federation(event, create)
+    create = _find_create_event(event, auth_events, create_event)  # 2 (v12), 2.4 (v10/v11)
+    _check_federation(event, create)  # 4
     levels = _power_levels(event.room_version, auth_events, create)
     if event.type == MEMBER:
         _check_member_event(
@@ -266,26 +266,26 @@ def check_auth_rules(
             verify_third_party_invite or verify_third_party_invite_signature,
         )
         return
-    # 6
+    # 6: the sender must be joined.
     if _membership(auth_events, event.sender) != JOIN:
         raise AuthError(f"{event.sender} is not in the room")
     sender_level = levels.user_level(event.sender)
-    # 7
+    # 7: m.room.third_party_invite needs the invite level (and nothing else).
     if event.type == THIRD_PARTY_INVITE:
         if sender_level < levels.invite_level:
             raise AuthError(f"{event.sender} may not invite users")
         return
-    # 8
+    # 8: the event type's required power level.
     required = levels.send_level(event.type, is_state=event.is_state)
     if sender_level < required:
         raise AuthError(
             f"{event.sender} needs power level {required} to send {event.type} (has {sender_level})"
         )
-    # 9
+    # 9: a state_key starting with @ must be the sender's own.
     state_key = event.state_key
     if state_key is not None and state_key.startswith("@") and state_key != event.sender:
         raise AuthError(f"{event.sender} may not set state keyed by another user ({state_key})")
-    # 10
+    # 10: m.room.power_levels.
     if event.type == POWER_LEVELS:
         _check_power_levels_event(event, levels)
     # 11: otherwise, allow.
@@ -386,6 +386,10 @@ def _check_member_event(
     # 5.1
     if target is None or membership is None:
         raise AuthError("A membership event needs a state_key and content.membership")
+    # Not a numbered rule, but the m.room.member schema's, and Synapse and ruma reject such
+    # events while authorising them: the state_key is a user ID.
+    if not target.startswith("@") or ":" not in target:
+        raise AuthError(f"Membership state_key {target!r} is not a user ID")
     # 5.2
     if event.room_version.restricted_join_rule and AUTHORISING_USER in event.content:
         authoriser = event.content[AUTHORISING_USER]
@@ -772,7 +776,7 @@ def _join_rule(room_version: RoomVersion, state: StateMap) -> str:
         RESTRICTED: room_version.restricted_join_rule,
         KNOCK_RESTRICTED: room_version.knock_restricted_join_rule,
     }
-    return INVITE if rule == "x" else rule.replace("knock_restricted", "restricted")
+    return rule if enabled.get(rule, True) else ""
 
 
 def _original_creator(create: Event) -> str | None:

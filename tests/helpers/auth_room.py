@@ -132,7 +132,9 @@ class AuthRoom:
         """
         self._count += 1
         event_id = f"${event_type.rsplit('.', 1)[-1]}{self._count}"
-        signatures = {server: {"ed25519:test": "unused"} for server in [server_of(sender), *signed_by]}
+        signatures = {
+            server: {"ed25519:test": "unused"} for server in [server_of(sender), *signed_by]
+        }
         pdu: dict[str, Any] = {
             "type": event_type,
             "room_id": self.room_id,
