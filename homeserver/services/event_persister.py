@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from signedjson.types import SigningKey
@@ -34,7 +34,7 @@ from storage.schema import events as events_table
 from storage.schema import state_groups as state_groups_table
 from storage.schema import state_keys as state_keys_table
 from storage.state_layers import Layer, diff, pack_pairs, plan_group
-from storage.stores.events import NewStateGroup, PersistItem, StoredEvent
+from storage.stores.events import EventStore, NewStateGroup, PersistItem, StoredEvent
 from storage.stores.state import StateKey
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,58 @@ class RoomSnapshot:
     chain: list[Layer]
     extremities: list[str]
     depth: int
-    pending_txns: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+
+TxnKey = tuple[str, str, str, str]
+"""(room_id, sender, device_id, txn_id)"""
+
+
+class TxnIndex:
+    """Transaction IDs already used, so a repeated send returns the first event.
+
+    Each (room, sender, device) loads its recent transaction IDs from the database once, then
+    is kept in memory (new ones are added as events are queued); only a device with more
+    than ``PER_DEVICE`` of them in one room falls back to a database lookup on a miss.
+    """
+
+    PER_DEVICE = 5_000
+    DEVICES = 20_000
+
+    def __init__(self, store: EventStore) -> None:
+        self._store = store
+        self._devices: OrderedDict[tuple[str, str, str], tuple[OrderedDict[str, str], bool]] = \
+            OrderedDict()
+
+    async def lookup(self, key: TxnKey) -> str | None:
+        device = key[:3]
+        entry = self._devices.get(device)
+        if entry is None:
+            recent = await self._store.recent_txns(*device, limit=self.PER_DEVICE + 1)
+            entry = (OrderedDict(recent), len(recent) <= self.PER_DEVICE)
+            self._devices[device] = entry
+            if len(self._devices) > self.DEVICES:
+                self._devices.popitem(last=False)
+        self._devices.move_to_end(device)
+        txns, complete = entry
+        found = txns.get(key[3])
+        if found is not None or complete:
+            return found
+        return await self._store.event_for_txn(*key)
+
+    def add(self, key: TxnKey, event_id: str) -> None:
+        device = key[:3]
+        entry = self._devices.get(device)
+        if entry is None:
+            return  # never looked up: the next lookup loads it from the database
+        txns, _complete = entry
+        txns[key[3]] = event_id
+        if len(txns) > self.PER_DEVICE:
+            txns.popitem(last=False)
+            self._devices[device] = (txns, False)
+
+    def forget_room(self, room_id: str) -> None:
+        for device in [d for d in self._devices if d[0] == room_id]:
+            del self._devices[device]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +142,7 @@ class EventPersister:
         self._stream = IdAllocator(events_table.c.stream_ordering)
         self._groups = IdAllocator(state_groups_table.c.id)
         self._key_nids = IdAllocator(state_keys_table.c.nid)
+        self._txns = TxnIndex(db.events)
         self._queue: asyncio.Queue[tuple[PersistItem, asyncio.Future[None], int]] = \
             asyncio.Queue()
         # Bumped when a room's write fails: queued events built on the lost ones are dropped.
@@ -200,42 +252,32 @@ class EventPersister:
         """
         out: list[Event] = []
         futures: list[asyncio.Future[None]] = []
-        txns: list[tuple[RoomSnapshot, tuple[str, str, str]]] = []
         try:
             async with self._lock(room_id):
                 snapshot = await self._snapshot(room_id)
                 if snapshot is None:
                     raise NotFound("Unknown room")
                 for new in news:
-                    txn = (new.sender, new.device_id, new.txn_id) \
+                    txn: TxnKey | None = (room_id, new.sender, new.device_id, new.txn_id) \
                         if new.txn_id is not None and new.device_id is not None else None
                     if txn is not None:
-                        existing = await self._event_for_txn(snapshot, txn)
-                        if existing is not None:
-                            out.append(existing)
-                            continue
+                        existing_id = await self._txns.lookup(txn)
+                        if existing_id is not None:
+                            existing = (await self.get_events([existing_id])).get(existing_id)
+                            if existing is not None:
+                                out.append(existing)
+                                continue
                     event = await self._build_and_auth(snapshot, new)
                     futures.append(self._enqueue(self._prepare(snapshot, event, new,
                                                                event.origin_server_ts)))
                     if txn is not None:
-                        snapshot.pending_txns[txn] = event.event_id
-                        txns.append((snapshot, txn))
+                        self._txns.add(txn, event.event_id)
                     out.append(event)
         finally:
             # Events queued before a failure are still written: wait for them either way.
             for future in futures:
                 await self._await_commit(future, room_id)
-            for snapshot_, txn in txns:
-                snapshot_.pending_txns.pop(txn, None)
         return out
-
-    async def _event_for_txn(self, snapshot: RoomSnapshot, txn: tuple[str, str, str]
-                             ) -> Event | None:
-        existing = snapshot.pending_txns.get(txn) or await self._db.events.event_for_txn(
-            snapshot.room_id, *txn)
-        if existing is None:
-            return None
-        return (await self.get_events([existing])).get(existing)
 
     async def _build_and_auth(self, snapshot: RoomSnapshot, new: NewEvent) -> Event:
         version = snapshot.room_version
@@ -373,6 +415,7 @@ class EventPersister:
             self._rooms.pop(item.room_id, None)
             self._events.pop(item.event_id, None)
             self._room_generation[item.room_id] = self._room_generation.get(item.room_id, 0) + 1
+            self._txns.forget_room(item.room_id)
         self._db.state.forget_keys([nid for i in items for nid, _, _ in i.new_state_keys])
 
     # -- loading snapshots ------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import secrets
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,7 +136,11 @@ class RoomService:
         else:
             creation_content.pop("additional_creators", None)
 
-        create = await self._persister.create_room(version, req.creator, creation_content)
+        # Before v12 the room ID is ours to choose: random, on this server.
+        chosen_id = None if version.room_id_is_create_event_hash else "!" + "".join(
+            secrets.choice(string.ascii_letters) for _ in range(18)) + f":{self._server_name}"
+        create = await self._persister.create_room(version, req.creator, creation_content,
+                                                   room_id=chosen_id)
         room_id = create.room_id
         creators = {req.creator}
         if version.privileged_creators:

@@ -11,8 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, and_, delete, func, select, tuple_, update
 
 from storage.dialect import insert
 from storage.engine import DatabaseEngine
@@ -89,7 +88,11 @@ _EVENT_COLUMNS = (events.c.event_id, events.c.room_id, events.c.json, events.c.s
                   events.c.depth, events.c.state_group_before, events.c.state_group_after,
                   events.c.device_id, events.c.txn_id, events.c.rejected_reason,
                   events.c.outlier, rooms.c.room_version,
-                  redactions.c.event_id.label("redacted_by"))
+                  # One redaction per event (the first) even when it was redacted twice.
+                  select(redactions.c.event_id)
+                  .where(redactions.c.redacts == events.c.event_id)
+                  .order_by(redactions.c.received_ts, redactions.c.event_id).limit(1)
+                  .scalar_subquery().label("redacted_by"))
 
 
 def _stored(row: Any) -> StoredEvent:
@@ -101,8 +104,7 @@ def _stored(row: Any) -> StoredEvent:
 
 def _event_select() -> Any:
     return (select(*_EVENT_COLUMNS)
-            .join(rooms, rooms.c.room_id == events.c.room_id)
-            .outerjoin(redactions, redactions.c.redacts == events.c.event_id))
+            .join(rooms, rooms.c.room_id == events.c.room_id))
 
 
 class EventStore:
@@ -113,25 +115,24 @@ class EventStore:
 
     async def persist_batch(self, items: Sequence[PersistItem]) -> None:
         """Write a batch of new events and everything they change, in one transaction."""
-        async with self._db.write() as conn:
-            await self._persist(conn, items)
+        await self._db.run_write(lambda conn: self._persist(conn, items))
 
-    async def _persist(self, conn: AsyncConnection, items: Sequence[PersistItem]) -> None:
+    def _persist(self, conn: Connection, items: Sequence[PersistItem]) -> None:
         is_sqlite = self._db.is_sqlite
         new_rooms = [dict(room_id=i.room_id, room_version=i.new_room[0], creator=i.new_room[1],
                           created_ts=i.new_room[2], is_public=False)
                      for i in items if i.new_room is not None]
         if new_rooms:
-            await conn.execute(rooms.insert(), new_rooms)
+            conn.execute(rooms.insert(), new_rooms)
         keys = [dict(nid=n, type=t, state_key=k) for i in items for n, t, k in i.new_state_keys]
         if keys:
-            await conn.execute(state_keys.insert(), keys)
+            conn.execute(state_keys.insert(), keys)
         groups = [dict(id=g.group_id, room_id=g.room_id, parent_id=g.parent_id, added=g.added,
                        removed=g.removed)
                   for i in items if (g := i.new_state_group) is not None]
         if groups:
-            await conn.execute(state_groups.insert(), groups)
-        await conn.execute(events.insert(), [dict(
+            conn.execute(state_groups.insert(), groups)
+        conn.execute(events.insert(), [dict(
             nid=i.nid, event_id=i.event_id, room_id=i.room_id,
             stream_ordering=i.stream_ordering, depth=i.depth, type=i.type,
             state_key=i.state_key, sender=i.sender, origin_server_ts=i.origin_server_ts,
@@ -141,14 +142,14 @@ class EventStore:
         edges = [dict(event_id=i.event_id, prev_event_id=p) for i in items
                  for p in i.prev_event_ids]
         if edges:
-            await conn.execute(event_edges.insert(), edges)
+            conn.execute(event_edges.insert(), edges)
         auth = [dict(event_id=i.event_id, auth_id=a) for i in items for a in i.auth_event_ids]
         if auth:
-            await conn.execute(event_auth.insert(), auth)
+            conn.execute(event_auth.insert(), auth)
         redacted = [dict(event_id=i.event_id, redacts=i.redacts, received_ts=i.received_ts,
                          censored=False) for i in items if i.redacts is not None]
         if redacted:
-            await conn.execute(insert(is_sqlite, redactions).on_conflict_do_nothing(), redacted)
+            conn.execute(insert(is_sqlite, redactions).on_conflict_do_nothing(), redacted)
 
         # Current state and extremities change in order; later items win.
         for item in items:
@@ -156,17 +157,17 @@ class EventStore:
                 stmt = insert(is_sqlite, current_state).values(
                     room_id=item.room_id, type=type_, state_key=state_key, event_id=event_id,
                     membership=membership)
-                await conn.execute(stmt.on_conflict_do_update(
+                conn.execute(stmt.on_conflict_do_update(
                     index_elements=["room_id", "type", "state_key"],
                     set_={"event_id": event_id, "membership": membership}))
             if item.extremities_removed:
-                await conn.execute(delete(forward_extremities).where(and_(
+                conn.execute(delete(forward_extremities).where(and_(
                     forward_extremities.c.room_id == item.room_id,
                     forward_extremities.c.event_id.in_(item.extremities_removed))))
-            await conn.execute(forward_extremities.insert().values(
+            conn.execute(forward_extremities.insert().values(
                 room_id=item.room_id, event_id=item.event_id))
             if item.new_state_group is not None:
-                await conn.execute(update(rooms).where(rooms.c.room_id == item.room_id)
+                conn.execute(update(rooms).where(rooms.c.room_id == item.room_id)
                                    .values(current_state_group=item.state_group_after))
 
     # -- reads ------------------------------------------------------------------------------
@@ -191,6 +192,17 @@ class EventStore:
                 events.c.room_id == room_id, events.c.sender == sender,
                 events.c.device_id == device_id,
                 events.c.txn_id == txn_id)))).scalar()
+
+    async def recent_txns(self, room_id: str, sender: str, device_id: str, limit: int
+                          ) -> dict[str, str]:
+        """The device's most recent transaction IDs in the room -> event IDs."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(events.c.txn_id, events.c.event_id).where(and_(
+                    events.c.room_id == room_id, events.c.sender == sender,
+                    events.c.device_id == device_id, events.c.txn_id.is_not(None)))
+                .order_by(events.c.stream_ordering.desc()).limit(limit))
+            return {r.txn_id: r.event_id for r in rows}
 
     async def paginate(self, room_id: str, *, before: tuple[int, int] | None = None,
                        after: tuple[int, int] | None = None, backwards: bool,

@@ -97,7 +97,7 @@ class StateStore:
         if next_id is not None:
             async with self._db.read() as conn:
                 rows = (await conn.execute(text(
-                    "WITH RECURSIVE chain(id) AS (SELECT :gid UNION ALL "
+                    "WITH RECURSIVE chain(id) AS (SELECT CAST(:gid AS BIGINT) UNION ALL "
                     "SELECT g.parent_id FROM state_groups g JOIN chain c ON g.id = c.id "
                     "WHERE g.parent_id IS NOT NULL) "
                     "SELECT g.id, g.parent_id, g.added, g.removed FROM state_groups g "
