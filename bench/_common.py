@@ -53,7 +53,8 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
 class BenchServer:
     """A ``ktchat run`` process on SQLite (or ``database_url``), rate limits off."""
 
-    def __init__(self, database_url: str | None = None) -> None:
+    def __init__(self, database_url: str | None = None, *, sqlite_synchronous: str = "FULL"
+                 ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ktchat-bench-"))
         self.port = free_port()
         subprocess.run(
@@ -68,6 +69,8 @@ class BenchServer:
         config["logging"] = {"level": "WARNING"}
         if database_url:
             config["database"] = {"url": database_url}
+        else:
+            config["database"]["sqlite_synchronous"] = sqlite_synchronous
         config_path.write_text(yaml.safe_dump(config))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "homeserver", "run", "-c", str(config_path)], cwd=REPO,

@@ -60,9 +60,11 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--senders", type=int, default=10)
     parser.add_argument("--postgres", help="postgresql+asyncpg:// URL instead of SQLite")
+    parser.add_argument("--sqlite-synchronous", default="FULL",
+                        help="FULL (default: survives power loss) or NORMAL (survives kill -9)")
     args = parser.parse_args()
 
-    server = BenchServer(args.postgres)
+    server = BenchServer(args.postgres, sqlite_synchronous=args.sqlite_synchronous)
     try:
         async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=args.senders * 2)) as session:
@@ -88,7 +90,8 @@ async def main() -> None:
             cpu2 = server.cpu_seconds()
         emit({
             "bench": "send",
-            "database": "postgresql" if args.postgres else "sqlite",
+            "database": "postgresql" if args.postgres else
+                        f"sqlite (synchronous={args.sqlite_synchronous})",
             "one_sender": {**sequential, "server_cpu_s": round(cpu1 - cpu0, 2)},
             f"{args.senders}_senders": {**concurrent, "server_cpu_s": round(cpu2 - cpu1, 2)},
             "server_peak_rss_mib": server.peak_rss_mib(),

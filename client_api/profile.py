@@ -66,6 +66,8 @@ async def put_profile_field(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     if field not in body:
         raise MissingParam(f"Missing key '{field}'")
-    await request.app[SERVICES].profiles.set_field(
+    services = request.app[SERVICES]
+    await services.profiles.set_field(
         requester.user_id, user_id, field, body[field], is_admin=requester.is_admin)
+    await services.membership.propagate_profile(user_id)
     return json_response({})

@@ -89,6 +89,7 @@ async def _put_state(request: web.Request, state_key: str) -> web.Response:
 
 
 @routes.put("/rooms/{room_id}/state/{event_type}")
+@routes.put("/rooms/{room_id}/state/{event_type}/")  # the spec: the slash is optional
 async def put_state_empty_key(request: web.Request) -> web.Response:
     """PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}"""
     return await _put_state(request, "")
@@ -111,6 +112,7 @@ async def _get_state(request: web.Request, state_key: str) -> web.Response:
 
 
 @routes.get("/rooms/{room_id}/state/{event_type}")
+@routes.get("/rooms/{room_id}/state/{event_type}/")  # the spec: the slash is optional
 async def get_state_empty_key(request: web.Request) -> web.Response:
     """GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}"""
     return await _get_state(request, "")

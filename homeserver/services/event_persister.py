@@ -143,6 +143,7 @@ class EventPersister:
         self._groups = IdAllocator(state_groups_table.c.id)
         self._key_nids = IdAllocator(state_keys_table.c.nid)
         self._txns = TxnIndex(db.events)
+        self._last_encoded: tuple[str, bytes] = ("", b"")
         self._queue: asyncio.Queue[tuple[PersistItem, asyncio.Future[None], int]] = \
             asyncio.Queue()
         # Bumped when a room's write fails: queued events built on the lost ones are dropped.
@@ -293,7 +294,7 @@ class EventPersister:
                 signing_key=self._signing_key)
         except ValueError as e:
             raise MatrixError(f"Invalid event: {e}", status=400, errcode="M_BAD_JSON") from None
-        if len(encode_canonical(dict(event.pdu))) > MAX_PDU_BYTES:
+        if len(self._encoded(event)) > MAX_PDU_BYTES:
             raise TooLarge("Event is too large")
         await self._check_auth(snapshot, event, auth_ids)
         return event
@@ -314,13 +315,19 @@ class EventPersister:
         except AuthError as e:
             raise Forbidden(str(e)) from None
 
+    def _encoded(self, event: Event) -> bytes:
+        """The event's canonical JSON, encoded once per new event."""
+        if self._last_encoded[0] != event.event_id:
+            self._last_encoded = (event.event_id, encode_canonical(dict(event.pdu)))
+        return self._last_encoded[1]
+
     def _prepare(self, snapshot: RoomSnapshot, event: Event, new: NewEvent, now: int
                  ) -> PersistItem:
         """Turn an authorized event into a write, and move the snapshot past it."""
         nid = self._nids.next()
         item = PersistItem(
             event_id=event.event_id, room_id=snapshot.room_id,
-            pdu_json=encode_canonical(dict(event.pdu)).decode("utf-8"), nid=nid,
+            pdu_json=self._encoded(event).decode("utf-8"), nid=nid,
             stream_ordering=self._stream.next(), depth=event.depth, type=event.type,
             state_key=event.state_key, sender=event.sender,
             origin_server_ts=event.origin_server_ts, received_ts=now,

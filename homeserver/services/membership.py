@@ -177,5 +177,16 @@ class MembershipService:
             raise MatrixError("You must leave the room before forgetting it", status=400)
         await self._room_store.forget(user_id, room_id)
 
+    async def propagate_profile(self, user_id: str) -> None:
+        """After a profile change: a new join event with the new name and avatar in every
+        room the user is in, as Synapse does, so members see it."""
+        for room_id in await self._state.rooms_for_user(user_id, ("join",)):
+            content = await self._rooms.member_content(user_id, "join")
+            try:
+                await self._persister.send(room_id, NewEvent("m.room.member", user_id,
+                                                             content, user_id))
+            except MatrixError:
+                continue  # e.g. the room forbids it now; the profile itself has changed
+
     async def joined_rooms(self, user_id: str) -> list[str]:
         return await self._state.rooms_for_user(user_id, ("join",))

@@ -264,7 +264,9 @@ class MessageService:
         for event in events.values():
             content = event.pdu.get("content") or {}
             if content.get("membership") == "join":
+                # Unknown profile fields are left out (the spec's values are strings).
                 joined[str(event.pdu.get("state_key"))] = {
-                    "display_name": content.get("displayname"),
-                    "avatar_url": content.get("avatar_url")}
+                    key: value for key, value in (("display_name", content.get("displayname")),
+                                                  ("avatar_url", content.get("avatar_url")))
+                    if isinstance(value, str)}
         return {"joined": joined}

@@ -200,6 +200,8 @@ class RoomService:
         if new.type == "m.room.redaction":
             raise MatrixError("Use /redact to redact events", status=400,
                               errcode="M_BAD_JSON")
+        if await self._persister.room_version(room_id) is None:
+            raise Forbidden("Unknown room")  # as Synapse: 403, the sender is not in it
         self._message_limiter.check(new.sender)
         return await self._persister.send(room_id, new)
 
@@ -210,7 +212,9 @@ class RoomService:
                               status=400, errcode="M_BAD_JSON")
         if new.type in ("m.room.create", "m.room.redaction"):
             raise Forbidden(f"Cannot send {new.type} as state")
-        state = await self._persister.current_state(room_id) or {}
+        state = await self._persister.current_state(room_id)
+        if state is None:
+            raise Forbidden("Unknown room")  # as Synapse: 403, the sender is not in it
         existing_id = state.get((new.type, new.state_key or ""))
         if existing_id is not None:
             existing = (await self._persister.get_events([existing_id])).get(existing_id)
