@@ -19,16 +19,18 @@ instead of ``$``, and no event lists the create event in ``auth_events``.
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from signedjson.types import SigningKey
 
-from homeserver.events.canonical import check_canonical_json
+from homeserver.events.canonical import check_canonical_json, encode_canonical
 from homeserver.events.hashing import add_content_hash, compute_event_id
 from homeserver.events.model import Event
 from homeserver.events.room_versions import RoomVersion
-from homeserver.events.signing import sign_event
+from homeserver.events.signing import signing_input
+from homeserver.events.unpadded_base64 import encode_base64
 
 
 def is_create_event(pdu: Mapping[str, Any]) -> bool:
@@ -105,8 +107,15 @@ def build_event(
         pdu["unsigned"] = copy.deepcopy(dict(unsigned))
     check_canonical_json(pdu)
 
-    pdu = sign_event(add_content_hash(pdu), room_version, server_name, signing_key)
-    return Event(compute_event_id(pdu, room_version), room_version, pdu)
+    pdu = add_content_hash(pdu)
+    # For a new event the signed bytes and the bytes of the reference hash are the same (the
+    # redacted event without signatures, unsigned and age_ts): encode them once.
+    signed_bytes = encode_canonical(signing_input(pdu, room_version))
+    signature = signing_key.sign(signed_bytes).signature
+    pdu["signatures"] = {server_name: {
+        f"{signing_key.alg}:{signing_key.version}": encode_base64(signature)}}
+    event_id = "$" + encode_base64(hashlib.sha256(signed_bytes).digest(), urlsafe=True)
+    return Event(event_id, room_version, pdu)
 
 
 def _place_room_id(pdu: dict[str, Any], room_version: RoomVersion, room_id: str | None) -> None:

@@ -29,7 +29,7 @@ class InvalidEventSignature(ValueError):
     """An event lacks a required signature, or a signature does not verify."""
 
 
-def _signing_input(pdu: Mapping[str, Any], room_version: RoomVersion) -> dict[str, Any]:
+def signing_input(pdu: Mapping[str, Any], room_version: RoomVersion) -> dict[str, Any]:
     """The redacted event without ``unsigned`` and ``age_ts``: what signatures cover (apart
     from ``signatures`` itself, which signedjson takes out)."""
     redacted = redact(pdu, room_version)
@@ -57,7 +57,7 @@ def sign_event(
         A shallow copy of ``pdu`` whose ``signatures`` keeps every existing signature and
         adds (or replaces) ``signatures[server_name][key_id]``.
     """
-    signed = sign_json(_signing_input(pdu, room_version), server_name, signing_key)
+    signed = sign_json(signing_input(pdu, room_version), server_name, signing_key)
     new_signature = signed["signatures"][server_name]
     result = dict(pdu)
     old_signatures = pdu.get("signatures")
@@ -100,7 +100,7 @@ def verify_event_signature(
     signature = server_signatures.get(key_id)
     if not isinstance(signature, str):
         raise InvalidEventSignature(f"the event has no signature by {server_name} {key_id}")
-    signed = _signing_input(pdu, room_version)
+    signed = signing_input(pdu, room_version)
     signed["signatures"] = {server_name: {key_id: signature}}
     try:
         verify_signed_json(signed, server_name, verify_key)
