@@ -18,11 +18,12 @@ from client_api import (
     profile,
     register,
     rooms,
+    sync,
     versions,
 )
 
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
-            directory, account_data)
+            directory, account_data, sync)
 
 
 def add_client_routes(app: web.Application) -> None:

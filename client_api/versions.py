@@ -20,7 +20,7 @@ SPEC_VERSIONS = [
 
 # Our extensions (DESIGN.md). Each turns true when its issue lands.
 UNSTABLE_FEATURES = {
-    "org.ktchat.sse": False,
+    "org.ktchat.sse": True,
     "org.ktchat.friends": False,
     "org.ktchat.history": False,
 }

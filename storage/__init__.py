@@ -10,8 +10,10 @@ from storage.stores.account_data import AccountDataStore
 from storage.stores.auth_sessions import NonceStore, RegistrationTokenStore, UiAuthStore
 from storage.stores.devices import DeviceStore
 from storage.stores.events import EventStore
+from storage.stores.filters import FilterStore
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
+from storage.stores.sync import SyncStore
 from storage.stores.users import ProfileStore, UserStore
 
 
@@ -33,6 +35,8 @@ class Database:
         self.state = StateStore(self.engine)
         self.rooms = RoomStore(self.engine)
         self.account_data = AccountDataStore(self.engine)
+        self.sync = SyncStore(self.engine)
+        self.filters = FilterStore(self.engine)
 
     @property
     def is_sqlite(self) -> bool:

@@ -265,3 +265,12 @@ room_forgotten = Table(
     Column("room_id", Text, nullable=False),
     PrimaryKeyConstraint("user_id", "room_id"),
 )
+
+user_filters = Table(
+    "user_filters",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("filter_id", BigInteger, nullable=False),
+    Column("filter_json", Text, nullable=False),
+    PrimaryKeyConstraint("user_id", "filter_id"),
+)

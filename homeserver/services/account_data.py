@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound
+from homeserver.services.notifier import Notifier
 from storage.stores.account_data import GLOBAL, AccountDataStore
 
 # Types the server manages itself; clients may not set them through account data.
@@ -13,8 +14,14 @@ MAX_TAG_LENGTH = 255
 
 
 class AccountDataService:
-    def __init__(self, store: AccountDataStore) -> None:
+    def __init__(self, store: AccountDataStore, notifier: Notifier) -> None:
         self._store = store
+        self._notifier = notifier
+
+    async def _put(self, user_id: str, room_id: str, type_: str, content: dict[str, Any]
+                   ) -> None:
+        position = await self._store.put(user_id, room_id, type_, content)
+        self._notifier.on_account_data(user_id, position)
 
     def _check_type(self, type_: str) -> None:
         if type_ in SERVER_MANAGED:
@@ -24,7 +31,7 @@ class AccountDataService:
     async def set(self, user_id: str, room_id: str | None, type_: str,
                   content: dict[str, Any]) -> None:
         self._check_type(type_)
-        await self._store.put(user_id, room_id or GLOBAL, type_, content)
+        await self._put(user_id, room_id or GLOBAL, type_, content)
 
     async def get(self, user_id: str, room_id: str | None, type_: str) -> dict[str, Any]:
         value = await self._store.get(user_id, room_id or GLOBAL, type_)
@@ -47,12 +54,12 @@ class AccountDataService:
             raise BadJson("'order' must be a number")
         tags = await self.tags(user_id, room_id)
         tags[tag] = body
-        await self._store.put(user_id, room_id, "m.tag", {"tags": tags})
+        await self._put(user_id, room_id, "m.tag", {"tags": tags})
 
     async def delete_tag(self, user_id: str, room_id: str, tag: str) -> None:
         tags = await self.tags(user_id, room_id)
         if tags.pop(tag, None) is not None:
-            await self._store.put(user_id, room_id, "m.tag", {"tags": tags})
+            await self._put(user_id, room_id, "m.tag", {"tags": tags})
 
 
 def require_self(requester: str, user_id: str) -> None:

@@ -20,12 +20,14 @@ from homeserver.services.auth import AuthService
 from homeserver.services.devices import DeviceService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.event_persister import EventPersister
+from homeserver.services.filters import FilterService
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
 from homeserver.services.notifier import Notifier
 from homeserver.services.profile import ProfileService
 from homeserver.services.rooms import RoomService
 from homeserver.services.serialize import EventSerializer
+from homeserver.services.sync import SyncService
 from homeserver.services.uia import UiAuthService
 from homeserver.services.visibility import VisibilityService
 from storage import Database
@@ -54,6 +56,8 @@ class Services:
     messages: MessageService
     directory: DirectoryService
     account_data: AccountDataService
+    filters: FilterService
+    sync: SyncService
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -62,6 +66,7 @@ class Services:
         """Open the database (migrating it) and start background housekeeping."""
         await self.db.open()
         await self.persister.start()
+        self.notifier.set_initial_account_data_position(self.db.account_data.position)
         self._tasks.append(asyncio.create_task(self._housekeeping()))
 
     async def stop(self) -> None:
@@ -129,7 +134,10 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                                      limiter(rl.invites_per_user)),
         messages=MessageService(db.events, db.state, visibility, serializer, clock),
         directory=DirectoryService(persister, db.rooms, db.state),
-        account_data=AccountDataService(db.account_data),
+        account_data=AccountDataService(db.account_data, notifier),
+        filters=FilterService(db.filters),
+        sync=SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
+                         serializer, visibility, clock),
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
     )

@@ -4,6 +4,7 @@ matching. Pure code, shared by /messages, /context and (issue #4) /sync."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -106,3 +107,77 @@ class RoomEventFilter:
             if has_url != self.contains_url:
                 return False
         return True
+
+
+def _sub(body: Mapping[str, Any], key: str) -> Any:
+    value = body.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise BadJson(f"filter '{key}' must be an object")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class SyncFilter:
+    """A whole /sync filter (https://spec.matrix.org/v1.19/client-server-api/#filtering)."""
+
+    timeline: RoomEventFilter = RoomEventFilter()
+    state: RoomEventFilter = RoomEventFilter()
+    ephemeral: RoomEventFilter = RoomEventFilter()
+    room_account_data: RoomEventFilter = RoomEventFilter()
+    account_data: RoomEventFilter = RoomEventFilter()
+    presence: RoomEventFilter = RoomEventFilter()
+    rooms: tuple[str, ...] | None = None
+    not_rooms: tuple[str, ...] = ()
+    include_leave: bool = False
+    event_fields: tuple[str, ...] | None = None
+    event_format: str = "client"
+
+    @classmethod
+    def from_json(cls, body: Any) -> SyncFilter:
+        if not isinstance(body, dict):
+            raise BadJson("filter must be an object")
+        room = _sub(body, "room") or {}
+        include_leave = room.get("include_leave", False)
+        if not isinstance(include_leave, bool):
+            raise BadJson("filter 'include_leave' must be a boolean")
+        event_format = body.get("event_format", "client")
+        if event_format not in ("client", "federation"):
+            raise BadJson("filter 'event_format' must be client or federation")
+        return cls(
+            timeline=RoomEventFilter.from_json(_sub(room, "timeline")),
+            state=RoomEventFilter.from_json(_sub(room, "state")),
+            ephemeral=RoomEventFilter.from_json(_sub(room, "ephemeral")),
+            room_account_data=RoomEventFilter.from_json(_sub(room, "account_data")),
+            account_data=RoomEventFilter.from_json(_sub(body, "account_data")),
+            presence=RoomEventFilter.from_json(_sub(body, "presence")),
+            rooms=_str_list(room, "rooms"),
+            not_rooms=_str_list(room, "not_rooms") or (),
+            include_leave=include_leave,
+            event_fields=_str_list(body, "event_fields"),
+            event_format=event_format,
+        )
+
+    def room_allowed(self, room_id: str) -> bool:
+        if room_id in self.not_rooms:
+            return False
+        return self.rooms is None or room_id in self.rooms
+
+
+def apply_event_fields(event: dict[str, Any], fields: tuple[str, ...] | None
+                       ) -> dict[str, Any]:
+    """Keep only the listed (dot-separated, ``\\.``-escaped) fields of a client event."""
+    if fields is None:
+        return event
+    out: dict[str, Any] = {}
+    for field in fields:
+        parts = [p.replace("\\.", ".") for p in re.split(r"(?<!\\)\.", field)]
+        source: Any = event
+        for part in parts[:-1]:
+            source = source.get(part) if isinstance(source, dict) else None
+        if not isinstance(source, dict) or parts[-1] not in source:
+            continue
+        target = out
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = source[parts[-1]]
+    return out

@@ -1,7 +1,9 @@
-"""The stream position and the waiters woken when it moves.
+"""Stream positions, and the waiters woken when they move.
 
-Every persisted batch advances the position and wakes the waiters (sync requests, SSE streams)
-of the rooms it touched. Issue #4 builds per-user waiters on this; nothing here polls.
+A waiter (a long-polling /sync, an SSE stream) registers for its user and that user's rooms.
+A new event wakes the waiters of its room (and of the user a membership event is about); new
+account data wakes its user's waiters. Nothing polls: an idle connection is one future in two
+dictionaries.
 """
 
 from __future__ import annotations
@@ -13,26 +15,88 @@ from collections.abc import Iterable
 class Notifier:
     def __init__(self) -> None:
         self._position = 0
-        self._changed = asyncio.Event()
+        self._account_data_position = 0
+        self._by_room: dict[str, set[asyncio.Future[None]]] = {}
+        self._by_user: dict[str, set[asyncio.Future[None]]] = {}
+        # Room -> stream position of its latest event, for rooms that changed since start-up.
+        self._room_positions: dict[str, int] = {}
+        self._start_position = 0
+        self._any: set[asyncio.Future[None]] = set()
 
     @property
     def position(self) -> int:
         """The highest stream ordering whose events, and all before them, are committed."""
         return self._position
 
-    def set_initial_position(self, position: int) -> None:
-        self._position = position
+    @property
+    def account_data_position(self) -> int:
+        return self._account_data_position
 
-    def on_new_events(self, position: int, room_ids: Iterable[str]) -> None:
+    def set_initial_position(self, position: int) -> None:
+        self._position = self._start_position = position
+
+    def set_initial_account_data_position(self, position: int) -> None:
+        self._account_data_position = position
+
+    def room_changed_since(self, room_id: str, position: int) -> bool:
+        """Whether the room may have events after ``position`` (exact for events since
+        start-up; before that, conservatively true)."""
+        if position < self._start_position:
+            return True
+        return self._room_positions.get(room_id, 0) > position
+
+    def on_new_events(self, position: int, room_ids: Iterable[str],
+                      user_ids: Iterable[str] = ()) -> None:
         if position > self._position:
             self._position = position
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        for room_id in room_ids:
+            self._room_positions[room_id] = position
+            self._wake(self._by_room.pop(room_id, ()))
+        for user_id in user_ids:
+            self._wake(self._by_user.pop(user_id, ()))
+        self._wake(self._any)
+        self._any = set()
+
+    def on_account_data(self, user_id: str, position: int) -> None:
+        if position > self._account_data_position:
+            self._account_data_position = position
+        self._wake(self._by_user.pop(user_id, ()))
+
+    @staticmethod
+    def _wake(futures: Iterable[asyncio.Future[None]]) -> None:
+        for future in futures:
+            if not future.done():
+                future.set_result(None)
 
     async def wait_for_change(self, wait_s: float) -> bool:
-        """Wait until the next change or ``wait_s`` seconds; True if something changed."""
+        """Wait for the next new events anywhere (tests, tools); True if woken."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._any.add(future)
         try:
-            await asyncio.wait_for(self._changed.wait(), wait_s)
+            await asyncio.wait_for(asyncio.shield(future), wait_s)
             return True
         except TimeoutError:
             return False
+        finally:
+            self._any.discard(future)
+
+    async def wait(self, user_id: str, room_ids: Iterable[str], wait_s: float) -> bool:
+        """Wait until something for ``user_id`` or one of ``room_ids`` happens, or
+        ``wait_s`` seconds pass; True if woken."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        rooms = list(room_ids)
+        for room_id in rooms:
+            self._by_room.setdefault(room_id, set()).add(future)
+        self._by_user.setdefault(user_id, set()).add(future)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), wait_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            for key, index in [(r, self._by_room) for r in rooms] + [(user_id, self._by_user)]:
+                waiters = index.get(key)
+                if waiters is not None:
+                    waiters.discard(future)
+                    if not waiters:
+                        del index[key]

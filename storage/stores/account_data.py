@@ -23,6 +23,10 @@ class AccountDataStore:
     async def load(self) -> None:
         await self._stream.load(self._db)
 
+    @property
+    def position(self) -> int:
+        return self._stream.last
+
     async def put(self, user_id: str, room_id: str, type_: str, content: dict[str, Any]) -> int:
         """Set one entry; returns its position in the account data stream."""
         async with self._db.write() as conn:

@@ -1,0 +1,329 @@
+"""/sync (https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3sync).
+
+A response is built from stream positions: ``since`` (what the client has) and ``now`` (what
+is committed). Rooms are read in batches — the latest events of every room in one query — and
+a long poll that finds nothing waits on the notifier for the user's rooms and the user.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.clock import Clock
+from homeserver.errors import InvalidParam
+from homeserver.services.filtering import SyncFilter, apply_event_fields
+from homeserver.services.messages import make_token
+from homeserver.services.notifier import Notifier
+from homeserver.services.serialize import EventSerializer
+from homeserver.services.visibility import VisibilityService
+from storage.stores.account_data import AccountDataStore
+from storage.stores.events import EventStore, StoredEvent
+from storage.stores.rooms import RoomStore
+from storage.stores.state import StateMap, StateStore
+from storage.stores.sync import MembershipChange, SyncStore
+
+_TOKEN_RE = re.compile(r"^s(\d+)(?:_(\d+))?$")
+DEFAULT_TIMELINE_LIMIT = 10
+MAX_TIMELINE_LIMIT = 500
+STRIPPED_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
+                        "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
+MAX_HEROES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class SyncToken:
+    """Positions in every stream a sync covers."""
+
+    events: int
+    account_data: int
+
+    def encode(self) -> str:
+        return f"s{self.events}_{self.account_data}"
+
+    @classmethod
+    def parse(cls, text: str) -> SyncToken:
+        match = _TOKEN_RE.match(text)
+        if match is None:
+            raise InvalidParam("Invalid 'since' token")
+        return cls(int(match.group(1)), int(match.group(2) or 0))
+
+
+class SyncService:
+    def __init__(self, sync_store: SyncStore, events: EventStore, state: StateStore,
+                 account_data: AccountDataStore, rooms: RoomStore, notifier: Notifier,
+                 serializer: EventSerializer, visibility: VisibilityService,
+                 clock: Clock) -> None:
+        self._store = sync_store
+        self._events = events
+        self._state = state
+        self._account_data = account_data
+        self._rooms = rooms
+        self._notifier = notifier
+        self._serializer = serializer
+        self._visibility = visibility
+        self._clock = clock
+
+    def current_token(self) -> SyncToken:
+        return SyncToken(self._notifier.position, self._notifier.account_data_position)
+
+    async def sync(self, user_id: str, device_id: str | None, *, since: str | None,
+                   timeout_ms: int, full_state: bool, sync_filter: SyncFilter
+                   ) -> dict[str, Any]:
+        """One /sync response; waits up to ``timeout_ms`` when there is nothing new."""
+        since_token = SyncToken.parse(since) if since else None
+        now = self.current_token()
+        if since_token is not None:
+            # A token from the future (say, a restored backup) means "from now".
+            since_token = SyncToken(min(since_token.events, now.events),
+                                    min(since_token.account_data, now.account_data))
+        response, rooms = await self._build(user_id, device_id, since_token, now, full_state,
+                                            sync_filter)
+        if since_token is not None and timeout_ms > 0 and _is_empty(response):
+            woken = await self._notifier.wait(user_id, rooms, timeout_ms / 1000)
+            if woken:
+                now = self.current_token()
+                response, _ = await self._build(user_id, device_id, since_token, now,
+                                                full_state, sync_filter)
+        return response
+
+    async def _build(self, user_id: str, device_id: str | None, since: SyncToken | None,
+                     now: SyncToken, full_state: bool, sync_filter: SyncFilter
+                     ) -> tuple[dict[str, Any], list[str]]:
+        builder = _ResponseBuilder(self, user_id, device_id, since, now, full_state,
+                                   sync_filter)
+        return await builder.build()
+
+
+def _is_empty(response: dict[str, Any]) -> bool:
+    rooms = response["rooms"]
+    return not (rooms["join"] or rooms["invite"] or rooms["leave"] or rooms["knock"]
+                or response["account_data"]["events"])
+
+
+class _ResponseBuilder:
+    """Builds one response; holds the request's parameters so helpers stay small."""
+
+    def __init__(self, service: SyncService, user_id: str, device_id: str | None,
+                 since: SyncToken | None, now: SyncToken, full_state: bool,
+                 sync_filter: SyncFilter) -> None:
+        self.s = service
+        self.user_id = user_id
+        self.device_id = device_id
+        self.since = since
+        self.now = now
+        self.full_state = full_state
+        self.filter = sync_filter
+        self.limit = min(sync_filter.timeline.limit or DEFAULT_TIMELINE_LIMIT,
+                         MAX_TIMELINE_LIMIT)
+
+    async def build(self) -> tuple[dict[str, Any], list[str]]:
+        memberships = await self.s._store.memberships(self.user_id)
+        changes: list[MembershipChange] = []
+        if self.since is not None:
+            changes = await self.s._store.membership_changes(self.user_id, self.since.events,
+                                                             self.now.events)
+        changed = {c.room_id: c for c in changes}
+        forgotten = await self.s._rooms.forgotten_rooms(self.user_id)
+        account = await self._account_data()
+
+        joined = [r for r, (m, _) in memberships.items()
+                  if m == "join" and self.filter.room_allowed(r)]
+        rooms: dict[str, Any] = {"join": {}, "invite": {}, "leave": {}, "knock": {}}
+        rooms["join"] = await self._joined_rooms(joined, changes, account["rooms"])
+        for room_id, (membership, event_id) in memberships.items():
+            if not self.filter.room_allowed(room_id):
+                continue
+            is_new = self.since is None or room_id in changed
+            if membership == "invite" and is_new:
+                rooms["invite"][room_id] = {"invite_state": {
+                    "events": await self._stripped_state(room_id, event_id)}}
+            elif membership == "knock" and is_new:
+                rooms["knock"][room_id] = {"knock_state": {
+                    "events": await self._stripped_state(room_id, event_id)}}
+            elif membership in ("leave", "ban") and room_id not in forgotten:
+                if (self.since is None and self.filter.include_leave) or \
+                        (self.since is not None and room_id in changed):
+                    rooms["leave"][room_id] = await self._left_room(room_id, event_id)
+        response = {
+            "next_batch": self.now.encode(),
+            "rooms": rooms,
+            "account_data": {"events": account["global"]},
+            "presence": {"events": []},
+            "to_device": {"events": []},
+            "device_lists": {"changed": [], "left": []},
+            "device_one_time_keys_count": {},
+            "device_unused_fallback_key_types": [],
+        }
+        return response, joined
+
+    # -- account data ---------------------------------------------------------------------
+
+    async def _account_data(self) -> dict[str, Any]:
+        after = self.since.account_data if self.since and not self.full_state else 0
+        entries = await self.s._account_data.since(self.user_id, after)
+        global_events = [{"type": t, "content": c} for r, t, c in entries
+                         if not r and self.filter.account_data.matches({"type": t})]
+        per_room: dict[str, list[dict[str, Any]]] = {}
+        for room_id, type_, content in entries:
+            if room_id and self.filter.room_account_data.matches({"type": type_,
+                                                                  "room_id": room_id}):
+                per_room.setdefault(room_id, []).append({"type": type_, "content": content})
+        return {"global": global_events, "rooms": per_room}
+
+    # -- joined rooms -----------------------------------------------------------------------
+
+    async def _joined_rooms(self, joined: list[str], changes: list[MembershipChange],
+                            room_account_data: dict[str, list[dict[str, Any]]]
+                            ) -> dict[str, Any]:
+        newly_joined = {c.room_id for c in changes if c.membership == "join"}
+        if self.since is None or self.full_state:
+            initial = set(joined)
+            incremental: list[str] = []
+        else:
+            initial = {r for r in joined if r in newly_joined
+                       and not await self._was_joined_at_since(r)}
+            incremental = [r for r in joined if r not in initial and
+                           self.s._notifier.room_changed_since(r, self.since.events)]
+        after_initial = 0
+        latest = await self.s._store.latest_event_ids(
+            sorted(initial), after=after_initial, up_to=self.now.events, limit=self.limit + 1)
+        if incremental and self.since is not None:
+            latest.update(await self.s._store.latest_event_ids(
+                incremental, after=self.since.events, up_to=self.now.events,
+                limit=self.limit + 1))
+        wanted = [e for ids in latest.values() for e in ids]
+        loaded = await self.s._events.get_events(wanted)
+        counts = await self.s._store.members_of(
+            [r for r in joined if r in initial or latest.get(r) or r in room_account_data])
+        out: dict[str, Any] = {}
+        for room_id in joined:
+            ids = latest.get(room_id, [])
+            account = room_account_data.get(room_id, [])
+            if room_id not in initial and not ids and not account:
+                continue
+            timeline_events = [loaded[e] for e in ids if e in loaded]
+            limited = len(timeline_events) > self.limit
+            timeline_events = timeline_events[-self.limit:] if self.limit else []
+            visible = await self.s._visibility.filter_for_user(self.user_id, timeline_events) \
+                if timeline_events else []
+            timeline = [e for e in visible if self.filter.timeline.matches(e.pdu)]
+            state = await self._room_state(room_id, timeline_events, room_id in initial,
+                                           limited)
+            out[room_id] = {
+                "timeline": {
+                    "events": await self._client_events(timeline),
+                    "limited": limited,
+                    "prev_batch": self._prev_batch(timeline_events),
+                },
+                "state": {"events": await self._client_events(state)},
+                "ephemeral": {"events": []},
+                "account_data": {"events": account},
+                "unread_notifications": {"highlight_count": 0, "notification_count": 0},
+                "summary": _summary(self.user_id, counts.get(room_id, [])),
+            }
+        return out
+
+    async def _was_joined_at_since(self, room_id: str) -> bool:
+        assert self.since is not None
+        before = await self.s._store.last_event_at(room_id, self.since.events)
+        if before is None:
+            return False
+        key = ("m.room.member", self.user_id)
+        state = await self.s._state.state_at_group(before[0], only=[key])
+        if key not in state:
+            return False
+        event = await self.s._events.get_event(state[key])
+        return event is not None and (event.pdu.get("content") or {}).get(
+            "membership") == "join"
+
+    def _prev_batch(self, timeline: list[StoredEvent]) -> str:
+        if timeline:
+            first = timeline[0]
+            return make_token(first.depth, first.stream_ordering or 0)
+        return make_token(2**62, 2**62)
+
+    async def _room_state(self, room_id: str, timeline: list[StoredEvent], initial: bool,
+                          limited: bool) -> list[StoredEvent]:
+        """The state section: what the client needs besides the timeline."""
+        if not initial and not limited:
+            return []
+        if timeline:
+            start_group = timeline[0].state_group_before
+        else:
+            last = await self.s._store.last_event_at(room_id, self.now.events)
+            start_group = last[0] if last else None
+        if self.filter.state.lazy_load_members:
+            senders = {str(e.pdu.get("sender")) for e in timeline} | {self.user_id}
+            full = await self.s._state.state_at_group(start_group)
+            state_map: StateMap = {k: v for k, v in full.items()
+                                   if k[0] != "m.room.member" or k[1] in senders}
+        else:
+            state_map = await self.s._state.state_at_group(start_group)
+        if not initial and self.since is not None:
+            before = await self.s._store.last_event_at(room_id, self.since.events)
+            old = await self.s._state.state_at_group(before[0]) if before else {}
+            state_map = {k: v for k, v in state_map.items() if old.get(k) != v}
+        in_timeline = {e.event_id for e in timeline}
+        ids = [e for e in state_map.values() if e not in in_timeline]
+        loaded = await self.s._events.get_events(ids)
+        return [loaded[e] for e in ids if e in loaded and self.filter.state.matches(
+            loaded[e].pdu)]
+
+    async def _client_events(self, events: Iterable[StoredEvent]) -> list[dict[str, Any]]:
+        events = list(events)
+        if not events:
+            return []
+        if self.filter.event_format == "federation":
+            return [dict(e.pdu, event_id=e.event_id) for e in events]
+        serialized = await self.s._serializer.serialize(
+            events, requester_device=self.device_id, requester_user=self.user_id,
+            now=self.s._clock.time_ms())
+        for event in serialized:
+            event.pop("room_id", None)  # sync events are "client events without room ID"
+        return [apply_event_fields(e, self.filter.event_fields) for e in serialized]
+
+    # -- invites, knocks, leaves ------------------------------------------------------------
+
+    async def _stripped_state(self, room_id: str, member_event_id: str) -> list[dict[str, Any]]:
+        state = await self.s._state.state_at_group(
+            (await self.s._events.room_info(room_id) or ("", None))[1],
+            only=[(t, "") for t in STRIPPED_STATE_TYPES])
+        loaded = await self.s._events.get_events([*state.values(), member_event_id])
+        out: list[dict[str, Any]] = []
+        for event_id in [*state.values(), member_event_id]:
+            event = loaded.get(event_id)
+            if event is not None:
+                out.append({k: event.pdu[k] for k in ("type", "state_key", "sender", "content")
+                            if k in event.pdu})
+        return out
+
+    async def _left_room(self, room_id: str, leave_event_id: str) -> dict[str, Any]:
+        leave = await self.s._events.get_event(leave_event_id)
+        up_to = leave.stream_ordering if leave and leave.stream_ordering else self.now.events
+        after = self.since.events if self.since is not None else 0
+        ids = (await self.s._store.latest_event_ids([room_id], after=after, up_to=up_to,
+                                                    limit=self.limit + 1))[room_id]
+        loaded = await self.s._events.get_events(ids)
+        timeline_events = [loaded[e] for e in ids if e in loaded]
+        limited = len(timeline_events) > self.limit
+        timeline_events = timeline_events[-self.limit:] if self.limit else []
+        visible = await self.s._visibility.filter_for_user(self.user_id, timeline_events)
+        state = await self._room_state(room_id, timeline_events, self.since is None, limited)
+        return {
+            "timeline": {"events": await self._client_events(
+                [e for e in visible if self.filter.timeline.matches(e.pdu)]),
+                "limited": limited, "prev_batch": self._prev_batch(timeline_events)},
+            "state": {"events": await self._client_events(state)},
+            "account_data": {"events": []},
+        }
+
+
+def _summary(user_id: str, members: list[tuple[str, str | None]]) -> dict[str, Any]:
+    joined = [u for u, m in members if m == "join"]
+    invited = [u for u, m in members if m == "invite"]
+    heroes = sorted(u for u in joined + invited if u != user_id)[:MAX_HEROES]
+    return {"m.heroes": heroes, "m.joined_member_count": len(joined),
+            "m.invited_member_count": len(invited)}

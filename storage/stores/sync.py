@@ -1,0 +1,122 @@
+"""The reads /sync makes: a user's memberships, what changed in their rooms between two
+stream positions, and each room's latest events — a few queries for any number of rooms."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, func, select
+
+from storage.engine import DatabaseEngine
+from storage.schema import current_state, events
+
+_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    room_id: str
+    event_id: str
+    membership: str
+    stream_ordering: int
+
+
+class SyncStore:
+    def __init__(self, engine: DatabaseEngine) -> None:
+        self._db = engine
+
+    async def memberships(self, user_id: str) -> dict[str, tuple[str, str]]:
+        """Room -> (membership, member event ID) for every room the user has a member
+        event in."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(current_state.c.room_id, current_state.c.membership,
+                       current_state.c.event_id)
+                .where(and_(current_state.c.type == "m.room.member",
+                            current_state.c.state_key == user_id)))
+            return {r.room_id: (r.membership, r.event_id) for r in rows}
+
+    async def membership_changes(self, user_id: str, after: int, up_to: int
+                                 ) -> list[MembershipChange]:
+        """The user's member events with ``after < stream_ordering <= up_to``, in order."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(events.c.room_id, events.c.event_id, events.c.json,
+                       events.c.stream_ordering)
+                .where(and_(events.c.type == "m.room.member", events.c.state_key == user_id,
+                            events.c.stream_ordering > after,
+                            events.c.stream_ordering <= up_to,
+                            events.c.rejected_reason.is_(None)))
+                .order_by(events.c.stream_ordering))
+            return [MembershipChange(r.room_id, r.event_id,
+                                     str(json.loads(r.json).get("content", {})
+                                         .get("membership")), r.stream_ordering)
+                    for r in rows]
+
+    async def latest_event_ids(self, room_ids: Sequence[str], *, after: int, up_to: int,
+                               limit: int) -> dict[str, list[str]]:
+        """For each room, the IDs of its newest ``limit`` events in ``(after, up_to]``,
+        oldest first."""
+        out: dict[str, list[str]] = {r: [] for r in room_ids}
+        rank = func.row_number().over(partition_by=events.c.room_id,
+                                      order_by=events.c.stream_ordering.desc()).label("rank")
+        for i in range(0, len(room_ids), _CHUNK):
+            chunk = list(room_ids[i:i + _CHUNK])
+            ranked = (select(events.c.room_id, events.c.event_id, events.c.stream_ordering,
+                             rank)
+                      .where(and_(events.c.room_id.in_(chunk),
+                                  events.c.stream_ordering > after,
+                                  events.c.stream_ordering <= up_to,
+                                  events.c.rejected_reason.is_(None)))
+                      .subquery())
+            async with self._db.read() as conn:
+                rows = await conn.execute(
+                    select(ranked.c.room_id, ranked.c.event_id)
+                    .where(ranked.c.rank <= limit)
+                    .order_by(ranked.c.stream_ordering))
+                for row in rows:
+                    out[row.room_id].append(row.event_id)
+        return out
+
+    async def rooms_with_events(self, room_ids: Sequence[str], *, after: int, up_to: int
+                                ) -> set[str]:
+        """Which of the rooms have events in ``(after, up_to]``."""
+        found: set[str] = set()
+        for i in range(0, len(room_ids), _CHUNK):
+            async with self._db.read() as conn:
+                rows = await conn.execute(
+                    select(events.c.room_id).distinct()
+                    .where(and_(events.c.room_id.in_(list(room_ids[i:i + _CHUNK])),
+                                events.c.stream_ordering > after,
+                                events.c.stream_ordering <= up_to)))
+                found.update(r[0] for r in rows)
+        return found
+
+    async def members_of(self, room_ids: Sequence[str]
+                         ) -> dict[str, list[tuple[str, str | None]]]:
+        """Room -> [(user ID, membership)] from the rooms' current state."""
+        out: dict[str, list[tuple[str, str | None]]] = {r: [] for r in room_ids}
+        for i in range(0, len(room_ids), _CHUNK):
+            async with self._db.read() as conn:
+                rows = await conn.execute(
+                    select(current_state.c.room_id, current_state.c.state_key,
+                           current_state.c.membership)
+                    .where(and_(current_state.c.room_id.in_(list(room_ids[i:i + _CHUNK])),
+                                current_state.c.type == "m.room.member")))
+                for row in rows:
+                    out[row.room_id].append((row.state_key, row.membership))
+        return out
+
+    async def last_event_at(self, room_id: str, position: int) -> tuple[int | None, int] | None:
+        """``(state_group_after, stream_ordering)`` of the room's last event at or before
+        ``position``."""
+        async with self._db.read() as conn:
+            row = (await conn.execute(
+                select(events.c.state_group_after, events.c.stream_ordering)
+                .where(and_(events.c.room_id == room_id,
+                            events.c.stream_ordering <= position,
+                            events.c.rejected_reason.is_(None)))
+                .order_by(events.c.stream_ordering.desc()).limit(1))).first()
+        return (row.state_group_after, row.stream_ordering) if row is not None else None
