@@ -71,6 +71,7 @@ class DatabaseEngine:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._write_lock: asyncio.Lock | None = None
+        self._closed = False
         if self.is_sqlite:
             path = url.split(":///", 1)[1]
             if path and path != ":memory:":
@@ -137,6 +138,10 @@ class DatabaseEngine:
             yield conn
 
     async def close(self) -> None:
+        """Close every connection; closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
         if self.is_sqlite:
             await asyncio.get_running_loop().run_in_executor(self._writer_thread,
                                                              self._sync_writer.dispose)

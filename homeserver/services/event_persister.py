@@ -149,6 +149,12 @@ class EventPersister:
         # Bumped when a room's write fails: queued events built on the lost ones are dropped.
         self._room_generation: dict[str, int] = {}
         self._writer: asyncio.Task[None] | None = None
+        # Futures of queued events by event ID, so a repeated transaction waits for the commit.
+        self._uncommitted: dict[str, asyncio.Future[None]] = {}
+        self._in_flight: dict[str, int] = {}  # room ID -> its queued events
+        # Interned state keys whose row is not committed yet: every event using one writes it
+        # (a failed write may have been the one that carried it).
+        self._unstored_keys: set[int] = set()
 
     async def start(self) -> None:
         for allocator in (self._nids, self._stream, self._groups, self._key_nids):
@@ -225,6 +231,7 @@ class EventPersister:
                             signing_key=self._signing_key)
         check_auth_rules(event, {}, create_event=event)
         room_id = event.room_id
+        await self._db.state.key_nids([("m.room.create", "")])  # interned by other rooms?
         async with self._lock(room_id):
             if room_id in self._rooms or await self._db.events.room_info(room_id) is not None:
                 raise MatrixError("Room already exists", status=400, errcode="M_ROOM_IN_USE")
@@ -267,8 +274,13 @@ class EventPersister:
                             existing = (await self.get_events([existing_id])).get(existing_id)
                             if existing is not None:
                                 out.append(existing)
+                                if existing_id in self._uncommitted:  # answer after the commit
+                                    futures.append(self._uncommitted[existing_id])
                                 continue
                     event = await self._build_and_auth(snapshot, new)
+                    if self._rooms.get(room_id) is not snapshot:
+                        # A write failed meanwhile: the snapshot holds lost events.
+                        raise MatrixError("Could not store the event", status=500)
                     futures.append(self._enqueue(self._prepare(snapshot, event, new,
                                                                event.origin_server_ts)))
                     if txn is not None:
@@ -281,6 +293,8 @@ class EventPersister:
         return out
 
     async def _build_and_auth(self, snapshot: RoomSnapshot, new: NewEvent) -> Event:
+        if new.state_key is not None:  # a key other rooms interned is cached for _prepare
+            await self._db.state.key_nids([(new.type, new.state_key)])
         version = snapshot.room_version
         auth_ids = [snapshot.state[k] for k in auth_types_for_event(
             version, new.type, new.state_key, new.sender, new.content) if k in snapshot.state]
@@ -367,13 +381,25 @@ class EventPersister:
         if nid is None:
             nid = self._key_nids.next()
             self._db.state.remember_key(nid, key)
+            self._unstored_keys.add(nid)
+        if nid in self._unstored_keys:
             item.new_state_keys.append((nid, key[0], key[1]))
         return nid
 
     def _enqueue(self, item: PersistItem) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((item, future, self._room_generation.get(item.room_id, 0)))
+        self._uncommitted[item.event_id] = future
+        self._in_flight[item.room_id] = self._in_flight.get(item.room_id, 0) + 1
+        future.add_done_callback(lambda _: self._committed(item))
         return future
+
+    def _committed(self, item: PersistItem) -> None:
+        """The item's write ended (stored or not)."""
+        self._uncommitted.pop(item.event_id, None)
+        left = self._in_flight.pop(item.room_id, 1) - 1
+        if left:
+            self._in_flight[item.room_id] = left
 
     async def _await_commit(self, future: asyncio.Future[None], room_id: str) -> None:
         try:
@@ -390,6 +416,7 @@ class EventPersister:
             batch = []
             for item, future, generation in queued:
                 if generation != self._room_generation.get(item.room_id, 0):
+                    self._events.pop(item.event_id, None)
                     future.set_exception(RuntimeError("an earlier event of the room was lost"))
                 else:
                     batch.append((item, future))
@@ -413,7 +440,10 @@ class EventPersister:
                     future.set_result(None)
             for _ in queued:
                 self._queue.task_done()
-            self._notifier.on_new_events(items[-1].stream_ordering, {i.room_id for i in items})
+            self._unstored_keys.difference_update(n for i in items for n, _, _ in i.new_state_keys)
+            self._notifier.on_new_events(
+                items[-1].stream_ordering, {i.room_id for i in items},
+                {i.state_key for i in items if i.type == "m.room.member" and i.state_key})
 
     def _forget_failed(self, items: list[PersistItem]) -> None:
         """The snapshots ran ahead of what is stored: forget them, so the next event in each
@@ -423,7 +453,8 @@ class EventPersister:
             self._events.pop(item.event_id, None)
             self._room_generation[item.room_id] = self._room_generation.get(item.room_id, 0) + 1
             self._txns.forget_room(item.room_id)
-        self._db.state.forget_keys([nid for i in items for nid, _, _ in i.new_state_keys])
+        # Interned keys stay (events of other rooms queued meanwhile may use them): they are
+        # still in _unstored_keys, so the next event using one writes it.
 
     # -- loading snapshots ------------------------------------------------------------------
 
@@ -432,7 +463,13 @@ class EventPersister:
         self._rooms.move_to_end(snapshot.room_id)
         if len(self._rooms) > _ROOM_CACHE_SIZE:
             for room_id in list(self._rooms)[:len(self._rooms) - _ROOM_CACHE_SIZE]:
-                if not self._room_locks.get(room_id, asyncio.Lock()).locked():
+                # A room with queued events keeps its snapshot: the database lacks them. Its
+                # lock goes only when nobody holds or waits for it (a woken waiter has not
+                # taken it yet while `locked()` is already false).
+                lock = self._room_locks.get(room_id)
+                busy = lock is not None and (lock.locked() or bool(getattr(lock, "_waiters",
+                                                                           None)))
+                if not busy and room_id not in self._in_flight:
                     del self._rooms[room_id]
                     self._room_locks.pop(room_id, None)
 

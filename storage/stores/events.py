@@ -124,9 +124,13 @@ class EventStore:
                      for i in items if i.new_room is not None]
         if new_rooms:
             conn.execute(rooms.insert(), new_rooms)
-        keys = [dict(nid=n, type=t, state_key=k) for i in items for n, t, k in i.new_state_keys]
+        # A key may come with several items (until one write of it commits): once per batch,
+        # and a repeat of a stored row (same nid) is skipped.
+        keys = list({n: dict(nid=n, type=t, state_key=k)
+                     for i in items for n, t, k in i.new_state_keys}.values())
         if keys:
-            conn.execute(state_keys.insert(), keys)
+            conn.execute(insert(is_sqlite, state_keys).on_conflict_do_nothing(
+                index_elements=["nid"]), keys)
         groups = [dict(id=g.group_id, room_id=g.room_id, parent_id=g.parent_id, added=g.added,
                        removed=g.removed)
                   for i in items if (g := i.new_state_group) is not None]
