@@ -16,6 +16,7 @@ from client_api import (
     login,
     membership,
     profile,
+    push_rules,
     register,
     rooms,
     sync,
@@ -23,7 +24,7 @@ from client_api import (
 )
 
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
-            directory, account_data, sync)
+            directory, account_data, sync, push_rules)
 
 
 def add_client_routes(app: web.Application) -> None:
