@@ -130,8 +130,11 @@ rooms = Table(
     Column("creator", Text, nullable=False),
     Column("is_public", Boolean, nullable=False, default=False),  # in the room directory
     Column("created_ts", BigInteger, nullable=False),
-    # The state group of the room's current state.
+    # The room's head, moved by every new event: the state group of its current state, its
+    # forward extremities (a JSON list of event IDs) and the greatest depth.
     Column("current_state_group", BigInteger, nullable=True),
+    Column("forward_extremities", Text, nullable=False, default="[]"),
+    Column("depth", BigInteger, nullable=False, default=0),
 )
 
 events = Table(
@@ -171,22 +174,6 @@ event_edges = Table(
     Column("prev_event_id", Text, nullable=False),
     PrimaryKeyConstraint("event_id", "prev_event_id"),
     Index("event_edges_prev", "prev_event_id"),
-)
-
-event_auth = Table(
-    "event_auth",
-    metadata,
-    Column("event_id", Text, nullable=False),
-    Column("auth_id", Text, nullable=False),
-    PrimaryKeyConstraint("event_id", "auth_id"),
-)
-
-forward_extremities = Table(
-    "forward_extremities",
-    metadata,
-    Column("room_id", Text, nullable=False),
-    Column("event_id", Text, nullable=False),
-    PrimaryKeyConstraint("room_id", "event_id"),
 )
 
 current_state = Table(

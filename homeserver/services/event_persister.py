@@ -348,7 +348,7 @@ class EventPersister:
             prev_event_ids=event.prev_event_ids, auth_event_ids=event.auth_event_ids,
             state_group_before=snapshot.state_group, state_group_after=snapshot.state_group,
             device_id=new.device_id if new.txn_id is not None else None, txn_id=new.txn_id,
-            redacts=event.redacts, extremities_removed=list(snapshot.extremities))
+            redacts=event.redacts, extremities_after=[event.event_id])
         if event.state_tuple is not None:
             key = event.state_tuple
             key_nid = self._state_key_nid(key, item)
@@ -489,8 +489,8 @@ class EventPersister:
         chain = await self._db.state.chain(group_id) if group_id is not None else []
         state_nids = await self._db.state.full_state_nids(group_id) if group_id else {}
         state = await self._db.state.state_at_group(group_id)
-        extremities = await self._db.events.room_extremities(room_id)
-        depth = await self._db.events.max_depth(extremities) if extremities else 0
+        head = await self._db.events.room_head(room_id)
+        extremities, depth = (head.extremities, head.depth) if head else ([], 0)
         snapshot = RoomSnapshot(room_id, version, state, dict(state_nids), group_id, chain,
                                 extremities, depth)
         self._remember_room(snapshot)

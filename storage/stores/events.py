@@ -1,7 +1,7 @@
 """Events: the one batched write of new events, and the reads of stored ones.
 
-``persist_batch`` is the only code that writes ``events``, ``event_edges``, ``event_auth``,
-``state_groups``, ``current_state`` and ``forward_extremities``; the event persister calls it.
+``persist_batch`` is the only code that writes ``events``, ``event_edges``, ``state_groups``,
+``current_state`` and the rooms' heads; the event persister calls it.
 """
 
 from __future__ import annotations
@@ -11,16 +11,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, select, tuple_, update
+from sqlalchemy import Connection, and_, bindparam, func, select, tuple_, update
 
-from storage.dialect import insert
+from storage.dialect import greatest, insert
 from storage.engine import DatabaseEngine
 from storage.schema import (
     current_state,
-    event_auth,
     event_edges,
     events,
-    forward_extremities,
     redactions,
     rooms,
     state_groups,
@@ -43,6 +41,14 @@ class StoredEvent:
     redacted_by: str | None
     rejected_reason: str | None
     outlier: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RoomHead:
+    room_version: str
+    current_state_group: int | None
+    extremities: list[str]
+    depth: int
 
 
 @dataclass(slots=True)
@@ -81,7 +87,8 @@ class PersistItem:
     new_state_keys: list[tuple[int, str, str]] = field(default_factory=list)
     # (type, state_key, event_id, membership) of the current state this event changes.
     current_state_delta: list[tuple[str, str, str, str | None]] = field(default_factory=list)
-    extremities_removed: list[str] = field(default_factory=list)
+    # The room's forward extremities once this event is in.
+    extremities_after: list[str] = field(default_factory=list)
 
 
 _EVENT_COLUMNS = (events.c.event_id, events.c.room_id, events.c.json, events.c.stream_ordering,
@@ -147,15 +154,12 @@ class EventStore:
                  for p in i.prev_event_ids]
         if edges:
             conn.execute(event_edges.insert(), edges)
-        auth = [dict(event_id=i.event_id, auth_id=a) for i in items for a in i.auth_event_ids]
-        if auth:
-            conn.execute(event_auth.insert(), auth)
         redacted = [dict(event_id=i.event_id, redacts=i.redacts, received_ts=i.received_ts,
                          censored=False) for i in items if i.redacts is not None]
         if redacted:
             conn.execute(insert(is_sqlite, redactions).on_conflict_do_nothing(), redacted)
 
-        # Current state and extremities change in order; later items win.
+        # Current state changes in order (later items win); each room's head is written once.
         for item in items:
             for type_, state_key, event_id, membership in item.current_state_delta:
                 stmt = insert(is_sqlite, current_state).values(
@@ -164,15 +168,15 @@ class EventStore:
                 conn.execute(stmt.on_conflict_do_update(
                     index_elements=["room_id", "type", "state_key"],
                     set_={"event_id": event_id, "membership": membership}))
-            if item.extremities_removed:
-                conn.execute(delete(forward_extremities).where(and_(
-                    forward_extremities.c.room_id == item.room_id,
-                    forward_extremities.c.event_id.in_(item.extremities_removed))))
-            conn.execute(forward_extremities.insert().values(
-                room_id=item.room_id, event_id=item.event_id))
-            if item.new_state_group is not None:
-                conn.execute(update(rooms).where(rooms.c.room_id == item.room_id)
-                                   .values(current_state_group=item.state_group_after))
+        heads: dict[str, dict[str, Any]] = {}
+        for item in items:
+            head = heads.setdefault(item.room_id, {"r": item.room_id, "d": 0})
+            head["x"] = json.dumps(item.extremities_after)
+            head["d"] = max(head["d"], item.depth)
+            head["g"] = item.state_group_after
+        conn.execute(update(rooms).where(rooms.c.room_id == bindparam("r")).values(
+            forward_extremities=bindparam("x"), current_state_group=bindparam("g"),
+            depth=greatest(is_sqlite, rooms.c.depth, bindparam("d"))), list(heads.values()))
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -244,10 +248,16 @@ class EventStore:
                     if json.loads(r.json).get("content", {}).get("membership") == "join"]
 
     async def room_extremities(self, room_id: str) -> list[str]:
+        head = await self.room_head(room_id)
+        return head.extremities if head is not None else []
+
+    async def room_head(self, room_id: str) -> RoomHead | None:
         async with self._db.read() as conn:
-            rows = await conn.execute(select(forward_extremities.c.event_id)
-                                      .where(forward_extremities.c.room_id == room_id))
-            return [r[0] for r in rows]
+            row = (await conn.execute(select(rooms).where(rooms.c.room_id == room_id))).first()
+        if row is None:
+            return None
+        return RoomHead(row.room_version, row.current_state_group,
+                        json.loads(row.forward_extremities), int(row.depth))
 
     async def room_info(self, room_id: str) -> tuple[str, int | None] | None:
         """``(room_version, current_state_group)`` of a room this server knows."""

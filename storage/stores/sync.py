@@ -96,15 +96,19 @@ class SyncStore:
 
     async def members_of(self, room_ids: Sequence[str]
                          ) -> dict[str, list[tuple[str, str | None]]]:
-        """Room -> [(user ID, membership)] from the rooms' current state."""
+        """Room -> [(user ID, membership)] from the rooms' current state, in the stream
+        order of the member events (the order the spec gives heroes in)."""
         out: dict[str, list[tuple[str, str | None]]] = {r: [] for r in room_ids}
         for i in range(0, len(room_ids), _CHUNK):
             async with self._db.read() as conn:
                 rows = await conn.execute(
                     select(current_state.c.room_id, current_state.c.state_key,
                            current_state.c.membership)
+                    .select_from(current_state.outerjoin(
+                        events, events.c.event_id == current_state.c.event_id))
                     .where(and_(current_state.c.room_id.in_(list(room_ids[i:i + _CHUNK])),
-                                current_state.c.type == "m.room.member")))
+                                current_state.c.type == "m.room.member"))
+                    .order_by(events.c.stream_ordering, current_state.c.state_key))
                 for row in rows:
                     out[row.room_id].append((row.state_key, row.membership))
         return out

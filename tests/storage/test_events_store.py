@@ -17,10 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from storage import Database
 from storage.schema import (
     current_state,
-    event_auth,
     event_edges,
     events,
-    forward_extremities,
     redactions,
     rooms,
     state_groups,
@@ -93,7 +91,7 @@ class FakeRoom:
             received_ts=2000 + self.counter, prev_event_ids=prev_events, auth_event_ids=auth,
             state_group_before=self.group, state_group_after=self.group,
             device_id=device_id, txn_id=txn_id, redacts=redacts,
-            extremities_removed=[e for e in self.extremities if e in prev_events])
+            extremities_after=[e for e in self.extremities if e not in prev_events] + [event_id])
         if not self.created:
             item.new_room = ("10", sender, 1000)
             self.created = True
@@ -153,8 +151,7 @@ async def count(db: Database, table: Any) -> int:
         return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
 
 
-ALL_TABLES = (events, event_edges, event_auth, current_state, forward_extremities,
-              state_groups, state_keys, rooms, redactions)
+ALL_TABLES = (events, event_edges, current_state, state_groups, state_keys, rooms, redactions)
 
 
 # -- persist_batch --------------------------------------------------------------------------
@@ -191,9 +188,8 @@ async def test_persist_batch_writes_every_table(database: Database, ids: Ids) ->
     edges = {(r.event_id, r.prev_event_id) for r in await rows(database, select(event_edges))}
     assert edges == {(i.event_id, p) for i in items for p in i.prev_event_ids}
     assert len(edges) == 4  # each event after the create points at the one before
-    auth = {(r.event_id, r.auth_id) for r in await rows(database, select(event_auth))}
-    assert auth == {(i.event_id, a) for i in items for a in i.auth_event_ids}
-    assert (items[4].event_id, items[0].event_id) in auth
+    # Auth events live in each event's JSON (no separate table).
+    assert items[0].event_id in json.loads(stored[items[4].event_id].json)["auth_events"]
 
     cs = {(r.type, r.state_key): (r.event_id, r.membership)
           for r in await rows(database, select(current_state))}
@@ -203,9 +199,10 @@ async def test_persist_batch_writes_every_table(database: Database, ids: Ids) ->
         ("m.room.power_levels", ""): (items[2].event_id, None),
         ("m.room.join_rules", ""): (items[3].event_id, None),
     }
-    # Only the newest event is a forward extremity.
-    assert [r.event_id for r in await rows(database, select(forward_extremities))] == \
-        [items[4].event_id]
+    # Only the newest event is a forward extremity (kept on the room's row).
+    head = await database.events.room_head(ROOM)
+    assert head is not None and head.extremities == [items[4].event_id]
+    assert head.depth == items[4].depth
     assert await database.events.room_extremities(ROOM) == [items[4].event_id]
 
     keys = {(r.type, r.state_key): r.nid for r in await rows(database, select(state_keys))}
