@@ -6,6 +6,7 @@ from aiohttp import web
 
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
+from client_api.rooms import _room_id
 from homeserver.appkeys import SERVICES
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.account_data import require_self
@@ -40,7 +41,7 @@ async def put_room_account_data(request: web.Request) -> web.Response:
     require_self(requester.user_id, request.match_info["user_id"])
     body = await read_json_object(request)
     await request.app[SERVICES].account_data.set(
-        requester.user_id, request.match_info["room_id"], request.match_info["type"], body)
+        requester.user_id, _room_id(request), request.match_info["type"], body)
     return json_response({})
 
 
@@ -50,7 +51,7 @@ async def get_room_account_data(request: web.Request) -> web.Response:
     requester = await require_requester(request)
     require_self(requester.user_id, request.match_info["user_id"])
     return json_response(await request.app[SERVICES].account_data.get(
-        requester.user_id, request.match_info["room_id"], request.match_info["type"]))
+        requester.user_id, _room_id(request), request.match_info["type"]))
 
 
 @routes.get("/user/{user_id}/rooms/{room_id}/tags")

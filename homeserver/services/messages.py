@@ -21,7 +21,9 @@ _SCAN_ROUNDS = 10
 
 
 def make_token(depth: int, stream: int) -> str:
-    """A /messages pagination token: a position in the room's topological order."""
+    """A /messages pagination token: a place in the room's topological order, just after the
+    event at ``(depth, stream)`` (as Synapse's: tokens are places between events, so one
+    token means the same place whichever direction it is used in)."""
     return f"t{depth}-{stream}"
 
 
@@ -109,8 +111,14 @@ class MessageService:
         """GET /rooms/{roomId}/messages."""
         access = await self.access(reader.user_id, room_id)
         limit = max(0, min(limit, MAX_PAGE))
+        # Internally both bounds are exclusive event positions; a token is the place just
+        # after its position, so the events at or before it are behind it.
         start = parse_token(from_token) if from_token else None
         end = parse_token(to_token) if to_token else None
+        if backwards and start is not None:
+            start = (start[0], start[1] + 1)
+        if not backwards and end is not None:
+            end = (end[0], end[1] + 1)
         if access.until is not None:
             # Nothing after the reader left: cap the starting point there.
             cap = (access.until[0], access.until[1] + 1)
@@ -144,8 +152,8 @@ class MessageService:
             if len(visible) <= room and len(page) < fetch:
                 exhausted = True
                 break
-        if start is not None:
-            start_token = make_token(*start)
+        if from_token:
+            start_token = from_token
         elif backwards:
             start_token = make_token(2**62, 2**62)
         else:
@@ -153,43 +161,55 @@ class MessageService:
         body: dict[str, Any] = {"chunk": await self._serialize(reader, chunk),
                                 "start": start_token}
         if not exhausted and cursor is not None:
-            body["end"] = make_token(*cursor)
+            # Going backwards, the place to go on from is just before the last event.
+            body["end"] = make_token(cursor[0], cursor[1] - 1) if backwards \
+                else make_token(*cursor)
         if event_filter.lazy_load_members and chunk:
             body["state"] = await self._members_for(reader, chunk, access)
         return body
 
     async def _members_for(self, reader: Reader, chunk: list[StoredEvent],
                            access: RoomAccess) -> list[dict[str, Any]]:
-        """The member events of the chunk's senders (lazy-loading members)."""
-        senders = sorted({str(e.pdu.get("sender")) for e in chunk})
-        oldest = min(chunk, key=lambda e: (e.depth, e.stream_ordering or 0))
-        state = await self._state.state_at_group(
-            oldest.state_group_after, only=[("m.room.member", s) for s in senders])
-        members = await self._events.get_events(state.values())
-        return await self._serialize(reader, [members[e] for e in state.values()
-                                              if e in members])
+        """The member events of the chunk's senders (lazy-loading members): for each, the one
+        in force at their newest event in the chunk (they may have joined within it)."""
+        newest: dict[str, StoredEvent] = {}
+        for event in chunk:
+            sender = str(event.pdu.get("sender"))
+            seen = newest.get(sender)
+            if seen is None or (event.depth, event.stream_ordering or 0) > (
+                    seen.depth, seen.stream_ordering or 0):
+                newest[sender] = event
+        member_ids: list[str] = []
+        for sender, event in sorted(newest.items()):
+            state = await self._state.state_at_group(event.state_group_after,
+                                                     only=[("m.room.member", sender)])
+            member_ids += state.values()
+        members = await self._events.get_events(member_ids)
+        return await self._serialize(reader, [members[e] for e in member_ids if e in members])
 
     async def context(self, reader: Reader, room_id: str, event_id: str, limit: int,
                       event_filter: RoomEventFilter) -> dict[str, Any]:
         """GET /rooms/{roomId}/context/{eventId}."""
-        access = await self.access(reader.user_id, room_id)
+        await self.access(reader.user_id, room_id)
         stored = await self._events.get_event(event_id)
         if stored is None or stored.room_id != room_id or stored.stream_ordering is None or \
                 not await self._visibility.filter_for_user(reader.user_id, [stored]):
             raise NotFound("Event not found.")
         limit = max(0, min(limit, MAX_PAGE))
         position = make_token(stored.depth, stored.stream_ordering)
+        just_before = make_token(stored.depth, stored.stream_ordering - 1)
         half_before = limit // 2
-        before = await self.messages(reader, room_id, from_token=position, to_token=None,
+        before = await self.messages(reader, room_id, from_token=just_before, to_token=None,
                                      backwards=True, limit=half_before,
                                      event_filter=event_filter)
         after = await self.messages(reader, room_id, from_token=position, to_token=None,
                                     backwards=False, limit=limit - half_before,
                                     event_filter=event_filter)
-        state_group = stored.state_group_after
-        if access.until is not None and access.state_group is not None:
-            state_group = stored.state_group_after
-        state = await self._state.state_at_group(state_group)
+        # The spec: "the state of the room at the last event returned".
+        last = stored
+        if after["chunk"]:
+            last = await self._events.get_event(after["chunk"][-1]["event_id"]) or stored
+        state = await self._state.state_at_group(last.state_group_after)
         state_events = await self._events.get_events(state.values())
         if event_filter.lazy_load_members:
             senders = {e["sender"] for e in before["chunk"] + after["chunk"]}
@@ -201,7 +221,7 @@ class MessageService:
             "event": (await self._serialize(reader, [stored]))[0],
             "events_before": before["chunk"],
             "events_after": after["chunk"],
-            "start": before.get("end", position),
+            "start": before.get("end", just_before),
             "end": after.get("end", position),
             "state": await self._serialize(reader, list(state_events.values())),
         }

@@ -16,6 +16,7 @@ from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.power_levels import PowerLevels
 from homeserver.services.event_persister import EventPersister, NewEvent
 from homeserver.services.profile import ProfileService
+from homeserver.services.serialize import REDACT_TXN_SCOPE
 from homeserver.types import is_valid_server_name, parse_user_id
 from storage.stores.rooms import RoomStore
 
@@ -133,6 +134,10 @@ class RoomService:
             if not isinstance(extra_creators, list) or not all(
                     isinstance(u, str) for u in extra_creators):
                 raise BadJson("additional_creators must be a list of user IDs")
+            if preset["invitees_are_admins"] and invitees:
+                # The spec (v1.16): trusted_private_chat's invitees join additional_creators.
+                creation_content["additional_creators"] = list(dict.fromkeys(
+                    u for u in [*extra_creators, *invitees] if u != req.creator))
         else:
             creation_content.pop("additional_creators", None)
 
@@ -182,7 +187,7 @@ class RoomService:
         if req.topic is not None:
             news.append(NewEvent("m.room.topic", req.creator, {
                 "topic": req.topic,
-                "m.topic": [{"mimetype": "text/plain", "body": req.topic}]}, ""))
+                "m.topic": {"m.text": [{"mimetype": "text/plain", "body": req.topic}]}}, ""))
         for user_id in invitees:
             extra = {"is_direct": True} if req.is_direct else {}
             news.append(NewEvent("m.room.member", req.creator,
@@ -244,7 +249,7 @@ class RoomService:
         self._message_limiter.check(sender)
         return await self._persister.send(room_id, NewEvent(
             "m.room.redaction", sender, content, redacts=event_id, device_id=device_id,
-            txn_id=txn_id))
+            txn_id=REDACT_TXN_SCOPE + txn_id))
 
     # -- aliases ----------------------------------------------------------------------------
 

@@ -10,6 +10,10 @@ from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.state import StateStore
 
+# Transaction IDs are scoped to a device and an endpoint; /redact's are stored with this prefix
+# so they never meet /send's (which cannot send redactions) and shown without it.
+REDACT_TXN_SCOPE = "m.redact:"
+
 _FEDERATION_ONLY_KEYS = ("auth_events", "prev_events", "hashes", "signatures", "depth",
                          "origin", "membership", "prev_state")
 
@@ -49,7 +53,8 @@ class EventSerializer:
         unsigned: dict[str, Any] = {"age": max(0, now - int(pdu.get("origin_server_ts", now)))}
         if event.txn_id is not None and event.device_id == device and \
                 pdu.get("sender") == user:
-            unsigned["transaction_id"] = event.txn_id
+            unsigned["transaction_id"] = event.txn_id.removeprefix(REDACT_TXN_SCOPE) \
+                if pdu.get("type") == "m.room.redaction" else event.txn_id
         if redaction is not None:
             because = self._one(redaction, {}, {}, None, None, now)
             because.pop("unsigned", None)

@@ -82,7 +82,11 @@ class SyncService:
         response, rooms = await self._build(user_id, device_id, since_token, now, full_state,
                                             sync_filter)
         if since_token is not None and timeout_ms > 0 and _is_empty(response):
-            woken = await self._notifier.wait(user_id, rooms, timeout_ms / 1000)
+            # Something committed while the response was being built woke no one yet: build
+            # again at once rather than sleep through it. (No await between the check and
+            # the waiter's registration, so nothing slips in between.)
+            woken = self.current_token() != now or \
+                await self._notifier.wait(user_id, rooms, timeout_ms / 1000)
             if woken:
                 now = self.current_token()
                 response, _ = await self._build(user_id, device_id, since_token, now,
@@ -116,8 +120,9 @@ class _ResponseBuilder:
         self.now = now
         self.full_state = full_state
         self.filter = sync_filter
-        self.limit = min(sync_filter.timeline.limit or DEFAULT_TIMELINE_LIMIT,
-                         MAX_TIMELINE_LIMIT)
+        # An explicit limit of 0 means no timeline events (state only), not the default.
+        self.limit = min(DEFAULT_TIMELINE_LIMIT if sync_filter.timeline.limit is None
+                         else sync_filter.timeline.limit, MAX_TIMELINE_LIMIT)
 
     async def build(self) -> tuple[dict[str, Any], list[str]]:
         memberships = await self.s._store.memberships(self.user_id)
@@ -179,14 +184,15 @@ class _ResponseBuilder:
                             room_account_data: dict[str, list[dict[str, Any]]]
                             ) -> dict[str, Any]:
         newly_joined = {c.room_id for c in changes if c.membership == "join"}
-        if self.since is None or self.full_state:
+        if self.since is None:
             initial = set(joined)
             incremental: list[str] = []
         else:
             initial = {r for r in joined if r in newly_joined
                        and not await self._was_joined_at_since(r)}
-            incremental = [r for r in joined if r not in initial and
-                           self.s._notifier.room_changed_since(r, self.since.events)]
+            # full_state: every room's whole state, but the timeline still starts at since.
+            incremental = [r for r in joined if r not in initial and (
+                self.full_state or self.s._notifier.room_changed_since(r, self.since.events))]
         after_initial = 0
         latest = await self.s._store.latest_event_ids(
             sorted(initial), after=after_initial, up_to=self.now.events, limit=self.limit + 1)
@@ -197,12 +203,13 @@ class _ResponseBuilder:
         wanted = [e for ids in latest.values() for e in ids]
         loaded = await self.s._events.get_events(wanted)
         counts = await self.s._store.members_of(
-            [r for r in joined if r in initial or latest.get(r) or r in room_account_data])
+            [r for r in joined if r in initial or latest.get(r) or r in room_account_data
+             or self.full_state])
         out: dict[str, Any] = {}
         for room_id in joined:
             ids = latest.get(room_id, [])
             account = room_account_data.get(room_id, [])
-            if room_id not in initial and not ids and not account:
+            if room_id not in initial and not ids and not account and not self.full_state:
                 continue
             timeline_events = [loaded[e] for e in ids if e in loaded]
             limited = len(timeline_events) > self.limit
@@ -210,7 +217,8 @@ class _ResponseBuilder:
             visible = await self.s._visibility.filter_for_user(self.user_id, timeline_events) \
                 if timeline_events else []
             timeline = [e for e in visible if self.filter.timeline.matches(e.pdu)]
-            state = await self._room_state(room_id, timeline_events, room_id in initial,
+            state = await self._room_state(room_id, timeline_events,
+                                           room_id in initial or self.full_state,
                                            limited)
             out[room_id] = {
                 "timeline": {
@@ -241,31 +249,39 @@ class _ResponseBuilder:
 
     def _prev_batch(self, timeline: list[StoredEvent]) -> str:
         if timeline:
+            # The place just before the timeline's first event (a token is the place just
+            # after its position), so paging back from it does not repeat that event.
             first = timeline[0]
-            return make_token(first.depth, first.stream_ordering or 0)
+            return make_token(first.depth, (first.stream_ordering or 0) - 1)
         return make_token(2**62, 2**62)
 
     async def _room_state(self, room_id: str, timeline: list[StoredEvent], initial: bool,
                           limited: bool) -> list[StoredEvent]:
         """The state section: what the client needs besides the timeline."""
-        if not initial and not limited:
+        lazy = self.filter.state.lazy_load_members
+        if not initial and not limited and not lazy:
             return []
         if timeline:
             start_group = timeline[0].state_group_before
         else:
             last = await self.s._store.last_event_at(room_id, self.now.events)
             start_group = last[0] if last else None
-        if self.filter.state.lazy_load_members:
-            senders = {str(e.pdu.get("sender")) for e in timeline} | {self.user_id}
-            full = await self.s._state.state_at_group(start_group)
-            state_map: StateMap = {k: v for k, v in full.items()
-                                   if k[0] != "m.room.member" or k[1] in senders}
-        else:
-            state_map = await self.s._state.state_at_group(start_group)
+        state_map: StateMap = await self.s._state.state_at_group(start_group)
+        # Lazy loading: the member events of the timeline's senders (and, when the client
+        # gets the room's whole state, the user's own); we do not track which the client
+        # already has, so incremental syncs repeat them (allowed: "redundant" members).
+        senders = {str(e.pdu.get("sender")) for e in timeline}
+        if initial:
+            senders.add(self.user_id)
         if not initial and self.since is not None:
+            # What changed between since and the timeline's start (the gap, when limited).
             before = await self.s._store.last_event_at(room_id, self.since.events)
             old = await self.s._state.state_at_group(before[0]) if before else {}
-            state_map = {k: v for k, v in state_map.items() if old.get(k) != v}
+            state_map = {k: v for k, v in state_map.items() if old.get(k) != v or (
+                lazy and k[0] == "m.room.member" and k[1] in senders)}
+        elif lazy:
+            state_map = {k: v for k, v in state_map.items()
+                         if k[0] != "m.room.member" or k[1] in senders}
         in_timeline = {e.event_id for e in timeline}
         ids = [e for e in state_map.values() if e not in in_timeline]
         loaded = await self.s._events.get_events(ids)
@@ -324,6 +340,10 @@ class _ResponseBuilder:
 def _summary(user_id: str, members: list[tuple[str, str | None]]) -> dict[str, Any]:
     joined = [u for u, m in members if m == "join"]
     invited = [u for u, m in members if m == "invite"]
-    heroes = sorted(u for u in joined + invited if u != user_id)[:MAX_HEROES]
+    # As Synapse: joined members, then invited ones, each in the order they became members.
+    heroes = [u for u in joined + invited if u != user_id][:MAX_HEROES]
+    if not heroes:
+        # The spec: with nobody else joined or invited, those who left or were banned.
+        heroes = [u for u, m in members if m in ("leave", "ban") and u != user_id][:MAX_HEROES]
     return {"m.heroes": heroes, "m.joined_member_count": len(joined),
             "m.invited_member_count": len(invited)}
