@@ -218,29 +218,46 @@ class EventPersister:
     async def create_room(self, room_version: RoomVersion, creator: str,
                           create_content: Mapping[str, Any], *, room_id: str | None = None
                           ) -> Event:
-        """Create a room with its m.room.create event; returns that event."""
+        """Create a room with its m.room.create event; returns that event.
+
+        A v12 room ID is the create event's hash, so two rooms created by one user with the
+        same content in the same millisecond would collide: the later one moves its
+        timestamp on until its ID is free.
+        """
         now = self._clock.time_ms()
         content = dict(create_content)
         if not room_version.implicit_room_creator:
             content["creator"] = creator
         content["room_version"] = room_version.identifier
-        event = build_event(room_version, type="m.room.create", sender=creator, content=content,
-                            room_id=None if room_version.room_id_is_create_event_hash else room_id,
-                            state_key="", prev_events=[], auth_events=[], depth=1,
-                            origin_server_ts=now, server_name=self._server_name,
-                            signing_key=self._signing_key)
-        check_auth_rules(event, {}, create_event=event)
-        room_id = event.room_id
         await self._db.state.key_nids([("m.room.create", "")])  # interned by other rooms?
-        async with self._lock(room_id):
-            if room_id in self._rooms or await self._db.events.room_info(room_id) is not None:
+        for attempt in range(100):
+            event = build_event(
+                room_version, type="m.room.create", sender=creator, content=content,
+                room_id=None if room_version.room_id_is_create_event_hash else room_id,
+                state_key="", prev_events=[], auth_events=[], depth=1,
+                origin_server_ts=now + attempt, server_name=self._server_name,
+                signing_key=self._signing_key)
+            check_auth_rules(event, {}, create_event=event)
+            lock = self._lock(event.room_id)
+            await lock.acquire()
+            if event.room_id not in self._rooms and \
+                    await self._db.events.room_info(event.room_id) is None:
+                break
+            lock.release()
+            if not room_version.room_id_is_create_event_hash:
                 raise MatrixError("Room already exists", status=400, errcode="M_ROOM_IN_USE")
+        else:
+            raise MatrixError("Could not find a free room ID", status=500)
+        room_id = event.room_id
+        try:
             snapshot = RoomSnapshot(room_id, room_version, {}, {}, None, [], [], 0)
             item = self._prepare(snapshot, event, NewEvent("m.room.create", creator, content,
                                                            ""), now)
             item.new_room = (room_version.identifier, creator, now)
             self._remember_room(snapshot)
             future = self._enqueue(item)
+        finally:
+            lock.release()
         await self._await_commit(future, room_id)
         return event
 
