@@ -137,7 +137,6 @@ class EventPersister:
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._rooms: OrderedDict[str, RoomSnapshot] = OrderedDict()
         self._events: OrderedDict[str, Event] = OrderedDict()
-        self._event_nids: dict[str, int] = {}
         self._nids = IdAllocator(events_table.c.nid)
         self._stream = IdAllocator(events_table.c.stream_ordering)
         self._groups = IdAllocator(state_groups_table.c.id)
@@ -390,7 +389,7 @@ class EventPersister:
         snapshot.extremities = [event.event_id]
         snapshot.depth = max(snapshot.depth, event.depth)
         self._cache_event(event)
-        self._event_nids[event.event_id] = nid
+        self._db.state.remember_event_nid(nid, event.event_id)
         return item
 
     def _state_key_nid(self, key: StateKey, item: PersistItem) -> int:

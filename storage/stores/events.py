@@ -183,6 +183,8 @@ class EventStore:
     async def get_events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
         wanted = list(set(event_ids))
         out: dict[str, StoredEvent] = {}
+        if not wanted:
+            return out
         async with self._db.read() as conn:
             for i in range(0, len(wanted), 500):
                 rows = await conn.execute(

@@ -17,6 +17,7 @@ StateMap = dict[StateKey, str]
 """(type, state_key) -> event ID"""
 
 _FULL_STATE_CACHE_GROUPS = 512
+_EVENT_ID_CACHE = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class StateStore:
         self._keys_by_nid: dict[int, StateKey] = {}
         self._layers: OrderedDict[int, Layer] = OrderedDict()
         self._full: OrderedDict[int, dict[int, int]] = OrderedDict()
+        self._event_ids: OrderedDict[int, str] = OrderedDict()
 
     # -- state keys -------------------------------------------------------------------------
 
@@ -136,14 +138,29 @@ class StateStore:
         event_ids = await self._event_ids_for_nids(nids.values())
         return {keys[k]: event_ids[e] for k, e in nids.items() if e in event_ids}
 
+    def remember_event_nid(self, nid: int, event_id: str) -> None:
+        """An event's nid never changes: cache the mapping (state maps are in nids)."""
+        self._event_ids[nid] = event_id
+        if len(self._event_ids) > _EVENT_ID_CACHE:
+            self._event_ids.popitem(last=False)
+
     async def _event_ids_for_nids(self, nids: Iterable[int]) -> dict[int, str]:
-        wanted = list(set(nids))
         out: dict[int, str] = {}
-        async with self._db.read() as conn:
-            for i in range(0, len(wanted), 500):
-                rows = await conn.execute(select(events.c.nid, events.c.event_id)
-                                          .where(events.c.nid.in_(wanted[i:i + 500])))
-                out.update({r.nid: r.event_id for r in rows})
+        wanted = []
+        for nid in set(nids):
+            event_id = self._event_ids.get(nid)
+            if event_id is None:
+                wanted.append(nid)
+            else:
+                out[nid] = event_id
+        if wanted:
+            async with self._db.read() as conn:
+                for i in range(0, len(wanted), 500):
+                    rows = await conn.execute(select(events.c.nid, events.c.event_id)
+                                              .where(events.c.nid.in_(wanted[i:i + 500])))
+                    for row in rows:
+                        out[row.nid] = row.event_id
+                        self.remember_event_nid(row.nid, row.event_id)
         return out
 
     # -- current state ----------------------------------------------------------------------
