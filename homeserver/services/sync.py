@@ -123,6 +123,8 @@ class _ResponseBuilder:
         # An explicit limit of 0 means no timeline events (state only), not the default.
         self.limit = min(DEFAULT_TIMELINE_LIMIT if sync_filter.timeline.limit is None
                          else sync_filter.timeline.limit, MAX_TIMELINE_LIMIT)
+        # Room -> stream position of the user's current join there.
+        self.joined_at: dict[str, int] = {}
 
     async def build(self) -> tuple[dict[str, Any], list[str]]:
         memberships = await self.s._store.memberships(self.user_id)
@@ -137,6 +139,9 @@ class _ResponseBuilder:
         joined = [r for r, (m, _) in memberships.items()
                   if m == "join" and self.filter.room_allowed(r)]
         rooms: dict[str, Any] = {"join": {}, "invite": {}, "leave": {}, "knock": {}}
+        joins = await self.s._events.get_events([memberships[r][1] for r in joined])
+        self.joined_at = {r: joins[memberships[r][1]].stream_ordering or 0 for r in joined
+                          if memberships[r][1] in joins}
         rooms["join"] = await self._joined_rooms(joined, changes, account["rooms"])
         for room_id, (membership, event_id) in memberships.items():
             if not self.filter.room_allowed(room_id):
@@ -214,12 +219,12 @@ class _ResponseBuilder:
             timeline_events = [loaded[e] for e in ids if e in loaded]
             limited = len(timeline_events) > self.limit
             timeline_events = timeline_events[-self.limit:] if self.limit else []
-            visible = await self.s._visibility.filter_for_user(self.user_id, timeline_events) \
-                if timeline_events else []
+            visible = await self._visible(room_id, timeline_events)
             timeline = [e for e in visible if self.filter.timeline.matches(e.pdu)]
+            summary = _summary(self.user_id, counts.get(room_id, []))
             state = await self._room_state(room_id, timeline_events,
                                            room_id in initial or self.full_state,
-                                           limited)
+                                           limited, heroes=summary["m.heroes"])
             out[room_id] = {
                 "timeline": {
                     "events": await self._client_events(timeline),
@@ -230,9 +235,23 @@ class _ResponseBuilder:
                 "ephemeral": {"events": []},
                 "account_data": {"events": account},
                 "unread_notifications": {"highlight_count": 0, "notification_count": 0},
-                "summary": _summary(self.user_id, counts.get(room_id, [])),
+                "summary": summary,
             }
         return out
+
+    async def _visible(self, room_id: str, events: list[StoredEvent]) -> list[StoredEvent]:
+        """History visibility, with a shortcut: everything after the user's current join
+        is visible to them."""
+        joined_at = self.joined_at.get(room_id)
+        if joined_at is None:
+            return await self.s._visibility.filter_for_user(self.user_id, events)
+        before = [e for e in events if (e.stream_ordering or 0) < joined_at]
+        if not before:
+            return events
+        allowed = {e.event_id for e in
+                   await self.s._visibility.filter_for_user(self.user_id, before)}
+        return [e for e in events if (e.stream_ordering or 0) >= joined_at
+                or e.event_id in allowed]
 
     async def _was_joined_at_since(self, room_id: str) -> bool:
         assert self.since is not None
@@ -256,7 +275,7 @@ class _ResponseBuilder:
         return make_token(2**62, 2**62)
 
     async def _room_state(self, room_id: str, timeline: list[StoredEvent], initial: bool,
-                          limited: bool) -> list[StoredEvent]:
+                          limited: bool, heroes: Iterable[str] = ()) -> list[StoredEvent]:
         """The state section: what the client needs besides the timeline."""
         lazy = self.filter.state.lazy_load_members
         if not initial and not limited and not lazy:
@@ -268,11 +287,13 @@ class _ResponseBuilder:
             start_group = last[0] if last else None
         state_map: StateMap = await self.s._state.state_at_group(start_group)
         # Lazy loading: the member events of the timeline's senders (and, when the client
-        # gets the room's whole state, the user's own); we do not track which the client
-        # already has, so incremental syncs repeat them (allowed: "redundant" members).
+        # gets the room's whole state, the user's own and the heroes', as the spec says);
+        # we do not track which the client already has, so incremental syncs repeat them
+        # (allowed: "redundant" members).
         senders = {str(e.pdu.get("sender")) for e in timeline}
         if initial:
             senders.add(self.user_id)
+            senders.update(heroes)
         if not initial and self.since is not None:
             # What changed between since and the timeline's start (the gap, when limited).
             before = await self.s._store.last_event_at(room_id, self.since.events)
