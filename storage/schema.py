@@ -159,6 +159,8 @@ events = Table(
     # State groups: the state before the event, and after it (the same for non-state events).
     Column("state_group_before", BigInteger, nullable=True),
     Column("state_group_after", BigInteger, nullable=True),
+    # For a state event: the event it replaced in the room's state (unsigned.prev_content).
+    Column("replaces_state", Text, nullable=True),
     # Who sent it from here (for transaction IDs and unsigned.transaction_id).
     Column("device_id", Text, nullable=True),
     Column("txn_id", Text, nullable=True),

@@ -113,7 +113,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     persister = EventPersister(db, clock, notifier, config.server_name, signing_key)
     rooms = RoomService(persister, db.rooms, profiles, config.server_name,
                         limiter(rl.message_per_user))
-    serializer = EventSerializer(db.events, db.state)
+    serializer = EventSerializer(db.events)
     visibility = VisibilityService(db.state, db.events)
     return Services(
         config=config,

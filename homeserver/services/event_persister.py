@@ -367,6 +367,7 @@ class EventPersister:
             redacts=event.redacts, extremities_after=[event.event_id])
         if event.state_tuple is not None:
             key = event.state_tuple
+            item.replaces_state = snapshot.state.get(key)
             key_nid = self._state_key_nid(key, item)
             new_nids = dict(snapshot.state_nids)
             new_nids[key_nid] = nid

@@ -8,7 +8,6 @@ from typing import Any
 from homeserver.events.redaction import redact
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from storage.stores.events import EventStore, StoredEvent
-from storage.stores.state import StateStore
 
 # Transaction IDs are scoped to a device and an endpoint; /redact's are stored with this prefix
 # so they never meet /send's (which cannot send redactions) and shown without it.
@@ -19,9 +18,8 @@ _FEDERATION_ONLY_KEYS = ("auth_events", "prev_events", "hashes", "signatures", "
 
 
 class EventSerializer:
-    def __init__(self, events: EventStore, state: StateStore) -> None:
+    def __init__(self, events: EventStore) -> None:
         self._events = events
-        self._state = state
 
     async def serialize(self, stored: Sequence[StoredEvent], *, requester_device: str | None,
                         requester_user: str | None, now: int) -> list[dict[str, Any]]:
@@ -68,12 +66,8 @@ class EventSerializer:
         return body
 
     async def _prev_state(self, state_events: Iterable[StoredEvent]) -> dict[str, StoredEvent]:
-        """For each state event, the state event it replaced (if any)."""
-        replaced: dict[str, str] = {}
-        for event in state_events:
-            key = (str(event.pdu.get("type")), str(event.pdu.get("state_key")))
-            before = await self._state.state_at_group(event.state_group_before, only=[key])
-            if key in before:
-                replaced[event.event_id] = before[key]
+        """For each state event, the state event it replaced (if any), in one query."""
+        replaced = {e.event_id: e.replaces_state for e in state_events
+                    if e.replaces_state is not None}
         loaded = await self._events.get_events(replaced.values())
         return {e: loaded[p] for e, p in replaced.items() if p in loaded}

@@ -210,7 +210,9 @@ class _ResponseBuilder:
         counts = await self.s._store.members_of(
             [r for r in joined if r in initial or latest.get(r) or r in room_account_data
              or self.full_state])
-        out: dict[str, Any] = {}
+        # Work out every room's timeline and state first, then load all the state events in
+        # one query, so a sync over many rooms costs a handful of queries, not a few per room.
+        plans = []
         for room_id in joined:
             ids = latest.get(room_id, [])
             account = room_account_data.get(room_id, [])
@@ -219,12 +221,19 @@ class _ResponseBuilder:
             timeline_events = [loaded[e] for e in ids if e in loaded]
             limited = len(timeline_events) > self.limit
             timeline_events = timeline_events[-self.limit:] if self.limit else []
+            summary = _summary(self.user_id, counts.get(room_id, []))
+            state_ids = await self._room_state_ids(room_id, timeline_events,
+                                                   room_id in initial or self.full_state,
+                                                   limited, heroes=summary["m.heroes"])
+            plans.append((room_id, timeline_events, limited, summary, state_ids, account))
+        state_events = await self.s._events.get_events(
+            [e for plan in plans for e in plan[4]])
+        out: dict[str, Any] = {}
+        for room_id, timeline_events, limited, summary, state_ids, account in plans:
             visible = await self._visible(room_id, timeline_events)
             timeline = [e for e in visible if self.filter.timeline.matches(e.pdu)]
-            summary = _summary(self.user_id, counts.get(room_id, []))
-            state = await self._room_state(room_id, timeline_events,
-                                           room_id in initial or self.full_state,
-                                           limited, heroes=summary["m.heroes"])
+            state = [state_events[e] for e in state_ids if e in state_events
+                     and self.filter.state.matches(state_events[e].pdu)]
             out[room_id] = {
                 "timeline": {
                     "events": await self._client_events(timeline),
@@ -274,9 +283,10 @@ class _ResponseBuilder:
             return make_token(first.depth, (first.stream_ordering or 0) - 1)
         return make_token(2**62, 2**62)
 
-    async def _room_state(self, room_id: str, timeline: list[StoredEvent], initial: bool,
-                          limited: bool, heroes: Iterable[str] = ()) -> list[StoredEvent]:
-        """The state section: what the client needs besides the timeline."""
+    async def _room_state_ids(self, room_id: str, timeline: list[StoredEvent],
+                              initial: bool, limited: bool, heroes: Iterable[str] = ()
+                              ) -> list[str]:
+        """The IDs of the state section: what the client needs besides the timeline."""
         lazy = self.filter.state.lazy_load_members
         if not initial and not limited and not lazy:
             return []
@@ -304,7 +314,12 @@ class _ResponseBuilder:
             state_map = {k: v for k, v in state_map.items()
                          if k[0] != "m.room.member" or k[1] in senders}
         in_timeline = {e.event_id for e in timeline}
-        ids = [e for e in state_map.values() if e not in in_timeline]
+        return [e for e in state_map.values() if e not in in_timeline]
+
+    async def _room_state(self, room_id: str, timeline: list[StoredEvent], initial: bool,
+                          limited: bool, heroes: Iterable[str] = ()) -> list[StoredEvent]:
+        """The state section as events (one room; joined rooms batch their loads)."""
+        ids = await self._room_state_ids(room_id, timeline, initial, limited, heroes=heroes)
         loaded = await self.s._events.get_events(ids)
         return [loaded[e] for e in ids if e in loaded and self.filter.state.matches(
             loaded[e].pdu)]

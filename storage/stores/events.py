@@ -41,6 +41,7 @@ class StoredEvent:
     redacted_by: str | None
     rejected_reason: str | None
     outlier: bool
+    replaces_state: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,7 @@ class PersistItem:
     device_id: str | None = None
     txn_id: str | None = None
     redacts: str | None = None
+    replaces_state: str | None = None
     new_room: tuple[str, str, int] | None = None  # (room_version, creator, created_ts)
     new_state_group: NewStateGroup | None = None
     new_state_keys: list[tuple[int, str, str]] = field(default_factory=list)
@@ -94,7 +96,7 @@ class PersistItem:
 _EVENT_COLUMNS = (events.c.event_id, events.c.room_id, events.c.json, events.c.stream_ordering,
                   events.c.depth, events.c.state_group_before, events.c.state_group_after,
                   events.c.device_id, events.c.txn_id, events.c.rejected_reason,
-                  events.c.outlier, rooms.c.room_version,
+                  events.c.outlier, events.c.replaces_state, rooms.c.room_version,
                   # One redaction per event (the first) even when it was redacted twice.
                   select(redactions.c.event_id)
                   .where(redactions.c.redacts == events.c.event_id)
@@ -106,7 +108,7 @@ def _stored(row: Any) -> StoredEvent:
     return StoredEvent(row.event_id, row.room_id, row.room_version, json.loads(row.json),
                        row.stream_ordering, row.depth, row.state_group_before,
                        row.state_group_after, row.device_id, row.txn_id, row.redacted_by,
-                       row.rejected_reason, bool(row.outlier))
+                       row.rejected_reason, bool(row.outlier), row.replaces_state)
 
 
 def _event_select() -> Any:
@@ -149,7 +151,8 @@ class EventStore:
             state_key=i.state_key, sender=i.sender, origin_server_ts=i.origin_server_ts,
             received_ts=i.received_ts, json=i.pdu_json, outlier=False, rejected_reason=None,
             state_group_before=i.state_group_before, state_group_after=i.state_group_after,
-            device_id=i.device_id, txn_id=i.txn_id) for i in items])
+            device_id=i.device_id, txn_id=i.txn_id, replaces_state=i.replaces_state)
+            for i in items])
         edges = [dict(event_id=i.event_id, prev_event_id=p) for i in items
                  for p in i.prev_event_ids]
         if edges:
