@@ -4,51 +4,23 @@ join, send, page back through 500 messages both ways, redact, leave, forget; and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import nio
 import pytest
-import yaml
 
-from tests.helpers.processes import ServerProcess, free_port, ktchat, wait_for_port
-
-PASSWORD = "a long enough password"
+from tests.helpers.nio_server import nio_client, run_server
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    tmp = tmp_path_factory.mktemp("nio-rooms")
-    port = free_port()
-    data = tmp / "data"
-    ktchat("generate-config", "--server-name", "localhost", "--data-dir", str(data),
-           "--client-port", str(port), "--federation-port", str(free_port()))
-    config_path = data / "homeserver.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    config["rate_limits"] = {"enabled": False}
-    config_path.write_text(yaml.safe_dump(config))
-    for user in ("alice", "bob"):
-        ktchat("register-user", "-c", str(config_path), "--user", user, "--password", PASSWORD)
-    proc = ServerProcess(config_path, Path(tmp) / "server.log")
-    wait_for_port(port, proc.proc)
-    yield f"http://127.0.0.1:{port}"
-    assert proc.stop() == 0
-    assert "Traceback" not in proc.log()
-
-
-async def _client(base: str, user: str) -> nio.AsyncClient:
-    client = nio.AsyncClient(base, f"@{user}:localhost",
-                             config=nio.AsyncClientConfig(encryption_enabled=False))
-    login = await client.login(PASSWORD)
-    assert isinstance(login, nio.LoginResponse), login
-    return client
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from run_server(tmp_path_factory.mktemp("nio-rooms"))
 
 
 @pytest.fixture
 async def alice_bob(server: str) -> AsyncIterator[tuple[nio.AsyncClient, nio.AsyncClient]]:
-    alice, bob = await _client(server, "alice"), await _client(server, "bob")
+    alice, bob = await nio_client(server, "alice"), await nio_client(server, "bob")
     yield alice, bob
     await alice.close()
     await bob.close()

@@ -1,0 +1,42 @@
+"""A real ``ktchat run`` process with users, for matrix-nio tests (module-scoped fixtures)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import nio
+import yaml
+
+from tests.helpers.processes import ServerProcess, free_port, ktchat, wait_for_port
+
+PASSWORD = "a long enough password"
+
+
+def run_server(tmp: Path, users: tuple[str, ...] = ("alice", "bob")) -> Iterator[str]:
+    """Generate a config (rate limits off), register ``users``, serve; yields the base URL
+    and, at the end, checks the server stopped cleanly with no traceback."""
+    port = free_port()
+    data = tmp / "data"
+    ktchat("generate-config", "--server-name", "localhost", "--data-dir", str(data),
+           "--client-port", str(port), "--federation-port", str(free_port()))
+    config_path = data / "homeserver.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["rate_limits"] = {"enabled": False}
+    config_path.write_text(yaml.safe_dump(config))
+    for user in users:
+        ktchat("register-user", "-c", str(config_path), "--user", user, "--password", PASSWORD)
+    proc = ServerProcess(config_path, tmp / "server.log")
+    wait_for_port(port, proc.proc)
+    yield f"http://127.0.0.1:{port}"
+    assert proc.stop() == 0
+    assert "Traceback" not in proc.log()
+
+
+async def nio_client(base: str, user: str) -> nio.AsyncClient:
+    """A logged-in matrix-nio client without encryption."""
+    client = nio.AsyncClient(base, f"@{user}:localhost",
+                             config=nio.AsyncClientConfig(encryption_enabled=False))
+    login = await client.login(PASSWORD)
+    assert isinstance(login, nio.LoginResponse), login
+    return client
