@@ -135,6 +135,7 @@ class EventPersister:
         self._server_name = server_name
         self._signing_key = signing_key
         self._room_locks: dict[str, asyncio.Lock] = {}
+        self._last_create_ts: OrderedDict[str, int] = OrderedDict()
         self._rooms: OrderedDict[str, RoomSnapshot] = OrderedDict()
         self._events: OrderedDict[str, Event] = OrderedDict()
         self._nids = IdAllocator(events_table.c.nid)
@@ -220,10 +221,15 @@ class EventPersister:
         """Create a room with its m.room.create event; returns that event.
 
         A v12 room ID is the create event's hash, so two rooms created by one user with the
-        same content in the same millisecond would collide: the later one moves its
-        timestamp on until its ID is free.
+        same content in the same millisecond would collide: each creator's create events get
+        increasing timestamps here, and a clash with another process moves the timestamp on
+        until the ID is free.
         """
-        now = self._clock.time_ms()
+        now = max(self._clock.time_ms(), self._last_create_ts.get(creator, 0) + 1)
+        self._last_create_ts[creator] = now
+        self._last_create_ts.move_to_end(creator)
+        if len(self._last_create_ts) > _ROOM_CACHE_SIZE:
+            self._last_create_ts.popitem(last=False)
         content = dict(create_content)
         if not room_version.implicit_room_creator:
             content["creator"] = creator

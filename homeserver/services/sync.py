@@ -212,6 +212,10 @@ class _ResponseBuilder:
              or self.full_state])
         # Work out every room's timeline and state first, then load all the state events in
         # one query, so a sync over many rooms costs a handful of queries, not a few per room.
+        await self.s._state.prefetch_chains(
+            loaded[ids[-min(len(ids), self.limit)]].state_group_before
+            for ids in latest.values() if ids and self.limit
+            and ids[-min(len(ids), self.limit)] in loaded)
         plans = []
         for room_id in joined:
             ids = latest.get(room_id, [])

@@ -16,7 +16,8 @@ StateKey = tuple[str, str]
 StateMap = dict[StateKey, str]
 """(type, state_key) -> event ID"""
 
-_FULL_STATE_CACHE_GROUPS = 512
+_LAYER_CACHE_GROUPS = 20_000
+_FULL_STATE_CACHE_ENTRIES = 2_000_000
 _EVENT_ID_CACHE = 200_000
 
 
@@ -35,6 +36,7 @@ class StateStore:
         self._keys_by_nid: dict[int, StateKey] = {}
         self._layers: OrderedDict[int, Layer] = OrderedDict()
         self._full: OrderedDict[int, dict[int, int]] = OrderedDict()
+        self._full_entries = 0
         self._event_ids: OrderedDict[int, str] = OrderedDict()
 
     # -- state keys -------------------------------------------------------------------------
@@ -45,13 +47,6 @@ class StateStore:
     def remember_key(self, nid: int, key: StateKey) -> None:
         self._key_nids[key] = nid
         self._keys_by_nid[nid] = key
-
-    def forget_keys(self, nids: Iterable[int]) -> None:
-        """Drop interned keys whose write failed."""
-        for nid in nids:
-            key = self._keys_by_nid.pop(nid, None)
-            if key is not None:
-                self._key_nids.pop(key, None)
 
     async def key_nids(self, keys: Iterable[StateKey]) -> dict[StateKey, int]:
         """Nids of already interned keys (missing keys are left out)."""
@@ -81,12 +76,10 @@ class StateStore:
 
     def remember_layer(self, layer: Layer, full: dict[int, int] | None = None) -> None:
         self._layers[layer.group_id] = layer
-        if len(self._layers) > 4 * _FULL_STATE_CACHE_GROUPS:
+        if len(self._layers) > _LAYER_CACHE_GROUPS:
             self._layers.popitem(last=False)
         if full is not None:
-            self._full[layer.group_id] = full
-            if len(self._full) > _FULL_STATE_CACHE_GROUPS:
-                self._full.popitem(last=False)
+            self._remember_full(layer.group_id, full)
 
     async def chain(self, group_id: int) -> list[Layer]:
         """The layers of a group, root first."""
@@ -114,16 +107,45 @@ class StateStore:
         out.reverse()
         return out
 
+    async def prefetch_chains(self, group_ids: Iterable[int | None]) -> None:
+        """Load the layers of many groups in one query (a sync over many rooms)."""
+        missing = sorted({g for g in group_ids if g is not None and g not in self._full
+                          and g not in self._layers})
+        for i in range(0, len(missing), 500):
+            chunk = missing[i:i + 500]
+            params = {f"g{n}": gid for n, gid in enumerate(chunk)}
+            starts = " UNION ".join(f"SELECT CAST(:g{n} AS BIGINT)" for n in range(len(chunk)))
+            async with self._db.read() as conn:
+                rows = (await conn.execute(text(
+                    f"WITH RECURSIVE chain(id) AS ({starts} UNION "  # noqa: S608 (no input)
+                    "SELECT g.parent_id FROM state_groups g JOIN chain c ON g.id = c.id "
+                    "WHERE g.parent_id IS NOT NULL) "
+                    "SELECT g.id, g.parent_id, g.added, g.removed FROM state_groups g "
+                    "WHERE g.id IN (SELECT id FROM chain)"), params)).all()
+            for r in rows:
+                self.remember_layer(Layer(r.id, r.parent_id, frozenset(unpack_pairs(r.added)),
+                                          frozenset(unpack_pairs(r.removed))))
+
     async def full_state_nids(self, group_id: int) -> dict[int, int]:
         cached = self._full.get(group_id)
         if cached is not None:
             self._full.move_to_end(group_id)
             return cached
         state = full_state(await self.chain(group_id))
-        self._full[group_id] = state
-        if len(self._full) > _FULL_STATE_CACHE_GROUPS:
-            self._full.popitem(last=False)
+        self._remember_full(group_id, state)
         return state
+
+    def _remember_full(self, group_id: int, state: dict[int, int]) -> None:
+        """Cache a full state; the cache is bounded by entries, not groups (one big room
+        weighs as much as many small ones)."""
+        previous = self._full.pop(group_id, None)
+        if previous is not None:
+            self._full_entries -= len(previous)
+        self._full[group_id] = state
+        self._full_entries += len(state)
+        while self._full_entries > _FULL_STATE_CACHE_ENTRIES and len(self._full) > 1:
+            _, evicted = self._full.popitem(last=False)
+            self._full_entries -= len(evicted)
 
     async def state_at_group(self, group_id: int | None, *,
                              only: Sequence[StateKey] | None = None) -> StateMap:
