@@ -5,19 +5,9 @@ from __future__ import annotations
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.client_api.test_rooms import User, api, assert_error, create_room, new_user
+from tests.client_api.test_rooms import User, api, assert_error, create_room
 
 TYPE = "org.example.settings"
-
-
-@pytest.fixture
-async def alice(client: TestClient) -> User:
-    return await new_user(client, "alice")
-
-
-@pytest.fixture
-async def bob(client: TestClient) -> User:
-    return await new_user(client, "bob")
 
 
 def global_path(user: User | str, type_: str = TYPE) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.client_api.test_rooms import (
+from tests.conftest import SERVER_NAME
+from tests.helpers.room_api import (
     User,
     api,
     assert_error,
@@ -18,17 +18,6 @@ from tests.client_api.test_rooms import (
     put_state,
     room_state,
 )
-from tests.conftest import SERVER_NAME
-
-
-@pytest.fixture
-async def alice(client: TestClient) -> User:
-    return await new_user(client, "alice")
-
-
-@pytest.fixture
-async def bob(client: TestClient) -> User:
-    return await new_user(client, "bob")
 
 
 def alias(name: str) -> str:

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.client_api.test_rooms import (
+from tests.conftest import SERVER_NAME
+from tests.helpers.room_api import (
     User,
     api,
     assert_error,
@@ -22,22 +23,6 @@ from tests.client_api.test_rooms import (
     send_text,
     txn,
 )
-from tests.conftest import SERVER_NAME
-
-
-@pytest.fixture
-async def alice(client: TestClient) -> User:
-    return await new_user(client, "alice")
-
-
-@pytest.fixture
-async def bob(client: TestClient) -> User:
-    return await new_user(client, "bob")
-
-
-@pytest.fixture
-async def carol(client: TestClient) -> User:
-    return await new_user(client, "carol")
 
 
 async def membership_of(client: TestClient, reader: User, room_id: str, user_id: str

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.client_api.test_rooms import (
+from tests.helpers.room_api import (
     User,
     all_events,
     api,
@@ -24,16 +24,6 @@ from tests.client_api.test_rooms import (
     send_text,
     txn,
 )
-
-
-@pytest.fixture
-async def alice(client: TestClient) -> User:
-    return await new_user(client, "alice")
-
-
-@pytest.fixture
-async def bob(client: TestClient) -> User:
-    return await new_user(client, "bob")
 
 
 def bodies(events: list[dict[str, Any]]) -> list[str]:

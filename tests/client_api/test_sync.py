@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.client_api.test_rooms import (
+from tests.conftest import bearer
+from tests.helpers.room_api import (
     V3,
     User,
     api,
@@ -24,7 +25,6 @@ from tests.client_api.test_rooms import (
     put_state,
     send_text,
 )
-from tests.conftest import bearer
 from tests.helpers.spec import assert_matches_spec
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -112,21 +112,6 @@ async def upload_filter(client: TestClient, user: User, body: Any) -> str:
     assert status == 200, data
     assert isinstance(data["filter_id"], str)
     return str(data["filter_id"])
-
-
-@pytest.fixture
-async def alice(client: TestClient) -> User:
-    return await new_user(client, "alice")
-
-
-@pytest.fixture
-async def bob(client: TestClient) -> User:
-    return await new_user(client, "bob")
-
-
-@pytest.fixture
-async def carol(client: TestClient) -> User:
-    return await new_user(client, "carol")
 
 
 # -- shape, tokens, errors --------------------------------------------------------------------
