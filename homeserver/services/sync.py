@@ -23,7 +23,7 @@ from storage.stores.account_data import AccountDataStore
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateMap, StateStore
-from storage.stores.sync import MembershipChange, SyncStore
+from storage.stores.sync import MembershipChange, RoomSummary, SyncStore
 
 _TOKEN_RE = re.compile(r"^s(\d+)(?:_(\d+))?$")
 DEFAULT_TIMELINE_LIMIT = 10
@@ -207,9 +207,9 @@ class _ResponseBuilder:
                 limit=self.limit + 1))
         wanted = [e for ids in latest.values() for e in ids]
         loaded = await self.s._events.get_events(wanted)
-        counts = await self.s._store.members_of(
+        summaries = await self.s._store.room_summaries(
             [r for r in joined if r in initial or latest.get(r) or r in room_account_data
-             or self.full_state])
+             or self.full_state], self.user_id, heroes=MAX_HEROES)
         # Work out every room's timeline and state first, then load all the state events in
         # one query, so a sync over many rooms costs a handful of queries, not a few per room.
         await self.s._state.prefetch_chains(
@@ -225,7 +225,7 @@ class _ResponseBuilder:
             timeline_events = [loaded[e] for e in ids if e in loaded]
             limited = len(timeline_events) > self.limit
             timeline_events = timeline_events[-self.limit:] if self.limit else []
-            summary = _summary(self.user_id, counts.get(room_id, []))
+            summary = _summary(summaries.get(room_id))
             state_ids = await self._room_state_ids(room_id, timeline_events,
                                                    room_id in initial or self.full_state,
                                                    limited, heroes=summary["m.heroes"])
@@ -377,13 +377,7 @@ class _ResponseBuilder:
         }
 
 
-def _summary(user_id: str, members: list[tuple[str, str | None]]) -> dict[str, Any]:
-    joined = [u for u, m in members if m == "join"]
-    invited = [u for u, m in members if m == "invite"]
-    # As Synapse: joined members, then invited ones, each in the order they became members.
-    heroes = [u for u in joined + invited if u != user_id][:MAX_HEROES]
-    if not heroes:
-        # The spec: with nobody else joined or invited, those who left or were banned.
-        heroes = [u for u, m in members if m in ("leave", "ban") and u != user_id][:MAX_HEROES]
-    return {"m.heroes": heroes, "m.joined_member_count": len(joined),
-            "m.invited_member_count": len(invited)}
+def _summary(summary: RoomSummary | None) -> dict[str, Any]:
+    summary = summary or RoomSummary(0, 0, [])
+    return {"m.heroes": summary.heroes, "m.joined_member_count": summary.joined,
+            "m.invited_member_count": summary.invited}

@@ -7,12 +7,19 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, case, func, select
 
 from storage.engine import DatabaseEngine
 from storage.schema import current_state, events
 
 _CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSummary:
+    joined: int
+    invited: int
+    heroes: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,23 +101,49 @@ class SyncStore:
                 found.update(r[0] for r in rows)
         return found
 
-    async def members_of(self, room_ids: Sequence[str]
-                         ) -> dict[str, list[tuple[str, str | None]]]:
-        """Room -> [(user ID, membership)] from the rooms' current state, in the stream
-        order of the member events (the order the spec gives heroes in)."""
-        out: dict[str, list[tuple[str, str | None]]] = {r: [] for r in room_ids}
+    async def room_summaries(self, room_ids: Sequence[str], user_id: str, *, heroes: int
+                             ) -> dict[str, RoomSummary]:
+        """Member counts and heroes of many rooms in two queries, whatever their size.
+
+        Heroes are other users: joined ones, then invited ones, each in the order they became
+        members; only when there are none, those who left or were banned (the spec's rule).
+        """
+        out = {r: RoomSummary(0, 0, []) for r in room_ids}
+        member = current_state.c.type == "m.room.member"
+        kind = case((current_state.c.membership == "join", 0),
+                    (current_state.c.membership == "invite", 1), else_=2)
         for i in range(0, len(room_ids), _CHUNK):
+            chunk = list(room_ids[i:i + _CHUNK])
             async with self._db.read() as conn:
-                rows = await conn.execute(
-                    select(current_state.c.room_id, current_state.c.state_key,
-                           current_state.c.membership)
-                    .select_from(current_state.outerjoin(
-                        events, events.c.event_id == current_state.c.event_id))
-                    .where(and_(current_state.c.room_id.in_(list(room_ids[i:i + _CHUNK])),
-                                current_state.c.type == "m.room.member"))
-                    .order_by(events.c.stream_ordering, current_state.c.state_key))
+                counts = await conn.execute(
+                    select(current_state.c.room_id, current_state.c.membership, func.count())
+                    .where(and_(current_state.c.room_id.in_(chunk), member,
+                                current_state.c.membership.in_(("join", "invite"))))
+                    .group_by(current_state.c.room_id, current_state.c.membership))
+                for room_id, membership, count in counts:
+                    summary = out[room_id]
+                    if membership == "join":
+                        out[room_id] = RoomSummary(int(count), summary.invited, summary.heroes)
+                    else:
+                        out[room_id] = RoomSummary(summary.joined, int(count), summary.heroes)
+                rank = func.row_number().over(
+                    partition_by=current_state.c.room_id,
+                    order_by=(kind, events.c.stream_ordering, current_state.c.state_key))
+                ranked = (select(current_state.c.room_id, current_state.c.state_key,
+                                 kind.label("kind"), rank.label("rank"))
+                          .select_from(current_state.outerjoin(
+                              events, events.c.event_id == current_state.c.event_id))
+                          .where(and_(current_state.c.room_id.in_(chunk), member,
+                                      current_state.c.state_key != user_id))
+                          .subquery())
+                rows = await conn.execute(select(ranked).where(ranked.c.rank <= heroes)
+                                          .order_by(ranked.c.room_id, ranked.c.rank))
+                candidates: dict[str, list[tuple[int, str]]] = {}
                 for row in rows:
-                    out[row.room_id].append((row.state_key, row.membership))
+                    candidates.setdefault(row.room_id, []).append((row.kind, row.state_key))
+            for room_id, found in candidates.items():
+                present = [u for k, u in found if k < 2]
+                out[room_id].heroes.extend(present or [u for _, u in found])
         return out
 
     async def last_event_at(self, room_id: str, position: int) -> tuple[int | None, int] | None:
