@@ -25,7 +25,7 @@ class FilterStore:
                 return int(existing)
             last = (await conn.execute(select(func.max(user_filters.c.filter_id))
                                        .where(user_filters.c.user_id == user_id))).scalar()
-            filter_id = int(last or -1) + 1
+            filter_id = 0 if last is None else int(last) + 1
             await conn.execute(user_filters.insert().values(user_id=user_id,
                                                             filter_id=filter_id,
                                                             filter_json=text))

@@ -72,3 +72,58 @@ async def test_random_bodies_get_matrix_errors_never_500(
             assert isinstance(error.get("error"), str), text
         if resp.status == 200 and template in ("/account/deactivate", "/account/password"):
             break  # the account changed under us; the rest would only test 401s
+
+
+ROOM_ENDPOINTS = [
+    ("POST", "/createRoom"),
+    ("PUT", "/rooms/{roomId}/send/{eventType}/{txnId}"),
+    ("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey}"),
+    ("PUT", "/rooms/{roomId}/redact/{eventId}/{txnId}"),
+    ("POST", "/rooms/{roomId}/invite"),
+    ("POST", "/rooms/{roomId}/kick"),
+    ("POST", "/rooms/{roomId}/ban"),
+    ("POST", "/rooms/{roomId}/unban"),
+    ("POST", "/rooms/{roomId}/leave"),
+    ("POST", "/join/{roomIdOrAlias}"),
+    ("PUT", "/directory/room/{roomAlias}"),
+    ("PUT", "/directory/list/room/{roomId}"),
+    ("POST", "/publicRooms"),
+    ("POST", "/user/{userId}/filter"),
+    ("PUT", "/user/{userId}/account_data/{type}"),
+    ("PUT", "/user/{userId}/rooms/{roomId}/tags/{tag}"),
+]
+
+
+@pytest.mark.parametrize(("method", "template"), ROOM_ENDPOINTS)
+async def test_random_room_bodies_get_matrix_errors_never_500(
+        client: TestClient, method: str, template: str) -> None:
+    alice = await register_user(client, "fuzzer")
+    headers = bearer(alice["access_token"])
+    resp = await client.post("/_matrix/client/v3/createRoom", json={"name": "fuzz"},
+                             headers=headers)
+    room_id = (await resp.json())["room_id"]
+    resp = await client.put(f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/seed",
+                            json={"msgtype": "m.text", "body": "seed"}, headers=headers)
+    event_id = (await resp.json())["event_id"]
+    properties = request_properties("client-server", method, template)
+    rng = random.Random(f"{method} {template}")
+    for i in range(30):
+        path = (template.replace("{roomId}", room_id).replace("{eventType}", "m.room.topic")
+                .replace("{txnId}", f"t{i}").replace("{stateKey}", "")
+                .replace("{eventId}", event_id).replace("{roomIdOrAlias}", room_id)
+                .replace("{roomAlias}", f"%23fuzz{i}:test.local")
+                .replace("{userId}", alice["user_id"]).replace("{type}", "org.example.fuzz")
+                .replace("{tag}", "u.fuzz"))
+        body = _body(rng, properties or ["msgtype", "body", "user_id", "reason", "room_id"])
+        resp = await client.request(method, f"/_matrix/client/v3{path}",
+                                    data=json.dumps(body), headers=headers)
+        text = await resp.text()
+        assert resp.status < 500, (path, body, text)
+        if resp.status >= 400:
+            error = json.loads(text)
+            assert isinstance(error.get("errcode"), str) and error["errcode"].startswith("M_"), text
+            assert isinstance(error.get("error"), str), text
+    # The room still works after all that.
+    resp = await client.get(f"/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=5",
+                            headers=headers)
+    assert resp.status == 200

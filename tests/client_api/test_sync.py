@@ -896,3 +896,17 @@ async def test_concurrent_senders_and_syncing_clients(client: TestClient) -> Non
             order = [e["event_id"] for e in everything[1]["chunk"]
                      if e["event_id"] in sent_by_room.get(room_id, set())]
             assert got == order
+
+
+async def test_many_filters_get_distinct_ids(client: TestClient, alice: User) -> None:
+    ids_seen = []
+    for limit in range(1, 5):
+        resp = await client.post(f"/_matrix/client/v3/user/{alice.user_id}/filter",
+                                 json={"room": {"timeline": {"limit": limit}}},
+                                 headers=bearer(alice.token))
+        assert resp.status == 200, await resp.text()
+        ids_seen.append((await resp.json())["filter_id"])
+    assert len(set(ids_seen)) == 4
+    resp = await client.get(f"/_matrix/client/v3/user/{alice.user_id}/filter/{ids_seen[2]}",
+                            headers=bearer(alice.token))
+    assert (await resp.json()) == {"room": {"timeline": {"limit": 3}}}
