@@ -127,3 +127,52 @@ async def test_random_room_bodies_get_matrix_errors_never_500(
     resp = await client.get(f"/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=5",
                             headers=headers)
     assert resp.status == 200
+
+
+BAD_QUERIES = [
+    "/rooms/{room}/messages?dir=x",
+    "/rooms/{room}/messages?dir=b&limit=abc",
+    "/rooms/{room}/messages?dir=b&limit=-5",
+    "/rooms/{room}/messages?dir=b&limit=99999999999999999999",
+    "/rooms/{room}/messages?dir=b&from=nonsense",
+    "/rooms/{room}/messages?dir=f&from=t1-1&to=garbage",
+    "/rooms/{room}/messages?dir=b&filter=%7Bbad",
+    "/rooms/{room}/messages?dir=b&filter=%5B1%2C2%5D",
+    "/rooms/{room}/messages?dir=b&filter=%7B%22types%22%3A5%7D",
+    "/rooms/{room}/messages?dir=b&filter=%7B%22limit%22%3A-1%7D",
+    "/rooms/{room}/context/$nope?limit=x",
+    "/rooms/{room}/context/{event}?limit=-3",
+    "/rooms/{room}/members?at=zzz",
+    "/rooms/{room}/members?membership=join&not_membership=join",
+    "/rooms/{room}/event/not-an-id",
+    "/rooms/!unknown:test.local/messages?dir=b",
+    "/rooms/not-a-room/state",
+    "/sync?since=s-1_x",
+    "/sync?timeout=soon",
+    "/sync?full_state=maybe",
+    "/sync?filter=abc",
+    "/sync?filter=%7B%22room%22%3A5%7D",
+    "/sync?filter=%7B%22event_format%22%3A%22xml%22%7D",
+    "/publicRooms?limit=-1",
+    "/publicRooms?since=garbage",
+    "/profile/not-a-user",
+    "/directory/room/not-an-alias",
+]
+
+
+@pytest.mark.parametrize("template", BAD_QUERIES)
+async def test_bad_query_parameters_get_matrix_errors(client: TestClient, template: str) -> None:
+    alice = await register_user(client, "querier")
+    headers = bearer(alice["access_token"])
+    resp = await client.post("/_matrix/client/v3/createRoom", json={}, headers=headers)
+    room_id = (await resp.json())["room_id"]
+    resp = await client.put(f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/q",
+                            json={"msgtype": "m.text", "body": "q"}, headers=headers)
+    event_id = (await resp.json())["event_id"]
+    path = template.replace("{room}", room_id).replace("{event}", event_id)
+    resp = await client.get(f"/_matrix/client/v3{path}", headers=headers)
+    text = await resp.text()
+    assert resp.status < 500, (path, text)
+    if resp.status >= 400:
+        error = json.loads(text)
+        assert error["errcode"].startswith("M_") and isinstance(error["error"], str), text
