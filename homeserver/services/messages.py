@@ -13,6 +13,7 @@ from homeserver.services.filtering import RoomEventFilter
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.visibility import HISTORY_VISIBILITY, VisibilityService
 from storage.stores.events import EventStore, StoredEvent
+from storage.stores.rooms import RoomStore
 from storage.stores.state import StateKey, StateMap, StateStore
 
 _TOKEN_RE = re.compile(r"^t(-?\d+)-(-?\d+)$")
@@ -52,8 +53,9 @@ class RoomAccess:
 
 class MessageService:
     def __init__(self, events: EventStore, state: StateStore, visibility: VisibilityService,
-                 serializer: EventSerializer, clock: Clock) -> None:
+                 serializer: EventSerializer, rooms: RoomStore, clock: Clock) -> None:
         self._events = events
+        self._rooms = rooms
         self._state = state
         self._visibility = visibility
         self._serializer = serializer
@@ -72,6 +74,10 @@ class MessageService:
         membership = await self._state.membership(room_id, user_id)
         if membership is not None and membership[0] == "join":
             return RoomAccess("join", None, group)
+        if membership is not None and membership[0] in ("leave", "ban"):
+            if room_id in await self._rooms.forgotten_rooms(user_id):
+                # Forgotten: the history is gone for this user, unless the room is public.
+                membership = None
         if membership is not None and membership[0] in ("leave", "ban"):
             leave = await self._events.get_event(membership[1])
             if leave is not None and leave.stream_ordering is not None:

@@ -513,3 +513,21 @@ async def test_power_levels_let_a_moderator_set_state(client: TestClient, alice:
     assert status == 200, body
     status, body = await put_state(client, bob, room_id, "m.room.name", {"name": "By bob"})
     assert status == 200, body
+
+
+async def test_forgotten_room_history_is_gone_for_that_user(client: TestClient, alice: User,
+                                                             bob: User) -> None:
+    room_id = await create_room(client, alice, preset="private_chat", invite=[bob.user_id])
+    await join(client, bob, room_id)
+    await send_text(client, alice, room_id, "before bob left")
+    status, _ = await api(client, "POST", f"/rooms/{room_id}/leave", bob, {})
+    assert status == 200
+    status, body = await api(client, "GET", f"/rooms/{room_id}/messages", bob, query={"dir": "b"})
+    assert status == 200  # a left user still reads up to the leave
+    status, _ = await api(client, "POST", f"/rooms/{room_id}/forget", bob, {})
+    assert status == 200
+    status, body = await api(client, "GET", f"/rooms/{room_id}/messages", bob, query={"dir": "b"})
+    assert_error(status, body, 403, "M_FORBIDDEN")
+    # Alice keeps hers.
+    status, body = await api(client, "GET", f"/rooms/{room_id}/messages", alice, query={"dir": "b"})
+    assert status == 200
