@@ -89,10 +89,12 @@ async def test_direct_message(server: str,
                                       preset=nio.RoomPreset.trusted_private_chat)
     assert isinstance(created, nio.RoomCreateResponse), created
     room_id = created.room_id
-    state = await bob.room_get_state_event(room_id, "m.room.member", "@bob:localhost")
-    # Bob is only invited: he may read his own invite's state through the room.
-    if isinstance(state, nio.RoomGetStateEventResponse):
-        assert state.content.get("is_direct") is True
+    # Bob is only invited: he sees the invite, with is_direct, in his sync's invite state.
+    synced = await bob.sync(timeout=0)
+    assert isinstance(synced, nio.SyncResponse), synced
+    invite_events = synced.rooms.invite[room_id].invite_state
+    own = [e for e in invite_events if getattr(e, "state_key", None) == "@bob:localhost"]
+    assert own and own[-1].content.get("is_direct") is True
     async with aiohttp.ClientSession() as session:
         url = f"{server}/_matrix/client/v3/user/@alice:localhost/account_data/m.direct"
         headers = {"Authorization": f"Bearer {alice.access_token}"}

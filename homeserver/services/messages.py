@@ -92,8 +92,8 @@ class MessageService:
             if vis_event is not None and (vis_event.pdu.get("content") or {}).get(
                     "history_visibility") == "world_readable":
                 return RoomAccess(membership[0] if membership else None, None, group)
-        if membership is not None and membership[0] == "invite":
-            return RoomAccess("invite", None, group)
+        # Invited (or knocking) users see the invite's stripped state through /sync; like
+        # Synapse, they read the room itself only once joined (or when it is world-readable).
         raise Forbidden("You are not allowed to view this room.")
 
     async def _serialize(self, reader: Reader, events: list[StoredEvent]

@@ -580,3 +580,17 @@ async def test_context_state_is_at_the_last_event_returned(client: TestClient, a
     state = {(e["type"], e["state_key"]): e["content"] for e in body["state"]}
     assert state[("m.room.name", "")] == {"name": "Before"}
     assert ("m.room.member", bob.user_id) not in state
+
+
+async def test_invited_user_reads_nothing_until_joined(client: TestClient, alice: User,
+                                                       bob: User) -> None:
+    room_id = await create_room(client, alice, preset="private_chat", invite=[bob.user_id])
+    await send_text(client, alice, room_id, "secret plans")
+    for path in (f"/rooms/{room_id}/messages", f"/rooms/{room_id}/state",
+                 f"/rooms/{room_id}/members"):
+        status, body = await api(client, "GET", path, bob, query={"dir": "b"})
+        assert_error(status, body, 403, "M_FORBIDDEN")
+    await join(client, bob, room_id)
+    status, page = await messages(client, bob, room_id, dir="b", limit=10)
+    assert status == 200
+    assert "secret plans" in bodies(page["chunk"])
