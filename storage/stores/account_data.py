@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -19,6 +20,9 @@ class AccountDataStore:
     def __init__(self, engine: DatabaseEngine) -> None:
         self._db = engine
         self._stream = IdAllocator(account_data.c.stream_id)
+        # Positions must commit in order (a sync reads "everything after N"); SQLite's single
+        # writer gives that already, PostgreSQL needs this.
+        self._ordered = asyncio.Lock()
 
     async def load(self) -> None:
         await self._stream.load(self._db)
@@ -29,7 +33,7 @@ class AccountDataStore:
 
     async def put(self, user_id: str, room_id: str, type_: str, content: dict[str, Any]) -> int:
         """Set one entry; returns its position in the account data stream."""
-        async with self._db.write() as conn:
+        async with self._ordered, self._db.write() as conn:
             stream_id = self._stream.next()
             await conn.execute(
                 insert(self._db.is_sqlite, account_data)
