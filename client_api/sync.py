@@ -12,6 +12,7 @@ from client_api.auth import require_requester
 from homeserver.appkeys import SERVICES
 from homeserver.errors import Forbidden, InvalidParam
 from homeserver.http.json import json_response, read_json_object
+from homeserver.services.sync import is_empty
 
 routes = ClientRoutes()
 
@@ -72,21 +73,13 @@ async def get_sse_sync(request: web.Request) -> web.StreamResponse:
             body = await services.sync.sync(requester.user_id, requester.device_id,
                                             since=since, timeout_ms=SSE_WAIT_MS,
                                             full_state=False, sync_filter=sync_filter)
-            if _empty(body):
+            if is_empty(body):
                 since = body["next_batch"]
                 continue
             await stream.send(json.dumps(body, separators=(",", ":")), id=body["next_batch"],
                               event="sync")
             since = body["next_batch"]
     return stream
-
-
-def _empty(body: dict[str, object]) -> bool:
-    rooms = body["rooms"]
-    assert isinstance(rooms, dict)
-    account = body["account_data"]
-    assert isinstance(account, dict)
-    return not any(rooms.values()) and not account["events"]
 
 
 @routes.post("/user/{user_id}/filter")

@@ -81,7 +81,7 @@ class SyncService:
                                     min(since_token.account_data, now.account_data))
         response, rooms = await self._build(user_id, device_id, since_token, now, full_state,
                                             sync_filter)
-        if since_token is not None and timeout_ms > 0 and _is_empty(response):
+        if since_token is not None and timeout_ms > 0 and is_empty(response):
             # Something committed while the response was being built woke no one yet: build
             # again at once rather than sleep through it. (No await between the check and
             # the waiter's registration, so nothing slips in between.)
@@ -101,7 +101,8 @@ class SyncService:
         return await builder.build()
 
 
-def _is_empty(response: dict[str, Any]) -> bool:
+def is_empty(response: dict[str, Any]) -> bool:
+    """Whether a sync response carries nothing new (what long-polls and the SSE stream skip)."""
     rooms = response["rooms"]
     return not (rooms["join"] or rooms["invite"] or rooms["leave"] or rooms["knock"]
                 or response["account_data"]["events"])
