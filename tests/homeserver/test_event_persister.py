@@ -176,6 +176,28 @@ async def assert_room_consistent(services: Services, room_id: str) -> list[Store
 # -- concurrency ----------------------------------------------------------------------------
 
 
+def fail_first_write(hs: Services, monkeypatch: pytest.MonkeyPatch, error: str
+                     ) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make the next batch write wait at a gate, then fail with ``error``; later writes go
+    through. Returns ``(gate, entered)``: set the gate to let it fail; ``entered`` is set
+    once the write is waiting."""
+    gate, entered = asyncio.Event(), asyncio.Event()
+    real = hs.db.events.persist_batch
+    calls = 0
+
+    async def write(items: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            entered.set()
+            await gate.wait()
+            raise RuntimeError(error)
+        await real(items)
+
+    monkeypatch.setattr(hs.db.events, "persist_batch", write)
+    return gate, entered
+
+
 async def test_concurrent_senders_one_chain(hs: Services) -> None:
     senders = await register(hs, *[f"user{n}" for n in range(10)])
     room_id = await make_room(hs, senders[0], *senders[1:])
@@ -331,21 +353,7 @@ async def test_repeated_txn_id_of_a_failed_write_fails_too(
         hs: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     (alice,) = await register(hs, "alice")
     room_id = await make_room(hs, alice)
-    gate = asyncio.Event()
-    entered = asyncio.Event()
-    real = hs.db.events.persist_batch
-    calls = 0
-
-    async def fail_first(items: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            entered.set()
-            await gate.wait()
-            raise RuntimeError("disk on fire")
-        await real(items)
-
-    monkeypatch.setattr(hs.db.events, "persist_batch", fail_first)
+    gate, entered = fail_first_write(hs, monkeypatch, "disk on fire")
     first = asyncio.create_task(hs.persister.send(room_id, message(alice, "a", txn="x")))
     await wait(entered)
     second = asyncio.create_task(hs.persister.send(room_id, message(alice, "a", txn="x")))
@@ -514,21 +522,7 @@ async def test_write_failure_fails_waiters_and_next_send_reloads(
     users = await register(hs, *[f"user{n}" for n in range(5)])
     room_id = await make_room(hs, users[0], *users[1:])
     good = await hs.persister.send(room_id, message(users[0], "before"))
-    gate = asyncio.Event()
-    entered = asyncio.Event()
-    real = hs.db.events.persist_batch
-    calls = 0
-
-    async def fail_once(items: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            entered.set()
-            await gate.wait()
-            raise RuntimeError("connection lost")
-        await real(items)
-
-    monkeypatch.setattr(hs.db.events, "persist_batch", fail_once)
+    gate, entered = fail_first_write(hs, monkeypatch, "connection lost")
     queued: list[str] = []
     real_enqueue = hs.persister._enqueue
 
@@ -675,20 +669,7 @@ async def test_state_key_first_used_by_a_failed_write_in_another_room(
     alice, bob = await register(hs, "alice", "bob")
     room_a = await make_room(hs, alice)
     room_b = await make_room(hs, bob)
-    gate, entered = asyncio.Event(), asyncio.Event()
-    real = hs.db.events.persist_batch
-    calls = 0
-
-    async def fail_first(items: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            entered.set()
-            await gate.wait()
-            raise RuntimeError("connection lost")
-        await real(items)
-
-    monkeypatch.setattr(hs.db.events, "persist_batch", fail_first)
+    gate, entered = fail_first_write(hs, monkeypatch, "connection lost")
     key = "org.example.new_key"
     lost = asyncio.create_task(hs.persister.send(room_a, NewEvent(key, alice, {"v": 1},
                                                                   state_key="")))
