@@ -10,7 +10,7 @@ import aiohttp
 import nio
 import pytest
 
-from tests.helpers.nio_server import nio_client, run_server
+from tests.helpers.nio_server import nio_pair, run_server
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +20,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 async def alice_bob(server: str) -> AsyncIterator[tuple[nio.AsyncClient, nio.AsyncClient]]:
-    alice, bob = await nio_client(server, "alice"), await nio_client(server, "bob")
-    yield alice, bob
-    await alice.close()
-    await bob.close()
+    async for pair in nio_pair(server):
+        yield pair
 
 
 async def _all_messages(client: nio.AsyncClient, room_id: str, direction: nio.MessageDirection

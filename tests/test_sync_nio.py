@@ -12,7 +12,7 @@ from typing import Any
 import nio
 import pytest
 
-from tests.helpers.nio_server import nio_client, run_server
+from tests.helpers.nio_server import nio_pair, run_server
 
 # Room for every message of a test in one batch: nio does not fill a limited timeline's gap.
 SYNC_FILTER = {"room": {"timeline": {"limit": 100}}}
@@ -25,10 +25,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 async def alice_bob(server: str) -> AsyncIterator[tuple[nio.AsyncClient, nio.AsyncClient]]:
-    alice, bob = await nio_client(server, "alice"), await nio_client(server, "bob")
-    yield alice, bob
-    await alice.close()
-    await bob.close()
+    async for pair in nio_pair(server):
+        yield pair
 
 
 async def _sync(client: nio.AsyncClient, timeout_ms: int = 0) -> nio.SyncResponse:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nio
@@ -40,3 +40,13 @@ async def nio_client(base: str, user: str) -> nio.AsyncClient:
     login = await client.login(PASSWORD)
     assert isinstance(login, nio.LoginResponse), login
     return client
+
+
+async def nio_pair(base: str) -> AsyncIterator[tuple[nio.AsyncClient, nio.AsyncClient]]:
+    """Alice's and Bob's clients for a test (the body of the ``alice_bob`` fixtures)."""
+    alice, bob = await nio_client(base, "alice"), await nio_client(base, "bob")
+    try:
+        yield alice, bob
+    finally:
+        await alice.close()
+        await bob.close()
