@@ -3,8 +3,10 @@ in count and time, figures as one JSON line."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import platform
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +122,30 @@ class BenchServer:
 
 def emit(figures: dict[str, Any]) -> None:
     print(json.dumps(figures, sort_keys=False))
+
+
+async def run_load(workers: int, seconds: float, total: int,
+                   request: Callable[[int], Any]) -> dict[str, Any]:
+    """``workers`` loops each sending ``request(worker_index)`` (an aiohttp request context)
+    until ``total`` requests or ``seconds`` pass; returns count, errors, rate, p50/p99."""
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + seconds
+    issued = itertools.count()
+
+    async def worker(i: int) -> None:
+        nonlocal errors
+        while time.monotonic() < deadline and next(issued) < total:
+            start = time.perf_counter()
+            async with request(i) as resp:
+                await resp.read()
+                if resp.status == 200:
+                    latencies.append((time.perf_counter() - start) * 1000)
+                else:
+                    errors += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(i) for i in range(workers)))
+    elapsed = time.monotonic() - started
+    return {"done": len(latencies), "errors": errors,
+            "per_s": round(len(latencies) / elapsed, 1), **percentiles(latencies)}

@@ -11,40 +11,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchServer, emit, machine, percentiles
+from _common import BenchServer, emit, machine, run_load
 
 PASSWORD = "benchmark password"
 
 
-async def _load(session: aiohttp.ClientSession, clients: int, seconds: float, max_requests: int,
-                make_request: Any) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.monotonic() + seconds
-
-    async def worker(i: int) -> None:
-        nonlocal errors
-        while time.monotonic() < deadline and len(latencies) + errors < max_requests:
-            start = time.perf_counter()
-            async with make_request(session, i) as resp:
-                await resp.read()
-                if resp.status == 200:
-                    latencies.append((time.perf_counter() - start) * 1000)
-                else:
-                    errors += 1
-
-    started = time.monotonic()
-    await asyncio.gather(*(worker(i) for i in range(clients)))
-    elapsed = time.monotonic() - started
-    return {"requests": len(latencies), "errors": errors,
-            "rps": round(len(latencies) / elapsed, 1), **percentiles(latencies)}
+async def _load(clients: int, seconds: float, max_requests: int, request: Any
+                ) -> dict[str, Any]:
+    figures = await run_load(clients, seconds, max_requests, request)
+    return {"requests": figures.pop("done"), "errors": figures.pop("errors"),
+            "rps": figures.pop("per_s"), **figures}
 
 
 async def main() -> None:
@@ -75,11 +57,11 @@ async def main() -> None:
                              headers={"Authorization": f"Bearer {users[i]['access_token']}"})
 
             cpu0 = server.cpu_seconds()
-            login_figures = await _load(session, args.clients, args.seconds, args.max_requests,
-                                        login)
+            login_figures = await _load(args.clients, args.seconds, args.max_requests,
+                                        lambda i: login(session, i))
             cpu1 = server.cpu_seconds()
-            whoami_figures = await _load(session, args.clients, args.seconds, args.max_requests,
-                                         whoami)
+            whoami_figures = await _load(args.clients, args.seconds, args.max_requests,
+                                         lambda i: whoami(session, i))
             cpu2 = server.cpu_seconds()
         emit({
             "bench": "accounts",

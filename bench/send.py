@@ -12,14 +12,13 @@ import argparse
 import asyncio
 import itertools
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchServer, emit, machine, percentiles
+from _common import BenchServer, emit, machine, run_load
 
 PASSWORD = "benchmark password"
 _txn = itertools.count()
@@ -27,31 +26,14 @@ _txn = itertools.count()
 
 async def _send_loop(session: aiohttp.ClientSession, base: str, room_id: str,
                      tokens: list[str], total: int, seconds: float) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.monotonic() + seconds
-    remaining = itertools.count()
+    def send(i: int) -> Any:
+        url = f"{base}/_matrix/client/v3/rooms/{room_id}/send/m.room.message/b{next(_txn)}"
+        return session.put(url, json={"msgtype": "m.text", "body": "hello world"},
+                           headers={"Authorization": f"Bearer {tokens[i]}"})
 
-    async def sender(token: str) -> None:
-        nonlocal errors
-        headers = {"Authorization": f"Bearer {token}"}
-        while time.monotonic() < deadline and next(remaining) < total:
-            url = (f"{base}/_matrix/client/v3/rooms/{room_id}/send/m.room.message/"
-                   f"b{next(_txn)}")
-            start = time.perf_counter()
-            async with session.put(url, json={"msgtype": "m.text", "body": "hello world"},
-                                   headers=headers) as resp:
-                await resp.read()
-                if resp.status == 200:
-                    latencies.append((time.perf_counter() - start) * 1000)
-                else:
-                    errors += 1
-
-    started = time.monotonic()
-    await asyncio.gather(*(sender(t) for t in tokens))
-    elapsed = time.monotonic() - started
-    return {"messages": len(latencies), "errors": errors,
-            "msg_per_s": round(len(latencies) / elapsed, 1), **percentiles(latencies)}
+    figures = await run_load(len(tokens), seconds, total, send)
+    return {"messages": figures.pop("done"), "errors": figures.pop("errors"),
+            "msg_per_s": figures.pop("per_s"), **figures}
 
 
 async def main() -> None:
