@@ -75,8 +75,12 @@ class BenchServer:
         else:
             config["database"]["sqlite_synchronous"] = sqlite_synchronous
         config_path.write_text(yaml.safe_dump(config))
+        # KTCHAT_BENCH_PROFILE=FILE runs the server under cProfile (stats written on exit).
+        profile = os.environ.get("KTCHAT_BENCH_PROFILE")
+        runner = ["-m", "cProfile", "-o", profile] if profile else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "homeserver", "run", "-c", str(config_path)], cwd=REPO,
+            [sys.executable, *runner, "-m", "homeserver", "run", "-c", str(config_path)],
+            cwd=REPO,
             stdout=subprocess.DEVNULL, stderr=open(self.dir / "server.log", "w"))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -92,6 +96,12 @@ class BenchServer:
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return 0.0
+
+    def current_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
                 return round(int(line.split()[1]) / 1024, 1)
         return 0.0
 

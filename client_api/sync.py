@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 from aiohttp_sse import sse_response
 
@@ -11,7 +9,7 @@ from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from homeserver.appkeys import SERVICES
 from homeserver.errors import Forbidden, InvalidParam
-from homeserver.http.json import json_response, read_json_object
+from homeserver.http.json import encode_json, json_response, read_json_object
 from homeserver.services.sync import is_empty
 
 routes = ClientRoutes()
@@ -66,7 +64,7 @@ async def get_sse_sync(request: web.Request) -> web.StreamResponse:
                                      sync_filter=sync_filter)
     # aiohttp-sse writes the ": ping" comment every 15 s on its own.
     async with sse_response(request, headers={"X-Accel-Buffering": "no"}) as stream:
-        await stream.send(json.dumps(first, separators=(",", ":")), id=first["next_batch"],
+        await stream.send(encode_json(first).decode(), id=first["next_batch"],
                           event="sync")
         since = first["next_batch"]
         while stream.is_connected():
@@ -76,7 +74,7 @@ async def get_sse_sync(request: web.Request) -> web.StreamResponse:
             if is_empty(body):
                 since = body["next_batch"]
                 continue
-            await stream.send(json.dumps(body, separators=(",", ":")), id=body["next_batch"],
+            await stream.send(encode_json(body).decode(), id=body["next_batch"],
                               event="sync")
             since = body["next_batch"]
     return stream

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import getpass
 import secrets
 import ssl
@@ -91,12 +92,24 @@ def generate_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _return_big_allocations_to_the_os() -> None:
+    """Each password hash takes 19 MiB (argon2id). glibc's malloc raises its mmap threshold
+    after such a block is freed, so later ones come from the heap and stay resident: fixing
+    the threshold keeps an idle server ~40 MiB smaller. (No-op off glibc.)"""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def run(args: argparse.Namespace) -> int:
     from homeserver.app import serve
     from homeserver.logsetup import setup_logging
 
     config = _load(args.config)
     setup_logging(config.logging.level)
+    _return_big_allocations_to_the_os()
     try:
         asyncio.run(serve(config))
     except OSError as e:

@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from homeserver.errors import BadJson, NotJson
@@ -47,10 +48,19 @@ async def read_json_object(request: web.Request, *, allow_empty: bool = False) -
     return value
 
 
+def encode_json(body: Any) -> bytes:
+    """Compact UTF-8 JSON: orjson (sync responses are megabytes), with the standard encoder
+    for what orjson refuses (integers beyond 64 bits that a client stored)."""
+    try:
+        return orjson.dumps(body)
+    except (orjson.JSONEncodeError, TypeError):
+        return _encoder.encode(body).encode("utf-8")
+
+
 def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None
                   ) -> web.Response:
     return web.Response(
-        body=_encoder.encode(body).encode("utf-8"),
+        body=encode_json(body),
         status=status,
         content_type="application/json",
         headers=headers,

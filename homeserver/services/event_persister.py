@@ -370,7 +370,8 @@ class EventPersister:
             prev_event_ids=event.prev_event_ids, auth_event_ids=event.auth_event_ids,
             state_group_before=snapshot.state_group, state_group_after=snapshot.state_group,
             device_id=new.device_id if new.txn_id is not None else None, txn_id=new.txn_id,
-            redacts=event.redacts, extremities_after=[event.event_id])
+            redacts=event.redacts, extremities_after=[event.event_id], pdu=dict(event.pdu),
+            room_version=snapshot.room_version.identifier)
         if event.state_tuple is not None:
             key = event.state_tuple
             item.replaces_state = snapshot.state.get(key)
@@ -466,7 +467,8 @@ class EventPersister:
             self._unstored_keys.difference_update(n for i in items for n, _, _ in i.new_state_keys)
             self._notifier.on_new_events(
                 items[-1].stream_ordering, {i.room_id for i in items},
-                {i.state_key for i in items if i.type == "m.room.member" and i.state_key})
+                {i.state_key for i in items if i.type == "m.room.member" and i.state_key},
+                [(i.room_id, i.stream_ordering, i.event_id) for i in items])
 
     def _forget_failed(self, items: list[PersistItem]) -> None:
         """The snapshots ran ahead of what is stored: forget them, so the next event in each

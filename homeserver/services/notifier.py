@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
+from homeserver.services.recent_events import RecentRoomEvents
+
 
 class Notifier:
     def __init__(self) -> None:
@@ -21,7 +23,14 @@ class Notifier:
         # Room -> stream position of its latest event, for rooms that changed since start-up.
         self._room_positions: dict[str, int] = {}
         self._start_position = 0
+        self._start_account_data_position = 0
+        # User -> stream position of the latest member event about them / account data
+        # position of their latest change, since start-up: lets a sync skip the queries
+        # whose answer cannot have changed.
+        self._membership_positions: dict[str, int] = {}
+        self._account_data_positions: dict[str, int] = {}
         self._any: set[asyncio.Future[None]] = set()
+        self.recent = RecentRoomEvents()
 
     @property
     def position(self) -> int:
@@ -34,9 +43,10 @@ class Notifier:
 
     def set_initial_position(self, position: int) -> None:
         self._position = self._start_position = position
+        self.recent.reset(position)
 
     def set_initial_account_data_position(self, position: int) -> None:
-        self._account_data_position = position
+        self._account_data_position = self._start_account_data_position = position
 
     def room_changed_since(self, room_id: str, position: int) -> bool:
         """Whether the room may have events after ``position`` (exact for events since
@@ -45,14 +55,36 @@ class Notifier:
             return True
         return self._room_positions.get(room_id, 0) > position
 
+    def membership_changed_since(self, user_id: str, position: int) -> bool:
+        """Whether a member event about the user may have come after ``position``."""
+        if position < self._start_position:
+            return True
+        return self._membership_positions.get(user_id, 0) > position
+
+    def membership_position(self, user_id: str) -> int:
+        """Stream position of the latest member event about the user since start-up."""
+        return self._membership_positions.get(user_id, self._start_position)
+
+    def account_data_changed_since(self, user_id: str, position: int) -> bool:
+        if position < self._start_account_data_position:
+            return True
+        return self._account_data_positions.get(user_id, 0) > position
+
     def on_new_events(self, position: int, room_ids: Iterable[str],
-                      user_ids: Iterable[str] = ()) -> None:
+                      user_ids: Iterable[str] = (),
+                      events: Iterable[tuple[str, int, str]] = ()) -> None:
+        """Events up to ``position`` are committed; ``user_ids`` are the users member events
+        among them are about; ``events`` are the new events as (room, stream ordering, event
+        ID), in stream order."""
         if position > self._position:
             self._position = position
+        for room_id, stream_ordering, event_id in events:
+            self.recent.add(room_id, stream_ordering, event_id)
         for room_id in room_ids:
             self._room_positions[room_id] = position
             self._wake(self._by_room.pop(room_id, ()))
         for user_id in user_ids:
+            self._membership_positions[user_id] = position
             self._wake(self._by_user.pop(user_id, ()))
         self._wake(self._any)
         self._any = set()
@@ -60,6 +92,8 @@ class Notifier:
     def on_account_data(self, user_id: str, position: int) -> None:
         if position > self._account_data_position:
             self._account_data_position = position
+        self._account_data_positions[user_id] = max(
+            position, self._account_data_positions.get(user_id, 0))
         self._wake(self._by_user.pop(user_id, ()))
 
     @staticmethod

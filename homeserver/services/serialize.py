@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -18,8 +19,14 @@ _FEDERATION_ONLY_KEYS = ("auth_events", "prev_events", "hashes", "signatures", "
 
 
 class EventSerializer:
+    """Client format. The part of an unredacted event that is the same for every reader is
+    built once and kept (sync sends each new event to every member's devices)."""
+
+    CACHE_SIZE = 20_000
+
     def __init__(self, events: EventStore) -> None:
         self._events = events
+        self._bodies: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     async def serialize(self, stored: Sequence[StoredEvent], *, requester_device: str | None,
                         requester_user: str | None, now: int) -> list[dict[str, Any]]:
@@ -35,19 +42,27 @@ class EventSerializer:
     def _one(self, event: StoredEvent, redactions: dict[str, StoredEvent],
              prev: dict[str, StoredEvent], device: str | None, user: str | None, now: int
              ) -> dict[str, Any]:
-        version = KNOWN_ROOM_VERSIONS[event.room_version]
         redaction = redactions.get(event.redacted_by) if event.redacted_by else None
-        pdu = redact(event.pdu, version) if redaction is not None else event.pdu
-        body = {k: v for k, v in pdu.items() if k not in _FEDERATION_ONLY_KEYS
-                and k != "unsigned"}
-        body["event_id"] = event.event_id
-        body["room_id"] = event.room_id
-        if "content" not in body:
-            body["content"] = {}
-        if version.updated_redaction_rules and pdu.get("type") == "m.room.redaction":
-            redacts = (pdu.get("content") or {}).get("redacts")
-            if redacts is not None:
-                body["redacts"] = redacts  # clients of older versions read it here
+        if redaction is None and (cached := self._bodies.get(event.event_id)) is not None:
+            body = dict(cached)
+            pdu = event.pdu
+        else:
+            version = KNOWN_ROOM_VERSIONS[event.room_version]
+            pdu = redact(event.pdu, version) if redaction is not None else event.pdu
+            body = {k: v for k, v in pdu.items() if k not in _FEDERATION_ONLY_KEYS
+                    and k != "unsigned"}
+            body["event_id"] = event.event_id
+            body["room_id"] = event.room_id
+            if "content" not in body:
+                body["content"] = {}
+            if version.updated_redaction_rules and pdu.get("type") == "m.room.redaction":
+                redacts = (pdu.get("content") or {}).get("redacts")
+                if redacts is not None:
+                    body["redacts"] = redacts  # clients of older versions read it here
+            if redaction is None and event.stream_ordering is not None:
+                self._bodies[event.event_id] = dict(body)
+                if len(self._bodies) > self.CACHE_SIZE:
+                    self._bodies.popitem(last=False)
         unsigned: dict[str, Any] = {"age": max(0, now - int(pdu.get("origin_server_ts", now)))}
         if event.txn_id is not None and event.device_id == device and \
                 pdu.get("sender") == user:

@@ -7,7 +7,10 @@ a long poll that finds nothing waits on the notifier for the user's rooms and th
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +54,39 @@ class SyncToken:
         return cls(int(match.group(1)), int(match.group(2) or 0))
 
 
+class SentMembers:
+    """Which member events each device has been sent, so lazy-loading incremental syncs do not
+    repeat them (the spec lets a server resend; it should not). Bounded: forgetting only means
+    a member event is sent again."""
+
+    DEVICES = 4096
+    PER_DEVICE = 20_000
+
+    def __init__(self) -> None:
+        self._by_device: OrderedDict[tuple[str, str | None],
+                                     dict[tuple[str, str], tuple[str, int]]] = OrderedDict()
+
+    def reset(self, user_id: str, device_id: str | None) -> None:
+        self._by_device.pop((user_id, device_id), None)
+
+    def sent(self, user_id: str, device_id: str | None
+             ) -> dict[tuple[str, str], tuple[str, int]]:
+        """(room, member) -> (member event ID, next_batch position of the response that
+        carried it) for the device (live: add to it)."""
+        key = (user_id, device_id)
+        entry = self._by_device.get(key)
+        if entry is None or len(entry) > self.PER_DEVICE:
+            entry = self._by_device[key] = {}
+            while len(self._by_device) > self.DEVICES:
+                self._by_device.popitem(last=False)
+        self._by_device.move_to_end(key)
+        return entry
+
+
 class SyncService:
+    MEMBERSHIP_CACHE = 10_000
+    MIN_INTERVAL_S = 0.075
+
     def __init__(self, sync_store: SyncStore, events: EventStore, state: StateStore,
                  account_data: AccountDataStore, rooms: RoomStore, notifier: Notifier,
                  serializer: EventSerializer, visibility: VisibilityService,
@@ -65,6 +100,27 @@ class SyncService:
         self._serializer = serializer
         self._visibility = visibility
         self._clock = clock
+        self.sent_members = SentMembers()
+        # (user, device) -> when its last non-empty incremental response was built.
+        self._last_sent: OrderedDict[tuple[str, str | None], float] = OrderedDict()
+        # User -> (stream position before the read, their memberships); valid while no member
+        # event about them came after that position.
+        self._memberships: OrderedDict[str, tuple[int, dict[str, tuple[str, str]]]] = \
+            OrderedDict()
+
+    async def memberships(self, user_id: str) -> dict[str, tuple[str, str]]:
+        """Room -> (membership, member event ID) for the user, cached between changes."""
+        cached = self._memberships.get(user_id)
+        if cached is not None and cached[0] >= self._notifier.membership_position(user_id):
+            self._memberships.move_to_end(user_id)
+            return cached[1]
+        at = self._notifier.position
+        found = await self._store.memberships(user_id)
+        self._memberships[user_id] = (at, found)
+        self._memberships.move_to_end(user_id)
+        while len(self._memberships) > self.MEMBERSHIP_CACHE:
+            self._memberships.popitem(last=False)
+        return found
 
     def current_token(self) -> SyncToken:
         return SyncToken(self._notifier.position, self._notifier.account_data_position)
@@ -74,6 +130,10 @@ class SyncService:
                    ) -> dict[str, Any]:
         """One /sync response; waits up to ``timeout_ms`` when there is nothing new."""
         since_token = SyncToken.parse(since) if since else None
+        deadline = time.monotonic() + timeout_ms / 1000
+        device = (user_id, device_id)
+        if since_token is not None:
+            await self._pace(device, deadline)
         now = self.current_token()
         if since_token is not None:
             # A token from the future (say, a restored backup) means "from now".
@@ -81,17 +141,39 @@ class SyncService:
                                     min(since_token.account_data, now.account_data))
         response, rooms = await self._build(user_id, device_id, since_token, now, full_state,
                                             sync_filter)
-        if since_token is not None and timeout_ms > 0 and is_empty(response):
-            # Something committed while the response was being built woke no one yet: build
-            # again at once rather than sleep through it. (No await between the check and
-            # the waiter's registration, so nothing slips in between.)
-            woken = self.current_token() != now or \
-                await self._notifier.wait(user_id, rooms, timeout_ms / 1000)
-            if woken:
-                now = self.current_token()
-                response, _ = await self._build(user_id, device_id, since_token, now,
+        while since_token is not None and is_empty(response):
+            # Wait for something new; what wakes us may turn out to be nothing for this
+            # request (its filter), so wait again until the timeout. Something committed while
+            # the response was being built is looked at at once (no await between the check
+            # and the waiter's registration, so nothing slips in between).
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if self.current_token() == now and \
+                    not await self._notifier.wait(user_id, rooms, remaining):
+                break
+            await self._pace(device, deadline)
+            now = self.current_token()
+            response, rooms = await self._build(user_id, device_id, since_token, now,
                                                 full_state, sync_filter)
+        if since_token is not None and not is_empty(response):
+            self._last_sent[device] = time.monotonic()
+            self._last_sent.move_to_end(device)
+            if len(self._last_sent) > self.MEMBERSHIP_CACHE:
+                self._last_sent.popitem(last=False)
         return response
+
+    async def _pace(self, device: tuple[str, str | None], deadline: float) -> None:
+        """Hold a device's next incremental response until MIN_INTERVAL_S after its last
+        one: a busy room then reaches each connection in batches instead of one response
+        per event per connection (which costs every side far more than it gains). A quiet
+        device is not held at all."""
+        last = self._last_sent.get(device)
+        if last is None:
+            return
+        hold = min(last + self.MIN_INTERVAL_S, deadline) - time.monotonic()
+        if hold > 0:
+            await asyncio.sleep(hold)
 
     async def _build(self, user_id: str, device_id: str | None, since: SyncToken | None,
                      now: SyncToken, full_state: bool, sync_filter: SyncFilter
@@ -128,13 +210,18 @@ class _ResponseBuilder:
         self.joined_at: dict[str, int] = {}
 
     async def build(self) -> tuple[dict[str, Any], list[str]]:
-        memberships = await self.s._store.memberships(self.user_id)
+        if self.since is None or self.full_state:
+            # The client starts over: whatever it was sent before is gone with its cache.
+            self.s.sent_members.reset(self.user_id, self.device_id)
+        memberships = await self.s.memberships(self.user_id)
         changes: list[MembershipChange] = []
-        if self.since is not None:
+        if self.since is not None and self.s._notifier.membership_changed_since(
+                self.user_id, self.since.events):
             changes = await self.s._store.membership_changes(self.user_id, self.since.events,
                                                              self.now.events)
         changed = {c.room_id: c for c in changes}
-        forgotten = await self.s._rooms.forgotten_rooms(self.user_id)
+        forgotten = await self.s._rooms.forgotten_rooms(self.user_id) if any(
+            m in ("leave", "ban") for m, _ in memberships.values()) else set()
         account = await self._account_data()
 
         joined = [r for r, (m, _) in memberships.items()
@@ -174,6 +261,9 @@ class _ResponseBuilder:
 
     async def _account_data(self) -> dict[str, Any]:
         after = self.since.account_data if self.since and not self.full_state else 0
+        if self.since is not None and not self.full_state and \
+                not self.s._notifier.account_data_changed_since(self.user_id, after):
+            return {"global": [], "rooms": {}}
         entries = await self.s._account_data.since(self.user_id, after)
         global_events = [{"type": t, "content": c} for r, t, c in entries
                          if not r and self.filter.account_data.matches({"type": t})]
@@ -199,18 +289,30 @@ class _ResponseBuilder:
             # full_state: every room's whole state, but the timeline still starts at since.
             incremental = [r for r in joined if r not in initial and (
                 self.full_state or self.s._notifier.room_changed_since(r, self.since.events))]
-        after_initial = 0
         latest = await self.s._store.latest_event_ids(
-            sorted(initial), after=after_initial, up_to=self.now.events, limit=self.limit + 1)
+            sorted(initial), after=0, up_to=self.now.events, limit=self.limit + 1)
         if incremental and self.since is not None:
-            latest.update(await self.s._store.latest_event_ids(
-                incremental, after=self.since.events, up_to=self.now.events,
-                limit=self.limit + 1))
-        wanted = [e for ids in latest.values() for e in ids]
-        loaded = await self.s._events.get_events(wanted)
+            # Most rooms' recent events are in memory; the rest come from one query.
+            recent = self.s._notifier.recent
+            missing = []
+            for room_id in incremental:
+                ids = recent.events_between(room_id, self.since.events, self.now.events,
+                                            self.limit + 1)
+                if ids is None:
+                    missing.append(room_id)
+                else:
+                    latest[room_id] = ids
+            if missing:
+                latest.update(await self.s._store.latest_event_ids(
+                    missing, after=self.since.events, up_to=self.now.events,
+                    limit=self.limit + 1))
+        loaded = await self.s._events.get_events(e for ids in latest.values() for e in ids)
+        # Summaries where they can have changed: new rooms, gaps, and new member events.
         summaries = await self.s._store.room_summaries(
-            [r for r in joined if r in initial or latest.get(r) or r in room_account_data
-             or self.full_state], self.user_id, heroes=MAX_HEROES)
+            [r for r in joined if r in initial or self.full_state
+             or len(latest.get(r, ())) > self.limit
+             or any(e in loaded and loaded[e].pdu.get("type") == "m.room.member"
+                    for e in latest.get(r, ()))], self.user_id, heroes=MAX_HEROES)
         # Work out every room's timeline and state first, then load all the state events in
         # one query, so a sync over many rooms costs a handful of queries, not a few per room.
         await self.s._state.prefetch_chains(
@@ -226,10 +328,10 @@ class _ResponseBuilder:
             timeline_events = [loaded[e] for e in ids if e in loaded]
             limited = len(timeline_events) > self.limit
             timeline_events = timeline_events[-self.limit:] if self.limit else []
-            summary = _summary(summaries.get(room_id))
-            state_ids = await self._room_state_ids(room_id, timeline_events,
-                                                   room_id in initial or self.full_state,
-                                                   limited, heroes=summary["m.heroes"])
+            summary = summaries.get(room_id)
+            state_ids = await self._room_state_ids(
+                room_id, timeline_events, room_id in initial or self.full_state, limited,
+                heroes=summary.heroes if summary else ())
             plans.append((room_id, timeline_events, limited, summary, state_ids, account))
         state_events = await self.s._events.get_events(
             [e for plan in plans for e in plan[4]])
@@ -239,6 +341,7 @@ class _ResponseBuilder:
             timeline = [e for e in visible if self.filter.timeline.matches(e.pdu)]
             state = [state_events[e] for e in state_ids if e in state_events
                      and self.filter.state.matches(state_events[e].pdu)]
+            self._sent_members(room_id, state, timeline)
             out[room_id] = {
                 "timeline": {
                     "events": await self._client_events(timeline),
@@ -249,9 +352,23 @@ class _ResponseBuilder:
                 "ephemeral": {"events": []},
                 "account_data": {"events": account},
                 "unread_notifications": {"highlight_count": 0, "notification_count": 0},
-                "summary": summary,
             }
+            if summary is not None:
+                out[room_id]["summary"] = _summary(summary)
         return out
+
+    def _sent_members(self, room_id: str, *sections: list[StoredEvent]) -> None:
+        """Remember the member events this response carries (for lazy loading)."""
+        if not self.filter.state.lazy_load_members:
+            return
+        sent = self.s.sent_members.sent(self.user_id, self.device_id)
+        for section in sections:
+            for event in section:
+                if event.pdu.get("type") == "m.room.member":
+                    key = (room_id, str(event.pdu.get("state_key")))
+                    previous = sent.get(key)
+                    if previous is None or previous[0] != event.event_id:
+                        sent[key] = (event.event_id, self.now.events)
 
     async def _visible(self, room_id: str, events: list[StoredEvent]) -> list[StoredEvent]:
         """History visibility, with a shortcut: everything after the user's current join
@@ -295,22 +412,34 @@ class _ResponseBuilder:
         lazy = self.filter.state.lazy_load_members
         if not initial and not limited and not lazy:
             return []
+        # Lazy loading: the member events of the timeline's senders (and, when the client
+        # gets the room's whole state, the user's own and the heroes', as the spec says),
+        # less those this device has acknowledged (it synced from a token at or after the
+        # response that carried them) unless the filter asks for redundant ones.
+        senders = {str(e.pdu.get("sender")) for e in timeline}
+        if initial:
+            senders.add(self.user_id)
+            senders.update(heroes)
+        elif lazy and self.since is not None and \
+                not self.filter.state.include_redundant_members:
+            sent = self.s.sent_members.sent(self.user_id, self.device_id)
+            senders = {u for u in senders if not (
+                (had := sent.get((room_id, u))) is not None and had[1] <= self.since.events)}
         if timeline:
             start_group = timeline[0].state_group_before
         else:
             last = await self.s._store.last_event_at(room_id, self.now.events)
             start_group = last[0] if last else None
-        state_map: StateMap = await self.s._state.state_at_group(start_group)
-        # Lazy loading: the member events of the timeline's senders (and, when the client
-        # gets the room's whole state, the user's own and the heroes', as the spec says);
-        # we do not track which the client already has, so incremental syncs repeat them
-        # (allowed: "redundant" members).
-        senders = {str(e.pdu.get("sender")) for e in timeline}
-        if initial:
-            senders.add(self.user_id)
-            senders.update(heroes)
-        if not initial and self.since is not None:
-            # What changed between since and the timeline's start (the gap, when limited).
+        if not initial and not limited:
+            # The timeline holds everything since `since`: only the senders' members.
+            if not senders:
+                return []
+            state_map: StateMap = await self.s._state.state_at_group(
+                start_group, only=[("m.room.member", u) for u in sorted(senders)])
+        else:
+            state_map = await self.s._state.state_at_group(start_group)
+        if not initial and limited and self.since is not None:
+            # What changed between since and the timeline's start (the gap).
             before = await self.s._store.last_event_at(room_id, self.since.events)
             old = await self.s._state.state_at_group(before[0]) if before else {}
             state_map = {k: v for k, v in state_map.items() if old.get(k) != v or (

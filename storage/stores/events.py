@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +92,10 @@ class PersistItem:
     current_state_delta: list[tuple[str, str, str, str | None]] = field(default_factory=list)
     # The room's forward extremities once this event is in.
     extremities_after: list[str] = field(default_factory=list)
+    # The event as a dict (what pdu_json encodes) and its room version, when the writer has
+    # them at hand: the read cache takes the event from here.
+    pdu: dict[str, Any] | None = None
+    room_version: str | None = None
 
 
 _EVENT_COLUMNS = (events.c.event_id, events.c.room_id, events.c.json, events.c.stream_ordering,
@@ -117,14 +122,51 @@ def _event_select() -> Any:
 
 
 class EventStore:
-    def __init__(self, engine: DatabaseEngine) -> None:
+    """Stored events, with a bounded cache of recently read and written ones.
+
+    Sync fans one new event out to every member's connections, so the events just written
+    are what everyone reads next: the write path puts them in the cache as it commits them.
+    A cached event changes only when it is redacted; redactions evict it, and a read that
+    overlapped an eviction does not refill the cache with what it saw.
+    """
+
+    CACHE_SIZE = 20_000
+
+    def __init__(self, engine: DatabaseEngine, cache_size: int = CACHE_SIZE) -> None:
         self._db = engine
+        self._cache: OrderedDict[str, StoredEvent] = OrderedDict()
+        self._cache_size = cache_size
+        self._evictions = 0
+
+    def _remember(self, loaded: Iterable[StoredEvent]) -> None:
+        cache = self._cache
+        for event in loaded:
+            cache[event.event_id] = event
+            cache.move_to_end(event.event_id)
+        while len(cache) > self._cache_size:
+            cache.popitem(last=False)
+
+    def forget_cached(self, event_ids: Iterable[str]) -> None:
+        """Drop events whose stored form changed (redacted, purged)."""
+        self._evictions += 1
+        for event_id in event_ids:
+            self._cache.pop(event_id, None)
 
     # -- the write path ---------------------------------------------------------------------
 
     async def persist_batch(self, items: Sequence[PersistItem]) -> None:
-        """Write a batch of new events and everything they change, in one transaction."""
+        """Write a batch of new events and everything they change, in one transaction; the
+        items that carry their event as a dict go straight into the read cache."""
         await self._db.run_write(lambda conn: self._persist(conn, items))
+        redacted = [i.redacts for i in items if i.redacts is not None]
+        if redacted:
+            self.forget_cached(redacted)
+        self._remember(StoredEvent(
+            i.event_id, i.room_id, i.room_version, i.pdu, i.stream_ordering, i.depth,
+            i.state_group_before, i.state_group_after, i.device_id, i.txn_id, None, None,
+            False, i.replaces_state)
+            for i in items if i.pdu is not None and i.room_version is not None
+            and i.event_id not in redacted)
 
     def _persist(self, conn: Connection, items: Sequence[PersistItem]) -> None:
         is_sqlite = self._db.is_sqlite
@@ -184,15 +226,28 @@ class EventStore:
     # -- reads ------------------------------------------------------------------------------
 
     async def get_events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
-        wanted = list(set(event_ids))
+        """The stored events among ``event_ids`` (unknown IDs are left out)."""
         out: dict[str, StoredEvent] = {}
+        wanted: list[str] = []
+        cache = self._cache
+        for event_id in set(event_ids):
+            hit = cache.get(event_id)
+            if hit is None:
+                wanted.append(event_id)
+            else:
+                out[event_id] = hit
         if not wanted:
             return out
+        evictions = self._evictions
+        loaded: list[StoredEvent] = []
         async with self._db.read() as conn:
             for i in range(0, len(wanted), 500):
                 rows = await conn.execute(
                     _event_select().where(events.c.event_id.in_(wanted[i:i + 500])))
-                out.update({r.event_id: _stored(r) for r in rows})
+                loaded.extend(_stored(r) for r in rows)
+        out.update((e.event_id, e) for e in loaded)
+        if evictions == self._evictions:
+            self._remember(e for e in loaded if e.stream_ordering is not None)
         return out
 
     async def get_event(self, event_id: str) -> StoredEvent | None:

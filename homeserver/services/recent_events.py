@@ -1,0 +1,67 @@
+"""The latest events of each room since start-up, in memory.
+
+An incremental sync asks each changed room for its events after a position the client synced
+a moment ago; with many clients following a busy room that is the hottest read there is. The
+persister adds every event here as it commits, so those reads need no query. What is not here
+(a room quiet since start-up, a client far behind) comes from the database as before.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+
+
+class RecentRoomEvents:
+    """Bounded twice: events per room, and events in all (least recently active rooms go
+    first), about 150 bytes each."""
+
+    PER_ROOM = 512
+    TOTAL = 100_000
+
+    def __init__(self, start_position: int = 0, *, per_room: int = PER_ROOM,
+                 total: int = TOTAL) -> None:
+        # Room -> (floor, events): every event of the room with stream ordering above
+        # `floor` is in `events`, as (stream ordering, event ID), oldest first.
+        self._rooms: OrderedDict[str, tuple[int, deque[tuple[int, str]]]] = OrderedDict()
+        # Rooms not listed have no events above this floor.
+        self._floor = start_position
+        self._per_room = per_room
+        self._max_total = total
+        self._total = 0
+
+    def reset(self, start_position: int) -> None:
+        self._rooms.clear()
+        self._floor = start_position
+        self._total = 0
+
+    def add(self, room_id: str, stream_ordering: int, event_id: str) -> None:
+        """A committed event (called in stream order)."""
+        entry = self._rooms.get(room_id)
+        if entry is None:
+            entry = (self._floor, deque())
+        floor, events = entry
+        events.append((stream_ordering, event_id))
+        self._total += 1
+        if len(events) > self._per_room:
+            floor = events.popleft()[0]
+            self._total -= 1
+        self._rooms[room_id] = (floor, events)
+        self._rooms.move_to_end(room_id)
+        while self._total > self._max_total and len(self._rooms) > 1:
+            _, (_, dropped) = self._rooms.popitem(last=False)
+            self._total -= len(dropped)
+            if dropped:
+                self._floor = max(self._floor, dropped[-1][0])
+
+    def events_between(self, room_id: str, after: int, up_to: int, limit: int
+                       ) -> list[str] | None:
+        """IDs of the room's newest ``limit`` events in ``(after, up_to]``, oldest first, or
+        None when memory does not reach back to ``after``."""
+        entry = self._rooms.get(room_id)
+        if entry is None:
+            return [] if after >= self._floor else None
+        floor, events = entry
+        if after < floor:
+            return None
+        picked = [event_id for position, event_id in events if after < position <= up_to]
+        return picked[-limit:] if limit else []
