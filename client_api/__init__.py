@@ -15,8 +15,10 @@ from client_api import (
     directory,
     login,
     membership,
+    presence,
     profile,
     push_rules,
+    receipts,
     register,
     rooms,
     sync,
@@ -24,7 +26,7 @@ from client_api import (
 )
 
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
-            directory, account_data, sync, push_rules)
+            directory, account_data, sync, push_rules, presence, receipts)
 
 
 def add_client_routes(app: web.Application) -> None:

@@ -127,3 +127,17 @@ class PublicRoomsBody(Body):
     server: str | None = None
     include_all_networks: bool = False
     third_party_instance_id: str | None = None
+
+
+class TypingBody(Body):
+    typing: bool
+    timeout: int | None = Field(default=None, ge=0)
+
+
+class ReceiptBody(Body):
+    thread_id: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class PresenceBody(Body):
+    presence: str
+    status_msg: str | None = Field(default=None, max_length=2048)

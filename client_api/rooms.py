@@ -74,6 +74,7 @@ async def put_send(request: web.Request) -> web.Response:
     event = await services.rooms.send_message(
         room_id, NewEvent(request.match_info["event_type"], requester.user_id, content,
                           device_id=requester.device_id, txn_id=request.match_info["txn_id"]))
+    await services.presence.user_active(requester.user_id)
     return json_response({"event_id": event.event_id})
 
 

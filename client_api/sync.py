@@ -10,6 +10,7 @@ from client_api.auth import require_requester
 from homeserver.appkeys import SERVICES
 from homeserver.errors import Forbidden, InvalidParam
 from homeserver.http.json import encode_json, json_response, read_json_object
+from homeserver.services.filtering import SyncFilter
 from homeserver.services.sync import is_empty
 
 routes = ClientRoutes()
@@ -40,9 +41,12 @@ async def get_sync(request: web.Request) -> web.Response:
     requester = await require_requester(request)
     sync_filter = await services.filters.resolve(requester.user_id,
                                                  request.query.get("filter"))
-    body = await services.sync.sync(
-        requester.user_id, requester.device_id, since=request.query.get("since"),
-        timeout_ms=_timeout(request), full_state=_full_state(request), sync_filter=sync_filter)
+    async with services.presence.syncing(requester.user_id,
+                                         request.query.get("set_presence")):
+        body = await services.sync.sync(
+            requester.user_id, requester.device_id, since=request.query.get("since"),
+            timeout_ms=_timeout(request), full_state=_full_state(request),
+            sync_filter=sync_filter)
     return json_response(body)
 
 
@@ -59,6 +63,14 @@ async def get_sse_sync(request: web.Request) -> web.StreamResponse:
                                                  request.query.get("filter"))
     full_state = _full_state(request)
     since = request.headers.get("Last-Event-ID") or request.query.get("since")
+    async with services.presence.syncing(requester.user_id, request.query.get("set_presence")):
+        return await _stream(request, since, full_state, sync_filter)
+
+
+async def _stream(request: web.Request, since: str | None, full_state: bool,
+                  sync_filter: SyncFilter) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    requester = await require_requester(request)
     first = await services.sync.sync(requester.user_id, requester.device_id, since=since,
                                      timeout_ms=0, full_state=full_state,
                                      sync_filter=sync_filter)

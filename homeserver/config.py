@@ -125,6 +125,10 @@ class MediaConfig:
 @dataclass(frozen=True, slots=True)
 class PresenceConfig:
     enabled: bool = True
+    # Online users with no activity for this long become `unavailable`.
+    idle_timeout_ms: int = 5 * 60 * 1000
+    # A user whose last sync connection ended this long ago becomes `offline`.
+    offline_timeout_ms: int = 30 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +375,13 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
     assert store_path is not None
     media = MediaConfig(store_path, media_r.positive("max_upload_bytes", 50 * 1024 * 1024))
 
-    presence = PresenceConfig(r.section("presence").get("enabled", bool, True))
+    presence_r = r.section("presence")
+    presence_defaults = PresenceConfig()
+    presence = PresenceConfig(
+        presence_r.get("enabled", bool, True),
+        presence_r.positive("idle_timeout_ms", presence_defaults.idle_timeout_ms),
+        presence_r.positive("offline_timeout_ms", presence_defaults.offline_timeout_ms),
+    )
 
     log_r = r.section("logging")
     level = log_r.get("level", str, "INFO").upper()

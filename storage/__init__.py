@@ -11,6 +11,8 @@ from storage.stores.auth_sessions import NonceStore, RegistrationTokenStore, UiA
 from storage.stores.devices import DeviceStore
 from storage.stores.events import EventStore
 from storage.stores.filters import FilterStore
+from storage.stores.presence import PresenceStore
+from storage.stores.receipts import ReceiptStore
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
 from storage.stores.sync import SyncStore
@@ -37,6 +39,8 @@ class Database:
         self.account_data = AccountDataStore(self.engine)
         self.sync = SyncStore(self.engine)
         self.filters = FilterStore(self.engine)
+        self.receipts = ReceiptStore(self.engine)
+        self.presence = PresenceStore(self.engine)
 
     @property
     def is_sqlite(self) -> bool:
@@ -46,6 +50,8 @@ class Database:
         """Apply pending migrations; call once before use."""
         await self.engine.migrate()
         await self.account_data.load()
+        await self.receipts.load()
+        await self.presence.load()
 
     async def close(self) -> None:
         await self.engine.close()

@@ -17,7 +17,14 @@ Migration = Callable[[Connection], None]
 
 # MIGRATIONS[n - 2] brings a database from version n-1 to version n. Version 1 is the first
 # schema, created whole. Append only; never edit one that has shipped.
-MIGRATIONS: list[Migration] = []
+
+
+def _v2_receipts_and_presence(conn: Connection) -> None:
+    schema.receipts.create(conn, checkfirst=True)
+    schema.presence.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Migration] = [_v2_receipts_and_presence]
 LATEST = 1 + len(MIGRATIONS)
 
 

@@ -263,3 +263,32 @@ user_filters = Table(
     Column("filter_json", Text, nullable=False),
     PrimaryKeyConstraint("user_id", "filter_id"),
 )
+
+# -- schema version 2: receipts and presence ------------------------------------------------
+
+receipts = Table(
+    "receipts",
+    metadata,
+    Column("room_id", Text, nullable=False),
+    Column("receipt_type", Text, nullable=False),  # m.read, m.read.private
+    Column("user_id", Text, nullable=False),
+    Column("thread_id", Text, nullable=False),  # "" when unthreaded
+    Column("event_id", Text, nullable=False),
+    # Where the event is in the room's stream (what unread counts start after).
+    Column("event_stream_ordering", BigInteger, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("stream_id", BigInteger, nullable=False),
+    PrimaryKeyConstraint("room_id", "receipt_type", "user_id", "thread_id"),
+    Index("receipts_stream", "stream_id"),
+    Index("receipts_user", "user_id", "room_id"),
+)
+
+presence = Table(
+    "presence",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("state", Text, nullable=False),  # online, unavailable, offline
+    Column("status_msg", Text),
+    Column("last_active_ts", BigInteger, nullable=False),
+    Column("stream_id", BigInteger, nullable=False),
+)

@@ -33,6 +33,11 @@ class AccountDataService:
         self._check_type(type_)
         await self._put(user_id, room_id or GLOBAL, type_, content)
 
+    async def set_managed(self, user_id: str, room_id: str, type_: str,
+                          content: dict[str, Any]) -> None:
+        """Set a server-managed type (the read marker, push rules) on the server's behalf."""
+        await self._put(user_id, room_id, type_, content)
+
     async def get(self, user_id: str, room_id: str | None, type_: str) -> dict[str, Any]:
         value = await self._store.get(user_id, room_id or GLOBAL, type_)
         if value is None:

@@ -21,13 +21,17 @@ from homeserver.services.devices import DeviceService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.event_persister import EventPersister
 from homeserver.services.filters import FilterService
+from homeserver.services.member_cache import MembershipCache
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
 from homeserver.services.notifier import Notifier
+from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
+from homeserver.services.receipts import ReceiptService
 from homeserver.services.rooms import RoomService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.sync import SyncService
+from homeserver.services.typing import TypingService
 from homeserver.services.uia import UiAuthService
 from homeserver.services.visibility import VisibilityService
 from storage import Database
@@ -58,6 +62,10 @@ class Services:
     account_data: AccountDataService
     filters: FilterService
     sync: SyncService
+    members: MembershipCache
+    typing: TypingService
+    receipts: ReceiptService
+    presence: PresenceService
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -67,6 +75,8 @@ class Services:
         await self.db.open()
         await self.persister.start()
         self.notifier.set_initial_account_data_position(self.db.account_data.position)
+        self.receipts.start()
+        await self.presence.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
 
     async def stop(self) -> None:
@@ -75,6 +85,8 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self.typing.stop_all()
+        await self.presence.stop()
         await self.persister.stop()
         await self.auth.flush_last_seen()
         await self.db.close()
@@ -115,6 +127,11 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                         limiter(rl.message_per_user))
     serializer = EventSerializer(db.events)
     visibility = VisibilityService(db.state, db.events)
+    account_data = AccountDataService(db.account_data, notifier)
+    members = MembershipCache(db.sync, notifier)
+    typing = TypingService(notifier, members, clock)
+    receipts = ReceiptService(db.receipts, db.events, db.state, account_data, notifier, clock)
+    presence = PresenceService(db.presence, notifier, members, clock, config.presence)
     return Services(
         config=config,
         clock=clock,
@@ -134,10 +151,14 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                                      limiter(rl.invites_per_user)),
         messages=MessageService(db.events, db.state, visibility, serializer, db.rooms, clock),
         directory=DirectoryService(persister, db.rooms, db.state),
-        account_data=AccountDataService(db.account_data, notifier),
+        account_data=account_data,
         filters=FilterService(db.filters),
         sync=SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
-                         serializer, visibility, clock),
+                         serializer, visibility, members, typing, receipts, presence, clock),
+        members=members,
+        typing=typing,
+        receipts=receipts,
+        presence=presence,
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
     )

@@ -85,6 +85,12 @@ class RoomEventFilter:
             raise BadJson("filter is not valid JSON") from None
         return cls.from_json(body)
 
+    def allows_type(self, event_type: str) -> bool:
+        """Whether events of this type can pass at all (whatever their sender or room)."""
+        if _type_matches(self.not_types, event_type):
+            return False
+        return self.types is None or _type_matches(self.types, event_type)
+
     def matches(self, event: Mapping[str, Any]) -> bool:
         event_type = str(event.get("type", ""))
         sender = str(event.get("sender", ""))

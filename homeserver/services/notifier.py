@@ -89,6 +89,14 @@ class Notifier:
         self._wake(self._any)
         self._any = set()
 
+    def wake(self, room_ids: Iterable[str] = (), user_ids: Iterable[str] = ()) -> None:
+        """Something other than events changed (typing, receipts, presence): wake the
+        waiters of those rooms and users; the streams keep their own positions."""
+        for room_id in room_ids:
+            self._wake(self._by_room.pop(room_id, ()))
+        for user_id in user_ids:
+            self._wake(self._by_user.pop(user_id, ()))
+
     def on_account_data(self, user_id: str, position: int) -> None:
         if position > self._account_data_position:
             self._account_data_position = position

@@ -18,9 +18,14 @@ from typing import Any
 from homeserver.clock import Clock
 from homeserver.errors import InvalidParam
 from homeserver.services.filtering import SyncFilter, apply_event_fields
+from homeserver.services.member_cache import MembershipCache
 from homeserver.services.messages import make_token
 from homeserver.services.notifier import Notifier
+from homeserver.services.presence import PresenceService
+from homeserver.services.receipts import ReceiptService
 from homeserver.services.serialize import EventSerializer
+from homeserver.services.typing import TypingService
+from homeserver.services.unread import UnreadCounter
 from homeserver.services.visibility import VisibilityService
 from storage.stores.account_data import AccountDataStore
 from storage.stores.events import EventStore, StoredEvent
@@ -28,7 +33,7 @@ from storage.stores.rooms import RoomStore
 from storage.stores.state import StateMap, StateStore
 from storage.stores.sync import MembershipChange, RoomSummary, SyncStore
 
-_TOKEN_RE = re.compile(r"^s(\d+)(?:_(\d+))?$")
+_TOKEN_RE = re.compile(r"^s(\d+)(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?$")
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 500
 STRIPPED_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
@@ -38,20 +43,32 @@ MAX_HEROES = 5
 
 @dataclass(frozen=True, slots=True)
 class SyncToken:
-    """Positions in every stream a sync covers."""
+    """Positions in every stream a sync covers (older, shorter tokens read as zeros)."""
 
     events: int
-    account_data: int
+    account_data: int = 0
+    receipts: int = 0
+    presence: int = 0
+    typing: int = 0
 
     def encode(self) -> str:
-        return f"s{self.events}_{self.account_data}"
+        return (f"s{self.events}_{self.account_data}_{self.receipts}_{self.presence}_"
+                f"{self.typing}")
 
     @classmethod
     def parse(cls, text: str) -> SyncToken:
         match = _TOKEN_RE.match(text)
         if match is None:
             raise InvalidParam("Invalid 'since' token")
-        return cls(int(match.group(1)), int(match.group(2) or 0))
+        return cls(*(int(g or 0) for g in match.groups()))
+
+    def at_most(self, other: SyncToken) -> SyncToken:
+        """Each position no further than ``other``'s (a token from the future, say from a
+        restored backup, means "from now")."""
+        return SyncToken(min(self.events, other.events),
+                         min(self.account_data, other.account_data),
+                         min(self.receipts, other.receipts),
+                         min(self.presence, other.presence), min(self.typing, other.typing))
 
 
 class SentMembers:
@@ -84,13 +101,14 @@ class SentMembers:
 
 
 class SyncService:
-    MEMBERSHIP_CACHE = 10_000
+    DEVICES = 10_000
     MIN_INTERVAL_S = 0.075
 
     def __init__(self, sync_store: SyncStore, events: EventStore, state: StateStore,
                  account_data: AccountDataStore, rooms: RoomStore, notifier: Notifier,
                  serializer: EventSerializer, visibility: VisibilityService,
-                 clock: Clock) -> None:
+                 members: MembershipCache, typing: TypingService, receipts: ReceiptService,
+                 presence: PresenceService, clock: Clock) -> None:
         self._store = sync_store
         self._events = events
         self._state = state
@@ -99,31 +117,23 @@ class SyncService:
         self._notifier = notifier
         self._serializer = serializer
         self._visibility = visibility
+        self._members = members
+        self._typing = typing
+        self._receipts = receipts
+        self._presence = presence
         self._clock = clock
+        self._unread = UnreadCounter(sync_store)
         self.sent_members = SentMembers()
         # (user, device) -> when its last non-empty incremental response was built.
         self._last_sent: OrderedDict[tuple[str, str | None], float] = OrderedDict()
-        # User -> (stream position before the read, their memberships); valid while no member
-        # event about them came after that position.
-        self._memberships: OrderedDict[str, tuple[int, dict[str, tuple[str, str]]]] = \
-            OrderedDict()
 
     async def memberships(self, user_id: str) -> dict[str, tuple[str, str]]:
-        """Room -> (membership, member event ID) for the user, cached between changes."""
-        cached = self._memberships.get(user_id)
-        if cached is not None and cached[0] >= self._notifier.membership_position(user_id):
-            self._memberships.move_to_end(user_id)
-            return cached[1]
-        at = self._notifier.position
-        found = await self._store.memberships(user_id)
-        self._memberships[user_id] = (at, found)
-        self._memberships.move_to_end(user_id)
-        while len(self._memberships) > self.MEMBERSHIP_CACHE:
-            self._memberships.popitem(last=False)
-        return found
+        return await self._members.memberships(user_id)
 
     def current_token(self) -> SyncToken:
-        return SyncToken(self._notifier.position, self._notifier.account_data_position)
+        return SyncToken(self._notifier.position, self._notifier.account_data_position,
+                         self._receipts.position, self._presence.position,
+                         self._typing.position)
 
     async def sync(self, user_id: str, device_id: str | None, *, since: str | None,
                    timeout_ms: int, full_state: bool, sync_filter: SyncFilter
@@ -136,9 +146,7 @@ class SyncService:
             await self._pace(device, deadline)
         now = self.current_token()
         if since_token is not None:
-            # A token from the future (say, a restored backup) means "from now".
-            since_token = SyncToken(min(since_token.events, now.events),
-                                    min(since_token.account_data, now.account_data))
+            since_token = since_token.at_most(now)
         response, rooms = await self._build(user_id, device_id, since_token, now, full_state,
                                             sync_filter)
         while since_token is not None and is_empty(response):
@@ -159,7 +167,7 @@ class SyncService:
         if since_token is not None and not is_empty(response):
             self._last_sent[device] = time.monotonic()
             self._last_sent.move_to_end(device)
-            if len(self._last_sent) > self.MEMBERSHIP_CACHE:
+            if len(self._last_sent) > self.DEVICES:
                 self._last_sent.popitem(last=False)
         return response
 
@@ -187,7 +195,7 @@ def is_empty(response: dict[str, Any]) -> bool:
     """Whether a sync response carries nothing new (what long-polls and the SSE stream skip)."""
     rooms = response["rooms"]
     return not (rooms["join"] or rooms["invite"] or rooms["leave"] or rooms["knock"]
-                or response["account_data"]["events"])
+                or response["account_data"]["events"] or response["presence"]["events"])
 
 
 class _ResponseBuilder:
@@ -208,6 +216,9 @@ class _ResponseBuilder:
                          else sync_filter.timeline.limit, MAX_TIMELINE_LIMIT)
         # Room -> stream position of the user's current join there.
         self.joined_at: dict[str, int] = {}
+        self.display_names: dict[str, str | None] = {}
+        # Joined rooms the client gets whole in this response (new to it).
+        self.initial_rooms: set[str] = set()
 
     async def build(self) -> tuple[dict[str, Any], list[str]]:
         if self.since is None or self.full_state:
@@ -230,6 +241,7 @@ class _ResponseBuilder:
         joins = await self.s._events.get_events([memberships[r][1] for r in joined])
         self.joined_at = {r: joins[memberships[r][1]].stream_ordering or 0 for r in joined
                           if memberships[r][1] in joins}
+        self.display_names = {r: _display_name(joins.get(memberships[r][1])) for r in joined}
         rooms["join"] = await self._joined_rooms(joined, changes, account["rooms"])
         for room_id, (membership, event_id) in memberships.items():
             if not self.filter.room_allowed(room_id):
@@ -249,7 +261,7 @@ class _ResponseBuilder:
             "next_batch": self.now.encode(),
             "rooms": rooms,
             "account_data": {"events": account["global"]},
-            "presence": {"events": []},
+            "presence": {"events": await self._presence(joined)},
             "to_device": {"events": []},
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
@@ -289,6 +301,8 @@ class _ResponseBuilder:
             # full_state: every room's whole state, but the timeline still starts at since.
             incremental = [r for r in joined if r not in initial and (
                 self.full_state or self.s._notifier.room_changed_since(r, self.since.events))]
+        self.initial_rooms = initial
+        ephemeral = await self._ephemeral(joined, initial)
         latest = await self.s._store.latest_event_ids(
             sorted(initial), after=0, up_to=self.now.events, limit=self.limit + 1)
         if incremental and self.since is not None:
@@ -320,10 +334,13 @@ class _ResponseBuilder:
             for ids in latest.values() if ids and self.limit
             and ids[-min(len(ids), self.limit)] in loaded)
         plans = []
+        # Rooms whose timeline holds every event since `since` (unread counts add up).
+        complete: dict[str, list[StoredEvent]] = {}
         for room_id in joined:
             ids = latest.get(room_id, [])
             account = room_account_data.get(room_id, [])
-            if room_id not in initial and not ids and not account and not self.full_state:
+            if room_id not in initial and not ids and not account and not self.full_state \
+                    and room_id not in ephemeral:
                 continue
             timeline_events = [loaded[e] for e in ids if e in loaded]
             limited = len(timeline_events) > self.limit
@@ -333,8 +350,11 @@ class _ResponseBuilder:
                 room_id, timeline_events, room_id in initial or self.full_state, limited,
                 heroes=summary.heroes if summary else ())
             plans.append((room_id, timeline_events, limited, summary, state_ids, account))
+            if room_id not in initial and not limited and len(timeline_events) == len(ids):
+                complete[room_id] = timeline_events
         state_events = await self.s._events.get_events(
             [e for plan in plans for e in plan[4]])
+        unread = await self._unread_counts([plan[0] for plan in plans], complete)
         out: dict[str, Any] = {}
         for room_id, timeline_events, limited, summary, state_ids, account in plans:
             visible = await self._visible(room_id, timeline_events)
@@ -349,13 +369,74 @@ class _ResponseBuilder:
                     "prev_batch": self._prev_batch(timeline_events),
                 },
                 "state": {"events": await self._client_events(state)},
-                "ephemeral": {"events": []},
+                "ephemeral": {"events": ephemeral.get(room_id, [])},
                 "account_data": {"events": account},
-                "unread_notifications": {"highlight_count": 0, "notification_count": 0},
+                "unread_notifications": {"notification_count": unread[room_id][0],
+                                         "highlight_count": unread[room_id][1]},
             }
             if summary is not None:
                 out[room_id]["summary"] = _summary(summary)
         return out
+
+    async def _ephemeral(self, joined: list[str], initial: set[str]
+                         ) -> dict[str, list[dict[str, Any]]]:
+        """Room -> its ephemeral events for this response: who is typing (when that changed,
+        or the room is new to the client) and the receipts it has not seen."""
+        typing, receipts = self.s._typing, self.s._receipts
+        if self.since is None:
+            typing_rooms = [r for r in joined if typing.typing_users(r)]
+            receipt_content = await receipts.ephemeral(self.user_id, joined, 0,
+                                                       self.now.receipts)
+        else:
+            since = self.since
+            typing_rooms = [r for r in joined if typing.room_changed_since(r, since.typing)
+                            or (r in initial and typing.typing_users(r))]
+            changed = receipts.rooms_changed_since(
+                self.user_id, [r for r in joined if r not in initial], since.receipts)
+            receipt_content = await receipts.ephemeral(self.user_id, sorted(changed),
+                                                       since.receipts, self.now.receipts)
+            if initial:
+                receipt_content.update(await receipts.ephemeral(
+                    self.user_id, sorted(initial), 0, self.now.receipts))
+        out: dict[str, list[dict[str, Any]]] = {}
+        wanted = self.filter.ephemeral
+        for room_id in typing_rooms:
+            if wanted.matches({"type": "m.typing", "room_id": room_id}):
+                out.setdefault(room_id, []).append(
+                    {"type": "m.typing", "content": {"user_ids": typing.typing_users(room_id)}})
+        for room_id, content in receipt_content.items():
+            if wanted.matches({"type": "m.receipt", "room_id": room_id}):
+                out.setdefault(room_id, []).append({"type": "m.receipt", "content": content})
+        return out
+
+    async def _unread_counts(self, room_ids: list[str], complete: dict[str, list[StoredEvent]]
+                             ) -> dict[str, tuple[int, int]]:
+        read = await self.s._receipts.read_positions(self.user_id, room_ids)
+        starts = {r: max(read.get(r, 0), self.joined_at.get(r, 0)) for r in room_ids}
+        return await self.s._unread.counts(
+            self.user_id, starts, self.now.events,
+            since=self.since.events if self.since is not None else None, complete=complete,
+            display_names=self.display_names)
+
+    async def _presence(self, joined: list[str]) -> list[dict[str, Any]]:
+        """Presence of the users who share a room with this one: everyone's on an initial
+        sync, then whoever changed (and the members of rooms new to the client)."""
+        presence = self.s._presence
+        if not presence.enabled or not self.filter.presence.allows_type("m.presence"):
+            return []
+        users: list[str]
+        if self.since is None:
+            users = presence.known(
+                await self.s._store.co_members(self.user_id, joined) | {self.user_id})
+        else:
+            users = [u for u in presence.changed_since(self.since.presence)
+                     if await self.s._members.share_a_room(self.user_id, u)]
+            if self.initial_rooms:
+                seen = set(users)
+                users += [u for u in presence.known(await self.s._store.co_members(
+                    self.user_id, sorted(self.initial_rooms))) if u not in seen]
+        return [presence.event(u) for u in users
+                if self.filter.presence.matches({"type": "m.presence", "sender": u})]
 
     def _sent_members(self, room_id: str, *sections: list[StoredEvent]) -> None:
         """Remember the member events this response carries (for lazy loading)."""
@@ -417,13 +498,17 @@ class _ResponseBuilder:
         # less those this device has acknowledged (it synced from a token at or after the
         # response that carried them) unless the filter asks for redundant ones.
         senders = {str(e.pdu.get("sender")) for e in timeline}
+        # Sender -> the member event this device has acknowledged; left out below only if it
+        # is still the one to send (one the device never got, say a rename its timeline
+        # filter dropped, must come).
+        acknowledged: dict[str, str] = {}
         if initial:
             senders.add(self.user_id)
             senders.update(heroes)
         elif lazy and self.since is not None and \
                 not self.filter.state.include_redundant_members:
             sent = self.s.sent_members.sent(self.user_id, self.device_id)
-            senders = {u for u in senders if not (
+            acknowledged = {u: had[0] for u in senders if (
                 (had := sent.get((room_id, u))) is not None and had[1] <= self.since.events)}
         if timeline:
             start_group = timeline[0].state_group_before
@@ -448,7 +533,8 @@ class _ResponseBuilder:
             state_map = {k: v for k, v in state_map.items()
                          if k[0] != "m.room.member" or k[1] in senders}
         in_timeline = {e.event_id for e in timeline}
-        return [e for e in state_map.values() if e not in in_timeline]
+        return [e for k, e in state_map.items() if e not in in_timeline and not (
+            k[0] == "m.room.member" and acknowledged.get(k[1]) == e)]
 
     async def _room_state(self, room_id: str, timeline: list[StoredEvent], initial: bool,
                           limited: bool, heroes: Iterable[str] = ()) -> list[StoredEvent]:
@@ -505,6 +591,11 @@ class _ResponseBuilder:
             "state": {"events": await self._client_events(state)},
             "account_data": {"events": []},
         }
+
+
+def _display_name(member: StoredEvent | None) -> str | None:
+    name = ((member.pdu.get("content") or {}) if member else {}).get("displayname")
+    return name if isinstance(name, str) and name else None
 
 
 def _summary(summary: RoomSummary | None) -> dict[str, Any]:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, case, func, not_, or_, select
 
 from storage.engine import DatabaseEngine
 from storage.schema import current_state, events
@@ -145,6 +146,56 @@ class SyncStore:
                 present = [u for k, u in found if k < 2]
                 out[room_id].heroes.extend(present or [u for _, u in found])
         return out
+
+    async def unread_events(self, user_id: str, starts: dict[str, int], up_to: int,
+                            types: Sequence[str], names: Sequence[str], *,
+                            candidates: int = 200) -> dict[str, tuple[int, list[dict[str, Any]]]]:
+        """For each room, how many events of ``types`` from others (edits excepted) came in
+        ``(start, up_to]``, and the newest ``candidates`` of them whose JSON mentions the
+        user's ID, localpart, one of ``names`` or a room mention (to check for highlights)."""
+        out: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+        rooms = list(starts)
+        localpart = user_id[1:].split(":", 1)[0]
+        terms = {t.lower() for t in (user_id, localpart, *names, "@room", '"room":true') if t}
+        for i in range(0, len(rooms), 100):
+            chunk = rooms[i:i + 100]
+            where = and_(
+                or_(*(and_(events.c.room_id == r, events.c.stream_ordering > starts[r])
+                      for r in chunk)),
+                events.c.stream_ordering <= up_to, events.c.sender != user_id,
+                events.c.type.in_(list(types)), events.c.rejected_reason.is_(None),
+                not_(events.c.json.contains('"rel_type":"m.replace"', autoescape=True)))
+            async with self._db.read() as conn:
+                counts: dict[str, int] = dict((await conn.execute(
+                    select(events.c.room_id, func.count()).where(where)
+                    .group_by(events.c.room_id))).all())
+                mentioned = or_(*(func.lower(events.c.json).contains(t, autoescape=True)
+                                  for t in terms))
+                rank = func.row_number().over(partition_by=events.c.room_id,
+                                              order_by=events.c.stream_ordering.desc())
+                ranked = select(events.c.room_id, events.c.json, rank.label("rank")).where(
+                    and_(where, mentioned)).subquery()
+                rows = await conn.execute(select(ranked.c.room_id, ranked.c.json)
+                                          .where(ranked.c.rank <= candidates))
+                found: dict[str, list[dict[str, Any]]] = {}
+                for row in rows:
+                    found.setdefault(row.room_id, []).append(json.loads(row.json))
+            for room_id in chunk:
+                out[room_id] = (int(counts.get(room_id, 0)), found.get(room_id, []))
+        return out
+
+    async def co_members(self, user_id: str, room_ids: Sequence[str]) -> set[str]:
+        """Users joined to any of the rooms (the user's own rooms: who shares one with them)."""
+        found: set[str] = set()
+        for i in range(0, len(room_ids), _CHUNK):
+            async with self._db.read() as conn:
+                rows = await conn.execute(
+                    select(current_state.c.state_key).distinct()
+                    .where(and_(current_state.c.room_id.in_(list(room_ids[i:i + _CHUNK])),
+                                current_state.c.type == "m.room.member",
+                                current_state.c.membership == "join")))
+                found.update(r[0] for r in rows)
+        return found
 
     async def last_event_at(self, room_id: str, position: int) -> tuple[int | None, int] | None:
         """``(state_group_after, stream_ordering)`` of the room's last event at or before

@@ -1,0 +1,290 @@
+"""Presence (https://spec.matrix.org/v1.19/client-server-api/#presence).
+
+The state of every user who has one lives in memory, is written behind to the database in
+batches (kept across restarts) and reaches exactly the users who share a room with them
+through /sync: a change wakes the waiters of the user's rooms, nobody else's. Timers, not
+polling, move users on: one per online user to `unavailable` after the idle timeout (re-armed
+lazily, so activity costs a timestamp, not a timer), one to `offline` when their last sync
+connection has been gone for the offline timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.clock import Clock
+from homeserver.config import PresenceConfig
+from homeserver.errors import InvalidParam
+from homeserver.services.member_cache import MembershipCache
+from homeserver.services.notifier import Notifier
+from storage.stores.presence import PresenceRow, PresenceStore
+
+logger = logging.getLogger(__name__)
+
+STATES = ("online", "unavailable", "offline")
+CURRENTLY_ACTIVE_MS = 60_000
+# Positions handed out but maybe not written before a crash are skipped after a restart.
+_RESTART_MARGIN = 100_000
+_FLUSH_DELAY_S = 0.5
+_RECENT_CHANGES = 10_000
+
+UNCHANGED: Any = object()
+
+
+@dataclass(slots=True)
+class UserPresence:
+    state: str
+    status_msg: str | None
+    last_active_ts: int
+    position: int
+
+
+class PresenceService:
+    def __init__(self, store: PresenceStore, notifier: Notifier, members: MembershipCache,
+                 clock: Clock, config: PresenceConfig) -> None:
+        self._store = store
+        self._notifier = notifier
+        self._members = members
+        self._clock = clock
+        self.enabled = config.enabled
+        self._idle_s = config.idle_timeout_ms / 1000
+        self._offline_s = config.offline_timeout_ms / 1000
+        self._states: dict[str, UserPresence] = {}
+        self._position = 0
+        self._start_position = 0
+        # Recent changes as (position, user), oldest first; older ones need a scan.
+        self._recent: deque[tuple[int, str]] = deque(maxlen=_RECENT_CHANGES)
+        self._connections: dict[str, int] = {}
+        self._idle_timers: dict[str, asyncio.TimerHandle] = {}
+        self._offline_timers: dict[str, asyncio.TimerHandle] = {}
+        self._dirty: dict[str, UserPresence] = {}
+        self._flush_wanted = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        rows = await self._store.all()
+        self._position = self._start_position = self._store.position + _RESTART_MARGIN
+        self._states = {r.user_id: UserPresence(r.state, r.status_msg, r.last_active_ts,
+                                                r.stream_id) for r in rows}
+        # Nobody is connected to a process that just started: whoever was online goes
+        # offline unless they come back within the timeout.
+        for user_id, presence in self._states.items():
+            if presence.state != "offline":
+                self._arm_offline(user_id)
+        self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def stop(self) -> None:
+        for timers in (self._idle_timers, self._offline_timers):
+            for handle in timers.values():
+                handle.cancel()
+            timers.clear()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        await self._flush()
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, user_id: str) -> UserPresence | None:
+        return self._states.get(user_id) if self.enabled else None
+
+    def content(self, user_id: str) -> dict[str, Any]:
+        """What GET /presence/{userId}/status and m.presence events carry."""
+        presence = self.get(user_id)
+        if presence is None:
+            return {"presence": "offline"}
+        now = self._clock.time_ms()
+        out: dict[str, Any] = {"presence": presence.state,
+                               "last_active_ago": max(0, now - presence.last_active_ts)}
+        if presence.status_msg is not None:
+            out["status_msg"] = presence.status_msg
+        if presence.state == "online":
+            out["currently_active"] = now - presence.last_active_ts < CURRENTLY_ACTIVE_MS
+        return out
+
+    def event(self, user_id: str) -> dict[str, Any]:
+        return {"type": "m.presence", "sender": user_id, "content": self.content(user_id)}
+
+    def changed_since(self, position: int) -> list[str]:
+        """Users whose presence changed after ``position`` (oldest change first)."""
+        if not self.enabled or position >= self._position:
+            return []
+        # The recent changes hold every change after `floor`.
+        floor = self._start_position if len(self._recent) < _RECENT_CHANGES \
+            else self._recent[0][0] - 1
+        if position >= floor:
+            out: dict[str, None] = {}
+            for changed_at, user_id in self._recent:
+                if changed_at > position:
+                    out.pop(user_id, None)
+                    out[user_id] = None
+            return list(out)
+        return [u for u, p in sorted(self._states.items(), key=lambda i: i[1].position)
+                if p.position > position]
+
+    def known(self, user_ids: set[str]) -> list[str]:
+        """Those of the users who have a presence state."""
+        return [u for u in user_ids if u in self._states] if self.enabled else []
+
+    # -- changing ---------------------------------------------------------------------------
+
+    async def set_state(self, user_id: str, state: str, status_msg: Any = UNCHANGED) -> None:
+        """PUT /presence/{userId}/status"""
+        if state not in STATES:
+            raise InvalidParam(f"'presence' must be one of {', '.join(STATES)}")
+        if status_msg is not UNCHANGED and status_msg is not None and \
+                not isinstance(status_msg, str):
+            raise InvalidParam("'status_msg' must be a string")
+        if not self.enabled:
+            return
+        now = self._clock.time_ms()
+        current = self._states.get(user_id)
+        active = now if state == "online" or current is None else current.last_active_ts
+        await self._change(user_id, state,
+                           current.status_msg if status_msg is UNCHANGED and current else
+                           (None if status_msg is UNCHANGED else status_msg), active)
+        if state == "online" and not self._connections.get(user_id):
+            self._arm_offline(user_id)  # online without a sync connection does not last
+
+    async def user_active(self, user_id: str) -> None:
+        """The user did something (sent, typed, read): they are active now."""
+        if not self.enabled:
+            return
+        current = self._states.get(user_id)
+        now = self._clock.time_ms()
+        if current is not None and current.state == "online":
+            current.last_active_ts = now  # no change anyone needs to hear about at once
+            self._dirty[user_id] = current
+            return
+        await self._change(user_id, "online", current.status_msg if current else None, now)
+
+    @contextlib.asynccontextmanager
+    async def syncing(self, user_id: str, set_presence: str | None) -> AsyncIterator[None]:
+        """Around a sync request or stream: the user is connected while it lasts."""
+        if set_presence not in (None, *STATES):
+            raise InvalidParam(f"'set_presence' must be one of {', '.join(STATES)}")
+        if not self.enabled:
+            yield
+            return
+        self._connections[user_id] = self._connections.get(user_id, 0) + 1
+        timer = self._offline_timers.pop(user_id, None)
+        if timer is not None:
+            timer.cancel()
+        current = self._states.get(user_id)
+        wanted = set_presence or "online"
+        if wanted == "online" and (current is None or current.state == "offline"):
+            await self._change(user_id, "online", current.status_msg if current else None,
+                               self._clock.time_ms())
+        elif wanted == "unavailable" and (current is None or current.state != "unavailable"):
+            await self._change(user_id, "unavailable", current.status_msg if current else None,
+                               current.last_active_ts if current else self._clock.time_ms())
+        try:
+            yield
+        finally:
+            left = self._connections.get(user_id, 1) - 1
+            if left > 0:
+                self._connections[user_id] = left
+            else:
+                self._connections.pop(user_id, None)
+                if (self._states.get(user_id) or UserPresence("offline", None, 0, 0)
+                        ).state != "offline":
+                    self._arm_offline(user_id)
+
+    async def _change(self, user_id: str, state: str, status_msg: str | None,
+                      last_active_ts: int) -> None:
+        self._position += 1
+        presence = UserPresence(state, status_msg, last_active_ts, self._position)
+        self._states[user_id] = presence
+        self._recent.append((self._position, user_id))
+        self._dirty[user_id] = presence
+        self._flush_wanted.set()
+        idle = self._idle_timers.pop(user_id, None)
+        if idle is not None:
+            idle.cancel()
+        if state == "online":
+            self._arm_idle(user_id, self._idle_s)
+        if state == "offline":
+            offline = self._offline_timers.pop(user_id, None)
+            if offline is not None:
+                offline.cancel()
+        rooms = await self._members.joined_rooms(user_id)
+        self._notifier.wake(room_ids=rooms, user_ids=[user_id])
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def _arm_idle(self, user_id: str, delay_s: float) -> None:
+        self._idle_timers[user_id] = asyncio.get_running_loop().call_later(
+            max(delay_s, 0.01), self._idle_check, user_id)
+
+    def _idle_check(self, user_id: str) -> None:
+        self._idle_timers.pop(user_id, None)
+        presence = self._states.get(user_id)
+        if presence is None or presence.state != "online":
+            return
+        idle_for = (self._clock.time_ms() - presence.last_active_ts) / 1000
+        if idle_for < self._idle_s:
+            self._arm_idle(user_id, self._idle_s - idle_for)  # active meanwhile
+            return
+        self._spawn(self._change(user_id, "unavailable", presence.status_msg,
+                                 presence.last_active_ts))
+
+    def _arm_offline(self, user_id: str) -> None:
+        previous = self._offline_timers.pop(user_id, None)
+        if previous is not None:
+            previous.cancel()
+        self._offline_timers[user_id] = asyncio.get_running_loop().call_later(
+            self._offline_s, self._offline_check, user_id)
+
+    def _offline_check(self, user_id: str) -> None:
+        self._offline_timers.pop(user_id, None)
+        presence = self._states.get(user_id)
+        if self._connections.get(user_id) or presence is None or presence.state == "offline":
+            return
+        self._spawn(self._change(user_id, "offline", presence.status_msg,
+                                 presence.last_active_ts))
+
+    def _spawn(self, change: Any) -> None:
+        task = asyncio.get_running_loop().create_task(change)
+        task.add_done_callback(_log_failure)
+
+    # -- writing behind ---------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_wanted.wait()
+            await asyncio.sleep(_FLUSH_DELAY_S)  # gather a batch
+            self._flush_wanted.clear()
+            try:
+                await self._flush()
+            except Exception:
+                logger.exception("Writing presence failed; retrying with the next change")
+
+    async def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, {}
+        try:
+            await self._store.put_many([
+                PresenceRow(u, p.state, p.status_msg, p.last_active_ts, p.position)
+                for u, p in dirty.items()])
+        except Exception:
+            for user_id, presence in dirty.items():
+                self._dirty.setdefault(user_id, presence)
+            raise
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("Presence change failed", exc_info=task.exception())

@@ -1,0 +1,82 @@
+"""Who is typing in each room: in memory only, each change a position in the typing stream.
+
+Positions start at the clock's milliseconds at start-up, so they keep increasing across
+restarts and a client's token never points past what this process will count."""
+
+from __future__ import annotations
+
+import asyncio
+
+from homeserver.clock import Clock
+from homeserver.errors import Forbidden
+from homeserver.services.member_cache import MembershipCache
+from homeserver.services.notifier import Notifier
+
+DEFAULT_TIMEOUT_MS = 30_000
+MAX_TIMEOUT_MS = 120_000
+
+
+class TypingService:
+    def __init__(self, notifier: Notifier, members: MembershipCache, clock: Clock) -> None:
+        self._notifier = notifier
+        self._members = members
+        self._clock = clock
+        self._position = clock.time_ms()
+        self._start_position = self._position
+        # Room -> user -> the timer that ends their typing.
+        self._typing: dict[str, dict[str, asyncio.TimerHandle]] = {}
+        self._room_positions: dict[str, int] = {}
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    def typing_users(self, room_id: str) -> list[str]:
+        return sorted(self._typing.get(room_id, ()))
+
+    def room_changed_since(self, room_id: str, position: int) -> bool:
+        if position < self._start_position:
+            return room_id in self._typing
+        return self._room_positions.get(room_id, 0) > position
+
+    def rooms_changed_since(self, room_ids: list[str], position: int) -> set[str]:
+        return {r for r in room_ids if self.room_changed_since(r, position)}
+
+    async def set_typing(self, room_id: str, user_id: str, typing: bool,
+                         timeout_ms: int | None) -> None:
+        """Start (for ``timeout_ms``, capped) or stop ``user_id`` typing in the room."""
+        membership = (await self._members.memberships(user_id)).get(room_id)
+        if membership is None or membership[0] != "join":
+            raise Forbidden("You are not in this room")
+        users = self._typing.setdefault(room_id, {})
+        previous = users.pop(user_id, None)
+        if previous is not None:
+            previous.cancel()
+        if typing:
+            timeout = min(max(timeout_ms or DEFAULT_TIMEOUT_MS, 1), MAX_TIMEOUT_MS)
+            users[user_id] = asyncio.get_running_loop().call_later(
+                timeout / 1000, self._expire, room_id, user_id)
+        if not users:
+            del self._typing[room_id]
+        # A renewal (typing again while typing) changes nothing a client sees.
+        if (previous is None) if typing else (previous is not None):
+            self._changed(room_id)
+
+    def stop_all(self) -> None:
+        for users in self._typing.values():
+            for handle in users.values():
+                handle.cancel()
+        self._typing.clear()
+
+    def _expire(self, room_id: str, user_id: str) -> None:
+        users = self._typing.get(room_id)
+        if users is None or users.pop(user_id, None) is None:
+            return
+        if not users:
+            del self._typing[room_id]
+        self._changed(room_id)
+
+    def _changed(self, room_id: str) -> None:
+        self._position += 1
+        self._room_positions[room_id] = self._position
+        self._notifier.wake(room_ids=[room_id])

@@ -1,0 +1,58 @@
+"""Presence rows: the last known state of each user who ever had one (kept across
+restarts)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from storage.dialect import insert
+from storage.engine import DatabaseEngine
+from storage.ids import IdAllocator
+from storage.schema import presence
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceRow:
+    user_id: str
+    state: str
+    status_msg: str | None
+    last_active_ts: int
+    stream_id: int
+
+
+class PresenceStore:
+    def __init__(self, engine: DatabaseEngine) -> None:
+        self._db = engine
+        self._stream = IdAllocator(presence.c.stream_id)
+        self._ordered = asyncio.Lock()
+
+    async def load(self) -> None:
+        await self._stream.load(self._db)
+
+    @property
+    def position(self) -> int:
+        return self._stream.last
+
+    def next_position(self) -> int:
+        return self._stream.next()
+
+    async def all(self) -> list[PresenceRow]:
+        async with self._db.read() as conn:
+            rows = await conn.execute(select(presence))
+            return [PresenceRow(r.user_id, r.state, r.status_msg, r.last_active_ts,
+                                r.stream_id) for r in rows]
+
+    async def put_many(self, rows: list[PresenceRow]) -> None:
+        """Write the latest state of some users (positions already allocated, in order)."""
+        if not rows:
+            return
+        async with self._ordered, self._db.write() as conn:
+            for row in rows:
+                values = dict(state=row.state, status_msg=row.status_msg,
+                              last_active_ts=row.last_active_ts, stream_id=row.stream_id)
+                await conn.execute(
+                    insert(self._db.is_sqlite, presence).values(user_id=row.user_id, **values)
+                    .on_conflict_do_update(index_elements=["user_id"], set_=values))
