@@ -13,6 +13,7 @@ from client_api import (
     admin,
     devices,
     directory,
+    friends,
     login,
     membership,
     presence,
@@ -26,7 +27,7 @@ from client_api import (
 )
 
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
-            directory, account_data, sync, push_rules, presence, receipts)
+            directory, account_data, sync, push_rules, presence, receipts, friends)
 
 
 def add_client_routes(app: web.Application) -> None:

@@ -21,7 +21,7 @@ SPEC_VERSIONS = [
 # Our extensions (DESIGN.md). Each turns true when its issue lands.
 UNSTABLE_FEATURES = {
     "org.ktchat.sse": True,
-    "org.ktchat.friends": False,
+    "org.ktchat.friends": True,
     "org.ktchat.history": False,
 }
 

@@ -21,6 +21,7 @@ from homeserver.services.devices import DeviceService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.event_persister import EventPersister
 from homeserver.services.filters import FilterService
+from homeserver.services.friends import FriendsService
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
@@ -66,6 +67,7 @@ class Services:
     typing: TypingService
     receipts: ReceiptService
     presence: PresenceService
+    friends: FriendsService
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -132,6 +134,9 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     typing = TypingService(notifier, members, clock)
     receipts = ReceiptService(db.receipts, db.events, db.state, account_data, notifier, clock)
     presence = PresenceService(db.presence, notifier, members, clock, config.presence)
+    membership = MembershipService(persister, rooms, db.rooms, db.state, db.users,
+                                   config.server_name, limiter(rl.joins_per_user),
+                                   limiter(rl.invites_per_user))
     return Services(
         config=config,
         clock=clock,
@@ -146,9 +151,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         notifier=notifier,
         persister=persister,
         rooms=rooms,
-        membership=MembershipService(persister, rooms, db.rooms, db.state, db.users,
-                                     config.server_name, limiter(rl.joins_per_user),
-                                     limiter(rl.invites_per_user)),
+        membership=membership,
         messages=MessageService(db.events, db.state, visibility, serializer, db.rooms, clock),
         directory=DirectoryService(persister, db.rooms, db.state),
         account_data=account_data,
@@ -159,6 +162,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         typing=typing,
         receipts=receipts,
         presence=presence,
+        friends=FriendsService(rooms, membership, members, db.state, db.events, account_data,
+                               profiles, presence, config.server_name),
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
     )
