@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import bearer
@@ -149,3 +151,87 @@ async def test_a_forged_friendship_room_is_not_a_friendship(client: TestClient, 
                                                                  bob.user_id]}}})
     assert status == 200, body
     assert await requests_of(client, bob) == {"incoming": [], "outgoing": []}
+
+
+# -- friends and presence -------------------------------------------------------------------
+
+SYNC = "/_matrix/client/v3/sync"
+
+
+async def _sync(client: TestClient, user: User, since: str | None = None,
+                timeout_ms: int = 0) -> dict[str, Any]:
+    params = {"timeout": str(timeout_ms)}
+    if since:
+        params["since"] = since
+    resp = await client.get(SYNC, params=params, headers=bearer(user.token))
+    assert resp.status == 200
+    return dict(await resp.json())
+
+
+def _presence_of(body: dict[str, Any], user_id: str) -> dict[str, Any] | None:
+    found = [e["content"] for e in body["presence"]["events"] if e["sender"] == user_id]
+    return found[-1] if found else None
+
+
+async def _wait_presence(client: TestClient, watcher: User, since: str, user_id: str,
+                         state: str, within_s: float) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while asyncio.get_running_loop().time() < deadline:
+        body = await _sync(client, watcher, since, timeout_ms=1000)
+        since = body["next_batch"]
+        content = _presence_of(body, user_id)
+        if content is not None and content["presence"] == state:
+            return content
+    raise AssertionError(f"{user_id} did not become {state} within {within_s} s")
+
+
+@pytest.fixture
+def config_overrides() -> dict[str, Any]:
+    return {"presence": {"offline_timeout_ms": 600, "idle_timeout_ms": 60_000}}
+
+
+async def test_friends_see_each_others_presence_and_status(
+        client: TestClient, alice: User, bob: User, carol: User) -> None:
+    await befriend(client, alice, bob)
+    carol_since = (await _sync(client, carol))["next_batch"]
+    bob_since = (await _sync(client, bob))["next_batch"]
+    # Alice syncs (online) and sets a status message.
+    await _sync(client, alice)
+    status, body = await api(client, "PUT", f"/presence/{alice.user_id}/status", alice,
+                             {"presence": "online", "status_msg": "at lunch"}, spec=False)
+    assert status == 200, body
+    content = await _wait_presence(client, bob, bob_since, alice.user_id, "online", 5)
+    assert content["status_msg"] == "at lunch"
+    [entry] = await friends_of(client, bob)
+    assert (entry["user_id"], entry["presence"], entry["status_msg"]) == (
+        alice.user_id, "online", "at lunch")
+    assert isinstance(entry["last_active_ago"], int)
+
+    # Alice stops syncing: offline for bob within the configured time, in sync and the list.
+    bob_since = (await _sync(client, bob))["next_batch"]
+    await _wait_presence(client, bob, bob_since, alice.user_id, "offline", 5)
+    [entry] = await friends_of(client, bob)
+    assert entry["presence"] == "offline" and entry["status_msg"] == "at lunch"
+
+    # Carol shares no room with either: never sees their presence.
+    body = await _sync(client, carol, carol_since)
+    assert _presence_of(body, alice.user_id) is None
+    assert _presence_of(body, bob.user_id) is None
+    assert _presence_of(await _sync(client, carol), alice.user_id) is None
+    status, body = await api(client, "GET", f"/presence/{alice.user_id}/status", carol,
+                             spec=False)
+    assert_error(status, body, 403, "M_FORBIDDEN")
+
+
+async def test_a_removed_friend_no_longer_sees_presence(client: TestClient, alice: User,
+                                                        bob: User) -> None:
+    await befriend(client, alice, bob)
+    await _sync(client, alice)
+    status, _ = await api(client, "GET", f"/presence/{alice.user_id}/status", bob,
+                          spec=False)
+    assert status == 200
+    status, _ = await call(client, "DELETE", f"/friends/{quote(alice.user_id)}", bob)
+    assert status == 200
+    status, body = await api(client, "GET", f"/presence/{alice.user_id}/status", bob,
+                             spec=False)
+    assert_error(status, body, 403, "M_FORBIDDEN")
