@@ -274,3 +274,26 @@ async def test_sqlite_concurrent_writes_from_two_databases(tmp_path: Path) -> No
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_version_1_database_gains_receipts_and_presence(new_database: DbFactory
+                                                                ) -> None:
+    """The first shipped schema (version 1) is brought to today's: its data stays, the
+    receipt and presence tables appear and work."""
+    db = new_database()
+    await db.open()
+    await db.users.create_user("@alice:test.local", password_hash=None, created_ts=1)
+    async with db.engine.write() as conn:
+        await conn.execute(text("DROP TABLE receipts"))
+        await conn.execute(text("DROP TABLE presence"))
+        await conn.execute(update(schema.schema_version).values(version=1))
+    await db.close()
+    upgraded = new_database()
+    await upgraded.open()
+    assert await stamped_versions(upgraded) == [migrations.LATEST]
+    assert {"receipts", "presence"} <= await table_names(upgraded)
+    assert await upgraded.users.get_user("@alice:test.local") is not None
+    assert await upgraded.receipts.put("!r:test.local", "m.read", "@alice:test.local", "",
+                                       "$e", 5, 1) == 1
+    assert await upgraded.receipts.read_up_to("@alice:test.local", ["!r:test.local"]) == {
+        "!r:test.local": 5}
