@@ -157,7 +157,7 @@ class PresenceService:
         await self._change(user_id, state,
                            current.status_msg if status_msg is UNCHANGED and current else
                            (None if status_msg is UNCHANGED else status_msg), active)
-        if state == "online" and not self._connections.get(user_id):
+        if state != "offline" and not self._connections.get(user_id):
             self._arm_offline(user_id)  # online without a sync connection does not last
 
     async def user_active(self, user_id: str) -> None:
@@ -171,6 +171,8 @@ class PresenceService:
             self._dirty[user_id] = current
             return
         await self._change(user_id, "online", current.status_msg if current else None, now)
+        if not self._connections.get(user_id):
+            self._arm_offline(user_id)  # nor does activity without one
 
     @contextlib.asynccontextmanager
     async def syncing(self, user_id: str, set_presence: str | None) -> AsyncIterator[None]:
