@@ -66,13 +66,18 @@ class FriendsService:
         out: dict[str, Relation] = {}
         memberships = await self._members.memberships(user_id)
         mine = {r: e for r, (m, e) in memberships.items() if m in ("join", "invite")}
-        events = await self._events.get_events(mine.values())
-        for room_id, event_id in mine.items():
+        peers: dict[str, str] = {}
+        for room_id in mine:
             pair = await self._pair(room_id)
-            if pair is None or user_id not in pair:
-                continue
-            peer = pair[1] if pair[0] == user_id else pair[0]
-            theirs = await self._state.membership(room_id, peer)
+            if pair is not None and user_id in pair:
+                peers[room_id] = pair[1] if pair[0] == user_id else pair[0]
+        events = await self._events.get_events(mine[r] for r in peers)
+        # The peers' memberships as this server's copy of each room has them (a remote
+        # peer's too), in one query.
+        their = await self._state.memberships_of(list(peers.items()))
+        for room_id, peer in peers.items():
+            event_id = mine[room_id]
+            theirs = their.get((room_id, peer))
             my_membership = memberships[room_id][0]
             if my_membership == "join" and theirs and theirs[0] == "join":
                 status = FRIENDS

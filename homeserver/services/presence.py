@@ -127,12 +127,13 @@ class PresenceService:
         floor = self._start_position if len(self._recent) < _RECENT_CHANGES \
             else self._recent[0][0] - 1
         if position >= floor:
-            out: dict[str, None] = {}
-            for changed_at, user_id in self._recent:
-                if changed_at > position:
-                    out.pop(user_id, None)
-                    out[user_id] = None
-            return list(out)
+            # Newest first, back to `position`: the cost is the number of changes since.
+            newest_first: dict[str, None] = {}
+            for changed_at, user_id in reversed(self._recent):
+                if changed_at <= position:
+                    break
+                newest_first.setdefault(user_id, None)
+            return list(reversed(newest_first))
         return [u for u, p in sorted(self._states.items(), key=lambda i: i[1].position)
                 if p.position > position]
 

@@ -122,6 +122,8 @@ class SyncService:
         self._receipts = receipts
         self._presence = presence
         self._clock = clock
+        # Member event -> position of the join it continues (a profile change is a join event).
+        self.join_starts: OrderedDict[str, int] = OrderedDict()
         self._unread = UnreadCounter(sync_store)
         self.sent_members = SentMembers()
         # (user, device) -> when its last non-empty incremental response was built.
@@ -239,8 +241,8 @@ class _ResponseBuilder:
                   if m == "join" and self.filter.room_allowed(r)]
         rooms: dict[str, Any] = {"join": {}, "invite": {}, "leave": {}, "knock": {}}
         joins = await self.s._events.get_events([memberships[r][1] for r in joined])
-        self.joined_at = {r: joins[memberships[r][1]].stream_ordering or 0 for r in joined
-                          if memberships[r][1] in joins}
+        self.joined_at = await self._join_starts(
+            {r: joins[memberships[r][1]] for r in joined if memberships[r][1] in joins})
         self.display_names = {r: _display_name(joins.get(memberships[r][1])) for r in joined}
         rooms["join"] = await self._joined_rooms(joined, changes, account["rooms"])
         for room_id, (membership, event_id) in memberships.items():
@@ -429,8 +431,10 @@ class _ResponseBuilder:
             users = presence.known(
                 await self.s._store.co_members(self.user_id, joined) | {self.user_id})
         else:
+            mine = await self.s._members.joined_rooms(self.user_id)
             users = [u for u in presence.changed_since(self.since.presence)
-                     if await self.s._members.share_a_room(self.user_id, u)]
+                     if u == self.user_id
+                     or not mine.isdisjoint(await self.s._members.joined_rooms(u))]
             if self.initial_rooms:
                 seen = set(users)
                 users += [u for u in presence.known(await self.s._store.co_members(
@@ -464,6 +468,31 @@ class _ResponseBuilder:
                    await self.s._visibility.filter_for_user(self.user_id, before)}
         return [e for e in events if (e.stream_ordering or 0) >= joined_at
                 or e.event_id in allowed]
+
+    async def _join_starts(self, members: dict[str, StoredEvent]) -> dict[str, int]:
+        """Room -> position of the join that began the user's current membership: a new name
+        or avatar is a new join event, not a new join (it must not reset unread counts)."""
+        cache = self.s.join_starts
+        out = {r: cache[e.event_id] for r, e in members.items() if e.event_id in cache}
+        walking = {r: e for r, e in members.items() if r not in out}
+        while walking:
+            previous = await self.s._events.get_events(
+                e.replaces_state for e in walking.values() if e.replaces_state)
+            for room_id, event in list(walking.items()):
+                before = previous.get(event.replaces_state or "")
+                if before is not None and before.event_id in cache:
+                    start = cache[before.event_id]
+                elif before is not None and (before.pdu.get("content") or {}).get(
+                        "membership") == "join":
+                    walking[room_id] = before
+                    continue
+                else:
+                    start = event.stream_ordering or 0
+                out[room_id] = cache[members[room_id].event_id] = start
+                del walking[room_id]
+        while len(cache) > 200_000:
+            cache.popitem(last=False)
+        return out
 
     async def _was_joined_at_since(self, room_id: str) -> bool:
         assert self.since is not None

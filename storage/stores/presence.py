@@ -49,10 +49,11 @@ class PresenceStore:
         """Write the latest state of some users (positions already allocated, in order)."""
         if not rows:
             return
+        stmt = insert(self._db.is_sqlite, presence)
+        stmt = stmt.on_conflict_do_update(index_elements=["user_id"], set_={
+            c: stmt.excluded[c] for c in ("state", "status_msg", "last_active_ts",
+                                          "stream_id")})
         async with self._ordered, self._db.write() as conn:
-            for row in rows:
-                values = dict(state=row.state, status_msg=row.status_msg,
-                              last_active_ts=row.last_active_ts, stream_id=row.stream_id)
-                await conn.execute(
-                    insert(self._db.is_sqlite, presence).values(user_id=row.user_id, **values)
-                    .on_conflict_do_update(index_elements=["user_id"], set_=values))
+            await conn.execute(stmt, [
+                dict(user_id=r.user_id, state=r.state, status_msg=r.status_msg,
+                     last_active_ts=r.last_active_ts, stream_id=r.stream_id) for r in rows])

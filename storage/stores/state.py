@@ -206,6 +206,26 @@ class StateStore:
                 current_state.c.membership.in_(list(memberships)))))
             return [r[0] for r in rows]
 
+    async def memberships_of(self, pairs: Sequence[tuple[str, str]]
+                             ) -> dict[tuple[str, str], tuple[str, str]]:
+        """(room, user) -> the user's current ``(membership, event_id)`` there, for many pairs
+        in one query per chunk."""
+        out: dict[tuple[str, str], tuple[str, str]] = {}
+        wanted = set(pairs)
+        for i in range(0, len(pairs), 500):
+            chunk = pairs[i:i + 500]
+            async with self._db.read() as conn:
+                rows = await conn.execute(select(
+                    current_state.c.room_id, current_state.c.state_key,
+                    current_state.c.membership, current_state.c.event_id).where(and_(
+                        current_state.c.room_id.in_({r for r, _ in chunk}),
+                        current_state.c.type == "m.room.member",
+                        current_state.c.state_key.in_({u for _, u in chunk}))))
+                for row in rows:
+                    if (row.room_id, row.state_key) in wanted:
+                        out[(row.room_id, row.state_key)] = (row.membership, row.event_id)
+        return out
+
     async def membership(self, room_id: str, user_id: str) -> tuple[str, str] | None:
         """The user's current ``(membership, event_id)`` in the room, if any."""
         async with self._db.read() as conn:

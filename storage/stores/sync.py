@@ -16,6 +16,15 @@ from storage.schema import current_state, events
 _CHUNK = 500
 
 
+def _like_term(text: str) -> str:
+    """A LIKE pattern for ``text`` in lower-cased event JSON: encoded as the JSON encodes it
+    (quotes, backslashes), with any non-ASCII character a wildcard (SQLite's lower() changes
+    ASCII only); what it lets through, the caller checks exactly."""
+    encoded = json.dumps(text.lower(), ensure_ascii=False)[1:-1]
+    return "%" + "".join("_" if ord(c) > 127 else "\\" + c if c in "%_\\" else c
+                         for c in encoded) + "%"
+
+
 @dataclass(frozen=True, slots=True)
 class RoomSummary:
     joined: int
@@ -68,6 +77,8 @@ class SyncStore:
         """For each room, the IDs of its newest ``limit`` events in ``(after, up_to]``,
         oldest first."""
         out: dict[str, list[str]] = {r: [] for r in room_ids}
+        if not room_ids:
+            return out
         rank = func.row_number().over(partition_by=events.c.room_id,
                                       order_by=events.c.stream_ordering.desc()).label("rank")
         for i in range(0, len(room_ids), _CHUNK):
@@ -110,6 +121,8 @@ class SyncStore:
         members; only when there are none, those who left or were banned (the spec's rule).
         """
         out = {r: RoomSummary(0, 0, []) for r in room_ids}
+        if not room_ids:
+            return out
         member = current_state.c.type == "m.room.member"
         kind = case((current_state.c.membership == "join", 0),
                     (current_state.c.membership == "invite", 1), else_=2)
@@ -156,7 +169,8 @@ class SyncStore:
         out: dict[str, tuple[int, list[dict[str, Any]]]] = {}
         rooms = list(starts)
         localpart = user_id[1:].split(":", 1)[0]
-        terms = {t.lower() for t in (user_id, localpart, *names, "@room", '"room":true') if t}
+        terms = {_like_term(t) for t in (user_id, localpart, *names, "@room") if t}
+        terms.add('%"room":true%')
         for i in range(0, len(rooms), 100):
             chunk = rooms[i:i + 100]
             where = and_(
@@ -169,7 +183,7 @@ class SyncStore:
                 counts: dict[str, int] = dict((await conn.execute(
                     select(events.c.room_id, func.count()).where(where)
                     .group_by(events.c.room_id))).all())
-                mentioned = or_(*(func.lower(events.c.json).contains(t, autoescape=True)
+                mentioned = or_(*(func.lower(events.c.json).like(t, escape="\\")
                                   for t in terms))
                 rank = func.row_number().over(partition_by=events.c.room_id,
                                               order_by=events.c.stream_ordering.desc())
