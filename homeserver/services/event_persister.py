@@ -468,7 +468,9 @@ class EventPersister:
             self._notifier.on_new_events(
                 items[-1].stream_ordering, {i.room_id for i in items},
                 {i.state_key for i in items if i.type == "m.room.member" and i.state_key},
-                [(i.room_id, i.stream_ordering, i.event_id) for i in items])
+                [(i.room_id, i.stream_ordering, i.event_id) for i in items],
+                [(i.room_id, key) for i in items for type_, key, _, membership
+                 in i.current_state_delta if type_ == "m.room.member" and membership != "join"])
 
     def _forget_failed(self, items: list[PersistItem]) -> None:
         """The snapshots ran ahead of what is stored: forget them, so the next event in each

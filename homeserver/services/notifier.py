@@ -9,7 +9,7 @@ dictionaries.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from homeserver.services.recent_events import RecentRoomEvents
 
@@ -31,6 +31,8 @@ class Notifier:
         self._account_data_positions: dict[str, int] = {}
         self._any: set[asyncio.Future[None]] = set()
         self.recent = RecentRoomEvents()
+        # Called with (room, user) when a user stops being joined to a room (typing ends).
+        self.on_left: list[Callable[[str, str], None]] = []
 
     @property
     def position(self) -> int:
@@ -72,14 +74,18 @@ class Notifier:
 
     def on_new_events(self, position: int, room_ids: Iterable[str],
                       user_ids: Iterable[str] = (),
-                      events: Iterable[tuple[str, int, str]] = ()) -> None:
+                      events: Iterable[tuple[str, int, str]] = (),
+                      left: Iterable[tuple[str, str]] = ()) -> None:
         """Events up to ``position`` are committed; ``user_ids`` are the users member events
         among them are about; ``events`` are the new events as (room, stream ordering, event
-        ID), in stream order."""
+        ID), in stream order; ``left`` are the (room, user) memberships that ended."""
         if position > self._position:
             self._position = position
         for room_id, stream_ordering, event_id in events:
             self.recent.add(room_id, stream_ordering, event_id)
+        for room_id, user_id in left:
+            for listener in self.on_left:
+                listener(room_id, user_id)
         for room_id in room_ids:
             self._room_positions[room_id] = position
             self._wake(self._by_room.pop(room_id, ()))

@@ -26,6 +26,7 @@ class TypingService:
         # Room -> user -> the timer that ends their typing.
         self._typing: dict[str, dict[str, asyncio.TimerHandle]] = {}
         self._room_positions: dict[str, int] = {}
+        notifier.on_left.append(self._left)
 
     @property
     def position(self) -> int:
@@ -67,6 +68,13 @@ class TypingService:
             for handle in users.values():
                 handle.cancel()
         self._typing.clear()
+
+    def _left(self, room_id: str, user_id: str) -> None:
+        """Someone who left (or was kicked or banned) stops typing there."""
+        handle = self._typing.get(room_id, {}).get(user_id)
+        if handle is not None:
+            handle.cancel()
+            self._expire(room_id, user_id)
 
     def _expire(self, room_id: str, user_id: str) -> None:
         users = self._typing.get(room_id)

@@ -193,6 +193,18 @@ async def test_typing_wakes_a_long_poll_then_stops(client: TestClient, alice: Us
     assert typing_users(await sync(client, bob), room_id) is None
 
 
+async def test_leaving_ends_typing(client: TestClient, alice: User, bob: User) -> None:
+    """As Synapse: whoever leaves (or is kicked) stops typing at once, not at the timeout."""
+    room_id = await shared_room(client, alice, bob)
+    await typing_on(client, alice, room_id)
+    body = await sync(client, bob)
+    assert typing_users(body, room_id) == [alice.user_id]
+    status, data = await api(client, "POST", f"/rooms/{room_id}/leave", alice, {})
+    assert status == 200, data
+    body = await sync(client, bob, since=body["next_batch"])
+    assert typing_users(body, room_id) == []
+
+
 async def test_typing_times_out_on_its_own(client: TestClient, alice: User, bob: User) -> None:
     room_id = await shared_room(client, alice, bob)
     since = (await sync(client, bob))["next_batch"]
