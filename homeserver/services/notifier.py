@@ -20,6 +20,9 @@ class Notifier:
         self._account_data_position = 0
         self._by_room: dict[str, set[asyncio.Future[None]]] = {}
         self._by_user: dict[str, set[asyncio.Future[None]]] = {}
+        # Waiters that want the presence of the members of these rooms (whatever their room
+        # filter lets through).
+        self._by_presence_room: dict[str, set[asyncio.Future[None]]] = {}
         # Room -> stream position of its latest event, for rooms that changed since start-up.
         self._room_positions: dict[str, int] = {}
         self._start_position = 0
@@ -95,13 +98,17 @@ class Notifier:
         self._wake(self._any)
         self._any = set()
 
-    def wake(self, room_ids: Iterable[str] = (), user_ids: Iterable[str] = ()) -> None:
+    def wake(self, room_ids: Iterable[str] = (), user_ids: Iterable[str] = (),
+             presence_of_rooms: Iterable[str] = ()) -> None:
         """Something other than events changed (typing, receipts, presence): wake the
-        waiters of those rooms and users; the streams keep their own positions."""
+        waiters of those rooms, of those users, and those following the presence of those
+        rooms' members; the streams keep their own positions."""
         for room_id in room_ids:
             self._wake(self._by_room.pop(room_id, ()))
         for user_id in user_ids:
             self._wake(self._by_user.pop(user_id, ()))
+        for room_id in presence_of_rooms:
+            self._wake(self._by_presence_room.pop(room_id, ()))
 
     def on_account_data(self, user_id: str, position: int) -> None:
         if position > self._account_data_position:
@@ -128,21 +135,23 @@ class Notifier:
         finally:
             self._any.discard(future)
 
-    async def wait(self, user_id: str, room_ids: Iterable[str], wait_s: float) -> bool:
-        """Wait until something for ``user_id`` or one of ``room_ids`` happens, or
-        ``wait_s`` seconds pass; True if woken."""
+    async def wait(self, user_id: str, room_ids: Iterable[str], wait_s: float,
+                   presence_room_ids: Iterable[str] = ()) -> bool:
+        """Wait until something for ``user_id`` or one of ``room_ids`` happens (or the
+        presence of a member of ``presence_room_ids`` changes), or ``wait_s`` seconds pass;
+        True if woken."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        rooms = list(room_ids)
-        for room_id in rooms:
-            self._by_room.setdefault(room_id, set()).add(future)
-        self._by_user.setdefault(user_id, set()).add(future)
+        keys = [(r, self._by_room) for r in room_ids] + [(user_id, self._by_user)] + \
+            [(r, self._by_presence_room) for r in presence_room_ids]
+        for key, index in keys:
+            index.setdefault(key, set()).add(future)
         try:
             await asyncio.wait_for(asyncio.shield(future), wait_s)
             return True
         except TimeoutError:
             return False
         finally:
-            for key, index in [(r, self._by_room) for r in rooms] + [(user_id, self._by_user)]:
+            for key, index in keys:
                 waiters = index.get(key)
                 if waiters is not None:
                     waiters.discard(future)

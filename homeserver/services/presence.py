@@ -225,7 +225,7 @@ class PresenceService:
             if offline is not None:
                 offline.cancel()
         rooms = await self._members.joined_rooms(user_id)
-        self._notifier.wake(room_ids=rooms, user_ids=[user_id])
+        self._notifier.wake(presence_of_rooms=rooms, user_ids=[user_id])
 
     # -- timers -----------------------------------------------------------------------------
 

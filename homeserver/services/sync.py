@@ -149,8 +149,8 @@ class SyncService:
         now = self.current_token()
         if since_token is not None:
             since_token = since_token.at_most(now)
-        response, rooms = await self._build(user_id, device_id, since_token, now, full_state,
-                                            sync_filter)
+        response, rooms, presence_rooms = await self._build(
+            user_id, device_id, since_token, now, full_state, sync_filter)
         while since_token is not None and is_empty(response):
             # Wait for something new; what wakes us may turn out to be nothing for this
             # request (its filter), so wait again until the timeout. Something committed while
@@ -160,12 +160,12 @@ class SyncService:
             if remaining <= 0:
                 break
             if self.current_token() == now and \
-                    not await self._notifier.wait(user_id, rooms, remaining):
+                    not await self._notifier.wait(user_id, rooms, remaining, presence_rooms):
                 break
             await self._pace(device, deadline)
             now = self.current_token()
-            response, rooms = await self._build(user_id, device_id, since_token, now,
-                                                full_state, sync_filter)
+            response, rooms, presence_rooms = await self._build(
+                user_id, device_id, since_token, now, full_state, sync_filter)
         if since_token is not None and not is_empty(response):
             self._last_sent[device] = time.monotonic()
             self._last_sent.move_to_end(device)
@@ -187,7 +187,9 @@ class SyncService:
 
     async def _build(self, user_id: str, device_id: str | None, since: SyncToken | None,
                      now: SyncToken, full_state: bool, sync_filter: SyncFilter
-                     ) -> tuple[dict[str, Any], list[str]]:
+                     ) -> tuple[dict[str, Any], list[str], list[str]]:
+        """The response, the rooms whose events it follows, and the rooms whose members'
+        presence it follows (what a long poll waits on)."""
         builder = _ResponseBuilder(self, user_id, device_id, since, now, full_state,
                                    sync_filter)
         return await builder.build()
@@ -222,7 +224,7 @@ class _ResponseBuilder:
         # Joined rooms the client gets whole in this response (new to it).
         self.initial_rooms: set[str] = set()
 
-    async def build(self) -> tuple[dict[str, Any], list[str]]:
+    async def build(self) -> tuple[dict[str, Any], list[str], list[str]]:
         if self.since is None or self.full_state:
             # The client starts over: whatever it was sent before is gone with its cache.
             self.s.sent_members.reset(self.user_id, self.device_id)
@@ -269,7 +271,10 @@ class _ResponseBuilder:
             "device_one_time_keys_count": {},
             "device_unused_fallback_key_types": [],
         }
-        return response, joined
+        presence_rooms = [r for r, (m, _) in memberships.items() if m == "join"] \
+            if self.s._presence.enabled and self.filter.presence.allows_type("m.presence") \
+            else []
+        return response, joined, presence_rooms
 
     # -- account data ---------------------------------------------------------------------
 

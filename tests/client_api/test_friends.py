@@ -235,3 +235,26 @@ async def test_a_removed_friend_no_longer_sees_presence(client: TestClient, alic
     status, body = await api(client, "GET", f"/presence/{alice.user_id}/status", bob,
                              spec=False)
     assert_error(status, body, 403, "M_FORBIDDEN")
+
+
+async def test_presence_only_sync_is_woken_by_a_friend(client: TestClient, alice: User,
+                                                       bob: User) -> None:
+    """A sync that filters every room out still follows its friends' presence: a change
+    ends the long poll at once (not at its timeout)."""
+    await befriend(client, alice, bob)
+    no_rooms = '{"room": {"rooms": []}}'
+    resp = await client.get(SYNC, params={"filter": no_rooms}, headers=bearer(bob.token))
+    since = (await resp.json())["next_batch"]
+    started = asyncio.get_running_loop().time()
+    poll = asyncio.create_task(client.get(SYNC, params={
+        "filter": no_rooms, "since": since, "timeout": "20000"}, headers=bearer(bob.token)))
+    await asyncio.sleep(0.2)
+    status, _ = await api(client, "PUT", f"/presence/{alice.user_id}/status", alice,
+                          {"presence": "online", "status_msg": "here"}, spec=False)
+    assert status == 200
+    resp = await asyncio.wait_for(poll, 10)
+    body = await resp.json()
+    assert asyncio.get_running_loop().time() - started < 5
+    assert _presence_of(body, alice.user_id) == {
+        **(_presence_of(body, alice.user_id) or {}), "presence": "online", "status_msg": "here"}
+    assert body["rooms"]["join"] == {}
