@@ -6,10 +6,14 @@ the position it was read at (the notifier records those positions)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 
 from homeserver.services.notifier import Notifier
 from storage.stores.sync import SyncStore
+
+# (stream position read at, room -> (membership, member event ID), joined rooms)
+_Entry = tuple[int, dict[str, tuple[str, str]], frozenset[str]]
 
 
 class MembershipCache:
@@ -19,8 +23,9 @@ class MembershipCache:
         self._store = store
         self._notifier = notifier
         # User -> (position read at, memberships, joined rooms).
-        self._entries: OrderedDict[
-            str, tuple[int, dict[str, tuple[str, str]], frozenset[str]]] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        # Loads in flight: concurrent misses for one user share one query.
+        self._loading: dict[str, asyncio.Future[_Entry]] = {}
 
     async def memberships(self, user_id: str) -> dict[str, tuple[str, str]]:
         """Room -> (membership, member event ID) for every room the user has a member
@@ -36,15 +41,40 @@ class MembershipCache:
         return not (await self.joined_rooms(user_id)).isdisjoint(
             await self.joined_rooms(other_id))
 
-    async def _entry(self, user_id: str
-                     ) -> tuple[int, dict[str, tuple[str, str]], frozenset[str]]:
+    async def _entry(self, user_id: str) -> _Entry:
         cached = self._entries.get(user_id)
         if cached is not None and cached[0] >= self._notifier.membership_position(user_id):
             self._entries.move_to_end(user_id)
             return cached
-        at = self._notifier.position
-        found = await self._store.memberships(user_id)
-        entry = (at, found, frozenset(r for r, (m, _) in found.items() if m == "join"))
+        loading = self._loading.get(user_id)
+        if loading is not None:
+            try:
+                shared = await asyncio.shield(loading)
+            except asyncio.CancelledError:
+                if not loading.cancelled():
+                    raise  # we were cancelled, not the load
+            except Exception:  # noqa: S110 (the load failed: try again below)
+                pass
+            else:
+                if shared[0] >= self._notifier.membership_position(user_id):
+                    return shared
+        future: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
+        self._loading[user_id] = future
+        try:
+            at = self._notifier.position
+            found = await self._store.memberships(user_id)
+            entry = (at, found, frozenset(r for r, (m, _) in found.items() if m == "join"))
+            future.set_result(entry)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as e:
+            future.set_exception(e)
+            future.exception()  # marked retrieved: the waiters handle it
+            raise
+        finally:
+            if self._loading.get(user_id) is future:
+                del self._loading[user_id]
         self._entries[user_id] = entry
         self._entries.move_to_end(user_id)
         while len(self._entries) > self.SIZE:
