@@ -141,19 +141,23 @@ class Notifier:
         presence of a member of ``presence_room_ids`` changes), or ``wait_s`` seconds pass;
         True if woken."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        keys = [(r, self._by_room) for r in room_ids] + [(user_id, self._by_user)] + \
-            [(r, self._by_presence_room) for r in presence_room_ids]
-        for key, index in keys:
-            index.setdefault(key, set()).add(future)
+        # Plain lists of keys (not (key, index) pairs): an idle waiter of a user in many
+        # rooms stays a few bytes per room.
+        registered = [(list(room_ids), self._by_room), ([user_id], self._by_user),
+                      (list(presence_room_ids), self._by_presence_room)]
+        for keys, index in registered:
+            for key in keys:
+                index.setdefault(key, set()).add(future)
         try:
             await asyncio.wait_for(asyncio.shield(future), wait_s)
             return True
         except TimeoutError:
             return False
         finally:
-            for key, index in keys:
-                waiters = index.get(key)
-                if waiters is not None:
-                    waiters.discard(future)
-                    if not waiters:
-                        del index[key]
+            for keys, index in registered:
+                for key in keys:
+                    waiters = index.get(key)
+                    if waiters is not None:
+                        waiters.discard(future)
+                        if not waiters:
+                            del index[key]
