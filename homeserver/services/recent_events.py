@@ -63,5 +63,14 @@ class RecentRoomEvents:
         floor, events = entry
         if after < floor:
             return None
-        picked = [event_id for position, event_id in events if after < position <= up_to]
-        return picked[-limit:] if limit else []
+        if not limit:
+            return []
+        # Newest first, stopping at `after` or `limit`: the cost is what the client lacks.
+        picked: list[str] = []
+        for position, event_id in reversed(events):
+            if position <= after or len(picked) == limit:
+                break
+            if position <= up_to:
+                picked.append(event_id)
+        picked.reverse()
+        return picked

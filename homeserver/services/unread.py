@@ -41,11 +41,14 @@ def highlights(pdu: dict[str, Any], user_id: str, display_name: str | None) -> b
     body = content.get("body")
     if not isinstance(body, str):
         return False
-    localpart = user_id[1:].split(":", 1)[0]
-    names = [n for n in (display_name, localpart) if n]
-    if any(re.search(rf"(^|\W){re.escape(n)}(\W|$)", body, re.IGNORECASE) for n in names):
+    if "@room" in body:
         return True
-    return "@room" in body
+    lowered = body.lower()
+    localpart = user_id[1:].split(":", 1)[0]
+    # The substring test first: most messages mention nobody, and it is cheap.
+    return any(n.lower() in lowered and
+               re.search(rf"(^|\W){re.escape(n)}(\W|$)", body, re.IGNORECASE)
+               for n in (display_name, localpart) if n)
 
 
 @dataclass(frozen=True, slots=True)
