@@ -9,7 +9,6 @@ from homeserver.errors import InvalidParam, NotFound, NotJson
 from homeserver.services.filtering import SyncFilter
 from storage.stores.filters import FilterStore
 
-
 _INLINE_CACHE = 1_000
 _UPLOADED_CACHE = 10_000
 
