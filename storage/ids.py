@@ -7,6 +7,8 @@ writing is sharded across workers, each shard gets its own allocator range.
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy import Column, func, select
 
 from storage.engine import DatabaseEngine
@@ -29,3 +31,21 @@ class IdAllocator:
     @property
     def last(self) -> int:
         return self._last
+
+
+class StreamStore:
+    """Base of the stores that number their changes in a stream a sync reads "after N" of
+    (account data, receipts, presence): positions are allocated in process and must commit
+    in order — SQLite's single writer gives that already, PostgreSQL needs ``_ordered``."""
+
+    def __init__(self, engine: DatabaseEngine, column: Column[int]) -> None:
+        self._db = engine
+        self._stream = IdAllocator(column)
+        self._ordered = asyncio.Lock()
+
+    async def load(self) -> None:
+        await self._stream.load(self._db)
+
+    @property
+    def position(self) -> int:
+        return self._stream.last

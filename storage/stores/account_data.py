@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -10,26 +9,15 @@ from sqlalchemy import and_, select
 
 from storage.dialect import insert
 from storage.engine import DatabaseEngine
-from storage.ids import IdAllocator
+from storage.ids import StreamStore
 from storage.schema import account_data
 
 GLOBAL = ""
 
 
-class AccountDataStore:
+class AccountDataStore(StreamStore):
     def __init__(self, engine: DatabaseEngine) -> None:
-        self._db = engine
-        self._stream = IdAllocator(account_data.c.stream_id)
-        # Positions must commit in order (a sync reads "everything after N"); SQLite's single
-        # writer gives that already, PostgreSQL needs this.
-        self._ordered = asyncio.Lock()
-
-    async def load(self) -> None:
-        await self._stream.load(self._db)
-
-    @property
-    def position(self) -> int:
-        return self._stream.last
+        super().__init__(engine, account_data.c.stream_id)
 
     async def put(self, user_id: str, room_id: str, type_: str, content: dict[str, Any]) -> int:
         """Set one entry; returns its position in the account data stream."""

@@ -3,14 +3,13 @@ restarts)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from sqlalchemy import select
 
 from storage.dialect import insert
 from storage.engine import DatabaseEngine
-from storage.ids import IdAllocator
+from storage.ids import StreamStore
 from storage.schema import presence
 
 
@@ -23,21 +22,9 @@ class PresenceRow:
     stream_id: int
 
 
-class PresenceStore:
+class PresenceStore(StreamStore):
     def __init__(self, engine: DatabaseEngine) -> None:
-        self._db = engine
-        self._stream = IdAllocator(presence.c.stream_id)
-        self._ordered = asyncio.Lock()
-
-    async def load(self) -> None:
-        await self._stream.load(self._db)
-
-    @property
-    def position(self) -> int:
-        return self._stream.last
-
-    def next_position(self) -> int:
-        return self._stream.next()
+        super().__init__(engine, presence.c.stream_id)
 
     async def all(self) -> list[PresenceRow]:
         async with self._db.read() as conn:

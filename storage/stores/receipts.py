@@ -3,7 +3,6 @@ stream that /sync reads after."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,7 +10,7 @@ from sqlalchemy import and_, select
 
 from storage.dialect import insert
 from storage.engine import DatabaseEngine
-from storage.ids import IdAllocator
+from storage.ids import StreamStore
 from storage.schema import receipts
 
 _CHUNK = 500
@@ -29,19 +28,9 @@ class Receipt:
     stream_id: int
 
 
-class ReceiptStore:
+class ReceiptStore(StreamStore):
     def __init__(self, engine: DatabaseEngine) -> None:
-        self._db = engine
-        self._stream = IdAllocator(receipts.c.stream_id)
-        # Positions commit in order (a sync reads "everything after N").
-        self._ordered = asyncio.Lock()
-
-    async def load(self) -> None:
-        await self._stream.load(self._db)
-
-    @property
-    def position(self) -> int:
-        return self._stream.last
+        super().__init__(engine, receipts.c.stream_id)
 
     async def put(self, room_id: str, receipt_type: str, user_id: str, thread_id: str,
                   event_id: str, event_stream_ordering: int, ts: int) -> int | None:
