@@ -7,22 +7,13 @@ from aiohttp import web
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from client_api.models import PresenceBody, parse_body
+from client_api.profile import _user_id
 from homeserver.appkeys import SERVICES
-from homeserver.errors import Forbidden, InvalidParam
+from homeserver.errors import Forbidden
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.presence import UNCHANGED
-from homeserver.types import parse_user_id
 
 routes = ClientRoutes()
-
-
-def _user_id(request: web.Request) -> str:
-    user_id = request.match_info["user_id"]
-    try:
-        parse_user_id(user_id)
-    except ValueError:
-        raise InvalidParam("Invalid user ID") from None
-    return user_id
 
 
 @routes.put("/presence/{user_id}/status")
