@@ -91,6 +91,10 @@ ROOM_ENDPOINTS = [
     ("POST", "/user/{userId}/filter"),
     ("PUT", "/user/{userId}/account_data/{type}"),
     ("PUT", "/user/{userId}/rooms/{roomId}/tags/{tag}"),
+    ("PUT", "/rooms/{roomId}/typing/{userId}"),
+    ("POST", "/rooms/{roomId}/receipt/{receiptType}/{eventId}"),
+    ("POST", "/rooms/{roomId}/read_markers"),
+    ("PUT", "/presence/{userId}/status"),
 ]
 
 
@@ -113,7 +117,9 @@ async def test_random_room_bodies_get_matrix_errors_never_500(
                 .replace("{eventId}", event_id).replace("{roomIdOrAlias}", room_id)
                 .replace("{roomAlias}", f"%23fuzz{i}:test.local")
                 .replace("{userId}", alice["user_id"]).replace("{type}", "org.example.fuzz")
-                .replace("{tag}", "u.fuzz"))
+                .replace("{tag}", "u.fuzz")
+                .replace("{receiptType}", rng.choice(["m.read", "m.read.private",
+                                                      "m.fully_read", "m.bogus"])))
         body = _body(rng, properties or ["msgtype", "body", "user_id", "reason", "room_id"])
         resp = await client.request(method, f"/_matrix/client/v3{path}",
                                     data=json.dumps(body), headers=headers)
@@ -157,6 +163,9 @@ BAD_QUERIES = [
     "/publicRooms?since=garbage",
     "/profile/not-a-user",
     "/directory/room/not-an-alias",
+    "/sync?set_presence=busy",
+    "/presence/not-a-user/status",
+    "/presence/@nobody:test.local/status",
 ]
 
 
