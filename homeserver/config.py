@@ -7,6 +7,7 @@ per problem naming its key, so an operator fixes them all in one go.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,9 @@ class HomeserverConfig:
     presence: PresenceConfig = PresenceConfig()
     logging: LoggingConfig = LoggingConfig()
     config_dir: Path = field(default=Path("."))
+    # Milliseconds a redacted event's content is kept before it is erased from storage
+    # (None: never; 0: at once). Synapse's key, with its duration syntax in the file.
+    redaction_retention_period: int | None = 7 * 86_400_000
 
 
 class _Reader:
@@ -221,6 +225,28 @@ def _networks(
         except ValueError:
             reader.problem(f"{name}[{i}]", f"not an IP range: {value!r}")
     return tuple(out)
+
+
+_DURATION_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
+                   "w": 604_800_000, "y": 31_536_000_000}
+
+
+def _duration_ms(reader: _Reader, name: str, default: int | None) -> int | None:
+    """A duration as Synapse writes them: milliseconds, or a number with a unit (``500ms``,
+    ``30s``, ``5m``, ``1h``, ``7d``, ``1w``, ``1y``); null means never."""
+    if name not in reader._data:
+        return default
+    value = reader._data[name]
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h|d|w|y)\s*", value)
+        if match:
+            return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    reader.problem(name, "must be a duration such as 7d, 12h, 30s or milliseconds, or null")
+    return default
 
 
 def _rate_limit(reader: _Reader, name: str, default: RateLimit) -> RateLimit:
@@ -389,10 +415,12 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         log_r.problem("level", f"must be one of {', '.join(LOG_LEVELS)}")
         level = "INFO"
 
+    redaction_retention = _duration_ms(r, "redaction_retention_period", 7 * 86_400_000)
+
     known = {
         "server_name", "public_baseurl", "listeners", "tls", "signing_key_path", "database",
         "registration", "federation", "rate_limits", "auth", "http", "media", "presence",
-        "logging",
+        "logging", "redaction_retention_period",
     }
     for key in r.unknown_keys(known):
         r.problem(key, "unknown key")
@@ -415,6 +443,7 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         presence=presence,
         logging=LoggingConfig(level),
         config_dir=config_dir,
+        redaction_retention_period=redaction_retention,
     )
 
 

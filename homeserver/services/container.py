@@ -17,6 +17,7 @@ from homeserver.ratelimit import RateLimiter
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.accounts import AccountService
 from homeserver.services.auth import AuthService
+from homeserver.services.censor import RedactionCensor
 from homeserver.services.devices import DeviceService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.event_persister import EventPersister
@@ -68,6 +69,7 @@ class Services:
     receipts: ReceiptService
     presence: PresenceService
     friends: FriendsService
+    censor: RedactionCensor
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -88,6 +90,7 @@ class Services:
                 await task
         self._tasks.clear()
         self.typing.stop_all()
+        await self.censor.stop()
         await self.presence.stop()
         await self.persister.stop()
         await self.auth.flush_last_seen()
@@ -99,6 +102,7 @@ class Services:
             await self.clock.sleep(_HOUSEKEEPING_INTERVAL_S)
             try:
                 await self.auth.flush_last_seen()
+                await self.censor.run()
                 await self.db.ui_auth.delete_expired(
                     self.clock.time_ms() - self.config.auth.ui_auth_session_timeout_ms)
             except Exception:
@@ -164,6 +168,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         presence=presence,
         friends=FriendsService(rooms, membership, members, db.state, db.events, account_data,
                                profiles, presence, config.server_name),
+        censor=RedactionCensor(db.events, serializer, notifier, clock,
+                               config.redaction_retention_period),
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
     )

@@ -470,7 +470,8 @@ class EventPersister:
                 {i.state_key for i in items if i.type == "m.room.member" and i.state_key},
                 [(i.room_id, i.stream_ordering, i.event_id) for i in items],
                 [(i.room_id, key) for i in items for type_, key, _, membership
-                 in i.current_state_delta if type_ == "m.room.member" and membership != "join"])
+                 in i.current_state_delta if type_ == "m.room.member" and membership != "join"],
+                [i.redacts for i in items if i.redacts is not None])
 
     def _forget_failed(self, items: list[PersistItem]) -> None:
         """The snapshots ran ahead of what is stored: forget them, so the next event in each

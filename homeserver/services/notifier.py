@@ -36,6 +36,8 @@ class Notifier:
         self.recent = RecentRoomEvents()
         # Called with (room, user) when a user stops being joined to a room (typing ends).
         self.on_left: list[Callable[[str, str], None]] = []
+        # Called with the IDs of events that new redactions redact.
+        self.on_redacted: list[Callable[[list[str]], None]] = []
 
     @property
     def position(self) -> int:
@@ -78,10 +80,12 @@ class Notifier:
     def on_new_events(self, position: int, room_ids: Iterable[str],
                       user_ids: Iterable[str] = (),
                       events: Iterable[tuple[str, int, str]] = (),
-                      left: Iterable[tuple[str, str]] = ()) -> None:
+                      left: Iterable[tuple[str, str]] = (),
+                      redacted: list[str] | None = None) -> None:
         """Events up to ``position`` are committed; ``user_ids`` are the users member events
         among them are about; ``events`` are the new events as (room, stream ordering, event
-        ID), in stream order; ``left`` are the (room, user) memberships that ended."""
+        ID), in stream order; ``left`` are the (room, user) memberships that ended;
+        ``redacted`` the events that redactions among them redact."""
         if position > self._position:
             self._position = position
         for room_id, stream_ordering, event_id in events:
@@ -89,6 +93,9 @@ class Notifier:
         for room_id, user_id in left:
             for listener in self.on_left:
                 listener(room_id, user_id)
+        if redacted:
+            for on_redacted in self.on_redacted:
+                on_redacted(redacted)
         for room_id in room_ids:
             self._room_positions[room_id] = position
             self._wake(self._by_room.pop(room_id, ()))

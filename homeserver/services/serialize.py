@@ -28,6 +28,11 @@ class EventSerializer:
         self._events = events
         self._bodies: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
+    def forget(self, event_ids: Iterable[str]) -> None:
+        """Drop what was built for events whose stored form changed."""
+        for event_id in event_ids:
+            self._bodies.pop(event_id, None)
+
     async def serialize(self, stored: Sequence[StoredEvent], *, requester_device: str | None,
                         requester_user: str | None, now: int) -> list[dict[str, Any]]:
         """Client format for each event: redacted if redacted, with ``unsigned`` filled in."""

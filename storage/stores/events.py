@@ -250,6 +250,36 @@ class EventStore:
             self._remember(e for e in loaded if e.stream_ordering is not None)
         return out
 
+    async def redactions_due(self, received_before: int, limit: int = 200
+                             ) -> list[tuple[str, str, str]]:
+        """``(event ID, JSON, room version)`` of stored events redacted by a redaction
+        received before ``received_before`` whose content is not erased yet."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(events.c.event_id, events.c.json, rooms.c.room_version).distinct()
+                .select_from(redactions.join(events, events.c.event_id == redactions.c.redacts)
+                             .join(rooms, rooms.c.room_id == events.c.room_id))
+                .where(and_(redactions.c.censored.is_(False),
+                            redactions.c.received_ts < received_before))
+                .limit(limit))
+            return [(r.event_id, r.json, r.room_version) for r in rows]
+
+    async def erase_redacted(self, pruned: dict[str, str]) -> None:
+        """Replace redacted events' stored JSON with their pruned form (event ID -> JSON)
+        and mark their redactions done."""
+        if not pruned:
+            return
+
+        def erase(conn: Connection) -> None:
+            conn.execute(update(events).where(events.c.event_id == bindparam("e"))
+                         .values(json=bindparam("j")),
+                         [{"e": e, "j": j} for e, j in pruned.items()])
+            conn.execute(update(redactions).where(redactions.c.redacts.in_(list(pruned)))
+                         .values(censored=True))
+
+        await self._db.run_write(erase)
+        self.forget_cached(pruned)
+
     async def get_event(self, event_id: str) -> StoredEvent | None:
         return (await self.get_events([event_id])).get(event_id)
 
