@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 
+from homeserver.services.changes import ChangeLog
 from homeserver.services.recent_events import RecentRoomEvents
 
 
@@ -23,15 +24,11 @@ class Notifier:
         # Waiters that want the presence of the members of these rooms (whatever their room
         # filter lets through).
         self._by_presence_room: dict[str, set[asyncio.Future[None]]] = {}
-        # Room -> stream position of its latest event, for rooms that changed since start-up.
-        self._room_positions: dict[str, int] = {}
-        self._start_position = 0
-        self._start_account_data_position = 0
-        # User -> stream position of the latest member event about them / account data
-        # position of their latest change, since start-up: lets a sync skip the queries
-        # whose answer cannot have changed.
-        self._membership_positions: dict[str, int] = {}
-        self._account_data_positions: dict[str, int] = {}
+        # Since start-up: each room's latest event, the latest member event about each user
+        # (event stream positions) and each user's latest account data change.
+        self._rooms = ChangeLog()
+        self._memberships = ChangeLog()
+        self._account_data = ChangeLog()
         self._any: set[asyncio.Future[None]] = set()
         self.recent = RecentRoomEvents()
         # Called with (room, user) when a user stops being joined to a room (typing ends).
@@ -49,33 +46,30 @@ class Notifier:
         return self._account_data_position
 
     def set_initial_position(self, position: int) -> None:
-        self._position = self._start_position = position
+        self._position = position
+        self._rooms.reset(position)
+        self._memberships.reset(position)
         self.recent.reset(position)
 
     def set_initial_account_data_position(self, position: int) -> None:
-        self._account_data_position = self._start_account_data_position = position
+        self._account_data_position = position
+        self._account_data.reset(position)
 
     def room_changed_since(self, room_id: str, position: int) -> bool:
         """Whether the room may have events after ``position`` (exact for events since
         start-up; before that, conservatively true)."""
-        if position < self._start_position:
-            return True
-        return self._room_positions.get(room_id, 0) > position
+        return self._rooms.changed_since(room_id, position)
 
     def membership_changed_since(self, user_id: str, position: int) -> bool:
         """Whether a member event about the user may have come after ``position``."""
-        if position < self._start_position:
-            return True
-        return self._membership_positions.get(user_id, 0) > position
+        return self._memberships.changed_since(user_id, position)
 
     def membership_position(self, user_id: str) -> int:
         """Stream position of the latest member event about the user since start-up."""
-        return self._membership_positions.get(user_id, self._start_position)
+        return self._memberships.last(user_id)
 
     def account_data_changed_since(self, user_id: str, position: int) -> bool:
-        if position < self._start_account_data_position:
-            return True
-        return self._account_data_positions.get(user_id, 0) > position
+        return self._account_data.changed_since(user_id, position)
 
     def on_new_events(self, position: int, room_ids: Iterable[str],
                       user_ids: Iterable[str] = (),
@@ -97,10 +91,10 @@ class Notifier:
             for on_redacted in self.on_redacted:
                 on_redacted(redacted)
         for room_id in room_ids:
-            self._room_positions[room_id] = position
+            self._rooms.mark(room_id, position)
             self._wake(self._by_room.pop(room_id, ()))
         for user_id in user_ids:
-            self._membership_positions[user_id] = position
+            self._memberships.mark(user_id, position)
             self._wake(self._by_user.pop(user_id, ()))
         self._wake(self._any)
         self._any = set()
@@ -120,8 +114,7 @@ class Notifier:
     def on_account_data(self, user_id: str, position: int) -> None:
         if position > self._account_data_position:
             self._account_data_position = position
-        self._account_data_positions[user_id] = max(
-            position, self._account_data_positions.get(user_id, 0))
+        self._account_data.mark(user_id, position)
         self._wake(self._by_user.pop(user_id, ()))
 
     @staticmethod

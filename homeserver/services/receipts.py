@@ -16,6 +16,7 @@ from typing import Any
 from homeserver.clock import Clock
 from homeserver.errors import Forbidden, InvalidParam, NotFound
 from homeserver.services.account_data import AccountDataService
+from homeserver.services.changes import ChangeLog
 from homeserver.services.notifier import Notifier
 from storage.stores.events import EventStore
 from storage.stores.receipts import Receipt, ReceiptStore
@@ -36,17 +37,16 @@ class ReceiptService:
         self._account_data = account_data
         self._notifier = notifier
         self._clock = clock
-        self._start_position = 0
-        # Room -> position of its latest public receipt / user -> of their latest private one,
-        # since start-up.
-        self._room_positions: dict[str, int] = {}
-        self._private_positions: dict[str, int] = {}
+        # Since start-up: each room's latest public receipt, each user's latest private one.
+        self._rooms = ChangeLog()
+        self._private = ChangeLog()
         # User -> room -> stream ordering of the latest event they have read (unread counts).
         self._read: OrderedDict[str, dict[str, int]] = OrderedDict()
-        self._known_rooms: dict[str, set[str]] = {}  # the rooms `_read` was loaded for
+        self._writes = 0
 
     def start(self) -> None:
-        self._start_position = self._store.position
+        self._rooms.reset(self._store.position)
+        self._private.reset(self._store.position)
 
     @property
     def position(self) -> int:
@@ -55,10 +55,9 @@ class ReceiptService:
     def rooms_changed_since(self, user_id: str, room_ids: Sequence[str], position: int
                             ) -> set[str]:
         """Which rooms may have receipts this user can see after ``position``."""
-        if position < self._start_position or \
-                self._private_positions.get(user_id, 0) > position:
+        if self._private.changed_since(user_id, position):
             return set(room_ids)
-        return {r for r in room_ids if self._room_positions.get(r, 0) > position}
+        return {r for r in room_ids if self._rooms.changed_since(r, position)}
 
     async def receipt(self, user_id: str, room_id: str, receipt_type: str, event_id: str,
                       thread_id: str | None) -> None:
@@ -101,34 +100,32 @@ class ReceiptService:
                                          event_position, self._clock.time_ms())
         if position is None:
             return  # not newer than the receipt already there
+        self._writes += 1
         if receipt_type in READ_TYPES and thread_id in ("", "main"):
             read = self._read.get(user_id)
             if read is not None:
                 read[room_id] = max(read.get(room_id, 0), event_position)
         if receipt_type == "m.read.private":
-            self._private_positions[user_id] = position
+            self._private.mark(user_id, position)
             self._notifier.wake(user_ids=[user_id])
         else:
-            self._room_positions[room_id] = position
+            self._rooms.mark(room_id, position)
             self._notifier.wake(room_ids=[room_id])
 
     async def read_positions(self, user_id: str, room_ids: Sequence[str]) -> dict[str, int]:
         """Room -> stream ordering of the latest event the user has read there."""
         read = self._read.get(user_id)
         if read is None:
-            read = await self._store.read_up_to(user_id, room_ids)
-            self._read[user_id] = read
-            known = set(room_ids)
-            self._known_rooms[user_id] = known
-            while len(self._read) > self.READ_POSITION_USERS:
-                dropped, _ = self._read.popitem(last=False)
-                self._known_rooms.pop(dropped, None)
-        elif not self._known_rooms.get(user_id, set()).issuperset(room_ids):
-            missing = [r for r in room_ids if r not in self._known_rooms[user_id]]
-            for room_id, position in (await self._store.read_up_to(user_id, missing)).items():
-                read[room_id] = max(read.get(room_id, 0), position)
-            self._known_rooms[user_id].update(missing)
-        self._read.move_to_end(user_id)
+            # All the user's rooms at once (one query); `_put` keeps it current. A load that
+            # overlapped a receipt's write may have missed it: used, but not kept.
+            writes = self._writes
+            read = await self._store.read_up_to(user_id)
+            if writes == self._writes:
+                self._read[user_id] = read
+                while len(self._read) > self.READ_POSITION_USERS:
+                    self._read.popitem(last=False)
+        else:
+            self._read.move_to_end(user_id)
         return {r: read[r] for r in room_ids if r in read}
 
     async def ephemeral(self, user_id: str, room_ids: Sequence[str], after: int, up_to: int

@@ -9,6 +9,7 @@ import asyncio
 
 from homeserver.clock import Clock
 from homeserver.errors import Forbidden
+from homeserver.services.changes import ChangeLog
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
 
@@ -22,10 +23,9 @@ class TypingService:
         self._members = members
         self._clock = clock
         self._position = clock.time_ms()
-        self._start_position = self._position
         # Room -> user -> the timer that ends their typing.
         self._typing: dict[str, dict[str, asyncio.TimerHandle]] = {}
-        self._room_positions: dict[str, int] = {}
+        self._changes = ChangeLog(self._position)
         notifier.on_left.append(self._left)
 
     @property
@@ -36,9 +36,9 @@ class TypingService:
         return sorted(self._typing.get(room_id, ()))
 
     def room_changed_since(self, room_id: str, position: int) -> bool:
-        if position < self._start_position:
-            return room_id in self._typing
-        return self._room_positions.get(room_id, 0) > position
+        if position < self._changes.start:
+            return room_id in self._typing  # only rooms where someone types now matter
+        return self._changes.changed_since(room_id, position)
 
     def rooms_changed_since(self, room_ids: list[str], position: int) -> set[str]:
         return {r for r in room_ids if self.room_changed_since(r, position)}
@@ -86,5 +86,5 @@ class TypingService:
 
     def _changed(self, room_id: str) -> None:
         self._position += 1
-        self._room_positions[room_id] = self._position
+        self._changes.mark(room_id, self._position)
         self._notifier.wake(room_ids=[room_id])
