@@ -71,18 +71,19 @@ class ReceiptStore(StreamStore):
                            for r in rows)
         return out
 
-    async def read_up_to(self, user_id: str, room_ids: Sequence[str]) -> dict[str, int]:
+    async def read_up_to(self, user_id: str, room_ids: Sequence[str] | None = None
+                         ) -> dict[str, int]:
         """Room -> stream ordering of the latest event the user has read there (public or
-        private receipt, any thread counted as the room's; unthreaded clients are the rule)."""
+        private receipt, any thread counted as the room's; unthreaded clients are the rule),
+        in every room they have read in or only in ``room_ids``."""
+        query = select(receipts.c.room_id, receipts.c.event_stream_ordering).where(and_(
+            receipts.c.user_id == user_id,
+            receipts.c.receipt_type.in_(("m.read", "m.read.private")),
+            receipts.c.thread_id.in_(("", "main"))))
+        if room_ids is not None:
+            query = query.where(receipts.c.room_id.in_(list(room_ids)))
         out: dict[str, int] = {}
-        for i in range(0, len(room_ids), _CHUNK):
-            async with self._db.read() as conn:
-                rows = await conn.execute(
-                    select(receipts.c.room_id, receipts.c.event_stream_ordering).where(and_(
-                        receipts.c.user_id == user_id,
-                        receipts.c.room_id.in_(list(room_ids[i:i + _CHUNK])),
-                        receipts.c.receipt_type.in_(("m.read", "m.read.private")),
-                        receipts.c.thread_id.in_(("", "main")))))
-                for room_id, position in rows:
-                    out[room_id] = max(out.get(room_id, 0), int(position))
+        async with self._db.read() as conn:
+            for room_id, position in await conn.execute(query):
+                out[room_id] = max(out.get(room_id, 0), int(position))
         return out
