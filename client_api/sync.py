@@ -10,6 +10,7 @@ from client_api.auth import require_requester
 from homeserver.appkeys import SERVICES
 from homeserver.errors import Forbidden, InvalidParam
 from homeserver.http.json import encode_json, json_response, read_json_object
+from homeserver.services.auth import Requester
 from homeserver.services.filtering import SyncFilter
 from homeserver.services.sync import is_empty
 
@@ -64,13 +65,12 @@ async def get_sse_sync(request: web.Request) -> web.StreamResponse:
     full_state = _full_state(request)
     since = request.headers.get("Last-Event-ID") or request.query.get("since")
     async with services.presence.syncing(requester.user_id, request.query.get("set_presence")):
-        return await _stream(request, since, full_state, sync_filter)
+        return await _stream(request, requester, since, full_state, sync_filter)
 
 
-async def _stream(request: web.Request, since: str | None, full_state: bool,
-                  sync_filter: SyncFilter) -> web.StreamResponse:
+async def _stream(request: web.Request, requester: Requester, since: str | None,
+                  full_state: bool, sync_filter: SyncFilter) -> web.StreamResponse:
     services = request.app[SERVICES]
-    requester = await require_requester(request)
     first = await services.sync.sync(requester.user_id, requester.device_id, since=since,
                                      timeout_ms=0, full_state=full_state,
                                      sync_filter=sync_filter)

@@ -129,9 +129,6 @@ class SyncService:
         # (user, device) -> when its last non-empty incremental response was built.
         self._last_sent: OrderedDict[tuple[str, str | None], float] = OrderedDict()
 
-    async def memberships(self, user_id: str) -> dict[str, tuple[str, str]]:
-        return await self._members.memberships(user_id)
-
     def current_token(self) -> SyncToken:
         return SyncToken(self._notifier.position, self._notifier.account_data_position,
                          self._receipts.position, self._presence.position,
@@ -228,7 +225,7 @@ class _ResponseBuilder:
         if self.since is None or self.full_state:
             # The client starts over: whatever it was sent before is gone with its cache.
             self.s.sent_members.reset(self.user_id, self.device_id)
-        memberships = await self.s.memberships(self.user_id)
+        memberships = await self.s._members.memberships(self.user_id)
         changes: list[MembershipChange] = []
         if self.since is not None and self.s._notifier.membership_changed_since(
                 self.user_id, self.since.events):

@@ -807,7 +807,7 @@ async def test_long_poll_does_not_miss_event_committed_while_building(
     room_id = await create_room(client, alice, preset="public_chat")
     await join(client, bob, room_id)
     body = await sync(client, bob)
-    store = services.sync
+    store = services.members
     original = store.memberships
     sent: list[str] = []
 
