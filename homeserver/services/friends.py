@@ -11,9 +11,10 @@ invited — a request; anyone gone — over. The bookkeeping here only finds tho
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+
+from cachetools import LRUCache
 
 from homeserver.errors import InvalidParam, NotFound
 from homeserver.services.account_data import AccountDataService
@@ -56,7 +57,7 @@ class FriendsService:
         self._server_name = server_name
         # Room -> the two users of a friendship room, or None for any other room. A create
         # event never changes, so neither does this.
-        self._pairs: OrderedDict[str, tuple[str, str] | None] = OrderedDict()
+        self._pairs: LRUCache[str, tuple[str, str] | None] = LRUCache(self.ROOM_CACHE)
         self._direct_locks: dict[str, asyncio.Lock] = {}
 
     # -- reading ----------------------------------------------------------------------------
@@ -173,7 +174,6 @@ class FriendsService:
 
     async def _pair(self, room_id: str) -> tuple[str, str] | None:
         if room_id in self._pairs:
-            self._pairs.move_to_end(room_id)
             return self._pairs[room_id]
         state = await self._state.current_state(room_id, types=["m.room.create"])
         pair: tuple[str, str] | None = None
@@ -188,8 +188,6 @@ class FriendsService:
         if not state:
             return None  # a room we do not have (yet): do not remember
         self._pairs[room_id] = pair
-        if len(self._pairs) > self.ROOM_CACHE:
-            self._pairs.popitem(last=False)
         return pair
 
     async def _profile_in_room(self, room_id: str, user_id: str) -> dict[str, Any]:

@@ -7,7 +7,8 @@ the position it was read at (the notifier records those positions)."""
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+
+from cachetools import LRUCache
 
 from homeserver.services.notifier import Notifier
 from storage.stores.sync import SyncStore
@@ -23,7 +24,7 @@ class MembershipCache:
         self._store = store
         self._notifier = notifier
         # User -> (position read at, memberships, joined rooms).
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: LRUCache[str, _Entry] = LRUCache(self.SIZE)
         # Loads in flight: concurrent misses for one user share one query.
         self._loading: dict[str, asyncio.Future[_Entry]] = {}
 
@@ -44,7 +45,6 @@ class MembershipCache:
     async def _entry(self, user_id: str) -> _Entry:
         cached = self._entries.get(user_id)
         if cached is not None and cached[0] >= self._notifier.membership_position(user_id):
-            self._entries.move_to_end(user_id)
             return cached
         loading = self._loading.get(user_id)
         if loading is not None:
@@ -76,7 +76,4 @@ class MembershipCache:
             if self._loading.get(user_id) is future:
                 del self._loading[user_id]
         self._entries[user_id] = entry
-        self._entries.move_to_end(user_id)
-        while len(self._entries) > self.SIZE:
-            self._entries.popitem(last=False)
         return entry

@@ -9,9 +9,10 @@ owner. ``m.fully_read`` is the user's room account data. Receipts never move bac
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
+
+from cachetools import LRUCache
 
 from homeserver.clock import Clock
 from homeserver.errors import Forbidden, InvalidParam, NotFound
@@ -41,7 +42,7 @@ class ReceiptService:
         self._rooms = ChangeLog()
         self._private = ChangeLog()
         # User -> room -> stream ordering of the latest event they have read (unread counts).
-        self._read: OrderedDict[str, dict[str, int]] = OrderedDict()
+        self._read: LRUCache[str, dict[str, int]] = LRUCache(self.READ_POSITION_USERS)
         self._writes = 0
 
     def start(self) -> None:
@@ -122,10 +123,6 @@ class ReceiptService:
             read = await self._store.read_up_to(user_id)
             if writes == self._writes:
                 self._read[user_id] = read
-                while len(self._read) > self.READ_POSITION_USERS:
-                    self._read.popitem(last=False)
-        else:
-            self._read.move_to_end(user_id)
         return {r: read[r] for r in room_ids if r in read}
 
     async def ephemeral(self, user_id: str, room_ids: Sequence[str], after: int, up_to: int

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from cachetools import LRUCache
 
 from homeserver.events.redaction import redact
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
@@ -26,7 +27,7 @@ class EventSerializer:
 
     def __init__(self, events: EventStore) -> None:
         self._events = events
-        self._bodies: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._bodies: LRUCache[str, dict[str, Any]] = LRUCache(self.CACHE_SIZE)
 
     def forget(self, event_ids: Iterable[str]) -> None:
         """Drop what was built for events whose stored form changed."""
@@ -66,8 +67,6 @@ class EventSerializer:
                     body["redacts"] = redacts  # clients of older versions read it here
             if redaction is None and event.stream_ordering is not None:
                 self._bodies[event.event_id] = dict(body)
-                if len(self._bodies) > self.CACHE_SIZE:
-                    self._bodies.popitem(last=False)
         unsigned: dict[str, Any] = {"age": max(0, now - int(pdu.get("origin_server_ts", now)))}
         if event.txn_id is not None and event.device_id == device and \
                 pdu.get("sender") == user:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from cachetools import LRUCache
 
 from homeserver.clock import Clock
 from homeserver.errors import InvalidParam
@@ -80,8 +81,9 @@ class SentMembers:
     PER_DEVICE = 20_000
 
     def __init__(self) -> None:
-        self._by_device: OrderedDict[tuple[str, str | None],
-                                     dict[tuple[str, str], tuple[str, int]]] = OrderedDict()
+        self._by_device: LRUCache[tuple[str, str | None],
+                                  dict[tuple[str, str], tuple[str, int]]] = \
+            LRUCache(self.DEVICES)
 
     def reset(self, user_id: str, device_id: str | None) -> None:
         self._by_device.pop((user_id, device_id), None)
@@ -94,9 +96,6 @@ class SentMembers:
         entry = self._by_device.get(key)
         if entry is None or len(entry) > self.PER_DEVICE:
             entry = self._by_device[key] = {}
-            while len(self._by_device) > self.DEVICES:
-                self._by_device.popitem(last=False)
-        self._by_device.move_to_end(key)
         return entry
 
 
@@ -123,11 +122,11 @@ class SyncService:
         self._presence = presence
         self._clock = clock
         # Member event -> position of the join it continues (a profile change is a join event).
-        self.join_starts: OrderedDict[str, int] = OrderedDict()
+        self.join_starts: LRUCache[str, int] = LRUCache(200_000)
         self._unread = UnreadCounter(sync_store)
         self.sent_members = SentMembers()
         # (user, device) -> when its last non-empty incremental response was built.
-        self._last_sent: OrderedDict[tuple[str, str | None], float] = OrderedDict()
+        self._last_sent: LRUCache[tuple[str, str | None], float] = LRUCache(self.DEVICES)
 
     def current_token(self) -> SyncToken:
         return SyncToken(self._notifier.position, self._notifier.account_data_position,
@@ -165,9 +164,6 @@ class SyncService:
                 user_id, device_id, since_token, now, full_state, sync_filter)
         if since_token is not None and not is_empty(response):
             self._last_sent[device] = time.monotonic()
-            self._last_sent.move_to_end(device)
-            if len(self._last_sent) > self.DEVICES:
-                self._last_sent.popitem(last=False)
         return response
 
     async def _pace(self, device: tuple[str, str | None], deadline: float) -> None:
@@ -492,8 +488,6 @@ class _ResponseBuilder:
                     start = event.stream_ordering or 0
                 out[room_id] = cache[members[room_id].event_id] = start
                 del walking[room_id]
-        while len(cache) > 200_000:
-            cache.popitem(last=False)
         return out
 
     async def _was_joined_at_since(self, room_id: str) -> bool:

@@ -14,10 +14,11 @@ queries for all rooms of a sync).
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from cachetools import LRUCache
 
 from storage.stores.events import StoredEvent
 from storage.stores.sync import SyncStore
@@ -64,7 +65,7 @@ class UnreadCounter:
 
     def __init__(self, store: SyncStore) -> None:
         self._store = store
-        self._cache: OrderedDict[tuple[str, str], Counts] = OrderedDict()
+        self._cache: LRUCache[tuple[str, str], Counts] = LRUCache(self.CACHE_SIZE)
 
     async def counts(self, user_id: str, starts: dict[str, int], up_to: int, *,
                      since: int | None, complete: dict[str, list[StoredEvent]],
@@ -87,11 +88,11 @@ class UnreadCounter:
             elif cached is not None and cached.start == start and since is not None and \
                     cached.at == since and room_id in complete:
                 new = [e.pdu for e in complete[room_id] if (e.stream_ordering or 0) > start]
-                self._remember(key, Counts(
+                counted = self._cache[key] = Counts(
                     up_to, start, cached.notifications + _count(new, user_id),
                     cached.highlights + _count_highlights(new, user_id,
-                                                          display_names.get(room_id))))
-                out[room_id] = (self._cache[key].notifications, self._cache[key].highlights)
+                                                          display_names.get(room_id)))
+                out[room_id] = (counted.notifications, counted.highlights)
             else:
                 recount[room_id] = start
         if recount:
@@ -101,15 +102,9 @@ class UnreadCounter:
                 count, candidates = found.get(room_id, (0, []))
                 counted = Counts(up_to, start, count, _count_highlights(
                     candidates, user_id, display_names.get(room_id)))
-                self._remember((user_id, room_id), counted)
+                self._cache[(user_id, room_id)] = counted
                 out[room_id] = (counted.notifications, counted.highlights)
         return out
-
-    def _remember(self, key: tuple[str, str], counts: Counts) -> None:
-        self._cache[key] = counts
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.CACHE_SIZE:
-            self._cache.popitem(last=False)
 
 
 def _count(pdus: Iterable[dict[str, Any]], user_id: str) -> int:

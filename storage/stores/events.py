@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachetools import LRUCache
 from sqlalchemy import Connection, and_, bindparam, func, select, tuple_, update
 
 from storage.dialect import greatest, insert
@@ -134,17 +134,12 @@ class EventStore:
 
     def __init__(self, engine: DatabaseEngine, cache_size: int = CACHE_SIZE) -> None:
         self._db = engine
-        self._cache: OrderedDict[str, StoredEvent] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache: LRUCache[str, StoredEvent] = LRUCache(cache_size)
         self._evictions = 0
 
     def _remember(self, loaded: Iterable[StoredEvent]) -> None:
-        cache = self._cache
         for event in loaded:
-            cache[event.event_id] = event
-            cache.move_to_end(event.event_id)
-        while len(cache) > self._cache_size:
-            cache.popitem(last=False)
+            self._cache[event.event_id] = event
 
     def forget_cached(self, event_ids: Iterable[str]) -> None:
         """Drop events whose stored form changed (redacted, purged)."""
