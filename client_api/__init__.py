@@ -14,6 +14,7 @@ from client_api import (
     devices,
     directory,
     friends,
+    history,
     login,
     membership,
     presence,
@@ -22,12 +23,14 @@ from client_api import (
     receipts,
     register,
     rooms,
+    search,
     sync,
     versions,
 )
 
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
-            directory, account_data, sync, push_rules, presence, receipts, friends)
+            directory, account_data, sync, push_rules, presence, receipts, friends,
+            search, history)
 
 
 def add_client_routes(app: web.Application) -> None:

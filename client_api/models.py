@@ -141,3 +141,39 @@ class ReceiptBody(Body):
 class PresenceBody(Body):
     presence: str
     status_msg: str | None = Field(default=None, max_length=2048)
+
+
+class SearchEventContext(Body):
+    before_limit: int = Field(default=5, ge=0)
+    after_limit: int = Field(default=5, ge=0)
+    include_profile: bool = False
+
+
+class SearchGroup(Body):
+    key: str
+
+
+class SearchGroupings(Body):
+    group_by: list[SearchGroup] = []
+
+
+class RoomEventsCriteria(Body):
+    search_term: str = Field(max_length=4096)
+    keys: list[str] | None = None
+    filter: dict[str, Any] | None = None
+    order_by: str = "rank"
+    event_context: SearchEventContext | None = None
+    include_state: bool = False
+    groupings: SearchGroupings | None = None
+
+
+class SearchCategories(Body):
+    room_events: RoomEventsCriteria | None = None
+
+
+class SearchBody(Body):
+    search_categories: SearchCategories
+
+
+class ClearHistoryBody(Body):
+    up_to_event_id: str | None = Field(default=None, max_length=255)

@@ -22,7 +22,7 @@ SPEC_VERSIONS = [
 UNSTABLE_FEATURES = {
     "org.ktchat.sse": True,
     "org.ktchat.friends": True,
-    "org.ktchat.history": False,
+    "org.ktchat.history": True,
 }
 
 ROOM_VERSIONS = {version: "stable" for version in KNOWN_ROOM_VERSIONS}

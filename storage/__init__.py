@@ -14,6 +14,7 @@ from storage.stores.filters import FilterStore
 from storage.stores.presence import PresenceStore
 from storage.stores.receipts import ReceiptStore
 from storage.stores.rooms import RoomStore
+from storage.stores.search import SearchStore
 from storage.stores.state import StateStore
 from storage.stores.sync import SyncStore
 from storage.stores.users import ProfileStore, UserStore
@@ -41,6 +42,7 @@ class Database:
         self.filters = FilterStore(self.engine)
         self.receipts = ReceiptStore(self.engine)
         self.presence = PresenceStore(self.engine)
+        self.search = SearchStore(self.engine)
 
     @property
     def is_sqlite(self) -> bool:

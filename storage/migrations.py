@@ -7,11 +7,13 @@ function of a synchronous SQLAlchemy connection, so it can branch on the dialect
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from sqlalchemy import Connection, inspect, select, text
 
-from storage import schema
+from storage import schema, search_index
+from storage.search_text import INDEXED
 
 Migration = Callable[[Connection], None]
 
@@ -24,7 +26,29 @@ def _v2_receipts_and_presence(conn: Connection) -> None:
     schema.presence.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Migration] = [_v2_receipts_and_presence]
+def _v3_history(conn: Connection) -> None:
+    schema.history_cleared.create(conn, checkfirst=True)
+    schema.blocked_rooms.create(conn, checkfirst=True)
+    search_index.create_index(conn)
+    # Index what is already stored (redacted events' text is not searchable).
+    events = schema.events
+    query = (select(events.c.nid, events.c.json)
+             .where(events.c.type.in_(list(INDEXED)), events.c.stream_ordering.is_not(None),
+                    events.c.rejected_reason.is_(None),
+                    ~select(schema.redactions.c.event_id)
+                    .where(schema.redactions.c.redacts == events.c.event_id).exists())
+             .order_by(events.c.nid))
+    after = 0
+    while True:
+        rows = conn.execute(query.where(events.c.nid > after).limit(1000)).all()
+        if not rows:
+            return
+        search_index.add(conn, search_index.index_rows((r.nid, json.loads(r.json))
+                                                       for r in rows))
+        after = rows[-1].nid
+
+
+MIGRATIONS: list[Migration] = [_v2_receipts_and_presence, _v3_history]
 LATEST = 1 + len(MIGRATIONS)
 
 
@@ -38,7 +62,11 @@ def migrate(conn: Connection) -> int:
         # Several workers may start at once: one migrates, the others wait and find it done.
         conn.execute(text("SELECT pg_advisory_xact_lock(7447736)"))
     if not inspect(conn).has_table("schema_version"):
+        if conn.dialect.name == "sqlite":
+            # Pages freed by purges go back to the file system (PRAGMA incremental_vacuum).
+            conn.execute(text("PRAGMA auto_vacuum=INCREMENTAL"))
         schema.metadata.create_all(conn)
+        search_index.create_index(conn)
         conn.execute(schema.schema_version.insert().values(lock=1, version=LATEST))
         return 0
     current = int(conn.execute(select(schema.schema_version.c.version)).scalar_one())

@@ -292,3 +292,27 @@ presence = Table(
     Column("last_active_ts", BigInteger, nullable=False),
     Column("stream_id", BigInteger, nullable=False),
 )
+
+# -- schema version 3: history (search index, cleared history, purges) ---------------------
+# The full-text index `event_search` is dialect-specific (FTS5 / tsvector): search_index.py.
+
+history_cleared = Table(
+    "history_cleared",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("room_id", Text, nullable=False),
+    # The user sees nothing at or before this event (its place in topological order).
+    Column("event_id", Text, nullable=False),
+    Column("depth", BigInteger, nullable=False),
+    Column("stream_ordering", BigInteger, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "room_id"),
+)
+
+blocked_rooms = Table(
+    "blocked_rooms",
+    metadata,
+    Column("room_id", Text, primary_key=True),
+    Column("user_id", Text, nullable=False),  # the admin who blocked it
+    Column("ts", BigInteger, nullable=False),
+)

@@ -23,6 +23,7 @@ from homeserver.services.directory import DirectoryService
 from homeserver.services.event_persister import EventPersister
 from homeserver.services.filters import FilterService
 from homeserver.services.friends import FriendsService
+from homeserver.services.history import ClearedHistory, HistoryService
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
@@ -31,6 +32,7 @@ from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.rooms import RoomService
+from homeserver.services.search import SearchService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.sync import SyncService
 from homeserver.services.typing import TypingService
@@ -69,6 +71,8 @@ class Services:
     receipts: ReceiptService
     presence: PresenceService
     friends: FriendsService
+    history: HistoryService
+    search: SearchService
     censor: RedactionCensor
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
@@ -132,12 +136,14 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     rooms = RoomService(persister, db.rooms, profiles, config.server_name,
                         limiter(rl.message_per_user))
     serializer = EventSerializer(db.events)
-    visibility = VisibilityService(db.state, db.events)
+    cleared = ClearedHistory(db.rooms)
+    visibility = VisibilityService(db.state, db.events, cleared)
     account_data = AccountDataService(db.account_data, notifier)
     members = MembershipCache(db.sync, notifier)
     typing = TypingService(notifier, members, clock)
     receipts = ReceiptService(db.receipts, db.events, db.state, account_data, notifier, clock)
     presence = PresenceService(db.presence, notifier, members, clock, config.presence)
+    messages = MessageService(db.events, db.state, visibility, serializer, db.rooms, clock)
     membership = MembershipService(persister, rooms, db.rooms, db.state, db.users,
                                    config.server_name, limiter(rl.joins_per_user),
                                    limiter(rl.invites_per_user))
@@ -156,7 +162,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         persister=persister,
         rooms=rooms,
         membership=membership,
-        messages=MessageService(db.events, db.state, visibility, serializer, db.rooms, clock),
+        messages=messages,
         directory=DirectoryService(persister, db.rooms, db.state),
         account_data=account_data,
         filters=FilterService(db.filters),
@@ -168,6 +174,9 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         presence=presence,
         friends=FriendsService(rooms, membership, members, db.state, db.events, account_data,
                                profiles, presence, config.server_name),
+        search=SearchService(db.search, db.events, db.state, db.rooms, members, visibility,
+                             messages, serializer, clock),
+        history=HistoryService(cleared, db.events, db.state, db.rooms, clock),
         censor=RedactionCensor(db.events, serializer, notifier, clock,
                                config.redaction_retention_period),
         login_ip_limiter=limiter(rl.login_per_ip),

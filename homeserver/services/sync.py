@@ -455,7 +455,8 @@ class _ResponseBuilder:
 
     async def _visible(self, room_id: str, events: list[StoredEvent]) -> list[StoredEvent]:
         """History visibility, with a shortcut: everything after the user's current join
-        is visible to them."""
+        is visible to them (unless they cleared it)."""
+        events = await self.s._visibility.not_cleared(self.user_id, room_id, events)
         joined_at = self.joined_at.get(room_id)
         if joined_at is None:
             return await self.s._visibility.filter_for_user(self.user_id, events)

@@ -3,13 +3,15 @@
 
 For each event we look at the state before it: the room's ``m.room.history_visibility`` and
 the reader's membership. A user's own membership events are judged by the state after them,
-so everyone sees their own join and leave.
+so everyone sees their own join and leave. A user who cleared their history of a room
+(``history.py``) sees nothing at or before the point they cleared it up to.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from homeserver.services.history import ClearedHistory, hidden
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.state import StateStore
 
@@ -17,9 +19,18 @@ HISTORY_VISIBILITY = ("m.room.history_visibility", "")
 
 
 class VisibilityService:
-    def __init__(self, state: StateStore, events: EventStore) -> None:
+    def __init__(self, state: StateStore, events: EventStore, cleared: ClearedHistory) -> None:
         self._state = state
         self._events = events
+        self._cleared = cleared
+
+    async def not_cleared(self, user_id: str, room_id: str, events: Sequence[StoredEvent]
+                          ) -> list[StoredEvent]:
+        """The events the user has not cleared from their history (all from one room)."""
+        point = await self._cleared.point(user_id, room_id)
+        if point is None:
+            return list(events)
+        return [e for e in events if not hidden(point, e.depth, e.stream_ordering)]
 
     async def _visibility_and_membership(self, group: int | None, user_id: str
                                          ) -> tuple[str, str | None]:
@@ -47,6 +58,9 @@ class VisibilityService:
     async def filter_for_user(self, user_id: str, events: Sequence[StoredEvent]
                               ) -> list[StoredEvent]:
         """The events ``user_id`` may see, in the given order (all from one room)."""
+        if not events:
+            return []
+        events = await self.not_cleared(user_id, events[0].room_id, events)
         if not events:
             return []
         # `shared` history opens to anyone who joined at some point after the event.

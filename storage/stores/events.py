@@ -14,6 +14,7 @@ from typing import Any
 from cachetools import LRUCache
 from sqlalchemy import Connection, and_, bindparam, func, select, tuple_, update
 
+from storage import search_index
 from storage.dialect import greatest, insert
 from storage.engine import DatabaseEngine
 from storage.schema import (
@@ -25,6 +26,7 @@ from storage.schema import (
     state_groups,
     state_keys,
 )
+from storage.search_text import INDEXED
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +154,10 @@ class EventStore:
     async def persist_batch(self, items: Sequence[PersistItem]) -> None:
         """Write a batch of new events and everything they change, in one transaction; the
         items that carry their event as a dict go straight into the read cache."""
-        await self._db.run_write(lambda conn: self._persist(conn, items))
+        indexed = search_index.index_rows((i.nid, i.pdu if i.pdu is not None
+                                           else json.loads(i.pdu_json)) for i in items
+                                          if i.type in INDEXED)
+        await self._db.run_write(lambda conn: self._persist(conn, items, indexed))
         redacted = [i.redacts for i in items if i.redacts is not None]
         if redacted:
             self.forget_cached(redacted)
@@ -163,7 +168,8 @@ class EventStore:
             for i in items if i.pdu is not None and i.room_version is not None
             and i.event_id not in redacted)
 
-    def _persist(self, conn: Connection, items: Sequence[PersistItem]) -> None:
+    def _persist(self, conn: Connection, items: Sequence[PersistItem],
+                 indexed: Sequence[dict[str, Any]]) -> None:
         is_sqlite = self._db.is_sqlite
         new_rooms = [dict(room_id=i.room_id, room_version=i.new_room[0], creator=i.new_room[1],
                           created_ts=i.new_room[2], is_public=False)
@@ -198,6 +204,13 @@ class EventStore:
                          censored=False) for i in items if i.redacts is not None]
         if redacted:
             conn.execute(insert(is_sqlite, redactions).on_conflict_do_nothing(), redacted)
+        # Searchable text, except what is already redacted (a redaction in this batch, or
+        # one that came over federation before its event).
+        search_index.add(conn, indexed)
+        if redacted:
+            search_index.remove_events(conn, [str(r["redacts"]) for r in redacted])
+        if indexed:
+            search_index.remove_redacted(conn, [row["nid"] for row in indexed])
 
         # Current state changes in order (later items win); each room's head is written once.
         for item in items:

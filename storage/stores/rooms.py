@@ -1,4 +1,5 @@
-"""Room metadata outside the event graph: aliases, the public room directory, forgetting."""
+"""Room metadata outside the event graph: aliases, the public room directory, forgetting,
+cleared history, blocked rooms."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from sqlalchemy import and_, delete, select, update
 
 from storage.dialect import insert
 from storage.engine import DatabaseEngine
-from storage.schema import room_aliases, room_forgotten, rooms
+from storage.schema import blocked_rooms, history_cleared, room_aliases, room_forgotten, rooms
 
 
 class RoomStore:
@@ -74,3 +75,37 @@ class RoomStore:
             rows = await conn.execute(select(room_forgotten.c.room_id)
                                       .where(room_forgotten.c.user_id == user_id))
             return {r[0] for r in rows}
+
+    async def clear_history(self, user_id: str, room_id: str, event_id: str,
+                            position: tuple[int, int], ts: int) -> None:
+        """Hide the room's events up to ``position`` (depth, stream) from the user."""
+        values = dict(event_id=event_id, depth=position[0], stream_ordering=position[1], ts=ts)
+        async with self._db.write() as conn:
+            await conn.execute(insert(self._db.is_sqlite, history_cleared)
+                               .values(user_id=user_id, room_id=room_id, **values)
+                               .on_conflict_do_update(index_elements=["user_id", "room_id"],
+                                                      set_=values))
+
+    async def cleared_history(self, user_id: str) -> dict[str, tuple[int, int]]:
+        """Room -> the (depth, stream) position up to which the user cleared it."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(select(history_cleared.c.room_id, history_cleared.c.depth,
+                                             history_cleared.c.stream_ordering)
+                                      .where(history_cleared.c.user_id == user_id))
+            return {r.room_id: (int(r.depth), int(r.stream_ordering)) for r in rows}
+
+    async def block(self, room_id: str, by: str, ts: int) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(insert(self._db.is_sqlite, blocked_rooms)
+                               .values(room_id=room_id, user_id=by, ts=ts)
+                               .on_conflict_do_nothing())
+
+    async def unblock(self, room_id: str) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(delete(blocked_rooms).where(blocked_rooms.c.room_id == room_id))
+
+    async def blocked_by(self, room_id: str) -> str | None:
+        """The admin who blocked the room, if it is blocked."""
+        async with self._db.read() as conn:
+            return (await conn.execute(select(blocked_rooms.c.user_id)
+                                       .where(blocked_rooms.c.room_id == room_id))).scalar()

@@ -1,0 +1,28 @@
+"""Clearing my history (the org.ktchat.history extension, DESIGN.md)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from client_api._routing import ClientRoutes
+from client_api.auth import require_requester
+from client_api.models import ClearHistoryBody, parse_body
+from homeserver.appkeys import SERVICES
+from homeserver.errors import InvalidParam
+from homeserver.http.json import json_response, read_json_object
+
+routes = ClientRoutes()
+HISTORY = ("/_matrix/client/unstable/org.ktchat.history",)
+
+
+@routes.post("/rooms/{room_id}/clear", versions=HISTORY)
+async def post_clear_history(request: web.Request) -> web.Response:
+    """POST /_matrix/client/unstable/org.ktchat.history/rooms/{roomId}/clear"""
+    services = request.app[SERVICES]
+    requester = await require_requester(request)
+    room_id = request.match_info["room_id"]
+    if not room_id.startswith("!"):
+        raise InvalidParam("Invalid room ID")
+    body = parse_body(ClearHistoryBody, await read_json_object(request, allow_empty=True))
+    await services.history.clear(requester.user_id, room_id, body.up_to_event_id)
+    return json_response({})
