@@ -177,3 +177,22 @@ class SearchBody(Body):
 
 class ClearHistoryBody(Body):
     up_to_event_id: str | None = Field(default=None, max_length=255)
+
+
+class PurgeHistoryBody(Body):
+    delete_local_events: bool = False
+    purge_up_to_event_id: str | None = Field(default=None, max_length=255)
+    purge_up_to_ts: int | None = Field(default=None, ge=0)
+
+
+class DeleteRoomBody(Body):
+    new_room_user_id: str | None = Field(default=None, max_length=255)
+    room_name: str | None = Field(default=None, max_length=1024)
+    message: str | None = Field(default=None, max_length=65536)
+    block: bool = False
+    purge: bool = True
+    force_purge: bool = False
+
+
+class BlockRoomBody(Body):
+    block: bool

@@ -133,6 +133,22 @@ class PresenceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """Message retention (Synapse's ``retention`` section): rooms' ``m.room.retention``
+    policies and a server default, enforced by a purge job."""
+
+    enabled: bool = False
+    # The policy of rooms without m.room.retention (None: keep for ever).
+    default_min_lifetime_ms: int | None = None
+    default_max_lifetime_ms: int | None = None
+    # Rooms' max_lifetime is clamped to these.
+    allowed_lifetime_min_ms: int | None = None
+    allowed_lifetime_max_ms: int | None = None
+    # How often the purge job runs.
+    purge_interval_ms: int = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -152,6 +168,7 @@ class HomeserverConfig:
     auth: AuthConfig = AuthConfig()
     http: HttpConfig = HttpConfig()
     presence: PresenceConfig = PresenceConfig()
+    retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
     config_dir: Path = field(default=Path("."))
     # Milliseconds a redacted event's content is kept before it is erased from storage
@@ -417,10 +434,21 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
 
     redaction_retention = _duration_ms(r, "redaction_retention_period", 7 * 86_400_000)
 
+    ret_r = r.section("retention")
+    policy_r = ret_r.section("default_policy")
+    retention = RetentionConfig(
+        ret_r.get("enabled", bool, False),
+        _duration_ms(policy_r, "min_lifetime", None),
+        _duration_ms(policy_r, "max_lifetime", None),
+        _duration_ms(ret_r, "allowed_lifetime_min", None),
+        _duration_ms(ret_r, "allowed_lifetime_max", None),
+        _duration_ms(ret_r, "purge_interval", 3_600_000) or 3_600_000,
+    )
+
     known = {
         "server_name", "public_baseurl", "listeners", "tls", "signing_key_path", "database",
         "registration", "federation", "rate_limits", "auth", "http", "media", "presence",
-        "logging", "redaction_retention_period",
+        "logging", "redaction_retention_period", "retention",
     }
     for key in r.unknown_keys(known):
         r.problem(key, "unknown key")
@@ -441,6 +469,7 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         auth=auth,
         http=http,
         presence=presence,
+        retention=retention,
         logging=LoggingConfig(level),
         config_dir=config_dir,
         redaction_retention_period=redaction_retention,

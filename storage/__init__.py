@@ -12,6 +12,7 @@ from storage.stores.devices import DeviceStore
 from storage.stores.events import EventStore
 from storage.stores.filters import FilterStore
 from storage.stores.presence import PresenceStore
+from storage.stores.purge import PurgeStore
 from storage.stores.receipts import ReceiptStore
 from storage.stores.rooms import RoomStore
 from storage.stores.search import SearchStore
@@ -43,6 +44,7 @@ class Database:
         self.receipts = ReceiptStore(self.engine)
         self.presence = PresenceStore(self.engine)
         self.search = SearchStore(self.engine)
+        self.purge = PurgeStore(self.engine)
 
     @property
     def is_sqlite(self) -> bool:

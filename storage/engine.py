@@ -40,6 +40,9 @@ def _configure_sqlite(engine: Engine, *, begin: str, synchronous: str, read_only
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA busy_timeout=10000")
+        # A new file frees pages to the file system on `reclaim_space` (before any table
+        # exists this is set for good; on an existing file it changes nothing).
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         # Turning a new file to WAL needs an exclusive lock, and SQLite answers "database is
         # locked" at once (no busy wait) while another process opens the same new file.
         for attempt in range(200):
@@ -130,6 +133,27 @@ class DatabaseEngine:
     def _run_sync(self, fn: Callable[[Connection], T]) -> T:
         with self._sync_writer.begin() as conn:
             return fn(conn)
+
+    async def reclaim_space(self, tables: list[str]) -> None:
+        """Give the space of deleted rows back: SQLite returns free pages to the file system
+        (files created with incremental auto-vacuum) and truncates the WAL; PostgreSQL
+        vacuums the tables, so their space is reused (and trailing pages returned)."""
+        if self._write_lock is None:
+            async with self._write_engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                for name in tables:
+                    await conn.exec_driver_sql(f'VACUUM (ANALYZE) "{name}"')
+            return
+
+        def vacuum() -> None:
+            with self._sync_writer.connect() as conn:
+                raw = conn.connection.driver_connection
+                assert raw is not None
+                # executescript steps the pragma to the end (execute frees one page).
+                raw.executescript("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
+
+        async with self._write_lock:
+            await asyncio.get_running_loop().run_in_executor(self._writer_thread, vacuum)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

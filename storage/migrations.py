@@ -62,9 +62,6 @@ def migrate(conn: Connection) -> int:
         # Several workers may start at once: one migrates, the others wait and find it done.
         conn.execute(text("SELECT pg_advisory_xact_lock(7447736)"))
     if not inspect(conn).has_table("schema_version"):
-        if conn.dialect.name == "sqlite":
-            # Pages freed by purges go back to the file system (PRAGMA incremental_vacuum).
-            conn.execute(text("PRAGMA auto_vacuum=INCREMENTAL"))
         schema.metadata.create_all(conn)
         search_index.create_index(conn)
         conn.execute(schema.schema_version.insert().values(lock=1, version=LATEST))

@@ -30,6 +30,7 @@ from homeserver.services.messages import MessageService
 from homeserver.services.notifier import Notifier
 from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
+from homeserver.services.purge import PurgeService
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
@@ -73,6 +74,7 @@ class Services:
     friends: FriendsService
     history: HistoryService
     search: SearchService
+    purge: PurgeService
     censor: RedactionCensor
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
@@ -86,6 +88,8 @@ class Services:
         self.receipts.start()
         await self.presence.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        if self.config.retention.enabled:
+            self._tasks.append(asyncio.create_task(self.purge.retention_loop()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -94,6 +98,7 @@ class Services:
                 await task
         self._tasks.clear()
         self.typing.stop_all()
+        await self.purge.stop()
         await self.censor.stop()
         await self.presence.stop()
         await self.persister.stop()
@@ -174,6 +179,9 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         presence=presence,
         friends=FriendsService(rooms, membership, members, db.state, db.events, account_data,
                                profiles, presence, config.server_name),
+        purge=PurgeService(db.purge, db.events, db.state, db.rooms, db.users, persister, rooms,
+                           membership, members, serializer, notifier, clock,
+                           config.server_name, config.retention),
         search=SearchService(db.search, db.events, db.state, db.rooms, members, visibility,
                              messages, serializer, clock),
         history=HistoryService(cleared, db.events, db.state, db.rooms, clock),

@@ -14,9 +14,9 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from signedjson.types import SigningKey
 
@@ -38,6 +38,7 @@ from storage.stores.events import EventStore, NewStateGroup, PersistItem, Stored
 from storage.stores.state import StateKey
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_PREV_EVENTS = 10
 MAX_PDU_BYTES = 65536
@@ -152,6 +153,8 @@ class EventPersister:
         # Futures of queued events by event ID, so a repeated transaction waits for the commit.
         self._uncommitted: dict[str, asyncio.Future[None]] = {}
         self._in_flight: dict[str, int] = {}  # room ID -> its queued events
+        # Room ID -> the future of its last queued event (events commit in queue order).
+        self._room_tail: dict[str, asyncio.Future[None]] = {}
         # Interned state keys whose row is not committed yet: every event using one writes it
         # (a failed write may have been the one that carried it).
         self._unstored_keys: set[int] = set()
@@ -415,6 +418,7 @@ class EventPersister:
         self._queue.put_nowait((item, future, self._room_generation.get(item.room_id, 0)))
         self._uncommitted[item.event_id] = future
         self._in_flight[item.room_id] = self._in_flight.get(item.room_id, 0) + 1
+        self._room_tail[item.room_id] = future
         future.add_done_callback(lambda _: self._committed(item))
         return future
 
@@ -424,6 +428,8 @@ class EventPersister:
         left = self._in_flight.pop(item.room_id, 1) - 1
         if left:
             self._in_flight[item.room_id] = left
+        else:
+            self._room_tail.pop(item.room_id, None)
 
     async def _await_commit(self, future: asyncio.Future[None], room_id: str) -> None:
         try:
@@ -483,6 +489,27 @@ class EventPersister:
             self._txns.forget_room(item.room_id)
         # Interned keys stay (events of other rooms queued meanwhile may use them): they are
         # still in _unstored_keys, so the next event using one writes it.
+
+    async def remove_room(self, room_id: str, delete: Callable[[], Awaitable[T]]) -> T:
+        """Run ``delete`` (which deletes the room's stored events) once the room's queued
+        events are written, with nothing new built meanwhile; what is cached of the room goes
+        with it."""
+        async with self._lock(room_id):
+            tail = self._room_tail.get(room_id)
+            if tail is not None:
+                await asyncio.wait([tail])
+            try:
+                return await delete()
+            finally:
+                self._rooms.pop(room_id, None)
+                self._txns.forget_room(room_id)
+                for event_id in [e for e, ev in self._events.items() if ev.room_id == room_id]:
+                    del self._events[event_id]
+
+    def forget_events(self, event_ids: Iterable[str]) -> None:
+        """Deleted events (a history purge) leave the cache."""
+        for event_id in event_ids:
+            self._events.pop(event_id, None)
 
     # -- loading snapshots ------------------------------------------------------------------
 

@@ -33,6 +33,11 @@ class MembershipCache:
         event in."""
         return (await self._entry(user_id))[1]
 
+    def invalidate(self, user_ids: list[str]) -> None:
+        """Memberships changed outside the event stream (a room was deleted)."""
+        for user_id in user_ids:
+            self._entries.pop(user_id, None)
+
     async def joined_rooms(self, user_id: str) -> frozenset[str]:
         return (await self._entry(user_id))[2]
 

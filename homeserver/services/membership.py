@@ -47,6 +47,10 @@ class MembershipService:
             raise NotFound("No known servers for this room" if room_id.startswith("!")
                            else "Unknown room")
 
+    async def _require_not_blocked(self, room_id: str) -> None:
+        if await self._room_store.blocked_by(room_id) is not None:
+            raise Forbidden("This room has been blocked on this server")
+
     async def _member_event(self, room_id: str, sender: str, target: str, membership: str,
                             reason: str | None, **extra: object) -> Event:
         content = await self._rooms.member_content(target, membership, reason=reason, **extra)
@@ -56,6 +60,7 @@ class MembershipService:
     async def join(self, user_id: str, room_id_or_alias: str, *, reason: str | None = None
                    ) -> str:
         room_id = await self._resolve(room_id_or_alias)
+        await self._require_not_blocked(room_id)
         await self._require_room(room_id)
         current = await self._state.membership(room_id, user_id)
         if current is not None and current[0] == "join":
@@ -113,6 +118,7 @@ class MembershipService:
             server = parse_user_id(target).server_name
         except ValueError:
             raise InvalidParam("Invalid user ID") from None
+        await self._require_not_blocked(room_id)
         await self._require_room(room_id)
         if server == self._server_name:
             user = await self._users.get_user(target)
@@ -164,6 +170,7 @@ class MembershipService:
     async def knock(self, user_id: str, room_id_or_alias: str, *, reason: str | None = None
                     ) -> str:
         room_id = await self._resolve(room_id_or_alias)
+        await self._require_not_blocked(room_id)
         await self._require_room(room_id)
         self._join_limiter.check(user_id)
         await self._member_event(room_id, user_id, user_id, "knock", reason)

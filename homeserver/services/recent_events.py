@@ -53,6 +53,16 @@ class RecentRoomEvents:
             if dropped:
                 self._floor = max(self._floor, dropped[-1][0])
 
+    def discard(self, room_id: str, event_ids: set[str]) -> None:
+        """Events that were deleted (purged) leave the window."""
+        entry = self._rooms.get(room_id)
+        if entry is None:
+            return
+        floor, events = entry
+        kept = deque(e for e in events if e[1] not in event_ids)
+        self._total -= len(events) - len(kept)
+        self._rooms[room_id] = (floor, kept)
+
     def events_between(self, room_id: str, after: int, up_to: int, limit: int
                        ) -> list[str] | None:
         """IDs of the room's newest ``limit`` events in ``(after, up_to]``, oldest first, or

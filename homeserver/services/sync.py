@@ -345,6 +345,8 @@ class _ResponseBuilder:
             timeline_events = [loaded[e] for e in ids if e in loaded]
             limited = len(timeline_events) > self.limit
             timeline_events = timeline_events[-self.limit:] if self.limit else []
+            timeline_events, limited = await self._cut_cleared(room_id, timeline_events,
+                                                               limited)
             summary = summaries.get(room_id)
             state_ids = await self._room_state_ids(
                 room_id, timeline_events, room_id in initial or self.full_state, limited,
@@ -452,6 +454,14 @@ class _ResponseBuilder:
                     previous = sent.get(key)
                     if previous is None or previous[0] != event.event_id:
                         sent[key] = (event.event_id, self.now.events)
+
+    async def _cut_cleared(self, room_id: str, timeline: list[StoredEvent], limited: bool
+                           ) -> tuple[list[StoredEvent], bool]:
+        """The timeline less what the user cleared (history.py), cut before the state section
+        is worked out so that it is the state at the first event the user still sees (the
+        room's whole state when they cleared it all), not the state before cleared events."""
+        kept = await self.s._visibility.not_cleared(self.user_id, room_id, timeline)
+        return kept, limited
 
     async def _visible(self, room_id: str, events: list[StoredEvent]) -> list[StoredEvent]:
         """History visibility, with a shortcut: everything after the user's current join
@@ -608,6 +618,7 @@ class _ResponseBuilder:
         timeline_events = [loaded[e] for e in ids if e in loaded]
         limited = len(timeline_events) > self.limit
         timeline_events = timeline_events[-self.limit:] if self.limit else []
+        timeline_events, limited = await self._cut_cleared(room_id, timeline_events, limited)
         visible = await self.s._visibility.filter_for_user(self.user_id, timeline_events)
         state = await self._room_state(room_id, timeline_events, self.since is None, limited)
         return {
