@@ -30,6 +30,7 @@ def _v3_history(conn: Connection) -> None:
     schema.history_cleared.create(conn, checkfirst=True)
     schema.blocked_rooms.create(conn, checkfirst=True)
     search_index.create_index(conn)
+    conn.execute(text("DELETE FROM event_search"))
     # Index what is already stored (redacted events' text is not searchable).
     events = schema.events
     query = (select(events.c.nid, events.c.json)

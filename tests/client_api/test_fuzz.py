@@ -95,6 +95,7 @@ ROOM_ENDPOINTS = [
     ("POST", "/rooms/{roomId}/receipt/{receiptType}/{eventId}"),
     ("POST", "/rooms/{roomId}/read_markers"),
     ("PUT", "/presence/{userId}/status"),
+    ("POST", "/search"),
 ]
 
 
@@ -133,6 +134,45 @@ async def test_random_room_bodies_get_matrix_errors_never_500(
     resp = await client.get(f"/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=5",
                             headers=headers)
     assert resp.status == 200
+
+
+_SEARCH_FIELDS: dict[str, list[Any]] = {
+    "search_term": ["hello", "", "   ", '"unclosed', "-x", "OR", "a OR OR b", "中文", "*", "\u0000",
+                    "x" * 5000, 5, None, ["hello"]],
+    "keys": [["content.body"], ["content.bogus"], [], "content.body", [5], None],
+    "filter": [{"limit": 3}, {"limit": -1}, {"limit": "x"}, {"rooms": "!r"}, {"types": [5]},
+               {"senders": ["@a:b"]}, {"not_rooms": [None]}, {"contains_url": "yes"}, [], 5],
+    "order_by": ["rank", "recent", "bogus", 5, None],
+    "event_context": [{"before_limit": 2, "after_limit": 2, "include_profile": True},
+                      {"before_limit": -1}, {"after_limit": "x"}, {"before_limit": 10**9}, "x"],
+    "include_state": [True, False, "yes"],
+    "groupings": [{"group_by": [{"key": "room_id"}, {"key": "sender"}]},
+                  {"group_by": [{"key": "bogus"}]}, {"group_by": "x"}, {"group_by": [{}]}, 5],
+}
+
+
+async def test_random_search_criteria_get_matrix_errors_never_500(client: TestClient) -> None:
+    alice = await register_user(client, "fuzzer")
+    headers = bearer(alice["access_token"])
+    resp = await client.post("/_matrix/client/v3/createRoom", json={"name": "hello"},
+                             headers=headers)
+    room_id = (await resp.json())["room_id"]
+    for i in range(3):
+        await client.put(f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/s{i}",
+                         json={"msgtype": "m.text", "body": f"hello 中文 {i}"}, headers=headers)
+    rng = random.Random("search")
+    for _ in range(150):
+        criteria = {name: rng.choice(values) for name, values in _SEARCH_FIELDS.items()
+                    if rng.random() < 0.6}
+        query = rng.choice(["", "?next_batch=rank_1", "?next_batch=recent_5",
+                            "?next_batch=bogus", "?next_batch=rank_-1"])
+        resp = await client.post(f"/_matrix/client/v3/search{query}", headers=headers,
+                                 json={"search_categories": {"room_events": criteria}})
+        text = await resp.text()
+        assert resp.status < 500, (criteria, query, text)
+        if resp.status >= 400:
+            error = json.loads(text)
+            assert isinstance(error.get("errcode"), str) and error["errcode"].startswith("M_"), text
 
 
 BAD_QUERIES = [
