@@ -67,13 +67,15 @@ class HistoryService:
         user.
 
         Raises:
-            Forbidden: not a member (now, or before without forgetting the room).
+            Forbidden: not a member (now, or before without forgetting the room; a leave or
+                ban without ever having joined — a rejected invite, say — is not "before").
             NotFound: the event is not in the room.
         """
         membership = await self._state.membership(room_id, user_id)
         if membership is None or membership[0] not in ("join", "leave", "ban") or (
-                membership[0] != "join"
-                and room_id in await self._rooms.forgotten_rooms(user_id)):
+                membership[0] != "join" and (
+                    room_id in await self._rooms.forgotten_rooms(user_id)
+                    or not await self._events.join_positions(room_id, user_id))):
             raise Forbidden("You are not a member of this room.")
         if up_to_event_id is not None:
             event = await self._events.get_event(up_to_event_id)

@@ -459,9 +459,11 @@ class _ResponseBuilder:
                            ) -> tuple[list[StoredEvent], bool]:
         """The timeline less what the user cleared (history.py), cut before the state section
         is worked out so that it is the state at the first event the user still sees (the
-        room's whole state when they cleared it all), not the state before cleared events."""
+        room's whole state when they cleared it all), not the state before cleared events.
+        A cut leaves a gap before the timeline, so it is ``limited`` (the state section then
+        carries what changed in the gap, as for any gap)."""
         kept = await self.s._visibility.not_cleared(self.user_id, room_id, timeline)
-        return kept, limited
+        return kept, limited or len(kept) < len(timeline)
 
     async def _visible(self, room_id: str, events: list[StoredEvent]) -> list[StoredEvent]:
         """History visibility, with a shortcut: everything after the user's current join
