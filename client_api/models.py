@@ -182,7 +182,8 @@ class ClearHistoryBody(Body):
 class PurgeHistoryBody(Body):
     delete_local_events: bool = False
     purge_up_to_event_id: str | None = Field(default=None, max_length=255)
-    purge_up_to_ts: int | None = Field(default=None, ge=0)
+    # At most what the database stores (a signed 64-bit integer).
+    purge_up_to_ts: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
 class DeleteRoomBody(Body):

@@ -442,8 +442,17 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         _duration_ms(policy_r, "max_lifetime", None),
         _duration_ms(ret_r, "allowed_lifetime_min", None),
         _duration_ms(ret_r, "allowed_lifetime_max", None),
-        _duration_ms(ret_r, "purge_interval", 3_600_000) or 3_600_000,
+        _duration_ms(ret_r, "purge_interval", 3_600_000) or 0,
     )
+    for reader, low, high, low_name, high_name in (
+            (policy_r, retention.default_min_lifetime_ms, retention.default_max_lifetime_ms,
+             "min_lifetime", "max_lifetime"),
+            (ret_r, retention.allowed_lifetime_min_ms, retention.allowed_lifetime_max_ms,
+             "allowed_lifetime_min", "allowed_lifetime_max")):
+        if low is not None and high is not None and low > high:
+            reader.problem(low_name, f"must not be greater than {high_name}")
+    if not retention.purge_interval_ms:
+        ret_r.problem("purge_interval", "must be a positive duration")
 
     known = {
         "server_name", "public_baseurl", "listeners", "tls", "signing_key_path", "database",

@@ -175,12 +175,15 @@ class PurgeService:
 
     # -- deleting rooms ---------------------------------------------------------------------
 
-    async def start_delete(self, req: DeleteRoomRequest) -> DeleteTask:
-        """Start deleting a room (kick local users, optionally block and purge it)."""
+    async def _check_delete_request(self, req: DeleteRoomRequest) -> None:
         if req.new_room_user_id is not None:
             user = await self._users.get_user(req.new_room_user_id)
             if user is None or not req.new_room_user_id.endswith(":" + self._server_name):
                 raise InvalidParam("new_room_user_id must be a local user")
+
+    async def start_delete(self, req: DeleteRoomRequest) -> DeleteTask:
+        """Start deleting a room (kick local users, optionally block and purge it)."""
+        await self._check_delete_request(req)
         if any(t.room_id == req.room_id and t.status in ("shutting_down", "purging")
                for t in self._deletes.values()):
             raise MatrixError(f"Room {req.room_id} is already being deleted", status=400,
@@ -201,9 +204,14 @@ class PurgeService:
 
     async def delete_room(self, req: DeleteRoomRequest) -> DeleteTask:
         """Delete a room and wait for it (the v1 API)."""
+        await self._check_delete_request(req)
         task = DeleteTask(secrets.token_urlsafe(12), req.room_id, "shutting_down")
         self._deletes[task.delete_id] = task
-        await self._delete_room(req, task)
+        try:
+            await self._delete_room(req, task)
+        except Exception as e:
+            task.status, task.error = "failed", f"{type(e).__name__}"
+            raise
         task.status = "complete"
         return task
 
@@ -241,10 +249,13 @@ class PurgeService:
         if not req.purge:
             return
         task.status = "purging"
+        # Everyone with a member event here (those who left or were banned too) loses it.
+        with_membership = [e.state_key for e in await self._state.current_state(
+            room_id, types=["m.room.member"])]
         deleted = await self._persister.remove_room(
             room_id, lambda: self._store.delete_room(room_id))
         self._forget(set(deleted), room_id)
-        self._members.invalidate(members)
+        self._members.invalidate(with_membership)
         await self._store.reclaim_space()
         logger.info("Deleted room %s (%d events)", room_id, len(deleted))
 
