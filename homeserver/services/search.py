@@ -152,8 +152,12 @@ class SearchService:
                                    if more else None)
             if len(hits) < fetch:
                 return found, None
-            offset += len(hits)
-            before = hits[-1].stream_ordering
+            # Go on past these hits: by rank with the offset, by recency with the stream
+            # bound (never both, or the next fetch skips matches).
+            if search.by_rank:
+                offset += len(hits)
+            else:
+                before = hits[-1].stream_ordering
         # Many invisible matches in a row: hand back a token to go on from.
         return found, self._token(search.by_rank, offset, before)
 
