@@ -62,7 +62,7 @@ async def post_leave(request: web.Request) -> web.Response:
 async def post_forget(request: web.Request) -> web.Response:
     """POST /_matrix/client/v3/rooms/{roomId}/forget"""
     requester = await require_requester(request)
-    await request.app[SERVICES].membership.forget(requester.user_id, _room_id(request))
+    await request.app[SERVICES].history.forget(requester.user_id, _room_id(request))
     return json_response({})
 
 

@@ -29,6 +29,7 @@ def _v2_receipts_and_presence(conn: Connection) -> None:
 def _v3_history(conn: Connection) -> None:
     schema.history_cleared.create(conn, checkfirst=True)
     schema.blocked_rooms.create(conn, checkfirst=True)
+    schema.history_dropped.create(conn, checkfirst=True)
     search_index.create_index(conn)
     conn.execute(text("DELETE FROM event_search"))
     # Index what is already stored (redacted events' text is not searchable).

@@ -309,6 +309,16 @@ history_cleared = Table(
     PrimaryKeyConstraint("user_id", "room_id"),
 )
 
+# Where a room's history stops being visible to anyone here: the content of the non-state
+# events up to this point was dropped (history.py).
+history_dropped = Table(
+    "history_dropped",
+    metadata,
+    Column("room_id", Text, primary_key=True),
+    Column("depth", BigInteger, nullable=False),
+    Column("stream_ordering", BigInteger, nullable=False),
+)
+
 blocked_rooms = Table(
     "blocked_rooms",
     metadata,

@@ -24,6 +24,15 @@ from storage.stores.events import EventStore
 logger = logging.getLogger(__name__)
 
 
+def pruned_json(raw: str, version_id: str) -> str | None:
+    """An event's stored JSON with only what the redaction algorithm keeps (None for an
+    unknown room version)."""
+    version = KNOWN_ROOM_VERSIONS.get(version_id)
+    if version is None:
+        return None
+    return encode_canonical(redact(json.loads(raw), version)).decode()
+
+
 class RedactionCensor:
     def __init__(self, events: EventStore, serializer: EventSerializer, notifier: Notifier,
                  clock: Clock, retention_ms: int | None) -> None:
@@ -50,10 +59,9 @@ class RedactionCensor:
                 return erased
             pruned = {}
             for event_id, raw, version_id in due:
-                version = KNOWN_ROOM_VERSIONS.get(version_id)
-                if version is None:
-                    continue
-                pruned[event_id] = encode_canonical(redact(json.loads(raw), version)).decode()
+                erased_json = pruned_json(raw, version_id)
+                if erased_json is not None:
+                    pruned[event_id] = erased_json
             if not pruned:
                 return erased
             await self._events.erase_redacted(pruned)

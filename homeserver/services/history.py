@@ -3,6 +3,11 @@
 A user hides a room's events up to a point from themselves alone: every read path asks
 ``ClearedHistory`` through history visibility (``VisibilityService``) and sync's timeline cut.
 The point only moves forward: clearing again up to an earlier event changes nothing.
+
+When no user here can see a stretch of a room's history any more — everyone who was in it
+cleared past it or forgot the room, nobody is waiting to join, no other server is in it and
+it is not world-readable — the server drops that stretch's content: the stored messages keep
+only what the redaction algorithm keeps, and leave the search index.
 """
 
 from __future__ import annotations
@@ -11,6 +16,10 @@ from cachetools import LRUCache
 
 from homeserver.clock import Clock
 from homeserver.errors import Forbidden, NotFound
+from homeserver.services.censor import pruned_json
+from homeserver.services.event_persister import EventPersister
+from homeserver.services.membership import MembershipService
+from homeserver.services.serialize import EventSerializer
 from storage.stores.events import EventStore
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
@@ -55,12 +64,22 @@ def hidden(point: Position | None, depth: int, stream_ordering: int | None) -> b
 
 class HistoryService:
     def __init__(self, cleared: ClearedHistory, events: EventStore, state: StateStore,
-                 rooms: RoomStore, clock: Clock) -> None:
+                 rooms: RoomStore, membership: MembershipService, serializer: EventSerializer,
+                 persister: EventPersister, clock: Clock, server_name: str) -> None:
         self._cleared = cleared
         self._events = events
         self._state = state
         self._rooms = rooms
+        self._membership = membership
+        self._serializer = serializer
+        self._persister = persister
         self._clock = clock
+        self._local = ":" + server_name
+
+    async def forget(self, user_id: str, room_id: str) -> None:
+        """POST /forget: the room's history is gone for the user (``MembershipService``)."""
+        await self._membership.forget(user_id, room_id)
+        await self.drop_unseen(room_id)
 
     async def clear(self, user_id: str, room_id: str, up_to_event_id: str | None) -> None:
         """Hide the room's events up to ``up_to_event_id`` (default: all so far) from the
@@ -89,3 +108,67 @@ class HistoryService:
         assert event.stream_ordering is not None
         await self._cleared.advance(user_id, room_id, event.event_id,
                                     (event.depth, event.stream_ordering), self._clock.time_ms())
+        await self.drop_unseen(room_id)
+
+    async def unseen_up_to(self, room_id: str) -> Position | None:
+        """Up to where no user of this server can see the room's history (None: they can
+        see all of it, or it cannot be known)."""
+        members = await self._state.current_state(room_id, types=["m.room.member"])
+        if any(m.membership in ("invite", "knock") or (
+                m.membership == "join" and not m.state_key.endswith(self._local))
+               for m in members):
+            return None
+        visibility = await self._state.current_state(room_id,
+                                                     types=["m.room.history_visibility"])
+        if visibility:
+            stored = await self._events.get_event(visibility[0].event_id)
+            if stored is None or (stored.pdu.get("content") or {}).get(
+                    "history_visibility") == "world_readable":
+                return None
+        points = []
+        was_here = False
+        for member in members:
+            user_id = member.state_key
+            if not user_id.endswith(self._local):
+                continue
+            was_here = True
+            if member.membership != "join" and (
+                    room_id in await self._rooms.forgotten_rooms(user_id)
+                    or not await self._events.join_positions(room_id, user_id)):
+                continue  # sees nothing of the room
+            point = await self._cleared.point(user_id, room_id)
+            if point is None:
+                return None
+            points.append(point)
+        if points:
+            return min(points)
+        if not was_here:
+            return None
+        # Everyone here forgot the room: none of it is seen.
+        latest = await self._events.paginate(room_id, backwards=True, limit=1)
+        return (latest[0].depth, latest[0].stream_ordering or 0) if latest else None
+
+    async def drop_unseen(self, room_id: str) -> int:
+        """Drop the content of history nobody here can see any more; returns how many
+        events lost theirs."""
+        up_to = await self.unseen_up_to(room_id)
+        info = await self._events.room_info(room_id)
+        if up_to is None or info is None:
+            return 0
+        dropped = 0
+        while True:
+            _after, batch = await self._events.undropped_history(room_id, up_to)
+            if not batch:
+                return dropped
+            pruned = {}
+            for event_id, raw in batch:
+                erased = pruned_json(raw, info[0])
+                if erased is not None and erased != raw:
+                    pruned[event_id] = erased
+            last = await self._events.get_event(batch[-1][0])
+            assert last is not None and last.stream_ordering is not None
+            await self._events.drop_content(room_id, pruned,
+                                            (last.depth, last.stream_ordering))
+            self._serializer.forget(pruned)
+            self._persister.forget_events(pruned)
+            dropped += len(pruned)

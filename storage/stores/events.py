@@ -21,6 +21,7 @@ from storage.schema import (
     current_state,
     event_edges,
     events,
+    history_dropped,
     redactions,
     rooms,
     state_groups,
@@ -286,6 +287,45 @@ class EventStore:
                          .values(censored=True))
 
         await self._db.run_write(erase)
+        self.forget_cached(pruned)
+
+    async def undropped_history(self, room_id: str, up_to: tuple[int, int], limit: int = 500
+                                ) -> tuple[tuple[int, int] | None, list[tuple[str, str]]]:
+        """The room's non-state events after its dropped point and at or before ``up_to``
+        (depth, stream), oldest first, as ``(event ID, JSON)``; and the dropped point."""
+        async with self._db.read() as conn:
+            row = (await conn.execute(select(history_dropped.c.depth,
+                                             history_dropped.c.stream_ordering)
+                                      .where(history_dropped.c.room_id == room_id))).first()
+            after = (int(row.depth), int(row.stream_ordering)) if row is not None else None
+            order = tuple_(events.c.depth, events.c.stream_ordering)
+            query = select(events.c.event_id, events.c.json, events.c.depth,
+                           events.c.stream_ordering).where(
+                events.c.room_id == room_id, events.c.state_key.is_(None),
+                events.c.stream_ordering.is_not(None), order <= tuple_(*up_to))
+            if after is not None:
+                query = query.where(order > tuple_(*after))
+            rows = (await conn.execute(query.order_by(events.c.depth, events.c.stream_ordering)
+                                       .limit(limit))).all()
+        return after, [(r.event_id, r.json) for r in rows]
+
+    async def drop_content(self, room_id: str, pruned: dict[str, str],
+                           point: tuple[int, int]) -> None:
+        """Replace events' stored JSON with their pruned form (event ID -> JSON), take them
+        out of the search index, and move the room's dropped point to ``point``."""
+
+        def drop(conn: Connection) -> None:
+            if pruned:
+                conn.execute(update(events).where(events.c.event_id == bindparam("e"))
+                             .values(json=bindparam("j")),
+                             [{"e": e, "j": j} for e, j in pruned.items()])
+                search_index.remove_events(conn, list(pruned))
+            values = {"depth": point[0], "stream_ordering": point[1]}
+            conn.execute(insert(self._db.is_sqlite, history_dropped)
+                         .values(room_id=room_id, **values)
+                         .on_conflict_do_update(index_elements=["room_id"], set_=values))
+
+        await self._db.run_write(drop)
         self.forget_cached(pruned)
 
     async def get_event(self, event_id: str) -> StoredEvent | None:

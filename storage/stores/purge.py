@@ -23,6 +23,7 @@ from storage.schema import (
     event_edges,
     events,
     history_cleared,
+    history_dropped,
     receipts,
     redactions,
     room_aliases,
@@ -99,7 +100,7 @@ class PurgeStore:
 
         def rest(conn: Connection) -> None:
             for table in (current_state, state_groups, room_aliases, receipts, history_cleared,
-                          room_forgotten, account_data):
+                          history_dropped, room_forgotten, account_data):
                 conn.execute(delete(table).where(table.c.room_id == room_id))
             conn.execute(delete(rooms).where(rooms.c.room_id == room_id))
 
