@@ -2,8 +2,11 @@
 
 SQLite: an FTS5 table whose rowid is the event's numeric ID. PostgreSQL: a tsvector per event
 (``simple`` configuration: the tokens are made by ``storage.search_text``) with a GIN index.
-The event write path adds to it in the same transaction as the events, a redaction removes
-its target in the redaction's transaction, and purges remove what they delete.
+Each entry also carries its room and which key it is (body, name, topic), so a search filters
+and orders candidates without touching ``events``. Event numeric IDs grow with the stream, so
+"newest first" is the index's own order. The event write path adds to it in the same
+transaction as the events, a redaction removes its target in the redaction's transaction, and
+purges remove what they delete.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from storage.search_text import indexed_text
 
 _TOKENIZER = "unicode61 remove_diacritics 0 categories 'L* N* Co M*'"
 
-fts5 = table("event_search", column("rowid"), column("value"))
-tsv = table("event_search", column("nid"), column("vector"))
+fts5 = table("event_search", column("rowid"), column("value"), column("room_id"),
+             column("kind"))
+tsv = table("event_search", column("nid"), column("room_id"), column("kind"), column("vector"))
 
 
 def index_and_key(is_sqlite: bool) -> tuple[TableClause, ColumnClause[Any]]:
@@ -41,31 +45,34 @@ def index_and_key(is_sqlite: bool) -> tuple[TableClause, ColumnClause[Any]]:
 def create_index(conn: Connection) -> None:
     """Create the index (empty); part of the schema."""
     if conn.dialect.name == "sqlite":
-        conn.execute(text("CREATE VIRTUAL TABLE IF NOT EXISTS event_search "
-                          f'USING fts5(value, tokenize="{_TOKENIZER}")'))
+        conn.execute(text("CREATE VIRTUAL TABLE IF NOT EXISTS event_search USING fts5("
+                          f'value, room_id UNINDEXED, kind UNINDEXED, tokenize="{_TOKENIZER}")'))
     else:
-        conn.execute(text("CREATE TABLE IF NOT EXISTS event_search ("
-                          "nid BIGINT PRIMARY KEY, vector TSVECTOR NOT NULL)"))
+        conn.execute(text("CREATE TABLE IF NOT EXISTS event_search (nid BIGINT PRIMARY KEY, "
+                          "room_id TEXT NOT NULL, kind TEXT NOT NULL, vector TSVECTOR NOT NULL)"))
         conn.execute(text("CREATE INDEX IF NOT EXISTS event_search_vector "
                           "ON event_search USING GIN (vector)"))
 
 
 def index_rows(items: Iterable[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Index rows for ``(nid, event)`` pairs (those with searchable text)."""
-    return [{"nid": nid, "value": value} for nid, pdu in items
-            if (value := indexed_text(pdu)) is not None]
+    return [{"nid": nid, "value": found[1], "room_id": str(pdu.get("room_id")),
+             "kind": found[0]}
+            for nid, pdu in items if (found := indexed_text(pdu)) is not None]
 
 
 def add(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
     if conn.dialect.name == "sqlite":
-        conn.execute(fts5.insert(), [{"rowid": r["nid"], "value": r["value"]} for r in rows])
+        conn.execute(fts5.insert(), [{"rowid": r["nid"], "value": r["value"],
+                                      "room_id": r["room_id"], "kind": r["kind"]} for r in rows])
     else:
         conn.execute(postgresql.insert(tsv).values(
-            nid=bindparam("n"), vector=func.to_tsvector("simple", bindparam("v")))
+            nid=bindparam("n"), room_id=bindparam("r"), kind=bindparam("k"),
+            vector=func.to_tsvector("simple", bindparam("v")))
             .on_conflict_do_nothing(index_elements=["nid"]),
-            [{"n": r["nid"], "v": r["value"]} for r in rows])
+            [{"n": r["nid"], "r": r["room_id"], "k": r["kind"], "v": r["value"]} for r in rows])
 
 
 def remove(conn: Connection, nids: Sequence[int]) -> None:

@@ -88,8 +88,9 @@ def index_value(text: str) -> str:
     return " ".join(tokens(text))
 
 
-def indexed_text(pdu: dict[str, object]) -> str | None:
-    """The index value of an event, or None when it has nothing searchable."""
+def indexed_text(pdu: dict[str, object]) -> tuple[str, str] | None:
+    """``(kind, index value)`` of an event (kind: ``body``, ``name`` or ``topic``), or None
+    when it has nothing searchable."""
     wanted = INDEXED.get(str(pdu.get("type")))
     content = pdu.get("content")
     if wanted is None or not isinstance(content, dict):
@@ -98,7 +99,7 @@ def indexed_text(pdu: dict[str, object]) -> str | None:
     if not isinstance(value, str):
         return None
     indexed = index_value(value)
-    return indexed or None
+    return (wanted[0], indexed) if indexed else None
 
 
 # -- queries ------------------------------------------------------------------------------------

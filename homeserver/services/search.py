@@ -3,8 +3,8 @@
 Candidates come from the full-text index over the rooms the user is or was in (not rooms they
 forgot); each is then checked like any other read — history visibility, membership at the
 event, cleared history, the request's filter — so a search never shows what ``/messages``
-would not. Results page by rank (an offset into the ranked matches) or by recency (a stream
-position), in the opaque ``next_batch``.
+would not. Results page by rank (an offset into the ranked matches) or by recency (the index
+position of the last result), in the opaque ``next_batch``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class RoomEventsSearch:
 
 
 def _parse_batch(token: str | None, by_rank: bool) -> tuple[int, int | None]:
-    """(offset, before stream) from a ``next_batch``."""
+    """(offset, before index position) from a ``next_batch``."""
     if token is None:
         return 0, None
     kind, _, value = token.partition("_")
@@ -102,7 +102,8 @@ class SearchService:
         empty = {"results": [], "count": 0, "highlights": []}
         if query is None or not room_ids or not keys:
             return empty
-        search = SearchQuery(query, room_ids, keys, event_filter.senders,
+        search = SearchQuery(query, room_ids, [k.split(".")[-1] for k in keys],
+                             event_filter.senders,
                              event_filter.not_senders, by_rank)
         found, more = await self._visible_hits(reader, search, event_filter, limit,
                                                offset, before)
@@ -136,7 +137,7 @@ class SearchService:
         found: list[tuple[StoredEvent, SearchHit]] = []
         fetch = max(limit * 2, 20)
         for _ in range(_ROUNDS):
-            hits = await self._store.search(search, offset=offset, before_stream=before,
+            hits = await self._store.search(search, offset=offset, before_nid=before,
                                             limit=fetch)
             allowed = await self._allowed(reader.user_id, hits, event_filter)
             for i, hit in enumerate(hits):
@@ -146,7 +147,7 @@ class SearchService:
                 if len(found) == limit:
                     consumed = hits[:i + 1]
                     offset += len(consumed)
-                    before = hit.stream_ordering
+                    before = hit.nid
                     more = i + 1 < len(hits) or len(hits) == fetch
                     return found, (self._token(search.by_rank, offset, before)
                                    if more else None)
@@ -157,7 +158,7 @@ class SearchService:
             if search.by_rank:
                 offset += len(hits)
             else:
-                before = hits[-1].stream_ordering
+                before = hits[-1].nid
         # Many invisible matches in a row: hand back a token to go on from.
         return found, self._token(search.by_rank, offset, before)
 

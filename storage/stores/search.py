@@ -1,5 +1,11 @@
-"""Full-text search over the event index (``storage.search_index``): the index holds only
-the searchable text; everything a search filters on comes from ``events``."""
+"""Full-text search over the event index (``storage.search_index``).
+
+Candidates are found, filtered by room and key and ordered in the index alone; only the page
+returned is joined to ``events``. "Newest first" walks the index backwards and stops at the
+page. Ranking considers the newest ``MAX_CANDIDATES`` matches (every match of all but the
+most common words), so a word in half a million messages costs a bounded amount; the count
+stops there too.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +18,16 @@ from sqlalchemy import Select, func, literal_column, select
 from storage.engine import DatabaseEngine
 from storage.schema import events
 from storage.search_index import fts5, tsv
-from storage.search_text import KEY_TYPES, Query, fts5_query, tsquery
+from storage.search_text import Query, fts5_query, tsquery
+
+MAX_CANDIDATES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class SearchHit:
     event_id: str
     room_id: str
-    stream_ordering: int
+    nid: int  # the event's numeric ID: grows with the stream ("recent" pages by it)
     rank: float
 
 
@@ -27,7 +35,7 @@ class SearchHit:
 class SearchQuery:
     query: Query
     room_ids: Sequence[str]
-    keys: Sequence[str]  # content.body, content.name, content.topic
+    kinds: Sequence[str]  # body, name, topic (the spec's keys content.body, ...)
     senders: Sequence[str] | None = None
     not_senders: Sequence[str] = ()
     by_rank: bool = True
@@ -37,52 +45,63 @@ class SearchStore:
     def __init__(self, engine: DatabaseEngine) -> None:
         self._db = engine
 
-    def _select(self, q: SearchQuery, *columns: Any) -> tuple[Select[Any], Any]:
-        """The matching events (selecting ``columns``) and the rank expression."""
+    def _matches(self, q: SearchQuery, before_nid: int | None, *columns: Any) -> Select[Any]:
+        """The matching index entries (newest first) in the rooms and keys asked for."""
         if self._db.is_sqlite:
+            index, nid = fts5, fts5.c.rowid
             match = literal_column("event_search").op("MATCH")(fts5_query(q.query))
+        else:
+            index, nid = tsv, tsv.c.nid
+            match = tsv.c.vector.op("@@")(func.to_tsquery("simple", tsquery(q.query)))
+        query = select(*columns).select_from(index).where(
+            match, index.c.room_id.in_(list(q.room_ids)), index.c.kind.in_(list(q.kinds)))
+        if q.senders is not None or q.not_senders:
+            query = query.join(events, events.c.nid == nid)
+            if q.senders is not None:
+                query = query.where(events.c.sender.in_(list(q.senders)))
+            if q.not_senders:
+                query = query.where(events.c.sender.not_in(list(q.not_senders)))
+        if before_nid is not None:
+            query = query.where(nid < before_nid)
+        return query.order_by(nid.desc())
+
+    async def search(self, q: SearchQuery, *, offset: int = 0, before_nid: int | None = None,
+                     limit: int) -> list[SearchHit]:
+        """Matching events, best first (``by_rank``: ``offset`` pages) or newest first
+        (``before_nid`` pages)."""
+        if not q.room_ids or not q.kinds:
+            return []
+        if self._db.is_sqlite:
             # bm25 is lower for better matches; the spec's rank is higher for better.
             rank: Any = -func.bm25(literal_column("event_search"))
-            query = select(*columns).select_from(fts5.join(events, events.c.nid == fts5.c.rowid))
+            found = self._matches(q, before_nid, fts5.c.rowid.label("nid"),
+                                  (rank if q.by_rank else literal_column("0")).label("score"))
         else:
-            ts_query = func.to_tsquery("simple", tsquery(q.query))
-            match = tsv.c.vector.op("@@")(ts_query)
-            rank = func.ts_rank_cd(tsv.c.vector, ts_query)
-            query = select(*columns).select_from(tsv.join(events, events.c.nid == tsv.c.nid))
-        query = query.where(match, events.c.room_id.in_(list(q.room_ids)),
-                            events.c.type.in_([KEY_TYPES[k] for k in q.keys if k in KEY_TYPES]),
-                            events.c.rejected_reason.is_(None))
-        if q.senders is not None:
-            query = query.where(events.c.sender.in_(list(q.senders)))
-        if q.not_senders:
-            query = query.where(events.c.sender.not_in(list(q.not_senders)))
-        return query, rank
-
-    async def search(self, q: SearchQuery, *, offset: int = 0, before_stream: int | None = None,
-                     limit: int) -> list[SearchHit]:
-        """Matching events, best first (``by_rank``) or newest first; ``offset`` pages by
-        rank, ``before_stream`` by recency."""
-        if not q.room_ids or not q.keys:
-            return []
-        query, rank = self._select(q)
-        query = query.add_columns(events.c.event_id, events.c.room_id,
-                                  events.c.stream_ordering, rank.label("score"))
-        if before_stream is not None:
-            query = query.where(events.c.stream_ordering < before_stream)
+            found = self._matches(q, before_nid, tsv.c.nid, tsv.c.vector)
+        sub = found.limit(MAX_CANDIDATES if q.by_rank else limit + offset).subquery()
+        score: Any
+        if self._db.is_sqlite:
+            score = sub.c.score
+        else:
+            score = (func.ts_rank_cd(sub.c.vector, func.to_tsquery("simple", tsquery(q.query)))
+                     if q.by_rank else literal_column("0"))
+        page = (select(events.c.event_id, events.c.room_id, sub.c.nid, score.label("score"))
+                .select_from(sub.join(events, events.c.nid == sub.c.nid)))
         if q.by_rank:
-            query = query.order_by(literal_column("score").desc(),
-                                   events.c.stream_ordering.desc())
+            page = page.order_by(literal_column("score").desc(), sub.c.nid.desc())
         else:
-            query = query.order_by(events.c.stream_ordering.desc())
+            page = page.order_by(sub.c.nid.desc())
         async with self._db.read() as conn:
-            rows = await conn.execute(query.limit(limit).offset(offset))
-            return [SearchHit(r.event_id, r.room_id, int(r.stream_ordering), float(r.score))
-                    for r in rows]
+            rows = await conn.execute(page.limit(limit).offset(offset))
+            return [SearchHit(r.event_id, r.room_id, int(r.nid), float(r.score)) for r in rows]
 
     async def count(self, q: SearchQuery) -> int:
-        """How many events match (before history visibility: an estimate for clients)."""
-        if not q.room_ids or not q.keys:
+        """How many events match, up to ``MAX_CANDIDATES`` (before history visibility: an
+        estimate for clients)."""
+        if not q.room_ids or not q.kinds:
             return 0
-        query, _rank = self._select(q, func.count())
+        key = fts5.c.rowid if self._db.is_sqlite else tsv.c.nid
+        sub = self._matches(q, None, key).limit(MAX_CANDIDATES).subquery()
         async with self._db.read() as conn:
-            return int((await conn.execute(query)).scalar() or 0)
+            return int((await conn.execute(select(func.count()).select_from(sub))).scalar()
+                       or 0)
