@@ -159,3 +159,20 @@ async def run_load(workers: int, seconds: float, total: int,
     elapsed = time.monotonic() - started
     return {"done": len(latencies), "errors": errors,
             "per_s": round(len(latencies) / elapsed, 1), **percentiles(latencies)}
+
+
+async def run_bounded(jobs: list[Any], workers: int, deadline: float) -> int:
+    """Run coroutine factories with ``workers`` at a time until done or the deadline."""
+    queue = iter(jobs)
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        for job in queue:
+            if time.monotonic() > deadline:
+                return
+            await job()
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return done

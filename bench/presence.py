@@ -25,7 +25,7 @@ from urllib.parse import quote
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchServer, emit, machine, percentiles
+from _common import BenchServer, emit, machine, percentiles, run_bounded
 
 PASSWORD = "benchmark password"
 FRIENDS = "/_matrix/client/unstable/org.ktchat.friends"
@@ -33,21 +33,6 @@ FRIENDS = "/_matrix/client/unstable/org.ktchat.friends"
 SYNC_FILTER = json.dumps({"room": {"rooms": []}, "account_data": {"not_types": ["*"]}})
 
 
-async def _bounded(jobs: list[Any], workers: int, deadline: float) -> int:
-    """Run coroutine factories with ``workers`` at a time until done or the deadline."""
-    queue = iter(jobs)
-    done = 0
-
-    async def worker() -> None:
-        nonlocal done
-        for job in queue:
-            if time.monotonic() > deadline:
-                return
-            await job()
-            done += 1
-
-    await asyncio.gather(*(worker() for _ in range(workers)))
-    return done
 
 
 async def main() -> None:
@@ -77,7 +62,7 @@ async def main() -> None:
                     tokens[i], ids[i] = user["access_token"], user["user_id"]
                 return job
 
-            await _bounded([registration(i) for i in range(args.users)], 8, deadline)
+            await run_bounded([registration(i) for i in range(args.users)], 8, deadline)
 
             async def post(path: str, token: str, body: Any) -> dict[str, Any]:
                 async with session.post(server.base + path, json=body,
@@ -95,7 +80,7 @@ async def main() -> None:
 
             pairs = [(i, (i + k) % args.users) for i in range(args.users)
                      for k in range(1, half + 1)]
-            made = await _bounded([friendship(i, j) for i, j in pairs], 16, deadline)
+            made = await run_bounded([friendship(i, j) for i, j in pairs], 16, deadline)
             setup_s = time.monotonic() - setup_started
 
             # Watchers long-poll for presence; togglers change theirs.
@@ -143,7 +128,7 @@ async def main() -> None:
 
             print(f"setup done in {setup_s:.0f} s; updating", file=sys.stderr, flush=True)
             started = time.monotonic()
-            updates = await _bounded([toggle for _ in range(args.updates)], 10,
+            updates = await run_bounded([toggle for _ in range(args.updates)], 10,
                                      started + args.seconds)
             update_s = time.monotonic() - started
             await asyncio.sleep(2)  # the last deliveries
