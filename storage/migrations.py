@@ -30,6 +30,9 @@ def _v3_history(conn: Connection) -> None:
     schema.history_cleared.create(conn, checkfirst=True)
     schema.blocked_rooms.create(conn, checkfirst=True)
     schema.history_dropped.create(conn, checkfirst=True)
+    for index in schema.events.indexes:
+        if index.name == "events_room_state":
+            index.create(conn, checkfirst=True)
     search_index.create_index(conn)
     conn.execute(text("DELETE FROM event_search"))
     # Index what is already stored (redacted events' text is not searchable).

@@ -167,6 +167,8 @@ events = Table(
     Index("events_room_order", "room_id", "depth", "stream_ordering"),
     Index("events_room_stream", "room_id", "stream_ordering"),
     Index("events_txn", "room_id", "sender", "device_id", "txn_id", unique=True),
+    # A user's member events in a room (history visibility asks on every read); version 3.
+    Index("events_room_state", "room_id", "type", "state_key"),
 )
 
 event_edges = Table(
