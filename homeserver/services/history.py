@@ -91,10 +91,7 @@ class HistoryService:
             NotFound: the event is not in the room.
         """
         membership = await self._state.membership(room_id, user_id)
-        if membership is None or membership[0] not in ("join", "leave", "ban") or (
-                membership[0] != "join" and (
-                    room_id in await self._rooms.forgotten_rooms(user_id)
-                    or not await self._events.join_positions(room_id, user_id))):
+        if membership is None or not await self._has_history(room_id, user_id, membership[0]):
             raise Forbidden("You are not a member of this room.")
         if up_to_event_id is not None:
             event = await self._events.get_event(up_to_event_id)
@@ -109,6 +106,16 @@ class HistoryService:
         await self._cleared.advance(user_id, room_id, event.event_id,
                                     (event.depth, event.stream_ordering), self._clock.time_ms())
         await self.drop_unseen(room_id)
+
+    async def _has_history(self, room_id: str, user_id: str, membership: str | None
+                           ) -> bool:
+        """Whether a member sees some of the room's history: joined, or once joined and
+        left (or was banned) without forgetting the room."""
+        if membership == "join":
+            return True
+        return membership in ("leave", "ban") \
+            and room_id not in await self._rooms.forgotten_rooms(user_id) \
+            and bool(await self._events.join_positions(room_id, user_id))
 
     async def unseen_up_to(self, room_id: str) -> Position | None:
         """Up to where no user of this server can see the room's history (None: they can
@@ -132,9 +139,7 @@ class HistoryService:
             if not user_id.endswith(self._local):
                 continue
             was_here = True
-            if member.membership != "join" and (
-                    room_id in await self._rooms.forgotten_rooms(user_id)
-                    or not await self._events.join_positions(room_id, user_id)):
+            if not await self._has_history(room_id, user_id, member.membership):
                 continue  # sees nothing of the room
             point = await self._cleared.point(user_id, room_id)
             if point is None:
@@ -157,18 +162,15 @@ class HistoryService:
             return 0
         dropped = 0
         while True:
-            _after, batch = await self._events.undropped_history(room_id, up_to)
-            if not batch:
+            batch, last = await self._events.undropped_history(room_id, up_to)
+            if last is None:
                 return dropped
             pruned = {}
             for event_id, raw in batch:
                 erased = pruned_json(raw, info[0])
                 if erased is not None and erased != raw:
                     pruned[event_id] = erased
-            last = await self._events.get_event(batch[-1][0])
-            assert last is not None and last.stream_ordering is not None
-            await self._events.drop_content(room_id, pruned,
-                                            (last.depth, last.stream_ordering))
+            await self._events.drop_content(room_id, pruned, last)
             self._serializer.forget(pruned)
             self._persister.forget_events(pruned)
             dropped += len(pruned)

@@ -290,9 +290,10 @@ class EventStore:
         self.forget_cached(pruned)
 
     async def undropped_history(self, room_id: str, up_to: tuple[int, int], limit: int = 500
-                                ) -> tuple[tuple[int, int] | None, list[tuple[str, str]]]:
-        """The room's non-state events after its dropped point and at or before ``up_to``
-        (depth, stream), oldest first, as ``(event ID, JSON)``; and the dropped point."""
+                                ) -> tuple[list[tuple[str, str]], tuple[int, int] | None]:
+        """The room's next non-state events after its dropped point and at or before
+        ``up_to`` (depth, stream), oldest first, as ``(event ID, JSON)``; and the position of
+        the last of them (None when there are none)."""
         async with self._db.read() as conn:
             row = (await conn.execute(select(history_dropped.c.depth,
                                              history_dropped.c.stream_ordering)
@@ -307,7 +308,8 @@ class EventStore:
                 query = query.where(order > tuple_(*after))
             rows = (await conn.execute(query.order_by(events.c.depth, events.c.stream_ordering)
                                        .limit(limit))).all()
-        return after, [(r.event_id, r.json) for r in rows]
+        last = (int(rows[-1].depth), int(rows[-1].stream_ordering)) if rows else None
+        return [(r.event_id, r.json) for r in rows], last
 
     async def drop_content(self, room_id: str, pruned: dict[str, str],
                            point: tuple[int, int]) -> None:
