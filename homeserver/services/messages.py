@@ -202,35 +202,42 @@ class MessageService:
                 not await self._visibility.filter_for_user(reader.user_id, [stored]):
             raise NotFound("Event not found.")
         limit = max(0, min(limit, MAX_PAGE))
-        position = make_token(stored.depth, stored.stream_ordering)
-        just_before = make_token(stored.depth, stored.stream_ordering - 1)
-        half_before = limit // 2
-        before = await self.messages(reader, room_id, from_token=just_before, to_token=None,
-                                     backwards=True, limit=half_before,
-                                     event_filter=event_filter)
-        after = await self.messages(reader, room_id, from_token=position, to_token=None,
-                                    backwards=False, limit=limit - half_before,
-                                    event_filter=event_filter)
+        around = await self.around(reader, stored, limit // 2, limit - limit // 2,
+                                   event_filter)
         # The spec: "the state of the room at the last event returned".
         last = stored
-        if after["chunk"]:
-            last = await self._events.get_event(after["chunk"][-1]["event_id"]) or stored
+        if around["events_after"]:
+            last = await self._events.get_event(
+                around["events_after"][-1]["event_id"]) or stored
         state = await self._state.state_at_group(last.state_group_after)
         state_events = await self._events.get_events(state.values())
         if event_filter.lazy_load_members:
-            senders = {e["sender"] for e in before["chunk"] + after["chunk"]}
+            senders = {e["sender"] for e in around["events_before"] + around["events_after"]}
             senders.add(str(stored.pdu.get("sender")))
             state_events = {k: v for k, v in state_events.items()
                             if v.pdu.get("type") != "m.room.member"
                             or v.pdu.get("state_key") in senders}
         return {
             "event": (await self._serialize(reader, [stored]))[0],
-            "events_before": before["chunk"],
-            "events_after": after["chunk"],
-            "start": before.get("end", just_before),
-            "end": after.get("end", position),
+            **around,
             "state": await self._serialize(reader, list(state_events.values())),
         }
+
+    async def around(self, reader: Reader, stored: StoredEvent, before_limit: int,
+                     after_limit: int, event_filter: RoomEventFilter) -> dict[str, Any]:
+        """``events_before``, ``events_after``, ``start`` and ``end`` around a stored event
+        (as /context gives them)."""
+        assert stored.stream_ordering is not None
+        position = make_token(stored.depth, stored.stream_ordering)
+        just_before = make_token(stored.depth, stored.stream_ordering - 1)
+        before = await self.messages(reader, stored.room_id, from_token=just_before,
+                                     to_token=None, backwards=True, limit=before_limit,
+                                     event_filter=event_filter)
+        after = await self.messages(reader, stored.room_id, from_token=position,
+                                    to_token=None, backwards=False, limit=after_limit,
+                                    event_filter=event_filter)
+        return {"events_before": before["chunk"], "events_after": after["chunk"],
+                "start": before.get("end", just_before), "end": after.get("end", position)}
 
     async def _visible_state(self, user_id: str, room_id: str) -> StateMap:
         access = await self.access(user_id, room_id)

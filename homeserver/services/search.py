@@ -17,7 +17,7 @@ from homeserver.clock import Clock
 from homeserver.errors import InvalidParam
 from homeserver.services.filtering import RoomEventFilter
 from homeserver.services.member_cache import MembershipCache
-from homeserver.services.messages import MessageService, Reader, make_token
+from homeserver.services.messages import MessageService, Reader
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.visibility import VisibilityService
 from storage.search_text import INDEXED, KEY_TYPES, Query, highlights, parse_query
@@ -201,23 +201,13 @@ class SearchService:
     async def _context(self, reader: Reader, event: StoredEvent, criteria: RoomEventsSearch
                        ) -> dict[str, Any]:
         """The events around a result, as ``/context`` would give them."""
-        assert event.stream_ordering is not None and criteria.before_limit is not None
-        position = make_token(event.depth, event.stream_ordering)
-        just_before = make_token(event.depth, event.stream_ordering - 1)
-        everything = RoomEventFilter()
-        before = await self._messages.messages(
-            reader, event.room_id, from_token=just_before, to_token=None, backwards=True,
-            limit=max(0, min(criteria.before_limit, MAX_CONTEXT)), event_filter=everything)
-        after = await self._messages.messages(
-            reader, event.room_id, from_token=position, to_token=None, backwards=False,
-            limit=max(0, min(criteria.after_limit, MAX_CONTEXT)), event_filter=everything)
-        context: dict[str, Any] = {
-            "events_before": before["chunk"], "events_after": after["chunk"],
-            "start": before.get("end", just_before), "end": after.get("end", position),
-        }
+        assert criteria.before_limit is not None
+        context = await self._messages.around(
+            reader, event, max(0, min(criteria.before_limit, MAX_CONTEXT)),
+            max(0, min(criteria.after_limit, MAX_CONTEXT)), RoomEventFilter())
         if criteria.include_profile:
             senders = {str(event.pdu.get("sender"))}
-            senders |= {e["sender"] for e in before["chunk"] + after["chunk"]}
+            senders |= {e["sender"] for e in context["events_before"] + context["events_after"]}
             context["profile_info"] = await self._profiles(event, senders)
         return context
 
