@@ -223,7 +223,10 @@ class PurgeService:
         if not known:
             return
         local = ":" + self._server_name
-        members = [u for u in await self._local_members(room_id) if u.endswith(local)]
+        member_events = await self._state.current_state(room_id, types=["m.room.member"])
+        # Local users in the room, or invited or knocking: they are made to leave.
+        members = sorted(e.state_key for e in member_events if e.state_key.endswith(local)
+                         and e.membership in ("join", "invite", "knock"))
         if req.new_room_user_id is not None:
             task.new_room_id, _ = await self._room_service.create_room(CreateRoomRequest(
                 creator=req.new_room_user_id, preset="public_chat",
@@ -250,19 +253,13 @@ class PurgeService:
             return
         task.status = "purging"
         # Everyone with a member event here (those who left or were banned too) loses it.
-        with_membership = [e.state_key for e in await self._state.current_state(
-            room_id, types=["m.room.member"])]
+        with_membership = [e.state_key for e in member_events]
         deleted = await self._persister.remove_room(
             room_id, lambda: self._store.delete_room(room_id))
         self._forget(set(deleted), room_id)
         self._members.invalidate(with_membership)
         await self._store.reclaim_space()
         logger.info("Deleted room %s (%d events)", room_id, len(deleted))
-
-    async def _local_members(self, room_id: str) -> list[str]:
-        """Users with a joined, invited or knocking membership in the room's current state."""
-        state = await self._state.current_state(room_id, types=["m.room.member"])
-        return sorted(e.state_key for e in state if e.membership in ("join", "invite", "knock"))
 
     async def set_blocked(self, room_id: str, admin: str, block: bool) -> None:
         if block:
