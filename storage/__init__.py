@@ -10,12 +10,14 @@ from storage.stores.account_data import AccountDataStore
 from storage.stores.auth_sessions import NonceStore, RegistrationTokenStore, UiAuthStore
 from storage.stores.devices import DeviceStore
 from storage.stores.events import EventStore
+from storage.stores.federation import FederationStore
 from storage.stores.filters import FilterStore
 from storage.stores.presence import PresenceStore
 from storage.stores.purge import PurgeStore
 from storage.stores.receipts import ReceiptStore
 from storage.stores.rooms import RoomStore
 from storage.stores.search import SearchStore
+from storage.stores.server_keys import ServerKeyStore
 from storage.stores.state import StateStore
 from storage.stores.sync import SyncStore
 from storage.stores.users import ProfileStore, UserStore
@@ -45,6 +47,8 @@ class Database:
         self.presence = PresenceStore(self.engine)
         self.search = SearchStore(self.engine)
         self.purge = PurgeStore(self.engine)
+        self.federation = FederationStore(self.engine)
+        self.server_keys = ServerKeyStore(self.engine)
 
     @property
     def is_sqlite(self) -> bool:

@@ -53,7 +53,13 @@ def _v3_history(conn: Connection) -> None:
         after = rows[-1].nid
 
 
-MIGRATIONS: list[Migration] = [_v2_receipts_and_presence, _v3_history]
+def _v4_federation(conn: Connection) -> None:
+    for table in (schema.server_keys, schema.federation_outbox, schema.federation_destinations,
+                  schema.federation_received_txns, schema.invite_state):
+        table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Migration] = [_v2_receipts_and_presence, _v3_history, _v4_federation]
 LATEST = 1 + len(MIGRATIONS)
 
 

@@ -328,3 +328,68 @@ blocked_rooms = Table(
     Column("user_id", Text, nullable=False),  # the admin who blocked it
     Column("ts", BigInteger, nullable=False),
 )
+
+# -- federation (version 4) ------------------------------------------------------------------
+
+# Other servers' signing keys, as fetched (directly or through a notary) and verified.
+server_keys = Table(
+    "server_keys",
+    metadata,
+    Column("server_name", Text, nullable=False),
+    Column("key_id", Text, nullable=False),
+    Column("verify_key", Text, nullable=False),  # unpadded Base64 ed25519 public key
+    # Until when the key may be used to check signatures (for an old key: when it expired).
+    Column("valid_until_ts", BigInteger, nullable=False),
+    # Set for keys listed under old_verify_keys: they only check what was signed before.
+    Column("expired_ts", BigInteger, nullable=True),
+    Column("fetched_ts", BigInteger, nullable=False),
+    # The key server's own signed response this key came in (what our notary serves).
+    Column("key_json", Text, nullable=False),
+    PrimaryKeyConstraint("server_name", "key_id"),
+)
+
+# The durable outbound queue: what each destination still has to receive. A PDU row is
+# written in the same transaction as its event, so an acknowledged event always reaches
+# every server that was in the room.
+federation_outbox = Table(
+    "federation_outbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("destination", Text, nullable=False),
+    Column("event_id", Text, nullable=True),  # a PDU
+    Column("edu_json", Text, nullable=True),  # or a persistent EDU ({"edu_type", "content"})
+    Column("created_ts", BigInteger, nullable=False),
+    Index("federation_outbox_destination", "destination", "id"),
+)
+
+# Backoff per destination, so a dead server is not hammered, even across restarts.
+federation_destinations = Table(
+    "federation_destinations",
+    metadata,
+    Column("destination", Text, primary_key=True),
+    Column("retry_last_ts", BigInteger, nullable=False, default=0),
+    Column("retry_interval_ms", BigInteger, nullable=False, default=0),
+    Column("failure_ts", BigInteger, nullable=True),
+)
+
+# Transactions received (origin, txn ID) and the answer given, so a repeat is answered the
+# same without being processed again.
+federation_received_txns = Table(
+    "federation_received_txns",
+    metadata,
+    Column("origin", Text, nullable=False),
+    Column("txn_id", Text, nullable=False),
+    Column("response_json", Text, nullable=False),
+    Column("received_ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("origin", "txn_id"),
+    Index("federation_received_txns_ts", "received_ts"),
+)
+
+# Stripped state that came with an invite (or knock) to a room this server is not in: what
+# the invited user's sync shows.
+invite_state = Table(
+    "invite_state",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("stripped_json", Text, nullable=False),
+)
