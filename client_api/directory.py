@@ -19,8 +19,8 @@ routes = ClientRoutes()
 async def get_alias(request: web.Request) -> web.Response:
     """GET /_matrix/client/v3/directory/room/{roomAlias}"""
     services = request.app[SERVICES]
-    room_id = await services.rooms.resolve_alias(request.match_info["alias"])
-    return json_response({"room_id": room_id, "servers": [services.config.server_name]})
+    room_id, servers = await services.rooms.resolve_alias(request.match_info["alias"])
+    return json_response({"room_id": room_id, "servers": servers})
 
 
 @routes.put("/directory/room/{alias}")

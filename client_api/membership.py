@@ -18,13 +18,19 @@ async def _body(request: web.Request) -> MembershipBody:
     return parse_body(MembershipBody, await read_json_object(request, allow_empty=True))
 
 
+def _servers(request: web.Request) -> list[str]:
+    """Servers to join a room through: ``via`` (v1.12+) and the older ``server_name``."""
+    return [*request.query.getall("via", []), *request.query.getall("server_name", [])]
+
+
 @routes.post("/join/{room_id_or_alias}")
 async def post_join_by_id_or_alias(request: web.Request) -> web.Response:
     """POST /_matrix/client/v3/join/{roomIdOrAlias}"""
     requester = await require_requester(request)
     body = await _body(request)
     room_id = await request.app[SERVICES].membership.join(
-        requester.user_id, request.match_info["room_id_or_alias"], reason=body.reason)
+        requester.user_id, request.match_info["room_id_or_alias"], reason=body.reason,
+        servers=_servers(request))
     return json_response({"room_id": room_id})
 
 
@@ -44,7 +50,8 @@ async def post_knock(request: web.Request) -> web.Response:
     requester = await require_requester(request)
     body = await _body(request)
     room_id = await request.app[SERVICES].membership.knock(
-        requester.user_id, request.match_info["room_id_or_alias"], reason=body.reason)
+        requester.user_id, request.match_info["room_id_or_alias"], reason=body.reason,
+        servers=_servers(request))
     return json_response({"room_id": room_id})
 
 

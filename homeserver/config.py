@@ -81,6 +81,12 @@ class FederationConfig:
     verify_tls: bool = True
     ip_range_denylist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     ip_range_allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Notaries asked for other servers' keys before the servers themselves (Synapse's
+    # trusted_key_servers, as server names). Default: none, keys come from each server.
+    trusted_key_servers: tuple[str, ...] = ()
+    # Outbound retries: the first wait after a failure, doubled per failure up to the max.
+    retry_initial_interval: int = 2_000  # ms
+    retry_max_interval: int = 3_600_000  # ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +388,9 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         fed_r.get("verify_tls", bool, True),
         _networks(fed_r, "ip_range_denylist", DEFAULT_IP_RANGE_DENYLIST),
         _networks(fed_r, "ip_range_allowlist", ()),
+        tuple(str(name) for name in fed_r.get("trusted_key_servers", list, [])),
+        _duration_ms(fed_r, "retry_initial_interval", 2_000) or 2_000,
+        _duration_ms(fed_r, "retry_max_interval", 3_600_000) or 3_600_000,
     )
 
     rl_r = r.section("rate_limits")

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from signedjson.types import SigningKey
@@ -26,7 +27,13 @@ from homeserver.events.builder import build_event
 from homeserver.events.canonical import encode_canonical
 from homeserver.events.model import Event
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.rooms.auth import AuthError, auth_types_for_event, check_auth_rules
+from homeserver.rooms.auth import (
+    AuthError,
+    auth_types_for_event,
+    check_auth_events,
+    check_auth_rules,
+    create_event_id_for_room,
+)
 from homeserver.services.notifier import Notifier
 from storage import Database
 from storage.ids import IdAllocator
@@ -42,6 +49,9 @@ T = TypeVar("T")
 
 MAX_PREV_EVENTS = 10
 MAX_PDU_BYTES = 65536
+# The greatest depth (canonical JSON's greatest integer): a received event may claim it, so
+# new events stop growing there instead of becoming unsendable.
+MAX_DEPTH = 2**53 - 1
 MAX_BATCH = 500
 _EVENT_CACHE_SIZE = 20_000
 _ROOM_CACHE_SIZE = 5_000
@@ -60,6 +70,11 @@ class RoomSnapshot:
     chain: list[Layer]
     extremities: list[str]
     depth: int
+    # Joined members, so each new event knows which servers it goes to.
+    joined: set[str] = field(default_factory=set)
+
+    def servers(self) -> set[str]:
+        return {user_id.split(":", 1)[1] for user_id in self.joined}
 
 
 TxnKey = tuple[str, str, str, str]
@@ -127,10 +142,21 @@ class NewEvent:
     txn_id: str | None = None
 
 
+class MissingEvents(Exception):
+    """Events an event refers to are not stored here (fetch them, then try again)."""
+
+    def __init__(self, event_ids: list[str]) -> None:
+        super().__init__(f"missing events: {', '.join(event_ids[:5])}")
+        self.event_ids = event_ids
+
+
 class EventPersister:
     def __init__(self, db: Database, clock: Clock, notifier: Notifier, server_name: str,
-                 signing_key: SigningKey) -> None:
+                 signing_key: SigningKey, *, federates: bool = True) -> None:
         self._db = db
+        self._federates = federates
+        # Told which destinations have new queued PDUs once they are committed.
+        self.outbox_listener: Callable[[set[str]], None] | None = None
         self._clock = clock
         self._notifier = notifier
         self._server_name = server_name
@@ -328,7 +354,7 @@ class EventPersister:
                 version, type=new.type, sender=new.sender, content=new.content,
                 room_id=snapshot.room_id, state_key=new.state_key,
                 prev_events=snapshot.extremities[-MAX_PREV_EVENTS:], auth_events=auth_ids,
-                depth=snapshot.depth + 1, origin_server_ts=self._clock.time_ms(),
+                depth=min(snapshot.depth + 1, MAX_DEPTH), origin_server_ts=self._clock.time_ms(),
                 redacts=new.redacts, server_name=self._server_name,
                 signing_key=self._signing_key)
         except ValueError as e:
@@ -360,9 +386,18 @@ class EventPersister:
             self._last_encoded = (event.event_id, encode_canonical(dict(event.pdu)))
         return self._last_encoded[1]
 
-    def _prepare(self, snapshot: RoomSnapshot, event: Event, new: NewEvent, now: int
+    def _prepare(self, snapshot: RoomSnapshot, event: Event, new: NewEvent | None, now: int,
+                 *, extremities: list[str] | None = None, relay_except: str | None = None
                  ) -> PersistItem:
-        """Turn an authorized event into a write, and move the snapshot past it."""
+        """Turn an authorized event into a write, and move the snapshot past it.
+
+        ``extremities`` are the room's forward extremities after the event (default: just the
+        event, as for every event built here). An event sent from here goes to every other
+        server in the room before or after it (and to a member event's target's server); an
+        event received from ``relay_except`` (a join, leave or knock it asked us to sign in)
+        goes to the other servers too.
+        """
+        servers_before = snapshot.servers() if self._federates else set()
         nid = self._nids.next()
         item = PersistItem(
             event_id=event.event_id, room_id=snapshot.room_id,
@@ -372,13 +407,14 @@ class EventPersister:
             origin_server_ts=event.origin_server_ts, received_ts=now,
             prev_event_ids=event.prev_event_ids, auth_event_ids=event.auth_event_ids,
             state_group_before=snapshot.state_group, state_group_after=snapshot.state_group,
-            device_id=new.device_id if new.txn_id is not None else None, txn_id=new.txn_id,
+            device_id=new.device_id if new is not None and new.txn_id is not None else None,
+            txn_id=new.txn_id if new is not None else None,
             redacts=event.redacts, extremities_after=[event.event_id], pdu=dict(event.pdu),
             room_version=snapshot.room_version.identifier)
         if event.state_tuple is not None:
             key = event.state_tuple
             item.replaces_state = snapshot.state.get(key)
-            key_nid = self._state_key_nid(key, item)
+            key_nid = self._state_key_nid(key, item.new_state_keys)
             new_nids = dict(snapshot.state_nids)
             new_nids[key_nid] = nid
             added, removed = diff(snapshot.state_nids, new_nids)
@@ -397,20 +433,38 @@ class EventPersister:
             snapshot.state_nids = new_nids
             snapshot.state[key] = event.event_id
             self._db.state.remember_layer(layer, new_nids)
-        snapshot.extremities = [event.event_id]
+            if event.type == "m.room.member" and event.state_key is not None:
+                if event.membership == "join":
+                    snapshot.joined.add(event.state_key)
+                else:
+                    snapshot.joined.discard(event.state_key)
+        snapshot.extremities = extremities if extremities is not None else [event.event_id]
+        item.extremities_after = list(snapshot.extremities)
         snapshot.depth = max(snapshot.depth, event.depth)
+        if self._federates:
+            servers = servers_before | snapshot.servers()
+            item.destinations = sorted(self._destinations(event, servers, relay_except))
         self._cache_event(event)
         self._db.state.remember_event_nid(nid, event.event_id)
         return item
 
-    def _state_key_nid(self, key: StateKey, item: PersistItem) -> int:
+    def _destinations(self, event: Event, servers: set[str], relay_except: str | None
+                      ) -> set[str]:
+        origin = event.sender.split(":", 1)[1]
+        if origin != self._server_name and relay_except is None:
+            return set()  # another server's event: its server sends it
+        if event.type == "m.room.member" and event.state_key and ":" in event.state_key:
+            servers = servers | {event.state_key.split(":", 1)[1]}
+        return servers - {self._server_name, origin, relay_except or ""}
+
+    def _state_key_nid(self, key: StateKey, new_keys: list[tuple[int, str, str]]) -> int:
         nid = self._db.state.cached_key_nid(key)
         if nid is None:
             nid = self._key_nids.next()
             self._db.state.remember_key(nid, key)
             self._unstored_keys.add(nid)
         if nid in self._unstored_keys:
-            item.new_state_keys.append((nid, key[0], key[1]))
+            new_keys.append((nid, key[0], key[1]))
         return nid
 
     def _enqueue(self, item: PersistItem) -> asyncio.Future[None]:
@@ -471,10 +525,18 @@ class EventPersister:
             for _ in queued:
                 self._queue.task_done()
             self._unstored_keys.difference_update(n for i in items for n, _, _ in i.new_state_keys)
+            destinations = {d for i in items for d in i.destinations}
+            if destinations and self.outbox_listener is not None:
+                self.outbox_listener(destinations)
+            items = [i for i in items if i.stream_ordering is not None]
+            if not items:
+                continue
             self._notifier.on_new_events(
-                items[-1].stream_ordering, {i.room_id for i in items},
+                max(i.stream_ordering for i in items if i.stream_ordering is not None),
+                {i.room_id for i in items},
                 {i.state_key for i in items if i.type == "m.room.member" and i.state_key},
-                [(i.room_id, i.stream_ordering, i.event_id) for i in items],
+                [(i.room_id, i.stream_ordering, i.event_id) for i in items
+                 if i.stream_ordering is not None],
                 [(i.room_id, key) for i in items for type_, key, _, membership
                  in i.current_state_delta if type_ == "m.room.member" and membership != "join"],
                 [i.redacts for i in items if i.redacts is not None])
@@ -511,6 +573,273 @@ class EventPersister:
         for event_id in event_ids:
             self._events.pop(event_id, None)
 
+    # -- events from other servers ----------------------------------------------------------
+
+    async def build(self, room_id: str, new: NewEvent) -> Event:
+        """Build, sign and authorize an event against the current state without storing it
+        (an invite that the invitee's server must sign first); store it with ``receive``."""
+        async with self._lock(room_id):
+            snapshot = await self._snapshot(room_id)
+            if snapshot is None:
+                raise NotFound("Unknown room")
+            return await self._build_and_auth(snapshot, new)
+
+    async def room_head(self, room_id: str) -> RoomSnapshot | None:
+        """A copy of the room's current state and head (for templates and answers)."""
+        async with self._lock(room_id):
+            snapshot = await self._snapshot(room_id)
+            if snapshot is None:
+                return None
+            return RoomSnapshot(snapshot.room_id, snapshot.room_version, dict(snapshot.state),
+                                dict(snapshot.state_nids), snapshot.state_group,
+                                list(snapshot.chain), list(snapshot.extremities),
+                                snapshot.depth, set(snapshot.joined))
+
+    async def check_against_current(self, event: Event) -> None:
+        """Would ``event`` pass the rules against the room's current state (a template a
+        remote server asked for)? Raises ``AuthError`` if not."""
+        async with self._lock(event.room_id):
+            snapshot = await self._snapshot(event.room_id)
+            if snapshot is None:
+                raise NotFound("Unknown room")
+            create_id = snapshot.state.get(("m.room.create", ""))
+            create = (await self.get_events([create_id])).get(create_id) if create_id else None
+            check_auth_rules(event, await self._state_events(snapshot.state, event),
+                             create_event=create)
+
+    async def auth_chain(self, event_ids: list[str]) -> list[Event]:
+        """The events' auth chain (their auth events, theirs, and so on; one load per level;
+        in a v12 room the create event too), oldest first."""
+        seen: dict[str, Event] = {}
+        start = await self.get_events(list(set(event_ids)))
+        frontier = {a for e in start.values() for a in e.auth_event_ids}
+        frontier |= {create_event_id_for_room(e.room_id) for e in start.values()
+                     if e.room_version.room_id_is_create_event_hash
+                     and e.type != "m.room.create"}
+        while frontier:
+            loaded = await self.get_events(list(frontier))
+            seen.update(loaded)
+            frontier = {a for e in loaded.values() for a in e.auth_event_ids if a not in seen}
+        return sorted(seen.values(), key=lambda e: e.depth)
+
+    async def is_stored(self, event_ids: list[str]) -> set[str]:
+        """Which of the events are stored or queued here (accepted, outlier or soft-failed)."""
+        known = {e for e in event_ids if e in self._events or e in self._uncommitted}
+        rest = [e for e in event_ids if e not in known]
+        if rest:
+            known |= set(await self._db.events.get_events(rest))
+        return known
+
+    async def receive(self, event: Event, *, relay_except: str | None = None) -> str:
+        """Store an event another server sent (or one built here that another server signed).
+
+        Its auth events must be stored already (fetch them first, see ``store_outliers``).
+        The event passes the authorization rules against its auth events and against the
+        state before it; if it then fails against the room's current state it is soft-failed:
+        stored, but neither in the timeline nor in the state.
+
+        Returns:
+            ``"accepted"``, ``"soft_failed"`` or ``"duplicate"``.
+
+        Raises:
+            NotFound: the room is unknown here.
+            MissingEvents: some of its auth events are not stored.
+            AuthError: it fails the authorization rules (nothing is stored).
+        """
+        async with self._lock(event.room_id):
+            snapshot = await self._snapshot(event.room_id)
+            if snapshot is None or not snapshot.state:
+                raise NotFound("Unknown room")
+            if await self.is_stored([event.event_id]):
+                return "duplicate"
+            create = await self._auth_against_auth_events(event)
+            state_before = await self._state_before(snapshot, event)
+            check_auth_rules(event, await self._state_events(state_before, event),
+                             create_event=create)
+            soft_failed = False
+            if state_before is not snapshot.state:
+                try:
+                    check_auth_rules(event, await self._state_events(snapshot.state, event),
+                                     create_event=create)
+                except AuthError as e:
+                    logger.info("Soft-failing %s: %s", event.event_id, e)
+                    soft_failed = True
+            now = self._clock.time_ms()
+            if soft_failed:
+                item = self._outlier_item(event, now)
+            else:
+                prevs = set(event.prev_event_ids)
+                extremities = [e for e in snapshot.extremities if e not in prevs]
+                item = self._prepare(snapshot, event, None, now,
+                                     extremities=[*extremities, event.event_id],
+                                     relay_except=relay_except)
+            future = self._enqueue(item)
+        await self._await_commit(future, event.room_id)
+        return "soft_failed" if soft_failed else "accepted"
+
+    async def _auth_against_auth_events(self, event: Event) -> Event | None:
+        """Rule 3 and the rules against the event's own auth events; returns the create
+        event."""
+        wanted = list(event.auth_event_ids)
+        create_id = create_event_id_for_room(event.room_id) \
+            if event.room_version.room_id_is_create_event_hash else None
+        if create_id is not None:
+            wanted.append(create_id)
+        loaded = await self.get_events(wanted)
+        missing = [e for e in wanted if e not in loaded]
+        if missing:
+            raise MissingEvents(missing)
+        auth_map = check_auth_events(event, [loaded[e] for e in event.auth_event_ids])
+        create = loaded[create_id] if create_id is not None else auth_map.get(("m.room.create",
+                                                                                ""))
+        check_auth_rules(event, auth_map, create_event=create)
+        return create
+
+    async def _state_events(self, state: Mapping[StateKey, str], event: Event
+                            ) -> dict[StateKey, Event]:
+        """The state entries the rules read for ``event``, loaded."""
+        keys = auth_types_for_event(event.room_version, event.type, event.state_key,
+                                    event.sender, event.content)
+        keys.add(("m.room.create", ""))
+        ids = {k: state[k] for k in keys if k in state}
+        loaded = await self.get_events(list(ids.values()))
+        return {k: loaded[e] for k, e in ids.items() if e in loaded}
+
+    async def _state_before(self, snapshot: RoomSnapshot, event: Event
+                            ) -> dict[StateKey, str]:
+        """The room state before a received event: the current state when it follows the
+        room's extremities (the common case), else the state after its prev events, merged.
+
+        Where branches disagree, the current value wins if it is one of theirs. This is not
+        state resolution (that arrives with forks and backfill); it is exact for a room that
+        does not fork and keeps to what this server has accepted when it does.
+        """
+        prevs = event.prev_event_ids
+        if not prevs or set(prevs) <= set(snapshot.extremities):
+            return snapshot.state
+        stored = await self._db.events.get_events(prevs)
+        groups = {s.state_group_after for s in stored.values()
+                  if not s.outlier and s.rejected_reason is None}
+        if len(stored) < len(prevs) or not groups or None in groups:
+            return snapshot.state  # a prev event is unknown: keep to the current state
+        maps = [await self._db.state.state_at_group(g) for g in groups]
+        merged: dict[StateKey, str] = {}
+        for key in {k for m in maps for k in m}:
+            values = {m[key] for m in maps if key in m}
+            current = snapshot.state.get(key)
+            merged[key] = current if current in values else min(values)
+        return merged
+
+    def _outlier_item(self, event: Event, now: int) -> PersistItem:
+        nid = self._nids.next()
+        self._db.state.remember_event_nid(nid, event.event_id)
+        return PersistItem(
+            event_id=event.event_id, room_id=event.room_id,
+            pdu_json=encode_canonical(dict(event.pdu)).decode("utf-8"), nid=nid,
+            stream_ordering=None, depth=event.depth, type=event.type,
+            state_key=event.state_key, sender=event.sender,
+            origin_server_ts=event.origin_server_ts, received_ts=now,
+            prev_event_ids=event.prev_event_ids, auth_event_ids=event.auth_event_ids,
+            state_group_before=None, state_group_after=None, redacts=event.redacts,
+            pdu=dict(event.pdu), room_version=event.room_version.identifier, outlier=True,
+            moves_head=False)
+
+    async def store_outliers(self, events: list[Event]) -> None:
+        """Store checked events (auth chains, a room's state on joining) with no place in the
+        timeline; already stored ones are skipped. The room must exist here."""
+        known = await self.is_stored([e.event_id for e in events])
+        now = self._clock.time_ms()
+        futures = []
+        seen: set[str] = set()
+        for event in sorted(events, key=lambda e: e.depth):
+            if event.event_id in known or event.event_id in seen:
+                continue
+            seen.add(event.event_id)
+            futures.append(self._enqueue(self._outlier_item(event, now)))
+        for future in futures:
+            await self._await_commit(future, events[0].room_id)
+
+    async def join_remote_room(self, join: Event, state: list[Event], auth_chain: list[Event]
+                               ) -> None:
+        """Store the room a remote join brought: its state and auth chain as outliers, then
+        our join event as the first event of its timeline here, on that state."""
+        room_id = join.room_id
+        version = join.room_version
+        create = next((e for e in state if e.state_tuple == ("m.room.create", "")), None)
+        if create is None:
+            raise MatrixError("The room's state has no create event", status=502)
+        keys = [e.state_tuple for e in state if e.state_tuple is not None]
+        await self._db.state.key_nids(keys)  # keys other rooms interned
+        futures = []
+        async with self._lock(room_id):
+            existing = await self._snapshot(room_id)
+            now = self._clock.time_ms()
+            known = await self.is_stored([e.event_id for e in [*state, *auth_chain]])
+            outliers: dict[str, PersistItem] = {}
+            for event in sorted([*auth_chain, *state], key=lambda e: e.depth):
+                if event.event_id not in known and event.event_id not in outliers:
+                    outliers[event.event_id] = self._outlier_item(event, now)
+            nids = {e: i.nid for e, i in outliers.items()}
+            stored_ids = [e.event_id for e in state if e.event_id not in nids]
+            nids.update(await self._db.state.nids_for_events(stored_ids))
+            new_keys: list[tuple[int, str, str]] = []
+            state_map: dict[StateKey, str] = {}
+            state_nids: dict[int, int] = {}
+            joined: set[str] = set()
+            delta = []
+            for event in state:
+                key = event.state_tuple
+                if key is None:
+                    continue
+                state_map[key] = event.event_id
+                state_nids[self._state_key_nid(key, new_keys)] = nids[event.event_id]
+                delta.append((key[0], key[1], event.event_id, event.membership))
+                if event.membership == "join" and event.state_key:
+                    joined.add(event.state_key)
+            group_id = self._groups.next()
+            base = Layer(group_id, None, frozenset(state_nids.items()), frozenset())
+            self._db.state.remember_layer(base, dict(state_nids))
+            snapshot = RoomSnapshot(room_id, version, state_map, state_nids, group_id, [base],
+                                    list(join.prev_event_ids), max(join.depth - 1, 0), joined)
+            item = self._prepare(snapshot, join, None, now)
+            item.new_state_keys[:0] = new_keys
+            item.base_state_group = NewStateGroup(group_id, room_id, None,
+                                                  pack_pairs(base.added), b"")
+            item.state_group_before = group_id
+            item.current_state_delta[:0] = delta
+            item.destinations = []  # the resident server sends our join to the others
+            if existing is None:
+                item.new_room = (version.identifier, create.sender, now)
+            self._remember_room(snapshot)
+            futures = [self._enqueue(o) for o in outliers.values()]
+            futures.append(self._enqueue(item))
+        for future in futures:
+            await self._await_commit(future, room_id)
+
+    async def store_remote_membership(self, event: Event, stripped_state: list[Any] | None
+                                      ) -> None:
+        """Store a member event of a room this server is not in (an invite of one of our
+        users, or the leave that rejects it): it shows in that user's sync, with the stripped
+        state that came with an invite."""
+        room_id = event.room_id
+        async with self._lock(room_id):
+            snapshot = await self._snapshot(room_id)
+            now = self._clock.time_ms()
+            item = self._outlier_item(event, now)
+            item.outlier = False
+            item.stream_ordering = self._stream.next()
+            assert event.state_key is not None
+            item.current_state_delta.append(("m.room.member", event.state_key,
+                                             event.event_id, event.membership))
+            if stripped_state is not None:
+                item.invite_state_json = json.dumps(stripped_state)
+            if snapshot is None:
+                item.new_room = (event.room_version.identifier, event.sender, now)
+                self._remember_room(RoomSnapshot(room_id, event.room_version, {}, {}, None,
+                                                 [], [], 0))
+            future = self._enqueue(item)
+        await self._await_commit(future, room_id)
+
     # -- loading snapshots ------------------------------------------------------------------
 
     def _remember_room(self, snapshot: RoomSnapshot) -> None:
@@ -546,8 +875,10 @@ class EventPersister:
         state = await self._db.state.state_at_group(group_id)
         head = await self._db.events.room_head(room_id)
         extremities, depth = (head.extremities, head.depth) if head else ([], 0)
+        members = await self._db.state.current_state(room_id, types=["m.room.member"])
         snapshot = RoomSnapshot(room_id, version, state, dict(state_nids), group_id, chain,
-                                extremities, depth)
+                                extremities, depth,
+                                {m.state_key for m in members if m.membership == "join"})
         self._remember_room(snapshot)
         return snapshot
 

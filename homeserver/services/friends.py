@@ -11,6 +11,7 @@ invited — a request; anyone gone — over. The bookkeeping here only finds tho
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from homeserver.services.rooms import CreateRoomRequest, RoomService
 from homeserver.types import parse_user_id
 from storage.stores.events import EventStore
 from storage.stores.state import StateStore
+from storage.stores.sync import SyncStore
 
 FRIENDSHIP_KEY = "org.ktchat.friendship"
 FRIENDS, OUTGOING, INCOMING = "friends", "outgoing", "incoming"
@@ -45,8 +47,9 @@ class FriendsService:
     def __init__(self, rooms: RoomService, membership: MembershipService,
                  members: MembershipCache, state: StateStore, events: EventStore,
                  account_data: AccountDataService, profiles: ProfileService,
-                 presence: PresenceService, server_name: str) -> None:
+                 presence: PresenceService, sync: SyncStore, server_name: str) -> None:
         self._rooms = rooms
+        self._sync = sync
         self._membership = membership
         self._members = members
         self._state = state
@@ -69,7 +72,7 @@ class FriendsService:
         mine = {r: e for r, (m, e) in memberships.items() if m in ("join", "invite")}
         peers: dict[str, str] = {}
         for room_id in mine:
-            pair = await self._pair(room_id)
+            pair = await self._pair(room_id, mine[room_id])
             if pair is not None and user_id in pair:
                 peers[room_id] = pair[1] if pair[0] == user_id else pair[0]
         events = await self._events.get_events(mine[r] for r in peers)
@@ -86,6 +89,9 @@ class FriendsService:
                 status = OUTGOING
             elif my_membership == "invite" and theirs and theirs[0] == "join":
                 status = INCOMING
+            elif my_membership == "invite" and theirs is None and events.get(event_id) \
+                    and events[event_id].pdu.get("sender") == peer:
+                status = INCOMING  # an invite to a room on the peer's server
             else:
                 continue
             event = events.get(event_id)
@@ -172,23 +178,21 @@ class FriendsService:
     def _is_local(self, user_id: str) -> bool:
         return user_id.endswith(":" + self._server_name)
 
-    async def _pair(self, room_id: str) -> tuple[str, str] | None:
+    async def _pair(self, room_id: str, member_event_id: str) -> tuple[str, str] | None:
+        """The two users of a friendship room, from its create event: the one here, or for
+        an invite to a room on another server the stripped one the invite came with."""
         if room_id in self._pairs:
             return self._pairs[room_id]
         state = await self._state.current_state(room_id, types=["m.room.create"])
-        pair: tuple[str, str] | None = None
         if state:
             create = await self._events.get_event(state[0].event_id)
-            marker = (create.pdu.get("content") or {}).get(FRIENDSHIP_KEY) if create else None
-            users = marker.get("users") if isinstance(marker, dict) else None
-            if isinstance(users, list) and len(users) == 2 and \
-                    all(isinstance(u, str) for u in users) and users[0] != users[1] and \
-                    create is not None and create.pdu.get("sender") == users[0]:
-                pair = (users[0], users[1])
-        if not state:
-            return None  # a room we do not have (yet): do not remember
-        self._pairs[room_id] = pair
-        return pair
+            pair = _friendship(create.pdu if create is not None else {})
+            self._pairs[room_id] = pair
+            return pair
+        invite_state = await self._sync.invite_state(member_event_id) or []
+        create_pdu = next((e for e in invite_state if isinstance(e, dict)
+                           and e.get("type") == "m.room.create"), None)
+        return _friendship(create_pdu) if create_pdu is not None else None  # not remembered
 
     async def _profile_in_room(self, room_id: str, user_id: str) -> dict[str, Any]:
         member = await self._state.membership(room_id, user_id)
@@ -219,3 +223,14 @@ class FriendsService:
 
 def _rank(relation: Relation) -> tuple[int, int]:
     return (relation.status == FRIENDS, relation.stream_ordering)
+
+
+def _friendship(create: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(requester, requested) from a friendship room's create event, else None."""
+    content = create.get("content")
+    marker = content.get(FRIENDSHIP_KEY) if isinstance(content, Mapping) else None
+    users = marker.get("users") if isinstance(marker, Mapping) else None
+    if isinstance(users, list) and len(users) == 2 and all(isinstance(u, str) for u in users) \
+            and users[0] != users[1] and create.get("sender") == users[0]:
+        return (users[0], users[1])
+    return None

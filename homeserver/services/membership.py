@@ -7,11 +7,15 @@ rules decide; this module only shapes the event and answers the cases the rules 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from homeserver.errors import BadRequest, Forbidden, InvalidParam, MatrixError, NotFound
 from homeserver.events.model import Event
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.power_levels import PowerLevels
 from homeserver.services.event_persister import EventPersister, NewEvent
+from homeserver.services.ports import RemoteRooms
 from homeserver.services.rooms import RoomService
 from homeserver.types import parse_user_id
 from storage.stores.rooms import RoomStore
@@ -33,19 +37,45 @@ class MembershipService:
         self._server_name = server_name
         self._join_limiter = join_limiter
         self._invite_limiter = invite_limiter
+        # Rooms on other servers (set by the composition root when federation is on).
+        self.remote: RemoteRooms | None = None
 
-    async def _resolve(self, room_id_or_alias: str) -> str:
+    async def _resolve(self, room_id_or_alias: str) -> tuple[str, list[str]]:
+        """The room ID, and servers that may know the room (from a remote alias)."""
         if room_id_or_alias.startswith("#"):
             return await self._rooms.resolve_alias(room_id_or_alias)
         if not room_id_or_alias.startswith("!"):
             raise InvalidParam("Expected a room ID or alias")
-        return room_id_or_alias
+        return room_id_or_alias, []
 
     async def _require_room(self, room_id: str) -> None:
         if await self._persister.room_version(room_id) is None:
-            # Joining rooms on other servers arrives with federation (issue #7).
             raise NotFound("No known servers for this room" if room_id.startswith("!")
                            else "Unknown room")
+
+    async def _is_resident(self, room_id: str) -> bool:
+        """Whether this server is in the room (a user of ours is joined), so it can build
+        the room's events itself."""
+        head = await self._persister.room_head(room_id)
+        return head is not None and ("m.room.create", "") in head.state and \
+            self._server_name in head.servers()
+
+    async def _remote_servers(self, room_id: str, user_id: str, given: Sequence[str]
+                              ) -> list[str]:
+        """Servers to ask about a room we are not in: those given, the server of the
+        user's pending invite, servers we last knew in the room, the room ID's server."""
+        servers = list(given)
+        current = await self._state.membership(room_id, user_id)
+        if current is not None:
+            event = (await self._persister.get_events([current[1]])).get(current[1])
+            if event is not None:
+                servers.append(event.sender.split(":", 1)[1])
+        head = await self._persister.room_head(room_id)
+        if head is not None:
+            servers.extend(sorted(head.servers()))
+        if ":" in room_id:
+            servers.append(room_id.split(":", 1)[1])
+        return servers
 
     async def _require_not_blocked(self, room_id: str) -> None:
         if await self._room_store.blocked_by(room_id) is not None:
@@ -57,14 +87,21 @@ class MembershipService:
         return await self._persister.send(room_id, NewEvent("m.room.member", sender, content,
                                                             target))
 
-    async def join(self, user_id: str, room_id_or_alias: str, *, reason: str | None = None
-                   ) -> str:
-        room_id = await self._resolve(room_id_or_alias)
+    async def join(self, user_id: str, room_id_or_alias: str, *, reason: str | None = None,
+                   servers: Sequence[str] = ()) -> str:
+        room_id, alias_servers = await self._resolve(room_id_or_alias)
         await self._require_not_blocked(room_id)
-        await self._require_room(room_id)
         current = await self._state.membership(room_id, user_id)
         if current is not None and current[0] == "join":
             return room_id
+        if self.remote is not None and not await self._is_resident(room_id):
+            self._join_limiter.check(user_id)
+            content = await self._rooms.member_content(user_id, "join", reason=reason)
+            await self.remote.join(user_id, room_id, await self._remote_servers(
+                room_id, user_id, [*servers, *alias_servers]), content)
+            await self._room_store.unforget(user_id, room_id)
+            return room_id
+        await self._require_room(room_id)
         self._join_limiter.check(user_id)
         extra: dict[str, object] = {}
         authoriser = await self._restricted_join_authoriser(room_id, user_id, current)
@@ -73,6 +110,12 @@ class MembershipService:
         await self._member_event(room_id, user_id, user_id, "join", reason, **extra)
         await self._room_store.unforget(user_id, room_id)
         return room_id
+
+    async def restricted_join_authoriser(self, room_id: str, user_id: str) -> str | None:
+        """A local member who vouches for ``user_id`` joining a restricted room, if the
+        user needs one and may join through another room (None otherwise)."""
+        return await self._restricted_join_authoriser(
+            room_id, user_id, await self._state.membership(room_id, user_id))
 
     async def _restricted_join_authoriser(self, room_id: str, user_id: str,
                                           current: tuple[str, str] | None) -> str | None:
@@ -124,14 +167,34 @@ class MembershipService:
             user = await self._users.get_user(target)
             if user is None or user.deactivated:
                 raise NotFound("Unknown user")
-        else:
-            raise BadRequest("Inviting users on other servers arrives with federation")
+        elif self.remote is None:
+            raise BadRequest("Federation is disabled on this server")
         current = await self._state.membership(room_id, target)
         if current is not None and current[0] == "invite":
             return  # already invited: nothing new
         self._invite_limiter.check(inviter)
-        await self._member_event(room_id, inviter, target, "invite", reason,
-                                 is_direct=True if is_direct else None)
+        if server == self._server_name:
+            await self._member_event(room_id, inviter, target, "invite", reason,
+                                     is_direct=True if is_direct else None)
+            return
+        assert self.remote is not None
+        content = await self._rooms.member_content(target, "invite", reason=reason,
+                                                    is_direct=True if is_direct else None)
+        event = await self._persister.build(room_id, NewEvent("m.room.member", inviter,
+                                                              content, target))
+        signed = await self.remote.invite(event, await self._invite_state(room_id, inviter))
+        await self._persister.receive(signed)
+
+    async def _invite_state(self, room_id: str, inviter: str) -> list[dict[str, Any]]:
+        """Stripped state the invitee's server shows with the invite."""
+        state = await self._persister.current_state(room_id) or {}
+        keys = [(t, "") for t in ("m.room.create", "m.room.join_rules", "m.room.name",
+                                  "m.room.avatar", "m.room.canonical_alias",
+                                  "m.room.encryption", "m.room.topic")]
+        keys.append(("m.room.member", inviter))
+        loaded = await self._persister.get_events([state[k] for k in keys if k in state])
+        return [{k: e.pdu[k] for k in ("type", "state_key", "sender", "content") if k in e.pdu}
+                for e in loaded.values()]
 
     async def leave(self, user_id: str, room_id: str, *, reason: str | None = None) -> None:
         await self._require_room(room_id)
@@ -140,6 +203,13 @@ class MembershipService:
             if current is not None and current[0] == "leave":
                 return
             raise Forbidden("You are not in this room")
+        if self.remote is not None and current[0] in ("invite", "knock") and \
+                not await self._is_resident(room_id):
+            # Rejecting an invite (or taking back a knock) to a room we are not in.
+            content = await self._rooms.member_content(user_id, "leave", reason=reason)
+            await self.remote.leave(user_id, room_id,
+                                    await self._remote_servers(room_id, user_id, []), content)
+            return
         await self._member_event(room_id, user_id, user_id, "leave", reason)
 
     async def kick(self, sender: str, room_id: str, target: str, *, reason: str | None = None
@@ -167,10 +237,16 @@ class MembershipService:
             raise Forbidden("The user is not banned")
         await self._member_event(room_id, sender, target, "leave", reason)
 
-    async def knock(self, user_id: str, room_id_or_alias: str, *, reason: str | None = None
-                    ) -> str:
-        room_id = await self._resolve(room_id_or_alias)
+    async def knock(self, user_id: str, room_id_or_alias: str, *, reason: str | None = None,
+                    servers: Sequence[str] = ()) -> str:
+        room_id, alias_servers = await self._resolve(room_id_or_alias)
         await self._require_not_blocked(room_id)
+        if self.remote is not None and not await self._is_resident(room_id):
+            self._join_limiter.check(user_id)
+            content = await self._rooms.member_content(user_id, "knock", reason=reason)
+            await self.remote.knock(user_id, room_id, await self._remote_servers(
+                room_id, user_id, [*servers, *alias_servers]), content)
+            return room_id
         await self._require_room(room_id)
         self._join_limiter.check(user_id)
         await self._member_event(room_id, user_id, user_id, "knock", reason)

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,9 @@ class PresenceService:
         self._dirty: dict[str, UserPresence] = {}
         self._flush_wanted = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        # Told the user ID whenever a user of this server changes presence (other servers
+        # that share a room with them hear of it).
+        self.local_listener: Callable[[str], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -224,6 +227,24 @@ class PresenceService:
             offline = self._offline_timers.pop(user_id, None)
             if offline is not None:
                 offline.cancel()
+        rooms = await self._members.joined_rooms(user_id)
+        self._notifier.wake(presence_of_rooms=rooms, user_ids=[user_id])
+        if self.local_listener is not None:
+            self.local_listener(user_id)
+
+    async def set_remote(self, user_id: str, state: str, status_msg: str | None,
+                         last_active_ago: int) -> None:
+        """Presence another server sent for one of its users (no timers: its server tells
+        us when it changes)."""
+        if not self.enabled or state not in STATES:
+            return
+        self._position += 1
+        presence = UserPresence(state, status_msg,
+                                self._clock.time_ms() - max(0, last_active_ago), self._position)
+        self._states[user_id] = presence
+        self._recent.append((self._position, user_id))
+        self._dirty[user_id] = presence
+        self._flush_wanted.set()
         rooms = await self._members.joined_rooms(user_id)
         self._notifier.wake(presence_of_rooms=rooms, user_ids=[user_id])
 

@@ -9,7 +9,7 @@ owner. ``m.fully_read`` is the user's room account data. Receipts never move bac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cachetools import LRUCache
@@ -44,6 +44,9 @@ class ReceiptService:
         # User -> room -> stream ordering of the latest event they have read (unread counts).
         self._read: LRUCache[str, dict[str, int]] = LRUCache(self.READ_POSITION_USERS)
         self._writes = 0
+        # Told (room, user, receipt type, event ID, thread ID, ts) of each new public receipt
+        # of a user of this server, so other servers in the room get it.
+        self.local_listener: Callable[[str, str, str, str, str, int], None] | None = None
 
     def start(self) -> None:
         self._rooms.reset(self._store.position)
@@ -75,7 +78,17 @@ class ReceiptService:
             await self._account_data.set_managed(user_id, room_id, "m.fully_read",
                                                  {"event_id": event_id})
             return
-        await self._put(user_id, room_id, receipt_type, event_id, position, thread_id or "")
+        await self._put(user_id, room_id, receipt_type, event_id, position, thread_id or "",
+                        local=True)
+
+    async def remote_receipt(self, user_id: str, room_id: str, receipt_type: str,
+                             event_id: str, thread_id: str) -> None:
+        """A receipt another server sent for one of its users (checked as a local one)."""
+        if receipt_type != "m.read":
+            return  # only public read receipts travel
+        position = await self._check(user_id, room_id, event_id)
+        await self._put(user_id, room_id, receipt_type, event_id, position, thread_id,
+                        local=False)
 
     async def read_markers(self, user_id: str, room_id: str, body: dict[str, Any]) -> None:
         """POST /rooms/{roomId}/read_markers"""
@@ -96,11 +109,14 @@ class ReceiptService:
         return event.stream_ordering
 
     async def _put(self, user_id: str, room_id: str, receipt_type: str, event_id: str,
-                   event_position: int, thread_id: str) -> None:
+                   event_position: int, thread_id: str, *, local: bool) -> None:
+        now = self._clock.time_ms()
         position = await self._store.put(room_id, receipt_type, user_id, thread_id, event_id,
-                                         event_position, self._clock.time_ms())
+                                         event_position, now)
         if position is None:
             return  # not newer than the receipt already there
+        if local and receipt_type == "m.read" and self.local_listener is not None:
+            self.local_listener(room_id, user_id, receipt_type, event_id, thread_id, now)
         self._writes += 1
         if receipt_type in READ_TYPES and thread_id in ("", "main"):
             read = self._read.get(user_id)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import secrets
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from homeserver.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
+from homeserver.errors import BadJson, BadRequest, Forbidden, InvalidParam, MatrixError, NotFound
 from homeserver.events.model import Event
 from homeserver.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.power_levels import PowerLevels
 from homeserver.services.event_persister import EventPersister, NewEvent
+from homeserver.services.ports import RemoteRooms
 from homeserver.services.profile import ProfileService
 from homeserver.services.serialize import REDACT_TXN_SCOPE
 from homeserver.types import is_valid_server_name, parse_user_id
@@ -80,6 +81,10 @@ class RoomService:
         self._profiles = profiles
         self._server_name = server_name
         self._message_limiter = message_limiter
+        # Wired by the composition root: rooms on other servers, and inviting their users
+        # (MembershipService.invite).
+        self.remote: RemoteRooms | None = None
+        self.invite_remote: Callable[[str, str, str, bool], Awaitable[None]] | None = None
 
     async def member_content(self, user_id: str, membership: str, **extra: Any
                              ) -> dict[str, Any]:
@@ -188,11 +193,18 @@ class RoomService:
             news.append(NewEvent("m.room.topic", req.creator, {
                 "topic": req.topic,
                 "m.topic": {"m.text": [{"mimetype": "text/plain", "body": req.topic}]}}, ""))
+        remote_invitees = [u for u in invitees if not u.endswith(":" + self._server_name)]
         for user_id in invitees:
+            if user_id in remote_invitees:
+                continue
             extra = {"is_direct": True} if req.is_direct else {}
             news.append(NewEvent("m.room.member", req.creator,
                                  await self.member_content(user_id, "invite", **extra), user_id))
         await self._persister.send_events(room_id, news)
+        for user_id in remote_invitees:
+            if self.invite_remote is None:
+                raise BadRequest("Federation is disabled on this server")
+            await self.invite_remote(req.creator, room_id, user_id, req.is_direct)
         if alias is not None:
             await self._rooms.create_alias(alias, room_id, req.creator)
         if req.visibility == "public":
@@ -261,14 +273,20 @@ class RoomService:
             raise InvalidParam("Invalid server name in room alias")
         return server
 
-    async def resolve_alias(self, alias: str) -> str:
+    async def resolve_alias(self, alias: str) -> tuple[str, list[str]]:
+        """The room an alias names, and servers in it (asking the alias's server for a
+        remote alias)."""
         server = self.check_alias(alias)
         if server != self._server_name:
-            raise NotFound("Room alias not found (remote aliases need federation)")
+            if self.remote is None:
+                raise NotFound("Room alias not found (federation is disabled)")
+            return await self.remote.query_alias(alias)
         found = await self._rooms.get_alias(alias)
         if found is None:
             raise NotFound(f"Room alias {alias} not found")
-        return found[0]
+        head = await self._persister.room_head(found[0])
+        others = sorted(head.servers() - {self._server_name}) if head is not None else []
+        return found[0], [self._server_name, *others]
 
     async def create_alias(self, alias: str, room_id: str, creator: str) -> None:
         if self.check_alias(alias) != self._server_name:

@@ -598,6 +598,13 @@ class _ResponseBuilder:
     # -- invites, knocks, leaves ------------------------------------------------------------
 
     async def _stripped_state(self, room_id: str, member_event_id: str) -> list[dict[str, Any]]:
+        remote = await self.s._store.invite_state(member_event_id)
+        if remote is not None:  # a room on another server: what its invite came with
+            member = await self.s._events.get_event(member_event_id)
+            own: list[dict[str, Any]] = [
+                {k: member.pdu[k] for k in ("type", "state_key", "sender", "content")
+                 if k in member.pdu}] if member is not None else []
+            return [*remote, *own]
         state = await self.s._state.state_at_group(
             (await self.s._events.room_info(room_id) or ("", None))[1],
             only=[(t, "") for t in STRIPPED_STATE_TYPES])

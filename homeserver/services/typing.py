@@ -6,6 +6,7 @@ restarts and a client's token never points past what this process will count."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from homeserver.clock import Clock
 from homeserver.errors import Forbidden
@@ -27,6 +28,9 @@ class TypingService:
         self._typing: dict[str, dict[str, asyncio.TimerHandle]] = {}
         self._changes = ChangeLog(self._position)
         notifier.on_left.append(self._left)
+        # Told (room, user, typing) when a user of this server starts or stops typing, so
+        # other servers in the room hear of it.
+        self.local_listener: Callable[[str, str, bool], None] | None = None
 
     @property
     def position(self) -> int:
@@ -44,8 +48,9 @@ class TypingService:
         return {r for r in room_ids if self.room_changed_since(r, position)}
 
     async def set_typing(self, room_id: str, user_id: str, typing: bool,
-                         timeout_ms: int | None) -> None:
-        """Start (for ``timeout_ms``, capped) or stop ``user_id`` typing in the room."""
+                         timeout_ms: int | None, *, local: bool = True) -> None:
+        """Start (for ``timeout_ms``, capped) or stop ``user_id`` typing in the room
+        (``local``: a user of this server, whose typing other servers hear of)."""
         membership = (await self._members.memberships(user_id)).get(room_id)
         if membership is None or membership[0] != "join":
             raise Forbidden("You are not in this room")
@@ -62,6 +67,8 @@ class TypingService:
         # A renewal (typing again while typing) changes nothing a client sees.
         if (previous is None) if typing else (previous is not None):
             self._changed(room_id)
+        if local and self.local_listener is not None:
+            self.local_listener(room_id, user_id, typing)
 
     def stop_all(self) -> None:
         for users in self._typing.values():

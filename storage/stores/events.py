@@ -21,7 +21,9 @@ from storage.schema import (
     current_state,
     event_edges,
     events,
+    federation_outbox,
     history_dropped,
+    invite_state,
     redactions,
     rooms,
     state_groups,
@@ -73,7 +75,7 @@ class PersistItem:
     room_id: str
     pdu_json: str
     nid: int
-    stream_ordering: int
+    stream_ordering: int | None  # None for an outlier
     depth: int
     type: str
     state_key: str | None
@@ -99,6 +101,18 @@ class PersistItem:
     # them at hand: the read cache takes the event from here.
     pdu: dict[str, Any] | None = None
     room_version: str | None = None
+    # Federation: an event stored without a place in the timeline or the room's state (auth
+    # chains, state fetched on a join, soft-failed events); it does not move the room's head.
+    outlier: bool = False
+    # Whether the room's head (extremities, state group, depth) moves to this event.
+    moves_head: bool = True
+    # A whole state group written before the event's own (the state a remote join starts
+    # from), so the event can name it as its state before.
+    base_state_group: NewStateGroup | None = None
+    # Servers this event is to be sent to (rows of the durable outbound queue).
+    destinations: list[str] = field(default_factory=list)
+    # Stripped state that came with an invite to a room this server is not in (JSON).
+    invite_state_json: str | None = None
 
 
 _EVENT_COLUMNS = (events.c.event_id, events.c.room_id, events.c.json, events.c.stream_ordering,
@@ -157,7 +171,7 @@ class EventStore:
         items that carry their event as a dict go straight into the read cache."""
         indexed = search_index.index_rows((i.nid, i.pdu if i.pdu is not None
                                            else json.loads(i.pdu_json)) for i in items
-                                          if i.type in INDEXED)
+                                          if i.type in INDEXED and not i.outlier)
         await self._db.run_write(lambda conn: self._persist(conn, items, indexed))
         redacted = [i.redacts for i in items if i.redacts is not None]
         if redacted:
@@ -165,7 +179,7 @@ class EventStore:
         self._remember(StoredEvent(
             i.event_id, i.room_id, i.room_version, i.pdu, i.stream_ordering, i.depth,
             i.state_group_before, i.state_group_after, i.device_id, i.txn_id, None, None,
-            False, i.replaces_state)
+            i.outlier, i.replaces_state)
             for i in items if i.pdu is not None and i.room_version is not None
             and i.event_id not in redacted)
 
@@ -186,14 +200,15 @@ class EventStore:
                 index_elements=["nid"]), keys)
         groups = [dict(id=g.group_id, room_id=g.room_id, parent_id=g.parent_id, added=g.added,
                        removed=g.removed)
-                  for i in items if (g := i.new_state_group) is not None]
+                  for i in items for g in (i.base_state_group, i.new_state_group)
+                  if g is not None]
         if groups:
             conn.execute(state_groups.insert(), groups)
         conn.execute(events.insert(), [dict(
             nid=i.nid, event_id=i.event_id, room_id=i.room_id,
             stream_ordering=i.stream_ordering, depth=i.depth, type=i.type,
             state_key=i.state_key, sender=i.sender, origin_server_ts=i.origin_server_ts,
-            received_ts=i.received_ts, json=i.pdu_json, outlier=False, rejected_reason=None,
+            received_ts=i.received_ts, json=i.pdu_json, outlier=i.outlier, rejected_reason=None,
             state_group_before=i.state_group_before, state_group_after=i.state_group_after,
             device_id=i.device_id, txn_id=i.txn_id, replaces_state=i.replaces_state)
             for i in items])
@@ -222,15 +237,26 @@ class EventStore:
                 conn.execute(stmt.on_conflict_do_update(
                     index_elements=["room_id", "type", "state_key"],
                     set_={"event_id": event_id, "membership": membership}))
+        outbox = [dict(destination=d, event_id=i.event_id, created_ts=i.received_ts)
+                  for i in items for d in i.destinations]
+        if outbox:
+            conn.execute(federation_outbox.insert(), outbox)
+        invites = [dict(event_id=i.event_id, stripped_json=i.invite_state_json)
+                   for i in items if i.invite_state_json is not None]
+        if invites:
+            conn.execute(insert(is_sqlite, invite_state).on_conflict_do_nothing(), invites)
         heads: dict[str, dict[str, Any]] = {}
         for item in items:
+            if not item.moves_head:
+                continue
             head = heads.setdefault(item.room_id, {"r": item.room_id, "d": 0})
             head["x"] = json.dumps(item.extremities_after)
             head["d"] = max(head["d"], item.depth)
             head["g"] = item.state_group_after
-        conn.execute(update(rooms).where(rooms.c.room_id == bindparam("r")).values(
-            forward_extremities=bindparam("x"), current_state_group=bindparam("g"),
-            depth=greatest(is_sqlite, rooms.c.depth, bindparam("d"))), list(heads.values()))
+        if heads:
+            conn.execute(update(rooms).where(rooms.c.room_id == bindparam("r")).values(
+                forward_extremities=bindparam("x"), current_state_group=bindparam("g"),
+                depth=greatest(is_sqlite, rooms.c.depth, bindparam("d"))), list(heads.values()))
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -185,6 +185,19 @@ class StateStore:
                         self.remember_event_nid(row.nid, row.event_id)
         return out
 
+    async def nids_for_events(self, event_ids: Iterable[str]) -> dict[str, int]:
+        """Stored events' nids by event ID (unknown IDs left out)."""
+        wanted = list(set(event_ids))
+        out: dict[str, int] = {}
+        async with self._db.read() as conn:
+            for i in range(0, len(wanted), 500):
+                rows = await conn.execute(select(events.c.nid, events.c.event_id)
+                                          .where(events.c.event_id.in_(wanted[i:i + 500])))
+                for row in rows:
+                    out[row.event_id] = row.nid
+                    self.remember_event_nid(row.nid, row.event_id)
+        return out
+
     # -- current state ----------------------------------------------------------------------
 
     async def current_state(self, room_id: str, *, types: Iterable[str] | None = None

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, not_, or_, select
 
 from storage.engine import DatabaseEngine
-from storage.schema import current_state, events
+from storage.schema import current_state, events, invite_state
 
 _CHUNK = 500
 
@@ -71,6 +71,14 @@ class SyncStore:
                                      str(json.loads(r.json).get("content", {})
                                          .get("membership")), r.stream_ordering)
                     for r in rows]
+
+    async def invite_state(self, event_id: str) -> list[dict[str, Any]] | None:
+        """The stripped state that came with an invite (or knock) to a room this server is
+        not in, if that is what the event is."""
+        async with self._db.read() as conn:
+            row = (await conn.execute(select(invite_state.c.stripped_json).where(
+                invite_state.c.event_id == event_id))).first()
+        return json.loads(row[0]) if row is not None else None
 
     async def latest_event_ids(self, room_ids: Sequence[str], *, after: int, up_to: int,
                                limit: int) -> dict[str, list[str]]:
