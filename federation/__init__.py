@@ -4,8 +4,21 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from federation.container import Federation, build_federation
+from federation.keys import notary
 from federation.keys import server as key_server
+from federation.routes import devices, events, membership, query, transactions
+from federation.routes._base import FEDERATION
+
+__all__ = ["Federation", "add_federation_routes", "build_federation"]
 
 
-def add_federation_routes(app: web.Application) -> None:
+def add_federation_routes(app: web.Application, federation: Federation | None) -> None:
+    """Our keys always; the rest of the server-server API when federation runs."""
     app.router.add_routes(key_server.routes)
+    if federation is None:
+        return
+    app[FEDERATION] = federation
+    app[notary.KEYRING] = federation.keyring
+    for module in (notary, transactions, membership, events, query, devices):
+        app.router.add_routes(module.routes)

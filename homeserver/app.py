@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from aiohttp import web
 
 from client_api import add_client_routes
-from federation import add_federation_routes
+from federation import Federation, add_federation_routes, build_federation
 from homeserver.appkeys import SERVICES
 from homeserver.config import HomeserverConfig, ListenerConfig
 from homeserver.http.access_log import AccessLogger
@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 10.0
 
 
-def build_app(services: Services, resources: Iterable[str] = ("client", "federation")
-              ) -> web.Application:
+def build_app(services: Services, resources: Iterable[str] = ("client", "federation"),
+              federation: Federation | None = None) -> web.Application:
     """The web application serving ``resources`` (client, federation, media)."""
     app = web.Application(
         middlewares=[cors_middleware, error_middleware],
@@ -40,7 +40,7 @@ def build_app(services: Services, resources: Iterable[str] = ("client", "federat
     if "client" in resources:
         add_client_routes(app)
     if "federation" in resources and services.config.federation.enabled:
-        add_federation_routes(app)
+        add_federation_routes(app, federation)
     return app
 
 
@@ -51,8 +51,9 @@ def _ssl_context(config: HomeserverConfig) -> ssl.SSLContext:
     return context
 
 
-async def _start_listener(services: Services, listener: ListenerConfig) -> web.AppRunner:
-    runner = web.AppRunner(build_app(services, listener.resources),
+async def _start_listener(services: Services, listener: ListenerConfig,
+                          federation: Federation | None) -> web.AppRunner:
+    runner = web.AppRunner(build_app(services, listener.resources, federation),
                            access_log_class=AccessLogger,
                            access_log=logging.getLogger("ktchat.access"),
                            shutdown_timeout=SHUTDOWN_GRACE_S)
@@ -71,7 +72,10 @@ async def _start_listener(services: Services, listener: ListenerConfig) -> web.A
 async def serve(config: HomeserverConfig) -> None:
     """Run until SIGTERM or SIGINT, then finish in-flight requests and close the database."""
     services = build_services(config)
+    federation = build_federation(services) if config.federation.enabled else None
     await services.start()
+    if federation is not None:
+        await federation.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -79,12 +83,14 @@ async def serve(config: HomeserverConfig) -> None:
     runners: list[web.AppRunner] = []
     try:
         for listener in config.listeners:
-            runners.append(await _start_listener(services, listener))
+            runners.append(await _start_listener(services, listener, federation))
         logger.info("KT-Chat %s is serving %s", config.server_name, config.public_baseurl)
         await stop.wait()
         logger.info("Shutting down")
     finally:
         for runner in runners:
             await runner.cleanup()
+        if federation is not None:
+            await federation.stop()
         await services.stop()
         logger.info("Stopped")

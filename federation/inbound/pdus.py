@@ -1,0 +1,247 @@
+"""Checks on receipt of a PDU, and handing it to the one write path.
+
+Spec: https://spec.matrix.org/v1.19/server-server-api/#checks-performed-on-receipt-of-a-pdu
+1. a valid event (format, size, canonical JSON) — ``parse_pdu``;
+2. signatures of every server that must have signed it — ``check_signatures``;
+3. the content hash, else the redacted copy is kept — ``check_pdu``;
+4.-6. authorization against its auth events, the state before it, and the current state
+(soft failure) — the persister (``EventPersister.receive``).
+Missing auth events are fetched (``/event_auth``) and missing prev events asked for
+(``/get_missing_events``) from the server that sent the event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from federation.keys.keyring import Keyring
+from federation.transport.client import FederationClient, FederationClientError
+from homeserver.events.builder import event_from_pdu
+from homeserver.events.canonical import check_canonical_json, encode_canonical
+from homeserver.events.hashing import check_content_hash
+from homeserver.events.model import Event
+from homeserver.events.redaction import redact
+from homeserver.events.room_versions import RoomVersion
+from homeserver.events.signing import (
+    InvalidEventSignature,
+    required_signers,
+    verify_event_signature,
+)
+from homeserver.rooms.auth import AuthError, check_auth_events, check_auth_rules
+from homeserver.services.container import Services
+from homeserver.services.event_persister import MAX_DEPTH, MAX_PDU_BYTES, MissingEvents
+
+logger = logging.getLogger(__name__)
+
+MAX_MISSING_EVENTS = 10
+_STRING_LISTS = ("prev_events", "auth_events")
+
+
+class InvalidPdu(Exception):
+    """The PDU fails a check on receipt; the message says which."""
+
+
+def _is_user_id(value: object) -> bool:
+    return isinstance(value, str) and value.startswith("@") and ":" in value[1:] \
+        and len(value) <= 255
+
+
+def parse_pdu(pdu: Any, room_version: RoomVersion) -> Event:
+    """Check a PDU's format (spec: the room version's event format) and wrap it."""
+    if not isinstance(pdu, Mapping):
+        raise InvalidPdu("not a JSON object")
+    pdu = {k: v for k, v in pdu.items() if k not in ("event_id", "age_ts")}
+    for key, kind in (("type", str), ("sender", str), ("content", Mapping), ("depth", int),
+                      ("origin_server_ts", int), ("hashes", Mapping), ("signatures", Mapping)):
+        if not isinstance(pdu.get(key), kind) or isinstance(pdu.get(key), bool):
+            raise InvalidPdu(f"{key} is missing or not a {kind.__name__}")
+    for key in _STRING_LISTS:
+        value = pdu.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InvalidPdu(f"{key} must be a list of event IDs")
+    if not _is_user_id(pdu["sender"]):
+        raise InvalidPdu("sender is not a user ID")
+    if not isinstance(pdu.get("hashes", {}).get("sha256"), str):
+        raise InvalidPdu("hashes.sha256 is missing")
+    is_create = pdu["type"] == "m.room.create" and pdu.get("state_key") == ""
+    if not (is_create and room_version.room_id_is_create_event_hash) \
+            and not isinstance(pdu.get("room_id"), str):
+        raise InvalidPdu("room_id is missing")
+    if "state_key" in pdu and not isinstance(pdu["state_key"], str):
+        raise InvalidPdu("state_key must be a string")
+    if not 0 <= pdu["depth"] <= MAX_DEPTH:
+        raise InvalidPdu("depth out of range")
+    if len(pdu["prev_events"]) > 20 or len(pdu["auth_events"]) > 10:
+        raise InvalidPdu("too many prev_events or auth_events")
+    try:
+        check_canonical_json(pdu)
+    except ValueError as e:
+        raise InvalidPdu(str(e)) from None
+    if len(encode_canonical(pdu)) > MAX_PDU_BYTES:
+        raise InvalidPdu("event is larger than 64 KiB")
+    return event_from_pdu(pdu, room_version)
+
+
+class PduHandler:
+    """Checks received PDUs and stores them, fetching what they refer to."""
+
+    def __init__(self, services: Services, keyring: Keyring, client: FederationClient) -> None:
+        self._services = services
+        self._persister = services.persister
+        self._keyring = keyring
+        self._client = client
+
+    async def check_signatures(self, event: Event) -> None:
+        """Every server that must sign the event did, with a key valid when it was sent."""
+        try:
+            servers = required_signers(event.pdu, event.room_version)
+        except ValueError as e:
+            raise InvalidPdu(str(e)) from None
+        for server in servers:
+            await self.check_signatures_of(event, server)
+
+    async def check_signatures_of(self, event: Event, server: str) -> None:
+        """``server`` signed the event with a key valid when it was sent."""
+        signatures = event.pdu.get("signatures")
+        by_server = signatures.get(server) if isinstance(signatures, Mapping) else None
+        key_ids = [k for k in (by_server if isinstance(by_server, Mapping) else {})
+                   if isinstance(k, str) and k.startswith("ed25519:")]
+        if not key_ids:
+            raise InvalidPdu(f"not signed by {server}")
+        keys = await self._keyring.verify_keys(
+            [(server, key_id, event.origin_server_ts) for key_id in key_ids])
+        for key_id in key_ids:
+            key = keys.get((server, key_id))
+            if key is None:
+                continue
+            try:
+                verify_event_signature(event.pdu, event.room_version, server, key)
+                return
+            except InvalidEventSignature:
+                continue
+        raise InvalidPdu(f"no valid signature by {server}")
+
+    async def check_pdu(self, pdu: Any, room_version: RoomVersion) -> Event:
+        """Steps 1-3: format, signatures, content hash (a redacted copy on mismatch)."""
+        event = parse_pdu(pdu, room_version)
+        await self.check_signatures(event)
+        if not check_content_hash(event.pdu):
+            logger.info("Content hash mismatch on %s: keeping the redacted copy",
+                        event.event_id)
+            event = event_from_pdu(redact(event.pdu, room_version), room_version)
+        return event
+
+    async def room_version(self, room_id: str) -> RoomVersion | None:
+        return await self._persister.room_version(room_id)
+
+    async def receive(self, origin: str, event: Event, *, fetch_missing: bool = True,
+                      relay: bool = False) -> str:
+        """Steps 4-6 for a checked event; returns what became of it (see
+        ``EventPersister.receive``). Raises ``AuthError`` when it is rejected."""
+        if fetch_missing:
+            await self._fetch_missing_prevs(origin, event)
+        relay_except = origin if relay else None
+        try:
+            return await self._persister.receive(event, relay_except=relay_except)
+        except MissingEvents:
+            pass
+        await self.fetch_auth_chain(origin, event)
+        try:
+            return await self._persister.receive(event, relay_except=relay_except)
+        except MissingEvents as e:
+            raise AuthError(f"unknown auth events {e.event_ids[:3]}") from None
+
+    async def fetch_auth_chain(self, origin: str, event: Event) -> None:
+        """Fetch the event's auth chain from ``origin``, check it, store it as outliers."""
+        path = (f"/_matrix/federation/v1/event_auth/{quote(event.room_id, safe='')}/"
+                f"{quote(event.event_id, safe='')}")
+        try:
+            answer = await self._client.get_json(origin, path)
+        except FederationClientError as e:
+            logger.info("Could not fetch the auth chain of %s from %s: %s", event.event_id,
+                        origin, e)
+            return
+        chain = answer.get("auth_chain") if isinstance(answer, Mapping) else None
+        if isinstance(chain, list):
+            await self.store_checked_outliers(chain[:1000], event.room_version)
+
+    async def store_checked_outliers(self, pdus: Sequence[Any], room_version: RoomVersion
+                                     ) -> list[Event]:
+        """Check PDUs (``check_chain``) and store the ones that pass as outliers."""
+        out = await self.check_chain(pdus, room_version)
+        if out:
+            await self._persister.store_outliers(out)
+        return out
+
+    async def check_chain(self, pdus: Sequence[Any], room_version: RoomVersion
+                          ) -> list[Event]:
+        """Check PDUs of one room (an auth chain, a room's state): steps 1-3, then each
+        against its own auth events, found among them or stored here; returns those that
+        pass, dependencies first."""
+        events: dict[str, Event] = {}
+        checked = await asyncio.gather(*(self.check_pdu(p, room_version) for p in pdus),
+                                       return_exceptions=True)
+        for result in checked:
+            if isinstance(result, Event):
+                events[result.event_id] = result
+            else:
+                logger.info("Dropping an auth or state event: %s", result)
+        if not events:
+            return []
+        room_id = next(iter(events.values())).room_id
+        accepted: dict[str, Event] = dict(await self._persister.get_events(
+            [a for e in events.values() for a in e.auth_event_ids if a not in events]))
+        out: list[Event] = []
+        for event in sorted(events.values(), key=lambda e: e.depth):
+            if event.room_id != room_id:
+                continue
+            try:
+                if event.type == "m.room.create" and event.state_key == "":
+                    check_auth_rules(event, {}, create_event=event)
+                else:
+                    auth = check_auth_events(event, [accepted[a] for a in event.auth_event_ids
+                                                     if a in accepted])
+                    create = auth.get(("m.room.create", "")) or accepted.get(
+                        "$" + room_id[1:])
+                    check_auth_rules(event, auth, create_event=create)
+            except AuthError as e:
+                logger.info("Dropping auth/state event %s: %s", event.event_id, e)
+                continue
+            accepted[event.event_id] = event
+            out.append(event)
+        return out
+
+    async def _fetch_missing_prevs(self, origin: str, event: Event) -> None:
+        """Ask ``origin`` for the events between what we have and this one
+        (spec: POST /get_missing_events), and take them in first, oldest first."""
+        missing = set(event.prev_event_ids) - await self._persister.is_stored(
+            event.prev_event_ids)
+        if not missing:
+            return
+        head = await self._persister.room_head(event.room_id)
+        if head is None:
+            return
+        path = f"/_matrix/federation/v1/get_missing_events/{quote(event.room_id, safe='')}"
+        try:
+            answer = await self._client.post_json(origin, path, {
+                "earliest_events": head.extremities, "latest_events": [event.event_id],
+                "limit": MAX_MISSING_EVENTS, "min_depth": max(0, head.depth - 100)})
+        except FederationClientError as e:
+            logger.info("get_missing_events for %s from %s failed: %s", event.event_id, origin,
+                        e)
+            return
+        pdus = answer.get("events") if isinstance(answer, Mapping) else None
+        if not isinstance(pdus, list):
+            return
+        for pdu in pdus[:MAX_MISSING_EVENTS]:
+            try:
+                missing_event = await self.check_pdu(pdu, event.room_version)
+                if missing_event.room_id != event.room_id:
+                    continue
+                await self.receive(origin, missing_event, fetch_missing=False)
+            except (InvalidPdu, AuthError, MissingEvents) as e:
+                logger.info("A missing event from %s was refused: %s", origin, e)

@@ -1,0 +1,178 @@
+"""PUT /_matrix/federation/v1/send/{txnId}: a transaction of PDUs and EDUs from one server
+(https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv1sendtxnid).
+
+A transaction is processed once per (origin, txnId): a repeat gets the first answer.
+PDUs of one room are taken in order, rooms in parallel; each PDU's fate is in the answer
+(``{}`` or ``{"error"}``), a failing PDU never fails the others. EDUs are applied after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from federation.inbound.pdus import InvalidPdu, PduHandler
+from homeserver.errors import BadJson, MatrixError
+from homeserver.events.hashing import compute_event_id
+from homeserver.events.model import Event
+from homeserver.events.room_versions import RoomVersion
+from homeserver.rooms.auth import AuthError
+from homeserver.services.container import Services
+
+logger = logging.getLogger(__name__)
+
+MAX_PDUS = 50
+MAX_EDUS = 100
+
+
+def _server_of(user_id: object) -> str | None:
+    if isinstance(user_id, str) and user_id.startswith("@") and ":" in user_id:
+        return user_id.split(":", 1)[1]
+    return None
+
+
+def _event_id_of(pdu: Any, version: RoomVersion) -> str | None:
+    """The ID an invalid PDU would have, to answer under (None if it cannot have one)."""
+    try:
+        return compute_event_id(pdu, version) if isinstance(pdu, Mapping) else None
+    except Exception:
+        return None
+
+
+class TransactionHandler:
+    def __init__(self, services: Services, pdus: PduHandler) -> None:
+        self._services = services
+        self._pdus = pdus
+        # (origin, txn ID) being processed now: a repeat waits for the first.
+        self._running: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+
+    async def on_send(self, origin: str, txn_id: str, body: Mapping[str, Any]
+                      ) -> dict[str, Any]:
+        pdus = body.get("pdus", [])
+        edus = body.get("edus", [])
+        if not isinstance(pdus, list) or not isinstance(edus, list):
+            raise BadJson("pdus and edus must be lists")
+        if len(pdus) > MAX_PDUS or len(edus) > MAX_EDUS:
+            raise BadJson(f"A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs")
+        if "origin" in body and body["origin"] != origin:
+            raise MatrixError("The transaction's origin is not the server that signed it",
+                              status=403, errcode="M_FORBIDDEN")
+        key = (origin, txn_id)
+        running = self._running.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        store = self._services.db.federation
+        done = await store.received_txn(origin, txn_id)
+        if done is not None:
+            return done
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._running[key] = future
+        try:
+            response = {"pdus": await self._process_pdus(origin, pdus)}
+            await self._process_edus(origin, edus)
+            await store.remember_txn(origin, txn_id, response, self._services.clock.time_ms())
+            future.set_result(response)
+            return response
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # retrieved: a waiter may not exist
+            raise
+        finally:
+            del self._running[key]
+
+    async def _process_pdus(self, origin: str, pdus: list[Any]) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        by_room: dict[str, list[Any]] = {}
+        for pdu in pdus:
+            room_id = pdu.get("room_id") if isinstance(pdu, Mapping) else None
+            if not isinstance(room_id, str):
+                continue  # not an event of a room: nothing to answer under
+            by_room.setdefault(room_id, []).append(pdu)
+        outcomes = await asyncio.gather(*(self._process_room(origin, room_id, room_pdus)
+                                          for room_id, room_pdus in by_room.items()))
+        for outcome in outcomes:
+            results.update(outcome)
+        return results
+
+    async def _process_room(self, origin: str, room_id: str, pdus: list[Any]
+                            ) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        version = await self._pdus.room_version(room_id)
+        if version is None:
+            logger.info("%s sent %d PDUs for unknown room %s", origin, len(pdus), room_id)
+            return results
+        checked: list[Event] = []
+        for pdu in pdus:
+            try:
+                event = await self._pdus.check_pdu(pdu, version)
+            except InvalidPdu as e:
+                logger.info("Refused a PDU from %s: %s", origin, e)
+                event_id = _event_id_of(pdu, version)
+                if event_id is not None:
+                    results[event_id] = {"error": f"Invalid event: {e}"}
+                continue
+            if event.room_id != room_id:
+                results[event.event_id] = {"error": "Event is not in the room it claims"}
+                continue
+            checked.append(event)
+        for event in sorted(checked, key=lambda e: e.depth):
+            try:
+                await self._pdus.receive(origin, event)
+                results[event.event_id] = {}
+            except (AuthError, MatrixError) as e:
+                logger.info("Rejected %s from %s: %s", event.event_id, origin, e)
+                results[event.event_id] = {"error": str(e)}
+        return results
+
+    # -- EDUs ------------------------------------------------------------------------------
+
+    async def _process_edus(self, origin: str, edus: list[Any]) -> None:
+        for edu in edus:
+            if not isinstance(edu, Mapping) or not isinstance(edu.get("content"), Mapping):
+                continue
+            try:
+                await self._process_edu(origin, str(edu.get("edu_type")), edu["content"])
+            except MatrixError as e:
+                logger.info("Ignored a %s EDU from %s: %s", edu.get("edu_type"), origin, e)
+            except Exception:
+                logger.exception("Handling a %s EDU from %s failed", edu.get("edu_type"),
+                                 origin)
+
+    async def _process_edu(self, origin: str, edu_type: str, content: Mapping[str, Any]
+                           ) -> None:
+        services = self._services
+        if edu_type == "m.typing":
+            user_id, room_id = content.get("user_id"), content.get("room_id")
+            if _server_of(user_id) != origin or not isinstance(room_id, str):
+                return
+            await services.typing.set_typing(room_id, str(user_id),
+                                             content.get("typing") is True, None, local=False)
+        elif edu_type == "m.presence":
+            for push in content.get("push") or []:
+                if not isinstance(push, Mapping) or _server_of(push.get("user_id")) != origin:
+                    continue
+                ago = push.get("last_active_ago")
+                status = push.get("status_msg")
+                await services.presence.set_remote(
+                    str(push["user_id"]), str(push.get("presence")),
+                    status if isinstance(status, str) else None,
+                    ago if isinstance(ago, int) and not isinstance(ago, bool) else 0)
+        elif edu_type == "m.receipt":
+            for room_id, by_type in content.items():
+                if not isinstance(by_type, Mapping):
+                    continue
+                for user_id, receipt in (by_type.get("m.read") or {}).items():
+                    if _server_of(user_id) != origin or not isinstance(receipt, Mapping):
+                        continue
+                    event_ids = receipt.get("event_ids")
+                    data = receipt.get("data")
+                    thread = data.get("thread_id") if isinstance(data, Mapping) else None
+                    thread = thread if isinstance(thread, str) else ""
+                    if isinstance(event_ids, list) and event_ids and \
+                            isinstance(event_ids[-1], str):
+                        await services.receipts.remote_receipt(str(user_id), str(room_id),
+                                                               "m.read", event_ids[-1], thread)
+        # m.device_list_update, m.direct_to_device, m.signing_key_update: this server keeps
+        # no end-to-end keys or to-device messages yet; they are accepted and dropped.

@@ -1,0 +1,38 @@
+"""What every federation endpoint shares: the authenticated origin and the services.
+
+A route is ``async def handler(request, fed, origin, body)``; ``federation_route`` reads the
+JSON body (for methods that carry one), authenticates the X-Matrix signature, and tells the
+outbound queue that the origin is up (a server that talks to us is worth retrying at once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from federation.transport.inbound_auth import authenticate
+from homeserver.http.json import read_json_object
+
+if TYPE_CHECKING:
+    from federation.container import Federation
+
+Handler = Callable[[web.Request, "Federation", str, Any], Awaitable[web.StreamResponse]]
+
+FEDERATION: web.AppKey[Federation] = web.AppKey("federation")
+
+
+def federation_route(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    @wraps(handler)
+    async def route(request: web.Request) -> web.StreamResponse:
+        fed = request.app[FEDERATION]
+        body: Any = None
+        if request.method in ("PUT", "POST"):
+            body = await read_json_object(request, allow_empty=False)
+        origin = await authenticate(request, fed.keyring, fed.server_name, body)
+        fed.sender.peer_is_up(origin)
+        return await handler(request, fed, origin, body)
+
+    return route

@@ -1,0 +1,130 @@
+"""Queries other servers make of ours: profiles, room aliases, the published room directory,
+and our implementation's name (https://spec.matrix.org/v1.16/server-server-api/#querying-for-information,
+https://spec.matrix.org/v1.16/server-server-api/#public-room-directory and
+https://spec.matrix.org/v1.16/server-server-api/#get_matrixfederationv1version)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from federation.routes._base import federation_route
+from homeserver.errors import BadJson, InvalidParam, MissingParam, NotFound
+from homeserver.http.json import json_response
+from homeserver.types import parse_user_id
+
+if TYPE_CHECKING:
+    from federation.container import Federation
+
+routes = web.RouteTableDef()
+
+SERVER_VERSION = {"server": {"name": "KT-Chat", "version": "0.1.0"}}
+_PROFILE_FIELDS = ("displayname", "avatar_url")
+
+
+def local_user(fed: Federation, user_id: str) -> str:
+    """``user_id`` if it is a well-formed ID of a user of this server, else 400."""
+    try:
+        parsed = parse_user_id(user_id)
+    except ValueError as e:
+        raise InvalidParam(f"Invalid user ID: {e}") from None
+    if parsed.server_name != fed.server_name:
+        raise InvalidParam("User is not hosted on this homeserver")
+    return user_id
+
+
+@routes.get("/_matrix/federation/v1/query/profile")
+@federation_route
+async def query_profile(request: web.Request, fed: Federation, _origin: str, _body: Any
+                        ) -> web.Response:
+    """GET /_matrix/federation/v1/query/profile?user_id=&field=: a local user's profile; a
+    field that is not set is left out (the spec allows leaving it out or ``null``)."""
+    user_id = request.query.get("user_id")
+    if not user_id:
+        raise MissingParam("Missing query parameter: user_id")
+    field = request.query.get("field")
+    if field is not None and field not in _PROFILE_FIELDS:
+        raise NotFound(f"Unknown profile field {field!r}")
+    profile = await fed.services.profiles.get_profile(local_user(fed, user_id))
+    values = {"displayname": profile.displayname, "avatar_url": profile.avatar_url}
+    return json_response({k: v for k, v in values.items()
+                          if v is not None and (field is None or k == field)})
+
+
+@routes.get("/_matrix/federation/v1/query/directory")
+@federation_route
+async def query_directory(request: web.Request, fed: Federation, _origin: str, _body: Any
+                          ) -> web.Response:
+    """GET /_matrix/federation/v1/query/directory?room_alias=: the room of one of our
+    aliases, and the servers in it (ours first)."""
+    alias = request.query.get("room_alias")
+    if not alias:
+        raise MissingParam("Missing query parameter: room_alias")
+    if fed.services.rooms.check_alias(alias) != fed.server_name:
+        # Never ask on: the requesting server should ask the alias's own server.
+        raise InvalidParam("Room alias is not hosted on this homeserver")
+    room_id, servers = await fed.services.rooms.resolve_alias(alias)
+    return json_response({"room_id": room_id, "servers": servers})
+
+
+def _public_rooms_args(limit: object, since: object, third_party: object,
+                       all_networks: object) -> tuple[int | None, str | None, bool]:
+    """``(limit, since, none_match)`` from the request; ``none_match`` when only a
+    third-party network is asked for (we bridge none)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 0):
+        raise InvalidParam("'limit' must be a non-negative integer")
+    if since is not None and not isinstance(since, str):
+        raise InvalidParam("'since' must be a string")
+    if third_party is not None and not isinstance(third_party, str):
+        raise InvalidParam("'third_party_instance_id' must be a string")
+    return limit, since, third_party is not None and not all_networks
+
+
+async def _public_rooms(fed: Federation, limit: int | None, since: str | None,
+                        term: str | None, none_match: bool) -> web.Response:
+    if none_match:
+        return json_response({"chunk": [], "total_room_count_estimate": 0})
+    return json_response(await fed.services.directory.public_rooms(
+        limit=limit, since=since, search_term=term))
+
+
+@routes.get("/_matrix/federation/v1/publicRooms")
+@federation_route
+async def get_public_rooms(request: web.Request, fed: Federation, _origin: str, _body: Any
+                           ) -> web.Response:
+    """GET /_matrix/federation/v1/publicRooms: our published rooms (0 or no limit: all)."""
+    query = request.query
+    limit_text = query.get("limit")
+    if limit_text is not None and not limit_text.isdigit():
+        raise InvalidParam("'limit' must be a non-negative integer")
+    limit, since, none_match = _public_rooms_args(
+        int(limit_text) if limit_text is not None else None, query.get("since"),
+        query.get("third_party_instance_id"),
+        query.get("include_all_networks", "false").lower() == "true")
+    return await _public_rooms(fed, limit, since, None, none_match)
+
+
+@routes.post("/_matrix/federation/v1/publicRooms")
+@federation_route
+async def post_public_rooms(_request: web.Request, fed: Federation, _origin: str,
+                            body: dict[str, Any]) -> web.Response:
+    """POST /_matrix/federation/v1/publicRooms: the same, with ``filter`` and the
+    parameters in the body."""
+    limit, since, none_match = _public_rooms_args(
+        body.get("limit"), body.get("since"), body.get("third_party_instance_id"),
+        body.get("include_all_networks") is True)
+    room_filter = body.get("filter")
+    if room_filter is not None and not isinstance(room_filter, dict):
+        raise BadJson("'filter' must be an object")
+    term = (room_filter or {}).get("generic_search_term")
+    if term is not None and not isinstance(term, str):
+        raise InvalidParam("'generic_search_term' must be a string")
+    return await _public_rooms(fed, limit, since, term, none_match)
+
+
+@routes.get("/_matrix/federation/v1/version")
+async def get_version(_request: web.Request) -> web.Response:
+    """GET /_matrix/federation/v1/version (no authentication)."""
+    return json_response(SERVER_VERSION)

@@ -1,0 +1,269 @@
+"""Outbound federation: one worker per destination, draining its durable queue.
+
+PDUs (and persistent EDUs such as receipts) wait in ``federation_outbox``, written in the
+same transaction as their event, so nothing acknowledged is lost when either server
+restarts. A worker sends them in transactions of at most 50 PDUs and 100 EDUs
+(https://spec.matrix.org/v1.19/server-server-api/#transactions), oldest first, and deletes
+them once the destination answered. Ephemeral EDUs (typing, presence) ride along in memory
+and are dropped while the destination is down. A failing destination is retried after a
+backoff that doubles up to ``federation.retry_max_interval`` and is kept in the database, so
+a dead server is not hammered, not even after a restart; any request from it resets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote
+
+from federation.transport.client import (
+    FederationClient,
+    FederationClientError,
+    FederationRequestError,
+)
+from homeserver.config import HomeserverConfig
+from homeserver.services.container import Services
+from storage.stores.federation import Backoff, FederationStore
+
+logger = logging.getLogger(__name__)
+
+MAX_PDUS = 50
+MAX_EDUS = 100
+_MAX_EPHEMERAL = 500  # per destination; older typing/presence updates are dropped
+
+
+class _Destination:
+    def __init__(self, sender: FederationSender, name: str, backoff: Backoff | None) -> None:
+        self.sender = sender
+        self.name = name
+        self.backoff = backoff
+        self.wanted = asyncio.Event()
+        self.wanted.set()
+        # Ephemeral EDUs keyed so a newer update replaces an older one (typing per room and
+        # user, presence per user).
+        self.ephemeral: dict[tuple[str, ...], dict[str, Any]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def add_ephemeral(self, key: tuple[str, ...], edu: dict[str, Any]) -> None:
+        if self.backoff is not None:
+            return  # it is down: typing and presence would be stale when it is back
+        self.ephemeral.pop(key, None)
+        self.ephemeral[key] = edu
+        while len(self.ephemeral) > _MAX_EPHEMERAL:
+            self.ephemeral.pop(next(iter(self.ephemeral)))
+        self.wanted.set()
+
+    async def run(self) -> None:
+        while True:
+            if self.backoff is not None:
+                due = self.backoff.retry_last_ts + self.backoff.retry_interval_ms
+                wait_s = (due - self.sender.now_ms()) / 1000
+                if wait_s > 0:
+                    self.wanted.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wanted.wait(), wait_s)
+                    continue  # woken early (the peer is up) or due: look again
+                # Due: try again whether or not anything new was queued.
+            else:
+                await self.wanted.wait()
+            self.wanted.clear()
+            try:
+                while await self._send_one():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("Sending to %s failed unexpectedly", self.name)
+                await self._failed()
+
+    async def _send_one(self) -> bool:
+        """Send the next transaction; False when there is nothing (more) to send now."""
+        sender = self.sender
+        entries = await sender.store.pending(self.name, pdus=MAX_PDUS, edus=MAX_EDUS)
+        persistent_edus = [e.edu for e in entries if e.edu is not None]
+        room = MAX_EDUS - len(persistent_edus)
+        ephemeral_keys = list(self.ephemeral)[:room]
+        ephemeral = [self.ephemeral[k] for k in ephemeral_keys]
+        if not entries and not ephemeral:
+            return False
+        event_ids = [e.event_id for e in entries if e.event_id is not None]
+        events = await sender.services.persister.get_events(event_ids)
+        pdus = [dict(events[e].pdu) for e in event_ids if e in events]
+        txn_id = sender.next_txn_id()
+        body = {"origin": sender.server_name, "origin_server_ts": sender.now_ms(),
+                "pdus": pdus, "edus": [*persistent_edus, *ephemeral]}
+        try:
+            answer = await sender.client.put_json(
+                self.name, f"/_matrix/federation/v1/send/{quote(txn_id, safe='')}", body)
+        except FederationRequestError as e:
+            if e.status >= 500 or e.status in (401, 408, 429):
+                logger.info("Transaction to %s failed (%s): will retry", self.name, e.status)
+                await self._failed()
+                return False
+            # The destination refuses this transaction as such: retrying would block its
+            # queue for ever.
+            logger.warning("%s refused a transaction of %d PDUs with %s %s: dropped",
+                           self.name, len(pdus), e.status, e.errcode)
+        except FederationClientError as e:
+            logger.info("Cannot reach %s (%s): will retry", self.name, e)
+            await self._failed()
+            return False
+        else:
+            self._log_refused(answer)
+        for key in ephemeral_keys:
+            self.ephemeral.pop(key, None)
+        await sender.store.sent(self.name, [e.id for e in entries])
+        if self.backoff is not None:
+            self.backoff = None
+            await sender.store.set_backoff(self.name, None, sender.now_ms())
+        return True
+
+    def _log_refused(self, answer: Any) -> None:
+        results = answer.get("pdus") if isinstance(answer, dict) else None
+        if isinstance(results, dict):
+            for event_id, result in results.items():
+                if isinstance(result, dict) and result.get("error"):
+                    logger.info("%s refused %s: %s", self.name, event_id, result["error"])
+
+    async def _failed(self) -> None:
+        sender = self.sender
+        config = sender.config.federation
+        interval = config.retry_initial_interval if self.backoff is None else \
+            min(self.backoff.retry_interval_ms * 2, config.retry_max_interval)
+        self.backoff = Backoff(sender.now_ms(), interval)
+        self.ephemeral.clear()
+        await sender.store.set_backoff(self.name, self.backoff, sender.now_ms())
+
+
+class FederationSender:
+    def __init__(self, store: FederationStore, client: FederationClient, services: Services,
+                 config: HomeserverConfig) -> None:
+        self.store = store
+        self.client = client
+        self.services = services
+        self.config = config
+        self.server_name = config.server_name
+        self._destinations: dict[str, _Destination] = {}
+        self._backoffs: dict[str, Backoff] = {}
+        self._txn_prefix = str(int(time.time() * 1000))
+        self._txn_counter = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def now_ms(self) -> int:
+        return self.services.clock.time_ms()
+
+    def next_txn_id(self) -> str:
+        self._txn_counter += 1
+        return f"{self._txn_prefix}.{self._txn_counter}"
+
+    async def start(self) -> None:
+        self._backoffs = await self.store.backoffs()
+        services = self.services
+        services.typing.local_listener = self._typing_changed
+        services.receipts.local_listener = self._receipt_sent
+        services.presence.local_listener = self._presence_changed
+        self.wake(await self.store.destinations_with_pending())
+
+    async def stop(self) -> None:
+        for destination in self._destinations.values():
+            if destination.task is not None:
+                destination.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await destination.task
+        self._destinations.clear()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _destination(self, name: str) -> _Destination:
+        destination = self._destinations.get(name)
+        if destination is None:
+            destination = _Destination(self, name, self._backoffs.pop(name, None))
+            self._destinations[name] = destination
+            destination.task = asyncio.create_task(destination.run())
+        return destination
+
+    def wake(self, destinations: Iterable[str]) -> None:
+        """New entries are queued for these destinations."""
+        for name in destinations:
+            if name != self.server_name:
+                self._destination(name).wanted.set()
+
+    def peer_is_up(self, origin: str) -> None:
+        """``origin`` just made an authenticated request to us: if it was backing off,
+        retry at once."""
+        destination = self._destinations.get(origin)
+        if destination is not None and destination.backoff is not None:
+            destination.backoff = None
+            destination.wanted.set()
+            self._spawn(self.store.set_backoff(origin, None, self.now_ms()))
+        elif origin in self._backoffs:
+            del self._backoffs[origin]
+            self._spawn(self.store.set_backoff(origin, None, self.now_ms()))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Federation sender task failed", exc_info=task.exception())
+
+    # -- EDUs ------------------------------------------------------------------------------
+
+    async def _servers_in_rooms(self, room_ids: Iterable[str]) -> set[str]:
+        servers: set[str] = set()
+        for room_id in room_ids:
+            head = await self.services.persister.room_head(room_id)
+            if head is not None:
+                servers |= head.servers()
+        servers.discard(self.server_name)
+        return servers
+
+    def _typing_changed(self, room_id: str, user_id: str, typing: bool) -> None:
+        async def send() -> None:
+            edu = {"edu_type": "m.typing",
+                   "content": {"room_id": room_id, "user_id": user_id, "typing": typing}}
+            for server in await self._servers_in_rooms([room_id]):
+                self._destination(server).add_ephemeral(("typing", room_id, user_id), edu)
+
+        self._spawn(send())
+
+    def _presence_changed(self, user_id: str) -> None:
+        async def send() -> None:
+            rooms = await self.services.members.joined_rooms(user_id)
+            servers = await self._servers_in_rooms(rooms)
+            if not servers:
+                return
+            content = self.services.presence.content(user_id)
+            push = {"user_id": user_id, "presence": content.get("presence", "offline"),
+                    "last_active_ago": content.get("last_active_ago", 0),
+                    "currently_active": bool(content.get("currently_active", False))}
+            if content.get("status_msg") is not None:
+                push["status_msg"] = content["status_msg"]
+            edu = {"edu_type": "m.presence", "content": {"push": [push]}}
+            for server in servers:
+                self._destination(server).add_ephemeral(("presence", user_id), edu)
+
+        self._spawn(send())
+
+    def _receipt_sent(self, room_id: str, user_id: str, receipt_type: str, event_id: str,
+                      thread_id: str, ts: int) -> None:
+        async def send() -> None:
+            servers = await self._servers_in_rooms([room_id])
+            if not servers:
+                return
+            data: dict[str, Any] = {"ts": ts}
+            if thread_id:
+                data["thread_id"] = thread_id
+            edu = {"edu_type": "m.receipt", "content": {room_id: {receipt_type: {
+                user_id: {"event_ids": [event_id], "data": data}}}}}
+            await self.store.queue_edus([(s, edu) for s in sorted(servers)], self.now_ms())
+            self.wake(servers)
+
+        self._spawn(send())
