@@ -42,10 +42,18 @@ class StreamStore:
         self._db = engine
         self._stream = IdAllocator(column)
         self._ordered = asyncio.Lock()
+        self._visible = 0
 
     async def load(self) -> None:
         await self._stream.load(self._db)
+        self._visible = self._stream.last
 
     @property
     def position(self) -> int:
-        return self._stream.last
+        """The last position whose change is committed: a sync that counts up to it sees
+        it (an allocated position becomes visible only once its write commits)."""
+        return self._visible
+
+    def _committed(self, position: int) -> None:
+        """A write that allocated ``position`` committed (writes commit in order)."""
+        self._visible = max(self._visible, position)

@@ -30,6 +30,7 @@ class AccountDataStore(StreamStore):
                 .on_conflict_do_update(index_elements=["user_id", "room_id", "type"],
                                        set_={"content": json.dumps(content),
                                              "stream_id": stream_id}))
+        self._committed(stream_id)
         return stream_id
 
     async def get(self, user_id: str, room_id: str, type_: str) -> dict[str, Any] | None:

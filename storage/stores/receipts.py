@@ -52,6 +52,7 @@ class ReceiptStore(StreamStore):
                 .on_conflict_do_update(
                     index_elements=["room_id", "receipt_type", "user_id", "thread_id"],
                     set_=values))
+        self._committed(stream_id)
         return stream_id
 
     async def for_rooms(self, room_ids: Sequence[str], *, after: int = 0,

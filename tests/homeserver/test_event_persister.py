@@ -539,7 +539,10 @@ async def test_write_failure_fails_waiters_and_next_send_reloads(
             for u in users[1:]]
     state_change = asyncio.create_task(hs.persister.send(room_id, NewEvent(
         "m.room.name", users[0], {"name": "lost"}, state_key="")))
-    await asyncio.sleep(0.05)
+    for _ in range(500):  # every sender has queued its event behind the failing write
+        if len(queued) == 6:
+            break
+        await asyncio.sleep(0.01)
     position = hs.notifier.position
     gate.set()
     results = await asyncio.gather(first, *rest, state_change, return_exceptions=True)
