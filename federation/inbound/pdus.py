@@ -140,18 +140,30 @@ class PduHandler:
 
     async def receive(self, origin: str, event: Event, *, fetch_missing: bool = True,
                       relay: bool = False) -> str:
-        """Steps 4-6 for a checked event; returns what became of it (see
-        ``EventPersister.receive``). Raises ``AuthError`` when it is rejected."""
+        """Steps 4-6 for a checked event, answering once it is committed; returns what
+        became of it (see ``EventPersister.receive``). Raises ``AuthError`` when rejected."""
+        outcome, future = await self.receive_queued(origin, event, fetch_missing=fetch_missing,
+                                                    relay=relay)
+        if future is not None:
+            await self._persister.committed(future, event.room_id)
+        return outcome
+
+    async def receive_queued(self, origin: str, event: Event, *, fetch_missing: bool = True,
+                             relay: bool = False, known_absent: bool = False
+                             ) -> tuple[str, asyncio.Future[None] | None]:
+        """``receive`` without waiting for the commit: returns its future too."""
         if fetch_missing:
             await self._fetch_missing_prevs(origin, event)
         relay_except = origin if relay else None
         try:
-            return await self._persister.receive(event, relay_except=relay_except)
+            return await self._persister.receive_queued(event, relay_except=relay_except,
+                                                        known_absent=known_absent)
         except MissingEvents:
             pass
         await self.fetch_auth_chain(origin, event)
         try:
-            return await self._persister.receive(event, relay_except=relay_except)
+            return await self._persister.receive_queued(event, relay_except=relay_except,
+                                                        known_absent=known_absent)
         except MissingEvents as e:
             raise AuthError(f"unknown auth events {e.event_ids[:3]}") from None
 

@@ -117,13 +117,25 @@ class TransactionHandler:
                 results[event.event_id] = {"error": "Event is not in the room it claims"}
                 continue
             checked.append(event)
+        # One query for what is already here; then each event is checked and queued, and
+        # the answer waits for their commits together.
+        stored = await self._services.persister.is_stored([e.event_id for e in checked])
+        commits: list[asyncio.Future[None]] = []
         for event in sorted(checked, key=lambda e: e.depth):
-            try:
-                await self._pdus.receive(origin, event)
+            if event.event_id in stored:
                 results[event.event_id] = {}
+                continue
+            try:
+                _outcome, future = await self._pdus.receive_queued(origin, event,
+                                                                   known_absent=True)
+                results[event.event_id] = {}
+                if future is not None:
+                    commits.append(future)
             except (AuthError, MatrixError) as e:
                 logger.info("Rejected %s from %s: %s", event.event_id, origin, e)
                 results[event.event_id] = {"error": str(e)}
+        for future in commits:
+            await self._services.persister.committed(future, room_id)
         return results
 
     # -- EDUs ------------------------------------------------------------------------------

@@ -141,9 +141,12 @@ class ServerResolver:
         self._http = http
         self._well_known_port_suffix = "" if well_known_port == 443 else f":{well_known_port}"
         if dns_resolver is None:
-            dns_resolver = dns.asyncresolver.Resolver()
-            dns_resolver.lifetime = DNS_TIMEOUT_S
-            dns_resolver.cache = dns.resolver.LRUCache(CACHE_SIZE)
+            try:
+                dns_resolver = dns.asyncresolver.Resolver()
+                dns_resolver.lifetime = DNS_TIMEOUT_S
+                dns_resolver.cache = dns.resolver.LRUCache(CACHE_SIZE)
+            except dns.exception.DNSException as e:  # no /etc/resolv.conf, say
+                logger.warning("No DNS configuration (%s): SRV records are not looked up", e)
         self._dns = dns_resolver
         timer = (clock or SystemClock()).monotonic
         self._rng = rng or random.Random()
@@ -246,6 +249,8 @@ class ServerResolver:
     async def _srv_targets(self, host: str) -> list[tuple[str, int]]:
         """The (target, port) pairs of ``host``'s SRV records, ordered per RFC 2782; empty when
         there are none or the lookup fails (the caller then uses port 8448)."""
+        if self._dns is None:
+            return []
         for service in SRV_SERVICES:
             try:
                 answer = await self._dns.resolve(f"{service}.{host}", "SRV")

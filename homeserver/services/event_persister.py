@@ -631,15 +631,33 @@ class EventPersister:
         return known
 
     async def receive(self, event: Event, *, relay_except: str | None = None) -> str:
-        """Store an event another server sent (or one built here that another server signed).
+        """``receive_queued``, answering once the event is committed."""
+        outcome, future = await self.receive_queued(event, relay_except=relay_except)
+        if future is not None:
+            await self.committed(future, event.room_id)
+        return outcome
+
+    async def committed(self, future: asyncio.Future[None], room_id: str) -> None:
+        """Wait for a queued event's commit (``MatrixError`` if it failed)."""
+        await self._await_commit(future, room_id)
+
+    async def receive_queued(self, event: Event, *, relay_except: str | None = None,
+                             known_absent: bool = False
+                             ) -> tuple[str, asyncio.Future[None] | None]:
+        """Store an event another server sent (or one built here that another server signed);
+        returns what became of it and, when it is queued, the future of its commit (so a
+        transaction of many events waits for one commit, not one each).
 
         Its auth events must be stored already (fetch them first, see ``store_outliers``).
         The event passes the authorization rules against its auth events and against the
         state before it; if it then fails against the room's current state it is soft-failed:
         stored, but neither in the timeline nor in the state.
 
+        ``known_absent``: the caller has just found the event not stored (one query for a
+        whole transaction); only what this process queued or cached since is checked.
+
         Returns:
-            ``"accepted"``, ``"soft_failed"`` or ``"duplicate"``.
+            ``"accepted"``, ``"soft_failed"`` or ``"duplicate"``, and the commit's future.
 
         Raises:
             NotFound: the room is unknown here.
@@ -650,8 +668,9 @@ class EventPersister:
             snapshot = await self._snapshot(event.room_id)
             if snapshot is None or not snapshot.state:
                 raise NotFound("Unknown room")
-            if await self.is_stored([event.event_id]):
-                return "duplicate"
+            if event.event_id in self._events or event.event_id in self._uncommitted or (
+                    not known_absent and await self.is_stored([event.event_id])):
+                return "duplicate", self._uncommitted.get(event.event_id)
             create = await self._auth_against_auth_events(event)
             state_before = await self._state_before(snapshot, event)
             check_auth_rules(event, await self._state_events(state_before, event),
@@ -674,8 +693,7 @@ class EventPersister:
                                      extremities=[*extremities, event.event_id],
                                      relay_except=relay_except)
             future = self._enqueue(item)
-        await self._await_commit(future, event.room_id)
-        return "soft_failed" if soft_failed else "accepted"
+        return ("soft_failed" if soft_failed else "accepted"), future
 
     async def _auth_against_auth_events(self, event: Event) -> Event | None:
         """Rule 3 and the rules against the event's own auth events; returns the create
