@@ -3,8 +3,10 @@ with ports, users, restarts and crashes. These pass without federation between t
 
 from __future__ import annotations
 
+import ssl
 import time
 
+import aiohttp
 import pytest
 import yaml
 from signedjson.key import decode_verify_key_bytes
@@ -49,10 +51,6 @@ async def test_both_serve_signed_keys_over_tls(fed_pair: FedPair) -> None:
     for server in fed_pair.servers:
         _verify_keys(server, await server.server_keys())
     # Each certificate is the server's own: A's is not trusted for B.
-    import ssl
-
-    import aiohttp
-
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
             await session.get(f"{fed_pair.b.federation_url}/_matrix/key/v2/server",
