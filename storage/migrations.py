@@ -55,7 +55,7 @@ def _v3_history(conn: Connection) -> None:
 
 def _v4_federation(conn: Connection) -> None:
     for table in (schema.server_keys, schema.federation_outbox, schema.federation_destinations,
-                  schema.federation_received_txns, schema.invite_state):
+                  schema.federation_received_txns, schema.invite_state, schema.device_inbox):
         table.create(conn, checkfirst=True)
 
 

@@ -393,3 +393,16 @@ invite_state = Table(
     Column("event_id", Text, primary_key=True),
     Column("stripped_json", Text, nullable=False),
 )
+
+# Send-to-device messages waiting for a device (to_device in its sync); a message is deleted
+# once a sync after the one that delivered it shows the device got it.
+device_inbox = Table(
+    "device_inbox",
+    metadata,
+    Column("stream_id", BigInteger, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("device_id", Text, nullable=False),
+    Column("message_json", Text, nullable=False),  # {"type", "sender", "content"}
+    Column("received_ts", BigInteger, nullable=False),
+    Index("device_inbox_device", "user_id", "device_id", "stream_id"),
+)

@@ -1,5 +1,5 @@
-"""Federation bookkeeping: the durable outbound queue, destinations' backoff, transactions
-received, and the stripped state of invites to rooms this server is not in."""
+"""Federation bookkeeping: the durable outbound queue, destinations' backoff, and the
+transactions received."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from storage.schema import (
     federation_destinations,
     federation_outbox,
     federation_received_txns,
-    invite_state,
 )
 
 
@@ -129,14 +128,3 @@ class FederationStore:
     async def forget_txns_before(self, ts: int) -> None:
         await self._db.run_write(lambda conn: conn.execute(
             delete(federation_received_txns).where(federation_received_txns.c.received_ts < ts)))
-
-    # -- invites to rooms we are not in -----------------------------------------------------
-
-    async def invite_states(self, event_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
-        ids = list(event_ids)
-        if not ids:
-            return {}
-        async with self._db.read() as conn:
-            rows = await conn.execute(select(invite_state).where(
-                invite_state.c.event_id.in_(ids)))
-            return {r.event_id: json.loads(r.stripped_json) for r in rows}
