@@ -235,6 +235,8 @@ class FederationSender:
         self._spawn(send())
 
     def _presence_changed(self, user_id: str) -> None:
+        if not user_id.endswith(":" + self.server_name):
+            return  # another server's user (timed out here): their server speaks for them
         async def send() -> None:
             rooms = await self.services.members.joined_rooms(user_id)
             servers = await self._servers_in_rooms(rooms)

@@ -147,7 +147,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     members = MembershipCache(db.sync, notifier)
     typing = TypingService(notifier, members, clock)
     receipts = ReceiptService(db.receipts, db.events, db.state, account_data, notifier, clock)
-    presence = PresenceService(db.presence, notifier, members, clock, config.presence)
+    presence = PresenceService(db.presence, notifier, members, clock, config.presence,
+                               config.server_name)
     messages = MessageService(db.events, db.state, visibility, serializer, db.rooms, clock)
     membership = MembershipService(persister, rooms, db.rooms, db.state, db.users,
                                    config.server_name, limiter(rl.joins_per_user),

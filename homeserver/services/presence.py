@@ -47,8 +47,9 @@ class UserPresence:
 
 class PresenceService:
     def __init__(self, store: PresenceStore, notifier: Notifier, members: MembershipCache,
-                 clock: Clock, config: PresenceConfig) -> None:
+                 clock: Clock, config: PresenceConfig, server_name: str = "") -> None:
         self._store = store
+        self._local_suffix = ":" + server_name
         self._notifier = notifier
         self._members = members
         self._clock = clock
@@ -80,7 +81,8 @@ class PresenceService:
         # Nobody is connected to a process that just started: whoever was online goes
         # offline unless they come back within the timeout.
         for user_id, presence in self._states.items():
-            if presence.state != "offline":
+            # Other servers' users keep what their server last said.
+            if presence.state != "offline" and user_id.endswith(self._local_suffix):
                 self._arm_offline(user_id)
         self._flusher = asyncio.create_task(self._flush_loop())
 
