@@ -19,6 +19,12 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	touch $(VENV)/.installed $@
 
+# Synapse, for the interoperability tests, in a virtualenv of its own (its pins are its own).
+.venv-synapse/.installed: .ci/synapse-requirements.txt
+	$(PYTHON) -m venv .venv-synapse
+	.venv-synapse/bin/python -m pip install --quiet -r .ci/synapse-requirements.txt
+	touch $@
+
 $(DATA)/homeserver.yaml: | $(VENV)/.installed
 	$(BIN)/ktchat generate-config --server-name $(SERVER_NAME) --data-dir $(DATA)
 
@@ -28,7 +34,7 @@ run: $(VENV)/.installed $(DATA)/homeserver.yaml
 	@echo "  $(BIN)/ktchat register-user -c $(DATA)/homeserver.yaml --user alice --password 'a long password'"
 	$(BIN)/ktchat run -c $(DATA)/homeserver.yaml
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test .venv-synapse/.installed
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test
@@ -39,4 +45,4 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-synapse .pytest_cache .mypy_cache .ruff_cache

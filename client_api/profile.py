@@ -30,8 +30,7 @@ async def _profile(request: web.Request) -> dict[str, Any]:
     user_id = _user_id(request)
     services = request.app[SERVICES]
     if not services.accounts.is_mine(user_id):
-        # Remote profiles arrive with federation (issue #7).
-        raise NotFound("Profile was not found")
+        return await services.profiles.remote_profile(user_id)
     profile = await services.profiles.get_profile(user_id)
     return {k: v for k, v in (("displayname", profile.displayname),
                               ("avatar_url", profile.avatar_url)) if v is not None}

@@ -42,7 +42,9 @@ class Federation:
         self.services.persister.outbox_listener = self.sender.wake
         self.services.membership.remote = self.remote
         self.services.rooms.remote = self.remote
+        self.services.profiles.remote = self.remote
         self.services.rooms.invite_remote = self._invite
+        self.services.to_device.remote_queue = self.sender.queue_to_device
         await self.sender.start()
         self._cleanup = asyncio.create_task(self._forget_old_transactions())
 

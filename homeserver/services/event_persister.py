@@ -534,7 +534,9 @@ class EventPersister:
             self._notifier.on_new_events(
                 max(i.stream_ordering for i in items if i.stream_ordering is not None),
                 {i.room_id for i in items},
-                {i.state_key for i in items if i.type == "m.room.member" and i.state_key},
+                # Every user whose membership changed (a remote join brings a whole room's).
+                {key for i in items for type_, key, _, _ in i.current_state_delta
+                 if type_ == "m.room.member"},
                 [(i.room_id, i.stream_ordering, i.event_id) for i in items
                  if i.stream_ordering is not None],
                 [(i.room_id, key) for i in items for type_, key, _, membership

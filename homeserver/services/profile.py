@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from homeserver.errors import BadJson, Forbidden, NotFound
+from homeserver.services.ports import RemoteRooms
 from storage.stores.users import Profile, ProfileStore, UserStore
 
 MAX_DISPLAYNAME_LENGTH = 256
@@ -14,6 +17,8 @@ class ProfileService:
     def __init__(self, profiles: ProfileStore, users: UserStore) -> None:
         self._profiles = profiles
         self._users = users
+        # Other servers' users' profiles (set by the composition root with federation on).
+        self.remote: RemoteRooms | None = None
 
     async def get_profile(self, user_id: str) -> Profile:
         """The profile of a local user; 404 if there is no such user."""
@@ -21,6 +26,12 @@ class ProfileService:
         if profile is None:
             raise NotFound("Profile was not found")
         return profile
+
+    async def remote_profile(self, user_id: str) -> dict[str, Any]:
+        """Another server's user's profile, asked of their server (404 if it has none)."""
+        if self.remote is None:
+            raise NotFound("Profile was not found")
+        return await self.remote.query_profile(user_id)
 
     async def set_field(self, requester_user_id: str, user_id: str, field: str,
                         value: object, *, is_admin: bool = False) -> None:
