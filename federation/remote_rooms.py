@@ -225,17 +225,22 @@ class RemoteRoomsClient:
 
     # -- queries ---------------------------------------------------------------------------
 
-    async def query_alias(self, alias: str) -> tuple[str, list[str]]:
-        server = alias.split(":", 1)[1]
+    async def _query(self, server: str, query_type: str, args: dict[str, str],
+                     not_found: str) -> Any:
+        """GET /query/{queryType} on ``server``; its 404 is ours, other failures a 502."""
         try:
-            answer = await self._client.get_json(
-                server, "/_matrix/federation/v1/query/directory", query={"room_alias": alias})
+            return await self._client.get_json(
+                server, f"/_matrix/federation/v1/query/{query_type}", query=args)
         except FederationRequestError as e:
             if e.status == 404:
-                raise NotFound("Room alias not found") from None
-            raise MatrixError(f"{server} could not resolve the alias", status=502) from None
+                raise NotFound(not_found) from None
+            raise MatrixError(f"{server} could not answer", status=502) from None
         except FederationClientError:
             raise MatrixError(f"Could not reach {server}", status=502) from None
+
+    async def query_alias(self, alias: str) -> tuple[str, list[str]]:
+        answer = await self._query(alias.split(":", 1)[1], "directory", {"room_alias": alias},
+                                   "Room alias not found")
         room_id = answer.get("room_id") if isinstance(answer, Mapping) else None
         servers = answer.get("servers") if isinstance(answer, Mapping) else None
         if not isinstance(room_id, str):
@@ -243,16 +248,8 @@ class RemoteRoomsClient:
         return room_id, [s for s in (servers or []) if isinstance(s, str)]
 
     async def query_profile(self, user_id: str) -> dict[str, Any]:
-        server = user_id.split(":", 1)[1]
-        try:
-            answer = await self._client.get_json(
-                server, "/_matrix/federation/v1/query/profile", query={"user_id": user_id})
-        except FederationRequestError as e:
-            if e.status == 404:
-                raise NotFound("Profile not found") from None
-            raise MatrixError(f"{server} could not answer", status=502) from None
-        except FederationClientError:
-            raise MatrixError(f"Could not reach {server}", status=502) from None
+        answer = await self._query(user_id.split(":", 1)[1], "profile", {"user_id": user_id},
+                                   "Profile not found")
         if not isinstance(answer, Mapping):
             return {}
         return {k: v for k, v in answer.items() if k in ("displayname", "avatar_url")
