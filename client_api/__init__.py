@@ -25,12 +25,13 @@ from client_api import (
     rooms,
     search,
     sync,
+    to_device,
     versions,
 )
 
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
             directory, account_data, sync, push_rules, presence, receipts, friends,
-            search, history)
+            search, history, to_device)
 
 
 def add_client_routes(app: web.Application) -> None:

@@ -20,6 +20,7 @@ from storage.stores.search import SearchStore
 from storage.stores.server_keys import ServerKeyStore
 from storage.stores.state import StateStore
 from storage.stores.sync import SyncStore
+from storage.stores.to_device import ToDeviceStore
 from storage.stores.users import ProfileStore, UserStore
 
 
@@ -49,6 +50,7 @@ class Database:
         self.purge = PurgeStore(self.engine)
         self.federation = FederationStore(self.engine)
         self.server_keys = ServerKeyStore(self.engine)
+        self.to_device = ToDeviceStore(self.engine)
 
     @property
     def is_sqlite(self) -> bool:
@@ -60,6 +62,7 @@ class Database:
         await self.account_data.load()
         await self.receipts.load()
         await self.presence.load()
+        await self.to_device.load()
 
     async def close(self) -> None:
         await self.engine.close()

@@ -186,5 +186,7 @@ class TransactionHandler:
                             isinstance(event_ids[-1], str):
                         await services.receipts.remote_receipt(str(user_id), str(room_id),
                                                                "m.read", event_ids[-1], thread)
-        # m.device_list_update, m.direct_to_device, m.signing_key_update: this server keeps
-        # no end-to-end keys or to-device messages yet; they are accepted and dropped.
+        elif edu_type == "m.direct_to_device":
+            await services.to_device.receive_remote(origin, content)
+        # m.device_list_update, m.signing_key_update: this server keeps no end-to-end keys
+        # yet; they are accepted and dropped.

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -269,3 +269,11 @@ class FederationSender:
             self.wake(servers)
 
         self._spawn(send())
+
+    async def queue_to_device(self, edus: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Queue ``(destination, m.direct_to_device content)`` durably (the client's 200
+        waits for it), and wake those destinations."""
+        entries = [(d, {"edu_type": "m.direct_to_device", "content": content})
+                   for d, content in edus if d != self.server_name]
+        await self.store.queue_edus(entries, self.now_ms())
+        self.wake({d for d, _ in entries})

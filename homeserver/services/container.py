@@ -36,6 +36,7 @@ from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.sync import SyncService
+from homeserver.services.to_device import ToDeviceService
 from homeserver.services.typing import TypingService
 from homeserver.services.uia import UiAuthService
 from homeserver.services.visibility import VisibilityService
@@ -76,6 +77,7 @@ class Services:
     search: SearchService
     purge: PurgeService
     censor: RedactionCensor
+    to_device: ToDeviceService
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -87,6 +89,7 @@ class Services:
         self.notifier.set_initial_account_data_position(self.db.account_data.position)
         self.receipts.start()
         await self.presence.start()
+        self.to_device.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         if self.config.retention.enabled:
             self._tasks.append(asyncio.create_task(self.purge.retention_loop()))
@@ -149,6 +152,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     receipts = ReceiptService(db.receipts, db.events, db.state, account_data, notifier, clock)
     presence = PresenceService(db.presence, notifier, members, clock, config.presence,
                                config.server_name)
+    to_device = ToDeviceService(db.to_device, notifier, clock, config.server_name)
     messages = MessageService(db.events, db.state, visibility, serializer, db.rooms, clock)
     membership = MembershipService(persister, rooms, db.rooms, db.state, db.users,
                                    config.server_name, limiter(rl.joins_per_user),
@@ -173,7 +177,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         account_data=account_data,
         filters=FilterService(db.filters),
         sync=SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
-                         serializer, visibility, members, typing, receipts, presence, clock),
+                         serializer, visibility, members, typing, receipts, presence, clock,
+                         to_device),
         members=members,
         typing=typing,
         receipts=receipts,
@@ -189,6 +194,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                                serializer, persister, clock, config.server_name),
         censor=RedactionCensor(db.events, serializer, notifier, clock,
                                config.redaction_retention_period),
+        to_device=to_device,
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
     )

@@ -11,7 +11,7 @@ import asyncio
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cachetools import LRUCache
@@ -25,6 +25,7 @@ from homeserver.services.notifier import Notifier
 from homeserver.services.presence import PresenceService
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.serialize import EventSerializer
+from homeserver.services.to_device import ToDeviceService
 from homeserver.services.typing import TypingService
 from homeserver.services.unread import UnreadCounter
 from homeserver.services.visibility import VisibilityService
@@ -34,7 +35,7 @@ from storage.stores.rooms import RoomStore
 from storage.stores.state import StateMap, StateStore
 from storage.stores.sync import MembershipChange, RoomSummary, SyncStore
 
-_TOKEN_RE = re.compile(r"^s(\d+)(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?$")
+_TOKEN_RE = re.compile(r"^s(\d+)(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?$")
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 500
 STRIPPED_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
@@ -51,10 +52,11 @@ class SyncToken:
     receipts: int = 0
     presence: int = 0
     typing: int = 0
+    to_device: int = 0
 
     def encode(self) -> str:
         return (f"s{self.events}_{self.account_data}_{self.receipts}_{self.presence}_"
-                f"{self.typing}")
+                f"{self.typing}_{self.to_device}")
 
     @classmethod
     def parse(cls, text: str) -> SyncToken:
@@ -69,7 +71,8 @@ class SyncToken:
         return SyncToken(min(self.events, other.events),
                          min(self.account_data, other.account_data),
                          min(self.receipts, other.receipts),
-                         min(self.presence, other.presence), min(self.typing, other.typing))
+                         min(self.presence, other.presence), min(self.typing, other.typing),
+                         min(self.to_device, other.to_device))
 
 
 class SentMembers:
@@ -107,7 +110,8 @@ class SyncService:
                  account_data: AccountDataStore, rooms: RoomStore, notifier: Notifier,
                  serializer: EventSerializer, visibility: VisibilityService,
                  members: MembershipCache, typing: TypingService, receipts: ReceiptService,
-                 presence: PresenceService, clock: Clock) -> None:
+                 presence: PresenceService, clock: Clock, to_device: ToDeviceService
+                 ) -> None:
         self._store = sync_store
         self._events = events
         self._state = state
@@ -121,6 +125,7 @@ class SyncService:
         self._receipts = receipts
         self._presence = presence
         self._clock = clock
+        self._to_device = to_device
         # Member event -> position of the join it continues (a profile change is a join event).
         self.join_starts: LRUCache[str, int] = LRUCache(200_000)
         self._unread = UnreadCounter(sync_store)
@@ -131,7 +136,7 @@ class SyncService:
     def current_token(self) -> SyncToken:
         return SyncToken(self._notifier.position, self._notifier.account_data_position,
                          self._receipts.position, self._presence.position,
-                         self._typing.position)
+                         self._typing.position, self._to_device.position)
 
     async def sync(self, user_id: str, device_id: str | None, *, since: str | None,
                    timeout_ms: int, full_state: bool, sync_filter: SyncFilter
@@ -192,7 +197,8 @@ def is_empty(response: dict[str, Any]) -> bool:
     """Whether a sync response carries nothing new (what long-polls and the SSE stream skip)."""
     rooms = response["rooms"]
     return not (rooms["join"] or rooms["invite"] or rooms["leave"] or rooms["knock"]
-                or response["account_data"]["events"] or response["presence"]["events"])
+                or response["account_data"]["events"] or response["presence"]["events"]
+                or response["to_device"]["events"])
 
 
 class _ResponseBuilder:
@@ -254,12 +260,13 @@ class _ResponseBuilder:
                 if (self.since is None and self.filter.include_leave) or \
                         (self.since is not None and room_id in changed):
                     rooms["leave"][room_id] = await self._left_room(room_id, event_id)
+        to_device, to_device_position = await self._to_device()
         response = {
-            "next_batch": self.now.encode(),
+            "next_batch": replace(self.now, to_device=to_device_position).encode(),
             "rooms": rooms,
             "account_data": {"events": account["global"]},
             "presence": {"events": await self._presence(joined)},
-            "to_device": {"events": []},
+            "to_device": {"events": to_device},
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
             "device_unused_fallback_key_types": [],
@@ -268,6 +275,18 @@ class _ResponseBuilder:
             if self.s._presence.enabled and self.filter.presence.allows_type("m.presence") \
             else []
         return response, joined, presence_rooms
+
+    # -- to-device messages -----------------------------------------------------------------
+
+    async def _to_device(self) -> tuple[list[dict[str, Any]], int]:
+        """The device's send-to-device messages (acknowledging those up to ``since``) and the
+        to-device position of next_batch (short of ``now`` when more are waiting)."""
+        if self.device_id is None:
+            return [], self.now.to_device
+        return await self.s._to_device.for_sync(
+            self.user_id, self.device_id,
+            since=self.since.to_device if self.since is not None else None,
+            up_to=self.now.to_device)
 
     # -- account data ---------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.dialect import insert
 from storage.engine import DatabaseEngine
-from storage.schema import access_tokens, devices, refresh_tokens, users
+from storage.schema import access_tokens, device_inbox, devices, refresh_tokens, users
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,13 +185,12 @@ class DeviceStore:
                                .values(next_token_id=new_id))
 
     async def delete_devices(self, user_id: str, device_ids: Sequence[str]) -> None:
-        """Delete devices and every token they hold."""
+        """Delete devices, every token they hold and the messages waiting for them."""
         async with self._db.write() as conn:
             await self._delete_tokens(conn, user_id, device_ids)
-            await conn.execute(
-                delete(devices).where(and_(devices.c.user_id == user_id,
-                                           devices.c.device_id.in_(list(device_ids))))
-            )
+            for table in (devices, device_inbox):
+                await conn.execute(delete(table).where(and_(
+                    table.c.user_id == user_id, table.c.device_id.in_(list(device_ids)))))
 
     async def delete_all_devices(self, user_id: str, *, except_device_id: str | None = None
                                  ) -> list[str]:
@@ -208,8 +207,9 @@ class DeviceStore:
                     stmt = stmt.where(table.c.device_id != except_device_id)
                 await conn.execute(stmt)
             if device_ids:
-                await conn.execute(delete(devices).where(and_(
-                    devices.c.user_id == user_id, devices.c.device_id.in_(device_ids))))
+                for table in (devices, device_inbox):
+                    await conn.execute(delete(table).where(and_(
+                        table.c.user_id == user_id, table.c.device_id.in_(device_ids))))
         return device_ids
 
     async def get_devices(self, user_id: str) -> list[Device]:
