@@ -122,11 +122,11 @@ class ResidentMembership:
                         pdu: Mapping[str, Any]) -> dict[str, Any]:
         event, state = await self.send("join", origin, room_id, event_id, pdu)
         chain = await self._persister.auth_chain([e.event_id for e in state])
-        head = await self._persister.room_head(room_id)
+        servers = await self._persister.joined_servers(room_id)
         return {"origin": self._server_name, "members_omitted": False,
                 "event": dict(event.pdu), "state": [dict(e.pdu) for e in state],
                 "auth_chain": [dict(e.pdu) for e in chain],
-                "servers_in_room": sorted(head.servers()) if head else [self._server_name]}
+                "servers_in_room": sorted(servers)}
 
     async def send_knock(self, origin: str, room_id: str, event_id: str,
                          pdu: Mapping[str, Any]) -> dict[str, Any]:
@@ -161,8 +161,7 @@ class ResidentMembership:
             raise Forbidden("This room is blocked on this server")
         signed = type(event)(event.event_id, version, sign_event(
             dict(event.pdu), version, self._server_name, self._services.signing_key))
-        head = await self._persister.room_head(room_id)
-        if head is None or self._server_name not in head.servers():
+        if self._server_name not in await self._persister.joined_servers(room_id):
             raw_state = body.get("invite_room_state")
             invite_state = [s for s in raw_state if isinstance(s, Mapping)][:50] \
                 if isinstance(raw_state, list) else []

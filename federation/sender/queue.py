@@ -114,8 +114,9 @@ class _Destination:
             return False
         else:
             self._log_refused(answer)
-        for key in ephemeral_keys:
-            self.ephemeral.pop(key, None)
+        for key, sent in zip(ephemeral_keys, ephemeral, strict=True):
+            if self.ephemeral.get(key) is sent:  # not replaced by a newer one meanwhile
+                del self.ephemeral[key]
         await sender.store.sent(self.name, [e.id for e in entries])
         if self.backoff is not None:
             self.backoff = None
@@ -219,9 +220,7 @@ class FederationSender:
     async def _servers_in_rooms(self, room_ids: Iterable[str]) -> set[str]:
         servers: set[str] = set()
         for room_id in room_ids:
-            head = await self.services.persister.room_head(room_id)
-            if head is not None:
-                servers |= head.servers()
+            servers |= await self.services.persister.joined_servers(room_id)
         servers.discard(self.server_name)
         return servers
 

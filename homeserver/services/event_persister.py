@@ -597,6 +597,14 @@ class EventPersister:
                                 list(snapshot.chain), list(snapshot.extremities),
                                 snapshot.depth, set(snapshot.joined))
 
+    async def joined_servers(self, room_id: str) -> set[str]:
+        """The servers with a user joined to the room (empty for an unknown room)."""
+        snapshot = self._rooms.get(room_id)
+        if snapshot is None:
+            async with self._lock(room_id):
+                snapshot = await self._snapshot(room_id)
+        return snapshot.servers() if snapshot is not None else set()
+
     async def check_against_current(self, event: Event) -> None:
         """Would ``event`` pass the rules against the room's current state (a template a
         remote server asked for)? Raises ``AuthError`` if not."""

@@ -56,9 +56,7 @@ class MembershipService:
     async def _is_resident(self, room_id: str) -> bool:
         """Whether this server is in the room (a user of ours is joined), so it can build
         the room's events itself."""
-        head = await self._persister.room_head(room_id)
-        return head is not None and ("m.room.create", "") in head.state and \
-            self._server_name in head.servers()
+        return self._server_name in await self._persister.joined_servers(room_id)
 
     async def _remote_servers(self, room_id: str, user_id: str, given: Sequence[str]
                               ) -> list[str]:
@@ -70,9 +68,7 @@ class MembershipService:
             event = (await self._persister.get_events([current[1]])).get(current[1])
             if event is not None:
                 servers.append(event.sender.split(":", 1)[1])
-        head = await self._persister.room_head(room_id)
-        if head is not None:
-            servers.extend(sorted(head.servers()))
+        servers.extend(sorted(await self._persister.joined_servers(room_id)))
         if ":" in room_id:
             servers.append(room_id.split(":", 1)[1])
         return servers

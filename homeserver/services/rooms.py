@@ -284,8 +284,7 @@ class RoomService:
         found = await self._rooms.get_alias(alias)
         if found is None:
             raise NotFound(f"Room alias {alias} not found")
-        head = await self._persister.room_head(found[0])
-        others = sorted(head.servers() - {self._server_name}) if head is not None else []
+        others = sorted(await self._persister.joined_servers(found[0]) - {self._server_name})
         return found[0], [self._server_name, *others]
 
     async def create_alias(self, alias: str, room_id: str, creator: str) -> None:

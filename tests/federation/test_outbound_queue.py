@@ -34,16 +34,23 @@ class FlakyPeer(FakePeer):
     def __init__(self, directory: Path) -> None:
         super().__init__(directory)
         self.down = False
+        self.delay = 0.0  # seconds each answer to /send takes
         self.attempts: list[float] = []
         self.transactions: list[dict[str, Any]] = []
 
     async def _transaction(self, request: web.Request) -> web.Response:
         self.attempts.append(time.monotonic())
+        await asyncio.sleep(self.delay)
         if self.down:
             return web.json_response({"errcode": "M_UNKNOWN", "error": "down"}, status=500)
         body = await request.json()
         self.transactions.append(body)
         return web.json_response({"pdus": {}})
+
+    def presence(self, user_id: str) -> list[tuple[str, str | None]]:
+        return [(p["presence"], p.get("status_msg")) for t in self.transactions
+                for e in t["edus"] if e["edu_type"] == "m.presence"
+                for p in e["content"]["push"] if p["user_id"] == user_id]
 
     def bodies(self, room_id: str) -> list[str]:
         return [p["content"].get("body") for t in self.transactions for p in t["pdus"]
@@ -136,3 +143,21 @@ async def test_a_backlog_goes_in_transactions_of_at_most_50_pdus(env: Env) -> No
     got = [b for b in env.peer.bodies(room_id) if b.startswith(tag)]
     assert got == [f"{tag} {n:03}" for n in range(120)]  # in order, each once
     assert len([t for t in env.peer.transactions if t["pdus"]]) >= 3  # 120 / 50
+
+
+async def test_an_update_made_while_a_transaction_is_in_flight_is_sent_after_it(
+        env: Env) -> None:
+    """Presence rides in memory, newest update per user: one that replaces the update
+    being sent must still go out once that transaction is answered."""
+    await _room_with_peer(env)
+    tag = uuid.uuid4().hex[:6]
+    env.peer.delay = 1.0
+    try:
+        await env.alice.set_presence("online", f"first {tag}")
+        await _until(lambda: len(env.peer.attempts) > 0 and env.peer.attempts[-1] > 0)
+        await asyncio.sleep(0.3)  # the first transaction is being answered (slowly)
+        await env.alice.set_presence("unavailable", f"second {tag}")
+        await _until(lambda: ("unavailable", f"second {tag}")
+                     in env.peer.presence(env.alice.user_id), within=15)
+    finally:
+        env.peer.delay = 0.0
