@@ -21,9 +21,16 @@ Prints one JSON line. Every loop is bounded in count, and the whole run by ``--s
 ``--backend postgres`` puts each server on a throwaway database of the PostgreSQL cluster
 named by ``KTCHAT_TEST_POSTGRES_URL`` (dropped afterwards).
 
+``--implementation synapse`` runs the same workload, measured by the same code, on two
+Synapse processes instead (the baseline to compare with): Synapse from ``.venv-synapse`` (or
+``$KTCHAT_TEST_SYNAPSE_PYTHON``), SQLite only, users registered through its shared-secret
+admin API, rate limits raised and federation retry backoff shortened as for KT-Chat. The
+output then says ``"implementation": "synapse"`` and gives ``synapse_version``. (Synapse
+holds no sync response back, so the latency gap only spaces its samples.)
+
     python bench/federation.py [--messages 2000] [--latency-samples 200] [--senders 1]
                                [--rooms 1] [--concurrency 16] [--seconds 300]
-                               [--backend sqlite|postgres]
+                               [--backend sqlite|postgres] [--implementation ktchat|synapse]
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -82,9 +90,13 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 class FedBenchServer:
     """A ``ktchat run`` process federating on loopback: its own data directory, a server name
-    with an explicit port, TLS unchecked, rate limits off."""
+    with an explicit port, TLS unchecked, rate limits off. ``SynapseBenchServer`` overrides
+    only how the process is configured and started; measuring it is shared."""
 
-    def __init__(self, root: Path, label: str, database_url: str | None) -> None:
+    implementation = "ktchat"
+
+    def __init__(self, root: Path, label: str, database_url: str | None,
+                 start_timeout: float = 60) -> None:
         self.label = label
         self.dir = root / label
         self.client_port = free_port()
@@ -93,6 +105,27 @@ class FedBenchServer:
             self.federation_port = free_port()
         self.server_name = f"127.0.0.1:{self.federation_port}"
         self.base = f"http://127.0.0.1:{self.client_port}"
+        self._peak_rss = 0.0
+        command = self._configure(database_url)
+        self._log = open(self.dir / "server.log", "w")
+        self.proc = subprocess.Popen(
+            command, cwd=self._cwd(), stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            self._wait_ready(time.monotonic() + start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, deadline: float) -> None:
+        for port in (self.client_port, self.federation_port):
+            self._wait_for_port(port, deadline)
+
+    def _cwd(self) -> Path:
+        return REPO
+
+    def _configure(self, database_url: str | None) -> list[str]:
+        """Writes the configuration; returns the command that runs the server."""
         subprocess.run(
             [sys.executable, "-m", "homeserver", "generate-config", "--server-name",
              self.server_name, "--data-dir", str(self.dir), "--client-port",
@@ -111,17 +144,9 @@ class FedBenchServer:
         if database_url:
             config["database"] = {"url": database_url}
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self._log = open(self.dir / "server.log", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "homeserver", "run", "-c", str(config_path)], cwd=REPO,
-            stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self._peak_rss = 0.0
-        for port in (self.client_port, self.federation_port):
-            self._wait_for_port(port)
+        return [sys.executable, "-m", "homeserver", "run", "-c", str(config_path)]
 
-    def _wait_for_port(self, port: int) -> None:
-        deadline = time.monotonic() + 30
+    def _wait_for_port(self, port: int, deadline: float) -> None:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.label} exited with {self.proc.returncode}; "
@@ -131,7 +156,8 @@ class FedBenchServer:
                 return
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"{self.label}: nothing listening on {port} after 30s")
+        raise RuntimeError(f"{self.label}: nothing listening on {port} in time; "
+                           f"see {self.dir / 'server.log'}")
 
     def _status(self, field: str) -> float:
         try:
@@ -181,6 +207,114 @@ class FedBenchServer:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+SYNAPSE_PYTHON = Path(os.environ.get("KTCHAT_TEST_SYNAPSE_PYTHON")
+                      or REPO / ".venv-synapse" / "bin" / "python")
+# Every rate limit Synapse has, far out of reach of the bench.
+_UNLIMITED = {"per_second": 1_000_000, "burst_count": 1_000_000}
+
+
+class SynapseBenchServer(FedBenchServer):
+    """The same, as a Synapse process (``--implementation synapse``; SQLite only): a TLS
+    federation listener with a self-signed certificate that is not verified, loopback allowed,
+    rate limits and federation retry backoff brought in line with the KT-Chat configuration."""
+
+    implementation = "synapse"
+    python = SYNAPSE_PYTHON
+
+    @classmethod
+    def version(cls) -> str:
+        probe = subprocess.run(
+            [str(cls.python), "-c",
+             "import importlib.metadata as m; print(m.version('matrix-synapse'))"],
+            capture_output=True, text=True, timeout=60)
+        if probe.returncode != 0:
+            raise RuntimeError(f"no Synapse at {cls.python} (make synapse-venv): "
+                               f"{probe.stderr.strip()[-500:]}")
+        return probe.stdout.strip()
+
+    def _cwd(self) -> Path:
+        return self.dir
+
+    def _configure(self, database_url: str | None) -> list[str]:
+        from homeserver.crypto.signing_keys import generate_key_file
+        from homeserver.crypto.tls import generate_self_signed
+
+        if database_url:
+            raise ValueError("the Synapse baseline runs on SQLite only")
+        self.dir.mkdir(parents=True)
+        generate_self_signed(self.server_name, self.dir / "tls.crt", self.dir / "tls.key")
+        generate_key_file(self.dir / "signing.key")
+        (self.dir / "log.yaml").write_text(yaml.safe_dump({
+            "version": 1,
+            "formatters": {"plain": {"format": "%(asctime)s %(name)s %(levelname)s %(message)s"}},
+            "handlers": {"file": {"class": "logging.FileHandler", "formatter": "plain",
+                                  "filename": str(self.dir / "homeserver.log")}},
+            "root": {"level": "WARNING", "handlers": ["file"]},
+            "disable_existing_loggers": False}))
+        listener = {"bind_addresses": ["127.0.0.1"], "type": "http", "x_forwarded": False}
+        config = {
+            "server_name": self.server_name,
+            "public_baseurl": self.base + "/",
+            "pid_file": str(self.dir / "homeserver.pid"),
+            "listeners": [
+                {**listener, "port": self.federation_port, "tls": True,
+                 "resources": [{"names": ["federation"], "compress": False}]},
+                {**listener, "port": self.client_port, "tls": False,
+                 "resources": [{"names": ["client"], "compress": False}]}],
+            "tls_certificate_path": str(self.dir / "tls.crt"),
+            "tls_private_key_path": str(self.dir / "tls.key"),
+            "federation_verify_certificates": False,
+            # A server name that is an IP literal is checked against the blocklist alone.
+            "ip_range_whitelist": ["127.0.0.0/8"],
+            "federation_ip_range_blacklist": [],
+            "federation": {"destination_min_retry_interval": 500,  # ms
+                           "destination_max_retry_interval": 5000},
+            "database": {"name": "sqlite3",
+                         "args": {"database": str(self.dir / "homeserver.db")}},
+            "log_config": str(self.dir / "log.yaml"),
+            "media_store_path": str(self.dir / "media"),
+            "signing_key_path": str(self.dir / "signing.key"),
+            "trusted_key_servers": [],
+            "suppress_key_server_warning": True,
+            "report_stats": False,
+            "enable_metrics": False,
+            "url_preview_enabled": False,
+            "enable_registration": False,
+            "registration_shared_secret": SHARED_SECRET,
+            "macaroon_secret_key": secrets.token_hex(16),
+            "form_secret": secrets.token_hex(16),
+            **{key: _UNLIMITED for key in (
+                "rc_message", "rc_registration", "rc_joins_per_room", "rc_admin_redaction",
+                "rc_room_creation", "rc_key_requests", "rc_third_party_invite",
+                "rc_delayed_event_mgmt", "rc_reports", "rc_user_directory")},
+            "rc_login": dict.fromkeys(("address", "account", "failed_attempts"), _UNLIMITED),
+            "rc_joins": dict.fromkeys(("local", "remote"), _UNLIMITED),
+            "rc_invites": dict.fromkeys(("per_room", "per_user", "per_issuer"), _UNLIMITED),
+            "rc_presence": {"per_user": _UNLIMITED},
+            "rc_federation": {"window_size": 1000, "sleep_limit": 1_000_000, "sleep_delay": 1,
+                              "reject_limit": 1_000_000, "concurrent": 1_000_000},
+            "federation_rr_transactions_per_room_per_second": 1_000_000,
+        }
+        (self.dir / "homeserver.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        return [str(self.python), "-m", "synapse.app.homeserver",
+                "-c", str(self.dir / "homeserver.yaml")]
+
+    def _wait_ready(self, deadline: float) -> None:
+        super()._wait_ready(deadline)
+        while time.monotonic() < deadline:  # listening is not yet serving
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.label} exited with {self.proc.returncode}; "
+                                   f"see {self.dir / 'server.log'}")
+            try:
+                with urllib.request.urlopen(f"{self.base}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.label}: {self.base}/health not answering in time")
 
 
 class ThrowawayPostgres:
@@ -446,11 +580,22 @@ async def main() -> None:
                         help="send requests in flight during the throughput phase")
     parser.add_argument("--seconds", type=float, default=300.0,
                         help="bound on the whole run, setup included")
-    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite",
+                        help="postgres: KT-Chat only (the Synapse baseline is SQLite only)")
+    parser.add_argument("--implementation", choices=["ktchat", "synapse"], default="ktchat",
+                        help="what servers A and B run: KT-Chat, or Synapse as a baseline "
+                             "(from .venv-synapse, or $KTCHAT_TEST_SYNAPSE_PYTHON)")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     args = parser.parse_args()
     args.senders, args.rooms = max(1, args.senders), max(1, args.rooms)
     args.concurrency = max(1, args.concurrency)
+    server_class = FedBenchServer
+    version: dict[str, str] = {}
+    if args.implementation == "synapse":
+        if args.backend != "sqlite":
+            parser.error("--implementation synapse supports --backend sqlite only")
+        server_class = SynapseBenchServer
+        version["synapse_version"] = SynapseBenchServer.version()
     started = time.monotonic()
     deadline = started + args.seconds
 
@@ -468,7 +613,9 @@ async def main() -> None:
     ok = False
     try:
         for label, database in itertools.zip_longest(("a", "b"), databases):
-            servers.append(FedBenchServer(root, label, database.url if database else None))
+            servers.append(server_class(
+                root, label, database.url if database else None,
+                start_timeout=max(1.0, min(90.0, deadline - time.monotonic()))))
         a, b = servers
         timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
@@ -488,6 +635,7 @@ async def main() -> None:
                 await collector.stop()
         figures = {
             "bench": "federation",
+            "implementation": args.implementation, **version,
             "database": args.backend,
             "senders": args.senders, "rooms": args.rooms, "concurrency": args.concurrency,
             "messages": args.messages,
