@@ -45,11 +45,13 @@ class ResidentMembership:
         self._pdus = pdus
         self._server_name = services.config.server_name
 
-    async def _resident_head(self, room_id: str) -> Any:
+    async def _resident_head(self, room_id: str, origin: str) -> Any:
         head = await self._persister.room_head(room_id)
         if head is None or ("m.room.create", "") not in head.state or \
                 self._server_name not in head.servers():
             raise NotFound("This server is not in that room")
+        if not await self._persister.server_allowed(room_id, origin):
+            raise Forbidden("Server is banned from this room")
         return head
 
     async def make(self, membership: str, origin: str, room_id: str, user_id: str,
@@ -59,7 +61,7 @@ class ResidentMembership:
             raise Forbidden("The user is not on the requesting server")
         if await self._services.db.rooms.blocked_by(room_id) is not None:
             raise Forbidden("This room is blocked on this server")
-        head = await self._resident_head(room_id)
+        head = await self._resident_head(room_id, origin)
         version = head.room_version
         if versions is not None and version.identifier not in versions:
             raise MatrixError("Your server does not support this room's version",
@@ -91,7 +93,7 @@ class ResidentMembership:
                    pdu: Mapping[str, Any]) -> tuple[Event, list[Event]]:
         """PUT /send_join, /send_leave, /send_knock: store the event; returns it and the
         room's state before it."""
-        head = await self._resident_head(room_id)
+        head = await self._resident_head(room_id, origin)
         try:
             event = await self._pdus.check_pdu(pdu, head.room_version)
         except InvalidPdu as e:

@@ -103,6 +103,13 @@ class TransactionHandler:
         if version is None:
             logger.info("%s sent %d PDUs for unknown room %s", origin, len(pdus), room_id)
             return results
+        if not await self._services.persister.server_allowed(room_id, origin):
+            logger.info("%s is banned from %s by its server ACL", origin, room_id)
+            for pdu in pdus:
+                event_id = _event_id_of(pdu, version)
+                if event_id is not None:
+                    results[event_id] = {"error": "Server is banned from this room"}
+            return results
         checked: list[Event] = []
         for pdu in pdus:
             try:
@@ -157,7 +164,8 @@ class TransactionHandler:
         services = self._services
         if edu_type == "m.typing":
             user_id, room_id = content.get("user_id"), content.get("room_id")
-            if _server_of(user_id) != origin or not isinstance(room_id, str):
+            if _server_of(user_id) != origin or not isinstance(room_id, str) or \
+                    not await services.persister.server_allowed(room_id, origin):
                 return
             await services.typing.set_typing(room_id, str(user_id),
                                              content.get("typing") is True, None, local=False)
@@ -173,7 +181,8 @@ class TransactionHandler:
                     ago if isinstance(ago, int) and not isinstance(ago, bool) else 0)
         elif edu_type == "m.receipt":
             for room_id, by_type in content.items():
-                if not isinstance(by_type, Mapping):
+                if not isinstance(by_type, Mapping) or \
+                        not await services.persister.server_allowed(str(room_id), origin):
                     continue
                 for user_id, receipt in (by_type.get("m.read") or {}).items():
                     if _server_of(user_id) != origin or not isinstance(receipt, Mapping):

@@ -45,6 +45,8 @@ async def require_server_in_room(fed: Federation, origin: str, room_id: str) -> 
         raise NotFound("Unknown room")
     if not await server_visibility(fed).server_in_room(origin, room_id):
         raise Forbidden("Host not in room")
+    if not await fed.services.persister.server_allowed(room_id, origin):
+        raise Forbidden("Server is banned from this room")
 
 
 async def _event_in_room(fed: Federation, room_id: str, event_id: str) -> StoredEvent:

@@ -34,6 +34,7 @@ from homeserver.rooms.auth import (
     check_auth_rules,
     create_event_id_for_room,
 )
+from homeserver.rooms.server_acl import server_allowed
 from homeserver.services.notifier import Notifier
 from storage import Database
 from storage.ids import IdAllocator
@@ -596,6 +597,24 @@ class EventPersister:
                                 dict(snapshot.state_nids), snapshot.state_group,
                                 list(snapshot.chain), list(snapshot.extremities),
                                 snapshot.depth, set(snapshot.joined))
+
+    async def state_content(self, room_id: str, key: StateKey) -> Mapping[str, Any] | None:
+        """The content of one entry of the room's current state (None if unset or the room
+        is unknown)."""
+        snapshot = self._rooms.get(room_id)
+        if snapshot is None:
+            async with self._lock(room_id):
+                snapshot = await self._snapshot(room_id)
+        event_id = snapshot.state.get(key) if snapshot is not None else None
+        if event_id is None:
+            return None
+        event = (await self.get_events([event_id])).get(event_id)
+        return event.content if event is not None else None
+
+    async def server_allowed(self, room_id: str, server_name: str) -> bool:
+        """Whether the room's server ACL lets ``server_name`` take part."""
+        return server_allowed(server_name,
+                              await self.state_content(room_id, ("m.room.server_acl", "")))
 
     async def joined_servers(self, room_id: str) -> set[str]:
         """The servers with a user joined to the room (empty for an unknown room)."""
