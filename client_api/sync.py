@@ -79,7 +79,7 @@ async def _stream(request: web.Request, requester: Requester, since: str | None,
         await stream.send(encode_json(first).decode(), id=first["next_batch"],
                           event="sync")
         since = first["next_batch"]
-        while stream.is_connected():
+        while stream.is_connected() and not services.notifier.closing:
             body = await services.sync.sync(requester.user_id, requester.device_id,
                                             since=since, timeout_ms=SSE_WAIT_MS,
                                             full_state=False, sync_filter=sync_filter)

@@ -87,6 +87,7 @@ async def serve(config: HomeserverConfig) -> None:
         logger.info("KT-Chat %s is serving %s", config.server_name, config.public_baseurl)
         await stop.wait()
         logger.info("Shutting down")
+        services.notifier.close()  # long polls answer now, not at their timeout
     finally:
         for runner in runners:
             await runner.cleanup()

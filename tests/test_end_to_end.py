@@ -1,10 +1,13 @@
 """The newcomer's path, on a real process: generate a config, create a user, serve, log in
-with matrix-nio, check whoami, fetch the signed server key over TLS, stop with SIGTERM."""
+with matrix-nio, check whoami, fetch the signed server key over TLS, stop with SIGTERM (a
+long poll in flight answered at once)."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import ssl
+import time
 from pathlib import Path
 
 import aiohttp
@@ -70,8 +73,22 @@ async def test_generate_register_serve_login_whoami_sigterm(tmp_path: Path) -> N
         file_version = (data / "signing.key").read_text().split()[1]
         assert key_id == f"ed25519:{file_version}"
 
-        server.proc.send_signal(signal.SIGTERM)
+        # A long poll in flight does not hold the shutdown for its timeout: it is answered.
+        base = f"http://127.0.0.1:{client_port}/_matrix/client/v3/sync"
+        auth = {"Authorization": f"Bearer {login.access_token}"}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(base, headers=auth) as resp:
+                since = (await resp.json())["next_batch"]
+            poll = asyncio.create_task(session.get(
+                base, headers=auth, params={"since": since, "timeout": "60000"}))
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            resp = await asyncio.wait_for(poll, 10)
+            assert resp.status == 200
+            resp.release()
         assert server.proc.wait(20) == 0
+        assert time.monotonic() - started < 5
         log = server.log()
         assert "Traceback" not in log
         assert "Stopped" in log

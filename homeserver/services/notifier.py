@@ -35,6 +35,18 @@ class Notifier:
         self.on_left: list[Callable[[str, str], None]] = []
         # Called with the IDs of events that new redactions redact.
         self.on_redacted: list[Callable[[list[str]], None]] = []
+        # Set when the process shuts down: long polls answer at once instead of holding the
+        # shutdown for their whole timeout.
+        self.closing = False
+
+    def close(self) -> None:
+        """Shutting down: wake every waiter, and wait no more."""
+        self.closing = True
+        for index in (self._by_room, self._by_user, self._by_presence_room):
+            for futures in index.values():
+                self._wake(futures)
+            index.clear()
+        self._wake(self._any)
 
     @property
     def position(self) -> int:
@@ -125,6 +137,8 @@ class Notifier:
 
     async def wait_for_change(self, wait_s: float) -> bool:
         """Wait for the next new events anywhere (tests, tools); True if woken."""
+        if self.closing:
+            return False
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._any.add(future)
         try:
@@ -140,6 +154,8 @@ class Notifier:
         """Wait until something for ``user_id`` or one of ``room_ids`` happens (or the
         presence of a member of ``presence_room_ids`` changes), or ``wait_s`` seconds pass;
         True if woken."""
+        if self.closing:
+            return False
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Plain lists of keys (not (key, index) pairs): an idle waiter of a user in many
         # rooms stays a few bytes per room.
