@@ -37,7 +37,14 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiohttp
 import yaml
 
-from tests.helpers.processes import KTCHAT, REPO, free_port, ktchat, wait_for_port
+from tests.helpers.processes import (
+    KTCHAT,
+    REPO,
+    end_process,
+    free_port,
+    ktchat,
+    wait_for_port,
+)
 
 T = TypeVar("T")
 JsonDict = dict[str, Any]
@@ -168,17 +175,9 @@ class FedServer:
         return code
 
     def _end(self, sig: signal.Signals, timeout: float) -> int:
-        proc = self.proc
-        if proc is None:
+        if self.proc is None:
             return 0
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        code = proc.returncode
+        code = end_process(self.proc, sig, timeout)
         self.exit_codes.append(code)
         self.proc = None
         if self._log_file is not None:

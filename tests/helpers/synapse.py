@@ -42,7 +42,7 @@ from tests.helpers.federation import (
     _http,
     _merge,
 )
-from tests.helpers.processes import REPO, free_port, wait_for_port
+from tests.helpers.processes import REPO, end_process, free_port, wait_for_port
 
 SYNAPSE_PYTHON_ENV = "KTCHAT_TEST_SYNAPSE_PYTHON"
 SYNAPSE_VENV_PYTHON = REPO / ".venv-synapse" / "bin" / "python"
@@ -244,17 +244,9 @@ class SynapseServer:
         return code
 
     def _end(self, sig: signal.Signals, timeout: float) -> int:
-        proc = self.proc
-        if proc is None:
+        if self.proc is None:
             return 0
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        code = proc.returncode
+        code = end_process(self.proc, sig, timeout)
         self.exit_codes.append(code)
         self.proc = None
         if self._console is not None:
