@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from signedjson.types import SigningKey
 
+from federation.inbound.limits import OriginLimiter
 from federation.inbound.membership import ResidentMembership
 from federation.inbound.pdus import PduHandler
 from federation.inbound.transaction import TransactionHandler
@@ -35,6 +36,7 @@ class Federation:
     transactions: TransactionHandler
     resident: ResidentMembership
     remote: RemoteRoomsClient
+    limits: OriginLimiter = field(default_factory=OriginLimiter)
     _cleanup: asyncio.Task[None] | None = field(default=None)
 
     async def start(self) -> None:

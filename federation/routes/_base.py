@@ -1,8 +1,9 @@
 """What every federation endpoint shares: the authenticated origin and the services.
 
 A route is ``async def handler(request, fed, origin, body)``; ``federation_route`` reads the
-JSON body (for methods that carry one), authenticates the X-Matrix signature, and tells the
-outbound queue that the origin is up (a server that talks to us is worth retrying at once).
+JSON body (for methods that carry one), authenticates the X-Matrix signature, tells the
+outbound queue that the origin is up (a server that talks to us is worth retrying at once),
+and holds one of the origin's request slots (``inbound/limits.py``) while the route runs.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def federation_route(handler: Handler) -> Callable[[web.Request], Awaitable[web.
             body = await read_json_object(request, allow_empty=False)
         origin = await authenticate(request, fed.keyring, fed.server_name, body)
         fed.sender.peer_is_up(origin)
-        return await handler(request, fed, origin, body)
+        async with fed.limits.slot(origin):
+            return await handler(request, fed, origin, body)
 
     return route

@@ -27,6 +27,7 @@ from signedjson.types import SigningKey
 from yarl import URL
 
 from federation.container import Federation
+from federation.inbound.limits import OriginLimiter
 from federation.keys.keyring import Keyring
 from federation.keys.server import signed_key_response
 from federation.routes import devices, events, query
@@ -152,6 +153,7 @@ class StubFederation:
     services: Services
     keyring: Keyring
     sender: StubSender
+    limits: OriginLimiter = field(default_factory=OriginLimiter)
 
 
 class Fed:
