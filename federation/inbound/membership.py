@@ -19,20 +19,12 @@ from homeserver.events.builder import event_from_pdu
 from homeserver.events.model import Event
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.events.signing import sign_event
+from homeserver.events.stripped import STRIPPED_STATE_TYPES, stripped
 from homeserver.rooms.auth import AuthError, auth_types_for_event
 from homeserver.services.container import Services
 from homeserver.services.event_persister import MAX_DEPTH, MAX_PREV_EVENTS
 
 logger = logging.getLogger(__name__)
-
-STRIPPED_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
-                        "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
-
-
-def stripped(event: Event) -> dict[str, Any]:
-    return {k: event.pdu[k] for k in ("type", "state_key", "sender", "content")
-            if k in event.pdu}
-
 
 def _server_of(user_id: str) -> str:
     return user_id.split(":", 1)[1] if ":" in user_id else ""
@@ -133,7 +125,7 @@ class ResidentMembership:
     async def send_knock(self, origin: str, room_id: str, event_id: str,
                          pdu: Mapping[str, Any]) -> dict[str, Any]:
         _event, state = await self.send("knock", origin, room_id, event_id, pdu)
-        return {"knock_room_state": [stripped(e) for e in state
+        return {"knock_room_state": [stripped(e.pdu) for e in state
                                      if e.type in STRIPPED_STATE_TYPES and e.state_key == ""]}
 
     # -- invites of our users --------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 from homeserver.errors import BadRequest, Forbidden, InvalidParam, MatrixError, NotFound
 from homeserver.events.model import Event
+from homeserver.events.stripped import STRIPPED_STATE_TYPES, stripped
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.power_levels import PowerLevels
 from homeserver.services.event_persister import EventPersister, NewEvent
@@ -184,13 +185,9 @@ class MembershipService:
     async def _invite_state(self, room_id: str, inviter: str) -> list[dict[str, Any]]:
         """Stripped state the invitee's server shows with the invite."""
         state = await self._persister.current_state(room_id) or {}
-        keys = [(t, "") for t in ("m.room.create", "m.room.join_rules", "m.room.name",
-                                  "m.room.avatar", "m.room.canonical_alias",
-                                  "m.room.encryption", "m.room.topic")]
-        keys.append(("m.room.member", inviter))
+        keys = [*((t, "") for t in STRIPPED_STATE_TYPES), ("m.room.member", inviter)]
         loaded = await self._persister.get_events([state[k] for k in keys if k in state])
-        return [{k: e.pdu[k] for k in ("type", "state_key", "sender", "content") if k in e.pdu}
-                for e in loaded.values()]
+        return [stripped(e.pdu) for e in loaded.values()]
 
     async def leave(self, user_id: str, room_id: str, *, reason: str | None = None) -> None:
         await self._require_room(room_id)

@@ -18,6 +18,7 @@ from cachetools import LRUCache
 
 from homeserver.clock import Clock
 from homeserver.errors import InvalidParam
+from homeserver.events.stripped import STRIPPED_STATE_TYPES, stripped
 from homeserver.services.filtering import SyncFilter, apply_event_fields
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.messages import make_token
@@ -38,8 +39,6 @@ from storage.stores.sync import MembershipChange, RoomSummary, SyncStore
 _TOKEN_RE = re.compile(r"^s(\d+)(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?$")
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 500
-STRIPPED_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
-                        "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
 MAX_HEROES = 5
 
 
@@ -620,10 +619,7 @@ class _ResponseBuilder:
         remote = await self.s._store.invite_state(member_event_id)
         if remote is not None:  # a room on another server: what its invite came with
             member = await self.s._events.get_event(member_event_id)
-            own: list[dict[str, Any]] = [
-                {k: member.pdu[k] for k in ("type", "state_key", "sender", "content")
-                 if k in member.pdu}] if member is not None else []
-            return [*remote, *own]
+            return [*remote, *([stripped(member.pdu)] if member is not None else [])]
         state = await self.s._state.state_at_group(
             (await self.s._events.room_info(room_id) or ("", None))[1],
             only=[(t, "") for t in STRIPPED_STATE_TYPES])
@@ -632,8 +628,7 @@ class _ResponseBuilder:
         for event_id in [*state.values(), member_event_id]:
             event = loaded.get(event_id)
             if event is not None:
-                out.append({k: event.pdu[k] for k in ("type", "state_key", "sender", "content")
-                            if k in event.pdu})
+                out.append(stripped(event.pdu))
         return out
 
     async def _left_room(self, room_id: str, leave_event_id: str) -> dict[str, Any]:
