@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from homeserver.services.container import Services, build_services
+from homeserver.services.container import Services
 from homeserver.services.to_device import MAX_CONTENT_BYTES, PER_SYNC
-from storage import Database
+from tests.client_api import test_sync_fanout
 from tests.client_api.test_account import PASSWORD
 from tests.client_api.test_sse import open_stream
 from tests.client_api.test_sync import sync
-from tests.conftest import PostgresSchema, bearer, make_config, postgres_url
+from tests.conftest import bearer
 from tests.helpers.room_api import V3, User, api, assert_error, new_user, txn
 
 Json = dict[str, Any]
@@ -32,28 +31,7 @@ def config_overrides() -> dict[str, Any]:
     return {"presence": {"enabled": False}}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def services(request: pytest.FixtureRequest, tmp_path: Path,
-                   config_overrides: dict[str, Any]) -> AsyncIterator[Services]:
-    if request.param == "sqlite":
-        built = build_services(make_config(tmp_path, **config_overrides))
-        schema = None
-    else:
-        url = postgres_url()
-        assert url is not None
-        schema = PostgresSchema(url)
-        await schema.create()
-        config = make_config(tmp_path, **{**config_overrides, "database": {"url": url}})
-        built = build_services(config, db=Database(url, postgres_search_path=schema.name))
-    try:
-        await built.start()
-        try:
-            yield built
-        finally:
-            await built.stop()
-    finally:
-        if schema is not None:
-            await schema.drop()
+services = test_sync_fanout.services  # every test here runs on SQLite and on PostgreSQL
 
 
 # -- helpers ----------------------------------------------------------------------------------
