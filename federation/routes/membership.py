@@ -35,47 +35,35 @@ routes.get("/_matrix/federation/v1/make_leave/{room_id}/{user_id}")(_make("leave
 routes.get("/_matrix/federation/v1/make_knock/{room_id}/{user_id}")(_make("knock"))
 
 
-@routes.put("/_matrix/federation/v2/send_join/{room_id}/{event_id}")
-@federation_route
-async def send_join_v2(request: web.Request, fed: Federation, origin: str, body: Any
-                       ) -> web.Response:
-    return json_response(await fed.resident.send_join(
-        origin, request.match_info["room_id"], request.match_info["event_id"], body))
+def _send(membership: str, *, v1: bool) -> Any:
+    """``send_join``/``send_leave``/``send_knock``; the v1 join and leave answer
+    ``[200, body]`` (a join only the v1 keys)."""
+    @federation_route
+    async def send(request: web.Request, fed: Federation, origin: str, body: Any
+                   ) -> web.Response:
+        room_id, event_id = request.match_info["room_id"], request.match_info["event_id"]
+        answer: dict[str, Any] = {}
+        if membership == "join":
+            answer = await fed.resident.send_join(origin, room_id, event_id, body)
+        elif membership == "knock":
+            answer = await fed.resident.send_knock(origin, room_id, event_id, body)
+        else:
+            await fed.resident.send(membership, origin, room_id, event_id, body)
+        if not v1:
+            return json_response(answer)
+        if membership == "join":
+            answer = {k: answer[k] for k in ("origin", "state", "auth_chain")}
+        return json_response([200, answer])
+
+    return send
 
 
-@routes.put("/_matrix/federation/v1/send_join/{room_id}/{event_id}")
-@federation_route
-async def send_join_v1(request: web.Request, fed: Federation, origin: str, body: Any
-                       ) -> web.Response:
-    answer = await fed.resident.send_join(origin, request.match_info["room_id"],
-                                          request.match_info["event_id"], body)
-    return json_response([200, {k: answer[k] for k in ("origin", "state", "auth_chain")}])
-
-
-@routes.put("/_matrix/federation/v2/send_leave/{room_id}/{event_id}")
-@federation_route
-async def send_leave_v2(request: web.Request, fed: Federation, origin: str, body: Any
-                        ) -> web.Response:
-    await fed.resident.send("leave", origin, request.match_info["room_id"],
-                            request.match_info["event_id"], body)
-    return json_response({})
-
-
-@routes.put("/_matrix/federation/v1/send_leave/{room_id}/{event_id}")
-@federation_route
-async def send_leave_v1(request: web.Request, fed: Federation, origin: str, body: Any
-                        ) -> web.Response:
-    await fed.resident.send("leave", origin, request.match_info["room_id"],
-                            request.match_info["event_id"], body)
-    return json_response([200, {}])
-
-
-@routes.put("/_matrix/federation/v1/send_knock/{room_id}/{event_id}")
-@federation_route
-async def send_knock(request: web.Request, fed: Federation, origin: str, body: Any
-                     ) -> web.Response:
-    return json_response(await fed.resident.send_knock(
-        origin, request.match_info["room_id"], request.match_info["event_id"], body))
+for _path, _membership, _v1 in (("v2/send_join", "join", False), ("v1/send_join", "join", True),
+                                ("v2/send_leave", "leave", False),
+                                ("v1/send_leave", "leave", True),
+                                ("v1/send_knock", "knock", False)):
+    routes.put(f"/_matrix/federation/{_path}/{{room_id}}/{{event_id}}")(
+        _send(_membership, v1=_v1))
 
 
 @routes.put("/_matrix/federation/v2/invite/{room_id}/{event_id}")
