@@ -5,7 +5,7 @@ DATA ?= data
 SERVER_NAME ?= localhost
 BIN := $(VENV)/bin
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint clean synapse-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,8 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(PYTHON) -m venv .venv-synapse
 	.venv-synapse/bin/python -m pip install --quiet -r .ci/synapse-requirements.txt
 	touch $@
+
+synapse-venv: .venv-synapse/.installed
 
 $(DATA)/homeserver.yaml: | $(VENV)/.installed
 	$(BIN)/ktchat generate-config --server-name $(SERVER_NAME) --data-dir $(DATA)

@@ -135,9 +135,6 @@ class PduHandler:
             event = event_from_pdu(redact(event.pdu, room_version), room_version)
         return event
 
-    async def room_version(self, room_id: str) -> RoomVersion | None:
-        return await self._persister.room_version(room_id)
-
     async def receive(self, origin: str, event: Event, *, fetch_missing: bool = True,
                       relay: bool = False) -> str:
         """Steps 4-6 for a checked event, answering once it is committed; returns what

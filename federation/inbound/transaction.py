@@ -99,7 +99,7 @@ class TransactionHandler:
     async def _process_room(self, origin: str, room_id: str, pdus: list[Any]
                             ) -> dict[str, Any]:
         results: dict[str, Any] = {}
-        version = await self._pdus.room_version(room_id)
+        version = await self._services.persister.room_version(room_id)
         if version is None:
             logger.info("%s sent %d PDUs for unknown room %s", origin, len(pdus), room_id)
             return results
