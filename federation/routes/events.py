@@ -31,6 +31,8 @@ routes = web.RouteTableDef()
 # /get_missing_events: the spec's default, and Synapse's cap.
 MISSING_EVENTS_DEFAULT_LIMIT = 10
 MISSING_EVENTS_MAX_LIMIT = 20
+# /backfill: Synapse's cap on ``limit``.
+BACKFILL_MAX_LIMIT = 100
 # At most this many event IDs are read from a /get_missing_events body list.
 _MAX_LISTED_EVENTS = 1000
 
@@ -144,6 +146,25 @@ def _int_field(body: dict[str, Any], key: str, default: int) -> int:
     return value
 
 
+async def _walk_back(fed: Federation, room_id: str, start: Iterable[StoredEvent],
+                     seen: set[str], limit: int, min_depth: int = 0) -> list[StoredEvent]:
+    """Up to ``limit`` events of the room reached by walking back along ``prev_events``
+    from ``start`` (not included), deepest first level by level, never entering ``seen``,
+    rejected events or events below ``min_depth``. One read per level of the walk."""
+    store = fed.services.db.events
+    front = {p for e in start for p in e.pdu.get("prev_events", [])} - seen
+    found: list[StoredEvent] = []
+    while front and len(found) < limit:
+        seen |= front
+        loaded = await store.get_events(front)
+        level = sorted((e for e in loaded.values() if e.room_id == room_id
+                        and e.rejected_reason is None and e.depth >= min_depth),
+                       key=lambda e: (-e.depth, e.event_id))[:limit - len(found)]
+        found.extend(level)
+        front = {p for e in level for p in e.pdu.get("prev_events", [])} - seen
+    return found
+
+
 @routes.post("/_matrix/federation/v1/get_missing_events/{room_id}")
 @federation_route
 async def get_missing_events(request: web.Request, fed: Federation, origin: str,
@@ -167,18 +188,44 @@ async def get_missing_events(request: web.Request, fed: Federation, origin: str,
     await require_server_in_room(fed, origin, room_id)
 
     store = fed.services.db.events
-    seen = set(earliest) | set(latest)
     start = [e for e in (await store.get_events(latest)).values() if e.room_id == room_id]
-    front = {p for e in start for p in e.pdu.get("prev_events", [])} - seen
-    found: list[StoredEvent] = []
-    while front and len(found) < limit:
-        seen |= front
-        loaded = await store.get_events(front)
-        level = sorted((e for e in loaded.values() if e.room_id == room_id
-                        and e.rejected_reason is None and e.depth >= min_depth),
-                       key=lambda e: (-e.depth, e.event_id))[:limit - len(found)]
-        found.extend(level)
-        front = {p for e in level for p in e.pdu.get("prev_events", [])} - seen
+    found = await _walk_back(fed, room_id, start, set(earliest) | set(latest), limit,
+                             min_depth)
     found.sort(key=lambda e: (e.depth, e.stream_ordering or 0, e.event_id))
     pdus = await server_visibility(fed).pdus_for_server(origin, found)
     return json_response({"events": pdus})
+
+
+@routes.get("/_matrix/federation/v1/backfill/{room_id}")
+@federation_route
+async def backfill(request: web.Request, fed: Federation, origin: str, _body: Any
+                   ) -> web.Response:
+    """GET /_matrix/federation/v1/backfill/{roomId}?v=...&limit=: the events ``v`` (those
+    known in the room) and, walking back along ``prev_events`` from them, earlier ones, at
+    most ``limit`` (capped at 100, as Synapse) in all, newest first as Synapse answers.
+    Events the asking server may not see go out redacted."""
+    room_id = request.match_info["room_id"]
+    wanted = request.query.getall("v", [])[:_MAX_LISTED_EVENTS]
+    if not wanted:
+        raise MissingParam("Missing query parameter: v")
+    raw_limit = request.query.get("limit")
+    if raw_limit is None:
+        raise MissingParam("Missing query parameter: limit")
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        raise InvalidParam("'limit' must be an integer") from None
+    if limit < 0:
+        raise InvalidParam("'limit' must not be negative")
+    limit = min(limit, BACKFILL_MAX_LIMIT)
+    await require_server_in_room(fed, origin, room_id)
+
+    start = sorted((e for e in (await fed.services.db.events.get_events(wanted)).values()
+                    if e.room_id == room_id and e.rejected_reason is None),
+                   key=lambda e: (-e.depth, e.event_id))[:limit]
+    found = start + await _walk_back(fed, room_id, start, {e.event_id for e in start},
+                                     limit - len(start))
+    found.sort(key=lambda e: (-e.depth, -(e.stream_ordering or 0), e.event_id))
+    pdus = await server_visibility(fed).pdus_for_server(origin, found)
+    return json_response({"origin": fed.server_name,
+                          "origin_server_ts": fed.services.clock.time_ms(), "pdus": pdus})

@@ -165,7 +165,8 @@ class Fed:
         self.stub = stub
 
     async def request(self, method: str, path: str, *, origin: FakeRemote | None,
-                      params: dict[str, str] | None = None, body: Any = None,
+                      params: dict[str, str] | list[tuple[str, str]] | None = None,
+                      body: Any = None,
                       raw: bytes | None = None) -> tuple[int, Any]:
         uri = path + ("?" + urlencode(params, quote_via=quote) if params else "")
         headers = {"Content-Type": "application/json"}
@@ -462,6 +463,63 @@ async def test_get_missing_events_redacts_what_the_server_may_not_see(
     assert by_id[secret]["content"] == {}
     assert "hashes" in by_id[secret] and "signatures" in by_id[secret]
     assert by_id[join]["content"]["membership"] == "join"
+
+
+# -- /backfill ----------------------------------------------------------------------------
+
+
+async def test_backfill(hs: Services, fed: Fed, remote: FakeRemote, stranger: FakeRemote
+                        ) -> None:
+    room_id = await make_room(hs)
+    await remote_member(hs, room_id, remote.user("bob"))
+    sent = [await send(hs, room_id, f"m{i}") for i in range(6)]
+    path = f"{V1}/backfill/{q(room_id)}"
+
+    async def backfill(*v: str, limit: int) -> list[str]:
+        params = [("v", e) for e in v] + [("limit", str(limit))]
+        status, body = await fed.request("GET", path, origin=remote, params=params)
+        assert status == 200, body
+        assert_spec("GET", "/backfill/{roomId}", 200, body)
+        assert_pdus(body["pdus"])
+        assert body["origin"] == SERVER_NAME
+        return [event_id_of(p) for p in body["pdus"]]
+
+    # The named event and what came before it, newest first, up to the limit.
+    assert await backfill(sent[4], limit=3) == [sent[4], sent[3], sent[2]]
+    assert await backfill(sent[5], sent[4], limit=2) == [sent[5], sent[4]]
+    everything = await backfill(sent[5], limit=1000)  # capped at 100
+    assert everything[:6] == sent[::-1]
+    create_id = (await hs.persister.current_state(room_id) or {})[("m.room.create", "")]
+    assert everything[-1] == create_id and len(everything) == len(set(everything))
+    assert await backfill(sent[0], limit=0) == []
+    assert await backfill("$unknown", limit=5) == []
+
+    other_room = await make_room(hs)
+    elsewhere = await send(hs, other_room, "elsewhere")
+    assert await backfill(elsewhere, limit=5) == []
+    for origin, params, expected in [
+        (stranger, [("v", sent[5]), ("limit", "5")], (403, "M_FORBIDDEN")),
+        (remote, [("limit", "5")], (400, "M_MISSING_PARAM")),
+        (remote, [("v", sent[5])], (400, "M_MISSING_PARAM")),
+        (remote, [("v", sent[5]), ("limit", "many")], (400, "M_INVALID_PARAM")),
+        (remote, [("v", sent[5]), ("limit", "-1")], (400, "M_INVALID_PARAM")),
+    ]:
+        status, body = await fed.request("GET", path, origin=origin, params=params)
+        assert (status, body["errcode"]) == expected, (params, body)
+
+
+async def test_backfill_redacts_what_the_server_may_not_see(
+        hs: Services, fed: Fed, remote: FakeRemote) -> None:
+    room_id = await make_room(hs, "joined")
+    secret = await send(hs, room_id, "secret")
+    await remote_member(hs, room_id, remote.user("bob"))
+    latest = await send(hs, room_id, "welcome")
+    status, body = await fed.request("GET", f"{V1}/backfill/{q(room_id)}", origin=remote,
+                                     params=[("v", latest), ("limit", "10")])
+    assert status == 200, body
+    by_id = {event_id_of(p): p for p in body["pdus"]}
+    assert by_id[secret]["content"] == {}
+    assert by_id[latest]["content"]["body"] == "welcome"
 
 
 # -- queries -------------------------------------------------------------------------------
