@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from federation.keys.keyring import Keyring
 from federation.transport.client import FederationClient, FederationClientError
+from homeserver.errors import NotFound
 from homeserver.events.builder import event_from_pdu
 from homeserver.events.canonical import check_canonical_json, encode_canonical
 from homeserver.events.hashing import check_content_hash
@@ -37,7 +38,10 @@ from homeserver.services.event_persister import MAX_DEPTH, MAX_PDU_BYTES, Missin
 
 logger = logging.getLogger(__name__)
 
-MAX_MISSING_EVENTS = 10
+# /get_missing_events: events asked for per request (Synapse answers at most 20) and in all
+# for one received event.
+MISSING_EVENTS_PER_REQUEST = 20
+MAX_MISSING_EVENTS = 200
 _STRING_LISTS = ("prev_events", "auth_events")
 
 
@@ -226,7 +230,13 @@ class PduHandler:
 
     async def _fetch_missing_prevs(self, origin: str, event: Event) -> None:
         """Ask ``origin`` for the events between what we have and this one
-        (spec: POST /get_missing_events), and take them in first, oldest first."""
+        (spec: POST /get_missing_events), and take them in first, oldest first.
+
+        A gap longer than one answer (20 events, Synapse's cap) is asked for again from
+        where the last answer ended, up to ``MAX_MISSING_EVENTS``: a server that was down
+        while a conversation went on gets all of it, with every state change in between
+        (a member who joined meanwhile can speak), not just the last few events.
+        """
         missing = set(event.prev_event_ids) - await self._persister.is_stored(
             event.prev_event_ids)
         if not missing:
@@ -234,23 +244,53 @@ class PduHandler:
         head = await self._persister.room_head(event.room_id)
         if head is None:
             return
+        fetched: dict[str, Event] = {}
+        latest = [event.event_id]
+        while latest and len(fetched) < MAX_MISSING_EVENTS:
+            new = await self._missing_events(origin, event, head.extremities, latest,
+                                             max(0, head.depth - 100), fetched)
+            unknown = {p for e in new for p in e.prev_event_ids} - fetched.keys()
+            unknown -= await self._persister.is_stored(list(unknown))
+            latest = [e.event_id for e in new if unknown & set(e.prev_event_ids)]
+        futures = []
+        for missing_event in sorted(fetched.values(), key=lambda e: (e.depth, e.event_id)):
+            try:
+                _, future = await self.receive_queued(origin, missing_event,
+                                                      fetch_missing=False)
+            except (AuthError, MissingEvents, NotFound) as e:
+                logger.info("A missing event from %s was refused: %s", origin, e)
+                continue
+            if future is not None:
+                futures.append(future)
+        for future in futures:
+            await self._persister.committed(future, event.room_id)
+
+    async def _missing_events(self, origin: str, event: Event, earliest: list[str],
+                              latest: list[str], min_depth: int, fetched: dict[str, Event]
+                              ) -> list[Event]:
+        """One ``/get_missing_events`` round: the checked events of the room it brought
+        that are not in ``fetched`` yet (added to it)."""
         path = f"/_matrix/federation/v1/get_missing_events/{quote(event.room_id, safe='')}"
         try:
             answer = await self._client.post_json(origin, path, {
-                "earliest_events": head.extremities, "latest_events": [event.event_id],
-                "limit": MAX_MISSING_EVENTS, "min_depth": max(0, head.depth - 100)})
+                "earliest_events": earliest, "latest_events": latest,
+                "limit": MISSING_EVENTS_PER_REQUEST, "min_depth": min_depth})
         except FederationClientError as e:
             logger.info("get_missing_events for %s from %s failed: %s", event.event_id, origin,
                         e)
-            return
+            return []
         pdus = answer.get("events") if isinstance(answer, Mapping) else None
         if not isinstance(pdus, list):
-            return
-        for pdu in pdus[:MAX_MISSING_EVENTS]:
+            return []
+        new: list[Event] = []
+        for pdu in pdus[:MISSING_EVENTS_PER_REQUEST]:
             try:
                 missing_event = await self.check_pdu(pdu, event.room_version)
-                if missing_event.room_id != event.room_id:
-                    continue
-                await self.receive(origin, missing_event, fetch_missing=False)
-            except (InvalidPdu, AuthError, MissingEvents) as e:
+            except InvalidPdu as e:
                 logger.info("A missing event from %s was refused: %s", origin, e)
+                continue
+            if missing_event.room_id == event.room_id \
+                    and missing_event.event_id not in fetched:
+                fetched[missing_event.event_id] = missing_event
+                new.append(missing_event)
+        return new

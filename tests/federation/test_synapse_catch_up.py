@@ -1,0 +1,82 @@
+"""Catching up with Synapse after downtime: a gap longer than one /get_missing_events answer.
+
+When Synapse has lost track of what a server missed (restarted, or after a long outage),
+it "catches up" by sending only the newest event of each room (``PerDestinationQueue``'s
+catch-up mode) once it hears from that server again, and the server must fetch the rest.
+A gap of more than 20 events (Synapse's cap per ``/get_missing_events``) with a member
+joining inside it: every message reaches KT-Chat in order, and the new member's messages
+are accepted (their join is part of the state they are checked against).
+
+Its own pair of servers (it stops one).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from tests.helpers.federation import FedPair, FedServer, poll_until
+from tests.helpers.synapse import SynapseServer
+
+WAIT = 60
+GAP = 45  # messages sent while KT-Chat is down: more than two /get_missing_events answers
+
+
+@pytest_asyncio.fixture
+async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FedPair]:
+    root = tmp_path_factory.mktemp("catch_up")
+    synapse = SynapseServer(root, "synapse")
+    ktchat = FedServer(root, "ktchat")
+    try:
+        ktchat.start()
+        synapse.start()
+        alice = await ktchat.register("alice")
+        sam = await synapse.register("sam")
+        yield FedPair(ktchat, synapse, alice, sam)  # type: ignore[arg-type]
+    finally:
+        synapse.stop()
+        ktchat.stop()
+
+
+async def test_gap_with_a_new_member_is_filled_after_downtime(pair: FedPair) -> None:
+    alice, sam = pair.alice, pair.bob
+    tag = uuid.uuid4().hex[:8]
+    room_id = await sam.create_room(preset="public_chat")
+    assert await alice.join(room_id, via=[pair.b.server_name]) == room_id
+    await sam.wait_for_membership(room_id, alice.user_id, "join", timeout=WAIT)
+    await alice.send_text(room_id, f"before {tag}")
+    await sam.wait_for_event(room_id, WAIT, body=f"before {tag}")
+    # Synapse catches up only from a PDU the destination is known to have taken.
+    await sam.send_text(room_id, f"hello {tag}")
+    await alice.wait_for_event(room_id, WAIT, body=f"hello {tag}")
+
+    pair.a.stop()
+    sent = [await sam.send_text(room_id, f"gap {tag} {i}") for i in range(GAP // 2)]
+    carol = await pair.b.register(f"carol{tag}")  # type: ignore[attr-defined]
+    assert await carol.join(room_id) == room_id
+    sent += [await carol.send_text(room_id, f"carol {tag} {i}") for i in range(3)]
+    sent += [await sam.send_text(room_id, f"gap {tag} {i}") for i in range(GAP // 2, GAP)]
+    # Synapse keeps retrying the transaction it has in flight; restarted, it knows only
+    # what its database says: KT-Chat missed events since the last one it took.
+    pair.b.stop()
+    pair.b.start()
+    pair.a.start()
+    await alice.catch_up()
+
+    # Anything from KT-Chat tells Synapse it is back; it then sends the newest event.
+    await alice.send_text(room_id, f"back {tag}")
+
+    async def timeline_ids() -> list[str]:
+        return [e["event_id"] for e in await alice.timeline(room_id, limit=200)]
+
+    ids = await poll_until(timeline_ids, lambda got: set(sent) <= set(got), timeout=WAIT)
+    in_order = [e for e in ids if e in set(sent)]  # oldest first
+    assert in_order == sent
+    assert carol.user_id in await alice.joined_members(room_id)
+    # And carol can go on speaking to alice.
+    body = f"carol again {tag}"
+    await carol.send_text(room_id, body)
+    await alice.wait_for_event(room_id, WAIT, body=body, sender=carol.user_id)
