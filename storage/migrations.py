@@ -57,6 +57,8 @@ def _v4_federation(conn: Connection) -> None:
     for table in (schema.server_keys, schema.federation_outbox, schema.federation_destinations,
                   schema.federation_received_txns, schema.invite_state, schema.device_inbox):
         table.create(conn, checkfirst=True)
+    if "requires_server" not in {c["name"] for c in inspect(conn).get_columns("redactions")}:
+        conn.execute(text("ALTER TABLE redactions ADD COLUMN requires_server TEXT"))
 
 
 MIGRATIONS: list[Migration] = [_v2_receipts_and_presence, _v3_history, _v4_federation]

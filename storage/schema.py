@@ -225,6 +225,11 @@ redactions = Table(
     Column("received_ts", BigInteger, nullable=False),
     # Set once the redacted event's stored JSON has been pruned.
     Column("censored", Boolean, nullable=False, default=False),
+    # A redaction received before its event waits here until the event arrives: NULL once it
+    # applies; "*" if its sender may redact anything (only the room is left to check); else
+    # the server the redacted event's sender must be on (spec: rooms v3+, "Handling
+    # redactions"). A pending redaction redacts nothing.
+    Column("requires_server", Text, nullable=True),
     Index("redactions_redacts", "redacts"),
 )
 

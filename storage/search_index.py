@@ -95,4 +95,4 @@ def remove_redacted(conn: Connection, nids: Sequence[int]) -> None:
     index, key = index_and_key(conn.dialect.name == "sqlite")
     conn.execute(index.delete().where(key.in_(
         select(events.c.nid).join(redactions, redactions.c.redacts == events.c.event_id)
-        .where(events.c.nid.in_(list(nids))))))
+        .where(events.c.nid.in_(list(nids)), redactions.c.requires_server.is_(None)))))

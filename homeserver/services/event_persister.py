@@ -34,6 +34,7 @@ from homeserver.rooms.auth import (
     check_auth_rules,
     create_event_id_for_room,
 )
+from homeserver.rooms.power_levels import PowerLevels
 from homeserver.rooms.server_acl import server_allowed
 from homeserver.services.notifier import Notifier
 from storage import Database
@@ -702,8 +703,8 @@ class EventPersister:
                 return "duplicate", self._uncommitted.get(event.event_id)
             create = await self._auth_against_auth_events(event)
             state_before = await self._state_before(snapshot, event)
-            check_auth_rules(event, await self._state_events(state_before, event),
-                             create_event=create)
+            auth_state = await self._state_events(state_before, event)
+            check_auth_rules(event, auth_state, create_event=create)
             soft_failed = False
             if state_before is not snapshot.state:
                 try:
@@ -721,8 +722,31 @@ class EventPersister:
                 item = self._prepare(snapshot, event, None, now,
                                      extremities=[*extremities, event.event_id],
                                      relay_except=relay_except)
+                if event.redacts is not None and create is not None:
+                    item.redacts, item.redaction_requires = await self._redaction_scope(
+                        event, auth_state, create)
             future = self._enqueue(item)
         return ("soft_failed" if soft_failed else "accepted"), future
+
+    async def _redaction_scope(self, event: Event, auth_state: Mapping[StateKey, Event],
+                               create: Event) -> tuple[str | None, str | None]:
+        """What a received redaction redacts, and what applying it still requires
+        (``PersistItem.redaction_requires``). Spec (rooms v3+, "Handling redactions"): it
+        applies to an event of its room if its sender has the redact power level or is on
+        the same server as the event's sender; otherwise it stays in the timeline but
+        redacts nothing (``(None, None)``)."""
+        levels = PowerLevels.from_state(auth_state, create)
+        may_redact_any = levels.user_level(event.sender) >= levels.redact_level
+        redacts = event.redacts
+        target = (await self.get_events([redacts])).get(redacts) if redacts else None
+        if target is None:
+            return redacts, "*" if may_redact_any else event.sender.split(":", 1)[1]
+        same_server = target.sender.split(":", 1)[1] == event.sender.split(":", 1)[1]
+        if target.room_id == event.room_id and (may_redact_any or same_server):
+            return redacts, None
+        logger.info("Redaction %s may not redact %s: kept, not applied", event.event_id,
+                    redacts)
+        return None, None
 
     async def _auth_against_auth_events(self, event: Event) -> Event | None:
         """Rule 3 and the rules against the event's own auth events; returns the create
@@ -787,7 +811,7 @@ class EventPersister:
             state_key=event.state_key, sender=event.sender,
             origin_server_ts=event.origin_server_ts, received_ts=now,
             prev_event_ids=event.prev_event_ids, auth_event_ids=event.auth_event_ids,
-            state_group_before=None, state_group_after=None, redacts=event.redacts,
+            state_group_before=None, state_group_after=None,  # an outlier redacts nothing
             pdu=dict(event.pdu), room_version=event.room_version.identifier, outlier=True,
             moves_head=False)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cachetools import LRUCache
-from sqlalchemy import Connection, and_, bindparam, func, select, tuple_, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, select, tuple_, update
 
 from storage import search_index
 from storage.dialect import greatest, insert
@@ -89,6 +89,9 @@ class PersistItem:
     device_id: str | None = None
     txn_id: str | None = None
     redacts: str | None = None
+    # A received redaction of an event not here yet: what applying it will require (see the
+    # ``redactions.requires_server`` column).
+    redaction_requires: str | None = None
     replaces_state: str | None = None
     new_room: tuple[str, str, int] | None = None  # (room_version, creator, created_ts)
     new_state_group: NewStateGroup | None = None
@@ -121,7 +124,8 @@ _EVENT_COLUMNS = (events.c.event_id, events.c.room_id, events.c.json, events.c.s
                   events.c.outlier, events.c.replaces_state, rooms.c.room_version,
                   # One redaction per event (the first) even when it was redacted twice.
                   select(redactions.c.event_id)
-                  .where(redactions.c.redacts == events.c.event_id)
+                  .where(redactions.c.redacts == events.c.event_id,
+                         redactions.c.requires_server.is_(None))
                   .order_by(redactions.c.received_ts, redactions.c.event_id).limit(1)
                   .scalar_subquery().label("redacted_by"))
 
@@ -136,6 +140,41 @@ def _stored(row: Any) -> StoredEvent:
 def _event_select() -> Any:
     return (select(*_EVENT_COLUMNS)
             .join(rooms, rooms.c.room_id == events.c.room_id))
+
+
+def _apply_waiting_redactions(conn: Connection, items: Sequence[PersistItem]) -> list[str]:
+    """Settle the redactions that arrived before the events of this batch (one query per
+    batch, which finds nothing but for events a server sent after their redaction): each
+    applies if the redaction is of the same room and its sender may redact the event (see
+    ``redactions.requires_server``), else it is dropped. Returns the events now redacted."""
+    by_id = {i.event_id: i for i in items}
+    waiting: list[Any] = []
+    ids = list(by_id)
+    for start in range(0, len(ids), 500):
+        waiting.extend(conn.execute(
+            select(redactions.c.event_id, redactions.c.redacts, redactions.c.requires_server,
+                   events.c.room_id)
+            .join(events, events.c.event_id == redactions.c.event_id)
+            .where(redactions.c.redacts.in_(ids[start:start + 500]))).all())
+    if not waiting:
+        return []
+    applies, dropped, redacted = [], [], []
+    for row in waiting:
+        target = by_id[row.redacts]
+        if row.requires_server is None:
+            redacted.append(row.redacts)  # (a repeat of an event redacted already)
+        elif row.room_id == target.room_id and row.requires_server in (
+                "*", target.sender.split(":", 1)[1]):
+            applies.append(row.event_id)
+            redacted.append(row.redacts)
+        else:
+            dropped.append(row.event_id)
+    if applies:
+        conn.execute(update(redactions).where(redactions.c.event_id.in_(applies))
+                     .values(requires_server=None))
+    if dropped:
+        conn.execute(delete(redactions).where(redactions.c.event_id.in_(dropped)))
+    return redacted
 
 
 class EventStore:
@@ -172,8 +211,9 @@ class EventStore:
         indexed = search_index.index_rows((i.nid, i.pdu if i.pdu is not None
                                            else json.loads(i.pdu_json)) for i in items
                                           if i.type in INDEXED and not i.outlier)
-        await self._db.run_write(lambda conn: self._persist(conn, items, indexed))
-        redacted = [i.redacts for i in items if i.redacts is not None]
+        already = await self._db.run_write(lambda conn: self._persist(conn, items, indexed))
+        redacted = [i.redacts for i in items if i.redacts is not None
+                    and i.redaction_requires is None] + already
         if redacted:
             self.forget_cached(redacted)
         self._remember(StoredEvent(
@@ -184,7 +224,9 @@ class EventStore:
             and i.event_id not in redacted)
 
     def _persist(self, conn: Connection, items: Sequence[PersistItem],
-                 indexed: Sequence[dict[str, Any]]) -> None:
+                 indexed: Sequence[dict[str, Any]]) -> list[str]:
+        """The write itself; returns the new events that redactions received before them
+        redact (so they are not cached unredacted)."""
         is_sqlite = self._db.is_sqlite
         new_rooms = [dict(room_id=i.room_id, room_version=i.new_room[0], creator=i.new_room[1],
                           created_ts=i.new_room[2], is_public=False)
@@ -217,14 +259,17 @@ class EventStore:
         if edges:
             conn.execute(event_edges.insert(), edges)
         redacted = [dict(event_id=i.event_id, redacts=i.redacts, received_ts=i.received_ts,
-                         censored=False) for i in items if i.redacts is not None]
+                         censored=False, requires_server=i.redaction_requires)
+                    for i in items if i.redacts is not None]
         if redacted:
             conn.execute(insert(is_sqlite, redactions).on_conflict_do_nothing(), redacted)
+        already = _apply_waiting_redactions(conn, items)
         # Searchable text, except what is already redacted (a redaction in this batch, or
         # one that came over federation before its event).
         search_index.add(conn, indexed)
-        if redacted:
-            search_index.remove_events(conn, [str(r["redacts"]) for r in redacted])
+        applied = [str(r["redacts"]) for r in redacted if r["requires_server"] is None]
+        if applied:
+            search_index.remove_events(conn, applied)
         if indexed:
             search_index.remove_redacted(conn, [row["nid"] for row in indexed])
 
@@ -257,6 +302,7 @@ class EventStore:
             conn.execute(update(rooms).where(rooms.c.room_id == bindparam("r")).values(
                 forward_extremities=bindparam("x"), current_state_group=bindparam("g"),
                 depth=greatest(is_sqlite, rooms.c.depth, bindparam("d"))), list(heads.values()))
+        return already
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -295,6 +341,7 @@ class EventStore:
                 .select_from(redactions.join(events, events.c.event_id == redactions.c.redacts)
                              .join(rooms, rooms.c.room_id == events.c.room_id))
                 .where(and_(redactions.c.censored.is_(False),
+                            redactions.c.requires_server.is_(None),
                             redactions.c.received_ts < received_before))
                 .limit(limit))
             return [(r.event_id, r.json, r.room_version) for r in rows]
