@@ -19,6 +19,7 @@ from tests.client_api.test_sync_fanout import (
     services,  # noqa: F401
 )
 from tests.conftest import bearer
+from tests.helpers.harness import Harness
 from tests.helpers.room_api import (
     User,
     api,
@@ -30,7 +31,6 @@ from tests.helpers.room_api import (
     new_user,
     send_text,
 )
-from tests.homeserver.test_event_persister import Harness
 
 HISTORY = "/_matrix/client/unstable/org.ktchat.history"
 WORD = "zanzibar"

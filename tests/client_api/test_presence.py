@@ -25,6 +25,7 @@ from storage import Database
 from tests.client_api.test_sse import open_stream
 from tests.client_api.test_sync import leave, sync
 from tests.conftest import bearer, make_config
+from tests.helpers.harness import Harness
 from tests.helpers.room_api import (
     V3,
     User,
@@ -36,7 +37,6 @@ from tests.helpers.room_api import (
     send_text,
 )
 from tests.helpers.spec import assert_matches_spec
-from tests.homeserver.test_event_persister import Harness
 
 LONG_MS = 60_000  # never fires during a test
 QUIET = {"presence": {"idle_timeout_ms": LONG_MS, "offline_timeout_ms": LONG_MS}}

@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,78 +19,17 @@ import yaml
 from sqlalchemy import func, insert, select
 
 from homeserver.errors import Forbidden, MatrixError, NotFound
-from homeserver.services.container import Services, build_services
+from homeserver.services.container import Services
 from homeserver.services.event_persister import NewEvent
 from homeserver.services.filtering import RoomEventFilter
 from homeserver.services.messages import Reader
 from homeserver.services.rooms import CreateRoomRequest
-from storage import Database
 from storage.schema import events as events_table
 from storage.stores.events import StoredEvent
-from tests.conftest import PostgresSchema, make_config, postgres_url
+from tests.helpers.harness import Harness
 from tests.helpers.processes import ServerProcess, free_port, ktchat, wait_for_port
 
 ALICE = "@alice:test.local"
-
-
-class Harness:
-    """Services on SQLite or on a throwaway PostgreSQL schema, restartable on the same data."""
-
-    def __init__(self, kind: str, tmp_path: Path) -> None:
-        self.kind = kind
-        self.tmp_path = tmp_path
-        self.schema: PostgresSchema | None = None
-        self.services: Services | None = None
-
-    async def setup(self) -> Services:
-        if self.kind == "postgres":
-            url = postgres_url()
-            assert url is not None
-            self.schema = PostgresSchema(url)
-            await self.schema.create()
-        return await self.start()
-
-    def _build(self) -> Services:
-        if self.schema is None:
-            return build_services(make_config(self.tmp_path))
-        config = make_config(self.tmp_path, database={"url": self.schema.url})
-        db = Database(self.schema.url, postgres_search_path=self.schema.name)
-        return build_services(config, db=db)
-
-    async def start(self) -> Services:
-        self.services = self._build()
-        await self.services.start()
-        return self.services
-
-    async def stop(self) -> None:
-        if self.services is not None:
-            services, self.services = self.services, None
-            await services.stop()
-
-    async def restart(self) -> Services:
-        await self.stop()
-        return await self.start()
-
-    async def teardown(self) -> None:
-        await self.stop()
-        if self.schema is not None:
-            await self.schema.drop()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
-    h = Harness(request.param, tmp_path)
-    try:
-        await h.setup()
-        yield h
-    finally:
-        await h.teardown()
-
-
-@pytest.fixture
-def hs(harness: Harness) -> Services:
-    assert harness.services is not None
-    return harness.services
 
 
 # -- helpers --------------------------------------------------------------------------------

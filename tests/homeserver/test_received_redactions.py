@@ -13,14 +13,8 @@ from __future__ import annotations
 from homeserver.events.model import Event
 from homeserver.services.container import Services
 from homeserver.services.event_persister import NewEvent
-from tests.homeserver.test_event_persister import (  # noqa: F401 (fixtures)
-    ALICE,
-    Harness,
-    harness,
-    hs,
-    make_room,
-    register,
-)
+from tests.helpers.harness import Harness
+from tests.homeserver.test_event_persister import ALICE, make_room, register
 
 BOB = "@bob:remote.example"        # power 0
 CAROL = "@carol:remote.example"    # power 0, on bob's server

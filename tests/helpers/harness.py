@@ -1,0 +1,54 @@
+"""``Harness``: the homeserver's services on SQLite or on a throwaway PostgreSQL schema,
+restartable on the same data (the ``harness``/``hs`` fixtures of ``tests/homeserver``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from homeserver.services.container import Services, build_services
+from storage import Database
+from tests.conftest import PostgresSchema, make_config, postgres_url
+
+
+class Harness:
+    """Services on SQLite or on a throwaway PostgreSQL schema, restartable on the same data."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.tmp_path = tmp_path
+        self.schema: PostgresSchema | None = None
+        self.services: Services | None = None
+
+    async def setup(self) -> Services:
+        if self.kind == "postgres":
+            url = postgres_url()
+            assert url is not None
+            self.schema = PostgresSchema(url)
+            await self.schema.create()
+        return await self.start()
+
+    def _build(self) -> Services:
+        if self.schema is None:
+            return build_services(make_config(self.tmp_path))
+        config = make_config(self.tmp_path, database={"url": self.schema.url})
+        db = Database(self.schema.url, postgres_search_path=self.schema.name)
+        return build_services(config, db=db)
+
+    async def start(self) -> Services:
+        self.services = self._build()
+        await self.services.start()
+        return self.services
+
+    async def stop(self) -> None:
+        if self.services is not None:
+            services, self.services = self.services, None
+            await services.stop()
+
+    async def restart(self) -> Services:
+        await self.stop()
+        return await self.start()
+
+    async def teardown(self) -> None:
+        await self.stop()
+        if self.schema is not None:
+            await self.schema.drop()
