@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from signedjson.types import SigningKey
 
+from federation.backfill import Backfiller
 from federation.inbound.limits import OriginLimiter
 from federation.inbound.membership import ResidentMembership
 from federation.inbound.pdus import PduHandler
@@ -36,6 +37,7 @@ class Federation:
     transactions: TransactionHandler
     resident: ResidentMembership
     remote: RemoteRoomsClient
+    backfiller: Backfiller
     limits: OriginLimiter = field(default_factory=OriginLimiter)
     _cleanup: asyncio.Task[None] | None = field(default=None)
 
@@ -47,6 +49,7 @@ class Federation:
         self.services.profiles.remote = self.remote
         self.services.rooms.invite_remote = self._invite
         self.services.to_device.remote_queue = self.sender.queue_to_device
+        self.services.messages.backfill = self.backfiller.backfill
         await self.sender.start()
         self._cleanup = asyncio.create_task(self._forget_old_transactions())
 
@@ -82,4 +85,5 @@ def build_federation(services: Services) -> Federation:
     pdus = PduHandler(services, keyring, client)
     return Federation(config.server_name, services.signing_key, services, client, keyring,
                       sender, pdus, TransactionHandler(services, pdus),
-                      ResidentMembership(services, pdus), RemoteRoomsClient(services, client, pdus))
+                      ResidentMembership(services, pdus), RemoteRoomsClient(services, client, pdus),
+                      Backfiller(services, client, pdus))

@@ -15,17 +15,23 @@ from storage.engine import DatabaseEngine
 
 
 class IdAllocator:
-    def __init__(self, column: Column[int]) -> None:
+    """Counts up from the column's greatest value; ``descending``: down from its least (and
+    from 0), as for the stream orderings of history backfilled from other servers, which
+    come before everything here."""
+
+    def __init__(self, column: Column[int], *, descending: bool = False) -> None:
         self._column = column
+        self._step = -1 if descending else 1
         self._last = 0
 
     async def load(self, engine: DatabaseEngine) -> None:
+        aggregate = func.min if self._step < 0 else func.max
         async with engine.read() as conn:
-            value = (await conn.execute(select(func.max(self._column)))).scalar()
-        self._last = int(value or 0)
+            value = (await conn.execute(select(aggregate(self._column)))).scalar()
+        self._last = min(int(value or 0), 0) if self._step < 0 else int(value or 0)
 
     def next(self) -> int:
-        self._last += 1
+        self._last += self._step
         return self._last
 
     @property

@@ -169,6 +169,8 @@ class EventPersister:
         self._events: OrderedDict[str, Event] = OrderedDict()
         self._nids = IdAllocator(events_table.c.nid)
         self._stream = IdAllocator(events_table.c.stream_ordering)
+        # History backfilled from other servers comes before everything: negative positions.
+        self._backfill_stream = IdAllocator(events_table.c.stream_ordering, descending=True)
         self._groups = IdAllocator(state_groups_table.c.id)
         self._key_nids = IdAllocator(state_keys_table.c.nid)
         self._txns = TxnIndex(db.events)
@@ -188,7 +190,8 @@ class EventPersister:
         self._unstored_keys: set[int] = set()
 
     async def start(self) -> None:
-        for allocator in (self._nids, self._stream, self._groups, self._key_nids):
+        for allocator in (self._nids, self._stream, self._backfill_stream, self._groups,
+                          self._key_nids):
             await allocator.load(self._db.engine)
         self._notifier.set_initial_position(self._stream.last)
         self._writer = asyncio.create_task(self._write_loop())
@@ -530,7 +533,8 @@ class EventPersister:
             destinations = {d for i in items for d in i.destinations}
             if destinations and self.outbox_listener is not None:
                 self.outbox_listener(destinations)
-            items = [i for i in items if i.stream_ordering is not None]
+            # Backfilled history (negative positions) is nothing new for syncs.
+            items = [i for i in items if i.stream_ordering is not None and i.stream_ordering > 0]
             if not items:
                 continue
             self._notifier.on_new_events(
@@ -727,6 +731,53 @@ class EventPersister:
                         event, auth_state, create)
             future = self._enqueue(item)
         return ("soft_failed" if soft_failed else "accepted"), future
+
+    def reserve_backfill(self, count: int) -> list[int]:
+        """Stream positions for ``count`` backfilled events, lowest first: give them to the
+        events oldest first, so the older an event the earlier its place."""
+        return sorted(self._backfill_stream.next() for _ in range(count))
+
+    async def backfill_queued(self, event: Event, position: int, state_group: int | None
+                              ) -> asyncio.Future[None] | None:
+        """Store an event of the room's history from before anything here (backfilled from
+        another server) at ``position`` (from ``reserve_backfill``), answering with its
+        commit's future (None when it is in the timeline already).
+
+        It is checked against its own auth events only (the state before it is not known
+        here) and changes no current state; it reads as of ``state_group`` (the state before
+        the earliest event here) for history visibility. An event stored as an outlier (the
+        room's state fetched on joining) takes its place in the timeline.
+
+        Raises:
+            MissingEvents: some of its auth events are not stored.
+            AuthError: it fails the authorization rules against them.
+        """
+        async with self._lock(event.room_id):
+            if event.event_id in self._uncommitted:
+                return None
+            stored = (await self._db.events.get_events([event.event_id])).get(event.event_id)
+            if stored is not None and (not stored.outlier or stored.rejected_reason):
+                return None
+            create = await self._auth_against_auth_events(event)
+            nid = (await self._db.events.nids_for_events([event.event_id]))[event.event_id] \
+                if stored is not None else self._nids.next()
+            self._db.state.remember_event_nid(nid, event.event_id)
+            item = PersistItem(
+                event_id=event.event_id, room_id=event.room_id,
+                pdu_json=encode_canonical(dict(event.pdu)).decode("utf-8"), nid=nid,
+                stream_ordering=position, depth=event.depth, type=event.type,
+                state_key=event.state_key, sender=event.sender,
+                origin_server_ts=event.origin_server_ts, received_ts=self._clock.time_ms(),
+                prev_event_ids=event.prev_event_ids, auth_event_ids=event.auth_event_ids,
+                state_group_before=state_group, state_group_after=state_group,
+                pdu=dict(event.pdu), room_version=event.room_version.identifier,
+                moves_head=False, was_outlier=stored is not None)
+            if event.redacts is not None and create is not None:
+                auth = await self.get_events(event.auth_event_ids)
+                item.redacts, item.redaction_requires = await self._redaction_scope(
+                    event, {e.state_tuple: e for e in auth.values() if e.state_tuple}, create)
+            self._cache_event(event)
+            return self._enqueue(item)
 
     async def _redaction_scope(self, event: Event, auth_state: Mapping[StateKey, Event],
                                create: Event) -> tuple[str | None, str | None]:

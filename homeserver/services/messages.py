@@ -4,6 +4,7 @@ what the reader may see."""
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,9 @@ class MessageService:
         self._visibility = visibility
         self._serializer = serializer
         self._clock = clock
+        # Federation: fetch a room's history from before anything here (``Backfiller``);
+        # returns whether anything new came.
+        self.backfill: Callable[[str], Awaitable[bool]] | None = None
 
     async def access(self, user_id: str, room_id: str) -> RoomAccess:
         """Whether ``user_id`` may read the room at all, and up to where.
@@ -133,31 +137,13 @@ class MessageService:
             if not backwards:
                 end = min(end, cap) if end is not None else cap
         chunk: list[StoredEvent] = []
-        cursor = start
-        exhausted = False
-        for _ in range(_SCAN_ROUNDS):
-            if len(chunk) >= limit:
-                break
-            fetch = max(limit - len(chunk), 20) if (event_filter.types or
-                                                     event_filter.senders) else limit - len(chunk)
-            if backwards:
-                page = await self._events.paginate(room_id, before=cursor, after=end,
-                                                   backwards=True, limit=fetch)
-            else:
-                page = await self._events.paginate(room_id, after=cursor, before=end,
-                                                   backwards=False, limit=fetch)
-            if not page:
-                exhausted = True
-                break
-            wanted = [e for e in page if event_filter.matches(e.pdu)]
-            visible = await self._visibility.filter_for_user(reader.user_id, wanted)
-            room = limit - len(chunk)
-            chunk += visible[:room]
-            last = visible[room - 1] if len(visible) > room else page[-1]
-            cursor = (last.depth, last.stream_ordering or 0)
-            if len(visible) <= room and len(page) < fetch:
-                exhausted = True
-                break
+        cursor, exhausted = await self._scan(reader, room_id, chunk, start, end, backwards,
+                                             limit, event_filter)
+        if exhausted and backwards and end is None and len(chunk) < limit \
+                and self.backfill is not None and await self.backfill(room_id):
+            # The beginning of the room here, but other servers have more: go on into it.
+            cursor, exhausted = await self._scan(reader, room_id, chunk, cursor, end,
+                                                 backwards, limit, event_filter)
         if from_token:
             start_token = from_token
         elif backwards:
@@ -173,6 +159,36 @@ class MessageService:
         if event_filter.lazy_load_members and chunk:
             body["state"] = await self._members_for(reader, chunk, access)
         return body
+
+    async def _scan(self, reader: Reader, room_id: str, chunk: list[StoredEvent],
+                    cursor: tuple[int, int] | None, end: tuple[int, int] | None,
+                    backwards: bool, limit: int, event_filter: RoomEventFilter
+                    ) -> tuple[tuple[int, int] | None, bool]:
+        """Add to ``chunk`` the events after ``cursor`` (in the direction of reading) the
+        reader may see and the filter takes, up to ``limit`` in all; returns where it
+        stopped and whether the room has no more in that direction."""
+        for _ in range(_SCAN_ROUNDS):
+            if len(chunk) >= limit:
+                break
+            fetch = max(limit - len(chunk), 20) if (event_filter.types or
+                                                     event_filter.senders) else limit - len(chunk)
+            if backwards:
+                page = await self._events.paginate(room_id, before=cursor, after=end,
+                                                   backwards=True, limit=fetch)
+            else:
+                page = await self._events.paginate(room_id, after=cursor, before=end,
+                                                   backwards=False, limit=fetch)
+            if not page:
+                return cursor, True
+            wanted = [e for e in page if event_filter.matches(e.pdu)]
+            visible = await self._visibility.filter_for_user(reader.user_id, wanted)
+            room = limit - len(chunk)
+            chunk += visible[:room]
+            last = visible[room - 1] if len(visible) > room else page[-1]
+            cursor = (last.depth, last.stream_ordering or 0)
+            if len(visible) <= room and len(page) < fetch:
+                return cursor, True
+        return cursor, False
 
     async def _members_for(self, reader: Reader, chunk: list[StoredEvent],
                            access: RoomAccess) -> list[dict[str, Any]]:

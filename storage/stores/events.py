@@ -116,6 +116,9 @@ class PersistItem:
     destinations: list[str] = field(default_factory=list)
     # Stripped state that came with an invite to a room this server is not in (JSON).
     invite_state_json: str | None = None
+    # Backfill: the event is stored already as an outlier and takes its place in the
+    # timeline now (its row is updated, not inserted).
+    was_outlier: bool = False
 
 
 _EVENT_COLUMNS = (events.c.event_id, events.c.room_id, events.c.json, events.c.stream_ordering,
@@ -246,15 +249,24 @@ class EventStore:
                   if g is not None]
         if groups:
             conn.execute(state_groups.insert(), groups)
-        conn.execute(events.insert(), [dict(
-            nid=i.nid, event_id=i.event_id, room_id=i.room_id,
-            stream_ordering=i.stream_ordering, depth=i.depth, type=i.type,
-            state_key=i.state_key, sender=i.sender, origin_server_ts=i.origin_server_ts,
-            received_ts=i.received_ts, json=i.pdu_json, outlier=i.outlier, rejected_reason=None,
-            state_group_before=i.state_group_before, state_group_after=i.state_group_after,
-            device_id=i.device_id, txn_id=i.txn_id, replaces_state=i.replaces_state)
-            for i in items])
-        edges = [dict(event_id=i.event_id, prev_event_id=p) for i in items
+        new = [i for i in items if not i.was_outlier]
+        if new:
+            conn.execute(events.insert(), [dict(
+                nid=i.nid, event_id=i.event_id, room_id=i.room_id,
+                stream_ordering=i.stream_ordering, depth=i.depth, type=i.type,
+                state_key=i.state_key, sender=i.sender, origin_server_ts=i.origin_server_ts,
+                received_ts=i.received_ts, json=i.pdu_json, outlier=i.outlier,
+                rejected_reason=None, state_group_before=i.state_group_before,
+                state_group_after=i.state_group_after, device_id=i.device_id,
+                txn_id=i.txn_id, replaces_state=i.replaces_state)
+                for i in new])
+        placed = [dict(e=i.event_id, s=i.stream_ordering, b=i.state_group_before,
+                       a=i.state_group_after) for i in items if i.was_outlier]
+        if placed:
+            conn.execute(update(events).where(events.c.event_id == bindparam("e")).values(
+                stream_ordering=bindparam("s"), outlier=False,
+                state_group_before=bindparam("b"), state_group_after=bindparam("a")), placed)
+        edges = [dict(event_id=i.event_id, prev_event_id=p) for i in new
                  for p in i.prev_event_ids]
         if edges:
             conn.execute(event_edges.insert(), edges)
@@ -450,6 +462,30 @@ class EventStore:
         async with self._db.read() as conn:
             rows = await conn.execute(query.limit(limit))
             return [_stored(r) for r in rows]
+
+    async def backward_extremities(self, room_id: str, oldest: int = 20
+                                   ) -> tuple[list[str], int | None]:
+        """Where the room's history here begins, for backfill: the unknown prev events of
+        its ``oldest`` earliest timeline events (an outlier is known: its history is not
+        asked for), and the state group before the earliest."""
+        first = (select(events.c.event_id, events.c.state_group_before)
+                 .where(events.c.room_id == room_id, events.c.stream_ordering.is_not(None))
+                 .order_by(events.c.depth, events.c.stream_ordering).limit(oldest)
+                 .subquery())
+        known = events.alias("known")
+        async with self._db.read() as conn:
+            earliest = (await conn.execute(
+                select(events.c.state_group_before)
+                .where(events.c.room_id == room_id, events.c.stream_ordering.is_not(None))
+                .order_by(events.c.depth, events.c.stream_ordering).limit(1))).first()
+            if earliest is None:
+                return [], None
+            prevs = await conn.execute(
+                select(event_edges.c.prev_event_id).distinct()
+                .join(first, first.c.event_id == event_edges.c.event_id)
+                .outerjoin(known, known.c.event_id == event_edges.c.prev_event_id)
+                .where(known.c.event_id.is_(None)))
+            return sorted(r.prev_event_id for r in prevs), earliest.state_group_before
 
     async def join_positions(self, room_id: str, user_id: str) -> list[int]:
         """Stream orderings of the user's join events in the room."""

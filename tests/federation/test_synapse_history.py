@@ -1,4 +1,9 @@
-"""Catching up with Synapse after downtime: a gap longer than one /get_missing_events answer.
+"""History across KT-Chat and Synapse: backfill both ways, and catching up after downtime.
+
+Backfill: a user who joins a room that lives on the other server pages back through its
+history from before the join; Synapse asks us (``GET /backfill``) and we ask Synapse.
+
+Catching up with Synapse after downtime: a gap longer than one /get_missing_events answer.
 
 When Synapse has lost track of what a server missed (restarted, or after a long outage),
 it "catches up" by sending only the newest event of each room (``PerDestinationQueue``'s
@@ -7,25 +12,26 @@ A gap of more than 20 events (Synapse's cap per ``/get_missing_events``) with a 
 joining inside it: every message reaches KT-Chat in order, and the new member's messages
 are accepted (their join is part of the state they are checked against).
 
-Its own pair of servers (it stops one).
+Its own pair of servers (the catch-up test, last, stops and restarts both).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from tests.helpers.federation import FedPair, FedServer, poll_until
+from tests.helpers.federation import FedPair, FedServer, User, poll_until
 from tests.helpers.synapse import SynapseServer
 
 WAIT = 60
 GAP = 45  # messages sent while KT-Chat is down: more than two /get_missing_events answers
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FedPair]:
     root = tmp_path_factory.mktemp("catch_up")
     synapse = SynapseServer(root, "synapse")
@@ -41,6 +47,43 @@ async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FedPai
         ktchat.stop()
 
 
+async def _history(user: User, room_id: str) -> list[Any]:
+    """Every event ``/messages`` gives going back from now (pages of 20), oldest first."""
+    events: list[Any] = []
+    token: str | None = None
+    for _ in range(30):
+        page = await user.messages(room_id, "b", 20, token)
+        events += page["chunk"]
+        token = page.get("end")
+        if token is None:
+            break
+    return list(reversed(events))
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("host", ["synapse_room", "ktchat_room"])
+async def test_joiner_pages_back_through_history(pair: FedPair, host: str) -> None:
+    ktchat_user, synapse_user = pair.alice, pair.bob
+    owner, joiner = (synapse_user, ktchat_user) if host == "synapse_room" \
+        else (ktchat_user, synapse_user)
+    tag = uuid.uuid4().hex[:8]
+    room_id = await owner.create_room(preset="public_chat", name=f"history {tag}")
+    sent = [await owner.send_text(room_id, f"old {tag} {i}") for i in range(30)]
+    via = [owner.server.server_name]
+    assert await joiner.join(room_id, via=via) == room_id
+    body = f"new {tag}"
+    await owner.send_text(room_id, body)
+    await joiner.wait_for_event(room_id, WAIT, body=body)
+
+    async def seen() -> list[str]:
+        return [e["event_id"] for e in await _history(joiner, room_id)]
+
+    # Synapse backfills in the background of a request at times: ask until it is all there.
+    ids = await poll_until(seen, lambda got: set(sent) <= set(got), timeout=WAIT)
+    assert [i for i in ids if i in set(sent)] == sent
+
+
+@pytest.mark.asyncio(loop_scope="module")
 async def test_gap_with_a_new_member_is_filled_after_downtime(pair: FedPair) -> None:
     alice, sam = pair.alice, pair.bob
     tag = uuid.uuid4().hex[:8]
