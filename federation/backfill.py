@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 BACKFILL_LIMIT = 100  # events asked for per request (Synapse's cap on what it serves)
 MAX_SERVERS = 3  # servers tried in turn
 RETRY_AFTER_MS = 60_000  # after a backfill that brought nothing
+TIMEOUT_S = 10  # a reader is waiting on it: a server that does not answer is given up
 
 
 class Backfiller:
@@ -82,7 +83,7 @@ class Backfiller:
             try:
                 answer = await self._client.get_json(
                     server, f"/_matrix/federation/v1/backfill/{quote(room_id, safe='')}",
-                    query={"v": points, "limit": [str(BACKFILL_LIMIT)]})
+                    query={"v": points, "limit": [str(BACKFILL_LIMIT)]}, timeout_s=TIMEOUT_S)
             except FederationClientError as e:
                 logger.info("Backfilling %s from %s failed: %s", room_id, server, e)
                 continue

@@ -94,3 +94,17 @@ async def test_joined_only_history_stays_hidden(fed_pair: FedPair) -> None:
     bodies = [e.get("content", {}).get("body") for e in events]
     assert not any(b and b.startswith(f"old {tag}") for b in bodies), bodies
     assert after in ids
+
+
+async def test_history_while_the_room_server_is_down(fed_pair: FedPair) -> None:
+    """Paging back with nobody to backfill from answers with what is here, not an error."""
+    bob = fed_pair.bob
+    tag = _tag()
+    room_id, sent = await _room_with_history(fed_pair, "shared", tag, 3)
+    assert await bob.join(room_id, via=[fed_pair.a.server_name]) == room_id
+    fed_pair.a.stop()
+    events, _ = await _all_pages(bob, room_id)
+    ids = [e["event_id"] for e in events]
+    assert not set(sent) & set(ids)
+    assert any(e["type"] == "m.room.member" and e["state_key"] == bob.user_id
+               for e in events), events
