@@ -465,9 +465,10 @@ class EventStore:
 
     async def backward_extremities(self, room_id: str, oldest: int = 20
                                    ) -> tuple[list[str], int | None]:
-        """Where the room's history here begins, for backfill: the unknown prev events of
-        its ``oldest`` earliest timeline events (an outlier is known: its history is not
-        asked for), and the state group before the earliest."""
+        """Where the room's history here begins, for backfill: the prev events of its
+        ``oldest`` earliest timeline events that are not in its timeline (unknown, or
+        outliers such as the state fetched on joining), and the state group before the
+        earliest."""
         first = (select(events.c.event_id, events.c.state_group_before)
                  .where(events.c.room_id == room_id, events.c.stream_ordering.is_not(None))
                  .order_by(events.c.depth, events.c.stream_ordering).limit(oldest)
@@ -483,7 +484,8 @@ class EventStore:
             prevs = await conn.execute(
                 select(event_edges.c.prev_event_id).distinct()
                 .join(first, first.c.event_id == event_edges.c.event_id)
-                .outerjoin(known, known.c.event_id == event_edges.c.prev_event_id)
+                .outerjoin(known, and_(known.c.event_id == event_edges.c.prev_event_id,
+                                       known.c.stream_ordering.is_not(None)))
                 .where(known.c.event_id.is_(None)))
             return sorted(r.prev_event_id for r in prevs), earliest.state_group_before
 

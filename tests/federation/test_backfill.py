@@ -44,7 +44,7 @@ async def _room_with_history(pair: FedPair, visibility: str, tag: str, count: in
 async def test_joiner_pages_back_through_history_before_the_join(fed_pair: FedPair) -> None:
     alice, bob = fed_pair.alice, fed_pair.bob
     tag = _tag()
-    room_id, sent = await _room_with_history(fed_pair, "shared", tag, 45)
+    room_id, sent = await _room_with_history(fed_pair, "shared", tag, 130)  # > 1 request
     assert await bob.join(room_id, via=[fed_pair.a.server_name]) == room_id
     after = await alice.send_text(room_id, f"new {tag}")
     await bob.wait_for_event(room_id, 30, body=f"new {tag}")
