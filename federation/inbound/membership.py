@@ -19,7 +19,7 @@ from homeserver.events.builder import event_from_pdu
 from homeserver.events.model import Event
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.events.signing import sign_event
-from homeserver.events.stripped import STRIPPED_STATE_TYPES, stripped
+from homeserver.events.stripped import STRIPPED_STATE_TYPES
 from homeserver.rooms.auth import AuthError, auth_types_for_event
 from homeserver.services.container import Services
 from homeserver.services.event_persister import MAX_DEPTH, MAX_PREV_EVENTS
@@ -125,7 +125,9 @@ class ResidentMembership:
     async def send_knock(self, origin: str, room_id: str, event_id: str,
                          pdu: Mapping[str, Any]) -> dict[str, Any]:
         _event, state = await self.send("knock", origin, room_id, event_id, pdu)
-        return {"knock_room_state": [stripped(e.pdu) for e in state
+        # Whole events in the room version's format, the create event among them (Matrix
+        # 1.16); the knocking server strips them for its user.
+        return {"knock_room_state": [dict(e.pdu) for e in state
                                      if e.type in STRIPPED_STATE_TYPES and e.state_key == ""]}
 
     # -- invites of our users --------------------------------------------------------------

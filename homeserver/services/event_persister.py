@@ -27,6 +27,7 @@ from homeserver.events.builder import build_event
 from homeserver.events.canonical import encode_canonical
 from homeserver.events.model import Event
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.events.stripped import stripped
 from homeserver.rooms.auth import (
     AuthError,
     auth_types_for_event,
@@ -392,15 +393,16 @@ class EventPersister:
         return self._last_encoded[1]
 
     def _prepare(self, snapshot: RoomSnapshot, event: Event, new: NewEvent | None, now: int,
-                 *, extremities: list[str] | None = None, relay_except: str | None = None
-                 ) -> PersistItem:
+                 *, extremities: list[str] | None = None, relay_except: str | None = None,
+                 apply_state: bool = True) -> PersistItem:
         """Turn an authorized event into a write, and move the snapshot past it.
 
         ``extremities`` are the room's forward extremities after the event (default: just the
         event, as for every event built here). An event sent from here goes to every other
         server in the room before or after it (and to a member event's target's server); an
         event received from ``relay_except`` (a join, leave or knock it asked us to sign in)
-        goes to the other servers too.
+        goes to the other servers too. ``apply_state`` false: a state event that lost to
+        the current value (``_supersedes``) takes its place in the timeline only.
         """
         servers_before = snapshot.servers() if self._federates else set()
         nid = self._nids.next()
@@ -416,7 +418,7 @@ class EventPersister:
             txn_id=new.txn_id if new is not None else None,
             redacts=event.redacts, extremities_after=[event.event_id], pdu=dict(event.pdu),
             room_version=snapshot.room_version.identifier)
-        if event.state_tuple is not None:
+        if event.state_tuple is not None and apply_state:
             key = event.state_tuple
             item.replaces_state = snapshot.state.get(key)
             key_nid = self._state_key_nid(key, item.new_state_keys)
@@ -725,12 +727,38 @@ class EventPersister:
                 extremities = [e for e in snapshot.extremities if e not in prevs]
                 item = self._prepare(snapshot, event, None, now,
                                      extremities=[*extremities, event.event_id],
-                                     relay_except=relay_except)
+                                     relay_except=relay_except,
+                                     apply_state=await self._supersedes(snapshot, event,
+                                                                        state_before))
                 if event.redacts is not None and create is not None:
                     item.redacts, item.redaction_requires = await self._redaction_scope(
                         event, auth_state, create)
             future = self._enqueue(item)
         return ("soft_failed" if soft_failed else "accepted"), future
+
+    async def _supersedes(self, snapshot: RoomSnapshot, event: Event,
+                          state_before: Mapping[StateKey, str]) -> bool:
+        """Whether a received state event replaces the current value of its key: yes if it
+        was built on it (or the key is unset), and when the two are concurrent (branches
+        of a fork), the later by ``(origin_server_ts, event_id)``, so every server reaches
+        the same answer whatever order the branches arrive in. This is the order state
+        resolution v2 gives events under the same power levels; a full state resolution
+        is on the roadmap."""
+        key = event.state_tuple
+        if key is None or state_before is snapshot.state:
+            return True
+        current_id = snapshot.state.get(key)
+        if current_id is None or state_before.get(key) == current_id:
+            return True
+        current = (await self.get_events([current_id])).get(current_id)
+        if current is None:
+            return True
+        won = (event.origin_server_ts, event.event_id) > (current.origin_server_ts,
+                                                          current.event_id)
+        if not won:
+            logger.info("%s is concurrent with the current %s and earlier: not applied",
+                        event.event_id, current_id)
+        return won
 
     def reserve_backfill(self, count: int) -> list[int]:
         """Stream positions for ``count`` backfilled events, lowest first: give them to the
@@ -953,8 +981,9 @@ class EventPersister:
             assert event.state_key is not None
             item.current_state_delta.append(("m.room.member", event.state_key,
                                              event.event_id, event.membership))
-            if stripped_state is not None:
-                item.invite_state_json = json.dumps(stripped_state)
+            if stripped_state is not None:  # (servers send whole events since Matrix 1.16)
+                item.invite_state_json = json.dumps(
+                    [stripped(s) for s in stripped_state if isinstance(s, Mapping)])
             if snapshot is None:
                 item.new_room = (event.room_version.identifier, event.sender, now)
                 self._remember_room(RoomSnapshot(room_id, event.room_version, {}, {}, None,

@@ -12,7 +12,7 @@ from typing import Any
 
 from homeserver.errors import BadRequest, Forbidden, InvalidParam, MatrixError, NotFound
 from homeserver.events.model import Event
-from homeserver.events.stripped import STRIPPED_STATE_TYPES, stripped
+from homeserver.events.stripped import STRIPPED_STATE_TYPES
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.power_levels import PowerLevels
 from homeserver.services.event_persister import EventPersister, NewEvent
@@ -183,11 +183,13 @@ class MembershipService:
         await self._persister.receive(signed)
 
     async def _invite_state(self, room_id: str, inviter: str) -> list[dict[str, Any]]:
-        """Stripped state the invitee's server shows with the invite."""
+        """The state the invitee's server shows (stripped) with the invite: whole events in
+        the room version's format, the create event among them (``invite_room_state``,
+        Matrix 1.16; servers check it from room version 12 on)."""
         state = await self._persister.current_state(room_id) or {}
         keys = [*((t, "") for t in STRIPPED_STATE_TYPES), ("m.room.member", inviter)]
         loaded = await self._persister.get_events([state[k] for k in keys if k in state])
-        return [stripped(e.pdu) for e in loaded.values()]
+        return [dict(e.pdu) for e in loaded.values()]
 
     async def leave(self, user_id: str, room_id: str, *, reason: str | None = None) -> None:
         await self._require_room(room_id)
