@@ -5,6 +5,8 @@ its own rooms); a server a test stopped is started again before the next one, an
 sync waits start afresh with each test.
 ``fed_pair_pg``: the same with B on PostgreSQL (skips without ``KTCHAT_TEST_POSTGRES_URL``,
 except under ``CI=true``). ``fed_servers``: a factory of servers for one test.
+``interop``: one KT-Chat (``a``, alice) and one Synapse (``b``, sam as ``bob``) shared by a
+module, the same way (skips without the Synapse virtualenv, except under ``CI=true``).
 When a test fails, its report gets each server's log from that test.
 """
 
@@ -19,6 +21,7 @@ import pytest_asyncio
 
 from tests.conftest import postgres_url
 from tests.helpers.federation import FedPair, FedServer, PostgresDatabase
+from tests.helpers.synapse import SynapseServer
 
 _LOG_MARKS = pytest.StashKey[dict[int, int]]()
 
@@ -96,6 +99,29 @@ async def _ready(pair: FedPair) -> FedPair:
     pair.ensure_running()
     await pair.catch_up()
     return pair
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def _interop_module(tmp_path_factory: pytest.TempPathFactory
+                          ) -> AsyncIterator[FedPair]:
+    root = tmp_path_factory.mktemp("interop")
+    synapse = SynapseServer(root, "synapse")  # skips (or fails under CI) without Synapse
+    ktchat = FedServer(root, "ktchat")
+    try:
+        ktchat.start()
+        synapse.start()
+        alice = await ktchat.register("alice")
+        sam = await synapse.register("sam")
+        # a = KT-Chat with alice, b = Synapse with sam ("bob" in FedPair's terms).
+        yield FedPair(ktchat, synapse, alice, sam)  # type: ignore[arg-type]
+    finally:
+        synapse.stop()
+        ktchat.stop()
+
+
+@pytest_asyncio.fixture
+async def interop(_interop_module: FedPair) -> FedPair:
+    return await _ready(_interop_module)
 
 
 @pytest_asyncio.fixture

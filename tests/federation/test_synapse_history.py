@@ -12,39 +12,20 @@ A gap of more than 20 events (Synapse's cap per ``/get_missing_events``) with a 
 joining inside it: every message reaches KT-Chat in order, and the new member's messages
 are accepted (their join is part of the state they are checked against).
 
-Its own pair of servers (the catch-up test, last, stops and restarts both).
+Its own pair of servers (``interop``; the catch-up test, last, stops and restarts both).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
-from tests.helpers.federation import FedPair, FedServer, User, poll_until
-from tests.helpers.synapse import SynapseServer
+from tests.helpers.federation import FedPair, User, poll_until
 
 WAIT = 60
 GAP = 45  # messages sent while KT-Chat is down: more than two /get_missing_events answers
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FedPair]:
-    root = tmp_path_factory.mktemp("catch_up")
-    synapse = SynapseServer(root, "synapse")
-    ktchat = FedServer(root, "ktchat")
-    try:
-        ktchat.start()
-        synapse.start()
-        alice = await ktchat.register("alice")
-        sam = await synapse.register("sam")
-        yield FedPair(ktchat, synapse, alice, sam)  # type: ignore[arg-type]
-    finally:
-        synapse.stop()
-        ktchat.stop()
 
 
 async def _history(user: User, room_id: str) -> list[Any]:
@@ -62,8 +43,8 @@ async def _history(user: User, room_id: str) -> list[Any]:
 
 @pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("host", ["synapse_room", "ktchat_room"])
-async def test_joiner_pages_back_through_history(pair: FedPair, host: str) -> None:
-    ktchat_user, synapse_user = pair.alice, pair.bob
+async def test_joiner_pages_back_through_history(interop: FedPair, host: str) -> None:
+    ktchat_user, synapse_user = interop.alice, interop.bob
     owner, joiner = (synapse_user, ktchat_user) if host == "synapse_room" \
         else (ktchat_user, synapse_user)
     tag = uuid.uuid4().hex[:8]
@@ -84,11 +65,11 @@ async def test_joiner_pages_back_through_history(pair: FedPair, host: str) -> No
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_gap_with_a_new_member_is_filled_after_downtime(pair: FedPair) -> None:
-    alice, sam = pair.alice, pair.bob
+async def test_gap_with_a_new_member_is_filled_after_downtime(interop: FedPair) -> None:
+    alice, sam = interop.alice, interop.bob
     tag = uuid.uuid4().hex[:8]
     room_id = await sam.create_room(preset="public_chat")
-    assert await alice.join(room_id, via=[pair.b.server_name]) == room_id
+    assert await alice.join(room_id, via=[interop.b.server_name]) == room_id
     await sam.wait_for_membership(room_id, alice.user_id, "join", timeout=WAIT)
     await alice.send_text(room_id, f"before {tag}")
     await sam.wait_for_event(room_id, WAIT, body=f"before {tag}")
@@ -96,17 +77,17 @@ async def test_gap_with_a_new_member_is_filled_after_downtime(pair: FedPair) -> 
     await sam.send_text(room_id, f"hello {tag}")
     await alice.wait_for_event(room_id, WAIT, body=f"hello {tag}")
 
-    pair.a.stop()
+    interop.a.stop()
     sent = [await sam.send_text(room_id, f"gap {tag} {i}") for i in range(GAP // 2)]
-    carol = await pair.b.register(f"carol{tag}")  # type: ignore[attr-defined]
+    carol = await interop.b.register(f"carol{tag}")  # type: ignore[attr-defined]
     assert await carol.join(room_id) == room_id
     sent += [await carol.send_text(room_id, f"carol {tag} {i}") for i in range(3)]
     sent += [await sam.send_text(room_id, f"gap {tag} {i}") for i in range(GAP // 2, GAP)]
     # Synapse keeps retrying the transaction it has in flight; restarted, it knows only
     # what its database says: KT-Chat missed events since the last one it took.
-    pair.b.stop()
-    pair.b.start()
-    pair.a.start()
+    interop.b.stop()
+    interop.b.start()
+    interop.a.start()
     await alice.catch_up()
 
     # Anything from KT-Chat tells Synapse it is back; it then sends the newest event.

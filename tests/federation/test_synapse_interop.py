@@ -10,22 +10,18 @@ federation conftest's hook reads them from the ``FedPair``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from tests.helpers.federation import (
     FedPair,
-    FedServer,
     User,
     first,
     poll_until,
     q,
 )
-from tests.helpers.synapse import SynapseServer
 
 WAIT = 30
 DIRECTIONS = ["ktchat_to_synapse", "synapse_to_ktchat"]
@@ -34,32 +30,6 @@ ROOM_HOSTS = ["ktchat_room", "synapse_room"]
 
 def _tag() -> str:
     return uuid.uuid4().hex[:10]
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def _interop_module(tmp_path_factory: pytest.TempPathFactory
-                          ) -> AsyncIterator[FedPair]:
-    root = tmp_path_factory.mktemp("interop")
-    synapse = SynapseServer(root, "synapse")  # skips (or fails under CI) without Synapse
-    ktchat = FedServer(root, "ktchat")
-    try:
-        ktchat.start()
-        synapse.start()
-        alice = await ktchat.register("alice")
-        sam = await synapse.register("sam")
-        # a = KT-Chat with alice, b = Synapse with sam ("bob" in FedPair's terms).
-        yield FedPair(ktchat, synapse, alice, sam)  # type: ignore[arg-type]
-    finally:
-        synapse.stop()
-        ktchat.stop()
-
-
-@pytest_asyncio.fixture
-async def interop(_interop_module: FedPair) -> FedPair:
-    """Both servers up, both users' waits starting from this test."""
-    _interop_module.ensure_running()
-    await _interop_module.catch_up()
-    return _interop_module
 
 
 def _users(pair: FedPair, direction: str) -> tuple[User, User]:
