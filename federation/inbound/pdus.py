@@ -233,7 +233,8 @@ class PduHandler:
         (spec: POST /get_missing_events), and take them in first, oldest first.
 
         A gap longer than one answer (20 events, Synapse's cap) is asked for again from
-        where the last answer ended, up to ``MAX_MISSING_EVENTS``: a server that was down
+        where the last answer ended, up to ``MAX_MISSING_EVENTS`` (and as many requests as
+        that takes in full answers, whatever the peer answers): a server that was down
         while a conversation went on gets all of it, with every state change in between
         (a member who joined meanwhile can speak), not just the last few events.
         """
@@ -246,7 +247,9 @@ class PduHandler:
             return
         fetched: dict[str, Event] = {}
         latest = [event.event_id]
-        while latest and len(fetched) < MAX_MISSING_EVENTS:
+        for _ in range(MAX_MISSING_EVENTS // MISSING_EVENTS_PER_REQUEST):
+            if not latest:
+                break
             new = await self._missing_events(origin, event, head.extremities, latest,
                                              max(0, head.depth - 100), fetched)
             unknown = {p for e in new for p in e.prev_event_ids} - fetched.keys()
