@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.federation import FedPair, User, first, poll_until, q
+from tests.helpers.federation import FedPair, User, first, poll_until, q, send_refused
 from tests.helpers.synapse import SynapseServer
 
 WAIT = 30
@@ -48,14 +48,6 @@ async def _room_of(pair: FedPair, host: User, guest: User, **create: Any) -> str
     await guest.wait_for_membership(room_id, guest.user_id, "join", WAIT)
     return room_id
 
-
-async def _send_refused(user: User, room_id: str) -> None:
-    """Sending into a room one is not joined to: 403 M_FORBIDDEN."""
-    status, body = await user.raw(
-        "PUT", f"/rooms/{q(room_id)}/send/m.room.message/{uuid.uuid4().hex}",
-        {"msgtype": "m.text", "body": "should be refused"})
-    assert status == 403, (status, body)
-    assert body["errcode"] == "M_FORBIDDEN", body
 
 
 async def _message_ids(user: User, room_id: str) -> list[str]:
@@ -140,7 +132,7 @@ async def test_kick_remote_user(interop: FedPair, direction: str) -> None:
     assert room_id not in await target.joined_rooms()
     await admin.wait_for_membership(room_id, target.user_id, "leave", WAIT)
     assert set(await admin.joined_members(room_id)) == {admin.user_id}
-    await _send_refused(target, room_id)
+    await send_refused(target, room_id)
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
@@ -156,7 +148,7 @@ async def test_ban_unban_rejoin(interop: FedPair, direction: str) -> None:
     await target.wait_for_left(room_id, WAIT)
     assert room_id not in await target.joined_rooms()
     await admin.wait_for_membership(room_id, target.user_id, "ban", WAIT)
-    await _send_refused(target, room_id)
+    await send_refused(target, room_id)
     # Nor can the target come back.
     host = _server_of(interop, admin)
     status, body = await target.raw("POST", f"/join/{q(room_id)}", {},
@@ -271,7 +263,7 @@ async def test_leave_and_rejoin(interop: FedPair, direction: str) -> None:
     left = await host.wait_for_membership(room_id, leaver.user_id, "leave", WAIT)
     assert left["sender"] == leaver.user_id
     await leaver.wait_for_left(room_id, WAIT)
-    await _send_refused(leaver, room_id)
+    await send_refused(leaver, room_id)
     await host.send_text(room_id, f"while away {_tag()}")
 
     await _rejoin(interop, leaver, room_id, host)

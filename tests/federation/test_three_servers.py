@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.helpers.federation import FedPair, FedServer, User, first, q
+from tests.helpers.federation import FedPair, FedServer, User, first, send_refused
 
 WAIT = 30
 
@@ -92,13 +92,6 @@ async def trio(_trio_module: Trio) -> Trio:
     await _trio_module.catch_up()
     return _trio_module
 
-
-async def _send_refused(user: User, room_id: str) -> None:
-    status, body = await user.raw(
-        "PUT", f"/rooms/{q(room_id)}/send/m.room.message/{uuid.uuid4().hex}",
-        {"msgtype": "m.text", "body": "should be refused"})
-    assert status == 403, (status, body)
-    assert body["errcode"] == "M_FORBIDDEN", body
 
 
 async def _message_ids(user: User, room_id: str, prefix: str | None = None) -> list[str]:
@@ -294,7 +287,7 @@ async def test_a_kicks_c(trio: Trio) -> None:
         assert kick["content"].get("reason") == "kicked by A", watcher
     await carol.wait_for_left(room_id, WAIT)
     assert room_id not in await carol.joined_rooms()
-    await _send_refused(carol, room_id)
+    await send_refused(carol, room_id)
     for user in (alice, bob):
         assert set(await user.joined_members(room_id)) == {alice.user_id, bob.user_id}, user
     # The room goes on without carol.
@@ -315,7 +308,7 @@ async def test_third_server_user_leaves(trio: Trio) -> None:
     assert room_id not in await carol.joined_rooms()
     for user in (alice, bob):
         assert set(await user.joined_members(room_id)) == {alice.user_id, bob.user_id}, user
-    await _send_refused(carol, room_id)
+    await send_refused(carol, room_id)
 
 
 # -- invites ----------------------------------------------------------------------------------

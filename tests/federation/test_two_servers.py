@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.federation import FedPair, User, first, poll_until, q
+from tests.helpers.federation import FedPair, User, first, poll_until, q, send_refused
 
 RESTART_WAIT = 30
 
@@ -26,14 +26,6 @@ def _tag() -> str:
 def _starts_with(prefix: str) -> Callable[[Any], bool]:
     return lambda body: isinstance(body, str) and body.startswith(prefix)
 
-
-async def _send_refused(user: User, room_id: str) -> None:
-    """Sending into a room one is not joined to: 403 M_FORBIDDEN (and nothing is created)."""
-    status, body = await user.raw(
-        "PUT", f"/rooms/{q(room_id)}/send/m.room.message/{uuid.uuid4().hex}",
-        {"msgtype": "m.text", "body": "should be refused"})
-    assert status == 403, (status, body)
-    assert body["errcode"] == "M_FORBIDDEN", body
 
 
 def _directions(pair: FedPair, direction: str) -> tuple[User, User]:
@@ -205,7 +197,7 @@ async def test_kick_remote_user(fed_pair: FedPair) -> None:
     assert room_id not in await bob.joined_rooms()
     await alice.wait_for_membership(room_id, bob.user_id, "leave")
     assert set(await alice.joined_members(room_id)) == {alice.user_id}
-    await _send_refused(bob, room_id)
+    await send_refused(bob, room_id)
 
 
 async def test_ban_remote_user(fed_pair: FedPair) -> None:
@@ -220,7 +212,7 @@ async def test_ban_remote_user(fed_pair: FedPair) -> None:
     await bob.wait_for_left(room_id)
     assert room_id not in await bob.joined_rooms()
     await alice.wait_for_membership(room_id, bob.user_id, "ban")
-    await _send_refused(bob, room_id)
+    await send_refused(bob, room_id)
     # Nor can bob come back.
     status, body = await bob.raw("POST", f"/join/{q(room_id)}", {},
                                  params=[("via", a.server_name), ("server_name", a.server_name)])
@@ -239,7 +231,7 @@ async def test_leave_then_sending_refused(fed_pair: FedPair) -> None:
     await bob.wait_for_left(room_id)
     assert room_id not in await bob.joined_rooms()
     assert set(await alice.joined_members(room_id)) == {alice.user_id}
-    await _send_refused(bob, room_id)
+    await send_refused(bob, room_id)
 
 
 # -- redaction --------------------------------------------------------------------------------

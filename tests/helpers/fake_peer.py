@@ -94,6 +94,21 @@ class RoomTrack:
             return {}
         return self.state_after.get(prevs[0])
 
+    def walk_back(self, frontier: list[str], seen: set[str], limit: int) -> list[JsonDict]:
+        """Up to ``limit`` known events from ``frontier`` back along ``prev_events``,
+        breadth first, never entering ``seen``."""
+        found: list[JsonDict] = []
+        while frontier and len(found) < limit:
+            next_frontier: list[str] = []
+            for event_id in frontier:
+                if event_id in seen or event_id not in self.events or len(found) >= limit:
+                    continue
+                seen.add(event_id)
+                found.append(self.events[event_id])
+                next_frontier.extend(self.events[event_id].get("prev_events", []))
+            frontier = next_frontier
+        return found
+
     def auth_chain(self, event_ids: list[str]) -> list[JsonDict]:
         """The auth chain of known events (not including them unless reached), oldest first."""
         seen: dict[str, JsonDict] = {}
@@ -385,18 +400,9 @@ class FakePeer:
         limit = int(body.get("limit", 10))
         earliest = set(body.get("earliest_events", []))
         latest = list(body.get("latest_events", []))
-        seen = set(earliest) | set(latest)
-        found: list[JsonDict] = []
-        frontier = [p for e in latest for p in room.events.get(e, {}).get("prev_events", [])]
-        while frontier and len(found) < limit:
-            next_frontier: list[str] = []
-            for event_id in frontier:
-                if event_id in seen or event_id not in room.events or len(found) >= limit:
-                    continue
-                seen.add(event_id)
-                found.append(room.events[event_id])
-                next_frontier.extend(room.events[event_id].get("prev_events", []))
-            frontier = next_frontier
+        found = room.walk_back(
+            [p for e in latest for p in room.events.get(e, {}).get("prev_events", [])],
+            set(earliest) | set(latest), limit)
         found.sort(key=lambda p: int(p.get("depth", 0)))
         return web.json_response({"events": found})
 
@@ -407,18 +413,7 @@ class FakePeer:
         if room is None:
             return self._error(404, "M_NOT_FOUND", "Unknown room")
         limit = int(request.query.get("limit", "10"))
-        frontier = [e for e in request.query.getall("v", []) if e in room.events]
-        seen: set[str] = set()
-        found: list[JsonDict] = []
-        while frontier and len(found) < limit:
-            next_frontier: list[str] = []
-            for event_id in frontier:
-                if event_id in seen or event_id not in room.events or len(found) >= limit:
-                    continue
-                seen.add(event_id)
-                found.append(room.events[event_id])
-                next_frontier.extend(room.events[event_id].get("prev_events", []))
-            frontier = next_frontier
+        found = room.walk_back(request.query.getall("v", []), set(), limit)
         found.sort(key=lambda p: -int(p.get("depth", 0)))
         return web.json_response({"origin": self.server_name,
                                   "origin_server_ts": int(time.time() * 1000), "pdus": found})

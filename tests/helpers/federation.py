@@ -615,6 +615,15 @@ class User:
             raise AssertionError(f"{e}\ncollected {len(got)} of {count}: {got}") from None
 
 
+async def send_refused(user: User, room_id: str) -> None:
+    """Sending into a room one is not joined to: 403 M_FORBIDDEN (and nothing is created)."""
+    status, body = await user.raw(
+        "PUT", f"/rooms/{q(room_id)}/send/m.room.message/{uuid.uuid4().hex}",
+        {"msgtype": "m.text", "body": "should be refused"})
+    assert status == 403, (status, body)
+    assert body["errcode"] == "M_FORBIDDEN", body
+
+
 async def poll_until(fetch: Callable[[], Awaitable[T]], check: Callable[[T], Any],
                      timeout: float = 20, what: str = "condition", interval: float = 0.1
                      ) -> T:
