@@ -20,11 +20,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from homeserver.app import build_app
-from homeserver.services.container import Services, build_services
-from storage import Database
+from homeserver.services.container import Services
 from tests.client_api.test_sse import open_stream
 from tests.client_api.test_sync import leave, sync
-from tests.conftest import bearer, make_config
+from tests.conftest import bearer
 from tests.helpers.harness import Harness
 from tests.helpers.room_api import (
     V3,
@@ -52,23 +51,6 @@ MARGIN_S = 2.0
 
 # -- the server: SQLite or PostgreSQL, restartable ---------------------------------------------
 
-class PresenceHarness(Harness):
-    """The persister tests' restartable services, built with this module's config
-    (``overrides`` may change between lives)."""
-
-    def __init__(self, kind: str, tmp_path: Path, overrides: dict[str, Any]) -> None:
-        super().__init__(kind, tmp_path)
-        self.overrides = overrides
-
-    def _build(self) -> Services:
-        if self.schema is None:
-            return build_services(make_config(self.tmp_path, **self.overrides))
-        config = make_config(self.tmp_path,
-                             **{**self.overrides, "database": {"url": self.schema.url}})
-        db = Database(self.schema.url, postgres_search_path=self.schema.name)
-        return build_services(config, db=db)
-
-
 @pytest.fixture
 def config_overrides() -> dict[str, Any]:
     return QUIET
@@ -76,8 +58,8 @@ def config_overrides() -> dict[str, Any]:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def harness(request: pytest.FixtureRequest, tmp_path: Path,
-                  config_overrides: dict[str, Any]) -> AsyncIterator[PresenceHarness]:
-    h = PresenceHarness(request.param, tmp_path, config_overrides)
+                  config_overrides: dict[str, Any]) -> AsyncIterator[Harness]:
+    h = Harness(request.param, tmp_path, config_overrides)
     try:
         await h.setup()
         yield h
@@ -86,7 +68,7 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path,
 
 
 @pytest.fixture
-def services(harness: PresenceHarness) -> Services:
+def services(harness: Harness) -> Services:
     """Replaces the conftest's (SQLite only) server; ``client`` talks to this one."""
     assert harness.services is not None
     return harness.services
@@ -463,7 +445,7 @@ async def test_disabled(client: TestClient, alice: User, bob: User, room: str) -
 
 # -- restart ----------------------------------------------------------------------------------
 
-async def test_kept_across_restart_then_offline(harness: PresenceHarness, client: TestClient,
+async def test_kept_across_restart_then_offline(harness: Harness, client: TestClient,
                                                 alice: User, bob: User, carol: User,
                                                 room: str,
                                                 aiohttp_client: Callable[..., Any]) -> None:

@@ -4,6 +4,7 @@ restartable on the same data (the ``harness``/``hs`` fixtures of ``tests/homeser
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from homeserver.services.container import Services, build_services
 from storage import Database
@@ -11,11 +12,14 @@ from tests.conftest import PostgresSchema, make_config, postgres_url
 
 
 class Harness:
-    """Services on SQLite or on a throwaway PostgreSQL schema, restartable on the same data."""
+    """Services on SQLite or on a throwaway PostgreSQL schema, restartable on the same data;
+    ``overrides`` (top-level config keys) may change between lives."""
 
-    def __init__(self, kind: str, tmp_path: Path) -> None:
+    def __init__(self, kind: str, tmp_path: Path,
+                 overrides: dict[str, Any] | None = None) -> None:
         self.kind = kind
         self.tmp_path = tmp_path
+        self.overrides = overrides or {}
         self.schema: PostgresSchema | None = None
         self.services: Services | None = None
 
@@ -29,8 +33,9 @@ class Harness:
 
     def _build(self) -> Services:
         if self.schema is None:
-            return build_services(make_config(self.tmp_path))
-        config = make_config(self.tmp_path, database={"url": self.schema.url})
+            return build_services(make_config(self.tmp_path, **self.overrides))
+        config = make_config(self.tmp_path,
+                             **{**self.overrides, "database": {"url": self.schema.url}})
         db = Database(self.schema.url, postgres_search_path=self.schema.name)
         return build_services(config, db=db)
 
