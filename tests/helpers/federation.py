@@ -22,12 +22,8 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import signal
 import ssl
-import subprocess
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -40,7 +36,7 @@ import yaml
 from tests.helpers.processes import (
     KTCHAT,
     REPO,
-    end_process,
+    HarnessProcess,
     free_port,
     ktchat,
     wait_for_port,
@@ -86,7 +82,7 @@ class MatrixRequestError(AssertionError):
 # -- servers ------------------------------------------------------------------------------
 
 
-class FedServer:
+class FedServer(HarnessProcess):
     """One ``ktchat`` process with its own config, keys, certificate and database.
 
     ``database_url`` (``postgresql+asyncpg://...``) puts it on PostgreSQL; the default is
@@ -105,10 +101,8 @@ class FedServer:
         self.client_url = f"http://127.0.0.1:{self.client_port}"
         self.federation_url = f"https://127.0.0.1:{self.federation_port}"
         self.config_path = self.dir / "homeserver.yaml"
-        self.log_path = self.dir / "server.log"
-        self.proc: subprocess.Popen[str] | None = None
-        self.exit_codes: list[int] = []
-        self._log_file: Any = None
+        self.log_path = self.output_path = self.dir / "server.log"
+        super().__init__()
 
         ktchat("generate-config", "--server-name", self.server_name, "--data-dir", str(self.dir),
                "--client-port", str(self.client_port),
@@ -138,61 +132,22 @@ class FedServer:
 
     # -- process ------------------------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float | None = None) -> None:
         """Start ``ktchat run`` and return once both listeners accept connections."""
-        assert not self.running, f"{self.label} is already running"
-        if self._log_file is None:
-            self._log_file = open(self.log_path, "a")  # closed in _end
-        self._log_file.write(f"===== [harness] start {self.label} ({self.server_name}) at "
-                             f"{time.strftime('%H:%M:%S')} =====\n")
-        self._log_file.flush()
-        self.proc = subprocess.Popen(
-            [*KTCHAT, "run", "-c", str(self.config_path)], stdout=self._log_file,
-            stderr=subprocess.STDOUT, text=True, cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        timeout = timeout or 30
+        proc = self._spawn([*KTCHAT, "run", "-c", str(self.config_path)], REPO)
         try:
-            wait_for_port(self.client_port, self.proc, timeout)
-            wait_for_port(self.federation_port, self.proc, timeout)
+            wait_for_port(self.client_port, proc, timeout)
+            wait_for_port(self.federation_port, proc, timeout)
         except (RuntimeError, TimeoutError) as e:
             self.kill()
             raise RuntimeError(f"{self.label} did not start: {e}\n{self.log_tail(80)}") from e
-
-    def stop(self, timeout: float = 20) -> int:
-        """SIGTERM, wait for a clean exit; returns the exit status (SIGKILL after ``timeout``)."""
-        return self._end(signal.SIGTERM, timeout)
-
-    def kill(self) -> int:
-        """SIGKILL: no shutdown at all, as a crash or power cut of the process."""
-        return self._end(signal.SIGKILL, 10)
-
-    def restart(self, timeout: float = 30) -> int:
-        code = self.stop()
-        self.start(timeout)
-        return code
-
-    def _end(self, sig: signal.Signals, timeout: float) -> int:
-        if self.proc is None:
-            return 0
-        code = end_process(self.proc, sig, timeout)
-        self.exit_codes.append(code)
-        self.proc = None
-        if self._log_file is not None:
-            self._log_file.write(f"===== [harness] {self.label} ended by {sig.name}: exit "
-                                 f"status {code} =====\n")
-            self._log_file.close()
-            self._log_file = None
-        return code
 
     # -- logs -----------------------------------------------------------------------------
 
     def log(self) -> str:
         """Everything the process wrote, over all its starts."""
-        if self._log_file is not None:
-            self._log_file.flush()
+        self._flush_output()
         return self.log_path.read_text() if self.log_path.exists() else ""
 
     def log_size(self) -> int:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 KTCHAT = [sys.executable, "-m", "homeserver"]
 REPO = Path(__file__).resolve().parents[2]
@@ -76,3 +77,68 @@ def end_process(proc: subprocess.Popen[str], sig: signal.Signals, timeout: float
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+class HarnessProcess:
+    """What ``FedServer`` and ``SynapseServer`` share: one server process at a time, its
+    output appended to ``output_path`` between banners, ended by a signal. A subclass sets
+    ``label``, ``server_name`` and ``output_path`` and implements ``start``."""
+
+    label: str
+    server_name: str
+    output_path: Path
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.exit_codes: list[int] = []
+        self._output: Any = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float | None = None) -> None:
+        """Start the server and return once it answers (each has its own default timeout)."""
+        raise NotImplementedError
+
+    def _spawn(self, args: list[str], cwd: Path) -> subprocess.Popen[str]:
+        assert not self.running, f"{self.label} is already running"
+        if self._output is None:
+            self._output = open(self.output_path, "a")  # closed in _end
+        self._output.write(f"===== [harness] start {self.label} ({self.server_name}) at "
+                           f"{time.strftime('%H:%M:%S')} =====\n")
+        self._output.flush()
+        self.proc = subprocess.Popen(args, stdout=self._output, stderr=subprocess.STDOUT,
+                                     text=True, cwd=cwd,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return self.proc
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM, wait for a clean exit; returns the exit status (SIGKILL after ``timeout``)."""
+        return self._end(signal.SIGTERM, timeout)
+
+    def kill(self) -> int:
+        """SIGKILL: no shutdown at all, as a crash or power cut of the process."""
+        return self._end(signal.SIGKILL, 10)
+
+    def restart(self) -> int:
+        code = self.stop()
+        self.start()
+        return code
+
+    def _flush_output(self) -> None:
+        if self._output is not None:
+            self._output.flush()
+
+    def _end(self, sig: signal.Signals, timeout: float) -> int:
+        if self.proc is None:
+            return 0
+        code = end_process(self.proc, sig, timeout)
+        self.exit_codes.append(code)
+        self.proc = None
+        if self._output is not None:
+            self._output.write(f"===== [harness] {self.label} ended by {sig.name}: exit "
+                               f"status {code} =====\n")
+            self._output.close()
+            self._output = None
+        return code

@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import signal
 import ssl
 import subprocess
 import time
@@ -42,7 +41,7 @@ from tests.helpers.federation import (
     _http,
     _merge,
 )
-from tests.helpers.processes import REPO, end_process, free_port, wait_for_port
+from tests.helpers.processes import REPO, HarnessProcess, free_port, wait_for_port
 
 SYNAPSE_PYTHON_ENV = "KTCHAT_TEST_SYNAPSE_PYTHON"
 SYNAPSE_VENV_PYTHON = REPO / ".venv-synapse" / "bin" / "python"
@@ -90,7 +89,7 @@ def _log_config(log_path: Path, level: str) -> JsonDict:
     }
 
 
-class SynapseServer:
+class SynapseServer(HarnessProcess):
     """One Synapse process with its own config, keys, certificate and SQLite database.
 
     ``config`` is merged into the generated ``homeserver.yaml`` last. Synapse's own log goes
@@ -113,9 +112,8 @@ class SynapseServer:
         self.config_path = self.dir / "homeserver.yaml"
         self.log_path = self.dir / "homeserver.log"
         self.console_path = self.dir / "console.log"
-        self.proc: subprocess.Popen[str] | None = None
-        self.exit_codes: list[int] = []
-        self._console: Any = None
+        self.output_path = self.console_path
+        super().__init__()
         self.shared_secret = secrets.token_hex(16)
 
         generate_self_signed(self.server_name, self.dir / "tls.crt", self.dir / "tls.key")
@@ -189,26 +187,15 @@ class SynapseServer:
 
     # -- process ------------------------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self, timeout: float = START_TIMEOUT) -> None:
+    def start(self, timeout: float | None = None) -> None:
         """Start Synapse and return once both listeners answer (``/health``)."""
-        assert not self.running, f"{self.label} is already running"
-        if self._console is None:
-            self._console = open(self.console_path, "a")  # closed in _end
-        self._console.write(f"===== [harness] start {self.label} ({self.server_name}) at "
-                            f"{time.strftime('%H:%M:%S')} =====\n")
-        self._console.flush()
-        self.proc = subprocess.Popen(
-            [str(self.python), "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
-            stdout=self._console, stderr=subprocess.STDOUT, text=True, cwd=self.dir,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        timeout = timeout or START_TIMEOUT
+        proc = self._spawn([str(self.python), "-m", "synapse.app.homeserver", "-c",
+                            str(self.config_path)], self.dir)
         deadline = time.monotonic() + timeout
         try:
-            wait_for_port(self.client_port, self.proc, timeout)
-            wait_for_port(self.federation_port, self.proc, max(deadline - time.monotonic(), 1))
+            wait_for_port(self.client_port, proc, timeout)
+            wait_for_port(self.federation_port, proc, max(deadline - time.monotonic(), 1))
             self._wait_healthy(deadline)
         except (RuntimeError, TimeoutError) as e:
             self.kill()
@@ -231,30 +218,6 @@ class SynapseServer:
                 last = e
             time.sleep(0.1)
         raise TimeoutError(f"{self.client_url}/health did not answer 200: {last!r}")
-
-    def stop(self, timeout: float = 20) -> int:
-        return self._end(signal.SIGTERM, timeout)
-
-    def kill(self) -> int:
-        return self._end(signal.SIGKILL, 10)
-
-    def restart(self, timeout: float = START_TIMEOUT) -> int:
-        code = self.stop()
-        self.start(timeout)
-        return code
-
-    def _end(self, sig: signal.Signals, timeout: float) -> int:
-        if self.proc is None:
-            return 0
-        code = end_process(self.proc, sig, timeout)
-        self.exit_codes.append(code)
-        self.proc = None
-        if self._console is not None:
-            self._console.write(f"===== [harness] {self.label} ended by {sig.name}: exit "
-                                f"status {code} =====\n")
-            self._console.close()
-            self._console = None
-        return code
 
     # -- logs (the same calls as FedServer's, so failure reports include them) ----------
 
