@@ -1,24 +1,23 @@
 """Configuration: one YAML file parsed once into an immutable tree.
 
 Every problem in a file is collected and reported together (``ConfigError.problems``), one line
-per problem naming its key, so an operator fixes them all in one go.
+per problem naming its key's full path, so an operator fixes them all in one go. A key that
+nothing reads (a typo such as ``registration.enabeld`` or ``listeners[0].tsl``) is a problem at
+any depth, never silently replaced by its default (``config_reader.py``).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
+from homeserver.config_reader import ConfigReader
 from homeserver.crypto.signing_keys import load_signing_key
 from homeserver.types import is_valid_server_name
-
-T = TypeVar("T")
 
 RESOURCES = ("client", "federation", "media")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -182,97 +181,7 @@ class HomeserverConfig:
     redaction_retention_period: int | None = 7 * 86_400_000
 
 
-class _Reader:
-    """Reads typed values out of a YAML mapping, recording a problem per bad key."""
-
-    def __init__(self, data: dict[str, Any], problems: list[str], prefix: str = "") -> None:
-        self._data = data
-        self._problems = problems
-        self._prefix = prefix
-
-    def key(self, name: str) -> str:
-        return f"{self._prefix}{name}"
-
-    def problem(self, name: str, text: str) -> None:
-        self._problems.append(f"{self.key(name)}: {text}")
-
-    def section(self, name: str) -> _Reader:
-        value = self._data.get(name)
-        if value is None:
-            value = {}
-        elif not isinstance(value, dict):
-            self.problem(name, "must be a mapping")
-            value = {}
-        return _Reader(value, self._problems, f"{self.key(name)}.")
-
-    def get(self, name: str, kind: type[T] | tuple[type, ...], default: T) -> T:
-        value = self._data.get(name, default)
-        if value is None and default is None:
-            return default
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # bool is an int in Python; a YAML `true` is no port number.
-        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-        if not ok:
-            names = " or ".join(k.__name__ for k in kinds)
-            self.problem(name, f"must be {names}, not {type(value).__name__}")
-            return default
-        return value  # type: ignore[no-any-return]
-
-    def positive(self, name: str, default: int) -> int:
-        value = self.get(name, int, default)
-        if value <= 0:
-            self.problem(name, "must be a positive integer")
-            return default
-        return value
-
-    def unknown_keys(self, known: set[str]) -> Iterator[str]:
-        return (k for k in self._data if k not in known)
-
-
-def _path(reader: _Reader, name: str, base: Path, default: Path | None) -> Path | None:
-    value = reader.get(name, str, str(default) if default is not None else None)
-    if value is None:
-        return None
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path)
-
-
-def _networks(
-    reader: _Reader, name: str, default: tuple[str, ...]
-) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    values = reader.get(name, list, list(default))
-    out = []
-    for i, value in enumerate(values):
-        try:
-            out.append(ipaddress.ip_network(str(value), strict=False))
-        except ValueError:
-            reader.problem(f"{name}[{i}]", f"not an IP range: {value!r}")
-    return tuple(out)
-
-
-_DURATION_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
-                   "w": 604_800_000, "y": 31_536_000_000}
-
-
-def _duration_ms(reader: _Reader, name: str, default: int | None) -> int | None:
-    """A duration as Synapse writes them: milliseconds, or a number with a unit (``500ms``,
-    ``30s``, ``5m``, ``1h``, ``7d``, ``1w``, ``1y``); null means never."""
-    if name not in reader._data:
-        return default
-    value = reader._data[name]
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h|d|w|y)\s*", value)
-        if match:
-            return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    reader.problem(name, "must be a duration such as 7d, 12h, 30s or milliseconds, or null")
-    return default
-
-
-def _rate_limit(reader: _Reader, name: str, default: RateLimit) -> RateLimit:
+def _rate_limit(reader: ConfigReader, name: str, default: RateLimit) -> RateLimit:
     sub = reader.section(name)
     per_second = sub.get("per_second", (int, float), default.per_second)
     burst = sub.get("burst_count", int, default.burst_count)
@@ -285,15 +194,9 @@ def _rate_limit(reader: _Reader, name: str, default: RateLimit) -> RateLimit:
     return RateLimit(float(per_second), burst)
 
 
-def _listeners(reader: _Reader) -> tuple[ListenerConfig, ...]:
-    raw = reader.get("listeners", list, [])
+def _listeners(reader: ConfigReader) -> tuple[ListenerConfig, ...]:
     listeners = []
-    for i, item in enumerate(raw):
-        key = f"listeners[{i}]"
-        if not isinstance(item, dict):
-            reader.problem(key, "must be a mapping")
-            continue
-        sub = _Reader(item, reader._problems, f"{reader.key(key)}.")
+    for sub in reader.items("listeners"):
         port = sub.get("port", int, 0)
         if not 0 < port < 65536:
             sub.problem("port", "must be a port number between 1 and 65535")
@@ -318,7 +221,7 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
     problems: list[str] = []
     if not isinstance(data, dict):
         raise ConfigError(["(top level): the config file must be a YAML mapping"])
-    r = _Reader(data, problems)
+    r = ConfigReader(data, problems)
 
     server_name = r.get("server_name", str, "")
     if not server_name:
@@ -337,8 +240,8 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
 
     tls_r = r.section("tls")
     tls = TlsConfig(
-        _path(tls_r, "certificate_path", config_dir, None),
-        _path(tls_r, "private_key_path", config_dir, None),
+        tls_r.path("certificate_path", config_dir, None),
+        tls_r.path("private_key_path", config_dir, None),
     )
     if any(lst.tls for lst in listeners):
         for name, value in (("certificate_path", tls.certificate_path),
@@ -348,7 +251,7 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
             elif not value.is_file():
                 tls_r.problem(name, f"file not found: {value}")
 
-    signing_key_path = _path(r, "signing_key_path", config_dir, config_dir / "signing.key")
+    signing_key_path = r.path("signing_key_path", config_dir, config_dir / "signing.key")
     assert signing_key_path is not None
     if not signing_key_path.is_file():
         r.problem("signing_key_path", f"file not found: {signing_key_path}")
@@ -386,11 +289,11 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
     federation = FederationConfig(
         fed_r.get("enabled", bool, True),
         fed_r.get("verify_tls", bool, True),
-        _networks(fed_r, "ip_range_denylist", DEFAULT_IP_RANGE_DENYLIST),
-        _networks(fed_r, "ip_range_allowlist", ()),
+        fed_r.networks("ip_range_denylist", DEFAULT_IP_RANGE_DENYLIST),
+        fed_r.networks("ip_range_allowlist", ()),
         tuple(str(name) for name in fed_r.get("trusted_key_servers", list, [])),
-        _duration_ms(fed_r, "retry_initial_interval", 2_000) or 2_000,
-        _duration_ms(fed_r, "retry_max_interval", 3_600_000) or 3_600_000,
+        fed_r.duration_ms("retry_initial_interval", 2_000) or 2_000,
+        fed_r.duration_ms("retry_max_interval", 3_600_000) or 3_600_000,
     )
 
     rl_r = r.section("rate_limits")
@@ -423,7 +326,7 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
                                                   HttpConfig().max_request_body_bytes))
 
     media_r = r.section("media")
-    store_path = _path(media_r, "store_path", config_dir, config_dir / "media")
+    store_path = media_r.path("store_path", config_dir, config_dir / "media")
     assert store_path is not None
     media = MediaConfig(store_path, media_r.positive("max_upload_bytes", 50 * 1024 * 1024))
 
@@ -441,17 +344,17 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         log_r.problem("level", f"must be one of {', '.join(LOG_LEVELS)}")
         level = "INFO"
 
-    redaction_retention = _duration_ms(r, "redaction_retention_period", 7 * 86_400_000)
+    redaction_retention = r.duration_ms("redaction_retention_period", 7 * 86_400_000)
 
     ret_r = r.section("retention")
     policy_r = ret_r.section("default_policy")
     retention = RetentionConfig(
         ret_r.get("enabled", bool, False),
-        _duration_ms(policy_r, "min_lifetime", None),
-        _duration_ms(policy_r, "max_lifetime", None),
-        _duration_ms(ret_r, "allowed_lifetime_min", None),
-        _duration_ms(ret_r, "allowed_lifetime_max", None),
-        _duration_ms(ret_r, "purge_interval", 3_600_000) or 0,
+        policy_r.duration_ms("min_lifetime", None),
+        policy_r.duration_ms("max_lifetime", None),
+        ret_r.duration_ms("allowed_lifetime_min", None),
+        ret_r.duration_ms("allowed_lifetime_max", None),
+        ret_r.duration_ms("purge_interval", 3_600_000) or 0,
     )
     for reader, low, high, low_name, high_name in (
             (policy_r, retention.default_min_lifetime_ms, retention.default_max_lifetime_ms,
@@ -463,13 +366,7 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
     if not retention.purge_interval_ms:
         ret_r.problem("purge_interval", "must be a positive duration")
 
-    known = {
-        "server_name", "public_baseurl", "listeners", "tls", "signing_key_path", "database",
-        "registration", "federation", "rate_limits", "auth", "http", "media", "presence",
-        "logging", "redaction_retention_period", "retention",
-    }
-    for key in r.unknown_keys(known):
-        r.problem(key, "unknown key")
+    r.report_unknown_keys()
 
     if problems:
         raise ConfigError(problems)

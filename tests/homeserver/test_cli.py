@@ -343,3 +343,17 @@ def test_register_user_schema_too_new(data_dir: Path) -> None:
     result = ktchat("register-user", "-c", str(config), "--user", "hank", "--password", PASSWORD)
     assert_clean_failure(result, 1)
     assert "version" in result.stderr
+
+
+def test_run_reports_typos_at_every_depth(data_dir: Path) -> None:
+    path = data_dir / "homeserver.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["registration"]["enabeld"] = True
+    data["listeners"][0]["tsl"] = True
+    data["rate_limits"] = {"login_per_ipp": {"per_second": 1}}
+    path.write_text(yaml.safe_dump(data))
+    result = ktchat("run", "-c", str(path), timeout=30)
+    assert_clean_failure(result, 2)
+    lines = result.stderr.strip().splitlines()
+    assert sorted(lines) == sorted(f"{path}: {key}: unknown key" for key in (
+        "registration.enabeld", "listeners[0].tsl", "rate_limits.login_per_ipp")), lines

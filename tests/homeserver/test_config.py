@@ -358,3 +358,53 @@ def test_in_memory_sqlite_is_refused(tmp_path) -> None:
     with pytest.raises(ConfigError) as e:
         make_config(tmp_path, database={"url": "sqlite+aiosqlite:///:memory:"})
     assert any(p.startswith("database.url:") for p in e.value.problems)
+
+
+# -- unknown keys at every depth ------------------------------------------------------------
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"registration": {"enabeld": True}}, "registration.enabeld"),
+    ({"listeners": [{"port": 8008, "tsl": True}]}, "listeners[0].tsl"),
+    ({"listeners": [{"port": 8008}, {"port": 8009, "resource": ["client"]}]},
+     "listeners[1].resource"),
+    ({"rate_limits": {"login_per_ipp": {"per_second": 1}}}, "rate_limits.login_per_ipp"),
+    ({"rate_limits": {"login_per_ip": {"per_secnd": 1}}}, "rate_limits.login_per_ip.per_secnd"),
+    ({"retention": {"default_policy": {"max_lifetme": "1d"}}},
+     "retention.default_policy.max_lifetme"),
+    ({"retention": {"purge_intervall": "1h"}}, "retention.purge_intervall"),
+    ({"tls": {"certificate": "x"}}, "tls.certificate"),
+    ({"database": {"uri": "x"}}, "database.uri"),
+    ({"federation": {"verify_tsl": False}}, "federation.verify_tsl"),
+    ({"auth": {"password_min_lenght": 3}}, "auth.password_min_lenght"),
+    ({"http": {"max_body": 1}}, "http.max_body"),
+    ({"media": {"path": "m"}}, "media.path"),
+    ({"presence": {"enable": False}}, "presence.enable"),
+    ({"logging": {"lvl": "DEBUG"}}, "logging.lvl"),
+])
+def test_unknown_nested_key_names_its_full_path(tmp_path: Path, data: dict[str, Any],
+                                                 key: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write_config(tmp_path, {"server_name": "example.org", **data}))
+    problems = problems_of(excinfo)
+    assert problems == [f"{key}: unknown key"], problems
+
+
+def test_every_unknown_key_is_reported_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write_config(tmp_path, {
+            "server_name": "example.org",
+            "colour": "blue",
+            "registration": {"enabeld": True, "require_tokn": True},
+            "listeners": [{"port": 8008, "tsl": True}],
+            "rate_limits": {"login_per_ip": {"burst": 3}},
+        }))
+    assert sorted(keys_of(problems_of(excinfo))) == sorted([
+        "colour", "registration.enabeld", "registration.require_tokn", "listeners[0].tsl",
+        "rate_limits.login_per_ip.burst"])
+
+
+def test_a_section_of_the_wrong_type_is_one_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write_config(tmp_path, {"server_name": "example.org",
+                                            "rate_limits": {"login_per_ip": 5}}))
+    assert problems_of(excinfo) == ["rate_limits.login_per_ip: must be a mapping"]
