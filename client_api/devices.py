@@ -18,13 +18,10 @@ routes = ClientRoutes()
 
 
 def device_json(device: Device) -> dict[str, Any]:
-    body: dict[str, Any] = {"device_id": device.device_id}
-    for key, value in (("display_name", device.display_name),
-                       ("last_seen_ip", device.last_seen_ip),
-                       ("last_seen_ts", device.last_seen_ts)):
-        if value is not None:
-            body[key] = value
-    return body
+    """A device as Synapse answers it: every key present, null when unknown (the spec's
+    schema leaves such keys out, but matrix-nio, and so matrix-commander, requires them)."""
+    return {"device_id": device.device_id, "display_name": device.display_name,
+            "last_seen_ip": device.last_seen_ip, "last_seen_ts": device.last_seen_ts}
 
 
 @routes.get("/devices")

@@ -107,3 +107,12 @@ async def test_direct_message(server: str,
     assert member.content["membership"] == "join"
     sent = await bob.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "hi"})
     assert isinstance(sent, nio.RoomSendResponse), sent
+
+
+async def test_devices_listing(alice_bob: tuple[nio.AsyncClient, nio.AsyncClient]) -> None:
+    """matrix-nio validates /devices strictly (every key, null when unknown), as
+    matrix-commander --devices does: an unnamed device must not break it."""
+    alice, _ = alice_bob
+    listed = await alice.devices()
+    assert isinstance(listed, nio.DevicesResponse), listed
+    assert alice.device_id in {d.id for d in listed.devices}

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.client_api.test_devices import list_devices
 from tests.conftest import SERVER_NAME, bearer, register_user
 from tests.helpers.spec import assert_matches_spec
 
@@ -41,11 +42,7 @@ async def assert_token_dead(client: TestClient, token: str) -> None:
 
 
 async def devices_of(client: TestClient, token: str) -> dict[str, dict[str, Any]]:
-    resp = await client.get(f"{V3}/devices", headers=bearer(token))
-    assert resp.status == 200, await resp.text()
-    body = await resp.json()
-    assert_matches_spec("client-server", "GET", "/devices", 200, body)
-    return {d["device_id"]: d for d in body["devices"]}
+    return await list_devices(client, token)
 
 
 # -- GET /login -----------------------------------------------------------------------------
