@@ -108,7 +108,12 @@ def run(args: argparse.Namespace) -> int:
     from homeserver.logsetup import setup_logging
 
     config = _load(args.config)
-    setup_logging(config.logging.level)
+    try:
+        setup_logging(config.logging)
+    except OSError as e:
+        print(f"ktchat: cannot open the log file {config.logging.file}: {e.strerror or e}",
+              file=sys.stderr)
+        return 1
     _return_big_allocations_to_the_os()
     try:
         asyncio.run(serve(config))

@@ -21,6 +21,7 @@ from homeserver.types import is_valid_server_name
 
 RESOURCES = ("client", "federation", "media")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 
 # Outbound federation never reaches these unless allowed (SSRF protection).
 DEFAULT_IP_RANGE_DENYLIST: tuple[str, ...] = (
@@ -156,6 +157,14 @@ class RetentionConfig:
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "INFO"
+    # (logger name, level): e.g. ("ktchat.access", "WARNING"), ("federation", "DEBUG").
+    loggers: tuple[tuple[str, str], ...] = ()
+    format: str = "text"  # or json: one object per line
+    # None: stderr. A file is rotated when it reaches max_bytes (0: never), keeping
+    # backup_count old ones (file.1, file.2, ...).
+    file: Path | None = None
+    max_bytes: int = 100 * 1024 * 1024
+    backup_count: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +223,31 @@ def _listeners(reader: ConfigReader) -> tuple[ListenerConfig, ...]:
                 sub.problem("resources", f"unknown resource {res!r} (known: {known_resources})")
         listeners.append(ListenerConfig(port, bind, tls, tuple(str(r) for r in resources)))
     return tuple(listeners)
+
+
+def _logging(reader: ConfigReader, config_dir: Path) -> LoggingConfig:
+    defaults = LoggingConfig()
+    loggers_r = reader.section("loggers")
+    loggers = []
+    for name in loggers_r.keys():
+        level = loggers_r.choice(name, LOG_LEVELS, "", upper=True)
+        if level:
+            loggers.append((str(name), level))
+    file = reader.path("file", config_dir, None)
+    if file is not None and not file.parent.is_dir():
+        reader.problem("file", f"directory not found: {file.parent}")
+    max_bytes = reader.get("max_bytes", int, defaults.max_bytes)
+    if max_bytes < 0:
+        reader.problem("max_bytes", "must be 0 (never rotate) or more")
+    backup_count = reader.get("backup_count", int, defaults.backup_count)
+    if backup_count < 0:
+        reader.problem("backup_count", "must be 0 or more")
+    return LoggingConfig(
+        level=reader.choice("level", LOG_LEVELS, defaults.level, upper=True),
+        loggers=tuple(loggers),
+        format=reader.choice("format", LOG_FORMATS, defaults.format),
+        file=file, max_bytes=max_bytes, backup_count=backup_count,
+    )
 
 
 def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
@@ -338,11 +372,7 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         presence_r.positive("offline_timeout_ms", presence_defaults.offline_timeout_ms),
     )
 
-    log_r = r.section("logging")
-    level = log_r.get("level", str, "INFO").upper()
-    if level not in LOG_LEVELS:
-        log_r.problem("level", f"must be one of {', '.join(LOG_LEVELS)}")
-        level = "INFO"
+    logging_config = _logging(r.section("logging"), config_dir)
 
     redaction_retention = r.duration_ms("redaction_retention_period", 7 * 86_400_000)
 
@@ -385,7 +415,7 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         http=http,
         presence=presence,
         retention=retention,
-        logging=LoggingConfig(level),
+        logging=logging_config,
         config_dir=config_dir,
         redaction_retention_period=redaction_retention,
     )

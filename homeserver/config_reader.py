@@ -113,14 +113,15 @@ class ConfigReader:
 
     def choice(self, name: str, choices: tuple[str, ...], default: str, *,
                upper: bool = False) -> str:
-        """A string out of ``choices`` (compared in upper case with ``upper``)."""
-        value = self.get(name, str, default)
-        if upper:
+        """A string out of ``choices`` (in upper case with ``upper``: ``debug`` is ``DEBUG``);
+        absent: ``default``."""
+        value = self.raw(name, default)
+        if isinstance(value, str) and upper:
             value = value.upper()
         if value not in choices:
             self.problem(name, f"must be one of {', '.join(choices)}")
             return default
-        return value
+        return str(value)
 
     def path(self, name: str, base: Path, default: Path | None) -> Path | None:
         """A file path; a relative one is relative to ``base`` (the config file's directory)."""

@@ -15,6 +15,7 @@ from homeserver.config import (
     ConfigError,
     HomeserverConfig,
     ListenerConfig,
+    LoggingConfig,
     RateLimit,
     load_config,
     parse_config,
@@ -408,3 +409,41 @@ def test_a_section_of_the_wrong_type_is_one_problem(tmp_path: Path) -> None:
         load_config(write_config(tmp_path, {"server_name": "example.org",
                                             "rate_limits": {"login_per_ip": 5}}))
     assert problems_of(excinfo) == ["rate_limits.login_per_ip: must be a mapping"]
+
+
+# -- logging ----------------------------------------------------------------------------------
+
+def test_logging_defaults(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, {"server_name": "example.org"}))
+    assert config.logging == LoggingConfig("INFO", (), "text", None, 100 * 1024 * 1024, 10)
+
+
+def test_logging_section(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    config = load_config(write_config(tmp_path, {"server_name": "example.org", "logging": {
+        "level": "warning",
+        "loggers": {"ktchat.access": "ERROR", "federation": "debug"},
+        "format": "json",
+        "file": "logs/ktchat.log",
+        "max_bytes": 0,
+        "backup_count": 3,
+    }}))
+    assert dict(config.logging.loggers) == {"ktchat.access": "ERROR", "federation": "DEBUG"}
+    assert dataclasses.replace(config.logging, loggers=()) == LoggingConfig(
+        "WARNING", (), "json", tmp_path.resolve() / "logs" / "ktchat.log", 0, 3)
+
+
+@pytest.mark.parametrize(("section", "key"), [
+    ({"loggers": {"ktchat.access": "LOUD"}}, "logging.loggers.ktchat.access"),
+    ({"loggers": {"federation": 10}}, "logging.loggers.federation"),
+    ({"loggers": ["federation"]}, "logging.loggers"),
+    ({"format": "xml"}, "logging.format"),
+    ({"file": "missing/dir/ktchat.log"}, "logging.file"),
+    ({"file": 5}, "logging.file"),
+    ({"max_bytes": -1}, "logging.max_bytes"),
+    ({"backup_count": "many"}, "logging.backup_count"),
+])
+def test_bad_logging_section(tmp_path: Path, section: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write_config(tmp_path, {"server_name": "example.org", "logging": section}))
+    assert keys_of(problems_of(excinfo)) == [key], problems_of(excinfo)
