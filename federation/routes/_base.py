@@ -8,6 +8,8 @@ and holds one of the origin's request slots (``inbound/limits.py``) while the ro
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import TYPE_CHECKING, Any
@@ -15,12 +17,15 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from federation.transport.inbound_auth import authenticate
+from homeserver.errors import MatrixError
 from homeserver.http.json import read_json_object
 
 if TYPE_CHECKING:
     from federation.container import Federation
 
 Handler = Callable[[web.Request, "Federation", str, Any], Awaitable[web.StreamResponse]]
+
+logger = logging.getLogger(__name__)
 
 FEDERATION: web.AppKey[Federation] = web.AppKey("federation")
 
@@ -34,7 +39,19 @@ def federation_route(handler: Handler) -> Callable[[web.Request], Awaitable[web.
             body = await read_json_object(request, allow_empty=False)
         origin = await authenticate(request, fed.keyring, fed.server_name, body)
         fed.sender.peer_is_up(origin)
-        async with fed.limits.slot(origin):
-            return await handler(request, fed, origin, body)
+        started = asyncio.get_running_loop().time()
+        status = 500
+        try:
+            async with fed.limits.slot(origin):
+                response = await handler(request, fed, origin, body)
+            status = response.status
+            return response
+        except (MatrixError, web.HTTPException) as e:
+            status = e.status
+            raise
+        finally:
+            logger.debug("Received %s %s from %s: %d in %.0f ms", request.method,
+                         request.path, origin, status,
+                         (asyncio.get_running_loop().time() - started) * 1000)
 
     return route

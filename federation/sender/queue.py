@@ -113,6 +113,8 @@ class _Destination:
             await self._failed()
             return False
         else:
+            logger.debug("Sent transaction %s to %s: %d PDUs, %d EDUs", txn_id, self.name,
+                         len(pdus), len(persistent_edus) + len(ephemeral))
             self._log_refused(answer)
         for key, sent in zip(ephemeral_keys, ephemeral, strict=True):
             if self.ephemeral.get(key) is sent:  # not replaced by a newer one meanwhile

@@ -213,14 +213,24 @@ class FederationClient:
         if signed:
             headers[hdrs.AUTHORIZATION] = sign_request(
                 self._server_name, self._signing_key, method, uri, destination, body)
-        logger.debug("Sending %s %s to %s", method, path, destination)
+        started = asyncio.get_running_loop().time()
+        outcome = "unreachable"
         try:
             async with asyncio.timeout(timeout_s):
-                return await _send(self._http, self._resolver, destination, method, uri,
-                                   headers, data, max_response_bytes)
+                status, answer = await _send(self._http, self._resolver, destination, method,
+                                             uri, headers, data, max_response_bytes)
+            outcome = str(status)
+            return answer
+        except FederationRequestError as e:
+            outcome = str(e.status)
+            raise
         except TimeoutError:
+            outcome = "timeout"
             raise RemoteUnreachable(
                 f"{destination}: no response within {timeout_s:g} s") from None
+        finally:
+            logger.debug("Sent %s %s to %s: %s in %.0f ms", method, path, destination, outcome,
+                         (asyncio.get_running_loop().time() - started) * 1000)
 
     async def get_json(self, destination: str, path: str, *, query: Query | None = None,
                        signed: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -250,8 +260,9 @@ class FederationClient:
 
 async def _send(http: aiohttp.ClientSession, resolver: ServerResolver, destination: str,
                 method: str, uri: str, headers: dict[str, str], data: bytes | None,
-                max_response_bytes: int) -> Any:
-    """Resolve ``destination`` and send to its targets in turn until one connects."""
+                max_response_bytes: int) -> tuple[int, Any]:
+    """Resolve ``destination`` and send to its targets in turn until one connects; the
+    status and JSON of its 2xx answer."""
     try:
         targets = await resolver.resolve(destination)
     except ValueError as e:
@@ -277,15 +288,15 @@ async def _send(http: aiohttp.ClientSession, resolver: ServerResolver, destinati
 
 
 async def _read_response(destination: str, response: aiohttp.ClientResponse,
-                         max_bytes: int) -> Any:
-    """The JSON of a 2xx response; raises for anything else."""
+                         max_bytes: int) -> tuple[int, Any]:
+    """The status and JSON of a 2xx response; raises for anything else."""
     try:
         raw = await read_body_limited(response, max_bytes)
     except BodyTooLarge as e:
         raise RemoteUnreachable(f"{destination}: {e}") from None
     if 200 <= response.status < 300:
         try:
-            return _decode_json(raw)
+            return response.status, _decode_json(raw)
         except ValueError:
             raise RemoteUnreachable(
                 f"{destination}: HTTP {response.status} response is not JSON") from None

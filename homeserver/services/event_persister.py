@@ -516,6 +516,7 @@ class EventPersister:
                     self._queue.task_done()
                 continue
             items = [item for item, _ in batch]
+            started = self._clock.monotonic()
             try:
                 await self._db.events.persist_batch(items)
             except Exception as e:
@@ -526,6 +527,10 @@ class EventPersister:
                 for _ in queued:
                     self._queue.task_done()
                 continue
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("Committed %d events in %d rooms in %.1f ms", len(items),
+                             len({i.room_id for i in items}),
+                             (self._clock.monotonic() - started) * 1000)
             for _, future in batch:
                 if not future.done():
                     future.set_result(None)
