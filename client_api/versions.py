@@ -7,7 +7,7 @@ from aiohttp import web
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from homeserver.appkeys import SERVICES
-from homeserver.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.http.json import json_response
 
 routes = ClientRoutes()
@@ -45,9 +45,10 @@ async def get_well_known_client(request: web.Request) -> web.Response:
 async def get_capabilities(request: web.Request) -> web.Response:
     """GET /_matrix/client/v3/capabilities"""
     await require_requester(request)
+    default_version = request.app[SERVICES].rooms.default_room_version
     return json_response({"capabilities": {
         "m.change_password": {"enabled": True},
-        "m.room_versions": {"default": DEFAULT_ROOM_VERSION.identifier,
+        "m.room_versions": {"default": default_version.identifier,
                             "available": ROOM_VERSIONS},
         "m.set_displayname": {"enabled": True},
         "m.set_avatar_url": {"enabled": True},

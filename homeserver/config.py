@@ -17,6 +17,7 @@ import yaml
 
 from homeserver.config_reader import ConfigReader
 from homeserver.crypto.signing_keys import load_signing_key
+from homeserver.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
 from homeserver.types import is_valid_server_name
 
 RESOURCES = ("client", "federation", "media")
@@ -185,6 +186,9 @@ class HomeserverConfig:
     retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
     config_dir: Path = field(default=Path("."))
+    # The version of rooms created without one (createRoom's room_version, DM rooms of the
+    # friends API), advertised in /capabilities. v12 room IDs have no server part.
+    default_room_version: str = DEFAULT_ROOM_VERSION.identifier
     # Milliseconds a redacted event's content is kept before it is erased from storage
     # (None: never; 0: at once). Synapse's key, with its duration syntax in the file.
     redaction_retention_period: int | None = 7 * 86_400_000
@@ -374,6 +378,14 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
 
     logging_config = _logging(r.section("logging"), config_dir)
 
+    room_version = r.raw("default_room_version", DEFAULT_ROOM_VERSION.identifier)
+    if isinstance(room_version, int) and not isinstance(room_version, bool):
+        room_version = str(room_version)  # default_room_version: 10
+    if not isinstance(room_version, str) or room_version not in KNOWN_ROOM_VERSIONS:
+        r.problem("default_room_version",
+                  f"must be one of the supported room versions {', '.join(KNOWN_ROOM_VERSIONS)}")
+        room_version = DEFAULT_ROOM_VERSION.identifier
+
     redaction_retention = r.duration_ms("redaction_retention_period", 7 * 86_400_000)
 
     ret_r = r.section("retention")
@@ -417,6 +429,7 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         retention=retention,
         logging=logging_config,
         config_dir=config_dir,
+        default_room_version=str(room_version),
         redaction_retention_period=redaction_retention,
     )
 

@@ -13,6 +13,7 @@ from homeserver.clock import Clock, SystemClock
 from homeserver.config import HomeserverConfig, RateLimit
 from homeserver.crypto.passwords import PasswordHasher
 from homeserver.crypto.signing_keys import load_signing_key
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.ratelimit import RateLimiter
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.accounts import AccountService
@@ -142,7 +143,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     notifier = Notifier()
     persister = EventPersister(db, clock, notifier, config.server_name, signing_key)
     rooms = RoomService(persister, db.rooms, profiles, config.server_name,
-                        limiter(rl.message_per_user))
+                        limiter(rl.message_per_user),
+                        default_room_version=KNOWN_ROOM_VERSIONS[config.default_room_version])
     serializer = EventSerializer(db.events)
     cleared = ClearedHistory(db.rooms)
     visibility = VisibilityService(db.state, db.events, cleared)

@@ -11,7 +11,7 @@ from typing import Any
 
 from homeserver.errors import BadJson, BadRequest, Forbidden, InvalidParam, MatrixError, NotFound
 from homeserver.events.model import Event
-from homeserver.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
+from homeserver.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.power_levels import PowerLevels
 from homeserver.services.event_persister import EventPersister, NewEvent
@@ -75,12 +75,15 @@ def default_power_levels(creator: str, privileged_creators: bool) -> dict[str, A
 
 class RoomService:
     def __init__(self, persister: EventPersister, rooms: RoomStore, profiles: ProfileService,
-                 server_name: str, message_limiter: RateLimiter) -> None:
+                 server_name: str, message_limiter: RateLimiter, *,
+                 default_room_version: RoomVersion = DEFAULT_ROOM_VERSION) -> None:
         self._persister = persister
         self._rooms = rooms
         self._profiles = profiles
         self._server_name = server_name
         self._message_limiter = message_limiter
+        # Rooms created without a room_version get this one (config default_room_version).
+        self.default_room_version = default_room_version
         # Wired by the composition root: rooms on other servers, and inviting their users
         # (MembershipService.invite).
         self.remote: RemoteRooms | None = None
@@ -104,7 +107,7 @@ class RoomService:
 
     async def create_room(self, req: CreateRoomRequest) -> tuple[str, str | None]:
         """POST /createRoom; returns ``(room_id, room_alias)``."""
-        version_id = req.room_version or DEFAULT_ROOM_VERSION.identifier
+        version_id = req.room_version or self.default_room_version.identifier
         version = KNOWN_ROOM_VERSIONS.get(version_id)
         if version is None:
             raise MatrixError(f"Your homeserver does not support room version {version_id}",
@@ -225,8 +228,8 @@ class RoomService:
     async def set_state(self, room_id: str, new: NewEvent) -> str:
         """PUT /state: a state event; setting what is already there creates nothing new."""
         if new.type == "m.room.member" and new.state_key != new.sender:
-            raise MatrixError("Use the membership endpoints to change others' membership",
-                              status=400, errcode="M_BAD_JSON")
+            # Others' membership goes through ``MembershipService.set_member_state``.
+            raise Forbidden("Use the membership endpoints to change others' membership")
         if new.type in ("m.room.create", "m.room.redaction"):
             raise Forbidden(f"Cannot send {new.type} as state")
         state = await self._persister.current_state(room_id)

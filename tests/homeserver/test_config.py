@@ -447,3 +447,24 @@ def test_bad_logging_section(tmp_path: Path, section: dict[str, Any], key: str) 
     with pytest.raises(ConfigError) as excinfo:
         load_config(write_config(tmp_path, {"server_name": "example.org", "logging": section}))
     assert keys_of(problems_of(excinfo)) == [key], problems_of(excinfo)
+
+
+# -- default_room_version ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "expected"), [(None, "12"), ("10", "10"), ("11", "11"),
+                                                 (10, "10")])
+def test_default_room_version(tmp_path: Path, value: Any, expected: str) -> None:
+    data: dict[str, Any] = {"server_name": "example.org"}
+    if value is not None:
+        data["default_room_version"] = value
+    assert load_config(write_config(tmp_path, data)).default_room_version == expected
+
+
+@pytest.mark.parametrize("value", ["9", "13", "v12", True, 12.5, ["12"]])
+def test_unsupported_default_room_version(tmp_path: Path, value: Any) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write_config(tmp_path, {"server_name": "example.org",
+                                            "default_room_version": value}))
+    problems = problems_of(excinfo)
+    assert keys_of(problems) == ["default_room_version"], problems
+    assert "10, 11, 12" in problems[0]
