@@ -11,6 +11,7 @@ from client_api.rooms import _room_id
 from homeserver.appkeys import SERVICES
 from homeserver.errors import InvalidParam
 from homeserver.http.json import json_response, read_json_object
+from homeserver.services.directory import RoomFilter
 
 routes = ClientRoutes()
 
@@ -71,22 +72,27 @@ async def put_directory_visibility(request: web.Request) -> web.Response:
 
 @routes.get("/publicRooms")
 async def get_public_rooms(request: web.Request) -> web.Response:
-    """GET /_matrix/client/v3/publicRooms"""
+    """GET /_matrix/client/v3/publicRooms: ours needs no login; another server's (``server``)
+    does, as in Synapse: we ask it on the user's behalf."""
+    server = request.query.get("server")
+    if server:
+        await require_requester(request)
     limit = request.query.get("limit")
     if limit is not None and not limit.isdigit():
         raise InvalidParam("'limit' must be a non-negative integer")
     return json_response(await request.app[SERVICES].directory.public_rooms(
         limit=int(limit) if limit else None, since=request.query.get("since"),
-        search_term=None))
+        server=server))
 
 
 @routes.post("/publicRooms")
 async def post_public_rooms(request: web.Request) -> web.Response:
-    """POST /_matrix/client/v3/publicRooms"""
+    """POST /_matrix/client/v3/publicRooms (``server`` in the query string, as the spec has
+    it, or in the body)."""
     await require_requester(request)
     body = parse_body(PublicRoomsBody, await read_json_object(request, allow_empty=True))
-    term = (body.filter or {}).get("generic_search_term")
-    if term is not None and not isinstance(term, str):
-        raise InvalidParam("generic_search_term must be a string")
     return json_response(await request.app[SERVICES].directory.public_rooms(
-        limit=body.limit, since=body.since, search_term=term))
+        limit=body.limit, since=body.since, room_filter=RoomFilter.parse(body.filter),
+        server=request.query.get("server") or body.server,
+        include_all_networks=body.include_all_networks,
+        third_party_instance_id=body.third_party_instance_id))

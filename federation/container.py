@@ -15,6 +15,7 @@ from federation.inbound.membership import ResidentMembership
 from federation.inbound.pdus import PduHandler
 from federation.inbound.transaction import TransactionHandler
 from federation.keys.keyring import Keyring
+from federation.remote_directory import RemoteDirectoryClient
 from federation.remote_rooms import RemoteRoomsClient
 from federation.sender.queue import FederationSender
 from federation.transport.client import FederationClient
@@ -38,6 +39,7 @@ class Federation:
     resident: ResidentMembership
     remote: RemoteRoomsClient
     backfiller: Backfiller
+    directory: RemoteDirectoryClient
     limits: OriginLimiter = field(default_factory=OriginLimiter)
     _cleanup: asyncio.Task[None] | None = field(default=None)
 
@@ -47,6 +49,7 @@ class Federation:
         self.services.membership.remote = self.remote
         self.services.rooms.remote = self.remote
         self.services.profiles.remote = self.remote
+        self.services.directory.remote = self.directory
         self.services.rooms.invite_remote = self._invite
         self.services.to_device.remote_queue = self.sender.queue_to_device
         self.services.messages.backfill = self.backfiller.backfill
@@ -86,4 +89,4 @@ def build_federation(services: Services) -> Federation:
     return Federation(config.server_name, services.signing_key, services, client, keyring,
                       sender, pdus, TransactionHandler(services, pdus),
                       ResidentMembership(services, pdus), RemoteRoomsClient(services, client, pdus),
-                      Backfiller(services, client, pdus))
+                      Backfiller(services, client, pdus), RemoteDirectoryClient(client))

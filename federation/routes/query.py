@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from federation.routes._base import federation_route
-from homeserver.errors import BadJson, InvalidParam, MissingParam, NotFound
+from homeserver.errors import InvalidParam, MissingParam, NotFound
 from homeserver.http.json import json_response
+from homeserver.services.directory import RoomFilter
 from homeserver.types import parse_user_id
 
 if TYPE_CHECKING:
@@ -68,10 +69,8 @@ async def query_directory(request: web.Request, fed: Federation, _origin: str, _
     return json_response({"room_id": room_id, "servers": servers})
 
 
-def _public_rooms_args(limit: object, since: object, third_party: object,
-                       all_networks: object) -> tuple[int | None, str | None, bool]:
-    """``(limit, since, none_match)`` from the request; ``none_match`` when only a
-    third-party network is asked for (we bridge none)."""
+def _public_rooms_args(limit: object, since: object, third_party: object
+                       ) -> tuple[int | None, str | None, str | None]:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
                               or limit < 0):
         raise InvalidParam("'limit' must be a non-negative integer")
@@ -79,15 +78,7 @@ def _public_rooms_args(limit: object, since: object, third_party: object,
         raise InvalidParam("'since' must be a string")
     if third_party is not None and not isinstance(third_party, str):
         raise InvalidParam("'third_party_instance_id' must be a string")
-    return limit, since, third_party is not None and not all_networks
-
-
-async def _public_rooms(fed: Federation, limit: int | None, since: str | None,
-                        term: str | None, none_match: bool) -> web.Response:
-    if none_match:
-        return json_response({"chunk": [], "total_room_count_estimate": 0})
-    return json_response(await fed.services.directory.public_rooms(
-        limit=limit, since=since, search_term=term))
+    return limit, since, third_party
 
 
 @routes.get("/_matrix/federation/v1/publicRooms")
@@ -99,11 +90,12 @@ async def get_public_rooms(request: web.Request, fed: Federation, _origin: str, 
     limit_text = query.get("limit")
     if limit_text is not None and not limit_text.isdigit():
         raise InvalidParam("'limit' must be a non-negative integer")
-    limit, since, none_match = _public_rooms_args(
+    limit, since, third_party = _public_rooms_args(
         int(limit_text) if limit_text is not None else None, query.get("since"),
-        query.get("third_party_instance_id"),
-        query.get("include_all_networks", "false").lower() == "true")
-    return await _public_rooms(fed, limit, since, None, none_match)
+        query.get("third_party_instance_id"))
+    return json_response(await fed.services.directory.public_rooms(
+        limit=limit, since=since, third_party_instance_id=third_party,
+        include_all_networks=query.get("include_all_networks", "false").lower() == "true"))
 
 
 @routes.post("/_matrix/federation/v1/publicRooms")
@@ -112,16 +104,12 @@ async def post_public_rooms(_request: web.Request, fed: Federation, _origin: str
                             body: dict[str, Any]) -> web.Response:
     """POST /_matrix/federation/v1/publicRooms: the same, with ``filter`` and the
     parameters in the body."""
-    limit, since, none_match = _public_rooms_args(
-        body.get("limit"), body.get("since"), body.get("third_party_instance_id"),
-        body.get("include_all_networks") is True)
-    room_filter = body.get("filter")
-    if room_filter is not None and not isinstance(room_filter, dict):
-        raise BadJson("'filter' must be an object")
-    term = (room_filter or {}).get("generic_search_term")
-    if term is not None and not isinstance(term, str):
-        raise InvalidParam("'generic_search_term' must be a string")
-    return await _public_rooms(fed, limit, since, term, none_match)
+    limit, since, third_party = _public_rooms_args(
+        body.get("limit"), body.get("since"), body.get("third_party_instance_id"))
+    return json_response(await fed.services.directory.public_rooms(
+        limit=limit, since=since, room_filter=RoomFilter.parse(body.get("filter")),
+        third_party_instance_id=third_party,
+        include_all_networks=body.get("include_all_networks") is True))
 
 
 @routes.get("/_matrix/federation/v1/version")

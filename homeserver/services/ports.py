@@ -26,3 +26,26 @@ class RemoteRooms(Protocol):
     async def query_alias(self, alias: str) -> tuple[str, list[str]]: ...
 
     async def query_profile(self, user_id: str) -> dict[str, Any]: ...
+
+
+class RemoteFilterUnsupported(Exception):
+    """The remote server does not take a filtered room directory query (``POST
+    /publicRooms``, MSC2197): ask again unfiltered and filter here."""
+
+
+class RemoteDirectory(Protocol):
+    """Another server's published room directory (``/_matrix/federation/v1/publicRooms``)."""
+
+    async def public_rooms(self, server: str, *, limit: int, since: str | None,
+                           include_all_networks: bool, third_party_instance_id: str | None,
+                           room_filter: Mapping[str, Any] | None) -> Any:
+        """The remote server's answer as it came (untrusted JSON): ``GET`` without
+        ``room_filter``, ``POST`` with it.
+
+        Raises:
+            RemoteFilterUnsupported: ``room_filter`` was given and the server does not know
+                the ``POST`` form.
+            MatrixError: for the client: 403 when the server refuses us, 502 when it cannot
+                be reached or answers with an error.
+        """
+        ...

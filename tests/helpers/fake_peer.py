@@ -15,7 +15,8 @@ recorded in ``received`` (and, with the request's headers, in ``requests``).
 It can also host rooms of its own (``create_room``), as a resident server: it answers
 ``make_join``/``send_join`` (v1 and v2), ``state_ids``, ``state``, ``event``, ``event_auth``,
 ``get_missing_events``, ``backfill`` and ``query/directory`` for them, takes the PDUs our
-server sends into them, and can be told to misbehave (``RoomTrack.send_join_extra_state``:
+server sends into them, answers ``publicRooms`` with whatever ``public_rooms`` holds (any
+status, any body), and can be told to misbehave (``RoomTrack.send_join_extra_state``:
 PDUs slipped into the ``send_join`` answer's state; ``make_join_error``: answer every
 ``make_join`` with an error, as a server that cannot help).
 """
@@ -151,6 +152,9 @@ class FakePeer:
         self.profiles: dict[str, JsonDict] = {}
         # (status, body) answered to every make_join, when set: a server that cannot help.
         self.make_join_error: tuple[int, JsonDict] | None = None
+        # (status, body) answered to ``GET``/``POST /publicRooms`` by method; a method not
+        # here is unknown (404 M_UNRECOGNIZED). A ``bytes`` body is sent as it is.
+        self.public_rooms: dict[str, tuple[int, Any]] = {}
         self._runner: web.AppRunner | None = None
 
     def user_id(self, localpart: str) -> str:
@@ -188,6 +192,7 @@ class FakePeer:
         app.router.add_get(fed + "/v1/query/directory", self._query_directory)
         app.router.add_get(fed + "/v1/query/profile", self._query_profile)
         app.router.add_put(fed + "/v2/invite/{room_id}/{event_id}", self._invite)
+        app.router.add_route("*", fed + "/v1/publicRooms", self._public_rooms)
         app.router.add_route("*", "/{tail:.*}", self._anything)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -426,6 +431,16 @@ class FakePeer:
             return self._error(404, "M_NOT_FOUND", "Unknown alias")
         room_id, servers = self.aliases[alias]
         return web.json_response({"room_id": room_id, "servers": servers})
+
+    async def _public_rooms(self, request: web.Request) -> web.Response:
+        if request.method not in self.public_rooms:
+            return await self._anything(request)
+        await self._record(request)
+        self.received.append((request.method, request.path, None))
+        status, body = self.public_rooms[request.method]
+        if isinstance(body, bytes):
+            return web.Response(body=body, status=status, content_type="application/json")
+        return web.json_response(body, status=status)
 
     async def _invite(self, request: web.Request) -> web.Response:
         """An invite of one of the fake's users: countersigned and accepted (recorded)."""
