@@ -347,3 +347,28 @@ async def test_synapse_lists_our_public_rooms(interop: FedPair) -> None:
         listed, timeout=WAIT, what=f"{room_id} in our directory as Synapse sees it")
     entry = next(r for r in answer["chunk"] if r["room_id"] == room_id)
     assert entry.get("name") == name
+
+
+async def test_we_list_synapses_public_rooms(interop: FedPair) -> None:
+    """Our client asks Synapse's directory through us (federation GET, and POST with a
+    filter): the entries are Synapse's own, field for field."""
+    synapse, sam, alice = interop.b, interop.bob, interop.alice
+    tag = _tag()
+    room_id = await sam.create_room(preset="public_chat", visibility="public",
+                                    name=f"Synapse {tag}", topic=f"Topic {tag}")
+    search = {"filter": {"generic_search_term": tag}}
+    # Synapse lists a new room once its room stats catch up.
+    own = await poll_until(
+        lambda: sam.request("POST", "/publicRooms", search),
+        lambda answer: [r["room_id"] for r in answer["chunk"]] == [room_id], timeout=WAIT,
+        what=f"{room_id} in Synapse's own directory")
+    (entry,) = own["chunk"]
+    assert entry["name"] == f"Synapse {tag}" and entry["topic"] == f"Topic {tag}"
+
+    found = await alice.request("POST", "/publicRooms", search,
+                                params={"server": synapse.server_name})
+    assert found["chunk"] == [entry]
+    listed = await alice.request("GET", "/publicRooms",
+                                 params={"server": synapse.server_name, "limit": "100"})
+    assert entry in listed["chunk"]
+    assert isinstance(listed.get("total_room_count_estimate"), int)

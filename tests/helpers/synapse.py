@@ -177,6 +177,9 @@ class SynapseServer(HarnessProcess):
             "rc_federation": {"window_size": 1000, "sleep_limit": 10_000, "sleep_delay": 1,
                               "reject_limit": 100_000, "concurrent": 1000},
             "federation_rr_transactions_per_room_per_second": 10_000,
+            # Its room directory open to anyone, and to other servers, as ours is.
+            "room_list_publication_rules": [{"action": "allow"}],
+            "allow_public_rooms_over_federation": True,
         }
         _merge(data, config or {})
         self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
