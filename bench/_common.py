@@ -68,7 +68,7 @@ class BenchServer:
         config_path = self.dir / "homeserver.yaml"
         config = yaml.safe_load(config_path.read_text())
         config["rate_limits"] = {"enabled": False}
-        config["registration"]["shared_secret"] = "bench-secret"
+        config["registration_shared_secret"] = "bench-secret"
         config["logging"] = {"level": "WARNING"}
         if database_url:
             config["database"] = {"url": database_url}

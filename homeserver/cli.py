@@ -77,8 +77,10 @@ def generate_config(args: argparse.Namespace) -> int:
         "tls": {"certificate_path": str(cert_path), "private_key_path": str(tls_key_path)},
         "signing_key_path": str(key_path),
         "database": {"url": f"sqlite+aiosqlite:///{data_dir / 'homeserver.db'}"},
-        "registration": {"enabled": False, "require_token": False,
-                         "shared_secret": secrets.token_urlsafe(32)},
+        "registration": {"enabled": False, "require_token": False},
+        # (registration.shared_secret, at the top level where Synapse's
+        # register_new_matrix_user -c finds it)
+        "registration_shared_secret": secrets.token_urlsafe(32),
         "federation": {"enabled": True, "verify_tls": True},
         "media": {"store_path": str(data_dir / "media")},
         "logging": {"level": "INFO"},

@@ -317,10 +317,18 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
     database = DatabaseConfig(url, db_r.positive("pool_size", 10), sync_mode)
 
     reg_r = r.section("registration")
+    shared_secret = reg_r.get("shared_secret", str, None)
+    # Synapse's name for it, where its register_new_matrix_user -c looks.
+    synapse_secret = r.get("registration_shared_secret", str, None)
+    if synapse_secret is not None:
+        if shared_secret is not None and shared_secret != synapse_secret:
+            r.problem("registration_shared_secret",
+                      "differs from registration.shared_secret (set one of them)")
+        shared_secret = synapse_secret
     registration = RegistrationConfig(
         reg_r.get("enabled", bool, False),
         reg_r.get("require_token", bool, False),
-        reg_r.get("shared_secret", str, None),
+        shared_secret,
     )
 
     fed_r = r.section("federation")

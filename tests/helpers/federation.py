@@ -125,7 +125,7 @@ class FedServer(HarnessProcess):
         _merge(data, config or {})
         self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
         self.config = data
-        self.shared_secret: str = data["registration"]["shared_secret"]
+        self.shared_secret: str = data["registration_shared_secret"]
 
     def __repr__(self) -> str:
         return f"<FedServer {self.label} {self.server_name} client={self.client_url}>"

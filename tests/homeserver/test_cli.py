@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -96,6 +97,10 @@ def test_generate_config_writes_every_file(tmp_path: Path) -> None:
     assert config.database.is_sqlite
     assert str(data_dir.resolve()) in config.database.url
     assert config.registration.shared_secret
+    # Where Synapse's register_new_matrix_user -c looks for it, and only there.
+    data = yaml.safe_load((data_dir / "homeserver.yaml").read_text())
+    assert data["registration_shared_secret"] == config.registration.shared_secret
+    assert "shared_secret" not in data["registration"]
 
 
 def test_generate_config_never_overwrites(data_dir: Path) -> None:
@@ -357,3 +362,52 @@ def test_run_reports_typos_at_every_depth(data_dir: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert sorted(lines) == sorted(f"{path}: {key}: unknown key" for key in (
         "registration.enabeld", "listeners[0].tsl", "rate_limits.login_per_ipp")), lines
+
+
+def test_synapse_register_new_matrix_user_reads_the_config(data_dir: Path) -> None:
+    """Synapse's own tool, with ``-c``, against a running server (DESIGN.md, "Files")."""
+    from tests.helpers.synapse import synapse_python
+
+    tool = synapse_python().parent / "register_new_matrix_user"
+    path = data_dir / "homeserver.yaml"
+    data = yaml.safe_load(path.read_text())
+    port = data["listeners"][0]["port"] = _free_port()
+    data["listeners"] = data["listeners"][:1]
+    path.write_text(yaml.safe_dump(data))
+    proc = subprocess.Popen([*KTCHAT, "run", "-c", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_until_serving(proc, port)
+        result = subprocess.run(
+            [str(tool), "-c", str(path), "-u", "bob", "-p", PASSWORD, "--no-admin",
+             f"http://127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Success" in result.stdout, result.stdout
+        login = urllib.request.Request(
+            f"http://127.0.0.1:{port}/_matrix/client/v3/login", method="POST",
+            headers={"Content-Type": "application/json"},
+            data=json.dumps({"type": "m.login.password", "password": PASSWORD,
+                             "identifier": {"type": "m.id.user", "user": "bob"}}).encode())
+        with urllib.request.urlopen(login, timeout=10) as resp:
+            assert json.load(resp)["user_id"] == "@bob:chat.test"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def _wait_until_serving(proc: subprocess.Popen[str], port: int) -> None:
+    url = f"http://127.0.0.1:{port}/_matrix/client/versions"
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.1)

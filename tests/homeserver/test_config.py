@@ -468,3 +468,28 @@ def test_unsupported_default_room_version(tmp_path: Path, value: Any) -> None:
     problems = problems_of(excinfo)
     assert keys_of(problems) == ["default_room_version"], problems
     assert "10, 11, 12" in problems[0]
+
+
+# -- registration_shared_secret (Synapse's key, for register_new_matrix_user -c) ------------
+
+@pytest.mark.parametrize(("data", "secret"), [
+    ({"registration_shared_secret": "top"}, "top"),
+    ({"registration": {"shared_secret": "nested"}}, "nested"),
+    ({"registration_shared_secret": "same", "registration": {"shared_secret": "same"}}, "same"),
+    ({"registration_shared_secret": None}, None),
+])
+def test_registration_shared_secret_alias(tmp_path: Path, data: dict[str, Any],
+                                          secret: str | None) -> None:
+    config = load_config(write_config(tmp_path, {"server_name": "example.org", **data}))
+    assert config.registration.shared_secret == secret
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"registration_shared_secret": "one", "registration": {"shared_secret": "two"}},
+     "registration_shared_secret"),
+    ({"registration_shared_secret": 5}, "registration_shared_secret"),
+])
+def test_bad_registration_shared_secret(tmp_path: Path, data: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write_config(tmp_path, {"server_name": "example.org", **data}))
+    assert keys_of(problems_of(excinfo)) == [key], problems_of(excinfo)
