@@ -83,9 +83,14 @@ async def _put_state(request: web.Request, state_key: str) -> web.Response:
     requester = await require_requester(request)
     room_id = _room_id(request)
     content = await read_json_object(request)
-    event_id = await services.rooms.set_state(
-        room_id, NewEvent(request.match_info["event_type"], requester.user_id, content,
-                          state_key))
+    event_type = request.match_info["event_type"]
+    if event_type == "m.room.member":
+        # Membership has rules of its own (someone else's is a kick, ban or invite).
+        event_id = await services.membership.set_member_state(requester.user_id, room_id,
+                                                              state_key, content)
+    else:
+        event_id = await services.rooms.set_state(
+            room_id, NewEvent(event_type, requester.user_id, content, state_key))
     return json_response({"event_id": event_id})
 
 

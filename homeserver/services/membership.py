@@ -7,10 +7,10 @@ rules decide; this module only shapes the event and answers the cases the rules 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from homeserver.errors import BadRequest, Forbidden, InvalidParam, MatrixError, NotFound
+from homeserver.errors import BadJson, BadRequest, Forbidden, InvalidParam, MatrixError, NotFound
 from homeserver.events.model import Event
 from homeserver.events.stripped import STRIPPED_STATE_TYPES
 from homeserver.ratelimit import RateLimiter
@@ -24,6 +24,7 @@ from storage.stores.state import StateStore
 from storage.stores.users import UserStore
 
 JOINED_OR_INVITED = ("join", "invite")
+MEMBERSHIPS = ("invite", "join", "knock", "leave", "ban")
 
 
 class MembershipService:
@@ -153,7 +154,9 @@ class MembershipService:
         return None
 
     async def invite(self, inviter: str, room_id: str, target: str, *,
-                     reason: str | None = None, is_direct: bool = False) -> None:
+                     reason: str | None = None, is_direct: bool = False) -> str:
+        """Invite ``target``; returns the invite's event ID (the pending one if the user is
+        invited already)."""
         try:
             server = parse_user_id(target).server_name
         except ValueError:
@@ -168,12 +171,11 @@ class MembershipService:
             raise BadRequest("Federation is disabled on this server")
         current = await self._state.membership(room_id, target)
         if current is not None and current[0] == "invite":
-            return  # already invited: nothing new
+            return current[1]  # already invited: nothing new
         self._invite_limiter.check(inviter)
         if server == self._server_name:
-            await self._member_event(room_id, inviter, target, "invite", reason,
-                                     is_direct=True if is_direct else None)
-            return
+            return (await self._member_event(room_id, inviter, target, "invite", reason,
+                                             is_direct=True if is_direct else None)).event_id
         assert self.remote is not None
         content = await self._rooms.member_content(target, "invite", reason=reason,
                                                     is_direct=True if is_direct else None)
@@ -181,6 +183,7 @@ class MembershipService:
                                                               content, target))
         signed = await self.remote.invite(event, await self._invite_state(room_id, inviter))
         await self._persister.receive(signed)
+        return signed.event_id
 
     async def _invite_state(self, room_id: str, inviter: str) -> list[dict[str, Any]]:
         """The state the invitee's server shows (stripped) with the invite: whole events in
@@ -208,29 +211,63 @@ class MembershipService:
         await self._member_event(room_id, user_id, user_id, "leave", reason)
 
     async def kick(self, sender: str, room_id: str, target: str, *, reason: str | None = None
-                   ) -> None:
+                   ) -> str:
         await self._require_room(room_id)
         current = await self._state.membership(room_id, target)
         if current is None or current[0] not in ("join", "invite", "knock"):
             raise Forbidden("The user is not in the room")
-        await self._member_event(room_id, sender, target, "leave", reason)
+        return (await self._member_event(room_id, sender, target, "leave", reason)).event_id
 
     async def ban(self, sender: str, room_id: str, target: str, *, reason: str | None = None
-                  ) -> None:
+                  ) -> str:
         try:
             parse_user_id(target)
         except ValueError:
             raise InvalidParam("Invalid user ID") from None
         await self._require_room(room_id)
-        await self._member_event(room_id, sender, target, "ban", reason)
+        return (await self._member_event(room_id, sender, target, "ban", reason)).event_id
 
     async def unban(self, sender: str, room_id: str, target: str, *, reason: str | None = None
-                    ) -> None:
+                    ) -> str:
         await self._require_room(room_id)
         current = await self._state.membership(room_id, target)
         if current is None or current[0] != "ban":
             raise Forbidden("The user is not banned")
-        await self._member_event(room_id, sender, target, "leave", reason)
+        return (await self._member_event(room_id, sender, target, "leave", reason)).event_id
+
+    async def set_member_state(self, sender: str, room_id: str, target: str,
+                               content: Mapping[str, Any]) -> str:
+        """PUT /rooms/{roomId}/state/m.room.member/{userId}; returns the event ID.
+
+        As Synapse answers it: one's own member event goes in as given (a new display name,
+        say); another user's membership changes only as the membership endpoints change it
+        (an invite, a kick — or an unban when the user is banned — for ``leave``, a ban), with
+        the same checks, so without the power to do so it is ``403 M_FORBIDDEN``. Nobody
+        joins or knocks on someone else's behalf (403 too).
+        """
+        membership = content.get("membership")
+        if membership not in MEMBERSHIPS:
+            raise BadJson(f"'membership' must be one of {', '.join(MEMBERSHIPS)}")
+        if target == sender:
+            return await self._rooms.set_state(room_id, NewEvent("m.room.member", sender,
+                                                                 content, target))
+        try:
+            parse_user_id(target)
+        except ValueError:
+            raise InvalidParam("Invalid user ID") from None
+        raw_reason = content.get("reason")
+        reason = raw_reason if isinstance(raw_reason, str) else None
+        if membership == "invite":
+            return await self.invite(sender, room_id, target, reason=reason,
+                                     is_direct=content.get("is_direct") is True)
+        if membership == "ban":
+            return await self.ban(sender, room_id, target, reason=reason)
+        if membership == "leave":
+            current = await self._state.membership(room_id, target)
+            if current is not None and current[0] == "ban":
+                return await self.unban(sender, room_id, target, reason=reason)
+            return await self.kick(sender, room_id, target, reason=reason)
+        raise Forbidden(f"You cannot {membership} on behalf of another user")
 
     async def knock(self, user_id: str, room_id_or_alias: str, *, reason: str | None = None,
                     servers: Sequence[str] = ()) -> str:

@@ -531,3 +531,81 @@ async def test_forgotten_room_history_is_gone_for_that_user(client: TestClient, 
     # Alice keeps hers.
     status, body = await api(client, "GET", f"/rooms/{room_id}/messages", alice, query={"dir": "b"})
     assert status == 200
+
+
+# -- another user's membership through PUT /state/m.room.member/{userId} ------------------------
+
+async def put_member(client: TestClient, sender: User, room_id: str, target: str,
+                     content: dict[str, Any]) -> tuple[int, Any]:
+    return await put_state(client, sender, room_id, "m.room.member", content, target)
+
+
+async def test_changing_another_users_membership_without_power_is_forbidden(
+        client: TestClient, alice: User, bob: User, carol: User) -> None:
+    """As Synapse: the state endpoint changes another user's membership as the membership
+    endpoints do (a kick, ban or invite, by power), and refuses what those would refuse
+    with 403, not 400."""
+    room_id = await create_room(client, alice, preset="public_chat")
+    await join(client, bob, room_id)
+    await join(client, carol, room_id)
+    before = ids(await room_state(client, alice, room_id))
+    for content in ({"membership": "leave"}, {"membership": "ban"},
+                    {"membership": "join"}, {"membership": "knock"}):
+        status, body = await put_member(client, bob, room_id, carol.user_id, content)
+        assert_error(status, body, 403, "M_FORBIDDEN")
+    # Nobody may join someone else, not even the room's creator.
+    dave = await new_user(client, "dave")
+    status, body = await put_member(client, alice, room_id, dave.user_id, {"membership": "join"})
+    assert_error(status, body, 403, "M_FORBIDDEN")
+    assert ids(await room_state(client, alice, room_id)) == before
+
+
+async def test_kick_ban_unban_and_invite_through_the_state_endpoint(
+        client: TestClient, alice: User, bob: User, carol: User) -> None:
+    room_id = await create_room(client, alice, preset="public_chat")
+    await join(client, bob, room_id)
+
+    status, body = await put_member(client, alice, room_id, bob.user_id,
+                                    {"membership": "leave", "reason": "spam"})
+    assert status == 200, body
+    member = await membership_of(client, alice, room_id, bob.user_id)
+    assert member is not None and member["event_id"] == body["event_id"]
+    assert (member["sender"], member["content"]["membership"], member["content"]["reason"]) \
+        == (alice.user_id, "leave", "spam")
+    assert await joined_rooms(client, bob) == []
+
+    status, body = await put_member(client, alice, room_id, bob.user_id, {"membership": "ban"})
+    assert status == 200, body
+    member = await membership_of(client, alice, room_id, bob.user_id)
+    assert member is not None and member["content"]["membership"] == "ban"
+    status, data = await post(client, bob, f"/rooms/{room_id}/join")
+    assert_error(status, data, 403, "M_FORBIDDEN")
+    # "leave" for a banned user is an unban.
+    status, body = await put_member(client, alice, room_id, bob.user_id, {"membership": "leave"})
+    assert status == 200, body
+    await join(client, bob, room_id)
+
+    private = await create_room(client, alice)
+    status, body = await put_member(client, alice, private, carol.user_id,
+                                    {"membership": "invite"})
+    assert status == 200, body
+    member = await membership_of(client, alice, private, carol.user_id)
+    assert member is not None and member["content"]["membership"] == "invite"
+    assert member["event_id"] == body["event_id"]
+    await join(client, carol, private)
+
+
+async def test_bad_membership_through_the_state_endpoint(client: TestClient, alice: User,
+                                                         bob: User) -> None:
+    room_id = await create_room(client, alice, preset="public_chat")
+    await join(client, bob, room_id)
+    before = ids(await room_state(client, alice, room_id))
+    for content in ({}, {"membership": 1}, {"membership": "friend"}):
+        status, body = await put_member(client, alice, room_id, bob.user_id, content)
+        assert_error(status, body, 400, "M_BAD_JSON")
+    status, body = await put_member(client, alice, room_id, "not-a-user", {"membership": "ban"})
+    assert_error(status, body, 400, "M_INVALID_PARAM")
+    status, body = await put_member(client, alice, room_id, "@nobody:test.local",
+                                    {"membership": "invite"})
+    assert_error(status, body, 404, "M_NOT_FOUND")
+    assert ids(await room_state(client, alice, room_id)) == before
