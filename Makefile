@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 DATA ?= data
 SERVER_NAME ?= localhost
+# Used when the config is generated (a first `make run`); later, edit $(DATA)/homeserver.yaml.
+CLIENT_PORT ?= 8008
+FEDERATION_PORT ?= 8448
 BIN := $(VENV)/bin
 
 .PHONY: run test bench lint clean synapse-venv
@@ -28,10 +31,11 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 synapse-venv: .venv-synapse/.installed
 
 $(DATA)/homeserver.yaml: | $(VENV)/.installed
-	$(BIN)/ktchat generate-config --server-name $(SERVER_NAME) --data-dir $(DATA)
+	$(BIN)/ktchat generate-config --server-name $(SERVER_NAME) --data-dir $(DATA) --client-port $(CLIENT_PORT) --federation-port $(FEDERATION_PORT)
 
 run: $(VENV)/.installed $(DATA)/homeserver.yaml
-	@echo "KT-Chat: client API on http://127.0.0.1:8008, federation on https://127.0.0.1:8448"
+	@echo "KT-Chat serving $(DATA)/homeserver.yaml on:"
+	@$(BIN)/ktchat show-listeners -c $(DATA)/homeserver.yaml
 	@echo "Create a user (in another terminal):"
 	@echo "  $(BIN)/ktchat register-user -c $(DATA)/homeserver.yaml --user alice --password 'a long password'"
 	$(BIN)/ktchat run -c $(DATA)/homeserver.yaml

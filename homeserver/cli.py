@@ -1,4 +1,4 @@
-"""The ``ktchat`` command: generate-config, run, register-user (DESIGN.md)."""
+"""The ``ktchat`` command: generate-config, run, show-listeners, register-user (DESIGN.md)."""
 
 from __future__ import annotations
 
@@ -94,6 +94,13 @@ def generate_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def show_listeners(args: argparse.Namespace) -> int:
+    """Print where the config's listeners listen, one per line (``make run`` shows them)."""
+    for listener in _load(args.config).listeners:
+        print(f"  {', '.join(listener.resources)}: {listener.url}")
+    return 0
+
+
 def _return_big_allocations_to_the_os() -> None:
     """Each password hash takes 19 MiB (argon2id). glibc's malloc raises its mmap threshold
     after such a block is freed, so later ones come from the heap and stay resident: fixing
@@ -185,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_p = sub.add_parser("run", help="serve until SIGTERM/SIGINT")
     run_p.add_argument("-c", "--config", required=True)
     run_p.set_defaults(func=run)
+
+    show = sub.add_parser("show-listeners", help="print where the config listens")
+    show.add_argument("-c", "--config", required=True)
+    show.set_defaults(func=show_listeners)
 
     reg = sub.add_parser("register-user", help="create a user account")
     reg.add_argument("-c", "--config", required=True)

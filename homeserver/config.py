@@ -49,6 +49,12 @@ class ListenerConfig:
     tls: bool = False
     resources: tuple[str, ...] = ("client",)
 
+    @property
+    def url(self) -> str:
+        """Where it listens: ``http://127.0.0.1:8008``, ``https://[::1]:8448``."""
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:

@@ -411,3 +411,49 @@ def _wait_until_serving(proc: subprocess.Popen[str], port: int) -> None:
         except OSError:
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.1)
+
+
+# -- show-listeners and make run ------------------------------------------------------------
+
+
+def test_show_listeners_prints_where_the_config_listens(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    assert generate(data_dir, "chat.test", "--client-port", "18008",
+                    "--federation-port", "18448").returncode == 0
+    path = data_dir / "homeserver.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["listeners"].append({"port": 19090, "bind": "::1", "resources": ["client", "media"]})
+    path.write_text(yaml.safe_dump(data))
+    result = ktchat("show-listeners", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "  client: http://127.0.0.1:18008",
+        "  federation: https://127.0.0.1:18448",
+        "  client, media: http://[::1]:19090",
+    ]
+
+
+def test_show_listeners_with_a_bad_config(tmp_path: Path) -> None:
+    path = tmp_path / "homeserver.yaml"
+    path.write_text("server_name: example.org\nlisteners: [{port: 0}]\n")
+    result = ktchat("show-listeners", "-c", str(path))
+    assert_clean_failure(result, 2)
+    assert "listeners[0].port" in result.stderr
+
+
+def test_make_run_passes_ports_and_prints_the_real_listeners(tmp_path: Path) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    repo = Path(__file__).resolve().parents[2]
+    data = tmp_path / "data"
+    result = subprocess.run(
+        ["make", "-n", "run", "CLIENT_PORT=9999", "FEDERATION_PORT=9998", f"DATA={data}",
+         "SERVER_NAME=chat.test"],
+        cwd=repo, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    commands = result.stdout
+    assert (f"ktchat generate-config --server-name chat.test --data-dir {data} "
+            f"--client-port 9999 --federation-port 9998") in commands, commands
+    assert f"ktchat show-listeners -c {data}/homeserver.yaml" in commands, commands
+    assert f"ktchat run -c {data}/homeserver.yaml" in commands, commands
+    assert "8008" not in commands and "8448" not in commands, commands
