@@ -19,6 +19,7 @@ from client_api.models import (
 )
 from homeserver.appkeys import SERVICES
 from homeserver.errors import InvalidParam, NotFound
+from homeserver.http.client_ip import client_ip
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.purge import DeleteRoomRequest, DeleteTask
 from storage.stores.auth_sessions import RegistrationToken
@@ -46,7 +47,7 @@ async def post_register_shared_secret(request: web.Request) -> web.Response:
     user_id = await services.accounts.register_with_shared_secret(body)
     device_id, tokens = await services.auth.create_session(
         user_id, device_id=None, display_name=None, with_refresh_token=False,
-        ip=request.remote, user_agent=request.headers.get("User-Agent"))
+        ip=client_ip(request), user_agent=request.headers.get("User-Agent"))
     return json_response({"user_id": user_id, "access_token": tokens.access_token,
                           "device_id": device_id, "home_server": services.config.server_name})
 

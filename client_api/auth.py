@@ -7,6 +7,7 @@ from aiohttp import web
 from homeserver.appkeys import SERVICES
 from homeserver.errors import Forbidden, MissingToken
 from homeserver.http.access_log import REQUESTER_LOG_KEY
+from homeserver.http.client_ip import client_ip
 from homeserver.services.auth import Requester
 
 
@@ -27,7 +28,7 @@ async def require_requester(request: web.Request) -> Requester:
     if token is None:
         raise MissingToken("Missing access token")
     requester = await request.app[SERVICES].auth.get_requester(
-        token, ip=request.remote, user_agent=request.headers.get("User-Agent"))
+        token, ip=client_ip(request), user_agent=request.headers.get("User-Agent"))
     request[REQUESTER_LOG_KEY] = requester.user_id
     return requester
 

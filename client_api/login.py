@@ -11,6 +11,7 @@ from client_api.auth import require_requester
 from client_api.models import LoginBody, RefreshBody, parse_body
 from homeserver.appkeys import SERVICES
 from homeserver.errors import BadJson, BadRequest, Forbidden, MissingParam
+from homeserver.http.client_ip import client_ip
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.accounts import Session
 
@@ -58,7 +59,8 @@ def _login_identifier(body: LoginBody) -> str:
 async def post_login(request: web.Request) -> web.Response:
     """POST /_matrix/client/v3/login"""
     services = request.app[SERVICES]
-    services.login_ip_limiter.check(request.remote)
+    ip = client_ip(request)
+    services.login_ip_limiter.check(ip)
     body = parse_body(LoginBody, await read_json_object(request))
     if body.type != PASSWORD_LOGIN:
         raise BadRequest("Unknown login type")
@@ -70,7 +72,7 @@ async def post_login(request: web.Request) -> web.Response:
     session = await services.accounts.login_with_password(
         identifier, body.password, device_id=body.device_id,
         display_name=body.initial_device_display_name, with_refresh_token=body.refresh_token,
-        ip=request.remote, user_agent=request.headers.get("User-Agent"))
+        ip=ip, user_agent=request.headers.get("User-Agent"))
     return json_response(session_json(session, services.config.server_name))
 
 

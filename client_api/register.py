@@ -9,6 +9,7 @@ from client_api.login import session_json
 from client_api.models import RegisterBody, parse_body
 from homeserver.appkeys import SERVICES
 from homeserver.errors import BadRequest, Forbidden, MatrixError, MissingParam
+from homeserver.http.client_ip import client_ip
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.accounts import Session
 from homeserver.services.uia import DUMMY, REGISTRATION_TOKEN
@@ -39,7 +40,7 @@ async def post_register(request: web.Request) -> web.Response:
 
     flows = [[REGISTRATION_TOKEN]] if config.registration.require_token else [[DUMMY]]
     if body.auth is None or "session" not in body.auth:
-        services.registration_ip_limiter.check(request.remote)
+        services.registration_ip_limiter.check(client_ip(request))
     completed = await services.uia.authenticate(
         flows, body.auth, method=request.method, uri=request.path)
 
@@ -53,7 +54,7 @@ async def post_register(request: web.Request) -> web.Response:
         return json_response({"user_id": user_id, "home_server": config.server_name})
     device_id, tokens = await services.auth.create_session(
         user_id, device_id=body.device_id, display_name=body.initial_device_display_name,
-        with_refresh_token=body.refresh_token, ip=request.remote,
+        with_refresh_token=body.refresh_token, ip=client_ip(request),
         user_agent=request.headers.get("User-Agent"))
     return json_response(session_json(Session(user_id, device_id, tokens), config.server_name))
 
@@ -64,7 +65,7 @@ async def get_register_available(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     if not services.config.registration.enabled:
         raise Forbidden("Registration has been disabled")
-    services.registration_ip_limiter.check(request.remote)
+    services.registration_ip_limiter.check(client_ip(request))
     username = request.query.get("username")
     if not username:
         raise MissingParam("Missing username")
@@ -78,7 +79,7 @@ async def get_registration_token_validity(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     if not services.config.registration.enabled:
         raise Forbidden("Registration has been disabled")
-    services.registration_ip_limiter.check(request.remote)
+    services.registration_ip_limiter.check(client_ip(request))
     token = request.query.get("token")
     if token is None:
         raise MissingParam("Missing token")

@@ -18,6 +18,7 @@ from federation import Federation, add_federation_routes, build_federation
 from homeserver.appkeys import SERVICES
 from homeserver.config import HomeserverConfig, ListenerConfig
 from homeserver.http.access_log import AccessLogger
+from homeserver.http.client_ip import x_forwarded_middleware
 from homeserver.http.middleware import cors_middleware, error_middleware
 from homeserver.services.container import Services, build_services
 
@@ -28,13 +29,18 @@ SHUTDOWN_GRACE_S = 10.0
 
 
 def build_app(services: Services, resources: Iterable[str] = ("client", "federation"),
-              federation: Federation | None = None) -> web.Application:
-    """The web application serving ``resources`` (client, federation, media)."""
+              federation: Federation | None = None, *, x_forwarded: bool = False
+              ) -> web.Application:
+    """The web application serving ``resources`` (client, federation, media);
+    ``x_forwarded``: it is behind a reverse proxy whose X-Forwarded-For it trusts."""
     app = web.Application(
         middlewares=[cors_middleware, error_middleware],
         client_max_size=services.config.http.max_request_body_bytes,
         handler_args={"max_field_size": 16384},
     )
+    if x_forwarded:
+        # First of all: every other middleware and the access log see the forwarded address.
+        app.middlewares.insert(0, x_forwarded_middleware)
     app[SERVICES] = services
     resources = set(resources)
     if "client" in resources:
@@ -53,7 +59,8 @@ def _ssl_context(config: HomeserverConfig) -> ssl.SSLContext:
 
 async def _start_listener(services: Services, listener: ListenerConfig,
                           federation: Federation | None) -> web.AppRunner:
-    runner = web.AppRunner(build_app(services, listener.resources, federation),
+    runner = web.AppRunner(build_app(services, listener.resources, federation,
+                                     x_forwarded=listener.x_forwarded),
                            access_log_class=AccessLogger,
                            access_log=logging.getLogger("ktchat.access"),
                            shutdown_timeout=SHUTDOWN_GRACE_S)

@@ -48,6 +48,9 @@ class ListenerConfig:
     bind: str = "127.0.0.1"
     tls: bool = False
     resources: tuple[str, ...] = ("client",)
+    # Behind a reverse proxy: trust its X-Forwarded-For for the client's address (Synapse's
+    # x_forwarded); only on this listener.
+    x_forwarded: bool = False
 
     @property
     def url(self) -> str:
@@ -231,7 +234,9 @@ def _listeners(reader: ConfigReader) -> tuple[ListenerConfig, ...]:
             if res not in RESOURCES:
                 known_resources = ", ".join(RESOURCES)
                 sub.problem("resources", f"unknown resource {res!r} (known: {known_resources})")
-        listeners.append(ListenerConfig(port, bind, tls, tuple(str(r) for r in resources)))
+        x_forwarded = sub.get("x_forwarded", bool, False)
+        listeners.append(ListenerConfig(port, bind, tls, tuple(str(r) for r in resources),
+                                        x_forwarded))
     return tuple(listeners)
 
 

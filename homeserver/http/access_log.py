@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from multidict import MultiDict
 
+from homeserver.http.client_ip import client_ip
 from homeserver.logsetup import escape_for_log
 
 SECRET_QUERY_PARAMS = frozenset({"access_token", "token", "refresh_token", "password",
@@ -41,7 +42,8 @@ class AccessLogger(AbstractAccessLogger):
         user_agent = request.headers.get("User-Agent", "-")
         self.logger.info(
             '%s "%s %s" %d %.1fms %s "%s"',
-            escape_for_log(request.remote or "-"), escape_for_log(request.method, quoted=True),
+            escape_for_log(client_ip(request) or "-"),
+            escape_for_log(request.method, quoted=True),
             escape_for_log(redacted_path(request), quoted=True), response.status,
             time * 1000, escape_for_log(user), escape_for_log(user_agent, quoted=True),
         )

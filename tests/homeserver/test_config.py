@@ -493,3 +493,13 @@ def test_bad_registration_shared_secret(tmp_path: Path, data: dict[str, Any], ke
     with pytest.raises(ConfigError) as excinfo:
         load_config(write_config(tmp_path, {"server_name": "example.org", **data}))
     assert keys_of(problems_of(excinfo)) == [key], problems_of(excinfo)
+
+
+def test_listener_x_forwarded(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, {"server_name": "example.org", "listeners": [
+        {"port": 8008, "x_forwarded": True}, {"port": 8009}]}))
+    assert [lst.x_forwarded for lst in config.listeners] == [True, False]
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write_config(tmp_path, {"server_name": "example.org", "listeners": [
+            {"port": 8008, "x_forwarded": "yes"}]}))
+    assert keys_of(problems_of(excinfo)) == ["listeners[0].x_forwarded"]
