@@ -78,6 +78,12 @@ async def _start_listener(services: Services, listener: ListenerConfig,
 
 async def serve(config: HomeserverConfig) -> None:
     """Run until SIGTERM or SIGINT, then finish in-flight requests and close the database."""
+    if config.registration.enabled and not config.registration.require_token:
+        # (Synapse refuses to start so; we say it loudly.)
+        logger.warning("Open registration: anyone who can reach %s can create accounts on it "
+                       "(registration.enabled is true, registration.require_token false). "
+                       "Set require_token: true and hand out tokens (admin API), or turn "
+                       "registration off.", config.public_baseurl)
     services = build_services(config)
     federation = build_federation(services) if config.federation.enabled else None
     await services.start()

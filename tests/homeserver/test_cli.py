@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -457,3 +458,34 @@ def test_make_run_passes_ports_and_prints_the_real_listeners(tmp_path: Path) -> 
     assert f"ktchat show-listeners -c {data}/homeserver.yaml" in commands, commands
     assert f"ktchat run -c {data}/homeserver.yaml" in commands, commands
     assert "8008" not in commands and "8448" not in commands, commands
+
+
+# -- start-up warnings ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("registration", "warned"), [
+    ({"enabled": True, "require_token": False}, True),
+    ({"enabled": True, "require_token": True}, False),
+    ({"enabled": False, "require_token": False}, False),
+])
+def test_open_registration_is_warned_about_at_start_up(data_dir: Path, registration: dict[str, Any],
+                                                       warned: bool) -> None:
+    path = data_dir / "homeserver.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["registration"] = registration
+    port = data["listeners"][0]["port"] = _free_port()
+    data["listeners"] = data["listeners"][:1]
+    path.write_text(yaml.safe_dump(data))
+    proc = subprocess.Popen([*KTCHAT, "run", "-c", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until_serving(proc, port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    warnings = [line for line in stderr.splitlines() if " WARNING " in line]
+    if warned:
+        assert len(warnings) == 1, stderr
+        assert "registration" in warnings[0] and "require_token" in warnings[0], warnings
+    else:
+        assert warnings == [], stderr
