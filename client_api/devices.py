@@ -45,7 +45,7 @@ async def get_device(request: web.Request) -> web.Response:
 async def put_device(request: web.Request) -> web.Response:
     """PUT /_matrix/client/v3/devices/{deviceId}"""
     requester = await require_requester(request)
-    body = parse_body(DeviceUpdateBody, await read_json_object(request, allow_empty=True))
+    body = parse_body(DeviceUpdateBody, await read_json_object(request))
     devices = request.app[SERVICES].devices
     if "display_name" not in body.model_fields_set:
         # "If not given, the display name is unchanged."
@@ -60,6 +60,7 @@ async def delete_device(request: web.Request) -> web.Response:
     """DELETE /_matrix/client/v3/devices/{deviceId}"""
     services = request.app[SERVICES]
     requester = await require_requester(request)
+    # No body is the first step of UIA (as Synapse takes it: older clients send none).
     body = parse_body(AuthOnlyBody, await read_json_object(request, allow_empty=True))
     device_id = request.match_info["device_id"]
     await services.devices.get_device(requester.user_id, device_id)  # 404 before UIA

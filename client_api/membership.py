@@ -14,8 +14,10 @@ from homeserver.http.json import json_response, read_json_object
 routes = ClientRoutes()
 
 
-async def _body(request: web.Request) -> MembershipBody:
-    return parse_body(MembershipBody, await read_json_object(request, allow_empty=True))
+async def _body(request: web.Request, *, allow_empty: bool = True) -> MembershipBody:
+    """Joining and leaving take no body as ``{}``: real clients send none, and Synapse
+    accepts that though the spec requires one."""
+    return parse_body(MembershipBody, await read_json_object(request, allow_empty=allow_empty))
 
 
 def _servers(request: web.Request) -> list[str]:
@@ -48,7 +50,7 @@ async def post_join(request: web.Request) -> web.Response:
 async def post_knock(request: web.Request) -> web.Response:
     """POST /_matrix/client/v3/knock/{roomIdOrAlias}"""
     requester = await require_requester(request)
-    body = await _body(request)
+    body = await _body(request, allow_empty=False)  # as Synapse: the body is required
     room_id = await request.app[SERVICES].membership.knock(
         requester.user_id, request.match_info["room_id_or_alias"], reason=body.reason,
         servers=_servers(request))

@@ -35,7 +35,7 @@ async def post_receipt(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     requester = await require_requester(request)
     room_id = _room_id(request)
-    body = parse_body(ReceiptBody, await read_json_object(request, allow_empty=True))
+    body = parse_body(ReceiptBody, await read_json_object(request))
     await services.receipts.receipt(requester.user_id, room_id,
                                     request.match_info["receipt_type"],
                                     request.match_info["event_id"], body.thread_id)

@@ -48,7 +48,7 @@ async def post_create_room(request: web.Request) -> web.Response:
     """POST /_matrix/client/v3/createRoom"""
     services = request.app[SERVICES]
     requester = await require_requester(request)
-    body = parse_body(CreateRoomBody, await read_json_object(request, allow_empty=True))
+    body = parse_body(CreateRoomBody, await read_json_object(request))
     if body.invite_3pid:
         raise MatrixError("Third-party invites are not supported", status=400,
                           errcode="M_UNKNOWN")
@@ -195,7 +195,7 @@ async def put_redact(request: web.Request) -> web.Response:
     """PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}"""
     services = request.app[SERVICES]
     requester = await require_requester(request)
-    body = parse_body(RedactBody, await read_json_object(request, allow_empty=True))
+    body = parse_body(RedactBody, await read_json_object(request))
     content: dict[str, Any] = {"reason": body.reason} if body.reason is not None else {}
     event = await services.rooms.redact(
         _room_id(request), urllib.parse.unquote(request.match_info["event_id"]),

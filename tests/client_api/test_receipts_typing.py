@@ -438,8 +438,11 @@ async def test_receipt_errors(client: TestClient, alice: User, bob: User,
     resp = await client.post(f"{V3}/rooms/{room_id}/receipt/m.read/{event_id}", data=b"{",
                              headers=bearer(bob.token))
     assert_error(resp.status, await resp.json(), 400, "M_NOT_JSON")
-    # An empty body is allowed (older clients send none).
+    # The body is required (the spec; Synapse too since 1.6x): none at all is not JSON.
     resp = await client.post(f"{V3}/rooms/{room_id}/receipt/m.read/{event_id}",
+                             headers=bearer(bob.token))
+    assert_error(resp.status, await resp.json(), 400, "M_NOT_JSON")
+    resp = await client.post(f"{V3}/rooms/{room_id}/receipt/m.read/{event_id}", json={},
                              headers=bearer(bob.token))
     assert (resp.status, await resp.json()) == (200, {})
 
