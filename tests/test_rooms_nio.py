@@ -116,3 +116,25 @@ async def test_devices_listing(alice_bob: tuple[nio.AsyncClient, nio.AsyncClient
     listed = await alice.devices()
     assert isinstance(listed, nio.DevicesResponse), listed
     assert alice.device_id in {d.id for d in listed.devices}
+
+
+async def test_room_messages_from_sync_token(
+        alice_bob: tuple[nio.AsyncClient, nio.AsyncClient]) -> None:
+    """``room_messages(start=next_batch)``: the last messages before a sync, as
+    matrix-commander --tail asks for them."""
+    alice, _ = alice_bob
+    created = await alice.room_create(name="Tail")
+    assert isinstance(created, nio.RoomCreateResponse), created
+    for i in range(5):
+        sent = await alice.room_send(created.room_id, "m.room.message",
+                                     {"msgtype": "m.text", "body": f"tail {i}"})
+        assert isinstance(sent, nio.RoomSendResponse), sent
+    synced = await alice.sync(timeout=0)
+    assert isinstance(synced, nio.SyncResponse), synced
+    page = await alice.room_messages(created.room_id, start=synced.next_batch, limit=3)
+    assert isinstance(page, nio.RoomMessagesResponse), page
+    assert [e.body for e in page.chunk] == ["tail 4", "tail 3", "tail 2"]
+    later = await alice.room_messages(created.room_id, start=synced.next_batch, limit=10,
+                                      direction=nio.MessageDirection.front)
+    assert isinstance(later, nio.RoomMessagesResponse), later
+    assert later.chunk == []

@@ -18,6 +18,11 @@ from storage.stores.rooms import RoomStore
 from storage.stores.state import StateKey, StateMap, StateStore
 
 _TOKEN_RE = re.compile(r"^t(-?\d+)-(-?\d+)$")
+# A /sync token (``SyncToken`` in services/sync.py): the events stream position comes first.
+_SYNC_TOKEN_RE = re.compile(r"^s(\d+)(?:_\d+){0,5}$")
+# A place before every event (depths are never negative): for a sync token from before the
+# room had any event.
+_BEFORE_EVERYTHING = (-1, 0)
 MAX_PAGE = 1000
 _SCAN_ROUNDS = 10
 
@@ -34,6 +39,12 @@ def parse_token(token: str) -> tuple[int, int]:
     if match is None:
         raise InvalidParam("Invalid pagination token")
     return int(match.group(1)), int(match.group(2))
+
+
+def sync_token_position(token: str) -> int | None:
+    """The events stream position of a /sync token, or None if ``token`` is not one."""
+    match = _SYNC_TOKEN_RE.match(token)
+    return int(match.group(1)) if match is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +117,22 @@ class MessageService:
                                                 requester_user=reader.user_id,
                                                 now=self._clock.time_ms())
 
+    async def _position(self, room_id: str, token: str) -> tuple[int, int]:
+        """The place a token names, as the ``(depth, stream)`` of the event just before it.
+
+        Besides its own tokens, /messages takes any token /sync gave (the spec allows it;
+        matrix-nio's ``room_messages(start=next_batch)`` relies on it): that names the place
+        just after the room's last event the sync covered, so backwards from it come the
+        newest events at or before it, forwards what came after.
+
+        Raises:
+            InvalidParam: neither a pagination token nor a sync token.
+        """
+        stream = sync_token_position(token)
+        if stream is None:
+            return parse_token(token)
+        return await self._events.position_at_stream(room_id, stream) or _BEFORE_EVERYTHING
+
     async def get_event(self, reader: Reader, room_id: str, event_id: str) -> dict[str, Any]:
         await self.access(reader.user_id, room_id)
         stored = await self._events.get_event(event_id)
@@ -123,8 +150,8 @@ class MessageService:
         limit = max(0, min(limit, MAX_PAGE))
         # Internally both bounds are exclusive event positions; a token is the place just
         # after its position, so the events at or before it are behind it.
-        start = parse_token(from_token) if from_token else None
-        end = parse_token(to_token) if to_token else None
+        start = await self._position(room_id, from_token) if from_token else None
+        end = await self._position(room_id, to_token) if to_token else None
         if backwards and start is not None:
             start = (start[0], start[1] + 1)
         if not backwards and end is not None:
@@ -281,7 +308,7 @@ class MessageService:
         access = await self.access(reader.user_id, room_id)
         group = access.state_group
         if at is not None:
-            depth, stream = parse_token(at)
+            depth, stream = await self._position(room_id, at)
             page = await self._events.paginate(room_id, before=(depth, stream + 1),
                                                backwards=True, limit=1)
             if page:

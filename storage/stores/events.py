@@ -463,6 +463,18 @@ class EventStore:
             rows = await conn.execute(query.limit(limit))
             return [_stored(r) for r in rows]
 
+    async def position_at_stream(self, room_id: str, stream: int) -> tuple[int, int] | None:
+        """The topologically last ``(depth, stream_ordering)`` of the room's timeline events
+        at or before stream position ``stream`` (None if it had none yet)."""
+        async with self._db.read() as conn:
+            row = (await conn.execute(
+                select(events.c.depth, events.c.stream_ordering)
+                .where(events.c.room_id == room_id, events.c.stream_ordering.is_not(None),
+                       events.c.stream_ordering <= stream)
+                .order_by(events.c.depth.desc(), events.c.stream_ordering.desc())
+                .limit(1))).first()
+        return (int(row.depth), int(row.stream_ordering)) if row is not None else None
+
     async def backward_extremities(self, room_id: str, oldest: int = 20
                                    ) -> tuple[list[str], int | None]:
         """Where the room's history here begins, for backfill: the prev events of its

@@ -217,6 +217,72 @@ async def test_bad_token(client: TestClient, alice: User) -> None:
     room_id = await create_room(client, alice)
     status, body = await messages(client, alice, room_id, **{"from": "garbage"})
     assert status == 400, body
+    for token in ("s", "s1_x", "s-1", "t1", "s1_2_3_4_5_6_7"):
+        for key in ("from", "to"):
+            status, body = await messages(client, alice, room_id, **{key: token})
+            assert_error(status, body, 400, "M_INVALID_PARAM")
+
+
+async def next_batch(client: TestClient, user: User) -> str:
+    status, body = await api(client, "GET", "/sync", user, query={"timeout": "0"}, spec=False)
+    assert status == 200, body
+    return str(body["next_batch"])
+
+
+async def test_sync_tokens_as_from_and_to(client: TestClient, alice: User, bob: User) -> None:
+    """The spec lets /messages take any token /sync gave (``next_batch``, as matrix-nio's
+    ``room_messages(start=next_batch)`` and matrix-commander's --tail send it): it names the
+    place just after what that sync had, so backwards gives the newest events up to it and
+    forwards what came after."""
+    room_id = await create_room(client, alice, preset="public_chat")
+    for n in range(5):
+        await send_text(client, alice, room_id, f"m{n}")
+    since = await next_batch(client, alice)
+    for n in range(5, 10):
+        await send_text(client, alice, room_id, f"m{n}")
+    now = await next_batch(client, alice)
+
+    # Backwards from it: m4 down, page by page, with `start` echoing it.
+    status, page = await messages(client, alice, room_id, limit=3, **{"from": since})
+    assert status == 200, page
+    assert bodies(page["chunk"]) == ["m4", "m3", "m2"]
+    assert page["start"] == since
+    rest = await page_through(client, alice, room_id, "b", 3, **{"from": page["end"]})
+    assert bodies(rest) == ["m1", "m0"]
+    # Forwards from it: what came after.
+    status, page = await messages(client, alice, room_id, dir="f", limit=100,
+                                  **{"from": since})
+    assert status == 200, page
+    assert bodies(page["chunk"]) == [f"m{n}" for n in range(5, 10)]
+    assert "end" not in page
+    # The newest token backwards is the whole room, newest first.
+    status, page = await messages(client, alice, room_id, limit=100, **{"from": now})
+    assert bodies(page["chunk"]) == [f"m{n}" for n in range(9, -1, -1)]
+    # As `to`: backwards from the newest down to it, forwards from the start up to it.
+    status, page = await messages(client, alice, room_id, limit=100, to=since)
+    assert status == 200, page
+    assert bodies(page["chunk"]) == [f"m{n}" for n in range(9, 4, -1)]
+    status, page = await messages(client, alice, room_id, dir="f", limit=100, to=since)
+    assert bodies(page["chunk"]) == [f"m{n}" for n in range(5)]
+    status, page = await messages(client, alice, room_id, dir="f", limit=100,
+                                  **{"from": since, "to": now})
+    assert bodies(page["chunk"]) == [f"m{n}" for n in range(5, 10)]
+    # Members as of a sync token (the spec's `at`: a token from /sync).
+    status, body = await api(client, "GET", f"/rooms/{room_id}/members", alice,
+                             query={"at": since})
+    assert status == 200, body
+    assert {e["state_key"] for e in body["chunk"]} == {alice.user_id}
+
+    # A token from before the room: nothing behind it, everything after it.
+    status, page = await messages(client, bob, room_id, limit=100,
+                                  **{"from": "s0_0_0_0_0_0"})
+    assert status == 403, page  # bob is not in the room (yet)
+    await join(client, bob, room_id)
+    status, page = await messages(client, bob, room_id, limit=100, **{"from": "s0"})
+    assert (status, page["chunk"]) == (200, []), page
+    assert "end" not in page
+    status, page = await messages(client, bob, room_id, dir="f", limit=100, **{"from": "s0"})
+    assert bodies(page["chunk"]) == [f"m{n}" for n in range(10)]
 
 
 # -- /context ---------------------------------------------------------------------------------
