@@ -108,7 +108,7 @@ class SearchService:
         found, more = await self._visible_hits(reader, search, event_filter, limit,
                                                offset, before)
         body: dict[str, Any] = {
-            "count": await self._store.count(search),
+            "count": await self._count(reader.user_id, search),
             "highlights": sorted(self._highlights(query, [e for e, _ in found])),
             "results": [],
         }
@@ -161,6 +161,15 @@ class SearchService:
                 before = hits[-1].nid
         # Many invisible matches in a row: hand back a token to go on from.
         return found, self._token(search.by_rank, offset, before)
+
+    async def _count(self, user_id: str, search: SearchQuery) -> int:
+        """How many matches the user may see (up to ``MAX_CANDIDATES`` matches): what they
+        cleared is left out in the count's query, and history visibility is judged once per
+        state the matches were sent in — a few queries however many rooms and matches."""
+        last_joins = await self._events.last_join_positions(user_id, search.room_ids)
+        counts = await self._store.count_by_state(search, user_id, last_joins)
+        return await self._visibility.count_visible(
+            user_id, [(c.state_group, c.joined_later, c.count) for c in counts])
 
     @staticmethod
     def _token(by_rank: bool, offset: int, before: int | None) -> str:

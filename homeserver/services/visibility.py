@@ -9,11 +9,11 @@ so everyone sees their own join and leave. A user who cleared their history of a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from homeserver.services.history import ClearedHistory, hidden
 from storage.stores.events import EventStore, StoredEvent
-from storage.stores.state import StateStore
+from storage.stores.state import StateKey, StateMap, StateStore
 
 HISTORY_VISIBILITY = ("m.room.history_visibility", "")
 
@@ -39,17 +39,28 @@ class VisibilityService:
             return "shared", None
         member_key = ("m.room.member", user_id)
         state = await self._state.state_at_group(group, only=[HISTORY_VISIBILITY, member_key])
-        visibility, membership = "shared", None
-        loaded = await self._state_contents(list(state.values()))
-        if HISTORY_VISIBILITY in state:
-            value = loaded.get(state[HISTORY_VISIBILITY], {}).get("history_visibility")
-            if isinstance(value, str):
-                visibility = value
-        if member_key in state:
-            value = loaded.get(state[member_key], {}).get("membership")
-            if isinstance(value, str):
-                membership = value
-        return visibility, membership
+        return _read(state, await self._state_contents(list(state.values())), member_key)
+
+    async def count_visible(self, user_id: str,
+                            counts: Iterable[tuple[int | None, bool, int]]) -> int:
+        """How many of some events ``user_id`` may see, from counts of them by the state
+        before them and by whether the user joined after them: ``(state group, joined
+        later, how many)``. For events that are neither the user's own membership nor a
+        change of visibility (their rules differ), such as search matches; cleared history
+        is the caller's to leave out. A few queries whatever the number of groups."""
+        counts = list(counts)
+        member_key = ("m.room.member", user_id)
+        states = await self._state.states_at_groups(
+            (group for group, _, _ in counts), only=[HISTORY_VISIBILITY, member_key])
+        contents = await self._state_contents(
+            [e for state in states.values() for e in state.values()])
+        total = 0
+        for group, joined_later, how_many in counts:
+            visibility, membership = (_read(states.get(group, {}), contents, member_key)
+                                      if group is not None else ("shared", None))
+            if _allowed(visibility, membership, joined_later):
+                total += how_many
+        return total
 
     async def _state_contents(self, event_ids: list[str]) -> dict[str, dict[str, object]]:
         events = await self._events.get_events(event_ids)
@@ -88,6 +99,21 @@ class VisibilityService:
             if _allowed(visibility, membership, joined_later):
                 out.append(event)
         return out
+
+
+def _read(state: StateMap, contents: Mapping[str, Mapping[str, object]], member_key: StateKey
+          ) -> tuple[str, str | None]:
+    """``(history_visibility, membership)`` from a state's two events."""
+    visibility, membership = "shared", None
+    if HISTORY_VISIBILITY in state:
+        value = contents.get(state[HISTORY_VISIBILITY], {}).get("history_visibility")
+        if isinstance(value, str):
+            visibility = value
+    if member_key in state:
+        value = contents.get(state[member_key], {}).get("membership")
+        if isinstance(value, str):
+            membership = value
+    return visibility, membership
 
 
 def _allowed(visibility: str, membership: str | None, joined_later: bool) -> bool:

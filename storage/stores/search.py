@@ -4,19 +4,21 @@ Candidates are found, filtered by room and key and ordered in the index alone; o
 returned is joined to ``events``. "Newest first" walks the index backwards and stops at the
 page. Ranking considers the newest ``MAX_CANDIDATES`` matches (every match of all but the
 most common words), so a word in half a million messages costs a bounded amount; the count
-stops there too.
+stops there too. The count leaves out what the searcher cleared from their history in the
+query itself, and hands back the rest grouped by the state before them, for history
+visibility to judge a group at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, literal_column, select
+from sqlalchemy import Select, and_, case, false, func, literal_column, or_, select, tuple_
 
 from storage.engine import DatabaseEngine
-from storage.schema import events
+from storage.schema import events, history_cleared
 from storage.search_index import fts5, tsv
 from storage.search_text import Query, fts5_query, tsquery
 
@@ -29,6 +31,16 @@ class SearchHit:
     room_id: str
     nid: int  # the event's numeric ID: grows with the stream ("recent" pages by it)
     rank: float
+
+
+@dataclass(frozen=True, slots=True)
+class MatchCount:
+    """How many matches share the state before them and whether the searcher joined the room
+    after them (what history visibility decides by)."""
+
+    state_group: int | None
+    joined_later: bool
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +57,10 @@ class SearchStore:
     def __init__(self, engine: DatabaseEngine) -> None:
         self._db = engine
 
-    def _matches(self, q: SearchQuery, before_nid: int | None, *columns: Any) -> Select[Any]:
-        """The matching index entries (newest first) in the rooms and keys asked for."""
+    def _matches(self, q: SearchQuery, before_nid: int | None, *columns: Any,
+                 not_cleared_by: str | None = None) -> Select[Any]:
+        """The matching index entries (newest first) in the rooms and keys asked for (and,
+        with ``not_cleared_by``, not cleared from that user's history nor rejected)."""
         if self._db.is_sqlite:
             index, nid = fts5, fts5.c.rowid
             match = literal_column("event_search").op("MATCH")(fts5_query(q.query))
@@ -55,8 +69,17 @@ class SearchStore:
             match = tsv.c.vector.op("@@")(func.to_tsquery("simple", tsquery(q.query)))
         query = select(*columns).select_from(index).where(
             match, index.c.room_id.in_(list(q.room_ids)), index.c.kind.in_(list(q.kinds)))
-        if q.senders is not None or q.not_senders:
+        if q.senders is not None or q.not_senders or not_cleared_by is not None:
             query = query.join(events, events.c.nid == nid)
+            if not_cleared_by is not None:
+                # The point each room is cleared up to, per room in the query itself.
+                query = query.outerjoin(history_cleared, and_(
+                    history_cleared.c.user_id == not_cleared_by,
+                    history_cleared.c.room_id == events.c.room_id)).where(
+                    events.c.rejected_reason.is_(None),
+                    or_(history_cleared.c.room_id.is_(None),
+                        tuple_(events.c.depth, events.c.stream_ordering)
+                        > tuple_(history_cleared.c.depth, history_cleared.c.stream_ordering)))
             if q.senders is not None:
                 query = query.where(events.c.sender.in_(list(q.senders)))
             if q.not_senders:
@@ -95,13 +118,23 @@ class SearchStore:
             rows = await conn.execute(page.limit(limit).offset(offset))
             return [SearchHit(r.event_id, r.room_id, int(r.nid), float(r.score)) for r in rows]
 
-    async def count(self, q: SearchQuery) -> int:
-        """How many events match, up to ``MAX_CANDIDATES`` (before history visibility: an
-        estimate for clients)."""
+    async def count_by_state(self, q: SearchQuery, user_id: str,
+                             last_joins: Mapping[str, int]) -> list[MatchCount]:
+        """The newest ``MAX_CANDIDATES`` matches ``user_id`` has not cleared from their
+        history, counted by the state before them and by whether the user joined the room
+        after them (``last_joins``: room -> stream ordering of the user's last join), for
+        ``VisibilityService.count_visible``. One query."""
         if not q.room_ids or not q.kinds:
-            return 0
-        key = fts5.c.rowid if self._db.is_sqlite else tsv.c.nid
-        sub = self._matches(q, None, key).limit(MAX_CANDIDATES).subquery()
+            return []
+        later: Any = false()
+        if last_joins:
+            later = case(dict(last_joins), value=events.c.room_id,
+                         else_=None) > events.c.stream_ordering
+        sub = self._matches(q, None, events.c.state_group_before.label("state_group"),
+                            later.label("later"), not_cleared_by=user_id
+                            ).limit(MAX_CANDIDATES).subquery()
+        counted = (select(sub.c.state_group, sub.c.later, func.count().label("n"))
+                   .group_by(sub.c.state_group, sub.c.later))
         async with self._db.read() as conn:
-            return int((await conn.execute(select(func.count()).select_from(sub))).scalar()
-                       or 0)
+            rows = await conn.execute(counted)
+            return [MatchCount(r.state_group, bool(r.later), int(r.n)) for r in rows]

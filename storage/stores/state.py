@@ -160,6 +160,44 @@ class StateStore:
         event_ids = await self._event_ids_for_nids(nids.values())
         return {keys[k]: event_ids[e] for k, e in nids.items() if e in event_ids}
 
+    async def states_at_groups(self, group_ids: Iterable[int | None], *,
+                               only: Sequence[StateKey]) -> dict[int, StateMap]:
+        """Some keys of the state of many groups: one query for all their layers, then each
+        group's keys read off its few layers (top first) without building its full state."""
+        groups = sorted({g for g in group_ids if g is not None})
+        wanted = await self.key_nids(only)
+        if not groups:
+            return {}
+        key_of = {nid: key for key, nid in wanted.items()}
+        await self.prefetch_chains(groups)
+        # Per layer, only the pairs of the wanted keys (a room's root layer is big and shared).
+        subsets: dict[int, tuple[dict[int, int], set[int]]] = {}
+        picked: dict[int, dict[int, int]] = {}
+        for group in groups:
+            found: dict[int, int] = {}
+            open_keys = set(key_of)
+            for layer in reversed(await self.chain(group)):
+                if not open_keys:
+                    break
+                subset = subsets.get(layer.group_id)
+                if subset is None:
+                    subset = subsets[layer.group_id] = (
+                        {k: e for k, e in layer.added if k in key_of},
+                        {k for k, _ in layer.removed if k in key_of})
+                added, removed = subset
+                for key in list(open_keys):
+                    # A layer removes, then adds: what it adds is the key's value.
+                    if key in added:
+                        found[key] = added[key]
+                        open_keys.discard(key)
+                    elif key in removed:
+                        open_keys.discard(key)
+            picked[group] = found
+        event_ids = await self._event_ids_for_nids(
+            e for found in picked.values() for e in found.values())
+        return {group: {key_of[k]: event_ids[e] for k, e in found.items() if e in event_ids}
+                for group, found in picked.items()}
+
     def remember_event_nid(self, nid: int, event_id: str) -> None:
         """An event's nid never changes: cache the mapping (state maps are in nids)."""
         self._event_ids[nid] = event_id

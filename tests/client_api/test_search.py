@@ -705,6 +705,9 @@ async def test_history_visibility(client: TestClient, alice: User, bob: User,
     assert await bodies(client, alice, "needle") == {
         "needle joined after", "needle shared before", "needle shared after",
         "needle invited during", "needle invited after"}
+    # The count is of what she may see too.
+    assert (await search(client, alice, "needle"))["count"] == 5
+    assert (await search(client, bob, "needle"))["count"] == 7
     for order in ("rank", "recent"):
         got = await page_all(client, alice, "needle", 2, order_by=order)
         assert "needle joined before" not in {r["result"]["content"]["body"] for r in got}
@@ -732,7 +735,9 @@ async def test_after_leaving_and_forgetting(client: TestClient, alice: User, bob
     assert status == 200, data
 
     assert await bodies(client, alice, "needle") == {"needle early", "needle mine"}
+    assert (await search(client, alice, "needle"))["count"] == 2
     assert await bodies(client, alice, "late") == set()
+    assert (await search(client, alice, "late"))["count"] == 0
     assert await bodies(client, alice, "needle", keys=["content.topic"]) == set()
     res = await search(client, alice, "needle", event_context={"after_limit": 10})
     assert "needle late" not in str(res)
@@ -758,13 +763,19 @@ async def test_cleared_history(client: TestClient, alice: User, bob: User) -> No
     await clear_history(client, alice, room, two)
     assert await bodies(client, alice, "needle") == {"needle three"}
     assert await bodies(client, bob, "needle") == {"needle one", "needle two", "needle three"}
+    # The count leaves out what she cleared (and only for her).
+    assert (await search(client, alice, "needle"))["count"] == 1
+    assert (await search(client, alice, "needle", filter={"limit": 1}))["count"] == 1
+    assert (await search(client, bob, "needle"))["count"] == 3
     res = await search(client, alice, "three", event_context={"before_limit": 10})
     assert "needle two" not in str(res) and "needle one" not in str(res)
 
     await clear_history(client, alice, room)
     assert await bodies(client, alice, "needle") == set()
+    assert (await search(client, alice, "needle"))["count"] == 0
     await send_text(client, bob, room, "needle four")
     assert await bodies(client, alice, "needle") == {"needle four"}
+    assert (await search(client, alice, "needle"))["count"] == 1
     res = await search(client, alice, "four", event_context={"before_limit": 10})
     assert "needle three" not in str(res)
     assert await bodies(client, bob, "needle") == {"needle one", "needle two", "needle three",
