@@ -9,6 +9,7 @@ from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from homeserver.appkeys import SERVICES
 from homeserver.errors import Forbidden, InvalidParam
+from homeserver.http.disconnect import disconnected
 from homeserver.http.json import encode_json, json_response, read_json_object
 from homeserver.services.auth import Requester
 from homeserver.services.filtering import SyncFilter
@@ -47,16 +48,18 @@ async def get_sync(request: web.Request) -> web.Response:
         body = await services.sync.sync(
             requester.user_id, requester.device_id, since=request.query.get("since"),
             timeout_ms=_timeout(request), full_state=_full_state(request),
-            sync_filter=sync_filter)
+            sync_filter=sync_filter, until=disconnected(request))
     return json_response(body)
 
 
 @routes.get("/org.ktchat.sse/sync", versions=("unstable",))
 async def get_sse_sync(request: web.Request) -> web.StreamResponse:
-    """GET /_matrix/client/unstable/org.ktchat.sse/sync (DESIGN.md "server-sent-events sync")
+    """GET /_matrix/client/unstable/org.ktchat.sse/sync (docs/extensions.md, "SSE sync")
 
     One ``sync`` message per batch, ``id`` = next_batch; resumable with ``Last-Event-ID``
-    or ``since``; a ``: ping`` comment whenever nothing happened for a while.
+    or ``since``; a ``: ping`` comment whenever nothing happened for a while. After the first
+    message no event is left out: a burst larger than the timeline limit goes out as several
+    messages. A client that goes away ends the stream at once, quietly.
     """
     services = request.app[SERVICES]
     requester = await require_requester(request)
@@ -71,25 +74,29 @@ async def get_sse_sync(request: web.Request) -> web.StreamResponse:
 async def _stream(request: web.Request, requester: Requester, since: str | None,
                   full_state: bool, sync_filter: SyncFilter) -> web.StreamResponse:
     services = request.app[SERVICES]
+    gone = disconnected(request)
     first = await services.sync.sync(requester.user_id, requester.device_id, since=since,
                                      timeout_ms=0, full_state=full_state,
                                      sync_filter=sync_filter)
     # aiohttp-sse writes the ": ping" comment every 15 s on its own.
-    async with sse_response(request, headers={"X-Accel-Buffering": "no"}) as stream:
-        await stream.send(encode_json(first).decode(), id=first["next_batch"],
-                          event="sync")
-        since = first["next_batch"]
-        while stream.is_connected() and not services.notifier.closing:
-            body = await services.sync.sync(requester.user_id, requester.device_id,
-                                            since=since, timeout_ms=SSE_WAIT_MS,
-                                            full_state=False, sync_filter=sync_filter)
-            if is_empty(body):
+    stream = sse_response(request, headers={"X-Accel-Buffering": "no"})
+    async with stream as response:
+        try:
+            await response.send(encode_json(first).decode(), id=first["next_batch"],
+                                event="sync")
+            since = first["next_batch"]
+            while not gone.done() and response.is_connected() \
+                    and not services.notifier.closing:
+                body = await services.sync.sync(
+                    requester.user_id, requester.device_id, since=since,
+                    timeout_ms=SSE_WAIT_MS, full_state=False, sync_filter=sync_filter,
+                    complete=True, until=gone)
                 since = body["next_batch"]
-                continue
-            await stream.send(encode_json(body).decode(), id=body["next_batch"],
-                              event="sync")
-            since = body["next_batch"]
-    return stream
+                if not is_empty(body) and not gone.done():
+                    await response.send(encode_json(body).decode(), id=since, event="sync")
+        except ConnectionError:
+            pass  # the client went away while we wrote: the stream just ends
+    return response
 
 
 @routes.post("/user/{user_id}/filter")

@@ -19,11 +19,13 @@ from homeserver.appkeys import SERVICES
 from homeserver.config import HomeserverConfig, ListenerConfig
 from homeserver.http.access_log import AccessLogger
 from homeserver.http.client_ip import x_forwarded_middleware
-from homeserver.http.middleware import cors_middleware, error_middleware
+from homeserver.http.disconnect import disconnect_middleware
+from homeserver.http.middleware import add_cors_headers, cors_middleware, error_middleware
 from homeserver.services.container import Services, build_services
 
 logger = logging.getLogger(__name__)
 
+ACCESS_LOGGER = "ktchat.access"
 # In-flight requests get this long to finish after SIGTERM.
 SHUTDOWN_GRACE_S = 10.0
 
@@ -34,10 +36,12 @@ def build_app(services: Services, resources: Iterable[str] = ("client", "federat
     """The web application serving ``resources`` (client, federation, media);
     ``x_forwarded``: it is behind a reverse proxy whose X-Forwarded-For it trusts."""
     app = web.Application(
-        middlewares=[cors_middleware, error_middleware],
+        middlewares=[disconnect_middleware(logging.getLogger(ACCESS_LOGGER)), cors_middleware,
+                     error_middleware],
         client_max_size=services.config.http.max_request_body_bytes,
         handler_args={"max_field_size": 16384},
     )
+    app.on_response_prepare.append(add_cors_headers)
     if x_forwarded:
         # First of all: every other middleware and the access log see the forwarded address.
         app.middlewares.insert(0, x_forwarded_middleware)
@@ -62,8 +66,10 @@ async def _start_listener(services: Services, listener: ListenerConfig,
     runner = web.AppRunner(build_app(services, listener.resources, federation,
                                      x_forwarded=listener.x_forwarded),
                            access_log_class=AccessLogger,
-                           access_log=logging.getLogger("ktchat.access"),
-                           shutdown_timeout=SHUTDOWN_GRACE_S)
+                           access_log=logging.getLogger(ACCESS_LOGGER),
+                           shutdown_timeout=SHUTDOWN_GRACE_S,
+                           # A client that leaves ends its waits at once (see disconnect.py).
+                           handler_cancellation=True)
     await runner.setup()
     host = None if listener.bind == "*" else listener.bind
     site = web.TCPSite(runner, host, listener.port,

@@ -68,9 +68,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answers CORS preflights; the headers themselves go on in :func:`add_cors_headers`."""
     if request.method == "OPTIONS":
-        response: web.StreamResponse = web.Response(status=204)
-    else:
-        response = await handler(request)
+        return web.Response(status=204)
+    return await handler(request)
+
+
+async def add_cors_headers(_request: web.Request, response: web.StreamResponse) -> None:
+    """CORS headers on every response as its headers are sent (``on_response_prepare``):
+    a streamed response (the SSE sync stream) sends them before its handler returns."""
     response.headers.update(CORS_HEADERS)
-    return response

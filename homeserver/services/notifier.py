@@ -9,6 +9,7 @@ dictionaries.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 
 from homeserver.services.changes import ChangeLog
@@ -19,17 +20,18 @@ class Notifier:
     def __init__(self) -> None:
         self._position = 0
         self._account_data_position = 0
-        self._by_room: dict[str, set[asyncio.Future[None]]] = {}
-        self._by_user: dict[str, set[asyncio.Future[None]]] = {}
+        # A waiter is a future whose result is the (monotonic) time it was woken.
+        self._by_room: dict[str, set[asyncio.Future[float]]] = {}
+        self._by_user: dict[str, set[asyncio.Future[float]]] = {}
         # Waiters that want the presence of the members of these rooms (whatever their room
         # filter lets through).
-        self._by_presence_room: dict[str, set[asyncio.Future[None]]] = {}
+        self._by_presence_room: dict[str, set[asyncio.Future[float]]] = {}
         # Since start-up: each room's latest event, the latest member event about each user
         # (event stream positions) and each user's latest account data change.
         self._rooms = ChangeLog()
         self._memberships = ChangeLog()
         self._account_data = ChangeLog()
-        self._any: set[asyncio.Future[None]] = set()
+        self._any: set[asyncio.Future[float]] = set()
         self.recent = RecentRoomEvents()
         # Called with (room, user) when a user stops being joined to a room (typing ends).
         self.on_left: list[Callable[[str, str], None]] = []
@@ -130,16 +132,17 @@ class Notifier:
         self._wake(self._by_user.pop(user_id, ()))
 
     @staticmethod
-    def _wake(futures: Iterable[asyncio.Future[None]]) -> None:
+    def _wake(futures: Iterable[asyncio.Future[float]]) -> None:
+        now = time.monotonic()
         for future in futures:
             if not future.done():
-                future.set_result(None)
+                future.set_result(now)
 
     async def wait_for_change(self, wait_s: float) -> bool:
         """Wait for the next new events anywhere (tests, tools); True if woken."""
         if self.closing:
             return False
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._any.add(future)
         try:
             await asyncio.wait_for(asyncio.shield(future), wait_s)
@@ -150,13 +153,16 @@ class Notifier:
             self._any.discard(future)
 
     async def wait(self, user_id: str, room_ids: Iterable[str], wait_s: float,
-                   presence_room_ids: Iterable[str] = ()) -> bool:
+                   presence_room_ids: Iterable[str] = (),
+                   until: asyncio.Future[None] | None = None) -> float | None:
         """Wait until something for ``user_id`` or one of ``room_ids`` happens (or the
-        presence of a member of ``presence_room_ids`` changes), or ``wait_s`` seconds pass;
-        True if woken."""
-        if self.closing:
-            return False
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        presence of a member of ``presence_room_ids`` changes), ``wait_s`` seconds pass, or
+        ``until`` is done (the client went away); the (monotonic) time it was woken by a
+        change, or None."""
+        if self.closing or (until is not None and until.done()):
+            return None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[float] = loop.create_future()
         # Plain lists of keys (not (key, index) pairs): an idle waiter of a user in many
         # rooms stays a few bytes per room.
         registered = [(list(room_ids), self._by_room), ([user_id], self._by_user),
@@ -164,12 +170,23 @@ class Notifier:
         for keys, index in registered:
             for key in keys:
                 index.setdefault(key, set()).add(future)
+        timer = loop.call_later(wait_s, _cancel_waiter, future)
+
+        def gone(_: asyncio.Future[None]) -> None:
+            _cancel_waiter(future)
+
+        if until is not None:
+            until.add_done_callback(gone)
         try:
-            await asyncio.wait_for(asyncio.shield(future), wait_s)
-            return True
-        except TimeoutError:
-            return False
+            return await future
+        except asyncio.CancelledError:
+            if future.cancelled() and not _current_task_cancelling():
+                return None  # timed out, or the client left
+            raise
         finally:
+            timer.cancel()
+            if until is not None:
+                until.remove_done_callback(gone)
             for keys, index in registered:
                 for key in keys:
                     waiters = index.get(key)
@@ -177,3 +194,13 @@ class Notifier:
                         waiters.discard(future)
                         if not waiters:
                             del index[key]
+
+
+def _cancel_waiter(future: asyncio.Future[float]) -> None:
+    if not future.done():
+        future.cancel()
+
+
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

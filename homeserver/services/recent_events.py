@@ -9,6 +9,7 @@ persister adds every event here as it commits, so those reads need no query. Wha
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from typing import Literal
 
 
 class RecentRoomEvents:
@@ -84,3 +85,25 @@ class RecentRoomEvents:
                 picked.append(event_id)
         picked.reverse()
         return picked
+
+    def overflow_position(self, room_id: str, after: int, up_to: int, limit: int
+                          ) -> int | Literal[False] | None:
+        """The stream ordering of the room's ``limit``-th event after ``after`` when it has
+        more than ``limit`` in ``(after, up_to]`` (None when it has no more), or False when
+        memory does not reach back to ``after``."""
+        entry = self._rooms.get(room_id)
+        if entry is None:
+            return None if after >= self._floor else False
+        floor, events = entry
+        if after < floor:
+            return False
+        # Walk back from the newest to `after`: the cost is what the client lacks.
+        in_window: list[int] = []
+        for position, _ in reversed(events):
+            if position <= after:
+                break
+            if position <= up_to:
+                in_window.append(position)
+        if len(in_window) <= limit:
+            return None
+        return in_window[-limit]  # newest first: the limit-th oldest

@@ -103,6 +103,11 @@ class SentMembers:
 
 class SyncService:
     DEVICES = 10_000
+    # While the server is behind (a waiter runs this long after it was woken), a device's
+    # next incremental response waits until MIN_INTERVAL_S after its previous one, so a busy
+    # room reaches each connection in batches instead of one response per event per
+    # connection. A server keeping up answers every waiter the moment something is committed.
+    BUSY_LAG_S = 0.010
     MIN_INTERVAL_S = 0.075
 
     def __init__(self, sync_store: SyncStore, events: EventStore, state: StateStore,
@@ -138,57 +143,72 @@ class SyncService:
                          self._typing.position, self._to_device.position)
 
     async def sync(self, user_id: str, device_id: str | None, *, since: str | None,
-                   timeout_ms: int, full_state: bool, sync_filter: SyncFilter
+                   timeout_ms: int, full_state: bool, sync_filter: SyncFilter,
+                   complete: bool = False, until: asyncio.Future[None] | None = None
                    ) -> dict[str, Any]:
-        """One /sync response; waits up to ``timeout_ms`` when there is nothing new."""
+        """One /sync response; waits up to ``timeout_ms`` when there is nothing new.
+
+        Args:
+            complete: never leave events out: when more are pending in a room than the
+                timeline limit, answer with the oldest of them (``next_batch`` stops there)
+                instead of the newest with ``limited`` (the SSE stream's contract).
+            until: stop waiting when this is done (the client went away).
+        """
         since_token = SyncToken.parse(since) if since else None
         deadline = time.monotonic() + timeout_ms / 1000
         device = (user_id, device_id)
-        if since_token is not None:
-            await self._pace(device, deadline)
         now = self.current_token()
         if since_token is not None:
             since_token = since_token.at_most(now)
         response, rooms, presence_rooms = await self._build(
-            user_id, device_id, since_token, now, full_state, sync_filter)
+            user_id, device_id, since_token, now, full_state, sync_filter, complete)
         while since_token is not None and is_empty(response):
             # Wait for something new; what wakes us may turn out to be nothing for this
             # request (its filter), so wait again until the timeout. Something committed while
             # the response was being built is looked at at once (no await between the check
             # and the waiter's registration, so nothing slips in between).
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            reached = SyncToken.parse(response["next_batch"])
+            if reached.events < now.events:
+                # A complete response stopped short of `now` with nothing for this user: go
+                # on from there at once.
+                since_token = reached
+            elif (remaining := deadline - time.monotonic()) <= 0:
                 break
-            if self.current_token() == now and \
-                    not await self._notifier.wait(user_id, rooms, remaining, presence_rooms):
-                break
-            await self._pace(device, deadline)
+            elif self.current_token() == now:
+                woken = await self._notifier.wait(user_id, rooms, remaining, presence_rooms,
+                                                  until)
+                if woken is None:
+                    break
+                if time.monotonic() - woken > self.BUSY_LAG_S:
+                    await self._pace(device, deadline, until)
             now = self.current_token()
             response, rooms, presence_rooms = await self._build(
-                user_id, device_id, since_token, now, full_state, sync_filter)
+                user_id, device_id, since_token, now, full_state, sync_filter, complete)
         if since_token is not None and not is_empty(response):
             self._last_sent[device] = time.monotonic()
         return response
 
-    async def _pace(self, device: tuple[str, str | None], deadline: float) -> None:
-        """Hold a device's next incremental response until MIN_INTERVAL_S after its last
-        one: a busy room then reaches each connection in batches instead of one response
-        per event per connection (which costs every side far more than it gains). A quiet
-        device is not held at all."""
+    async def _pace(self, device: tuple[str, str | None], deadline: float,
+                    until: asyncio.Future[None] | None) -> None:
+        """The server is behind: hold a device's next incremental response until
+        MIN_INTERVAL_S after its last one (a device that was quiet is not held)."""
         last = self._last_sent.get(device)
         if last is None:
             return
         hold = min(last + self.MIN_INTERVAL_S, deadline) - time.monotonic()
         if hold > 0:
-            await asyncio.sleep(hold)
+            if until is None:
+                await asyncio.sleep(hold)
+            else:
+                await asyncio.wait([until], timeout=hold)
 
     async def _build(self, user_id: str, device_id: str | None, since: SyncToken | None,
-                     now: SyncToken, full_state: bool, sync_filter: SyncFilter
-                     ) -> tuple[dict[str, Any], list[str], list[str]]:
+                     now: SyncToken, full_state: bool, sync_filter: SyncFilter,
+                     complete: bool) -> tuple[dict[str, Any], list[str], list[str]]:
         """The response, the rooms whose events it follows, and the rooms whose members'
         presence it follows (what a long poll waits on)."""
         builder = _ResponseBuilder(self, user_id, device_id, since, now, full_state,
-                                   sync_filter)
+                                   sync_filter, complete)
         return await builder.build()
 
 
@@ -205,8 +225,9 @@ class _ResponseBuilder:
 
     def __init__(self, service: SyncService, user_id: str, device_id: str | None,
                  since: SyncToken | None, now: SyncToken, full_state: bool,
-                 sync_filter: SyncFilter) -> None:
+                 sync_filter: SyncFilter, complete: bool = False) -> None:
         self.s = service
+        self.complete = complete
         self.user_id = user_id
         self.device_id = device_id
         self.since = since
@@ -227,6 +248,8 @@ class _ResponseBuilder:
             # The client starts over: whatever it was sent before is gone with its cache.
             self.s.sent_members.reset(self.user_id, self.device_id)
         memberships = await self.s._members.memberships(self.user_id)
+        if self.complete and self.since is not None and self.limit:
+            memberships = await self._cut_where_complete(memberships)
         changes: list[MembershipChange] = []
         if self.since is not None and self.s._notifier.membership_changed_since(
                 self.user_id, self.since.events):
@@ -274,6 +297,61 @@ class _ResponseBuilder:
             if self.s._presence.enabled and self.filter.presence.allows_type("m.presence") \
             else []
         return response, joined, presence_rooms
+
+    async def _cut_where_complete(self, memberships: dict[str, tuple[str, str]]
+                                  ) -> dict[str, tuple[str, str]]:
+        """Complete mode: end this response's event window where no room has more events
+        in it than the timeline limit (at the limit-th event after ``since`` of the busiest
+        room); returns the memberships as they were there."""
+        assert self.since is not None
+        since, up_to = self.since.events, self.now.events
+        # The rooms whose events this response may carry: those the user is in, and those
+        # whose membership of theirs changed since `since`.
+        moved: set[str] = set()
+        if self.s._notifier.membership_changed_since(self.user_id, since):
+            moved = {c.room_id for c in await self.s._store.membership_changes(
+                self.user_id, since, up_to)}
+        rooms = [r for r, (m, _) in memberships.items() if self.filter.room_allowed(r)
+                 and (m == "join" or r in moved)
+                 and self.s._notifier.room_changed_since(r, since)]
+        if not rooms:
+            return memberships
+        cut = up_to
+        recent = self.s._notifier.recent
+        missing = []
+        for room_id in rooms:
+            position = recent.overflow_position(room_id, since, up_to, self.limit)
+            if position is False:
+                missing.append(room_id)
+            elif position is not None:
+                cut = min(cut, position)
+        if missing:
+            cut = min([cut, *(await self.s._store.overflow_positions(
+                missing, after=since, up_to=up_to, limit=self.limit)).values()])
+        if cut == up_to:
+            return memberships
+        self.now = replace(self.now, events=cut)
+        if not self.s._notifier.membership_changed_since(self.user_id, cut):
+            return memberships
+        # The user's own membership changed after the cut: what it was there is what the
+        # first change after it replaced.
+        later = await self.s._store.membership_changes(self.user_id, cut, up_to)
+        first_after: dict[str, str] = {}
+        for change in later:
+            first_after.setdefault(change.room_id, change.event_id)
+        changed = await self.s._events.get_events(first_after.values())
+        replaced = await self.s._events.get_events(
+            e.replaces_state for e in changed.values() if e.replaces_state)
+        at_cut = dict(memberships)
+        for room_id, event_id in first_after.items():
+            event = changed.get(event_id)
+            before = replaced.get(event.replaces_state or "") if event is not None else None
+            if before is None:
+                at_cut.pop(room_id, None)
+            else:
+                at_cut[room_id] = (str((before.pdu.get("content") or {}).get("membership")),
+                                   before.event_id)
+        return at_cut
 
     # -- to-device messages -----------------------------------------------------------------
 

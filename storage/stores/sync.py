@@ -107,6 +107,32 @@ class SyncStore:
                     out[row.room_id].append(row.event_id)
         return out
 
+    async def overflow_positions(self, room_ids: Sequence[str], *, after: int, up_to: int,
+                                 limit: int) -> dict[str, int]:
+        """For each room with more than ``limit`` events in ``(after, up_to]``, the stream
+        ordering of the ``limit``-th of them (oldest first)."""
+        out: dict[str, int] = {}
+        rank = func.row_number().over(partition_by=events.c.room_id,
+                                      order_by=events.c.stream_ordering).label("rank")
+        for i in range(0, len(room_ids), _CHUNK):
+            chunk = list(room_ids[i:i + _CHUNK])
+            ranked = (select(events.c.room_id, events.c.stream_ordering, rank)
+                      .where(and_(events.c.room_id.in_(chunk),
+                                  events.c.stream_ordering > after,
+                                  events.c.stream_ordering <= up_to,
+                                  events.c.rejected_reason.is_(None)))
+                      .subquery())
+            async with self._db.read() as conn:
+                rows = await conn.execute(
+                    select(ranked.c.room_id, ranked.c.stream_ordering, ranked.c.rank)
+                    .where(ranked.c.rank.in_([limit, limit + 1])))
+                found: dict[str, dict[int, int]] = {}
+                for row in rows:
+                    found.setdefault(row.room_id, {})[row.rank] = row.stream_ordering
+            out.update({r: ranks[limit] for r, ranks in found.items()
+                        if limit in ranks and limit + 1 in ranks})
+        return out
+
     async def rooms_with_events(self, room_ids: Sequence[str], *, after: int, up_to: int
                                 ) -> set[str]:
         """Which of the rooms have events in ``(after, up_to]``."""

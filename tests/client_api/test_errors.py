@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from homeserver.errors import Forbidden
-from homeserver.http.middleware import cors_middleware, error_middleware
+from homeserver.http.middleware import add_cors_headers, cors_middleware, error_middleware
 from tests.conftest import bearer, register_user
 from tests.helpers.spec import assert_matches_spec
 
@@ -498,6 +498,7 @@ def _exploding_app() -> web.Application:
         raise Forbidden("Not for you")
 
     app = web.Application(middlewares=[cors_middleware, error_middleware])
+    app.on_response_prepare.append(add_cors_headers)
     app.router.add_get("/explode", explode)
     app.router.add_get("/key/{key}", key_error)
     app.router.add_get("/forbidden", forbidden)

@@ -343,3 +343,144 @@ async def test_errors_before_streaming(client: TestClient) -> None:
     assert_error(resp.status, await resp.json(), 400, "M_NOT_JSON")
     resp = await client.get(SSE, params={"filter": "31337"}, headers=bearer(alice.token))
     assert_error(resp.status, await resp.json(), 404, "M_NOT_FOUND")
+
+
+# -- bursts: a live stream never folds events into a limited batch ------------------------------
+
+async def _stream_burst(client: TestClient, limit: int, per_sender: int) -> None:
+    """Three users each send ``per_sender`` messages at once while bob follows the room with
+    timeline limit ``limit``: every event reaches him once, in the room's order, in messages
+    of at most ``limit`` events, none of them limited."""
+    alice, bob = await new_user(client, "alice"), await new_user(client, "bob")
+    carol, dan = await new_user(client, "carol"), await new_user(client, "dan")
+    room_id = await create_room(client, alice, preset="public_chat")
+    for user in (bob, carol, dan):
+        await join(client, user, room_id)
+    sync_filter = json.dumps({"room": {"timeline": {"limit": limit}}})
+    received: list[str] = []
+    async with open_stream(client, bob, filter=sync_filter) as stream:
+        await stream.next_sync()
+
+        async def send_many(user: User) -> list[str]:
+            return list(await asyncio.gather(*(send_text(client, user, room_id, f"{i}")
+                                               for i in range(per_sender))))
+
+        sent = await asyncio.gather(*(send_many(u) for u in (alice, carol, dan)))
+        total = sum(len(s) for s in sent)
+        while len(received) < total:
+            body = await stream.next_sync()
+            room = body["rooms"]["join"].get(room_id)
+            if room is None:
+                continue
+            assert room["timeline"]["limited"] is False
+            assert len(room["timeline"]["events"]) <= limit
+            received += message_ids(body, room_id)
+        await no_more_events(stream, room_id, 0.2)
+    assert sorted(received) == sorted(e for s in sent for e in s)
+    status, page = await api(client, "GET", f"/rooms/{room_id}/messages", bob,
+                             query={"dir": "f", "limit": "1000"})
+    assert status == 200
+    assert received == [e["event_id"] for e in page["chunk"] if e["event_id"] in received]
+
+
+async def no_more_events(stream: EventStream, room_id: str, seconds: float) -> None:
+    """Nothing more of the room for ``seconds`` (presence of the senders may still come)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            body = await stream.next_sync(left)
+        except TimeoutError:
+            return
+        assert room_id not in body["rooms"]["join"], body
+
+
+async def test_a_burst_larger_than_the_limit_arrives_whole(client: TestClient) -> None:
+    await _stream_burst(client, limit=10, per_sender=10)
+
+
+async def test_a_burst_many_times_the_limit_arrives_whole(client: TestClient) -> None:
+    await _stream_burst(client, limit=3, per_sender=12)
+
+
+async def test_a_burst_over_several_rooms_arrives_whole(client: TestClient) -> None:
+    """The batch ends where the busiest room reaches the limit; quieter rooms' events up to
+    there come along, the rest in the next messages."""
+    alice, bob = await new_user(client, "alice"), await new_user(client, "bob")
+    rooms = [await create_room(client, alice, preset="public_chat") for _ in range(3)]
+    for room_id in rooms:
+        await join(client, bob, room_id)
+    sync_filter = json.dumps({"room": {"timeline": {"limit": 4}}})
+    received: dict[str, list[str]] = {r: [] for r in rooms}
+    async with open_stream(client, bob, filter=sync_filter) as stream:
+        await stream.next_sync()
+        sent: dict[str, list[str]] = {r: [] for r in rooms}
+        for i in range(15):  # interleaved: room 0 busiest
+            for room_id in rooms[:1 + i % 3]:
+                sent[room_id].append(await send_text(client, alice, room_id, f"{i}"))
+        while sum(map(len, received.values())) < sum(map(len, sent.values())):
+            body = await stream.next_sync()
+            for room_id in rooms:
+                room = body["rooms"]["join"].get(room_id)
+                if room is not None:
+                    assert room["timeline"]["limited"] is False
+                    received[room_id] += message_ids(body, room_id)
+    assert received == sent
+
+
+async def test_only_the_first_message_after_reconnecting_may_be_limited(
+        client: TestClient) -> None:
+    alice, bob = await new_user(client, "alice"), await new_user(client, "bob")
+    room_id = await create_room(client, alice, preset="public_chat")
+    await join(client, bob, room_id)
+    sync_filter = json.dumps({"room": {"timeline": {"limit": 3}}})
+    async with open_stream(client, bob, filter=sync_filter) as stream:
+        last_id = (await stream.next_sync())["next_batch"]
+    missed = [await send_text(client, alice, room_id, f"missed {i}") for i in range(6)]
+    async with open_stream(client, bob, filter=sync_filter,
+                           headers={"Last-Event-ID": last_id}) as stream:
+        room = joined(await stream.next_sync(), room_id)
+        assert room["timeline"]["limited"] is True
+        assert message_ids({"rooms": {"join": {room_id: room}}}, room_id) == missed[-3:]
+        live = list(await asyncio.gather(*(send_text(client, alice, room_id, f"live {i}")
+                                           for i in range(7))))
+        received: list[str] = []
+        await _collect_unlimited(stream, room_id, len(live), received)
+    assert sorted(received) == sorted(live)
+
+
+async def _collect_unlimited(stream: EventStream, room_id: str, count: int,
+                             into: list[str]) -> None:
+    while count > 0:
+        body = await stream.next_sync()
+        room = body["rooms"]["join"].get(room_id)
+        if room is None:
+            continue
+        assert room["timeline"]["limited"] is False
+        got = message_ids(body, room_id)
+        into += got
+        count -= len(got)
+
+
+# -- CORS: a web page on another origin reads the stream ----------------------------------------
+
+async def test_the_stream_carries_cors_headers(client: TestClient) -> None:
+    """A browser's EventSource (no custom headers: the token is in the query) may read the
+    stream from another origin only if the response says so before the first byte."""
+    alice = await new_user(client, "alice")
+    room_id = await create_room(client, alice)
+    resp = await client.get(SSE, params={"access_token": alice.token},
+                            headers={"Origin": "https://chat.example.org",
+                                     "Accept": "text/event-stream"})
+    try:
+        assert resp.status == 200
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        stream = EventStream(resp)
+        assert room_id in (await stream.next_sync())["rooms"]["join"]
+    finally:
+        resp.close()
+    # Errors before the stream starts carry them too.
+    resp = await client.get(SSE, params={"access_token": "nope"},
+                            headers={"Origin": "https://chat.example.org"})
+    assert resp.status == 401
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"

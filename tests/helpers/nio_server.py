@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import nio
 import yaml
@@ -13,9 +14,11 @@ from tests.helpers.processes import ServerProcess, free_port, ktchat, wait_for_p
 PASSWORD = "a long enough password"
 
 
-def run_server(tmp: Path, users: tuple[str, ...] = ("alice", "bob")) -> Iterator[str]:
-    """Generate a config (rate limits off), register ``users``, serve; yields the base URL
-    and, at the end, checks the server stopped cleanly with no traceback."""
+def run_server(tmp: Path, users: tuple[str, ...] = ("alice", "bob"),
+               overrides: dict[str, Any] | None = None) -> Iterator[str]:
+    """Generate a config (rate limits off, ``overrides`` merged into its top-level sections),
+    register ``users``, serve; yields the base URL and, at the end, checks the server stopped
+    cleanly with no traceback (its log is ``tmp/server.log``)."""
     port = free_port()
     data = tmp / "data"
     ktchat("generate-config", "--server-name", "localhost", "--data-dir", str(data),
@@ -23,6 +26,11 @@ def run_server(tmp: Path, users: tuple[str, ...] = ("alice", "bob")) -> Iterator
     config_path = data / "homeserver.yaml"
     config = yaml.safe_load(config_path.read_text())
     config["rate_limits"] = {"enabled": False}
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
     config_path.write_text(yaml.safe_dump(config))
     for user in users:
         ktchat("register-user", "-c", str(config_path), "--user", user, "--password", PASSWORD)
