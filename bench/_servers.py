@@ -101,7 +101,7 @@ class FedBenchServer:
                            "ip_range_allowlist": ["127.0.0.0/8"],
                            "retry_initial_interval": "500ms", "retry_max_interval": "5s"},
             "rate_limits": {"enabled": False},
-            "registration": {"shared_secret": SHARED_SECRET},
+            "registration_shared_secret": SHARED_SECRET,
             "logging": {"level": "WARNING"},
         })
         if database_url:
