@@ -21,6 +21,7 @@ from homeserver.http.access_log import AccessLogger
 from homeserver.http.client_ip import x_forwarded_middleware
 from homeserver.http.disconnect import disconnect_middleware
 from homeserver.http.middleware import add_cors_headers, cors_middleware, error_middleware
+from homeserver.http.nul import reject_nul_middleware
 from homeserver.services.container import Services, build_services
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def build_app(services: Services, resources: Iterable[str] = ("client", "federat
     ``x_forwarded``: it is behind a reverse proxy whose X-Forwarded-For it trusts."""
     app = web.Application(
         middlewares=[disconnect_middleware(logging.getLogger(ACCESS_LOGGER)), cors_middleware,
-                     error_middleware],
+                     error_middleware, reject_nul_middleware],
         client_max_size=services.config.http.max_request_body_bytes,
         handler_args={"max_field_size": 16384},
     )

@@ -32,6 +32,7 @@ from homeserver.events.signing import (
     required_signers,
     verify_event_signature,
 )
+from homeserver.http.nul import contains_nul
 from homeserver.rooms.auth import AuthError, check_auth_events, check_auth_rules
 from homeserver.services.container import Services
 from homeserver.services.event_persister import MAX_DEPTH, MAX_PDU_BYTES, MissingEvents
@@ -49,6 +50,22 @@ class InvalidPdu(Exception):
     """The PDU fails a check on receipt; the message says which."""
 
 
+# Content the server reads identifiers from (membership, redactions, the auth of joins and
+# invites); the rest of the content is only ever kept as canonical JSON.
+_IDENTIFYING_CONTENT = ("membership", "redacts", "join_authorised_via_users_server",
+                        "third_party_invite")
+
+
+def _nul_in_identifiers(pdu: Mapping[str, Any]) -> bool:
+    """U+0000 where it would become an identifier the server keeps in a column or looks up
+    (``homeserver.http.nul``): anywhere but ``content`` and ``unsigned``, which are stored
+    as canonical JSON (where it stays escaped), and the content keys that name things."""
+    content = pdu.get("content")
+    return contains_nul({k: v for k, v in pdu.items() if k not in ("content", "unsigned")}) \
+        or (isinstance(content, Mapping)
+            and contains_nul([content.get(k) for k in _IDENTIFYING_CONTENT]))
+
+
 def _is_user_id(value: object) -> bool:
     return isinstance(value, str) and value.startswith("@") and ":" in value[1:] \
         and len(value) <= 255
@@ -59,6 +76,8 @@ def parse_pdu(pdu: Any, room_version: RoomVersion) -> Event:
     if not isinstance(pdu, Mapping):
         raise InvalidPdu("not a JSON object")
     pdu = {k: v for k, v in pdu.items() if k not in ("event_id", "age_ts")}
+    if _nul_in_identifiers(pdu):
+        raise InvalidPdu("U+0000 outside the event's content")
     for key, kind in (("type", str), ("sender", str), ("content", Mapping), ("depth", int),
                       ("origin_server_ts", int), ("hashes", Mapping), ("signatures", Mapping)):
         if not isinstance(pdu.get(key), kind) or isinstance(pdu.get(key), bool):

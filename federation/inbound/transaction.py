@@ -18,6 +18,7 @@ from homeserver.errors import BadJson, MatrixError
 from homeserver.events.hashing import compute_event_id
 from homeserver.events.model import Event
 from homeserver.events.room_versions import RoomVersion
+from homeserver.http.nul import NUL, contains_nul
 from homeserver.rooms.auth import AuthError
 from homeserver.services.container import Services
 
@@ -87,7 +88,7 @@ class TransactionHandler:
         by_room: dict[str, list[Any]] = {}
         for pdu in pdus:
             room_id = pdu.get("room_id") if isinstance(pdu, Mapping) else None
-            if not isinstance(room_id, str):
+            if not isinstance(room_id, str) or NUL in room_id:
                 continue  # not an event of a room: nothing to answer under
             by_room.setdefault(room_id, []).append(pdu)
         outcomes = await asyncio.gather(*(self._process_room(origin, room_id, room_pdus)
@@ -150,6 +151,11 @@ class TransactionHandler:
     async def _process_edus(self, origin: str, edus: list[Any]) -> None:
         for edu in edus:
             if not isinstance(edu, Mapping) or not isinstance(edu.get("content"), Mapping):
+                continue
+            if contains_nul(edu):
+                # Its IDs would not fit the database (``homeserver.http.nul``).
+                logger.info("Dropped a %s EDU from %s holding U+0000", edu.get("edu_type"),
+                            origin)
                 continue
             try:
                 await self._process_edu(origin, str(edu.get("edu_type")), edu["content"])

@@ -36,7 +36,10 @@ def federation_route(handler: Handler) -> Callable[[web.Request], Awaitable[web.
         fed = request.app[FEDERATION]
         body: Any = None
         if request.method in ("PUT", "POST"):
-            body = await read_json_object(request, allow_empty=False)
+            # The PUT endpoints are those carrying events (send, send_join/leave/knock,
+            # invite), whose canonical JSON may hold U+0000 (``homeserver.http.nul``).
+            body = await read_json_object(request, allow_empty=False,
+                                          allow_nul=request.method == "PUT")
         origin = await authenticate(request, fed.keyring, fed.server_name, body)
         fed.sender.peer_is_up(origin)
         started = asyncio.get_running_loop().time()

@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from homeserver.errors import BadJson, NotJson
+from homeserver.http.nul import contains_nul
 
 
 def _reject_constant(name: str) -> Any:
@@ -27,24 +28,34 @@ _decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-async def read_json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+async def read_json_object(request: web.Request, *, allow_empty: bool = False,
+                           allow_nul: bool = False) -> dict[str, Any]:
     """The request body as a JSON object.
+
+    Args:
+        allow_empty: an empty body is ``{}`` (else it is not JSON).
+        allow_nul: strings may hold U+0000 (bodies carrying other servers' events, whose
+            canonical JSON may have it); otherwise it is refused (``homeserver.http.nul``).
 
     Raises:
         NotJson: the body is not valid UTF-8 JSON (NaN and Infinity included).
-        BadJson: it is JSON but not an object.
+        BadJson: it is JSON but not an object, or it holds U+0000 where not allowed.
         TooLarge: (from aiohttp, turned into 413 by the middleware) over the size limit.
     """
     raw = await request.read()
     if not raw.strip() and allow_empty:
         return {}
     try:
-        value = _decoder.decode(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        value = _decoder.decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError):
         # RecursionError: nesting deeper than the decoder can follow is not JSON we accept.
         raise NotJson("Content not JSON.") from None
     if not isinstance(value, dict):
         raise BadJson("Content must be a JSON object.")
+    # Only an escape can put U+0000 in a string (raw control characters are not JSON).
+    if not allow_nul and "\\u0000" in text and contains_nul(value):
+        raise BadJson("Strings must not contain U+0000")
     return value
 
 
