@@ -347,6 +347,9 @@ def _decode_keys(value: object, *, old: bool) -> dict[str, tuple[VerifyKey, int 
         raise InvalidKeyResponse(f"{field} is not an object")
     keys: dict[str, tuple[VerifyKey, int | None]] = {}
     for key_id, entry in value.items():
+        if "\x00" in key_id:
+            # Not a key ID the database can keep (homeserver/http/nul.py).
+            raise InvalidKeyResponse(f"{field} has a key ID holding U+0000")
         if not is_signing_algorithm_supported(key_id):
             continue
         key = entry.get("key") if isinstance(entry, dict) else None

@@ -271,6 +271,9 @@ def _unsigned(remote: KeyServer) -> Any:
     pytest.param(lambda r: r.signed_response(old_verify_keys={"ed25519:x": {"key": "AAAA"}}),
                  id="old key without expired_ts"),
     pytest.param(lambda r: [r.signed_response()], id="not an object"),
+    # A key ID the database could not hold (PostgreSQL's text has no U+0000).
+    pytest.param(lambda r: r.signed_response(old_verify_keys={
+        "ed25519:x\u0000": {"key": r.verify_key_b64, "expired_ts": 1}}), id="NUL in a key ID"),
 ])
 async def test_bad_responses_are_refused(keyring: Keyring, remote: KeyServer,
                                          store: ServerKeyStore, clock: FakeClock,
