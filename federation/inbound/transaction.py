@@ -149,6 +149,9 @@ class TransactionHandler:
     # -- EDUs ------------------------------------------------------------------------------
 
     async def _process_edus(self, origin: str, edus: list[Any]) -> None:
+        # The transaction's read receipts (a server sends a burst of readers at once) are
+        # stored together, in one commit, after the other EDUs.
+        receipts: list[tuple[str, str, str, str]] = []
         for edu in edus:
             if not isinstance(edu, Mapping) or not isinstance(edu.get("content"), Mapping):
                 continue
@@ -158,12 +161,39 @@ class TransactionHandler:
                             origin)
                 continue
             try:
-                await self._process_edu(origin, str(edu.get("edu_type")), edu["content"])
+                if edu.get("edu_type") == "m.receipt":
+                    receipts += await self._read_receipts(origin, edu["content"])
+                else:
+                    await self._process_edu(origin, str(edu.get("edu_type")), edu["content"])
             except MatrixError as e:
                 logger.info("Ignored a %s EDU from %s: %s", edu.get("edu_type"), origin, e)
             except Exception:
                 logger.exception("Handling a %s EDU from %s failed", edu.get("edu_type"),
                                  origin)
+        try:
+            await self._services.receipts.remote_receipts(receipts)
+        except Exception:
+            logger.exception("Storing %d receipts from %s failed", len(receipts), origin)
+
+    async def _read_receipts(self, origin: str, content: Mapping[str, Any]
+                             ) -> list[tuple[str, str, str, str]]:
+        """The public read receipts of an ``m.receipt`` EDU that ``origin`` may send, as
+        (user, room, event ID, thread ID)."""
+        received: list[tuple[str, str, str, str]] = []
+        for room_id, by_type in content.items():
+            if not isinstance(by_type, Mapping) or \
+                    not await self._services.persister.server_allowed(str(room_id), origin):
+                continue
+            for user_id, receipt in (by_type.get("m.read") or {}).items():
+                if _server_of(user_id) != origin or not isinstance(receipt, Mapping):
+                    continue
+                event_ids = receipt.get("event_ids")
+                data = receipt.get("data")
+                thread = data.get("thread_id") if isinstance(data, Mapping) else None
+                thread = thread if isinstance(thread, str) else ""
+                if isinstance(event_ids, list) and event_ids and isinstance(event_ids[-1], str):
+                    received.append((str(user_id), str(room_id), event_ids[-1], thread))
+        return received
 
     async def _process_edu(self, origin: str, edu_type: str, content: Mapping[str, Any]
                            ) -> None:
@@ -185,22 +215,6 @@ class TransactionHandler:
                     str(push["user_id"]), str(push.get("presence")),
                     status if isinstance(status, str) else None,
                     ago if isinstance(ago, int) and not isinstance(ago, bool) else 0)
-        elif edu_type == "m.receipt":
-            for room_id, by_type in content.items():
-                if not isinstance(by_type, Mapping) or \
-                        not await services.persister.server_allowed(str(room_id), origin):
-                    continue
-                for user_id, receipt in (by_type.get("m.read") or {}).items():
-                    if _server_of(user_id) != origin or not isinstance(receipt, Mapping):
-                        continue
-                    event_ids = receipt.get("event_ids")
-                    data = receipt.get("data")
-                    thread = data.get("thread_id") if isinstance(data, Mapping) else None
-                    thread = thread if isinstance(thread, str) else ""
-                    if isinstance(event_ids, list) and event_ids and \
-                            isinstance(event_ids[-1], str):
-                        await services.receipts.remote_receipt(str(user_id), str(room_id),
-                                                               "m.read", event_ids[-1], thread)
         elif edu_type == "m.direct_to_device":
             await services.to_device.receive_remote(origin, content)
         # m.device_list_update, m.signing_key_update: this server keeps no end-to-end keys

@@ -151,7 +151,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     account_data = AccountDataService(db.account_data, notifier)
     members = MembershipCache(db.sync, notifier)
     typing = TypingService(notifier, members, clock)
-    receipts = ReceiptService(db.receipts, db.events, db.state, account_data, notifier, clock)
+    receipts = ReceiptService(db.receipts, db.events, members, account_data, notifier, clock)
     presence = PresenceService(db.presence, notifier, members, clock, config.presence,
                                config.server_name)
     to_device = ToDeviceService(db.to_device, notifier, clock, config.server_name)

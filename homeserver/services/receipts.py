@@ -9,6 +9,8 @@ owner. ``m.fully_read`` is the user's room account data. Receipts never move bac
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,32 +20,80 @@ from homeserver.clock import Clock
 from homeserver.errors import Forbidden, InvalidParam, NotFound
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.changes import ChangeLog
+from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
 from storage.stores.events import EventStore
-from storage.stores.receipts import Receipt, ReceiptStore
-from storage.stores.state import StateStore
+from storage.stores.receipts import NewReceipt, Receipt, ReceiptStore
 
 RECEIPT_TYPES = ("m.read", "m.read.private", "m.fully_read")
 READ_TYPES = ("m.read", "m.read.private")
 
 
+class _RecentReceipts:
+    """The receipts stored since start-up (the newest ``SIZE``), so an incremental sync reads
+    what changed in its rooms without a query. Only a key's latest receipt counts, as in the
+    table, where a newer receipt overwrites the row."""
+
+    SIZE = 20_000
+
+    def __init__(self) -> None:
+        self._latest: dict[tuple[str, str, str, str], Receipt] = {}
+        self._log: deque[Receipt] = deque()
+        # Every receipt stored after this position is here.
+        self.floor = 0
+
+    def reset(self, position: int) -> None:
+        self._latest.clear()
+        self._log.clear()
+        self.floor = position
+
+    def add(self, receipt: Receipt) -> None:
+        key = (receipt.room_id, receipt.receipt_type, receipt.user_id, receipt.thread_id)
+        self._latest[key] = receipt
+        self._log.append(receipt)
+        while len(self._log) > self.SIZE:
+            old = self._log.popleft()
+            self.floor = old.stream_id
+            old_key = (old.room_id, old.receipt_type, old.user_id, old.thread_id)
+            if self._latest.get(old_key) is old:
+                del self._latest[old_key]
+
+    def between(self, room_ids: set[str], after: int, up_to: int) -> list[Receipt]:
+        """The rooms' receipts in ``(after, up_to]`` (``after`` at or above the floor)."""
+        out = []
+        for receipt in reversed(self._log):
+            if receipt.stream_id <= after:
+                break
+            if receipt.stream_id <= up_to and receipt.room_id in room_ids and self._latest[(
+                    receipt.room_id, receipt.receipt_type, receipt.user_id,
+                    receipt.thread_id)] is receipt:
+                out.append(receipt)
+        out.reverse()
+        return out
+
+
 class ReceiptService:
     READ_POSITION_USERS = 10_000
 
-    def __init__(self, store: ReceiptStore, events: EventStore, state: StateStore,
+    def __init__(self, store: ReceiptStore, events: EventStore, members: MembershipCache,
                  account_data: AccountDataService, notifier: Notifier, clock: Clock) -> None:
         self._store = store
         self._events = events
-        self._state = state
+        self._members = members
         self._account_data = account_data
         self._notifier = notifier
         self._clock = clock
         # Since start-up: each room's latest public receipt, each user's latest private one.
         self._rooms = ChangeLog()
         self._private = ChangeLog()
+        self._recent = _RecentReceipts()
         # User -> room -> stream ordering of the latest event they have read (unread counts).
         self._read: LRUCache[str, dict[str, int]] = LRUCache(self.READ_POSITION_USERS)
         self._writes = 0
+        # Receipts waiting for the writer (whoever comes while it writes joins its next
+        # transaction), with whether a user of this server sent each.
+        self._waiting: list[tuple[NewReceipt, bool, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
         # Told (room, user, receipt type, event ID, thread ID, ts) of each new public receipt
         # of a user of this server, so other servers in the room get it.
         self.local_listener: Callable[[str, str, str, str, str, int], None] | None = None
@@ -51,6 +101,7 @@ class ReceiptService:
     def start(self) -> None:
         self._rooms.reset(self._store.position)
         self._private.reset(self._store.position)
+        self._recent.reset(self._store.position)
 
     @property
     def position(self) -> int:
@@ -78,17 +129,25 @@ class ReceiptService:
             await self._account_data.set_managed(user_id, room_id, "m.fully_read",
                                                  {"event_id": event_id})
             return
-        await self._put(user_id, room_id, receipt_type, event_id, position, thread_id or "",
-                        local=True)
+        await self._write([(NewReceipt(room_id, receipt_type, user_id, thread_id or "",
+                                       event_id, position, self._clock.time_ms()), True)])
 
-    async def remote_receipt(self, user_id: str, room_id: str, receipt_type: str,
-                             event_id: str, thread_id: str) -> None:
-        """A receipt another server sent for one of its users (checked as a local one)."""
-        if receipt_type != "m.read":
-            return  # only public read receipts travel
-        position = await self._check(user_id, room_id, event_id)
-        await self._put(user_id, room_id, receipt_type, event_id, position, thread_id,
-                        local=False)
+    async def remote_receipts(self, receipts: Sequence[tuple[str, str, str, str]]) -> None:
+        """Public read receipts another server sent for its users, as (user, room, event ID,
+        thread ID): each checked as a local one (the user is in the room, the event is
+        there); the valid ones are stored in one transaction."""
+        now = self._clock.time_ms()
+        found = await self._events.get_events({event_id for _, _, event_id, _ in receipts})
+        valid = []
+        for user_id, room_id, event_id, thread_id in receipts:
+            event = found.get(event_id)
+            membership = (await self._members.memberships(user_id)).get(room_id)
+            if event is None or event.room_id != room_id or event.stream_ordering is None \
+                    or membership is None or membership[0] != "join":
+                continue
+            valid.append((NewReceipt(room_id, "m.read", user_id, thread_id, event_id,
+                                     event.stream_ordering, now), False))
+        await self._write(valid)
 
     async def read_markers(self, user_id: str, room_id: str, body: dict[str, Any]) -> None:
         """POST /rooms/{roomId}/read_markers"""
@@ -100,7 +159,7 @@ class ReceiptService:
             await self.receipt(user_id, room_id, type_, event_id, None)
 
     async def _check(self, user_id: str, room_id: str, event_id: str) -> int:
-        membership = await self._state.membership(room_id, user_id)
+        membership = (await self._members.memberships(user_id)).get(room_id)
         if membership is None or membership[0] != "join":
             raise Forbidden("You are not in this room")
         event = await self._events.get_event(event_id)
@@ -108,33 +167,67 @@ class ReceiptService:
             raise NotFound("Event not found in this room")
         return event.stream_ordering
 
-    async def _put(self, user_id: str, room_id: str, receipt_type: str, event_id: str,
-                   event_position: int, thread_id: str, *, local: bool) -> None:
-        now = self._clock.time_ms()
-        position = await self._store.put(room_id, receipt_type, user_id, thread_id, event_id,
-                                         event_position, now)
-        if position is None:
-            return  # not newer than the receipt already there
-        if local and receipt_type == "m.read" and self.local_listener is not None:
-            self.local_listener(room_id, user_id, receipt_type, event_id, thread_id, now)
-        self._writes += 1
-        if receipt_type in READ_TYPES and thread_id in ("", "main"):
-            read = self._read.get(user_id)
-            if read is not None:
-                read[room_id] = max(read.get(room_id, 0), event_position)
-        if receipt_type == "m.read.private":
-            self._private.mark(user_id, position)
-            self._notifier.wake(user_ids=[user_id])
-        else:
-            self._rooms.mark(room_id, position)
-            self._notifier.wake(room_ids=[room_id])
+    async def _write(self, receipts: Sequence[tuple[NewReceipt, bool]]) -> None:
+        """Store receipts (with whether each is a local user's), sharing a transaction with
+        whatever else is waiting (a burst of readers costs one commit, not one each); returns
+        once they are committed."""
+        if not receipts:
+            return
+        loop = asyncio.get_running_loop()
+        futures = []
+        for receipt, local in receipts:
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiting.append((receipt, local, future))
+            futures.append(future)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_waiting())
+        await asyncio.gather(*futures)
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                stored = await self._store.put_many([r for r, _, _ in batch])
+            except Exception as e:
+                for _, _, future in batch:
+                    future.set_exception(e)
+                continue
+            self._committed(stored, [local for _, local, _ in batch])
+            for _, _, future in batch:
+                future.set_result(None)
+
+    def _committed(self, stored: list[Receipt | None], local: list[bool]) -> None:
+        """Bookkeeping once receipts are stored: listeners, caches, waking the syncs."""
+        rooms: set[str] = set()
+        users: set[str] = set()
+        for receipt, is_local in zip(stored, local, strict=True):
+            if receipt is None:
+                continue  # not newer than the receipt already there
+            self._writes += 1
+            self._recent.add(receipt)
+            if is_local and receipt.receipt_type == "m.read" and self.local_listener:
+                self.local_listener(receipt.room_id, receipt.user_id, receipt.receipt_type,
+                                    receipt.event_id, receipt.thread_id, receipt.ts)
+            if receipt.receipt_type in READ_TYPES and receipt.thread_id in ("", "main"):
+                read = self._read.get(receipt.user_id)
+                if read is not None:
+                    read[receipt.room_id] = max(read.get(receipt.room_id, 0),
+                                                receipt.event_stream_ordering)
+            if receipt.receipt_type == "m.read.private":
+                self._private.mark(receipt.user_id, receipt.stream_id)
+                users.add(receipt.user_id)
+            else:
+                self._rooms.mark(receipt.room_id, receipt.stream_id)
+                rooms.add(receipt.room_id)
+        if rooms or users:
+            self._notifier.wake(room_ids=rooms, user_ids=users)
 
     async def read_positions(self, user_id: str, room_ids: Sequence[str]) -> dict[str, int]:
         """Room -> stream ordering of the latest event the user has read there."""
         read = self._read.get(user_id)
         if read is None:
-            # All the user's rooms at once (one query); `_put` keeps it current. A load that
-            # overlapped a receipt's write may have missed it: used, but not kept.
+            # All the user's rooms at once (one query); `_committed` keeps it current. A load
+            # that overlapped a receipt's write may have missed it: used, but not kept.
             writes = self._writes
             read = await self._store.read_up_to(user_id)
             if writes == self._writes:
@@ -148,8 +241,11 @@ class ReceiptService:
         out: dict[str, dict[str, Any]] = {}
         if not room_ids:
             return out
-        receipts: list[Receipt] = await self._store.for_rooms(room_ids, after=after,
-                                                             up_to=up_to)
+        receipts: list[Receipt]
+        if after >= self._recent.floor:
+            receipts = self._recent.between(set(room_ids), after, up_to)
+        else:
+            receipts = await self._store.for_rooms(room_ids, after=after, up_to=up_to)
         for r in receipts:
             if r.receipt_type == "m.read.private" and r.user_id != user_id:
                 continue

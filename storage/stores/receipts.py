@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import Connection, and_, select
 
 from storage.dialect import insert
 from storage.engine import DatabaseEngine
@@ -14,6 +15,23 @@ from storage.ids import StreamStore
 from storage.schema import receipts
 
 _CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class NewReceipt:
+    """A receipt to store (``thread_id`` "" when unthreaded)."""
+
+    room_id: str
+    receipt_type: str
+    user_id: str
+    thread_id: str
+    event_id: str
+    event_stream_ordering: int
+    ts: int
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.room_id, self.receipt_type, self.user_id, self.thread_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,26 +52,62 @@ class ReceiptStore(StreamStore):
 
     async def put(self, room_id: str, receipt_type: str, user_id: str, thread_id: str,
                   event_id: str, event_stream_ordering: int, ts: int) -> int | None:
-        """Store a receipt unless the user's receipt of that kind is already at or past that
-        event (receipts never go back); returns its stream position, or None if ignored."""
-        async with self._ordered, self._db.write() as conn:
-            current = (await conn.execute(select(receipts.c.event_stream_ordering).where(and_(
-                receipts.c.room_id == room_id, receipts.c.receipt_type == receipt_type,
-                receipts.c.user_id == user_id, receipts.c.thread_id == thread_id)))).scalar()
-            if current is not None and current >= event_stream_ordering:
-                return None
-            stream_id = self._stream.next()
-            values = dict(event_id=event_id, event_stream_ordering=event_stream_ordering,
-                          ts=ts, stream_id=stream_id)
-            await conn.execute(
-                insert(self._db.is_sqlite, receipts)
-                .values(room_id=room_id, receipt_type=receipt_type, user_id=user_id,
-                        thread_id=thread_id, **values)
-                .on_conflict_do_update(
-                    index_elements=["room_id", "receipt_type", "user_id", "thread_id"],
-                    set_=values))
-        self._committed(stream_id)
-        return stream_id
+        """One receipt (``put_many``); its stream position, or None if ignored."""
+        (stored,) = await self.put_many([NewReceipt(room_id, receipt_type, user_id, thread_id,
+                                                    event_id, event_stream_ordering, ts)])
+        return stored.stream_id if stored is not None else None
+
+    async def put_many(self, new: Sequence[NewReceipt]) -> list[Receipt | None]:
+        """Store receipts in one transaction, each unless the user's receipt of that kind is
+        already at or past its event (receipts never go back); returns, in order, each one as
+        stored (with its stream position), or None if ignored."""
+        if not new:
+            return []
+        async with self._ordered:
+            stored = await self._db.run_write(lambda conn: self._put_many(conn, new))
+        positions = [r.stream_id for r in stored if r is not None]
+        if positions:
+            self._committed(max(positions))
+        return stored
+
+    def _put_many(self, conn: Connection, new: Sequence[NewReceipt]) -> list[Receipt | None]:
+        current: dict[tuple[str, str, str, str], int] = {}
+        rooms = sorted({r.room_id for r in new})
+        users = sorted({r.user_id for r in new})
+        wanted = {r.key for r in new}
+        for i in range(0, len(rooms), _CHUNK):
+            rows = conn.execute(select(
+                receipts.c.room_id, receipts.c.receipt_type, receipts.c.user_id,
+                receipts.c.thread_id, receipts.c.event_stream_ordering).where(and_(
+                    receipts.c.room_id.in_(rooms[i:i + _CHUNK]),
+                    receipts.c.user_id.in_(users))))
+            for row in rows:
+                key = (row.room_id, row.receipt_type, row.user_id, row.thread_id)
+                if key in wanted:
+                    current[key] = row.event_stream_ordering
+        out: list[Receipt | None] = []
+        rows_by_key: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        for r in new:
+            if current.get(r.key, -1) >= r.event_stream_ordering:
+                out.append(None)
+                continue
+            current[r.key] = r.event_stream_ordering
+            stored = Receipt(r.room_id, r.receipt_type, r.user_id, r.thread_id, r.event_id,
+                             r.event_stream_ordering, r.ts, self._stream.next())
+            rows_by_key[r.key] = dict(
+                room_id=r.room_id, receipt_type=r.receipt_type, user_id=r.user_id,
+                thread_id=r.thread_id, event_id=r.event_id,
+                event_stream_ordering=r.event_stream_ordering, ts=r.ts,
+                stream_id=stored.stream_id)
+            out.append(stored)
+        if rows_by_key:
+            stmt = insert(self._db.is_sqlite, receipts)
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=["room_id", "receipt_type", "user_id", "thread_id"],
+                set_={c: stmt.excluded[c] for c in ("event_id", "event_stream_ordering", "ts",
+                                                    "stream_id")}),
+                list(rows_by_key.values()))
+        return out
 
     async def for_rooms(self, room_ids: Sequence[str], *, after: int = 0,
                         up_to: int | None = None) -> list[Receipt]:

@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from homeserver.appkeys import SERVICES
+from homeserver.services.recent_events import RecentRoomEvents
 from tests.client_api.test_sync import joined, limit_filter, no_rooms, sync, timeline_ids
 from tests.client_api.test_sync_fanout import services  # noqa: F401  (SQLite + PostgreSQL)
 from tests.conftest import bearer
@@ -128,11 +129,18 @@ def unread(body: dict[str, Any], room_id: str) -> tuple[int, int]:
 
 
 async def fresh_counts(client: TestClient, user: User, room_id: str) -> tuple[int, int]:
-    """The room's unread counts in an initial sync, both as the server has them cached and
-    counted afresh from the database (the cache dropped); the two must agree."""
+    """The room's unread counts in an initial sync, as the server has them (cached, moved on
+    from memory) and counted afresh by the database query (cache dropped, recent events out
+    of reach); the two must agree."""
     cached = unread(await sync(client, user), room_id)
-    client.app[SERVICES].sync._unread._cache.clear()
-    counted = unread(await sync(client, user), room_id)
+    counter = client.app[SERVICES].sync._unread
+    counter._cache.clear()
+    in_memory, counter._recent = counter._recent, RecentRoomEvents(2**62)
+    try:
+        counted = unread(await sync(client, user), room_id)
+    finally:
+        counter._recent = in_memory
+        counter._cache.clear()
     assert cached == counted
     return counted
 
@@ -811,3 +819,106 @@ async def test_read_markers_m_read_lowers_unread(client: TestClient, alice: User
     assert receipts_of(body, room_id, bob).keys() == {(sent[3], "m.read"),
                                                       (sent[3], "m.read.private")}
 
+
+
+# -- counts and receipts kept in memory agree with the database --------------------------------
+
+async def test_unread_counts_moved_on_in_memory_match_a_recount(
+        client: TestClient, alice: User, bob: User) -> None:
+    """Bob's counts follow messages, mentions, edits and his own reads (receipts that move
+    his start to older, newer and the newest event) incrementally; at every step they equal a
+    recount by query."""
+    room_id = await shared_room(client, alice, bob)
+    since = (await sync(client, bob))["next_batch"]
+    sent: list[str] = []
+    steps: list[tuple[str, Any]] = [
+        ("send", "hello"), ("send", "bob: are you there?"), ("send", "@room lunch"),
+        ("read", 0), ("send", "more"), ("edit", 1), ("read", -1), ("send", "again"),
+        ("send", "and again"), ("read", 1), ("send", "last one"), ("read", -1),
+    ]
+    for kind, arg in steps:
+        if kind == "send":
+            sent.append(await send_text(client, alice, room_id, arg))
+        elif kind == "edit":
+            sent.append(await send(client, alice, room_id, {
+                "msgtype": "m.text", "body": "* edited", "m.new_content": {
+                    "msgtype": "m.text", "body": "edited"},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": sent[arg]}}))
+        else:
+            await read(client, bob, room_id, sent[arg])
+        body = await sync(client, bob, since=since)
+        since = body["next_batch"]
+        if room_id in body["rooms"]["join"]:
+            assert unread(body, room_id) == await fresh_counts(client, bob, room_id), (kind,
+                                                                                       arg)
+
+
+async def test_receipts_read_from_memory_match_the_database(
+        client: TestClient, alice: User, bob: User, carol: User) -> None:
+    room_id = await shared_room(client, alice, bob, carol)
+    other = await shared_room(client, alice, bob)
+    receipts_service = client.app[SERVICES].receipts
+    start = receipts_service.position
+    events = [await send_text(client, alice, room_id, f"{i}") for i in range(3)]
+    elsewhere = await send_text(client, alice, other, "elsewhere")
+    await read(client, bob, room_id, events[0])
+    await read(client, carol, room_id, events[1])
+    await read(client, bob, room_id, events[2])  # replaces bob's first
+    await post_receipt(client, carol, room_id, "m.read.private", events[2])
+    await read(client, bob, other, elsewhere)
+    middle = receipts_service.position - 2
+    for user, rooms in ((alice, [room_id, other]), (carol, [room_id]), (bob, [other])):
+        for after, up_to in ((start, receipts_service.position), (middle,
+                                                                  receipts_service.position),
+                             (start, middle)):
+            from_memory = await receipts_service.ephemeral(user.user_id, rooms, after, up_to)
+            floor, receipts_service._recent.floor = receipts_service._recent.floor, 2**62
+            try:
+                from_db = await receipts_service.ephemeral(user.user_id, rooms, after, up_to)
+            finally:
+                receipts_service._recent.floor = floor
+            assert from_memory == from_db, (user.user_id, after, up_to)
+
+
+# -- a busy device gets typing and receipts in batches -----------------------------------------
+
+@pytest.fixture
+def slow_ephemeral(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> float:
+    """An interval long enough to tell a held response from one that was not."""
+    interval = 0.8
+    monkeypatch.setattr(client.app[SERVICES].sync, "EPHEMERAL_INTERVAL_S", interval)
+    return interval
+
+
+async def test_a_busy_device_gets_typing_and_receipts_in_batches(
+        client: TestClient, alice: User, bob: User, carol: User, slow_ephemeral: float
+        ) -> None:
+    room_id = await shared_room(client, alice, bob, carol)
+    since = (await sync(client, bob))["next_batch"]
+    # A quiet device hears of typing at once...
+    task = await poll(client, bob, since)
+    await typing_on(client, alice, room_id)
+    took, body = await task
+    assert took < slow_ephemeral / 2
+    assert typing_users(body, room_id) == [alice.user_id]
+    # ...but right after a response, receipts and typing that follow gather until the
+    # interval is over, and come in one response.
+    event_id = await send_text(client, carol, room_id, "news")
+    body = await sync(client, bob, since=body["next_batch"])
+    started = time.monotonic()
+    task = await poll(client, bob, body["next_batch"])
+    await read(client, alice, room_id, event_id)
+    await typing_off(client, alice, room_id)
+    await read(client, carol, room_id, event_id)
+    _, body = await task
+    assert time.monotonic() - started >= slow_ephemeral * 0.8
+    assert typing_users(body, room_id) == []
+    assert set(receipts(body, room_id)[event_id]["m.read"]) == {alice.user_id, carol.user_id}
+    # An event ends the wait at once, and brings what gathered.
+    task = await poll(client, bob, body["next_batch"])
+    await typing_on(client, carol, room_id)
+    said = await send_text(client, alice, room_id, "now")
+    sent_at = time.monotonic()
+    took, body = await task
+    assert time.monotonic() - sent_at < slow_ephemeral / 2
+    assert timeline_ids(joined(body, room_id)) == [said]
