@@ -46,6 +46,9 @@ class _Destination:
         # Ephemeral EDUs keyed so a newer update replaces an older one (typing per room and
         # user, presence per user).
         self.ephemeral: dict[tuple[str, ...], dict[str, Any]] = {}
+        # Whether the durable queue may hold entries (false once a read found it drained):
+        # a transaction of typing notices alone needs no query.
+        self.durable = True
         self.task: asyncio.Task[None] | None = None
 
     def add_ephemeral(self, key: tuple[str, ...], edu: dict[str, Any]) -> None:
@@ -83,7 +86,13 @@ class _Destination:
     async def _send_one(self) -> bool:
         """Send the next transaction; False when there is nothing (more) to send now."""
         sender = self.sender
-        entries = await sender.store.pending(self.name, pdus=MAX_PDUS, edus=MAX_EDUS)
+        entries = []
+        if self.durable:
+            self.durable = False  # unless this read is cut short, or something new comes
+            entries = await sender.store.pending(self.name, pdus=MAX_PDUS, edus=MAX_EDUS)
+            if len([e for e in entries if e.event_id is not None]) >= MAX_PDUS or \
+                    len([e for e in entries if e.edu is not None]) >= MAX_EDUS:
+                self.durable = True
         persistent_edus = [e.edu for e in entries if e.edu is not None]
         room = MAX_EDUS - len(persistent_edus)
         ephemeral_keys = list(self.ephemeral)[:room]
@@ -139,6 +148,7 @@ class _Destination:
             min(self.backoff.retry_interval_ms * 2, config.retry_max_interval)
         self.backoff = Backoff(sender.now_ms(), interval)
         self.ephemeral.clear()
+        self.durable = True  # what was read stays queued
         await sender.store.set_backoff(self.name, self.backoff, sender.now_ms())
 
 
@@ -155,6 +165,9 @@ class FederationSender:
         self._txn_prefix = str(int(time.time() * 1000))
         self._txn_counter = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # Local receipts waiting to be queued: room -> receipt type -> user -> receipt.
+        self._receipts: dict[str, dict[str, dict[str, Any]]] = {}
+        self._receipts_flush: asyncio.Task[None] | None = None
 
     def now_ms(self) -> int:
         return self.services.clock.time_ms()
@@ -172,6 +185,9 @@ class FederationSender:
         self.wake(await self.store.destinations_with_pending())
 
     async def stop(self) -> None:
+        if self._receipts_flush is not None:  # receipts the clients were told are stored
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._receipts_flush, 5)
         for destination in self._destinations.values():
             if destination.task is not None:
                 destination.task.cancel()
@@ -193,7 +209,9 @@ class FederationSender:
         """New entries are queued for these destinations."""
         for name in destinations:
             if name != self.server_name:
-                self._destination(name).wanted.set()
+                destination = self._destination(name)
+                destination.durable = True
+                destination.wanted.set()
 
     def peer_is_up(self, origin: str) -> None:
         """``origin`` just made an authenticated request to us: if it was backing off,
@@ -257,19 +275,29 @@ class FederationSender:
 
     def _receipt_sent(self, room_id: str, user_id: str, receipt_type: str, event_id: str,
                       thread_id: str, ts: int) -> None:
-        async def send() -> None:
-            servers = await self._servers_in_rooms([room_id])
-            if not servers:
-                return
-            data: dict[str, Any] = {"ts": ts}
-            if thread_id:
-                data["thread_id"] = thread_id
-            edu = {"edu_type": "m.receipt", "content": {room_id: {receipt_type: {
-                user_id: {"event_ids": [event_id], "data": data}}}}}
-            await self.store.queue_edus([(s, edu) for s in sorted(servers)], self.now_ms())
-            self.wake(servers)
+        """A local user's public receipt: queued durably for the room's other servers, with
+        the others that came meanwhile (one ``m.receipt`` EDU per room, one write)."""
+        data: dict[str, Any] = {"ts": ts}
+        if thread_id:
+            data["thread_id"] = thread_id
+        self._receipts.setdefault(room_id, {}).setdefault(receipt_type, {})[user_id] = {
+            "event_ids": [event_id], "data": data}
+        if self._receipts_flush is None or self._receipts_flush.done():
+            self._receipts_flush = asyncio.create_task(self._flush_receipts())
 
-        self._spawn(send())
+    async def _flush_receipts(self) -> None:
+        while self._receipts:
+            receipts, self._receipts = self._receipts, {}
+            entries = []
+            for room_id, by_type in receipts.items():
+                edu = {"edu_type": "m.receipt", "content": {room_id: by_type}}
+                entries += [(s, edu) for s in sorted(await self._servers_in_rooms([room_id]))]
+            try:
+                await self.store.queue_edus(entries, self.now_ms())
+            except Exception:
+                logger.exception("Queueing %d receipt EDUs failed", len(entries))
+                continue
+            self.wake({s for s, _ in entries})
 
     async def queue_to_device(self, edus: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Queue ``(destination, m.direct_to_device content)`` durably (the client's 200

@@ -161,3 +161,64 @@ async def test_an_update_made_while_a_transaction_is_in_flight_is_sent_after_it(
                      in env.peer.presence(env.alice.user_id), within=15)
     finally:
         env.peer.delay = 0.0
+
+
+# -- read receipts: one EDU per room for a burst of readers, stored together on receipt ---------
+
+def _receipt_edus(peer: FlakyPeer, room_id: str) -> list[dict[str, Any]]:
+    return [e["content"][room_id] for t in peer.transactions for e in t["edus"]
+            if e["edu_type"] == "m.receipt" and room_id in e["content"]]
+
+
+async def test_a_burst_of_readers_goes_out_as_few_receipt_edus(env: Env) -> None:
+    room_id = await _room_with_peer(env)
+    readers = [await env.server.register(f"reader{uuid.uuid4().hex[:6]}") for _ in range(6)]
+    for reader in readers:
+        await reader.join(room_id)
+    event_id = await env.alice.send_text(room_id, "read me")
+    await asyncio.gather(*(r.receipt(room_id, event_id) for r in readers))
+
+    def readers_seen() -> set[str]:
+        return {u for edu in _receipt_edus(env.peer, room_id)
+                for u, r in edu.get("m.read", {}).items() if r["event_ids"] == [event_id]}
+
+    await _until(lambda: readers_seen() == {r.user_id for r in readers})
+    # Readers who read at once share EDUs (one per room per write), not one EDU each.
+    edus = [e for e in _receipt_edus(env.peer, room_id)
+            if any(r["event_ids"] == [event_id] for r in e.get("m.read", {}).values())]
+    assert len(edus) < len(readers)
+    for edu in edus:
+        for receipt in edu["m.read"].values():
+            assert isinstance(receipt["data"]["ts"], int)
+
+
+async def test_a_transaction_of_receipts_is_stored_together_and_checked_each(
+        env: Env) -> None:
+    room_id = await _room_with_peer(env)
+    event_id = await env.alice.send_text(room_id, "read by the peer's users")
+    members = [env.peer.user_id(f"m{uuid.uuid4().hex[:6]}") for _ in range(5)]
+    for member in members:
+        await env.peer.join(env.server, room_id, member)
+    outsider = env.peer.user_id("outsider")
+    since = (await env.alice.sync())["next_batch"]
+
+    def receipt(user_id: str, target: str) -> dict[str, Any]:
+        return {"edu_type": "m.receipt", "content": {room_id: {"m.read": {user_id: {
+            "event_ids": [target], "data": {"ts": 1_700_000_000_000}}}}}}
+
+    edus = [receipt(m, event_id) for m in members]
+    edus += [receipt(outsider, event_id),  # not in the room
+             receipt(members[0].replace("@m", "@x"), "$unknown:nowhere"),  # no such event
+             receipt("@someone:elsewhere.example", event_id)]  # not the peer's user
+    status, _ = await env.peer.send_transaction(env.server, [], edus)
+    assert status == 200
+    seen: dict[str, Any] = {}
+    deadline = time.monotonic() + 10
+    while set(seen) != set(members) and time.monotonic() < deadline:
+        body = await env.alice.sync(since, timeout=2000)
+        since = body["next_batch"]
+        room = body["rooms"]["join"].get(room_id) or {}
+        for event in room.get("ephemeral", {}).get("events", []):
+            if event["type"] == "m.receipt":
+                seen.update(event["content"].get(event_id, {}).get("m.read", {}))
+    assert set(seen) == set(members)
