@@ -109,6 +109,9 @@ class SyncService:
     # connection. A server keeping up answers every waiter the moment something is committed.
     BUSY_LAG_S = 0.010
     MIN_INTERVAL_S = 0.075
+    # Typing, receipts and presence alone reach a busy device at most this often (a
+    # message's readers' receipts come in a burst; each would wake every member).
+    EPHEMERAL_INTERVAL_S = 0.5
 
     def __init__(self, sync_store: SyncStore, events: EventStore, state: StateStore,
                  account_data: AccountDataStore, rooms: RoomStore, notifier: Notifier,
@@ -132,7 +135,7 @@ class SyncService:
         self._to_device = to_device
         # Member event -> position of the join it continues (a profile change is a join event).
         self.join_starts: LRUCache[str, int] = LRUCache(200_000)
-        self._unread = UnreadCounter(sync_store)
+        self._unread = UnreadCounter(sync_store, events, notifier.recent)
         self.sent_members = SentMembers()
         # (user, device) -> when its last non-empty incremental response was built.
         self._last_sent: LRUCache[tuple[str, str | None], float] = LRUCache(self.DEVICES)
@@ -160,8 +163,15 @@ class SyncService:
         now = self.current_token()
         if since_token is not None:
             since_token = since_token.at_most(now)
-        response, rooms, presence_rooms = await self._build(
-            user_id, device_id, since_token, now, full_state, sync_filter, complete)
+        if since_token == now and not full_state:
+            # Nothing at all happened since the client's last response (a long poll's next
+            # request, an SSE stream's next turn): straight to waiting.
+            response = empty_response(now)
+            rooms, presence_rooms = self._followed(
+                await self._members.memberships(user_id), sync_filter)
+        else:
+            response, rooms, presence_rooms = await self._build(
+                user_id, device_id, since_token, now, full_state, sync_filter, complete)
         while since_token is not None and is_empty(response):
             # Wait for something new; what wakes us may turn out to be nothing for this
             # request (its filter), so wait again until the timeout. Something committed while
@@ -181,12 +191,46 @@ class SyncService:
                     break
                 if time.monotonic() - woken > self.BUSY_LAG_S:
                     await self._pace(device, deadline, until)
+                elif not self._has_news(now):
+                    await self._gather_ephemeral(user_id, device, rooms, presence_rooms, now,
+                                                 deadline, until)
             now = self.current_token()
             response, rooms, presence_rooms = await self._build(
                 user_id, device_id, since_token, now, full_state, sync_filter, complete)
         if since_token is not None and not is_empty(response):
             self._last_sent[device] = time.monotonic()
         return response
+
+    def _followed(self, memberships: dict[str, tuple[str, str]], sync_filter: SyncFilter
+                  ) -> tuple[list[str], list[str]]:
+        """The rooms whose events a sync with this filter follows, and those whose members'
+        presence it follows (what its long poll waits on)."""
+        joined = [r for r, (m, _) in memberships.items() if m == "join"]
+        presence_rooms = joined if self._presence.enabled and \
+            sync_filter.presence.allows_type("m.presence") else []
+        return [r for r in joined if sync_filter.room_allowed(r)], presence_rooms
+
+    def _has_news(self, since: SyncToken) -> bool:
+        """Whether more than ephemeral data (typing, receipts, presence) came after ``since``:
+        events, account data or to-device messages."""
+        now = self.current_token()
+        return (now.events, now.account_data, now.to_device) != \
+            (since.events, since.account_data, since.to_device)
+
+    async def _gather_ephemeral(self, user_id: str, device: tuple[str, str | None],
+                                rooms: list[str], presence_rooms: list[str], now: SyncToken,
+                                deadline: float, until: asyncio.Future[None] | None) -> None:
+        """Woken by typing, receipts or presence only: a device that had a response less
+        than EPHEMERAL_INTERVAL_S ago gets the next one when that interval is over, with
+        whatever else of the kind came meanwhile (a room's readers' receipts, typing that
+        starts and stops), unless an event comes first. A quiet device is answered at once."""
+        last = self._last_sent.get(device)
+        if last is None:
+            return
+        hold_until = min(last + self.EPHEMERAL_INTERVAL_S, deadline)
+        while (left := hold_until - time.monotonic()) > 0 and not self._has_news(now):
+            if await self._notifier.wait(user_id, rooms, left, presence_rooms, until) is None:
+                return  # the interval is over, or the client left
 
     async def _pace(self, device: tuple[str, str | None], deadline: float,
                     until: asyncio.Future[None] | None) -> None:
@@ -210,6 +254,15 @@ class SyncService:
         builder = _ResponseBuilder(self, user_id, device_id, since, now, full_state,
                                    sync_filter, complete)
         return await builder.build()
+
+
+def empty_response(token: SyncToken) -> dict[str, Any]:
+    """An incremental response with nothing new, up to ``token``."""
+    return {"next_batch": token.encode(),
+            "rooms": {"join": {}, "invite": {}, "leave": {}, "knock": {}},
+            "account_data": {"events": []}, "presence": {"events": []},
+            "to_device": {"events": []}, "device_lists": {"changed": [], "left": []},
+            "device_one_time_keys_count": {}, "device_unused_fallback_key_types": []}
 
 
 def is_empty(response: dict[str, Any]) -> bool:
@@ -293,10 +346,7 @@ class _ResponseBuilder:
             "device_one_time_keys_count": {},
             "device_unused_fallback_key_types": [],
         }
-        presence_rooms = [r for r, (m, _) in memberships.items() if m == "join"] \
-            if self.s._presence.enabled and self.filter.presence.allows_type("m.presence") \
-            else []
-        return response, joined, presence_rooms
+        return response, *self.s._followed(memberships, self.filter)
 
     async def _cut_where_complete(self, memberships: dict[str, tuple[str, str]]
                                   ) -> dict[str, tuple[str, str]]:
@@ -430,8 +480,6 @@ class _ResponseBuilder:
             for ids in latest.values() if ids and self.limit
             and ids[-min(len(ids), self.limit)] in loaded)
         plans = []
-        # Rooms whose timeline holds every event since `since` (unread counts add up).
-        complete: dict[str, list[StoredEvent]] = {}
         for room_id in joined:
             ids = latest.get(room_id, [])
             account = room_account_data.get(room_id, [])
@@ -448,11 +496,9 @@ class _ResponseBuilder:
                 room_id, timeline_events, room_id in initial or self.full_state, limited,
                 heroes=summary.heroes if summary else ())
             plans.append((room_id, timeline_events, limited, summary, state_ids, account))
-            if room_id not in initial and not limited and len(timeline_events) == len(ids):
-                complete[room_id] = timeline_events
         state_events = await self.s._events.get_events(
             [e for plan in plans for e in plan[4]])
-        unread = await self._unread_counts([plan[0] for plan in plans], complete)
+        unread = await self._unread_counts([plan[0] for plan in plans])
         out: dict[str, Any] = {}
         for room_id, timeline_events, limited, summary, state_ids, account in plans:
             visible = await self._visible(room_id, timeline_events)
@@ -507,14 +553,11 @@ class _ResponseBuilder:
                 out.setdefault(room_id, []).append({"type": "m.receipt", "content": content})
         return out
 
-    async def _unread_counts(self, room_ids: list[str], complete: dict[str, list[StoredEvent]]
-                             ) -> dict[str, tuple[int, int]]:
+    async def _unread_counts(self, room_ids: list[str]) -> dict[str, tuple[int, int]]:
         read = await self.s._receipts.read_positions(self.user_id, room_ids)
         starts = {r: max(read.get(r, 0), self.joined_at.get(r, 0)) for r in room_ids}
-        return await self.s._unread.counts(
-            self.user_id, starts, self.now.events,
-            since=self.since.events if self.since is not None else None, complete=complete,
-            display_names=self.display_names)
+        return await self.s._unread.counts(self.user_id, starts, self.now.events,
+                                           display_names=self.display_names)
 
     async def _presence(self, joined: list[str]) -> list[dict[str, Any]]:
         """Presence of the users who share a room with this one: everyone's on an initial
@@ -644,6 +687,8 @@ class _ResponseBuilder:
             sent = self.s.sent_members.sent(self.user_id, self.device_id)
             acknowledged = {u: had[0] for u in senders if (
                 (had := sent.get((room_id, u))) is not None and had[1] <= self.since.events)}
+        if not initial and not limited and not senders:
+            return []  # nothing new from anyone (typing, receipts): no members to send
         if timeline:
             start_group = timeline[0].state_group_before
         else:
@@ -651,8 +696,6 @@ class _ResponseBuilder:
             start_group = last[0] if last else None
         if not initial and not limited:
             # The timeline holds everything since `since`: only the senders' members.
-            if not senders:
-                return []
             state_map: StateMap = await self.s._state.state_at_group(
                 start_group, only=[("m.room.member", u) for u in sorted(senders)])
         else:

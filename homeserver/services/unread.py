@@ -6,9 +6,9 @@ their join); it highlights when it mentions the user (``m.mentions``; for client
 send it, their display name, their user name or ``@room`` in the body). Evaluating the user's
 own push rules comes with push notifications.
 
-Counts are cached per user and room at a stream position: an incremental sync whose timeline
-covers everything since then adds to them without a query; anything else recounts (a few
-queries for all rooms of a sync).
+Counts are cached per user and room at a stream position and move forward over the room's new
+events (the recent ones are in memory); a room read up to its newest event counts nothing;
+anything else recounts (a few queries for all rooms of a sync).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from storage.stores.events import StoredEvent
+from homeserver.services.recent_events import RecentRoomEvents
+from storage.stores.events import EventStore
 from storage.stores.sync import SyncStore
 
 COUNTED_TYPES = ("m.room.message", "m.room.encrypted", "m.sticker", "m.poll.start")
@@ -62,39 +63,59 @@ class Counts:
 
 class UnreadCounter:
     CACHE_SIZE = 50_000
+    # Counts move forward from memory over at most this many new events of a room.
+    MAX_STEP = 200
 
-    def __init__(self, store: SyncStore) -> None:
+    def __init__(self, store: SyncStore, events: EventStore, recent: RecentRoomEvents
+                 ) -> None:
         self._store = store
+        self._events = events
+        self._recent = recent
         self._cache: LRUCache[tuple[str, str], Counts] = LRUCache(self.CACHE_SIZE)
 
     async def counts(self, user_id: str, starts: dict[str, int], up_to: int, *,
-                     since: int | None, complete: dict[str, list[StoredEvent]],
                      display_names: dict[str, str | None]) -> dict[str, tuple[int, int]]:
         """Room -> (notification_count, highlight_count) for the rooms in ``starts``.
 
         Args:
-            starts: room -> the position counting starts after.
+            starts: room -> the position counting starts after (read receipt or join).
             up_to: count events up to this position.
-            since: the position the client's sync started from, if incremental.
-            complete: rooms whose timeline holds every event in ``(since, up_to]``.
+            display_names: room -> the user's display name there (highlights).
+
+        Counts cached at an earlier position move forward over the room's new events, and
+        a start that moved (a new read receipt) is counted from there, from memory as far as
+        it reaches (the recent events of a room); only what is left is counted by query (all
+        such rooms at once).
         """
         out: dict[str, tuple[int, int]] = {}
         recount: dict[str, int] = {}
+        steps: dict[str, tuple[Counts, list[str]]] = {}
         for room_id, start in starts.items():
-            key = (user_id, room_id)
-            cached = self._cache.get(key)
+            cached = self._cache.get((user_id, room_id))
             if cached is not None and cached.start == start and cached.at == up_to:
                 out[room_id] = (cached.notifications, cached.highlights)
-            elif cached is not None and cached.start == start and since is not None and \
-                    cached.at == since and room_id in complete:
-                new = [e.pdu for e in complete[room_id] if (e.stream_ordering or 0) > start]
-                counted = self._cache[key] = Counts(
-                    up_to, start, cached.notifications + _count(new, user_id),
-                    cached.highlights + _count_highlights(new, user_id,
+                continue
+            if cached is not None and cached.start == start and cached.at < up_to:
+                new = self._recent.events_between(room_id, cached.at, up_to, self.MAX_STEP)
+                if new is not None and len(new) < self.MAX_STEP:
+                    steps[room_id] = (cached, new)
+                    continue
+            # The start moved (the user read on), or nothing is cached: what came after it
+            # is usually recent enough to be in memory.
+            new = self._recent.events_between(room_id, start, up_to, self.MAX_STEP)
+            if new is not None and len(new) < self.MAX_STEP:
+                steps[room_id] = (Counts(start, start, 0, 0), new)
+                continue
+            recount[room_id] = start
+        if steps:
+            loaded = await self._events.get_events(e for _, ids in steps.values() for e in ids)
+            for room_id, (cached, ids) in steps.items():
+                new_pdus = [loaded[e].pdu for e in ids if e in loaded]
+                counted = self._cache[(user_id, room_id)] = Counts(
+                    up_to, cached.start, cached.notifications + _count(new_pdus, user_id),
+                    cached.highlights + _count_highlights(new_pdus, user_id,
                                                           display_names.get(room_id)))
                 out[room_id] = (counted.notifications, counted.highlights)
-            else:
-                recount[room_id] = start
         if recount:
             found = await self._store.unread_events(user_id, recount, up_to, COUNTED_TYPES,
                                                     [n for n in display_names.values() if n])
