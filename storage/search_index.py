@@ -61,11 +61,14 @@ def index_rows(items: Iterable[tuple[int, dict[str, Any]]]) -> list[dict[str, An
             for nid, pdu in items if (found := indexed_text(pdu)) is not None]
 
 
+_FTS5_INSERT = fts5.insert()
+
+
 def add(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
     if conn.dialect.name == "sqlite":
-        conn.execute(fts5.insert(), [{"rowid": r["nid"], "value": r["value"],
+        conn.execute(_FTS5_INSERT, [{"rowid": r["nid"], "value": r["value"],
                                       "room_id": r["room_id"], "kind": r["kind"]} for r in rows])
     else:
         conn.execute(postgresql.insert(tsv).values(

@@ -417,7 +417,7 @@ class EventPersister:
             device_id=new.device_id if new is not None and new.txn_id is not None else None,
             txn_id=new.txn_id if new is not None else None,
             redacts=event.redacts, extremities_after=[event.event_id], pdu=dict(event.pdu),
-            room_version=snapshot.room_version.identifier)
+            room_version=snapshot.room_version.identifier, built_here=new is not None)
         if event.state_tuple is not None and apply_state:
             key = event.state_tuple
             item.replaces_state = snapshot.state.get(key)

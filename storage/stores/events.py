@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -114,6 +115,8 @@ class PersistItem:
     base_state_group: NewStateGroup | None = None
     # Servers this event is to be sent to (rows of the durable outbound queue).
     destinations: list[str] = field(default_factory=list)
+    # Built and signed here (not received): no redaction of it can have come before it.
+    built_here: bool = False
     # Stripped state that came with an invite to a room this server is not in (JSON).
     invite_state_json: str | None = None
     # Backfill: the event is stored already as an outlier and takes its place in the
@@ -143,6 +146,29 @@ def _stored(row: Any) -> StoredEvent:
 def _event_select() -> Any:
     return (select(*_EVENT_COLUMNS)
             .join(rooms, rooms.c.room_id == events.c.room_id))
+
+
+@functools.cache
+def _write_statements(is_sqlite: bool) -> dict[str, Any]:
+    """The write path's statements, built once per dialect: SQLAlchemy then finds their
+    compiled form without working out a cache key per batch."""
+    upsert_state = insert(is_sqlite, current_state)
+    return {
+        "rooms": rooms.insert(),
+        "state_keys": insert(is_sqlite, state_keys).on_conflict_do_nothing(
+            index_elements=["nid"]),
+        "state_groups": state_groups.insert(),
+        "events": events.insert(),
+        "edges": event_edges.insert(),
+        "current_state": upsert_state.on_conflict_do_update(
+            index_elements=["room_id", "type", "state_key"],
+            set_={"event_id": upsert_state.excluded.event_id,
+                  "membership": upsert_state.excluded.membership}),
+        "outbox": federation_outbox.insert(),
+        "heads": update(rooms).where(rooms.c.room_id == bindparam("r")).values(
+            forward_extremities=bindparam("x"), current_state_group=bindparam("g"),
+            depth=greatest(is_sqlite, rooms.c.depth, bindparam("d"))),
+    }
 
 
 def _apply_waiting_redactions(conn: Connection, items: Sequence[PersistItem]) -> list[str]:
@@ -231,27 +257,27 @@ class EventStore:
         """The write itself; returns the new events that redactions received before them
         redact (so they are not cached unredacted)."""
         is_sqlite = self._db.is_sqlite
+        statements = _write_statements(is_sqlite)
         new_rooms = [dict(room_id=i.room_id, room_version=i.new_room[0], creator=i.new_room[1],
                           created_ts=i.new_room[2], is_public=False)
                      for i in items if i.new_room is not None]
         if new_rooms:
-            conn.execute(rooms.insert(), new_rooms)
+            conn.execute(statements["rooms"], new_rooms)
         # A key may come with several items (until one write of it commits): once per batch,
         # and a repeat of a stored row (same nid) is skipped.
         keys = list({n: dict(nid=n, type=t, state_key=k)
                      for i in items for n, t, k in i.new_state_keys}.values())
         if keys:
-            conn.execute(insert(is_sqlite, state_keys).on_conflict_do_nothing(
-                index_elements=["nid"]), keys)
+            conn.execute(statements["state_keys"], keys)
         groups = [dict(id=g.group_id, room_id=g.room_id, parent_id=g.parent_id, added=g.added,
                        removed=g.removed)
                   for i in items for g in (i.base_state_group, i.new_state_group)
                   if g is not None]
         if groups:
-            conn.execute(state_groups.insert(), groups)
+            conn.execute(statements["state_groups"], groups)
         new = [i for i in items if not i.was_outlier]
         if new:
-            conn.execute(events.insert(), [dict(
+            conn.execute(statements["events"], [dict(
                 nid=i.nid, event_id=i.event_id, room_id=i.room_id,
                 stream_ordering=i.stream_ordering, depth=i.depth, type=i.type,
                 state_key=i.state_key, sender=i.sender, origin_server_ts=i.origin_server_ts,
@@ -269,35 +295,38 @@ class EventStore:
         edges = [dict(event_id=i.event_id, prev_event_id=p) for i in new
                  for p in i.prev_event_ids]
         if edges:
-            conn.execute(event_edges.insert(), edges)
+            conn.execute(statements["edges"], edges)
         redacted = [dict(event_id=i.event_id, redacts=i.redacts, received_ts=i.received_ts,
                          censored=False, requires_server=i.redaction_requires)
                     for i in items if i.redacts is not None]
         if redacted:
             conn.execute(insert(is_sqlite, redactions).on_conflict_do_nothing(), redacted)
-        already = _apply_waiting_redactions(conn, items)
+        received = [i for i in items if not i.built_here]
+        already = _apply_waiting_redactions(conn, received) if received else []
         # Searchable text, except what is already redacted (a redaction in this batch, or
         # one that came over federation before its event).
         search_index.add(conn, indexed)
         applied = [str(r["redacts"]) for r in redacted if r["requires_server"] is None]
         if applied:
             search_index.remove_events(conn, applied)
-        if indexed:
-            search_index.remove_redacted(conn, [row["nid"] for row in indexed])
+        received_nids = {i.nid for i in received}
+        if any(row["nid"] in received_nids for row in indexed):
+            search_index.remove_redacted(conn, [row["nid"] for row in indexed
+                                                if row["nid"] in received_nids])
 
-        # Current state changes in order (later items win); each room's head is written once.
+        # Current state changes (later items win); each room's head is written once.
+        changed: dict[tuple[str, str, str], dict[str, Any]] = {}
         for item in items:
             for type_, state_key, event_id, membership in item.current_state_delta:
-                stmt = insert(is_sqlite, current_state).values(
+                changed[(item.room_id, type_, state_key)] = dict(
                     room_id=item.room_id, type=type_, state_key=state_key, event_id=event_id,
                     membership=membership)
-                conn.execute(stmt.on_conflict_do_update(
-                    index_elements=["room_id", "type", "state_key"],
-                    set_={"event_id": event_id, "membership": membership}))
+        if changed:
+            conn.execute(statements["current_state"], list(changed.values()))
         outbox = [dict(destination=d, event_id=i.event_id, created_ts=i.received_ts)
                   for i in items for d in i.destinations]
         if outbox:
-            conn.execute(federation_outbox.insert(), outbox)
+            conn.execute(statements["outbox"], outbox)
         invites = [dict(event_id=i.event_id, stripped_json=i.invite_state_json)
                    for i in items if i.invite_state_json is not None]
         if invites:
@@ -311,9 +340,7 @@ class EventStore:
             head["d"] = max(head["d"], item.depth)
             head["g"] = item.state_group_after
         if heads:
-            conn.execute(update(rooms).where(rooms.c.room_id == bindparam("r")).values(
-                forward_extremities=bindparam("x"), current_state_group=bindparam("g"),
-                depth=greatest(is_sqlite, rooms.c.depth, bindparam("d"))), list(heads.values()))
+            conn.execute(statements["heads"], list(heads.values()))
         return already
 
     # -- reads ------------------------------------------------------------------------------
