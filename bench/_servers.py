@@ -60,6 +60,8 @@ class FedBenchServer:
 
     def __init__(self, root: Path, label: str, database_url: str | None,
                  start_timeout: float = 60) -> None:
+        # KTCHAT_BENCH_LOG_LEVEL=INFO (or DEBUG) makes the servers' logs worth reading.
+        self.log_level = os.environ.get("KTCHAT_BENCH_LOG_LEVEL", "WARNING")
         self.label = label
         self.dir = root / label
         self.client_port = free_port()
@@ -102,12 +104,16 @@ class FedBenchServer:
                            "retry_initial_interval": "500ms", "retry_max_interval": "5s"},
             "rate_limits": {"enabled": False},
             "registration_shared_secret": SHARED_SECRET,
-            "logging": {"level": "WARNING"},
+            "logging": {"level": self.log_level},
         })
         if database_url:
             config["database"] = {"url": database_url}
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        return [sys.executable, "-m", "homeserver", "run", "-c", str(config_path)]
+        # KTCHAT_BENCH_PROFILE=DIR runs each server under cProfile (DIR/<label>.prof on exit).
+        profile = os.environ.get("KTCHAT_BENCH_PROFILE")
+        runner = ["-m", "cProfile", "-o", str(Path(profile) / f"{self.label}.prof")] \
+            if profile else []
+        return [sys.executable, *runner, "-m", "homeserver", "run", "-c", str(config_path)]
 
     def _wait_for_port(self, port: int, deadline: float) -> None:
         while time.monotonic() < deadline:

@@ -8,9 +8,11 @@ of A with a user of B). Half the users follow their rooms on long-poll /sync, ha
 sync stream (KT-Chat's extension), with a lazy-loading filter as Element-class clients use.
 
 Each user, every ``--min-gap``..``--max-gap`` seconds: starts typing in one of their rooms,
-types for 1-3 s, sends a message, stops typing. Whoever receives a message sends a read
-receipt for it 0.2-1.5 s later. Every user changes presence (online/unavailable) about once a
-minute. After ``--warmup`` seconds, ``--seconds`` are measured:
+types for 1-3 s, sends a message, stops typing. Each user has one of their rooms on screen
+(another every 20-60 s, read up to its newest message when opened): a message arriving there
+gets a read receipt 0.2-1.5 s later (``--receipts all``: every message in every room does).
+Every user changes presence (online/unavailable) about once a minute. After ``--warmup``
+seconds, ``--seconds`` are measured:
 
 * each server's CPU time per message sent (server CPU seconds in the window / messages sent
   in the window, all users counted: every message reaches both servers), and per request its
@@ -62,6 +64,10 @@ class User:
         self.sse = sse
         self.rooms: list[str] = []
         self.requests = 0
+        # The room on screen (receipts go only there, as clients send them) and the
+        # newest message seen in each room.
+        self.focus: str | None = None
+        self.last_seen: dict[str, str] = {}
 
     async def call(self, method: str, path: str, body: Any = None,
                    params: Any = None) -> dict[str, Any]:
@@ -86,7 +92,8 @@ class Soak:
     # -- receiving --------------------------------------------------------------------------
 
     def _take(self, user: User, body: dict[str, Any], now: float) -> list[tuple[str, str]]:
-        """Records the bench messages in a sync body; returns (room, event) to acknowledge."""
+        """Records the bench messages in a sync body; returns (room, event) to acknowledge:
+        the newest of each room (``--receipts all``) or of the room on screen."""
         acks = []
         for room_id, room in (body.get("rooms", {}).get("join") or {}).items():
             last = None
@@ -99,7 +106,9 @@ class Soak:
                     self.received[(bench_id, user.user_id)] = (now - sent[0]) * 1000
                 last = event["event_id"]
             if last is not None:
-                acks.append((room_id, last))
+                user.last_seen[room_id] = last
+                if self.args.receipts == "all" or room_id == user.focus:
+                    acks.append((room_id, last))
         return acks
 
     async def _ack(self, user: User, acks: list[tuple[str, str]]) -> None:
@@ -179,6 +188,15 @@ class Soak:
                                                  f"{q(user.user_id)}", {"typing": False}))
             await asyncio.sleep(random.uniform(self.args.min_gap, self.args.max_gap))
 
+    async def _look_around(self, user: User) -> None:
+        """Now and then the user opens another of their rooms, and reads it."""
+        while time.monotonic() < self.stop_at - 5:
+            user.focus = random.choice(user.rooms)
+            seen = user.last_seen.get(user.focus)
+            if seen is not None:
+                self._spawn(self._ack(user, [(user.focus, seen)]))
+            await asyncio.sleep(random.uniform(20, 60))
+
     async def _presence(self, user: User) -> None:
         state = "online"
         await asyncio.sleep(random.uniform(0, 60))
@@ -199,6 +217,7 @@ class Soak:
         await asyncio.sleep(2)
         workers = [asyncio.create_task(self._chat(u, i)) for i, u in enumerate(self.users)]
         workers += [asyncio.create_task(self._presence(u)) for u in self.users]
+        workers += [asyncio.create_task(self._look_around(u)) for u in self.users]
         await asyncio.sleep(args.warmup)
         self.measuring = True
         cpu_before = [s.cpu_seconds() for s in servers]
@@ -302,6 +321,9 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--typing", choices=["on", "off"], default="on")
+    parser.add_argument("--receipts", choices=["focused", "all"], default="focused",
+                        help="read receipts for the room on screen only (as clients send "
+                             "them), or for every message of every room")
     parser.add_argument("--implementation", choices=["ktchat", "synapse"], default="ktchat")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     args = parser.parse_args()
@@ -331,6 +353,7 @@ async def main() -> None:
             print(f"server data and logs kept in {root}", file=sys.stderr)
     emit({"bench": "soak", "implementation": args.implementation, "users": args.users,
           "rooms": args.rooms, "dms": args.dms, "typing": args.typing,
+          "receipts": args.receipts,
           "sse_users": sum(u.sse for u in soak.users), "seconds": args.seconds,
           **results, "machine": machine()})
 
