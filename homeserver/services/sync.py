@@ -165,7 +165,10 @@ class SyncService:
             since_token = since_token.at_most(now)
         if since_token == now and not full_state:
             # Nothing at all happened since the client's last response (a long poll's next
-            # request, an SSE stream's next turn): straight to waiting.
+            # request, an SSE stream's next turn): straight to waiting, once what the token
+            # acknowledges is done with.
+            if device_id is not None:
+                await self._to_device.acknowledge(user_id, device_id, now.to_device)
             response = empty_response(now)
             rooms, presence_rooms = self._followed(
                 await self._members.memberships(user_id), sync_filter)

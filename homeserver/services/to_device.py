@@ -183,7 +183,7 @@ class ToDeviceService:
         device has what came up to it: that is deleted first."""
         after = since or 0
         if since is not None:
-            await self._acknowledge(user_id, device_id, since)
+            await self.acknowledge(user_id, device_id, since)
         if after >= up_to or not self._changes.changed_since(user_id, after):
             return [], up_to
         rows = await self._store.for_device(user_id, device_id, after=after, up_to=up_to,
@@ -193,7 +193,9 @@ class ToDeviceService:
             return [m for _, m in rows], rows[-1][0]  # the rest in the next sync
         return [m for _, m in rows], up_to
 
-    async def _acknowledge(self, user_id: str, device_id: str, up_to: int) -> None:
+    async def acknowledge(self, user_id: str, device_id: str, up_to: int) -> None:
+        """The device has every message up to ``up_to`` (it synced from there): delete
+        them (no query when nothing can be left to delete)."""
         if up_to <= 0:
             return
         key = (user_id, device_id)

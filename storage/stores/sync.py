@@ -40,6 +40,19 @@ class MembershipChange:
     stream_ordering: int
 
 
+def _ranked(room_ids: Sequence[str], after: int, up_to: int, *, newest_first: bool) -> Any:
+    """The rooms' events in ``(after, up_to]``, numbered per room (``rank``, from 1) newest
+    or oldest first."""
+    order = events.c.stream_ordering.desc() if newest_first else events.c.stream_ordering
+    rank = func.row_number().over(partition_by=events.c.room_id, order_by=order).label("rank")
+    return (select(events.c.room_id, events.c.event_id, events.c.stream_ordering, rank)
+            .where(and_(events.c.room_id.in_(list(room_ids)),
+                        events.c.stream_ordering > after,
+                        events.c.stream_ordering <= up_to,
+                        events.c.rejected_reason.is_(None)))
+            .subquery())
+
+
 class SyncStore:
     def __init__(self, engine: DatabaseEngine) -> None:
         self._db = engine
@@ -85,19 +98,8 @@ class SyncStore:
         """For each room, the IDs of its newest ``limit`` events in ``(after, up_to]``,
         oldest first."""
         out: dict[str, list[str]] = {r: [] for r in room_ids}
-        if not room_ids:
-            return out
-        rank = func.row_number().over(partition_by=events.c.room_id,
-                                      order_by=events.c.stream_ordering.desc()).label("rank")
         for i in range(0, len(room_ids), _CHUNK):
-            chunk = list(room_ids[i:i + _CHUNK])
-            ranked = (select(events.c.room_id, events.c.event_id, events.c.stream_ordering,
-                             rank)
-                      .where(and_(events.c.room_id.in_(chunk),
-                                  events.c.stream_ordering > after,
-                                  events.c.stream_ordering <= up_to,
-                                  events.c.rejected_reason.is_(None)))
-                      .subquery())
+            ranked = _ranked(room_ids[i:i + _CHUNK], after, up_to, newest_first=True)
             async with self._db.read() as conn:
                 rows = await conn.execute(
                     select(ranked.c.room_id, ranked.c.event_id)
@@ -112,16 +114,8 @@ class SyncStore:
         """For each room with more than ``limit`` events in ``(after, up_to]``, the stream
         ordering of the ``limit``-th of them (oldest first)."""
         out: dict[str, int] = {}
-        rank = func.row_number().over(partition_by=events.c.room_id,
-                                      order_by=events.c.stream_ordering).label("rank")
         for i in range(0, len(room_ids), _CHUNK):
-            chunk = list(room_ids[i:i + _CHUNK])
-            ranked = (select(events.c.room_id, events.c.stream_ordering, rank)
-                      .where(and_(events.c.room_id.in_(chunk),
-                                  events.c.stream_ordering > after,
-                                  events.c.stream_ordering <= up_to,
-                                  events.c.rejected_reason.is_(None)))
-                      .subquery())
+            ranked = _ranked(room_ids[i:i + _CHUNK], after, up_to, newest_first=False)
             async with self._db.read() as conn:
                 rows = await conn.execute(
                     select(ranked.c.room_id, ranked.c.stream_ordering, ranked.c.rank)
