@@ -124,6 +124,21 @@ def config_overrides() -> dict[str, Any]:
     return {}
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+async def harness(request: pytest.FixtureRequest, tmp_path: Path,
+                  config_overrides: dict[str, Any]) -> AsyncIterator[Any]:
+    """Restartable services (``tests.helpers.harness.Harness``), once on SQLite and once on
+    PostgreSQL, with the module's ``config_overrides``."""
+    from tests.helpers.harness import Harness  # it imports this module
+
+    h = Harness(request.param, tmp_path, config_overrides)
+    try:
+        await h.setup()
+        yield h
+    finally:
+        await h.teardown()
+
+
 @pytest.fixture
 async def services(tmp_path: Path, config_overrides: dict[str, Any]
                    ) -> AsyncIterator[Services]:

@@ -57,15 +57,19 @@ async def login(session: aiohttp.ClientSession, base: str, user: str) -> Api:
     return Api(session, base, body["access_token"], body["user_id"])
 
 
+def log_text(log: Path, after: int = 0) -> str:
+    return log.read_text()[after:]
+
+
 async def wait_for_log(log: Path, pattern: str, after: int, within: float) -> float:
     """Seconds until a line matching ``pattern`` shows up in the log past offset ``after``."""
     started = time.monotonic()
     while time.monotonic() - started < within:
-        if re.search(pattern, log.read_text()[after:]):
+        if re.search(pattern, log_text(log, after)):
             return time.monotonic() - started
         await asyncio.sleep(0.05)
     raise AssertionError(f"no log line matching {pattern!r} within {within}s:\n"
-                         f"{log.read_text()[after:][-3000:]}")
+                         f"{log_text(log, after)[-3000:]}")
 
 
 async def test_a_closed_stream_ends_quietly_and_at_once(

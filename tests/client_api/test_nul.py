@@ -9,9 +9,7 @@ is unchanged and reads back as before.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -33,16 +31,6 @@ from tests.helpers.room_api import (
 
 NUL = "\u0000"
 ESCAPED = quote(NUL)  # %00
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
-    h = Harness(request.param, tmp_path)
-    try:
-        await h.setup()
-        yield h
-    finally:
-        await h.teardown()
 
 
 @pytest.fixture

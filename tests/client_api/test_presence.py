@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -54,17 +53,6 @@ MARGIN_S = 2.0
 @pytest.fixture
 def config_overrides() -> dict[str, Any]:
     return QUIET
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def harness(request: pytest.FixtureRequest, tmp_path: Path,
-                  config_overrides: dict[str, Any]) -> AsyncIterator[Harness]:
-    h = Harness(request.param, tmp_path, config_overrides)
-    try:
-        await h.setup()
-        yield h
-    finally:
-        await h.teardown()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ changes in between are read as they were at that point."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -19,7 +20,7 @@ LIMIT = 3
 async def complete_syncs(services: Services, user: User, since: str) -> list[dict[str, Any]]:
     """Complete responses from ``since`` until one is empty."""
     sync_filter = await services.filters.resolve(
-        user.user_id, '{"room": {"timeline": {"limit": %d}}}' % LIMIT)
+        user.user_id, json.dumps({"room": {"timeline": {"limit": LIMIT}}}))
     out = []
     for _ in range(50):
         body = await services.sync.sync(user.user_id, user.device_id, since=since,
@@ -94,7 +95,7 @@ async def test_a_long_poll_still_skips_to_the_newest(client: TestClient, service
     since = (await sync(client, bob))["next_batch"]
     sent = [await send_text(client, alice, room_id, f"{i}") for i in range(LIMIT + 4)]
     body = await sync(client, bob, since=since,
-                      sync_filter='{"room": {"timeline": {"limit": %d}}}' % LIMIT)
+                      sync_filter=json.dumps({"room": {"timeline": {"limit": LIMIT}}}))
     room = body["rooms"]["join"][room_id]
     assert room["timeline"]["limited"] is True
     assert [e["event_id"] for e in room["timeline"]["events"]] == sent[-LIMIT:]
