@@ -5,10 +5,13 @@ For each implementation (``--implementations``, default both) one server is star
 rate limits off) and two workloads run on it:
 
 * ``one_to_one``: one sender, one receiver in a room of their own; ``--messages-1`` messages
-  (300) sent one at a time, each ``--gap-ms`` after the previous send answered;
+  (300) at ``--rate-1`` (20) a second;
 * ``fanout``: ``--senders`` (5) senders and ``--receivers`` (20) receivers in one room;
-  ``--messages-n`` messages (500) between the senders, each sender sending one at a time
-  with the same gap.
+  ``--messages-n`` messages (500) between the senders at ``--rate-n`` (10) a second in all.
+
+Sends follow a fixed schedule (each sender's messages evenly spaced, senders out of step), not
+the answers: both servers get the same offered load, below what either can take, so the
+figures are delivery latency rather than queueing (a server that falls behind shows it).
 
 Every receiver keeps a /sync long-poll open (a filter that lets only the room's messages
 through); a sample is the time from the start of a send request to the moment a receiver
@@ -18,8 +21,8 @@ Printed: p50/p99/max per workload and implementation, the ratios KT-Chat / Synap
 rate reached, and each server's CPU seconds and peak RSS. One JSON line.
 
     python bench/delivery.py [--implementations ktchat,synapse] [--messages-1 300]
-                             [--messages-n 500] [--senders 5] [--receivers 20]
-                             [--gap-ms 20] [--seconds 900]
+                             [--rate-1 20] [--messages-n 500] [--rate-n 10] [--senders 5]
+                             [--receivers 20] [--seconds 900]
 """
 
 from __future__ import annotations
@@ -70,10 +73,10 @@ async def _room(owner: Client, members: list[Client]) -> str:
 
 
 async def _workload(senders: list[Client], receivers: list[Collector], room_id: str,
-                    messages: int, gap_s: float, label: str, deadline: float
+                    messages: int, rate: float, label: str, deadline: float
                     ) -> dict[str, Any]:
-    """Each sender sends its share one at a time, ``gap_s`` after the previous answer;
-    returns the delivery figures over every (message, receiver) pair."""
+    """The senders send ``messages`` between them at ``rate`` a second in all, each on its
+    own schedule; returns the delivery figures over every (message, receiver) pair."""
     samples: list[float] = []
     lost = 0
     send_ms: list[float] = []
@@ -90,20 +93,27 @@ async def _workload(senders: list[Client], receivers: list[Collector], room_id: 
                 lost += 1
                 collector.waiters.pop(bench_id, None)
 
+    async def send_one(sender: Client, bench_id: str, n: int) -> None:
+        start = time.perf_counter()
+        tracking = asyncio.create_task(track(bench_id, start))
+        pending.append(tracking)
+        await sender.call("PUT", f"/rooms/{q(room_id)}/send/m.room.message/{bench_id}",
+                          {"msgtype": "m.text", "body": f"delivery {n}", "bench_id": bench_id})
+        send_ms.append((time.perf_counter() - start) * 1000)
+
     async def sender_loop(index: int, sender: Client, count: int) -> None:
-        # Senders start out of step, as people do.
-        await asyncio.sleep(random.uniform(0, gap_s))
+        interval = len(senders) / rate
+        # Senders start out of step, as people do, then keep their own pace.
+        first = time.perf_counter() + random.uniform(0, interval)
+        sends = []
         for n in range(count):
+            wait = first + n * interval - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
             if time.monotonic() >= deadline:
-                return
-            bench_id = f"{label}-{index}-{n}"
-            start = time.perf_counter()
-            await sender.call("PUT", f"/rooms/{q(room_id)}/send/m.room.message/{bench_id}",
-                              {"msgtype": "m.text", "body": f"delivery {n}",
-                               "bench_id": bench_id})
-            send_ms.append((time.perf_counter() - start) * 1000)
-            pending.append(asyncio.create_task(track(bench_id, start)))
-            await asyncio.sleep(gap_s)
+                break
+            sends.append(asyncio.create_task(send_one(sender, f"{label}-{index}-{n}", n)))
+        await asyncio.gather(*sends)
 
     shares = [messages // len(senders) + (1 if i < messages % len(senders) else 0)
               for i in range(len(senders))]
@@ -126,7 +136,6 @@ async def _run(implementation: str, root: Path, args: argparse.Namespace, deadli
     server = SERVERS[implementation](root, implementation, None,
                                      start_timeout=max(1.0, min(90.0,
                                                                 deadline - time.monotonic())))
-    gap_s = args.gap_ms / 1000
     try:
         timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
@@ -142,7 +151,7 @@ async def _run(implementation: str, root: Path, args: argparse.Namespace, deadli
             await collector.start()
             try:
                 figures["one_to_one"] = await _workload(
-                    [one_sender], [collector], one_room, args.messages_1, gap_s, "one",
+                    [one_sender], [collector], one_room, args.messages_1, args.rate_1, "one",
                     deadline)
             finally:
                 await collector.stop()
@@ -151,7 +160,8 @@ async def _run(implementation: str, root: Path, args: argparse.Namespace, deadli
             await asyncio.gather(*(c.start() for c in collectors))
             try:
                 figures["fanout"] = await _workload(
-                    senders, collectors, fan_room, args.messages_n, gap_s, "fan", deadline)
+                    senders, collectors, fan_room, args.messages_n, args.rate_n, "fan",
+                    deadline)
             finally:
                 await asyncio.gather(*(c.stop() for c in collectors))
 
@@ -161,7 +171,7 @@ async def _run(implementation: str, root: Path, args: argparse.Namespace, deadli
                 await sse.start()
                 try:
                     figures["one_to_one_sse"] = await _workload(
-                        [one_sender], [sse], sse_room, args.messages_1, gap_s, "sse",
+                        [one_sender], [sse], sse_room, args.messages_1, args.rate_1, "sse",
                         deadline)
                 finally:
                     await sse.stop()
@@ -187,8 +197,10 @@ async def main() -> None:
     parser.add_argument("--messages-n", type=int, default=500)
     parser.add_argument("--senders", type=int, default=5)
     parser.add_argument("--receivers", type=int, default=20)
-    parser.add_argument("--gap-ms", type=float, default=20.0,
-                        help="pause of each sender after each answered send")
+    parser.add_argument("--rate-1", type=float, default=20.0,
+                        help="messages a second in the one-to-one workload")
+    parser.add_argument("--rate-n", type=float, default=10.0,
+                        help="messages a second in the fan-out workload (all senders)")
     parser.add_argument("--seconds", type=float, default=900.0, help="bound on the whole run")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     args = parser.parse_args()
@@ -211,7 +223,8 @@ async def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"server data and logs kept in {root}", file=sys.stderr)
-    figures: dict[str, Any] = {"bench": "delivery", "gap_ms": args.gap_ms, **results}
+    figures: dict[str, Any] = {"bench": "delivery", "rate_1": args.rate_1,
+                               "rate_n": args.rate_n, **results}
     if "ktchat" in results and "synapse" in results:
         ours, theirs = results["ktchat"], results["synapse"]
         figures["ktchat_over_synapse"] = {

@@ -12,25 +12,23 @@ bob joins each of them over federation (``POST /join/{roomId}?server_name=A``). 
   bob's /sync on B has returned the last of them, with per-message send-to-arrival p50/p99;
 * latency: ``--latency-samples`` messages one at a time, each timed from the start of the
   send request on A to bob's long-poll /sync on B returning it (p50/p99/max); samples are
-  ``--latency-gap`` apart (default 150 ms), because sync holds a device's next response
-  until 75 ms after its previous one (``SyncService.MIN_INTERVAL_S``, batching busy rooms):
-  back-to-back samples would measure that hold, not federation;
+  ``--latency-gap`` apart (default 50 ms);
 * the peak RSS and CPU seconds of both server processes.
 
 Prints one JSON line. Every loop is bounded in count, and the whole run by ``--seconds``.
 ``--backend postgres`` puts each server on a throwaway database of the PostgreSQL cluster
 named by ``KTCHAT_TEST_POSTGRES_URL`` (dropped afterwards).
 
-``--implementation synapse`` runs the same workload, measured by the same code, on two
-Synapse processes instead (the baseline to compare with): Synapse from ``.venv-synapse`` (or
-``$KTCHAT_TEST_SYNAPSE_PYTHON``), SQLite only, users registered through its shared-secret
-admin API, rate limits raised and federation retry backoff shortened as for KT-Chat. The
-output then says ``"implementation": "synapse"`` and gives ``synapse_version``. (Synapse
-holds no sync response back, so the latency gap only spaces its samples.)
+``--implementations ktchat,synapse`` runs the same workload, measured by the same code, on two
+Synapse processes after the two KT-Chat ones (the baseline to compare with) and prints the
+ratios: Synapse from ``.venv-synapse`` (or ``$KTCHAT_TEST_SYNAPSE_PYTHON``), SQLite only,
+users registered through its shared-secret admin API, rate limits raised and federation retry
+backoff shortened as for KT-Chat; its figures give ``synapse_version``.
 
     python bench/federation.py [--messages 2000] [--latency-samples 200] [--senders 1]
                                [--rooms 1] [--concurrency 16] [--seconds 300]
-                               [--backend sqlite|postgres] [--implementation ktchat|synapse]
+                               [--backend sqlite|postgres]
+                               [--implementations ktchat|synapse|ktchat,synapse]
 """
 
 from __future__ import annotations
@@ -175,32 +173,11 @@ async def _latency(sender: Client, room_id: str, collector: Collector,
             "max_ms": round(max(samples), 3) if samples else 0.0}
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--latency-samples", type=int, default=200)
-    parser.add_argument("--latency-gap", type=float, default=0.15,
-                        help="seconds between latency samples")
-    parser.add_argument("--senders", type=int, default=1)
-    parser.add_argument("--rooms", type=int, default=1)
-    parser.add_argument("--concurrency", type=int, default=16,
-                        help="send requests in flight during the throughput phase")
-    parser.add_argument("--seconds", type=float, default=300.0,
-                        help="bound on the whole run, setup included")
-    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite",
-                        help="postgres: KT-Chat only (the Synapse baseline is SQLite only)")
-    parser.add_argument("--implementation", choices=["ktchat", "synapse"], default="ktchat",
-                        help="what servers A and B run: KT-Chat, or Synapse as a baseline "
-                             "(from .venv-synapse, or $KTCHAT_TEST_SYNAPSE_PYTHON)")
-    parser.add_argument("--keep", action="store_true", help="keep the data directories")
-    args = parser.parse_args()
-    args.senders, args.rooms = max(1, args.senders), max(1, args.rooms)
-    args.concurrency = max(1, args.concurrency)
-    server_class = FedBenchServer
+async def _run(implementation: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The whole workload on two servers of ``implementation``; its figures."""
+    server_class: type[FedBenchServer] = FedBenchServer
     version: dict[str, str] = {}
-    if args.implementation == "synapse":
-        if args.backend != "sqlite":
-            parser.error("--implementation synapse supports --backend sqlite only")
+    if implementation == "synapse":
         server_class = SynapseBenchServer
         version["synapse_version"] = SynapseBenchServer.version()
     started = time.monotonic()
@@ -241,11 +218,7 @@ async def main() -> None:
             finally:
                 await collector.stop()
         figures = {
-            "bench": "federation",
-            "implementation": args.implementation, **version,
-            "database": args.backend,
-            "senders": args.senders, "rooms": args.rooms, "concurrency": args.concurrency,
-            "messages": args.messages,
+            "implementation": implementation, **version,
             "setup_seconds": round(setup_s, 1),
             "throughput": throughput,
             "latency": latency,
@@ -254,9 +227,9 @@ async def main() -> None:
             "server_a_peak_rss_mib": a.peak_rss_mib(), "server_b_peak_rss_mib": b.peak_rss_mib(),
             "server_a_cpu_seconds": a.cpu_seconds(), "server_b_cpu_seconds": b.cpu_seconds(),
             "elapsed_seconds": round(time.monotonic() - started, 1),
-            "machine": machine(),
         }
         ok = True
+        return figures
     finally:
         for server in servers:  # both shut down at once
             server.terminate()
@@ -271,6 +244,50 @@ async def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"server data and logs kept in {root}", file=sys.stderr)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--latency-gap", type=float, default=0.05,
+                        help="seconds between latency samples")
+    parser.add_argument("--senders", type=int, default=1)
+    parser.add_argument("--rooms", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=16,
+                        help="send requests in flight during the throughput phase")
+    parser.add_argument("--seconds", type=float, default=300.0,
+                        help="bound on each implementation's run, setup included")
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite",
+                        help="postgres: KT-Chat only (the Synapse baseline is SQLite only)")
+    parser.add_argument("--implementations", default="ktchat",
+                        help="what servers A and B run, one run each in this order: ktchat, "
+                             "synapse (from .venv-synapse, or $KTCHAT_TEST_SYNAPSE_PYTHON), "
+                             "or both (ktchat,synapse), which also prints the ratios")
+    parser.add_argument("--keep", action="store_true", help="keep the data directories")
+    args = parser.parse_args()
+    args.senders, args.rooms = max(1, args.senders), max(1, args.rooms)
+    args.concurrency = max(1, args.concurrency)
+    implementations = [i.strip() for i in args.implementations.split(",") if i.strip()]
+    for implementation in implementations:
+        if implementation not in ("ktchat", "synapse"):
+            parser.error(f"unknown implementation {implementation!r}")
+    if "synapse" in implementations and args.backend != "sqlite":
+        parser.error("synapse runs with --backend sqlite only")
+    results = {i: await _run(i, args) for i in implementations}
+    figures: dict[str, Any] = {
+        "bench": "federation", "database": args.backend, "senders": args.senders,
+        "rooms": args.rooms, "concurrency": args.concurrency, "messages": args.messages,
+        **results}
+    if "ktchat" in results and "synapse" in results:
+        ours, theirs = results["ktchat"], results["synapse"]
+        figures["ktchat_over_synapse"] = {
+            f"latency_{key}": round(ours["latency"][key] / theirs["latency"][key], 3)
+            for key in ("p50_ms", "p99_ms") if theirs["latency"][key]}
+        figures["ktchat_over_synapse"]["replicated_per_s"] = round(
+            ours["throughput"]["replicated_per_s"] /
+            max(0.1, theirs["throughput"]["replicated_per_s"]), 2)
+    figures["machine"] = machine()
     emit(figures)
 
 
