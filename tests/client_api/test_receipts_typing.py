@@ -133,7 +133,7 @@ async def fresh_counts(client: TestClient, user: User, room_id: str) -> tuple[in
     from memory) and counted afresh by the database query (cache dropped, recent events out
     of reach); the two must agree."""
     cached = unread(await sync(client, user), room_id)
-    counter = client.app[SERVICES].sync._unread
+    counter = client.app[SERVICES].sync._sources.unread
     counter._cache.clear()
     in_memory, counter._recent = counter._recent, RecentRoomEvents(2**62)
     try:
