@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 MAX_PDUS = 50
 MAX_EDUS = 100
 _MAX_EPHEMERAL = 500  # per destination; older typing/presence updates are dropped
+RECEIPT_GATHER_S = 0.05
 
 
 class _Destination:
@@ -276,7 +277,8 @@ class FederationSender:
     def _receipt_sent(self, room_id: str, user_id: str, receipt_type: str, event_id: str,
                       thread_id: str, ts: int) -> None:
         """A local user's public receipt: queued durably for the room's other servers, with
-        the others that came meanwhile (one ``m.receipt`` EDU per room, one write)."""
+        the others that come within ``RECEIPT_GATHER_S`` (one ``m.receipt`` EDU per room, one
+        write)."""
         data: dict[str, Any] = {"ts": ts}
         if thread_id:
             data["thread_id"] = thread_id
@@ -286,6 +288,9 @@ class FederationSender:
             self._receipts_flush = asyncio.create_task(self._flush_receipts())
 
     async def _flush_receipts(self) -> None:
+        # Readers of a message send their receipts together: gather them for a moment, so
+        # they cost one write and one EDU per room, not one each.
+        await asyncio.sleep(RECEIPT_GATHER_S)
         while self._receipts:
             receipts, self._receipts = self._receipts, {}
             entries = []
