@@ -68,7 +68,11 @@ class BenchServer:
         config_path = self.dir / "homeserver.yaml"
         config = yaml.safe_load(config_path.read_text())
         config["rate_limits"] = {"enabled": False}
-        config["registration_shared_secret"] = "bench-secret"
+        # Where generate-config put it (older versions: under registration).
+        if "registration_shared_secret" in config:
+            config["registration_shared_secret"] = "bench-secret"
+        else:
+            config["registration"]["shared_secret"] = "bench-secret"
         config["logging"] = {"level": "WARNING"}
         if database_url:
             config["database"] = {"url": database_url}

@@ -103,9 +103,13 @@ class FedBenchServer:
                            "ip_range_allowlist": ["127.0.0.0/8"],
                            "retry_initial_interval": "500ms", "retry_max_interval": "5s"},
             "rate_limits": {"enabled": False},
-            "registration_shared_secret": SHARED_SECRET,
             "logging": {"level": self.log_level},
         })
+        # Where generate-config put it (older versions: under registration).
+        if "registration_shared_secret" in config:
+            config["registration_shared_secret"] = SHARED_SECRET
+        else:
+            _merge(config, {"registration": {"shared_secret": SHARED_SECRET}})
         if database_url:
             config["database"] = {"url": database_url}
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
