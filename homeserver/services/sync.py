@@ -44,11 +44,14 @@ __all__ = ["SyncService", "SyncToken", "empty_response", "is_empty"]
 
 class SyncService:
     DEVICES = 10_000
-    # While the server is behind (a waiter runs this long after it was woken), a device's
-    # next incremental response waits until MIN_INTERVAL_S after its previous one, so a busy
-    # room reaches each connection in batches instead of one response per event per
+    # While the server is behind (waiters run this long after they were woken, on average), a
+    # device's next incremental response waits until MIN_INTERVAL_S after its previous one, so
+    # a busy room reaches each connection in batches instead of one response per event per
     # connection. A server keeping up answers every waiter the moment something is committed.
     BUSY_LAG_S = 0.010
+    # Weight of each wake-up's lag in the running average that says "behind" (a single slow
+    # moment, a garbage collection, is not a busy server).
+    LAG_WEIGHT = 0.2
     MIN_INTERVAL_S = 0.075
     # Typing, receipts and presence alone reach a busy device at most this often (a
     # message's readers' receipts come in a burst; each would wake every member).
@@ -71,6 +74,8 @@ class SyncService:
             members, typing, receipts, presence, clock, to_device,
             UnreadCounter(sync_store, events, notifier.recent), SentMembers(),
             LRUCache(200_000))
+        # The running average of how late woken waiters run (seconds).
+        self._lag = 0.0
         # (user, device) -> when its last non-empty incremental response was built.
         self._last_sent: LRUCache[tuple[str, str | None], float] = LRUCache(self.DEVICES)
 
@@ -94,6 +99,9 @@ class SyncService:
         since_token = SyncToken.parse(since) if since else None
         deadline = time.monotonic() + timeout_ms / 1000
         device = (user_id, device_id)
+        if since_token is not None and self.busy:
+            # Behind: what came since this device's last response waits for the interval.
+            await self._pace(device, deadline, until)
         now = self.current_token()
         if since_token is not None:
             since_token = since_token.at_most(now)
@@ -126,7 +134,8 @@ class SyncService:
                                                   until)
                 if woken is None:
                     break
-                if time.monotonic() - woken > self.BUSY_LAG_S:
+                self._lag += (time.monotonic() - woken - self._lag) * self.LAG_WEIGHT
+                if self.busy:
                     await self._pace(device, deadline, until)
                 elif not self._has_news(now):
                     await self._gather_ephemeral(user_id, device, rooms, presence_rooms, now,
@@ -159,6 +168,11 @@ class SyncService:
         while (left := hold_until - time.monotonic()) > 0 and not self._has_news(now):
             if await self._notifier.wait(user_id, rooms, left, presence_rooms, until) is None:
                 return  # the interval is over, or the client left
+
+    @property
+    def busy(self) -> bool:
+        """Whether the server is behind: woken waiters run late, on average."""
+        return self._lag > self.BUSY_LAG_S
 
     async def _pace(self, device: tuple[str, str | None], deadline: float,
                     until: asyncio.Future[None] | None) -> None:

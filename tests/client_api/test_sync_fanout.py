@@ -247,6 +247,13 @@ async def test_a_busy_device_is_held_while_the_server_is_behind(
     assert time.monotonic() - started >= slow_pacing * 0.9
     assert timeline_ids(joined(body, room_id)) == [second]
     since = body["next_batch"]
+    # What came before the device asked again waits for the interval too.
+    answered = time.monotonic()
+    extra = await send_text(client, alice, room_id, "two and a half")
+    body = await sync(client, bob, since=since, timeout_ms=10_000)
+    assert time.monotonic() - answered >= slow_pacing * 0.9
+    assert timeline_ids(joined(body, room_id)) == [extra]
+    since = body["next_batch"]
 
     # Pacing is per device: bob's phone was quiet, and is answered at once.
     poll = asyncio.create_task(sync(client, phone, since=phone_since, timeout_ms=10_000))
