@@ -320,3 +320,26 @@ async def test_delete_devices_missing_list(client: TestClient) -> None:
                              json={"auth": password_auth()})
     assert resp.status == 400
     assert (await resp.json())["errcode"] == "M_MISSING_PARAM"
+
+
+async def test_deleting_devices_without_a_valid_token_answers_the_spec_401(
+        client: TestClient) -> None:
+    """The spec's only 401 for these two endpoints is the user-interactive auth response
+    (``flows`` required): a missing or unknown token keeps its errcode (what clients act on,
+    as Synapse sends it) and carries the flows too, so the body fits both."""
+    phone, laptop = await alice_with_two_devices(client)
+    requests = [("DELETE", "/devices/LAPTOP", {}), ("POST", "/delete_devices",
+                                                   {"devices": ["LAPTOP"]})]
+    for method, path, body in requests:
+        for headers, errcode in (({}, "M_MISSING_TOKEN"),
+                                 (bearer("kta_nonsense"), "M_UNKNOWN_TOKEN"),
+                                 ({"Authorization": "Basic abc"}, "M_MISSING_TOKEN")):
+            resp = await client.request(method, f"{V3}{path}", json=body, headers=headers)
+            assert resp.status == 401, await resp.text()
+            answer = await resp.json()
+            assert answer["errcode"] == errcode
+            assert_matches_spec("client-server", method, path, 401, answer)
+            assert answer["flows"] == [{"stages": ["m.login.password"]}]
+            assert "session" not in answer  # no UIA session for an unauthenticated request
+    assert await token_status(client, laptop) == (200, None)
+    assert set(await list_devices(client, phone)) == {"PHONE", "LAPTOP"}
