@@ -45,7 +45,7 @@ class Federation:
 
     async def start(self) -> None:
         await self.client.start()
-        self.services.persister.outbox_listener = self.sender.wake
+        self.services.persister.outbox_listener = self.sender.events_committed
         self.services.membership.remote = self.remote
         self.services.rooms.remote = self.remote
         self.services.profiles.remote = self.remote

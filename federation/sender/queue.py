@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -47,9 +47,16 @@ class _Destination:
         # Ephemeral EDUs keyed so a newer update replaces an older one (typing per room and
         # user, presence per user).
         self.ephemeral: dict[tuple[str, ...], dict[str, Any]] = {}
-        # Whether the durable queue may hold entries (false once a read found it drained):
-        # a transaction of typing notices alone needs no query.
+        # Whether the durable queue may hold entries other than ``fresh`` (false once a read
+        # found it drained): a transaction of typing notices alone needs no query.
         self.durable = True
+        # Events just committed for this destination while its queue was known to hold
+        # nothing else, in commit order: sent from memory (their rows are in the queue too,
+        # and are deleted by event ID once the destination has them).
+        self.fresh: list[str] = []
+        # The events of the last transaction read from the queue (one committed while it
+        # was read can be both read and handed over fresh).
+        self._read_last: set[str] = set()
         self.task: asyncio.Task[None] | None = None
 
     def add_ephemeral(self, key: tuple[str, ...], edu: dict[str, Any]) -> None:
@@ -88,19 +95,25 @@ class _Destination:
         """Send the next transaction; False when there is nothing (more) to send now."""
         sender = self.sender
         entries = []
+        fresh: list[str] = []
         if self.durable:
             self.durable = False  # unless this read is cut short, or something new comes
+            self.fresh.clear()  # their rows are read with the rest
             entries = await sender.store.pending(self.name, pdus=MAX_PDUS, edus=MAX_EDUS)
+            self._read_last = {e.event_id for e in entries if e.event_id is not None}
             if len([e for e in entries if e.event_id is not None]) >= MAX_PDUS or \
                     len([e for e in entries if e.edu is not None]) >= MAX_EDUS:
                 self.durable = True
+        else:
+            fresh, self.fresh = self.fresh[:MAX_PDUS], self.fresh[MAX_PDUS:]
+            fresh = [e for e in fresh if e not in self._read_last]
         persistent_edus = [e.edu for e in entries if e.edu is not None]
         room = MAX_EDUS - len(persistent_edus)
         ephemeral_keys = list(self.ephemeral)[:room]
         ephemeral = [self.ephemeral[k] for k in ephemeral_keys]
-        if not entries and not ephemeral:
+        if not entries and not fresh and not ephemeral:
             return False
-        event_ids = [e.event_id for e in entries if e.event_id is not None]
+        event_ids = [e.event_id for e in entries if e.event_id is not None] + fresh
         events = await sender.services.persister.get_events(event_ids)
         pdus = [dict(events[e].pdu) for e in event_ids if e in events]
         txn_id = sender.next_txn_id()
@@ -112,7 +125,7 @@ class _Destination:
         except FederationRequestError as e:
             if e.status >= 500 or e.status in (401, 408, 429):
                 logger.info("Transaction to %s failed (%s): will retry", self.name, e.status)
-                await self._failed()
+                await self._failed()  # (what was fresh is read from the queue next time)
                 return False
             # The destination refuses this transaction as such: retrying would block its
             # queue for ever.
@@ -130,6 +143,7 @@ class _Destination:
             if self.ephemeral.get(key) is sent:  # not replaced by a newer one meanwhile
                 del self.ephemeral[key]
         await sender.store.sent(self.name, [e.id for e in entries])
+        await sender.store.sent_events(self.name, fresh)
         if self.backoff is not None:
             self.backoff = None
             await sender.store.set_backoff(self.name, None, sender.now_ms())
@@ -205,6 +219,20 @@ class FederationSender:
             self._destinations[name] = destination
             destination.task = asyncio.create_task(destination.run())
         return destination
+
+    def events_committed(self, by_destination: Mapping[str, Sequence[str]]) -> None:
+        """Events were committed with rows in these destinations' queues (event IDs in
+        commit order): a destination whose queue held nothing else sends them from memory,
+        without reading its queue."""
+        for name, event_ids in by_destination.items():
+            if name == self.server_name:
+                continue
+            destination = self._destination(name)
+            if not destination.durable and destination.backoff is None:
+                destination.fresh.extend(event_ids)
+            else:
+                destination.durable = True
+            destination.wanted.set()
 
     def wake(self, destinations: Iterable[str]) -> None:
         """New entries are queued for these destinations."""

@@ -159,7 +159,8 @@ class EventPersister:
         self._db = db
         self._federates = federates
         # Told which destinations have new queued PDUs once they are committed.
-        self.outbox_listener: Callable[[set[str]], None] | None = None
+        # Told, after each commit, the events queued for each destination (in order).
+        self.outbox_listener: Callable[[dict[str, list[str]]], None] | None = None
         self._clock = clock
         self._notifier = notifier
         self._server_name = server_name
@@ -537,7 +538,10 @@ class EventPersister:
             for _ in queued:
                 self._queue.task_done()
             self._unstored_keys.difference_update(n for i in items for n, _, _ in i.new_state_keys)
-            destinations = {d for i in items for d in i.destinations}
+            destinations: dict[str, list[str]] = {}
+            for item in items:
+                for destination in item.destinations:
+                    destinations.setdefault(destination, []).append(item.event_id)
             if destinations and self.outbox_listener is not None:
                 self.outbox_listener(destinations)
             # Backfilled history (negative positions) is nothing new for syncs.

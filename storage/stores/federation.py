@@ -75,6 +75,14 @@ class FederationStore:
                     federation_outbox.c.destination == destination,
                     federation_outbox.c.id.in_(ids)))))
 
+    async def sent_events(self, destination: str, event_ids: Sequence[str]) -> None:
+        """The destination has these events: their queue rows go."""
+        if event_ids:
+            await self._db.run_write(lambda conn: conn.execute(
+                delete(federation_outbox).where(and_(
+                    federation_outbox.c.destination == destination,
+                    federation_outbox.c.event_id.in_(list(event_ids))))))
+
     async def destinations_with_pending(self) -> list[str]:
         async with self._db.read() as conn:
             rows = await conn.execute(select(federation_outbox.c.destination).distinct())
