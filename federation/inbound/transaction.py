@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from federation.inbound.pdus import InvalidPdu, PduHandler
@@ -42,6 +43,17 @@ def _event_id_of(pdu: Any, version: RoomVersion) -> str | None:
         return None
 
 
+@dataclass
+class _RoomPdus:
+    """A transaction's PDUs of one room once checked: the answers so far (refusals), the
+    events that passed, and which of them are here already."""
+
+    room_id: str
+    results: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    stored: set[str] = field(default_factory=set)
+
+
 class TransactionHandler:
     def __init__(self, services: Services, pdus: PduHandler) -> None:
         self._services = services
@@ -65,13 +77,22 @@ class TransactionHandler:
         if running is not None:
             return await asyncio.shield(running)
         store = self._services.db.federation
-        done = await store.received_txn(origin, txn_id)
-        if done is not None:
-            return done
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._running[key] = future
         try:
-            response = {"pdus": await self._process_pdus(origin, pdus)}
+            # Whether this transaction was answered before is read while its PDUs are checked
+            # (checks change nothing), so the read costs the transaction no time.
+            seen = asyncio.ensure_future(store.received_txn(origin, txn_id))
+            try:
+                rooms = await self._check_pdus(origin, pdus)
+            except BaseException:
+                seen.cancel()
+                raise
+            done = await seen
+            if done is not None:
+                future.set_result(done)
+                return done
+            response = {"pdus": await self._process_pdus(origin, rooms)}
             await self._process_edus(origin, edus)
             await store.remember_txn(origin, txn_id, response, self._services.clock.time_ms())
             future.set_result(response)
@@ -83,54 +104,68 @@ class TransactionHandler:
         finally:
             del self._running[key]
 
-    async def _process_pdus(self, origin: str, pdus: list[Any]) -> dict[str, Any]:
-        results: dict[str, Any] = {}
+    async def _check_pdus(self, origin: str, pdus: list[Any]) -> list[_RoomPdus]:
+        """Steps 1-3 (format, signatures, hashes) for each room's PDUs, rooms at once."""
         by_room: dict[str, list[Any]] = {}
         for pdu in pdus:
             room_id = pdu.get("room_id") if isinstance(pdu, Mapping) else None
             if not isinstance(room_id, str) or NUL in room_id:
                 continue  # not an event of a room: nothing to answer under
             by_room.setdefault(room_id, []).append(pdu)
-        outcomes = await asyncio.gather(*(self._process_room(origin, room_id, room_pdus)
-                                          for room_id, room_pdus in by_room.items()))
-        for outcome in outcomes:
-            results.update(outcome)
-        return results
+        return list(await asyncio.gather(*(self._check_room(origin, room_id, room_pdus)
+                                           for room_id, room_pdus in by_room.items())))
 
-    async def _process_room(self, origin: str, room_id: str, pdus: list[Any]
-                            ) -> dict[str, Any]:
-        results: dict[str, Any] = {}
+    async def _check_room(self, origin: str, room_id: str, pdus: list[Any]) -> _RoomPdus:
+        checked = _RoomPdus(room_id)
         version = await self._services.persister.room_version(room_id)
         if version is None:
             logger.info("%s sent %d PDUs for unknown room %s", origin, len(pdus), room_id)
-            return results
+            return checked
         if not await self._services.persister.server_allowed(room_id, origin):
             logger.info("%s is banned from %s by its server ACL", origin, room_id)
             for pdu in pdus:
                 event_id = _event_id_of(pdu, version)
                 if event_id is not None:
-                    results[event_id] = {"error": "Server is banned from this room"}
-            return results
-        checked: list[Event] = []
-        for pdu in pdus:
-            try:
-                event = await self._pdus.check_pdu(pdu, version)
-            except InvalidPdu as e:
-                logger.info("Refused a PDU from %s: %s", origin, e)
-                event_id = _event_id_of(pdu, version)
-                if event_id is not None:
-                    results[event_id] = {"error": f"Invalid event: {e}"}
-                continue
-            if event.room_id != room_id:
-                results[event.event_id] = {"error": "Event is not in the room it claims"}
-                continue
-            checked.append(event)
-        # One query for what is already here; then each event is checked and queued, and
-        # the answer waits for their commits together.
-        stored = await self._services.persister.is_stored([e.event_id for e in checked])
+                    checked.results[event_id] = {"error": "Server is banned from this room"}
+            return checked
+        # Which are here already is read while they are checked.
+        ids = [e for e in (_event_id_of(pdu, version) for pdu in pdus) if e is not None]
+        stored = asyncio.ensure_future(self._services.persister.is_stored(ids))
+        try:
+            for pdu in pdus:
+                try:
+                    event = await self._pdus.check_pdu(pdu, version)
+                except InvalidPdu as e:
+                    logger.info("Refused a PDU from %s: %s", origin, e)
+                    event_id = _event_id_of(pdu, version)
+                    if event_id is not None:
+                        checked.results[event_id] = {"error": f"Invalid event: {e}"}
+                    continue
+                if event.room_id != room_id:
+                    checked.results[event.event_id] = {
+                        "error": "Event is not in the room it claims"}
+                    continue
+                checked.events.append(event)
+        except BaseException:
+            stored.cancel()
+            raise
+        checked.stored = await stored
+        return checked
+
+    async def _process_pdus(self, origin: str, rooms: list[_RoomPdus]) -> dict[str, Any]:
+        """Steps 4-6 for the checked PDUs of each room, rooms at once; answered after their
+        commits."""
+        results: dict[str, Any] = {}
+        for outcome in await asyncio.gather(*(self._process_room(origin, room)
+                                              for room in rooms)):
+            results.update(outcome)
+        return results
+
+    async def _process_room(self, origin: str, room: _RoomPdus) -> dict[str, Any]:
+        results = dict(room.results)
         commits: list[asyncio.Future[None]] = []
-        for event in sorted(checked, key=lambda e: e.depth):
-            if event.event_id in stored:
+        for event in sorted(room.events, key=lambda e: e.depth):
+            if event.event_id in room.stored:
                 results[event.event_id] = {}
                 continue
             try:
@@ -143,7 +178,7 @@ class TransactionHandler:
                 logger.info("Rejected %s from %s: %s", event.event_id, origin, e)
                 results[event.event_id] = {"error": str(e)}
         for future in commits:
-            await self._services.persister.committed(future, room_id)
+            await self._services.persister.committed(future, room.room_id)
         return results
 
     # -- EDUs ------------------------------------------------------------------------------
