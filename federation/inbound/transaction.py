@@ -54,6 +54,11 @@ class _RoomPdus:
     stored: set[str] = field(default_factory=set)
 
 
+# EDUs whose repeat changes nothing: a typing or presence state set again, a receipt that
+# never goes back. (To-device messages are not: they are recorded with their transaction.)
+IDEMPOTENT_EDUS = frozenset({"m.typing", "m.presence", "m.receipt"})
+
+
 class TransactionHandler:
     def __init__(self, services: Services, pdus: PduHandler) -> None:
         self._services = services
@@ -76,25 +81,10 @@ class TransactionHandler:
         running = self._running.get(key)
         if running is not None:
             return await asyncio.shield(running)
-        store = self._services.db.federation
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._running[key] = future
         try:
-            # Whether this transaction was answered before is read while its PDUs are checked
-            # (checks change nothing), so the read costs the transaction no time.
-            seen = asyncio.ensure_future(store.received_txn(origin, txn_id))
-            try:
-                rooms = await self._check_pdus(origin, pdus)
-            except BaseException:
-                seen.cancel()
-                raise
-            done = await seen
-            if done is not None:
-                future.set_result(done)
-                return done
-            response = {"pdus": await self._process_pdus(origin, rooms)}
-            await self._process_edus(origin, edus)
-            await store.remember_txn(origin, txn_id, response, self._services.clock.time_ms())
+            response = await self._handle(origin, txn_id, pdus, edus)
             future.set_result(response)
             return response
         except BaseException as e:
@@ -103,6 +93,31 @@ class TransactionHandler:
             raise
         finally:
             del self._running[key]
+
+    async def _handle(self, origin: str, txn_id: str, pdus: list[Any], edus: list[Any]
+                      ) -> dict[str, Any]:
+        if not pdus and all(isinstance(e, Mapping) and e.get("edu_type") in IDEMPOTENT_EDUS
+                            for e in edus):
+            # Typing, presence and receipts alone (most transactions): applying a repeat
+            # changes nothing, so the transaction needs no record.
+            await self._process_edus(origin, edus)
+            return {"pdus": {}}
+        store = self._services.db.federation
+        # Whether this transaction was answered before is read while its PDUs are checked
+        # (checks change nothing), so the read costs the transaction no time.
+        seen = asyncio.ensure_future(store.received_txn(origin, txn_id))
+        try:
+            rooms = await self._check_pdus(origin, pdus)
+        except BaseException:
+            seen.cancel()
+            raise
+        done = await seen
+        if done is not None:
+            return done
+        response = {"pdus": await self._process_pdus(origin, rooms)}
+        await self._process_edus(origin, edus)
+        await store.remember_txn(origin, txn_id, response, self._services.clock.time_ms())
+        return response
 
     async def _check_pdus(self, origin: str, pdus: list[Any]) -> list[_RoomPdus]:
         """Steps 1-3 (format, signatures, hashes) for each room's PDUs, rooms at once."""
