@@ -16,7 +16,7 @@ from cachetools import LRUCache
 
 from homeserver.clock import Clock
 from homeserver.events.stripped import STRIPPED_STATE_TYPES, stripped
-from homeserver.services.filtering import SyncFilter, apply_event_fields
+from homeserver.services.filtering import SyncFilter
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.messages import make_token
 from homeserver.services.notifier import Notifier
@@ -559,7 +559,7 @@ class ResponseBuilder:
             now=self.s.clock.time_ms())
         for event in serialized:
             event.pop("room_id", None)  # sync events are "client events without room ID"
-        return [apply_event_fields(e, self.filter.event_fields) for e in serialized]
+        return [self.filter.pick_fields(e) for e in serialized]
 
     # -- invites, knocks, leaves ------------------------------------------------------------
 
