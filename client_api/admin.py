@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from client_api import params
 from client_api._routing import ClientRoutes
 from client_api.auth import require_admin
 from client_api.models import (
@@ -18,7 +19,7 @@ from client_api.models import (
     parse_body,
 )
 from homeserver.appkeys import SERVICES
-from homeserver.errors import InvalidParam, NotFound
+from homeserver.errors import NotFound
 from homeserver.http.client_ip import client_ip
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.purge import DeleteRoomRequest, DeleteTask
@@ -96,10 +97,7 @@ async def delete_registration_token(request: web.Request) -> web.Response:
 
 
 def _admin_room_id(request: web.Request) -> str:
-    room_id = request.match_info["room_id"]
-    if not room_id.startswith("!"):
-        raise InvalidParam(f"{room_id} is not a legal room ID")
-    return room_id
+    return params.room_id(request.match_info["room_id"])
 
 
 @routes.post("/purge_history/{room_id}", versions=ADMIN_V1)
@@ -110,8 +108,9 @@ async def post_purge_history(request: web.Request) -> web.Response:
     purge = request.app[SERVICES].purge
     room_id = _admin_room_id(request)
     body = parse_body(PurgeHistoryBody, await read_json_object(request, allow_empty=True))
+    event_id = request.match_info.get("event_id") or body.purge_up_to_event_id
     point = await purge.purge_point(
-        room_id, event_id=request.match_info.get("event_id") or body.purge_up_to_event_id,
+        room_id, event_id=params.event_id(event_id) if event_id is not None else None,
         ts=body.purge_up_to_ts)
     purge_id = purge.start_purge(room_id, point, delete_local_events=body.delete_local_events)
     return json_response({"purge_id": purge_id})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from client_api import params
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from client_api.models import AliasBody, PublicRoomsBody, VisibilityBody, parse_body
@@ -20,7 +21,8 @@ routes = ClientRoutes()
 async def get_alias(request: web.Request) -> web.Response:
     """GET /_matrix/client/v3/directory/room/{roomAlias}"""
     services = request.app[SERVICES]
-    room_id, servers = await services.rooms.resolve_alias(request.match_info["alias"])
+    room_id, servers = await services.rooms.resolve_alias(
+        params.room_alias(request.match_info["alias"]))
     return json_response({"room_id": room_id, "servers": servers})
 
 
@@ -28,8 +30,9 @@ async def get_alias(request: web.Request) -> web.Response:
 async def put_alias(request: web.Request) -> web.Response:
     """PUT /_matrix/client/v3/directory/room/{roomAlias}"""
     requester = await require_requester(request)
+    alias = params.new_room_alias(request.match_info["alias"])
     body = parse_body(AliasBody, await read_json_object(request))
-    await request.app[SERVICES].rooms.create_alias(request.match_info["alias"], body.room_id,
+    await request.app[SERVICES].rooms.create_alias(alias, params.room_id(body.room_id),
                                                    requester.user_id)
     return json_response({})
 
@@ -38,7 +41,7 @@ async def put_alias(request: web.Request) -> web.Response:
 async def delete_alias(request: web.Request) -> web.Response:
     """DELETE /_matrix/client/v3/directory/room/{roomAlias}"""
     requester = await require_requester(request)
-    await request.app[SERVICES].rooms.delete_alias(request.match_info["alias"],
+    await request.app[SERVICES].rooms.delete_alias(params.room_alias(request.match_info["alias"]),
                                                    requester.user_id, requester.is_admin)
     return json_response({})
 

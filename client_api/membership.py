@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from client_api import params
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from client_api.models import MembershipBody, TargetBody, parse_body
@@ -21,18 +22,21 @@ async def _body(request: web.Request, *, allow_empty: bool = True) -> Membership
 
 
 def _servers(request: web.Request) -> list[str]:
-    """Servers to join a room through: ``via`` (v1.12+) and the older ``server_name``."""
-    return [*request.query.getall("via", []), *request.query.getall("server_name", [])]
+    """Servers to join a room through: ``via`` (v1.12+) and the older ``server_name``, each a
+    server name (else ``400 M_INVALID_PARAM``), each once."""
+    return params.server_names([*request.query.getall("via", []),
+                                *request.query.getall("server_name", [])])
 
 
 @routes.post("/join/{room_id_or_alias}")
 async def post_join_by_id_or_alias(request: web.Request) -> web.Response:
     """POST /_matrix/client/v3/join/{roomIdOrAlias}"""
     requester = await require_requester(request)
+    room_id_or_alias = params.room_id_or_alias(request.match_info["room_id_or_alias"])
+    servers = _servers(request)
     body = await _body(request)
     room_id = await request.app[SERVICES].membership.join(
-        requester.user_id, request.match_info["room_id_or_alias"], reason=body.reason,
-        servers=_servers(request))
+        requester.user_id, room_id_or_alias, reason=body.reason, servers=servers)
     return json_response({"room_id": room_id})
 
 
@@ -50,10 +54,11 @@ async def post_join(request: web.Request) -> web.Response:
 async def post_knock(request: web.Request) -> web.Response:
     """POST /_matrix/client/v3/knock/{roomIdOrAlias}"""
     requester = await require_requester(request)
+    room_id_or_alias = params.room_id_or_alias(request.match_info["room_id_or_alias"])
+    servers = _servers(request)
     body = await _body(request, allow_empty=False)  # as Synapse: the body is required
     room_id = await request.app[SERVICES].membership.knock(
-        requester.user_id, request.match_info["room_id_or_alias"], reason=body.reason,
-        servers=_servers(request))
+        requester.user_id, room_id_or_alias, reason=body.reason, servers=servers)
     return json_response({"room_id": room_id})
 
 
@@ -81,6 +86,7 @@ async def post_invite(request: web.Request) -> web.Response:
     requester = await require_requester(request)
     raw = await read_json_object(request)
     body = parse_body(TargetBody, raw)
+    params.user_id(body.user_id)
     is_direct = raw.get("is_direct") is True
     await request.app[SERVICES].membership.invite(
         requester.user_id, _room_id(request), body.user_id, reason=body.reason,
@@ -91,6 +97,7 @@ async def post_invite(request: web.Request) -> web.Response:
 async def _targeted(request: web.Request, action: str) -> web.Response:
     requester = await require_requester(request)
     body = parse_body(TargetBody, await read_json_object(request))
+    params.user_id(body.user_id)
     membership = request.app[SERVICES].membership
     method = {"kick": membership.kick, "ban": membership.ban, "unban": membership.unban}[action]
     await method(requester.user_id, _room_id(request), body.user_id, reason=body.reason)

@@ -86,7 +86,7 @@ class NewRegistrationTokenBody(Body):
 
 class CreateRoomBody(Body):
     visibility: str = "private"
-    room_alias_name: str | None = Field(default=None, max_length=255)
+    room_alias_name: str | None = None  # checked as a room alias (client_api.params)
     name: str | None = Field(default=None, max_length=255)
     topic: str | None = Field(default=None, max_length=65536)
     invite: list[str] = Field(default_factory=list, max_length=1000)

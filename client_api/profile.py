@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from client_api import params
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from homeserver.appkeys import SERVICES
@@ -61,7 +62,7 @@ async def put_profile_field(request: web.Request) -> web.Response:
     """PUT /_matrix/client/v3/profile/{userId}/{keyName}"""
     requester = await require_requester(request)
     user_id = _user_id(request)
-    field = request.match_info["field"]
+    field = params.profile_key(request.match_info["field"])
     body = await read_json_object(request)
     if field not in body:
         raise MissingParam(f"Missing key '{field}'")

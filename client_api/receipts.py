@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from client_api import params
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from client_api.models import ReceiptBody, TypingBody, parse_body
@@ -11,6 +12,7 @@ from client_api.rooms import _room_id
 from homeserver.appkeys import SERVICES
 from homeserver.errors import Forbidden
 from homeserver.http.json import json_response, read_json_object
+from homeserver.services.receipts import RECEIPT_TYPES
 
 routes = ClientRoutes()
 
@@ -35,10 +37,11 @@ async def post_receipt(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     requester = await require_requester(request)
     room_id = _room_id(request)
+    event_id = params.event_id(request.match_info["event_id"])
     body = parse_body(ReceiptBody, await read_json_object(request))
     await services.receipts.receipt(requester.user_id, room_id,
-                                    request.match_info["receipt_type"],
-                                    request.match_info["event_id"], body.thread_id)
+                                    request.match_info["receipt_type"], event_id,
+                                    body.thread_id)
     await services.presence.user_active(requester.user_id)
     return json_response({})
 
@@ -50,6 +53,9 @@ async def post_read_markers(request: web.Request) -> web.Response:
     requester = await require_requester(request)
     room_id = _room_id(request)
     body = await read_json_object(request)
+    for marker in RECEIPT_TYPES:
+        if isinstance(body.get(marker), str):
+            params.event_id(body[marker])
     await services.receipts.read_markers(requester.user_id, room_id, body)
     await services.presence.user_active(requester.user_id)
     return json_response({})

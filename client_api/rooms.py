@@ -7,11 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
+from client_api import params
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from client_api.models import CreateRoomBody, RedactBody, parse_body
 from homeserver.appkeys import SERVICES
-from homeserver.errors import InvalidParam, MatrixError
+from homeserver.errors import BadJson, InvalidParam, MatrixError
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.auth import Requester
 from homeserver.services.event_persister import NewEvent
@@ -27,10 +28,7 @@ def _reader(requester: Requester) -> Reader:
 
 
 def _room_id(request: web.Request) -> str:
-    room_id = request.match_info["room_id"]
-    if not room_id.startswith("!"):
-        raise InvalidParam("Invalid room ID")
-    return room_id
+    return params.room_id(request.match_info["room_id"])
 
 
 def _int_param(request: web.Request, name: str, default: int) -> int:
@@ -43,12 +41,27 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
         raise InvalidParam(f"'{name}' must be an integer") from None
 
 
+def _check_initial_state(body: CreateRoomBody) -> None:
+    """createRoom's ``initial_state`` entries: a type and a state key (a string, ``""`` when
+    left out) as any state event's, and a content object."""
+    for item in body.initial_state:
+        if not isinstance(item.get("type"), str) or not isinstance(item.get("content"), dict):
+            raise BadJson("initial_state entries need a type and a content object")
+        if not isinstance(item.get("state_key", ""), str):
+            raise BadJson("initial_state entries' state_key must be a string")
+        params.event_type(item["type"])
+        params.state_key(item.get("state_key", ""))
+
+
 @routes.post("/createRoom")
 async def post_create_room(request: web.Request) -> web.Response:
     """POST /_matrix/client/v3/createRoom"""
     services = request.app[SERVICES]
     requester = await require_requester(request)
     body = parse_body(CreateRoomBody, await read_json_object(request))
+    if body.room_alias_name is not None:
+        params.new_room_alias(f"#{body.room_alias_name}:{services.config.server_name}")
+    _check_initial_state(body)
     if body.invite_3pid:
         raise MatrixError("Third-party invites are not supported", status=400,
                           errcode="M_UNKNOWN")
@@ -70,10 +83,12 @@ async def put_send(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     requester = await require_requester(request)
     room_id = _room_id(request)
+    event_type = params.event_type(request.match_info["event_type"])
+    txn_id = params.transaction_id(request.match_info["txn_id"])
     content = await read_json_object(request)
     event = await services.rooms.send_message(
-        room_id, NewEvent(request.match_info["event_type"], requester.user_id, content,
-                          device_id=requester.device_id, txn_id=request.match_info["txn_id"]))
+        room_id, NewEvent(event_type, requester.user_id, content,
+                          device_id=requester.device_id, txn_id=txn_id))
     await services.presence.user_active(requester.user_id)
     return json_response({"event_id": event.event_id})
 
@@ -82,8 +97,9 @@ async def _put_state(request: web.Request, state_key: str) -> web.Response:
     services = request.app[SERVICES]
     requester = await require_requester(request)
     room_id = _room_id(request)
+    event_type = params.event_type(request.match_info["event_type"])
+    params.state_key(state_key)
     content = await read_json_object(request)
-    event_type = request.match_info["event_type"]
     if event_type == "m.room.member":
         # Membership has rules of its own (someone else's is a kick, ban or invite).
         event_id = await services.membership.set_member_state(requester.user_id, room_id,
@@ -111,7 +127,8 @@ async def _get_state(request: web.Request, state_key: str) -> web.Response:
     services = request.app[SERVICES]
     requester = await require_requester(request)
     event = await services.messages.state_event(
-        _reader(requester), _room_id(request), (request.match_info["event_type"], state_key))
+        _reader(requester), _room_id(request),
+        (params.event_type(request.match_info["event_type"]), params.state_key(state_key)))
     if request.query.get("format") == "event":
         return json_response(event)
     return json_response(event["content"])
@@ -143,7 +160,7 @@ async def get_event(request: web.Request) -> web.Response:
     """GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}"""
     requester = await require_requester(request)
     return json_response(await request.app[SERVICES].messages.get_event(
-        _reader(requester), _room_id(request), request.match_info["event_id"]))
+        _reader(requester), _room_id(request), params.event_id(request.match_info["event_id"])))
 
 
 @routes.get("/rooms/{room_id}/messages")
@@ -167,7 +184,7 @@ async def get_context(request: web.Request) -> web.Response:
     requester = await require_requester(request)
     event_filter = RoomEventFilter.from_query(request.query.get("filter"))
     return json_response(await request.app[SERVICES].messages.context(
-        _reader(requester), _room_id(request), request.match_info["event_id"],
+        _reader(requester), _room_id(request), params.event_id(request.match_info["event_id"]),
         _int_param(request, "limit", 10), event_filter))
 
 
@@ -195,10 +212,12 @@ async def put_redact(request: web.Request) -> web.Response:
     """PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}"""
     services = request.app[SERVICES]
     requester = await require_requester(request)
+    room_id = _room_id(request)
+    event_id = params.event_id(urllib.parse.unquote(request.match_info["event_id"]))
+    txn_id = params.transaction_id(request.match_info["txn_id"])
     body = parse_body(RedactBody, await read_json_object(request))
     content: dict[str, Any] = {"reason": body.reason} if body.reason is not None else {}
     event = await services.rooms.redact(
-        _room_id(request), urllib.parse.unquote(request.match_info["event_id"]),
-        requester.user_id, content, device_id=requester.device_id,
-        txn_id=request.match_info["txn_id"], is_admin=requester.is_admin)
+        room_id, event_id, requester.user_id, content, device_id=requester.device_id,
+        txn_id=txn_id, is_admin=requester.is_admin)
     return json_response({"event_id": event.event_id})
