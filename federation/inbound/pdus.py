@@ -36,6 +36,7 @@ from homeserver.http.nul import contains_nul
 from homeserver.rooms.auth import AuthError, check_auth_events, check_auth_rules
 from homeserver.services.container import Services
 from homeserver.services.event_persister import MAX_DEPTH, MAX_PDU_BYTES, MissingEvents
+from homeserver.types import MAX_IDENTIFIER_BYTES, byte_length
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,27 @@ def _nul_in_identifiers(pdu: Mapping[str, Any]) -> bool:
 
 
 def _is_user_id(value: object) -> bool:
-    return isinstance(value, str) and value.startswith("@") and ":" in value[1:] \
-        and len(value) <= 255
+    return isinstance(value, str) and value.startswith("@") and ":" in value[1:]
+
+
+# The spec's PDU size limits (https://spec.matrix.org/v1.19/server-server-api/#size-limits):
+# these fields at most 255 bytes, as a client's (``homeserver.types``), and the event IDs an
+# event refers to as well. Synapse's ``_check_size_limits`` refuses such an event in every room
+# version (before v11 it counts code points first and keeps a byte-long one as rejected); here
+# it is refused outright, so none of it reaches a column or an index.
+_LIMITED_FIELDS = ("type", "state_key", "sender", "room_id")
+
+
+def _overlong_field(pdu: Mapping[str, Any]) -> str | None:
+    """The first field of ``_LIMITED_FIELDS`` and ``_STRING_LISTS`` over 255 bytes, if any."""
+    for key in _LIMITED_FIELDS:
+        value = pdu.get(key)
+        if isinstance(value, str) and byte_length(value) > MAX_IDENTIFIER_BYTES:
+            return key
+    for key in _STRING_LISTS:
+        if any(byte_length(v) > MAX_IDENTIFIER_BYTES for v in pdu[key]):
+            return key
+    return None
 
 
 def parse_pdu(pdu: Any, room_version: RoomVersion) -> Event:
@@ -88,6 +108,9 @@ def parse_pdu(pdu: Any, room_version: RoomVersion) -> Event:
             raise InvalidPdu(f"{key} must be a list of event IDs")
     if not _is_user_id(pdu["sender"]):
         raise InvalidPdu("sender is not a user ID")
+    overlong = _overlong_field(pdu)
+    if overlong is not None:
+        raise InvalidPdu(f"{overlong} is longer than {MAX_IDENTIFIER_BYTES} bytes")
     if not isinstance(pdu.get("hashes", {}).get("sha256"), str):
         raise InvalidPdu("hashes.sha256 is missing")
     is_create = pdu["type"] == "m.room.create" and pdu.get("state_key") == ""

@@ -22,6 +22,7 @@ from homeserver.events.room_versions import RoomVersion
 from homeserver.http.nul import NUL, contains_nul
 from homeserver.rooms.auth import AuthError
 from homeserver.services.container import Services
+from homeserver.types import MAX_IDENTIFIER_BYTES, byte_length
 
 logger = logging.getLogger(__name__)
 
@@ -241,6 +242,8 @@ class TransactionHandler:
                 data = receipt.get("data")
                 thread = data.get("thread_id") if isinstance(data, Mapping) else None
                 thread = thread if isinstance(thread, str) else ""
+                if byte_length(thread) > MAX_IDENTIFIER_BYTES:
+                    continue  # an event ID or "main"; nothing longer is kept
                 if isinstance(event_ids, list) and event_ids and isinstance(event_ids[-1], str):
                     received.append((str(user_id), str(room_id), event_ids[-1], thread))
         return received

@@ -24,7 +24,13 @@ from homeserver.clock import Clock
 from homeserver.errors import BadJson, InvalidParam, MissingParam, TooLarge
 from homeserver.services.changes import ChangeLog
 from homeserver.services.notifier import Notifier
-from homeserver.types import parse_user_id
+from homeserver.types import (
+    MAX_IDENTIFIER_BYTES,
+    InvalidIdentifier,
+    byte_length,
+    check_event_type,
+    parse_user_id,
+)
 from storage.stores.to_device import ToDeviceStore
 
 logger = logging.getLogger(__name__)
@@ -142,6 +148,15 @@ class ToDeviceService:
             sender_server = None
         if sender_server != origin:
             logger.warning("Ignored a %s EDU from %s with sender %r", EDU_TYPE, origin, sender)
+            return
+        try:
+            check_event_type(event_type)
+        except InvalidIdentifier as e:
+            logger.info("Ignored a %s EDU from %s: %s", EDU_TYPE, origin, e)
+            return
+        if isinstance(message_id, str) and byte_length(message_id) > MAX_IDENTIFIER_BYTES:
+            logger.info("Ignored a %s EDU from %s: its message_id is longer than %d bytes",
+                        EDU_TYPE, origin, MAX_IDENTIFIER_BYTES)
             return
         seen_key = (origin, message_id) if isinstance(message_id, str) else None
         if seen_key is not None and seen_key in self._seen_remote:
