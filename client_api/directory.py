@@ -10,8 +10,8 @@ from client_api.auth import require_requester
 from client_api.models import AliasBody, PublicRoomsBody, VisibilityBody, parse_body
 from client_api.rooms import _room_id
 from homeserver.appkeys import SERVICES
-from homeserver.errors import InvalidParam
 from homeserver.http.json import json_response, read_json_object
+from homeserver.http.params import query_int
 from homeserver.services.directory import RoomFilter
 
 routes = ClientRoutes()
@@ -80,11 +80,8 @@ async def get_public_rooms(request: web.Request) -> web.Response:
     server = request.query.get("server")
     if server:
         await require_requester(request)
-    limit = request.query.get("limit")
-    if limit is not None and not limit.isdigit():
-        raise InvalidParam("'limit' must be a non-negative integer")
     return json_response(await request.app[SERVICES].directory.public_rooms(
-        limit=int(limit) if limit else None, since=request.query.get("since"),
+        limit=query_int(request, "limit"), since=request.query.get("since"),
         server=server))
 
 

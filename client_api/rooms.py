@@ -14,6 +14,7 @@ from client_api.models import CreateRoomBody, RedactBody, parse_body
 from homeserver.appkeys import SERVICES
 from homeserver.errors import BadJson, InvalidParam, MatrixError
 from homeserver.http.json import json_response, read_json_object
+from homeserver.http.params import query_int
 from homeserver.services.auth import Requester
 from homeserver.services.event_persister import NewEvent
 from homeserver.services.filtering import RoomEventFilter
@@ -29,16 +30,6 @@ def _reader(requester: Requester) -> Reader:
 
 def _room_id(request: web.Request) -> str:
     return params.room_id(request.match_info["room_id"])
-
-
-def _int_param(request: web.Request, name: str, default: int) -> int:
-    value = request.query.get(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidParam(f"'{name}' must be an integer") from None
 
 
 def _check_initial_state(body: CreateRoomBody) -> None:
@@ -171,7 +162,7 @@ async def get_messages(request: web.Request) -> web.Response:
     if direction not in ("b", "f"):
         raise InvalidParam("'dir' must be b or f")
     event_filter = RoomEventFilter.from_query(request.query.get("filter"))
-    limit = _int_param(request, "limit", event_filter.limit or 10)
+    limit = query_int(request, "limit", event_filter.limit or 10)
     return json_response(await request.app[SERVICES].messages.messages(
         _reader(requester), _room_id(request), from_token=request.query.get("from"),
         to_token=request.query.get("to"), backwards=direction == "b", limit=limit,
@@ -185,7 +176,7 @@ async def get_context(request: web.Request) -> web.Response:
     event_filter = RoomEventFilter.from_query(request.query.get("filter"))
     return json_response(await request.app[SERVICES].messages.context(
         _reader(requester), _room_id(request), params.event_id(request.match_info["event_id"]),
-        _int_param(request, "limit", 10), event_filter))
+        query_int(request, "limit", 10), event_filter))
 
 
 @routes.get("/rooms/{room_id}/members")

@@ -19,8 +19,9 @@ from signedjson.sign import sign_json
 
 from federation.keys.keyring import MAX_KEY_VALIDITY_MS, Keyring
 from federation.keys.server import signed_key_response
-from homeserver.errors import BadJson, InvalidParam
+from homeserver.errors import BadJson
 from homeserver.http.json import json_response, read_json_object
+from homeserver.http.params import query_int
 from homeserver.types import is_valid_server_name
 from storage.stores.server_keys import ServerKey
 
@@ -43,11 +44,7 @@ class _QueryBody(BaseModel):
 async def get_query_keys(request: web.Request) -> web.Response:
     """GET /_matrix/key/v2/query/{serverName}"""
     keyring = request.app[KEYRING]
-    min_valid = request.query.get("minimum_valid_until_ts")
-    try:
-        min_valid_ts = int(min_valid) if min_valid is not None else keyring.clock.time_ms()
-    except ValueError:
-        raise InvalidParam("minimum_valid_until_ts must be an integer") from None
+    min_valid_ts = query_int(request, "minimum_valid_until_ts", keyring.clock.time_ms())
     responses = await _responses_for(keyring, request.match_info["server_name"], None,
                                      min_valid_ts)
     return json_response({"server_keys": responses})

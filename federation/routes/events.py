@@ -20,6 +20,7 @@ from aiohttp import web
 from federation.routes._base import federation_route
 from homeserver.errors import BadJson, Forbidden, InvalidParam, MissingParam, NotFound
 from homeserver.http.json import json_response
+from homeserver.http.params import parse_int
 from homeserver.services.server_visibility import ServerVisibility, federation_pdu
 from storage.stores.events import StoredEvent
 
@@ -211,13 +212,7 @@ async def backfill(request: web.Request, fed: Federation, origin: str, _body: An
     raw_limit = request.query.get("limit")
     if raw_limit is None:
         raise MissingParam("Missing query parameter: limit")
-    try:
-        limit = int(raw_limit)
-    except ValueError:
-        raise InvalidParam("'limit' must be an integer") from None
-    if limit < 0:
-        raise InvalidParam("'limit' must not be negative")
-    limit = min(limit, BACKFILL_MAX_LIMIT)
+    limit = min(parse_int(raw_limit, "limit"), BACKFILL_MAX_LIMIT)
     await require_server_in_room(fed, origin, room_id)
 
     start = sorted((e for e in (await fed.services.db.events.get_events(wanted)).values()

@@ -12,6 +12,7 @@ from aiohttp import web
 from federation.routes._base import federation_route
 from homeserver.errors import InvalidParam, MissingParam, NotFound
 from homeserver.http.json import json_response
+from homeserver.http.params import query_int
 from homeserver.services.directory import RoomFilter
 from homeserver.types import parse_user_id
 
@@ -87,11 +88,8 @@ async def get_public_rooms(request: web.Request, fed: Federation, _origin: str, 
                            ) -> web.Response:
     """GET /_matrix/federation/v1/publicRooms: our published rooms (0 or no limit: all)."""
     query = request.query
-    limit_text = query.get("limit")
-    if limit_text is not None and not limit_text.isdigit():
-        raise InvalidParam("'limit' must be a non-negative integer")
     limit, since, third_party = _public_rooms_args(
-        int(limit_text) if limit_text is not None else None, query.get("since"),
+        query_int(request, "limit"), query.get("since"),
         query.get("third_party_instance_id"))
     return json_response(await fed.services.directory.public_rooms(
         limit=limit, since=since, third_party_instance_id=third_party,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,7 @@ REMOTE_CACHE_ENTRIES = 100
 # The longest pagination token passed on either way; identifiers are at most 255 bytes.
 MAX_TOKEN_CHARS = 1024
 _MAX_ID_CHARS = 255
+_OFFSET = re.compile(r"[0-9]{1,16}")  # a 'since' token's number
 # Free text of a remote entry is cut to this length rather than dropped.
 _MAX_TEXT_CHARS = {"name": 255, "topic": 1024}
 _MAX_COUNT = 2**53 - 1
@@ -183,7 +185,7 @@ class DirectoryService:
             return {"chunk": [], "total_room_count_estimate": 0}
         offset = 0
         if since:
-            if not since.startswith("o") or not since[1:].isdigit():
+            if not since.startswith("o") or _OFFSET.fullmatch(since[1:]) is None:
                 raise InvalidParam("Invalid 'since' token")
             offset = int(since[1:])
         rooms = [await self.summary(r) for r in await self._rooms.public_room_ids()]

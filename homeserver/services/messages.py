@@ -17,9 +17,11 @@ from storage.stores.events import EventStore, StoredEvent
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateKey, StateMap, StateStore
 
-_TOKEN_RE = re.compile(r"^t(-?\d+)-(-?\d+)$")
+# Numbers of at most 16 digits: every depth and stream position fits (depths stop at
+# 2**53-1), and a larger one would overflow the database's 64-bit integers.
+_TOKEN_RE = re.compile(r"^t(-?[0-9]{1,16})-(-?[0-9]{1,16})$")
 # A /sync token (``SyncToken`` in services/sync.py): the events stream position comes first.
-_SYNC_TOKEN_RE = re.compile(r"^s(\d+)(?:_\d+){0,5}$")
+_SYNC_TOKEN_RE = re.compile(r"^s([0-9]{1,16})(?:_[0-9]+){0,5}$")
 # A place before every event (depths are never negative): for a sync token from before the
 # room had any event.
 _BEFORE_EVERYTHING = (-1, 0)

@@ -9,6 +9,7 @@ position of the last result), in the opaque ``next_batch``.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
 MAX_CONTEXT = 100
 _ROUNDS = 8
+_BATCH_NUMBER = re.compile(r"[0-9]{1,16}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +54,8 @@ def _parse_batch(token: str | None, by_rank: bool) -> tuple[int, int | None]:
     if token is None:
         return 0, None
     kind, _, value = token.partition("_")
-    if kind != ("rank" if by_rank else "recent") or not value.isdigit():
+    # At most 16 ASCII digits: a larger number would overflow the database's integers.
+    if kind != ("rank" if by_rank else "recent") or _BATCH_NUMBER.fullmatch(value) is None:
         raise InvalidParam("Invalid next_batch token")
     return (int(value), None) if by_rank else (0, int(value))
 
