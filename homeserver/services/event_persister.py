@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -252,9 +252,13 @@ class EventPersister:
         return lock
 
     async def create_room(self, room_version: RoomVersion, creator: str,
-                          create_content: Mapping[str, Any], *, room_id: str | None = None
-                          ) -> Event:
-        """Create a room with its m.room.create event; returns that event.
+                          create_content: Mapping[str, Any], *, room_id: str | None = None,
+                          initial: Sequence[NewEvent] = ()) -> Event:
+        """Create a room with its m.room.create event and the ``initial`` events after it;
+        returns the create event once all are committed.
+
+        All or nothing: every event is built and authorized before any is queued, so an
+        initial event that fails (``send_events``' errors) leaves no room behind.
 
         A v12 room ID is the create event's hash, so two rooms created by one user with the
         same content in the same millisecond would collide: each creator's create events get
@@ -291,16 +295,40 @@ class EventPersister:
             raise MatrixError("Could not find a free room ID", status=500)
         room_id = event.room_id
         try:
+            built = await self._build_initial(event, initial)
+            # From here on nothing awaits: the events take their stream positions and join
+            # the queue together, in order.
             snapshot = RoomSnapshot(room_id, room_version, {}, {}, None, [], [], 0)
             item = self._prepare(snapshot, event, NewEvent("m.room.create", creator, content,
                                                            ""), now)
             item.new_room = (room_version.identifier, creator, now)
+            items = [item, *(self._prepare(snapshot, e, new, e.origin_server_ts)
+                             for new, e in zip(initial, built, strict=True))]
             self._remember_room(snapshot)
-            future = self._enqueue(item)
+            futures = [self._enqueue(item) for item in items]
         finally:
             lock.release()
-        await self._await_commit(future, room_id)
+        for future in futures:
+            await self._await_commit(future, room_id)
         return event
+
+    async def _build_initial(self, create: Event, news: Sequence[NewEvent]) -> list[Event]:
+        """Build and authorize a new room's first events after its create event, each on
+        the state the ones before it make, storing and caching nothing."""
+        scratch = RoomSnapshot(create.room_id, create.room_version,
+                               {("m.room.create", ""): create.event_id}, {}, None, [],
+                               [create.event_id], create.depth)
+        pending = {create.event_id: create}
+        out: list[Event] = []
+        for new in news:
+            event = await self._build_and_auth(scratch, new, pending)
+            pending[event.event_id] = event
+            if event.state_tuple is not None:
+                scratch.state[event.state_tuple] = event.event_id
+            scratch.extremities = [event.event_id]
+            scratch.depth = max(scratch.depth, event.depth)
+            out.append(event)
+        return out
 
     async def send(self, room_id: str, new: NewEvent) -> Event:
         """Build, authorize and persist one event; see ``send_events``."""
@@ -350,7 +378,10 @@ class EventPersister:
                 await self._await_commit(future, room_id)
         return out
 
-    async def _build_and_auth(self, snapshot: RoomSnapshot, new: NewEvent) -> Event:
+    async def _build_and_auth(self, snapshot: RoomSnapshot, new: NewEvent,
+                              pending: Mapping[str, Event] | None = None) -> Event:
+        """Build, sign and authorize ``new`` on the snapshot; ``pending``: events built but
+        not stored yet that it may refer to."""
         if new.state_key is not None:  # a key other rooms interned is cached for _prepare
             await self._db.state.key_nids([(new.type, new.state_key)])
         version = snapshot.room_version
@@ -368,14 +399,15 @@ class EventPersister:
             raise MatrixError(f"Invalid event: {e}", status=400, errcode="M_BAD_JSON") from None
         if len(self._encoded(event)) > MAX_PDU_BYTES:
             raise TooLarge("Event is too large")
-        await self._check_auth(snapshot, event, auth_ids)
+        await self._check_auth(snapshot, event, auth_ids, pending or {})
         return event
 
-    async def _check_auth(self, snapshot: RoomSnapshot, event: Event, auth_ids: list[str]
-                          ) -> None:
+    async def _check_auth(self, snapshot: RoomSnapshot, event: Event, auth_ids: list[str],
+                          pending: Mapping[str, Event]) -> None:
         create_id = snapshot.state.get(("m.room.create", ""))
         wanted = [*auth_ids, create_id] if create_id else list(auth_ids)
-        loaded = await self.get_events(wanted)
+        loaded = {e: pending[e] for e in wanted if e in pending}
+        loaded.update(await self.get_events([e for e in wanted if e not in pending]))
         auth_events: dict[StateKey, Event] = {}
         for event_id in auth_ids:
             auth_event = loaded[event_id]

@@ -149,15 +149,13 @@ class RoomService:
         else:
             creation_content.pop("additional_creators", None)
 
-        # Before v12 the room ID is ours to choose: random, on this server.
-        chosen_id = None if version.room_id_is_create_event_hash else "!" + "".join(
-            secrets.choice(string.ascii_letters) for _ in range(18)) + f":{self._server_name}"
-        create = await self._persister.create_room(version, req.creator, creation_content,
-                                                   room_id=chosen_id)
-        room_id = create.room_id
+        for item in req.initial_state:
+            if not isinstance(item.get("type"), str) or not isinstance(item.get("content"),
+                                                                         dict):
+                raise BadJson("initial_state entries need a type and a content object")
         creators = {req.creator}
         if version.privileged_creators:
-            creators |= set(create.content.get("additional_creators", []))
+            creators |= set(creation_content.get("additional_creators", []))
 
         news: list[NewEvent] = [NewEvent("m.room.member", req.creator,
                                          await self.member_content(req.creator, "join"),
@@ -185,9 +183,6 @@ class RoomService:
             preset_state.pop(key, None)
         news += [NewEvent(t, req.creator, c, k) for (t, k), c in preset_state.items()]
         for item in req.initial_state:
-            if not isinstance(item.get("type"), str) or not isinstance(item.get("content"),
-                                                                         dict):
-                raise BadJson("initial_state entries need a type and a content object")
             news.append(NewEvent(item["type"], req.creator, item["content"],
                                  str(item.get("state_key", ""))))
         if req.name is not None:
@@ -197,16 +192,24 @@ class RoomService:
                 "topic": req.topic,
                 "m.topic": {"m.text": [{"mimetype": "text/plain", "body": req.topic}]}}, ""))
         remote_invitees = [u for u in invitees if not u.endswith(":" + self._server_name)]
+        if remote_invitees and self.invite_remote is None:
+            raise BadRequest("Federation is disabled on this server")
         for user_id in invitees:
             if user_id in remote_invitees:
                 continue
             extra = {"is_direct": True} if req.is_direct else {}
             news.append(NewEvent("m.room.member", req.creator,
                                  await self.member_content(user_id, "invite", **extra), user_id))
-        await self._persister.send_events(room_id, news)
+
+        # Before v12 the room ID is ours to choose: random, on this server.
+        chosen_id = None if version.room_id_is_create_event_hash else "!" + "".join(
+            secrets.choice(string.ascii_letters) for _ in range(18)) + f":{self._server_name}"
+        # All or nothing: an initial event that fails leaves no room behind.
+        create = await self._persister.create_room(version, req.creator, creation_content,
+                                                   room_id=chosen_id, initial=news)
+        room_id = create.room_id
         for user_id in remote_invitees:
-            if self.invite_remote is None:
-                raise BadRequest("Federation is disabled on this server")
+            assert self.invite_remote is not None
             await self.invite_remote(req.creator, room_id, user_id, req.is_direct)
         if alias is not None:
             await self._rooms.create_alias(alias, room_id, req.creator)
