@@ -9,16 +9,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import socket
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.http_exceptions import BadStatusLine, LineTooLong
+from aiohttp.web_protocol import RequestPayloadError
 
-from homeserver.logsetup import JsonFormatter, TextFormatter, escape_for_log
+from homeserver.logsetup import (
+    MAX_TRACEBACK_CHARS,
+    BadRequestFilter,
+    JsonFormatter,
+    TextFormatter,
+    escape_for_log,
+)
 from tests.helpers.federation import FedServer
 from tests.helpers.processes import ktchat
 
@@ -86,6 +96,119 @@ def test_json_formatter_writes_one_object_per_line() -> None:
     assert record["message"] == "Failed"
     assert record["exception"].startswith("Traceback")
     assert record["exception"].endswith("ValueError: boom")
+
+
+def _deep(depth: int) -> None:
+    if depth:
+        _deep(depth - 1)
+    raise RecursionError("maximum recursion depth exceeded")
+
+
+def _alternating(depth: int) -> None:
+    # Two functions calling each other (as json's decoder does): Python's traceback does not
+    # fold the repetition into "[Previous line repeated N more times]".
+    if depth:
+        _alternating_other(depth - 1)
+    raise RecursionError("maximum recursion depth exceeded")
+
+
+def _alternating_other(depth: int) -> None:
+    _alternating(depth)
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter("%(message)s"), JsonFormatter()])
+def test_a_huge_traceback_keeps_its_start_and_end(formatter: logging.Formatter) -> None:
+    try:
+        _alternating(900)
+    except RecursionError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("some.module", logging.ERROR, __file__, 1, "Unexpected error",
+                               (), exc_info)
+    full = logging.Formatter().formatException(exc_info)
+    assert len(full) > 100_000
+    text = formatter.format(record)
+    if isinstance(formatter, JsonFormatter):
+        text = json.loads(text)["exception"]
+    else:
+        message, text = text.split("\n", 1)
+        assert message == "Unexpected error"
+    assert len(text) <= MAX_TRACEBACK_CHARS + 200
+    assert text.startswith("Traceback (most recent call last):")
+    assert text.endswith("RecursionError: maximum recursion depth exceeded")
+    assert re.search(r"\.\.\. \d+ lines \(\d+ characters\) of this traceback left out", text)
+
+    # An ordinary traceback is whole.
+    try:
+        _deep(3)
+    except RecursionError:
+        exc_info = sys.exc_info()
+    record.exc_info, record.exc_text = exc_info, None
+    whole = logging.Formatter().formatException(exc_info)
+    text = formatter.format(record)
+    assert whole in (json.loads(text)["exception"] if isinstance(formatter, JsonFormatter)
+                     else text)
+
+
+def _aiohttp_record(msg: str, error: BaseException, *args: object) -> logging.LogRecord:
+    try:
+        raise error
+    except BaseException:
+        exc_info = sys.exc_info()
+    return logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, msg, args, exc_info)
+
+
+@pytest.fixture
+def server_logger_at_info() -> Iterator[None]:
+    logger = logging.getLogger("aiohttp.server")
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    yield
+    logger.setLevel(old)
+
+
+@pytest.mark.usefixtures("server_logger_at_info")
+def test_a_request_the_parser_refused_is_one_info_line() -> None:
+    bad = _aiohttp_record("Error handling request from %s",
+                          BadStatusLine("GET / HTTP/9.9"), "10.1.2.3")
+    assert "\n" in str(bad.exc_info[1])  # type: ignore[index]
+    assert BadRequestFilter().filter(bad)
+    assert bad.levelno == logging.INFO and bad.levelname == "INFO"
+    assert bad.exc_info is None
+    line = TextFormatter("%(levelname)s %(name)s: %(message)s").format(bad)
+    assert line.startswith("INFO aiohttp.server: Bad HTTP request from 10.1.2.3: 400, message: "
+                           "Bad status line"), line
+    assert "GET / HTTP/9.9" in line and "\n" not in line and "Traceback" not in line
+
+    long_line = _aiohttp_record("Error handling request from %s",
+                                LineTooLong("x" * 10_000, "8190"), "10.1.2.3")
+    assert BadRequestFilter().filter(long_line)
+    assert len(long_line.getMessage()) < 400
+
+
+@pytest.mark.usefixtures("server_logger_at_info")
+def test_a_genuine_server_error_keeps_its_traceback() -> None:
+    for record in (_aiohttp_record("Error handling request from %s", KeyError("x"), "10.1.2.3"),
+                   _aiohttp_record("Unhandled exception", RuntimeError("bug"))):
+        message = record.getMessage()
+        assert BadRequestFilter().filter(record)
+        assert record.levelno == logging.ERROR
+        assert record.exc_info is not None and record.getMessage() == message
+
+
+def test_a_refused_body_met_again_when_aiohttp_drains_it_is_not_logged_twice() -> None:
+    record = _aiohttp_record("Unhandled exception", RequestPayloadError("bad gzip"))
+    assert not BadRequestFilter().filter(record)
+
+
+def test_bad_request_lines_follow_the_logger_level() -> None:
+    logger = logging.getLogger("aiohttp.server")
+    old = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        bad = _aiohttp_record("Error handling request from %s", BadStatusLine("x"), "10.1.2.3")
+        assert not BadRequestFilter().filter(bad)
+    finally:
+        logger.setLevel(old)
 
 
 def _parse_time(text: str) -> float:
