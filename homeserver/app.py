@@ -22,6 +22,7 @@ from homeserver.http.client_ip import x_forwarded_middleware
 from homeserver.http.disconnect import disconnect_middleware
 from homeserver.http.middleware import add_cors_headers, cors_middleware, error_middleware
 from homeserver.http.nul import reject_nul_middleware
+from homeserver.http.request_body import request_body_middleware
 from homeserver.services.container import Services, build_services
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ logger = logging.getLogger(__name__)
 ACCESS_LOGGER = "ktchat.access"
 # In-flight requests get this long to finish after SIGTERM.
 SHUTDOWN_GRACE_S = 10.0
+# After answering a request whose body it did not read (refused as too large or too slow),
+# the server reads and drops what keeps coming for at most this long before it closes the
+# connection, so the client can read the answer rather than meet a reset (aiohttp: 10 s).
+LINGERING_S = 1.0
 
 
 def build_app(services: Services, resources: Iterable[str] = ("client", "federation"),
@@ -36,10 +41,15 @@ def build_app(services: Services, resources: Iterable[str] = ("client", "federat
               ) -> web.Application:
     """The web application serving ``resources`` (client, federation, media);
     ``x_forwarded``: it is behind a reverse proxy whose X-Forwarded-For it trusts."""
+    http = services.config.http
     app = web.Application(
         middlewares=[disconnect_middleware(logging.getLogger(ACCESS_LOGGER)), cors_middleware,
-                     error_middleware, reject_nul_middleware],
-        client_max_size=services.config.http.max_request_body_bytes,
+                     error_middleware, reject_nul_middleware,
+                     request_body_middleware(
+                         max_bytes=http.max_request_body_bytes,
+                         timeout_s=http.request_body_timeout_ms / 1000,
+                         min_bytes_per_second=http.request_body_min_bytes_per_second)],
+        client_max_size=http.max_request_body_bytes,
         handler_args={"max_field_size": 16384},
     )
     app.on_response_prepare.append(add_cors_headers)
@@ -70,7 +80,13 @@ async def _start_listener(services: Services, listener: ListenerConfig,
                            access_log=logging.getLogger(ACCESS_LOGGER),
                            shutdown_timeout=SHUTDOWN_GRACE_S,
                            # A client that leaves ends its waits at once (see disconnect.py).
-                           handler_cancellation=True)
+                           handler_cancellation=True,
+                           # aiohttp starts this timer when a connection opens and after each
+                           # answer, and does not restart it as bytes come in: a connection
+                           # is closed when it has been idle this long, and also when it has
+                           # taken this long to send a request's head (a slowloris).
+                           keepalive_timeout=services.config.http.idle_timeout_ms / 1000,
+                           lingering_time=LINGERING_S)
     await runner.setup()
     host = None if listener.bind == "*" else listener.bind
     site = web.TCPSite(runner, host, listener.port,

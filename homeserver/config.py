@@ -131,6 +131,13 @@ class AuthConfig:
 class HttpConfig:
     # Largest JSON request body accepted on any endpoint (media uploads have their own limit).
     max_request_body_bytes: int = 10 * 1024 * 1024
+    # A connection without a complete request for this long is closed: idle between requests
+    # (keep-alive), or still sending a request's head (homeserver/app.py).
+    idle_timeout_ms: int = 60_000
+    # A request's body must arrive within this grace plus one second for every
+    # request_body_min_bytes_per_second bytes received (homeserver/http/request_body.py).
+    request_body_timeout_ms: int = 20_000
+    request_body_min_bytes_per_second: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,8 +386,15 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         auth_r.positive("ui_auth_session_timeout_ms", auth_defaults.ui_auth_session_timeout_ms),
     )
 
-    http = HttpConfig(r.section("http").positive("max_request_body_bytes",
-                                                  HttpConfig().max_request_body_bytes))
+    http_r = r.section("http")
+    http_defaults = HttpConfig()
+    http = HttpConfig(
+        http_r.positive("max_request_body_bytes", http_defaults.max_request_body_bytes),
+        http_r.positive("idle_timeout_ms", http_defaults.idle_timeout_ms),
+        http_r.positive("request_body_timeout_ms", http_defaults.request_body_timeout_ms),
+        http_r.positive("request_body_min_bytes_per_second",
+                        http_defaults.request_body_min_bytes_per_second),
+    )
 
     media_r = r.section("media")
     store_path = media_r.path("store_path", config_dir, config_dir / "media")

@@ -503,3 +503,29 @@ def test_listener_x_forwarded(tmp_path: Path) -> None:
         load_config(write_config(tmp_path, {"server_name": "example.org", "listeners": [
             {"port": 8008, "x_forwarded": "yes"}]}))
     assert keys_of(problems_of(excinfo)) == ["listeners[0].x_forwarded"]
+
+
+# -- http: limits on slow and idle clients ---------------------------------------------------
+
+def test_http_limits_default_and_override(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, {"server_name": "example.org"}))
+    assert config.http.idle_timeout_ms == 60_000
+    assert config.http.request_body_timeout_ms == 20_000
+    assert config.http.request_body_min_bytes_per_second == 1024
+    config = load_config(write_config(tmp_path, {"server_name": "example.org", "http": {
+        "idle_timeout_ms": 5000, "request_body_timeout_ms": 3000,
+        "request_body_min_bytes_per_second": 100}}))
+    assert (config.http.idle_timeout_ms, config.http.request_body_timeout_ms,
+            config.http.request_body_min_bytes_per_second) == (5000, 3000, 100)
+
+
+def test_http_limits_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(write_config(tmp_path, {"server_name": "example.org", "http": {
+            "idle_timeout_ms": 0, "request_body_timeout_ms": -1,
+            "request_body_min_bytes_per_second": "fast"}}))
+    assert problems_of(excinfo) == [
+        "http.idle_timeout_ms: must be a positive integer",
+        "http.request_body_timeout_ms: must be a positive integer",
+        "http.request_body_min_bytes_per_second: must be int, not str",
+    ]
