@@ -136,3 +136,35 @@ async def test_a_user_whose_stream_closed_goes_offline_on_time(
         assert time.monotonic() - closed < OFFLINE_AFTER_S + 2, "still online"
         await asyncio.sleep(0.1)
     assert time.monotonic() - closed >= OFFLINE_AFTER_S * 0.9
+
+
+async def test_a_user_whose_long_poll_was_abandoned_goes_offline_on_time(
+        server: tuple[str, Path], session: aiohttp.ClientSession) -> None:
+    """An abandoned long poll (timeout 5 minutes) keeps nobody online: it ends when its client
+    leaves, and the user goes offline ``presence.offline_timeout_ms`` later."""
+    base, log = server
+    alice, bob = await login(session, base, "alice"), await login(session, base, "bob")
+    await alice.call("POST", "/createRoom", {"preset": "public_chat", "invite": [bob.user_id]})
+
+    async def presence_of_bob() -> str:
+        return str((await alice.call("GET", f"/presence/{bob.user_id}/status"))["presence"])
+
+    since = (await bob.call("GET", "/sync"))["next_batch"]
+    offset = len(log.read_text())
+    async with aiohttp.ClientSession() as own:
+        poll = asyncio.create_task(own.get(f"{base}/_matrix/client/v3/sync",
+                                           params={"since": since, "timeout": "300000"},
+                                           headers=bob.headers))
+        await asyncio.sleep(0.5)
+        assert await presence_of_bob() == "online"
+        poll.cancel()  # the client goes away in the middle of its long poll
+        await asyncio.gather(poll, return_exceptions=True)
+    left = time.monotonic()
+    await asyncio.sleep(OFFLINE_AFTER_S / 3)
+    assert await presence_of_bob() == "online"
+    while await presence_of_bob() != "offline":
+        assert time.monotonic() - left < OFFLINE_AFTER_S + 2, "still online"
+        await asyncio.sleep(0.1)
+    assert time.monotonic() - left >= OFFLINE_AFTER_S * 0.9
+    await wait_for_log(log, r'"GET /_matrix/client/v3/sync[^"]*" 499 ', offset, within=1)
+    assert "Traceback" not in log.read_text()[offset:]
