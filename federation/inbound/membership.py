@@ -13,13 +13,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from federation.inbound.pdus import InvalidPdu, PduHandler
+from federation.inbound.pdus import MAX_PDU_NESTING, InvalidPdu, PduHandler
 from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound
 from homeserver.events.builder import event_from_pdu
 from homeserver.events.model import Event
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.events.signing import sign_event
 from homeserver.events.stripped import STRIPPED_STATE_TYPES
+from homeserver.http.json import nesting_exceeds
 from homeserver.rooms.auth import AuthError, auth_types_for_event
 from homeserver.services.container import Services
 from homeserver.services.event_persister import MAX_DEPTH, MAX_PREV_EVENTS
@@ -159,7 +160,8 @@ class ResidentMembership:
             dict(event.pdu), version, self._server_name, self._services.signing_key))
         if self._server_name not in await self._persister.joined_servers(room_id):
             raw_state = body.get("invite_room_state")
-            invite_state = [s for s in raw_state if isinstance(s, Mapping)][:50] \
+            invite_state = [s for s in raw_state if isinstance(s, Mapping)
+                            and not nesting_exceeds(s, MAX_PDU_NESTING)][:50] \
                 if isinstance(raw_state, list) else []
             await self._persister.store_remote_membership(signed, invite_state)
         # Else we are in the room: the invite arrives with the room's other events.

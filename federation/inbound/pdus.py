@@ -1,7 +1,7 @@
 """Checks on receipt of a PDU, and handing it to the one write path.
 
 Spec: https://spec.matrix.org/v1.19/server-server-api/#checks-performed-on-receipt-of-a-pdu
-1. a valid event (format, size, canonical JSON) — ``parse_pdu``;
+1. a valid event (format, size, canonical JSON, nesting) — ``parse_pdu``;
 2. signatures of every server that must have signed it — ``check_signatures``;
 3. the content hash, else the redacted copy is kept — ``check_pdu``;
 4.-6. authorization against its auth events, the state before it, and the current state
@@ -32,6 +32,7 @@ from homeserver.events.signing import (
     required_signers,
     verify_event_signature,
 )
+from homeserver.http.json import MAX_JSON_NESTING, nesting_exceeds
 from homeserver.http.nul import contains_nul
 from homeserver.rooms.auth import AuthError, check_auth_events, check_auth_rules
 from homeserver.services.container import Services
@@ -45,6 +46,10 @@ logger = logging.getLogger(__name__)
 MISSING_EVENTS_PER_REQUEST = 20
 MAX_MISSING_EVENTS = 200
 _STRING_LISTS = ("prev_events", "auth_events")
+# How deep a PDU or an EDU may nest: as deep as a client's body (``MAX_JSON_NESTING``) can
+# make one, content inside the event, stripped state events in an invite's ``unsigned``.
+# Deeper ones are refused on their own, before anything walks them recursively (copying).
+MAX_PDU_NESTING = MAX_JSON_NESTING + 4
 
 
 class InvalidPdu(Exception):
@@ -96,6 +101,8 @@ def parse_pdu(pdu: Any, room_version: RoomVersion) -> Event:
     if not isinstance(pdu, Mapping):
         raise InvalidPdu("not a JSON object")
     pdu = {k: v for k, v in pdu.items() if k not in ("event_id", "age_ts")}
+    if nesting_exceeds(pdu, MAX_PDU_NESTING):
+        raise InvalidPdu(f"nested more than {MAX_PDU_NESTING} levels deep")
     if _nul_in_identifiers(pdu):
         raise InvalidPdu("U+0000 outside the event's content")
     for key, kind in (("type", str), ("sender", str), ("content", Mapping), ("depth", int),

@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation.inbound.pdus import InvalidPdu, PduHandler
+from federation.inbound.pdus import MAX_PDU_NESTING, InvalidPdu, PduHandler
 from homeserver.errors import BadJson, MatrixError
 from homeserver.events.hashing import compute_event_id
 from homeserver.events.model import Event
 from homeserver.events.room_versions import RoomVersion
+from homeserver.http.json import nesting_exceeds
 from homeserver.http.nul import NUL, contains_nul
 from homeserver.rooms.auth import AuthError
 from homeserver.services.container import Services
@@ -210,6 +211,10 @@ class TransactionHandler:
                 # Its IDs would not fit the database (``homeserver.http.nul``).
                 logger.info("Dropped a %s EDU from %s holding U+0000", edu.get("edu_type"),
                             origin)
+                continue
+            if nesting_exceeds(edu, MAX_PDU_NESTING):
+                logger.info("Dropped a %s EDU from %s nested more than %d levels deep",
+                            edu.get("edu_type"), origin, MAX_PDU_NESTING)
                 continue
             try:
                 if edu.get("edu_type") == "m.receipt":

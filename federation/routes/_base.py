@@ -37,9 +37,12 @@ def federation_route(handler: Handler) -> Callable[[web.Request], Awaitable[web.
         body: Any = None
         if request.method in ("PUT", "POST"):
             # The PUT endpoints are those carrying events (send, send_join/leave/knock,
-            # invite), whose canonical JSON may hold U+0000 (``homeserver.http.nul``).
-            body = await read_json_object(request, allow_empty=False,
-                                          allow_nul=request.method == "PUT")
+            # invite), whose canonical JSON may hold U+0000 (``homeserver.http.nul``), and
+            # whose PDUs are each held to canonical JSON's integers and nesting on their own
+            # (``homeserver.http.json``, ``federation.inbound.pdus``).
+            carries_pdus = request.method == "PUT"
+            body = await read_json_object(request, allow_empty=False, allow_nul=carries_pdus,
+                                          carries_pdus=carries_pdus)
         origin = await authenticate(request, fed.keyring, fed.server_name, body)
         fed.sender.peer_is_up(origin)
         started = asyncio.get_running_loop().time()
