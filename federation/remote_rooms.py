@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -29,10 +29,22 @@ from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.events.signing import sign_event
 from homeserver.rooms.auth import AuthError, check_auth_rules
 from homeserver.services.container import Services
+from homeserver.types import is_valid_server_name
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED_VERSIONS = sorted(KNOWN_ROOM_VERSIONS)
+
+# Servers asked to help one join, knock or leave of a room this server is not in: the first
+# of the candidates (the client's ``via``/``server_name``, an alias's servers, the inviter's,
+# those last known in the room, the room ID's), each once, at most this many. A client may
+# name a thousand and an alias's answer more; every try can cost a connection, a TLS
+# handshake and a minute's wait. Synapse tries every one in turn; ten is more than a client's
+# ``via`` list (three, from a matrix.to link) and an alias's best servers need.
+MAX_SERVERS_TRIED = 10
+# No further server is tried once this long has passed since the first was: servers that
+# do not answer cannot hold one request for ten times their timeouts.
+TRY_FOR_S = 120.0
 
 
 def _q(value: str) -> str:
@@ -48,11 +60,51 @@ class RemoteRoomsClient:
         self._signing_key = services.signing_key
 
     def _candidates(self, servers: Sequence[str]) -> list[str]:
-        out: list[str] = []
+        """The servers to try, in order: valid names, not ours, each once, at most
+        ``MAX_SERVERS_TRIED``."""
+        out: dict[str, None] = {}
         for server in servers:
-            if server and server != self._server_name and server not in out:
-                out.append(server)
-        return out
+            if len(out) >= MAX_SERVERS_TRIED:
+                break
+            if server != self._server_name and is_valid_server_name(server):
+                out[server] = None
+        return list(out)
+
+    async def _try_servers(self, what: str, room_id: str, servers: Sequence[str],
+                           attempt: Callable[[str], Awaitable[None]],
+                           retry_on: tuple[type[Exception], ...]) -> Exception | None:
+        """``attempt(server)`` for each of ``_candidates(servers)`` until one succeeds, for at
+        most ``TRY_FOR_S``; a failure in ``retry_on`` moves on to the next server, any other
+        exception is raised. Logs one line, whatever the number of servers.
+
+        Returns:
+            None when a server did it; else the last failure (a ``LookupError`` when there
+            was no server to try).
+        """
+        candidates = self._candidates(servers)
+        clock = self._services.clock
+        deadline = clock.monotonic() + TRY_FOR_S
+        failures: list[tuple[str, Exception]] = []
+        for server in candidates:
+            if failures and clock.monotonic() >= deadline:
+                break
+            try:
+                await attempt(server)
+            except retry_on as e:
+                failures.append((server, e))
+                logger.debug("%s %s through %s failed: %s", what, room_id, server, e)
+                continue
+            if failures:
+                logger.info("%s %s through %s, after %d other servers failed (first: %s: %s)",
+                            what, room_id, server, len(failures), *failures[0])
+            return None
+        if not failures:
+            logger.info("%s %s failed: no server to ask", what, room_id)
+            return LookupError("no server to ask")
+        logger.info("%s %s failed through %d servers (%d named, %d valid and not tried): "
+                    "first %s: %s; last %s: %s", what, room_id, len(failures), len(servers),
+                    len(candidates) - len(failures), *failures[0], *failures[-1])
+        return failures[-1][1]
 
     async def _make(self, kind: str, server: str, room_id: str, user_id: str
                     ) -> tuple[RoomVersion, dict[str, Any]]:
@@ -93,20 +145,19 @@ class RemoteRoomsClient:
     async def join(self, user_id: str, room_id: str, servers: Sequence[str],
                    content: Mapping[str, Any]) -> None:
         """Join ``user_id`` to a room this server is not in, through the first of
-        ``servers`` that can do it."""
-        last: Exception | None = None
-        for server in self._candidates(servers):
+        ``servers`` that can do it (``_try_servers``)."""
+        async def attempt(server: str) -> None:
             try:
                 await self._join_via(server, user_id, room_id, content)
-                return
             except FederationRequestError as e:
-                last = e
                 if e.status == 403:
                     raise Forbidden(e.error or "You are not allowed to join this room") from None
-            except (FederationClientError, InvalidPdu, AuthError) as e:
-                last = e
-            logger.info("Joining %s through %s failed: %s", room_id, server, last)
-        raise NotFound(f"No server could help join {room_id}" + (f": {last}" if last else ""))
+                raise
+
+        last = await self._try_servers("Joining", room_id, servers, attempt,
+                                       (FederationClientError, InvalidPdu, AuthError))
+        if last is not None:
+            raise NotFound(f"No server could help join {room_id}: {last}")
 
     async def _join_via(self, server: str, user_id: str, room_id: str,
                         content: Mapping[str, Any]) -> None:
@@ -146,27 +197,23 @@ class RemoteRoomsClient:
     async def leave(self, user_id: str, room_id: str, servers: Sequence[str],
                     content: Mapping[str, Any]) -> None:
         """Leave (or reject an invite to) a room this server is not in."""
-        last: Exception | None = None
-        for server in self._candidates(servers):
-            try:
-                version, template = await self._make("leave", server, room_id, user_id)
-                event = self._sign(template, version, content)
-                await self._client.put_json(
-                    server,
-                    f"/_matrix/federation/v2/send_leave/{_q(room_id)}/{_q(event.event_id)}",
-                    dict(event.pdu))
-                await self._services.persister.store_remote_membership(event, None)
-                return
-            except (FederationClientError, InvalidPdu) as e:
-                last = e
-                logger.info("Leaving %s through %s failed: %s", room_id, server, e)
-        raise MatrixError(f"Could not leave {room_id} through its servers: {last}",
-                          status=502, errcode="M_UNKNOWN")
+        async def attempt(server: str) -> None:
+            version, template = await self._make("leave", server, room_id, user_id)
+            event = self._sign(template, version, content)
+            await self._client.put_json(
+                server, f"/_matrix/federation/v2/send_leave/{_q(room_id)}/{_q(event.event_id)}",
+                dict(event.pdu))
+            await self._services.persister.store_remote_membership(event, None)
+
+        last = await self._try_servers("Leaving", room_id, servers, attempt,
+                                       (FederationClientError, InvalidPdu))
+        if last is not None:
+            raise MatrixError(f"Could not leave {room_id} through its servers: {last}",
+                              status=502, errcode="M_UNKNOWN")
 
     async def knock(self, user_id: str, room_id: str, servers: Sequence[str],
                     content: Mapping[str, Any]) -> None:
-        last: Exception | None = None
-        for server in self._candidates(servers):
+        async def attempt(server: str) -> None:
             try:
                 version, template = await self._make("knock", server, room_id, user_id)
                 event = self._sign(template, version, content)
@@ -174,18 +221,18 @@ class RemoteRoomsClient:
                     server,
                     f"/_matrix/federation/v1/send_knock/{_q(room_id)}/{_q(event.event_id)}",
                     dict(event.pdu))
-                stripped = answer.get("knock_room_state") if isinstance(answer, Mapping) \
-                    else None
-                await self._services.persister.store_remote_membership(
-                    event, stripped if isinstance(stripped, list) else [])
-                return
             except FederationRequestError as e:
                 if e.status == 403:
                     raise Forbidden(e.error or "You may not knock on this room") from None
-                last = e
-            except (FederationClientError, InvalidPdu) as e:
-                last = e
-        raise NotFound(f"No server could take a knock on {room_id}: {last}")
+                raise
+            stripped = answer.get("knock_room_state") if isinstance(answer, Mapping) else None
+            await self._services.persister.store_remote_membership(
+                event, stripped if isinstance(stripped, list) else [])
+
+        last = await self._try_servers("Knocking on", room_id, servers, attempt,
+                                       (FederationClientError, InvalidPdu))
+        if last is not None:
+            raise NotFound(f"No server could take a knock on {room_id}: {last}")
 
     # -- inviting --------------------------------------------------------------------------
 
