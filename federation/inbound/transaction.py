@@ -23,7 +23,7 @@ from homeserver.http.json import nesting_exceeds
 from homeserver.http.nul import NUL, contains_nul
 from homeserver.rooms.auth import AuthError
 from homeserver.services.container import Services
-from homeserver.types import MAX_IDENTIFIER_BYTES, byte_length
+from homeserver.types import MAX_IDENTIFIER_BYTES, InvalidIdentifier, byte_length, parse_user_id
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +32,12 @@ MAX_EDUS = 100
 
 
 def _server_of(user_id: object) -> str | None:
-    if isinstance(user_id, str) and user_id.startswith("@") and ":" in user_id:
-        return user_id.split(":", 1)[1]
-    return None
+    """The server of a user ID in an EDU; None when it is not one (of the user ID grammar, at
+    most 255 bytes, as a client's): typing, presence and receipts of it are dropped."""
+    try:
+        return parse_user_id(user_id).server_name
+    except InvalidIdentifier:
+        return None
 
 
 def _event_id_of(pdu: Any, version: RoomVersion) -> str | None:

@@ -5,15 +5,19 @@ A PDU whose ``type``, ``state_key``, ``sender``, ``room_id`` or any of its ``pre
 ``auth_events`` is over 255 bytes (the spec's PDU size limits, which Synapse enforces on every
 event) is refused on its own in the ``/send`` answer; the good PDU beside it is taken, and the
 room is otherwise as it was. An ``m.direct_to_device`` EDU with an over-long type or
-``message_id``, and a read receipt with an over-long thread ID, are dropped. Never a 500.
+``message_id``, a read receipt with an over-long thread ID, and presence of a user whose ID is
+not one (over 255 bytes, or not of the user ID grammar), are dropped. Never a 500.
 """
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import pytest
 import pytest_asyncio
 
@@ -171,3 +175,35 @@ async def test_overlong_receipt_thread_id_is_dropped(env: Env) -> None:
     await env.alice.wait_for(lambda body: second.event_id in receipts(body),
                              what="mallory's receipt")
     assert not any(first.event_id in receipts(body) for body in env.alice.history)
+
+
+async def _count(server: FedServer, sql: str) -> int:
+    """``sql`` (a ``SELECT count(*)``) on the server's own database."""
+    url = server.config["database"]["url"]
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.split(":///", 1)[1]) as db:
+            return int(db.execute(sql).fetchone()[0])
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
+
+
+async def test_presence_of_an_overlong_or_malformed_user_id_is_dropped(env: Env) -> None:
+    def push(user_id: str) -> dict[str, Any]:
+        return {"user_id": user_id, "presence": "online", "last_active_ago": 1}
+
+    peer = env.peer.server_name
+    await send_ok(env, [], [{"edu_type": "m.presence", "content": {"push": [
+        push(_pad(256, "@", ":" + peer)), push(_pad(8000, "@", ":" + peer)),
+        push(f"@white space:{peer}"), push(env.mallory)]}}])
+    for _ in range(100):  # the good one is written within a second (a batch of them)
+        if await _count(env.server, "SELECT count(*) FROM presence WHERE user_id = "
+                                    f"'{env.mallory}'"):
+            break
+        await asyncio.sleep(0.1)
+    assert await _count(env.server, "SELECT count(*) FROM presence WHERE user_id = "
+                                    f"'{env.mallory}'") == 1
+    assert await _count(env.server, "SELECT count(*) FROM presence WHERE user_id LIKE "
+                                    f"'%:{peer}' AND user_id <> '{env.mallory}'") == 0
