@@ -39,6 +39,8 @@ async def post_receipt(request: web.Request) -> web.Response:
     room_id = _room_id(request)
     event_id = params.event_id(request.match_info["event_id"])
     body = parse_body(ReceiptBody, await read_json_object(request))
+    if body.thread_id is not None and body.thread_id != "main":
+        params.event_id(body.thread_id)  # a thread is named by its root event
     await services.receipts.receipt(requester.user_id, room_id,
                                     request.match_info["receipt_type"], event_id,
                                     body.thread_id)

@@ -244,7 +244,9 @@ async def test_multibyte_identifiers_count_bytes(client: TestClient, services: S
             ("PUT", f"/user/{_q(w.alice.user_id)}/rooms/{_q(w.room_id)}/tags/{_q(wide)}", {},
              400, "M_INVALID_PARAM"),
             ("PUT", f"/user/{_q(w.alice.user_id)}/account_data/{_q(wide)}", {"a": 1},
-             400, "M_INVALID_PARAM")):
+             400, "M_INVALID_PARAM"),
+            ("POST", f"/rooms/{_q(w.room_id)}/receipt/m.read/{_q(w.event_id)}",
+             {"thread_id": "$" + wide}, 400, "M_INVALID_PARAM")):
         await _refused(client, services, w, method, path, body, status, errcode)
 
 
