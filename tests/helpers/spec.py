@@ -50,8 +50,15 @@ def assert_matches_spec(api: str, method: str, path: str, status: int, body: Any
         path: the path after the API's base (e.g. ``/login`` or ``/account/whoami``).
     """
     file, op = _find_operation(api, method, path)
+    assert_matches_operation(file, op, status, body, f"{method} {path}")
+
+
+def assert_matches_operation(file: Path, op: dict[str, Any], status: int, body: Any,
+                             label: str) -> None:
+    """Assert ``body`` fits the response schema that operation ``op`` of spec file ``file``
+    gives for ``status`` (``label`` names the request in the failure)."""
     response = op["responses"].get(str(status))
-    assert response is not None, f"spec has no {status} response for {method} {path}"
+    assert response is not None, f"spec has no {status} response for {label}"
     schema = ((response.get("content") or {}).get("application/json") or {}).get("schema")
     if schema is None:
         return
@@ -61,7 +68,7 @@ def assert_matches_spec(api: str, method: str, path: str, status: int, body: Any
             "allOf": [schema]}
     validator = Draft202012Validator(root, registry=_registry())
     errors = sorted(validator.iter_errors(body), key=lambda e: list(e.path))
-    assert not errors, f"{method} {path} {status} does not match the spec: " + "; ".join(
+    assert not errors, f"{label} {status} does not match the spec: " + "; ".join(
         f"{list(e.path)}: {e.message}" for e in errors[:5])
 
 
