@@ -5,8 +5,8 @@ A filter is parsed once (``FilterService`` keeps parsed ones) and compiled as it
 type patterns into sets looked up by prefix, senders and rooms into sets, ``event_fields``
 into a tree walked along the event. Matching an event then costs about the length of its
 type, and picking its fields about the size of what is picked, however long the filter's
-lists are; and the lists are capped (``MAX_FILTER_LIST``), as is what a user may store
-(``MAX_FILTER_BYTES``, in ``filters.py``).
+lists are. The lists are capped too (``MAX_FILTER_LIST``), and so is an uploaded filter
+(``MAX_FILTER_BYTES``, checked by ``filters.py``).
 """
 
 from __future__ import annotations
