@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from federation.inbound.pdus import MAX_PDU_NESTING, InvalidPdu, PduHandler
-from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound
+from homeserver.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
 from homeserver.events.builder import event_from_pdu
 from homeserver.events.model import Event
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
@@ -24,6 +24,7 @@ from homeserver.http.json import nesting_exceeds
 from homeserver.rooms.auth import AuthError, auth_types_for_event
 from homeserver.services.container import Services
 from homeserver.services.event_persister import MAX_DEPTH, MAX_PREV_EVENTS
+from homeserver.types import InvalidIdentifier, parse_user_id
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ class ResidentMembership:
     async def make(self, membership: str, origin: str, room_id: str, user_id: str,
                    versions: Sequence[str] | None) -> dict[str, Any]:
         """GET /make_join, /make_leave, /make_knock."""
+        try:
+            parse_user_id(user_id)  # the grammar and 255 bytes, as a client's
+        except InvalidIdentifier:
+            raise InvalidParam("Invalid user ID") from None
         if _server_of(user_id) != origin:
             raise Forbidden("The user is not on the requesting server")
         if await self._services.db.rooms.blocked_by(room_id) is not None:

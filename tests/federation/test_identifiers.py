@@ -207,3 +207,11 @@ async def test_presence_of_an_overlong_or_malformed_user_id_is_dropped(env: Env)
                                     f"'{env.mallory}'") == 1
     assert await _count(env.server, "SELECT count(*) FROM presence WHERE user_id LIKE "
                                     f"'%:{peer}' AND user_id <> '{env.mallory}'") == 0
+
+
+@pytest.mark.parametrize("localpart", ["a" * 300, "white space", ""])
+async def test_make_join_for_a_malformed_user_id_is_invalid_param(env: Env, localpart: str
+                                                                  ) -> None:
+    status, body = await env.peer.make_join(env.server, env.room_id,
+                                            f"@{localpart}:{env.peer.server_name}")
+    assert (status, body.get("errcode")) == (400, "M_INVALID_PARAM"), body
