@@ -17,9 +17,10 @@ from storage.stores.events import EventStore, StoredEvent
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateKey, StateMap, StateStore
 
-# Numbers of at most 16 digits: every depth and stream position fits (depths stop at
-# 2**53-1), and a larger one would overflow the database's 64-bit integers.
-_TOKEN_RE = re.compile(r"^t(-?[0-9]{1,16})-(-?[0-9]{1,16})$")
+# Numbers within the database's 64-bit integers (a larger one would overflow them): every
+# depth and stream position fits, and so does the place after everything (2**62, below).
+_TOKEN_RE = re.compile(r"^t(-?[0-9]{1,19})-(-?[0-9]{1,19})$")
+_INT64 = 2**63 - 1
 # A /sync token (``SyncToken`` in services/sync.py): the events stream position comes first.
 _SYNC_TOKEN_RE = re.compile(r"^s([0-9]{1,16})(?:_[0-9]+){0,5}$")
 # A place before every event (depths are never negative): for a sync token from before the
@@ -38,7 +39,7 @@ def make_token(depth: int, stream: int) -> str:
 
 def parse_token(token: str) -> tuple[int, int]:
     match = _TOKEN_RE.match(token)
-    if match is None:
+    if match is None or any(abs(int(n)) > _INT64 for n in match.groups()):
         raise InvalidParam("Invalid pagination token")
     return int(match.group(1)), int(match.group(2))
 
