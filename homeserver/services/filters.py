@@ -7,7 +7,8 @@ from typing import Any
 
 import orjson
 
-from homeserver.errors import InvalidParam, NotFound, NotJson, TooLarge
+from homeserver.errors import InvalidParam, NotFound, TooLarge
+from homeserver.http.json import decode_json_object
 from homeserver.services.filtering import MAX_FILTER_BYTES, SyncFilter
 from storage.stores.filters import FilterStore
 
@@ -72,11 +73,9 @@ class FilterService:
             cached = self._inline.get(value)
             if cached is not None:
                 return cached
-            try:
-                body = json.loads(value)
-            except (ValueError, RecursionError):
-                raise NotJson("Invalid filter JSON") from None
-            parsed = SyncFilter.from_json(body)
+            # Held to the rules of request bodies: no duplicate keys, bounded nesting, no
+            # lone surrogates or NUL, integers in range.
+            parsed = SyncFilter.from_json(decode_json_object(value.encode("utf-8")))
             self._inline[value] = parsed
             if len(self._inline) > _INLINE_CACHE:
                 self._inline.pop(next(iter(self._inline)))

@@ -485,3 +485,16 @@ async def test_huge_public_rooms_since_is_a_matrix_error_not_a_500(client: TestC
         resp = await client.post(f"{V3}/publicRooms", headers=bearer(world.alice.token),
                                  json={"since": f"o{n}"})
         assert resp.status < 500, await resp.text()
+
+
+async def test_an_inline_filter_is_held_to_the_rules_of_bodies(client: TestClient) -> None:
+    """``/sync?filter={...}``: the same JSON rules as a request body."""
+    alice = await new_user(client, "inlinefilter")
+    for bad, errcode in (('{"room": {"timeline": {"limit": 1}}, "room": {}}', "M_NOT_JSON"),
+                         ('{"event_fields": ["\\ud800"]}', "M_BAD_JSON"),
+                         ('{"room": {"timeline": {"limit": 9007199254740992}}}', "M_BAD_JSON"),
+                         ("{" * 200 + "}" * 200, "M_NOT_JSON")):
+        resp = await client.get("/_matrix/client/v3/sync", params={"filter": bad},
+                                headers=bearer(alice.token))
+        body = await resp.json()
+        assert resp.status == 400 and body["errcode"] == errcode, (bad, body)
