@@ -7,6 +7,8 @@ SERVER_NAME ?= localhost
 CLIENT_PORT ?= 8008
 FEDERATION_PORT ?= 8448
 BIN := $(VENV)/bin
+# Test files run in parallel processes (pytest-xdist), a file per process at a time.
+TEST_WORKERS ?= 2
 
 .PHONY: run test bench lint clean synapse-venv
 
@@ -41,7 +43,7 @@ run: $(VENV)/.installed $(DATA)/homeserver.yaml
 	$(BIN)/ktchat run -c $(DATA)/homeserver.yaml
 
 test: $(VENV)/.installed-test .venv-synapse/.installed
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test
 	@for script in bench/*.py; do echo "== $$script" >&2; $(BIN)/python $$script || exit 1; done
