@@ -49,7 +49,7 @@ bench: $(VENV)/.installed-test
 	@for script in bench/*.py; do echo "== $$script" >&2; $(BIN)/python $$script || exit 1; done
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check homeserver client_api federation storage tests bench
+	$(BIN)/ruff check core homeserver client_api federation storage tests bench
 	$(BIN)/mypy
 
 clean:

@@ -211,8 +211,8 @@ class SynapseBenchServer(FedBenchServer):
         return self.dir
 
     def _configure(self, database_url: str | None) -> list[str]:
-        from homeserver.crypto.signing_keys import generate_key_file
-        from homeserver.crypto.tls import generate_self_signed
+        from core.crypto.signing_keys import generate_key_file
+        from core.crypto.tls import generate_self_signed
 
         if database_url:
             raise ValueError("the Synapse baseline runs on SQLite only")

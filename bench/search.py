@@ -64,9 +64,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, BenchServer, emit, machine, percentiles, run_bounded
 
 sys.path.insert(0, str(REPO))
-from homeserver.events.canonical import encode_canonical
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
-from homeserver.rooms.auth import auth_types_for_event
+from core.events.canonical import encode_canonical
+from core.events.room_versions import KNOWN_ROOM_VERSIONS
+from core.rooms.auth import auth_types_for_event
 from storage import Database, search_index
 from storage.schema import current_state, events, redactions, rooms
 from storage.search_text import INDEXED

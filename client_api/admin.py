@@ -18,8 +18,8 @@ from client_api.models import (
     PurgeHistoryBody,
     parse_body,
 )
+from core.errors import NotFound
 from homeserver.appkeys import SERVICES
-from homeserver.errors import NotFound
 from homeserver.http.client_ip import client_ip
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.purge import DeleteRoomRequest, DeleteTask

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from core.errors import Forbidden, MissingToken
 from homeserver.appkeys import SERVICES
-from homeserver.errors import Forbidden, MissingToken
 from homeserver.http.access_log import REQUESTER_LOG_KEY
 from homeserver.http.client_ip import client_ip
 from homeserver.services.auth import Requester

@@ -9,8 +9,8 @@ from aiohttp import web
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from client_api.models import AuthOnlyBody, DeleteDevicesBody, DeviceUpdateBody, parse_body
+from core.errors import MatrixError
 from homeserver.appkeys import SERVICES
-from homeserver.errors import MatrixError
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.auth import Requester
 from homeserver.services.uia import PASSWORD

@@ -6,8 +6,8 @@ from aiohttp import web
 
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
+from core.errors import InvalidParam, MissingParam
 from homeserver.appkeys import SERVICES
-from homeserver.errors import InvalidParam, MissingParam
 from homeserver.http.json import json_response, read_json_object
 
 routes = ClientRoutes()

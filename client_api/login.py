@@ -9,8 +9,8 @@ from aiohttp import web
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from client_api.models import LoginBody, RefreshBody, parse_body
+from core.errors import BadJson, BadRequest, Forbidden, MissingParam
 from homeserver.appkeys import SERVICES
-from homeserver.errors import BadJson, BadRequest, Forbidden, MissingParam
 from homeserver.http.client_ip import client_ip
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.accounts import Session

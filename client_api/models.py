@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from homeserver.errors import BadJson, MissingParam
+from core.errors import BadJson, MissingParam
 
 M = TypeVar("M", bound=BaseModel)
 

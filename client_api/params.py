@@ -1,5 +1,5 @@
 """Identifiers in client requests (path segments, query parameters, body fields), checked where
-they enter against their grammar in ``homeserver.types``, and refused as Matrix errors:
+they enter against their grammar in ``core.types``, and refused as Matrix errors:
 
 - ``400 M_INVALID_PARAM`` for a malformed or over-long identifier, as Synapse answers an alias
   over 255 bytes ("Can't create aliases longer than 255 characters") and a malformed ID;
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from homeserver.errors import InvalidParam, MatrixError, TooLarge
-from homeserver.types import (
+from core.errors import InvalidParam, MatrixError, TooLarge
+from core.types import (
     MAX_IDENTIFIER_BYTES,
     IdentifierTooLong,
     InvalidIdentifier,

@@ -8,8 +8,8 @@ from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from client_api.models import PresenceBody, parse_body
 from client_api.profile import _user_id
+from core.errors import Forbidden
 from homeserver.appkeys import SERVICES
-from homeserver.errors import Forbidden
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.presence import UNCHANGED
 

@@ -9,11 +9,11 @@ from aiohttp import web
 from client_api import params
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
+from core.errors import InvalidParam, MissingParam, NotFound
+from core.types import parse_user_id
 from homeserver.appkeys import SERVICES
-from homeserver.errors import InvalidParam, MissingParam, NotFound
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.profile import FIELDS
-from homeserver.types import parse_user_id
 
 routes = ClientRoutes()
 

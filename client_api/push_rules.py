@@ -6,7 +6,7 @@ from aiohttp import web
 
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
-from homeserver.errors import NotFound
+from core.errors import NotFound
 from homeserver.http.json import json_response
 from homeserver.services.push_rules import default_push_rules
 

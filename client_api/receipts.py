@@ -9,8 +9,8 @@ from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from client_api.models import ReceiptBody, TypingBody, parse_body
 from client_api.rooms import _room_id
+from core.errors import Forbidden
 from homeserver.appkeys import SERVICES
-from homeserver.errors import Forbidden
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.receipts import RECEIPT_TYPES
 

@@ -7,8 +7,8 @@ from aiohttp import web
 from client_api._routing import ClientRoutes
 from client_api.login import session_json
 from client_api.models import RegisterBody, parse_body
+from core.errors import BadRequest, Forbidden, MatrixError, MissingParam
 from homeserver.appkeys import SERVICES
-from homeserver.errors import BadRequest, Forbidden, MatrixError, MissingParam
 from homeserver.http.client_ip import client_ip
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.accounts import Session

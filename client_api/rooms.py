@@ -11,8 +11,8 @@ from client_api import params
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from client_api.models import CreateRoomBody, RedactBody, parse_body
+from core.errors import BadJson, InvalidParam, MatrixError
 from homeserver.appkeys import SERVICES
-from homeserver.errors import BadJson, InvalidParam, MatrixError
 from homeserver.http.json import json_response, read_json_object
 from homeserver.http.params import query_int
 from homeserver.services.auth import Requester

@@ -7,8 +7,8 @@ from aiohttp import web
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
 from client_api.models import SearchBody, parse_body
+from core.errors import InvalidParam
 from homeserver.appkeys import SERVICES
-from homeserver.errors import InvalidParam
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.filtering import RoomEventFilter
 from homeserver.services.messages import Reader

@@ -7,8 +7,8 @@ from aiohttp_sse import sse_response
 
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
+from core.errors import Forbidden, InvalidParam
 from homeserver.appkeys import SERVICES
-from homeserver.errors import Forbidden, InvalidParam
 from homeserver.http.disconnect import disconnected
 from homeserver.http.json import encode_json, json_response, read_json_object
 from homeserver.services.auth import Requester

@@ -6,8 +6,8 @@ from aiohttp import web
 
 from client_api._routing import ClientRoutes
 from client_api.auth import require_requester
+from core.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.appkeys import SERVICES
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.http.json import json_response
 
 routes = ClientRoutes()

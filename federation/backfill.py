@@ -20,12 +20,12 @@ import logging
 from collections.abc import Mapping
 from urllib.parse import quote
 
+from core.errors import NotFound
+from core.events.model import Event
+from core.events.room_versions import RoomVersion
+from core.rooms.auth import AuthError
 from federation.inbound.pdus import InvalidPdu, PduHandler
 from federation.transport.client import FederationClient, FederationClientError
-from homeserver.errors import NotFound
-from homeserver.events.model import Event
-from homeserver.events.room_versions import RoomVersion
-from homeserver.rooms.auth import AuthError
 from homeserver.services.container import Services
 from homeserver.services.event_persister import MissingEvents
 

@@ -15,12 +15,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from core.errors import Codes, Forbidden, MatrixError
 from federation.transport.client import (
     FederationClient,
     FederationClientError,
     FederationRequestError,
 )
-from homeserver.errors import Codes, Forbidden, MatrixError
 from homeserver.services.ports import RemoteFilterUnsupported
 
 logger = logging.getLogger(__name__)

@@ -15,21 +15,21 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from core.errors import Forbidden, MatrixError, NotFound
+from core.events.builder import event_from_pdu
+from core.events.hashing import add_content_hash
+from core.events.model import Event
+from core.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from core.events.signing import sign_event
+from core.rooms.auth import AuthError, check_auth_rules
+from core.types import is_valid_server_name
 from federation.inbound.pdus import InvalidPdu, PduHandler
 from federation.transport.client import (
     FederationClient,
     FederationClientError,
     FederationRequestError,
 )
-from homeserver.errors import Forbidden, MatrixError, NotFound
-from homeserver.events.builder import event_from_pdu
-from homeserver.events.hashing import add_content_hash
-from homeserver.events.model import Event
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.events.signing import sign_event
-from homeserver.rooms.auth import AuthError, check_auth_rules
 from homeserver.services.container import Services
-from homeserver.types import is_valid_server_name
 
 logger = logging.getLogger(__name__)
 

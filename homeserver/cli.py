@@ -14,11 +14,11 @@ from pathlib import Path
 import yaml
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.crypto.signing_keys import generate_key_file
+from core.crypto.tls import generate_self_signed
+from core.errors import MatrixError
+from core.types import is_valid_server_name
 from homeserver.config import ConfigError, HomeserverConfig, load_config
-from homeserver.crypto.signing_keys import generate_key_file
-from homeserver.crypto.tls import generate_self_signed
-from homeserver.errors import MatrixError
-from homeserver.types import is_valid_server_name
 from storage.migrations import SchemaTooNewError
 
 EXIT_USAGE = 2

@@ -15,10 +15,10 @@ from typing import Any
 
 import yaml
 
+from core.crypto.signing_keys import load_signing_key
+from core.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
+from core.types import is_valid_server_name
 from homeserver.config_reader import ConfigReader
-from homeserver.crypto.signing_keys import load_signing_key
-from homeserver.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
-from homeserver.types import is_valid_server_name
 
 RESOURCES = ("client", "federation", "media")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

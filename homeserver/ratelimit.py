@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-from homeserver.clock import Clock
-from homeserver.errors import LimitExceeded
+from core.clock import Clock
+from core.errors import LimitExceeded
 
 
 class RateLimiter:

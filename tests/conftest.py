@@ -16,9 +16,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from core.crypto.signing_keys import generate_key_file
 from homeserver.app import build_app
 from homeserver.config import HomeserverConfig, parse_config
-from homeserver.crypto.signing_keys import generate_key_file
 from homeserver.services.container import Services, build_services
 from storage import Database
 

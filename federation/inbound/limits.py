@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from homeserver.errors import LimitExceeded
+from core.errors import LimitExceeded
 
 CONCURRENT = 3
 QUEUED = 50

@@ -13,18 +13,18 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from core.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
+from core.events.builder import event_from_pdu
+from core.events.model import Event
+from core.events.room_versions import KNOWN_ROOM_VERSIONS
+from core.events.signing import sign_event
+from core.events.stripped import STRIPPED_STATE_TYPES
+from core.rooms.auth import AuthError, auth_types_for_event
+from core.types import InvalidIdentifier, parse_user_id
 from federation.inbound.pdus import MAX_PDU_NESTING, InvalidPdu, PduHandler
-from homeserver.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
-from homeserver.events.builder import event_from_pdu
-from homeserver.events.model import Event
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
-from homeserver.events.signing import sign_event
-from homeserver.events.stripped import STRIPPED_STATE_TYPES
 from homeserver.http.json import nesting_exceeds
-from homeserver.rooms.auth import AuthError, auth_types_for_event
 from homeserver.services.container import Services
 from homeserver.services.event_persister import MAX_DEPTH, MAX_PREV_EVENTS
-from homeserver.types import InvalidIdentifier, parse_user_id
 
 logger = logging.getLogger(__name__)
 

@@ -18,26 +18,26 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from federation.keys.keyring import Keyring
-from federation.transport.client import FederationClient, FederationClientError
-from homeserver.errors import NotFound
-from homeserver.events.builder import event_from_pdu
-from homeserver.events.canonical import check_canonical_json, encode_canonical
-from homeserver.events.hashing import check_content_hash
-from homeserver.events.model import Event
-from homeserver.events.redaction import redact
-from homeserver.events.room_versions import RoomVersion
-from homeserver.events.signing import (
+from core.errors import NotFound
+from core.events.builder import event_from_pdu
+from core.events.canonical import check_canonical_json, encode_canonical
+from core.events.hashing import check_content_hash
+from core.events.model import Event
+from core.events.redaction import redact
+from core.events.room_versions import RoomVersion
+from core.events.signing import (
     InvalidEventSignature,
     required_signers,
     verify_event_signature,
 )
+from core.rooms.auth import AuthError, check_auth_events, check_auth_rules
+from core.types import MAX_IDENTIFIER_BYTES, byte_length
+from federation.keys.keyring import Keyring
+from federation.transport.client import FederationClient, FederationClientError
 from homeserver.http.json import MAX_JSON_NESTING, nesting_exceeds
 from homeserver.http.nul import contains_nul
-from homeserver.rooms.auth import AuthError, check_auth_events, check_auth_rules
 from homeserver.services.container import Services
 from homeserver.services.event_persister import MAX_DEPTH, MAX_PDU_BYTES, MissingEvents
-from homeserver.types import MAX_IDENTIFIER_BYTES, byte_length
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _is_user_id(value: object) -> bool:
 
 
 # The spec's PDU size limits (https://spec.matrix.org/v1.19/server-server-api/#size-limits):
-# these fields at most 255 bytes, as a client's (``homeserver.types``), and the event IDs an
+# these fields at most 255 bytes, as a client's (``core.types``), and the event IDs an
 # event refers to as well. Synapse's ``_check_size_limits`` refuses such an event in every room
 # version (before v11 it counts code points first and keeps a byte-long one as rejected); here
 # it is refused outright, so none of it reaches a column or an index.

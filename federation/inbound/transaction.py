@@ -14,16 +14,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.errors import BadJson, MatrixError
+from core.events.hashing import compute_event_id
+from core.events.model import Event
+from core.events.room_versions import RoomVersion
+from core.rooms.auth import AuthError
+from core.types import MAX_IDENTIFIER_BYTES, InvalidIdentifier, byte_length, parse_user_id
 from federation.inbound.pdus import MAX_PDU_NESTING, InvalidPdu, PduHandler
-from homeserver.errors import BadJson, MatrixError
-from homeserver.events.hashing import compute_event_id
-from homeserver.events.model import Event
-from homeserver.events.room_versions import RoomVersion
 from homeserver.http.json import nesting_exceeds
 from homeserver.http.nul import NUL, contains_nul
-from homeserver.rooms.auth import AuthError
 from homeserver.services.container import Services
-from homeserver.types import MAX_IDENTIFIER_BYTES, InvalidIdentifier, byte_length, parse_user_id
 
 logger = logging.getLogger(__name__)
 

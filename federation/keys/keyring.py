@@ -32,11 +32,11 @@ from signedjson.key import (
 from signedjson.sign import SignatureVerifyException, verify_signed_json
 from signedjson.types import SigningKey, VerifyKey
 
+from core.clock import Clock
+from core.crypto.signing_keys import key_id as signing_key_id
+from core.events.unpadded_base64 import decode_base64
+from core.types import is_valid_server_name
 from federation.transport.client import FederationClient, FederationClientError
-from homeserver.clock import Clock
-from homeserver.crypto.signing_keys import key_id as signing_key_id
-from homeserver.events.unpadded_base64 import decode_base64
-from homeserver.types import is_valid_server_name
 from storage.stores.server_keys import ServerKey, ServerKeyStore
 
 logger = logging.getLogger(__name__)

@@ -17,12 +17,12 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 from signedjson.sign import sign_json
 
+from core.errors import BadJson
+from core.types import is_valid_server_name
 from federation.keys.keyring import MAX_KEY_VALIDITY_MS, Keyring
 from federation.keys.server import signed_key_response
-from homeserver.errors import BadJson
 from homeserver.http.json import json_response, read_json_object
 from homeserver.http.params import query_int
-from homeserver.types import is_valid_server_name
 from storage.stores.server_keys import ServerKey
 
 routes = web.RouteTableDef()

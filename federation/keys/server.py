@@ -8,8 +8,8 @@ from typing import Any
 from aiohttp import web
 from signedjson.sign import sign_json
 
+from core.crypto.signing_keys import key_id, verify_key_base64
 from homeserver.appkeys import SERVICES
-from homeserver.crypto.signing_keys import key_id, verify_key_base64
 from homeserver.http.json import json_response
 
 routes = web.RouteTableDef()

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from core.errors import MatrixError
 from federation.transport.inbound_auth import authenticate
-from homeserver.errors import MatrixError
 from homeserver.http.json import read_json_object
 
 if TYPE_CHECKING:

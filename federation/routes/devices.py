@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from core.errors import BadJson, NotFound
 from federation.routes._base import federation_route
 from federation.routes.query import local_user
-from homeserver.errors import BadJson, NotFound
 from homeserver.http.json import json_response
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from core.errors import BadJson, Forbidden, InvalidParam, MissingParam, NotFound
 from federation.routes._base import federation_route
-from homeserver.errors import BadJson, Forbidden, InvalidParam, MissingParam, NotFound
 from homeserver.http.json import json_response
 from homeserver.http.params import parse_int
 from homeserver.services.server_visibility import ServerVisibility, federation_pdu

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from core.errors import InvalidParam, MissingParam, NotFound
+from core.types import parse_user_id
 from federation.routes._base import federation_route
-from homeserver.errors import InvalidParam, MissingParam, NotFound
 from homeserver.http.json import json_response
 from homeserver.http.params import query_int
 from homeserver.services.directory import RoomFilter
-from homeserver.types import parse_user_id
 
 if TYPE_CHECKING:
     from federation.container import Federation

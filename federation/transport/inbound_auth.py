@@ -11,9 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
+from core.errors import Codes, MatrixError
 from federation.keys.keyring import KeyNotFound, Keyring
 from federation.transport.x_matrix import parse_authorization, verify_request
-from homeserver.errors import Codes, MatrixError
 
 logger = logging.getLogger(__name__)
 

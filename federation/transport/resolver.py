@@ -26,8 +26,8 @@ from cachetools import TLRUCache
 from dns.rdtypes.IN.SRV import SRV
 from multidict import CIMultiDictProxy
 
+from core.clock import Clock, SystemClock
 from federation.transport.x_matrix import is_ip_literal, is_valid_server_name, split_server_name
-from homeserver.clock import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
 

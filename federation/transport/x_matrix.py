@@ -16,7 +16,7 @@ from typing import Any
 from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
 from signedjson.types import SigningKey, VerifyKey
 
-from homeserver.types import is_valid_server_name
+from core.types import is_valid_server_name
 
 __all__ = [
     "XMatrixAuth",

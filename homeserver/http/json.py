@@ -28,8 +28,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from homeserver.errors import BadJson, NotJson
-from homeserver.events.canonical import CANONICALJSON_MAX_INT, CANONICALJSON_MIN_INT
+from core.errors import BadJson, NotJson
+from core.events.canonical import CANONICALJSON_MAX_INT, CANONICALJSON_MIN_INT
 from homeserver.http.nul import contains_nul
 
 MAX_JSON_NESTING = 100

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from homeserver.errors import Codes, MatrixError
+from core.errors import Codes, MatrixError
 from homeserver.http.json import json_response
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from homeserver.errors import InvalidParam
+from core.errors import InvalidParam
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

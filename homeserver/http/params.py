@@ -13,8 +13,8 @@ from typing import overload
 
 from aiohttp import web
 
-from homeserver.errors import InvalidParam
-from homeserver.events.canonical import CANONICALJSON_MAX_INT
+from core.errors import InvalidParam
+from core.events.canonical import CANONICALJSON_MAX_INT
 
 _INTEGER = re.compile(r"-?[0-9]{1,16}")
 

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from homeserver.errors import BadRequest, MatrixError, TooLarge
+from core.errors import BadRequest, MatrixError, TooLarge
 from homeserver.http.client_ip import client_ip
 from homeserver.http.disconnect import CLIENT_CLOSED_REQUEST
 from homeserver.http.middleware import error_response

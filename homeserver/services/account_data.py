@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from homeserver.errors import BadJson, Forbidden, MatrixError, NotFound, TooLarge
+from core.errors import BadJson, Forbidden, MatrixError, NotFound, TooLarge
 from homeserver.services.filters import encoded_size
 from homeserver.services.notifier import Notifier
 from storage.stores.account_data import GLOBAL, AccountDataStore

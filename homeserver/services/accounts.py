@@ -9,10 +9,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.clock import Clock
-from homeserver.config import HomeserverConfig
-from homeserver.crypto.passwords import PasswordHasher
-from homeserver.errors import (
+from core.clock import Clock
+from core.crypto.passwords import PasswordHasher
+from core.errors import (
     BadRequest,
     Forbidden,
     InvalidUsername,
@@ -21,9 +20,10 @@ from homeserver.errors import (
     UserDeactivated,
     UserInUse,
 )
+from core.types import MAX_USER_ID_LENGTH, is_valid_localpart, parse_user_id
+from homeserver.config import HomeserverConfig
 from homeserver.ratelimit import RateLimiter
 from homeserver.services.auth import AuthService, IssuedTokens
-from homeserver.types import MAX_USER_ID_LENGTH, is_valid_localpart, parse_user_id
 from storage import Database
 from storage.stores.auth_sessions import RegistrationToken
 

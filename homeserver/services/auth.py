@@ -14,9 +14,9 @@ import string
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from homeserver.clock import Clock
+from core.clock import Clock
+from core.errors import UnknownToken, UserDeactivated
 from homeserver.config import AuthConfig
-from homeserver.errors import UnknownToken, UserDeactivated
 from storage.stores.devices import AccessTokenInfo, DeviceStore, NewTokens
 
 ACCESS_TOKEN_PREFIX = "kta_"

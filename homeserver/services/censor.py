@@ -13,10 +13,10 @@ import json
 import logging
 from collections.abc import Iterable
 
-from homeserver.clock import Clock
-from homeserver.events.canonical import encode_canonical
-from homeserver.events.redaction import redact
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from core.clock import Clock
+from core.events.canonical import encode_canonical
+from core.events.redaction import redact
+from core.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.services.notifier import Notifier
 from homeserver.services.serialize import EventSerializer
 from storage.stores.events import EventStore

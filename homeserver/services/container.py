@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 from signedjson.types import SigningKey
 
-from homeserver.clock import Clock, SystemClock
+from core.clock import Clock, SystemClock
+from core.crypto.passwords import PasswordHasher
+from core.crypto.signing_keys import load_signing_key
+from core.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.config import HomeserverConfig, RateLimit
-from homeserver.crypto.passwords import PasswordHasher
-from homeserver.crypto.signing_keys import load_signing_key
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.ratelimit import RateLimiter
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.accounts import AccountService

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from homeserver.errors import NotFound
+from core.errors import NotFound
 from homeserver.services.auth import AuthService
 from storage.stores.devices import Device, DeviceStore
 

@@ -22,12 +22,12 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from homeserver.clock import Clock
-from homeserver.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
-from homeserver.rooms.power_levels import PowerLevels
+from core.clock import Clock
+from core.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
+from core.rooms.power_levels import PowerLevels
+from core.types import is_valid_server_name
 from homeserver.services.event_persister import EventPersister
 from homeserver.services.ports import RemoteDirectory, RemoteFilterUnsupported
-from homeserver.types import is_valid_server_name
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
 

@@ -21,22 +21,22 @@ from typing import Any, TypeVar
 
 from signedjson.types import SigningKey
 
-from homeserver.clock import Clock
-from homeserver.errors import Forbidden, MatrixError, NotFound, TooLarge
-from homeserver.events.builder import build_event
-from homeserver.events.canonical import encode_canonical
-from homeserver.events.model import Event
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.events.stripped import stripped
-from homeserver.rooms.auth import (
+from core.clock import Clock
+from core.errors import Forbidden, MatrixError, NotFound, TooLarge
+from core.events.builder import build_event
+from core.events.canonical import encode_canonical
+from core.events.model import Event
+from core.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from core.events.stripped import stripped
+from core.rooms.auth import (
     AuthError,
     auth_types_for_event,
     check_auth_events,
     check_auth_rules,
     create_event_id_for_room,
 )
-from homeserver.rooms.power_levels import PowerLevels
-from homeserver.rooms.server_acl import server_allowed
+from core.rooms.power_levels import PowerLevels
+from core.rooms.server_acl import server_allowed
 from homeserver.services.notifier import Notifier
 from storage import Database
 from storage.ids import IdAllocator

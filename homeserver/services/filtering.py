@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from homeserver.errors import BadJson, TooLarge
+from core.errors import BadJson, TooLarge
 
 MAX_LIMIT = 1000
 # Entries in one list of a filter (types, senders, rooms, event_fields, ...). A filter is

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from homeserver.errors import InvalidParam, NotFound, TooLarge
+from core.errors import InvalidParam, NotFound, TooLarge
 from homeserver.http.json import decode_json_object
 from homeserver.services.filtering import MAX_FILTER_BYTES, SyncFilter
 from storage.stores.filters import FilterStore

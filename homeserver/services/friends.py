@@ -17,14 +17,14 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from homeserver.errors import InvalidParam, NotFound
+from core.errors import InvalidParam, NotFound
+from core.types import parse_user_id
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.membership import MembershipService
 from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
 from homeserver.services.rooms import CreateRoomRequest, RoomService
-from homeserver.types import parse_user_id
 from storage.stores.events import EventStore
 from storage.stores.state import StateStore
 from storage.stores.sync import SyncStore

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from cachetools import LRUCache
 
-from homeserver.clock import Clock
-from homeserver.errors import Forbidden, NotFound
+from core.clock import Clock
+from core.errors import Forbidden, NotFound
 from homeserver.services.censor import pruned_json
 from homeserver.services.event_persister import EventPersister
 from homeserver.services.membership import MembershipService

@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from homeserver.errors import BadJson, BadRequest, Forbidden, InvalidParam, MatrixError, NotFound
-from homeserver.events.model import Event
-from homeserver.events.stripped import STRIPPED_STATE_TYPES
+from core.errors import BadJson, BadRequest, Forbidden, InvalidParam, MatrixError, NotFound
+from core.events.model import Event
+from core.events.stripped import STRIPPED_STATE_TYPES
+from core.rooms.power_levels import PowerLevels
+from core.types import parse_user_id
 from homeserver.ratelimit import RateLimiter
-from homeserver.rooms.power_levels import PowerLevels
 from homeserver.services.event_persister import EventPersister, NewEvent
 from homeserver.services.ports import RemoteRooms
 from homeserver.services.rooms import RoomService
-from homeserver.types import parse_user_id
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
 from storage.stores.users import UserStore

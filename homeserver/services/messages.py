@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.clock import Clock
-from homeserver.errors import Forbidden, InvalidParam, NotFound
+from core.clock import Clock
+from core.errors import Forbidden, InvalidParam, NotFound
 from homeserver.services.filtering import RoomEventFilter
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.visibility import HISTORY_VISIBILITY, VisibilityService

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from homeserver.events.model import Event
+from core.events.model import Event
 
 
 class RemoteRooms(Protocol):

@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.clock import Clock
+from core.clock import Clock
+from core.errors import InvalidParam
 from homeserver.config import PresenceConfig
-from homeserver.errors import InvalidParam
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
 from storage.stores.presence import PresenceRow, PresenceStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from homeserver.errors import BadJson, Forbidden, NotFound
+from core.errors import BadJson, Forbidden, NotFound
 from homeserver.services.ports import RemoteRooms
 from storage.stores.users import Profile, ProfileStore, UserStore
 

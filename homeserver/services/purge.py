@@ -17,9 +17,9 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from homeserver.clock import Clock
+from core.clock import Clock
+from core.errors import InvalidParam, MatrixError, NotFound
 from homeserver.config import RetentionConfig
-from homeserver.errors import InvalidParam, MatrixError, NotFound
 from homeserver.services.event_persister import EventPersister, NewEvent
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.membership import MembershipService

@@ -16,8 +16,8 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from homeserver.clock import Clock
-from homeserver.errors import Forbidden, InvalidParam, NotFound
+from core.clock import Clock
+from core.errors import Forbidden, InvalidParam, NotFound
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.changes import ChangeLog
 from homeserver.services.member_cache import MembershipCache

@@ -9,16 +9,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from homeserver.errors import BadJson, BadRequest, Forbidden, InvalidParam, MatrixError, NotFound
-from homeserver.events.model import Event
-from homeserver.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
+from core.errors import BadJson, BadRequest, Forbidden, InvalidParam, MatrixError, NotFound
+from core.events.model import Event
+from core.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
+from core.rooms.power_levels import PowerLevels
+from core.types import is_valid_server_name, parse_user_id
 from homeserver.ratelimit import RateLimiter
-from homeserver.rooms.power_levels import PowerLevels
 from homeserver.services.event_persister import EventPersister, NewEvent
 from homeserver.services.ports import RemoteRooms
 from homeserver.services.profile import ProfileService
 from homeserver.services.serialize import REDACT_TXN_SCOPE
-from homeserver.types import is_valid_server_name, parse_user_id
 from storage.stores.rooms import RoomStore
 
 logger = logging.getLogger(__name__)

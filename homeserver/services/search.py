@@ -14,8 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from homeserver.clock import Clock
-from homeserver.errors import InvalidParam
+from core.clock import Clock
+from core.errors import InvalidParam
 from homeserver.services.filtering import RoomEventFilter
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.messages import MessageService, Reader

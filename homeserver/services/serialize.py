@@ -7,8 +7,8 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from homeserver.events.redaction import redact
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from core.events.redaction import redact
+from core.events.room_versions import KNOWN_ROOM_VERSIONS
 from storage.stores.events import EventStore, StoredEvent
 
 # Transaction IDs are scoped to a device and an endpoint; /redact's are stored with this prefix

@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from homeserver.events.redaction import redact
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from core.events.redaction import redact
+from core.events.room_versions import KNOWN_ROOM_VERSIONS
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.state import StateStore
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from homeserver.clock import Clock
+from core.clock import Clock
 from homeserver.services.filtering import SyncFilter
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier

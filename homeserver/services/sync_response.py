@@ -14,8 +14,8 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from homeserver.clock import Clock
-from homeserver.events.stripped import STRIPPED_STATE_TYPES, stripped
+from core.clock import Clock
+from core.events.stripped import STRIPPED_STATE_TYPES, stripped
 from homeserver.services.filtering import SyncFilter
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.messages import make_token

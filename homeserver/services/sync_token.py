@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.errors import InvalidParam
+from core.errors import InvalidParam
 
 _TOKEN_RE = re.compile(r"^s(\d+)(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?$")
 DEFAULT_TIMELINE_LIMIT = 10

@@ -20,17 +20,17 @@ from typing import Any
 
 from cachetools import LRUCache, TTLCache
 
-from homeserver.clock import Clock
-from homeserver.errors import BadJson, InvalidParam, MissingParam, TooLarge
-from homeserver.services.changes import ChangeLog
-from homeserver.services.notifier import Notifier
-from homeserver.types import (
+from core.clock import Clock
+from core.errors import BadJson, InvalidParam, MissingParam, TooLarge
+from core.types import (
     MAX_IDENTIFIER_BYTES,
     InvalidIdentifier,
     byte_length,
     check_event_type,
     parse_user_id,
 )
+from homeserver.services.changes import ChangeLog
+from homeserver.services.notifier import Notifier
 from storage.stores.to_device import ToDeviceStore
 
 logger = logging.getLogger(__name__)

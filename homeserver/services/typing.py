@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from homeserver.clock import Clock
-from homeserver.errors import Forbidden
+from core.clock import Clock
+from core.errors import Forbidden
 from homeserver.services.changes import ChangeLog
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier

@@ -10,8 +10,8 @@ from __future__ import annotations
 import secrets
 from typing import Any, Protocol
 
-from homeserver.clock import Clock
-from homeserver.errors import AuthRequired, BadJson, Forbidden, MatrixError, MissingParam
+from core.clock import Clock
+from core.errors import AuthRequired, BadJson, Forbidden, MatrixError, MissingParam
 from storage.stores.auth_sessions import RegistrationTokenStore, UiAuthStore
 
 DUMMY = "m.login.dummy"

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from homeserver.errors import Forbidden
+from core.errors import Forbidden
 from homeserver.http.middleware import add_cors_headers, cors_middleware, error_middleware
 from tests.conftest import bearer, register_user
 from tests.helpers.spec import assert_matches_spec

@@ -1,6 +1,6 @@
 """Identifiers from clients, over real HTTP, on SQLite and on PostgreSQL: each is checked
 against its grammar and length where it enters (``client_api/params.py``, with the grammars in
-``homeserver/types.py``), so an over-long or malformed one is a Matrix error, never a 500, and
+``core/types.py``), so an over-long or malformed one is a Matrix error, never a 500, and
 nothing of it is stored.
 
 Limits (the spec's appendices and its PDU size limits; errors as Synapse answers them):

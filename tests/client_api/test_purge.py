@@ -18,8 +18,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select
 
+from core.errors import MatrixError
 from homeserver.config import ConfigError
-from homeserver.errors import MatrixError
 from homeserver.services.container import Services
 from homeserver.services.event_persister import NewEvent
 from homeserver.services.purge import DeleteRoomRequest

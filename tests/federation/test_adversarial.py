@@ -18,8 +18,8 @@ import pytest
 import pytest_asyncio
 from signedjson.key import generate_signing_key
 
-from homeserver.events.builder import event_from_pdu
-from homeserver.events.hashing import add_content_hash
+from core.events.builder import event_from_pdu
+from core.events.hashing import add_content_hash
 from tests.helpers.fake_peer import FakePeer, q
 from tests.helpers.federation import FedServer, User
 

@@ -1,5 +1,5 @@
 """Over-long identifiers from another server, against a real ``ktchat`` process on SQLite and
-on PostgreSQL: the same limits as a client's (``homeserver/types.py``).
+on PostgreSQL: the same limits as a client's (``core/types.py``).
 
 A PDU whose ``type``, ``state_key``, ``sender``, ``room_id`` or any of its ``prev_events`` and
 ``auth_events`` is over 255 bytes (the spec's PDU size limits, which Synapse enforces on every

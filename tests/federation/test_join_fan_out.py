@@ -24,10 +24,10 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from core.crypto.tls import generate_self_signed
+from core.errors import NotFound
 from federation.remote_rooms import MAX_SERVERS_TRIED, TRY_FOR_S, RemoteRoomsClient
 from federation.transport.client import RemoteUnreachable
-from homeserver.crypto.tls import generate_self_signed
-from homeserver.errors import NotFound
 from tests.federation.conftest import FedServers
 from tests.helpers.federation import FedServer, q
 from tests.helpers.processes import free_port

@@ -24,13 +24,13 @@ from signedjson.key import encode_verify_key_base64, generate_signing_key, get_v
 from signedjson.sign import sign_json, verify_signed_json
 from signedjson.types import SigningKey
 
+from core.crypto.signing_keys import key_id
+from core.crypto.tls import generate_self_signed
 from federation.keys import notary
 from federation.keys.keyring import KeyNotFound, Keyring
 from federation.keys.server import signed_key_response
 from federation.transport.client import FederationClient
 from homeserver.config import FederationConfig
-from homeserver.crypto.signing_keys import key_id
-from homeserver.crypto.tls import generate_self_signed
 from homeserver.http.middleware import error_middleware
 from storage import Database
 from storage.stores.server_keys import ServerKey, ServerKeyStore

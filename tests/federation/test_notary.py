@@ -13,9 +13,9 @@ from signedjson.key import generate_signing_key, get_verify_key
 from signedjson.sign import verify_signed_json
 from signedjson.types import SigningKey
 
+from core.crypto.signing_keys import key_id
 from federation.keys import notary
 from federation.keys.keyring import Keyring
-from homeserver.crypto.signing_keys import key_id
 from homeserver.http.middleware import error_middleware
 from storage.stores.server_keys import ServerKeyStore
 from tests.federation.test_keyring import (

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from core.errors import LimitExceeded
 from federation.inbound.limits import OriginLimiter
-from homeserver.errors import LimitExceeded
 
 
 async def test_a_few_at_once_the_rest_queue_then_refused() -> None:

@@ -26,6 +26,9 @@ from signedjson.key import generate_signing_key
 from signedjson.types import SigningKey
 from yarl import URL
 
+from core.crypto.tls import generate_self_signed
+from core.events.hashing import compute_event_id
+from core.events.room_versions import KNOWN_ROOM_VERSIONS
 from federation.container import Federation
 from federation.inbound.limits import OriginLimiter
 from federation.keys.keyring import Keyring
@@ -34,9 +37,6 @@ from federation.routes import devices, events, query
 from federation.routes._base import FEDERATION
 from federation.transport.client import FederationClient
 from federation.transport.x_matrix import sign_request
-from homeserver.crypto.tls import generate_self_signed
-from homeserver.events.hashing import compute_event_id
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.http.json import encode_json
 from homeserver.http.middleware import error_middleware
 from homeserver.services.container import Services, build_services

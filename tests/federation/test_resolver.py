@@ -28,8 +28,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 from dns.rdtypes.IN.SRV import SRV
 
+from core.crypto.tls import generate_self_signed
 from federation.transport.resolver import Resolved, ServerResolver, _order_srv
-from homeserver.crypto.tls import generate_self_signed
 
 HOUR = 3600.0
 

@@ -28,9 +28,9 @@ from signedjson.sign import SignatureVerifyException, verify_signed_json
 from signedjson.types import VerifyKey
 from unpaddedbase64 import decode_base64, encode_base64
 
-from homeserver.events.builder import event_from_pdu
-from homeserver.events.hashing import add_content_hash
-from homeserver.events.model import Event
+from core.events.builder import event_from_pdu
+from core.events.hashing import add_content_hash
+from core.events.model import Event
 from tests.helpers.fake_peer import FakePeer, ReceivedRequest, q
 from tests.helpers.federation import FedServer, User, poll_until
 from tests.helpers.processes import free_port

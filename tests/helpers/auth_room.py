@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from homeserver.events.model import Event
-from homeserver.events.room_versions import RoomVersion
-from homeserver.rooms.auth import StateMap, auth_types_for_event, check_auth_rules
+from core.events.model import Event
+from core.events.room_versions import RoomVersion
+from core.rooms.auth import StateMap, auth_types_for_event, check_auth_rules
 
 CREATOR = "@creator:a.test"
 ADMIN = "@admin:a.test"

@@ -38,15 +38,15 @@ from aiohttp import web
 from signedjson.key import generate_signing_key
 from signedjson.types import SigningKey
 
+from core.crypto.tls import generate_self_signed
+from core.events.builder import build_event, event_from_pdu
+from core.events.hashing import add_content_hash
+from core.events.model import Event
+from core.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from core.events.signing import sign_event
+from core.rooms.auth import auth_types_for_event
 from federation.keys.server import signed_key_response
 from federation.transport.x_matrix import sign_request
-from homeserver.crypto.tls import generate_self_signed
-from homeserver.events.builder import build_event, event_from_pdu
-from homeserver.events.hashing import add_content_hash
-from homeserver.events.model import Event
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.events.signing import sign_event
-from homeserver.rooms.auth import auth_types_for_event
 from tests.helpers.federation import FedServer
 from tests.helpers.processes import free_port
 

@@ -29,8 +29,8 @@ import aiohttp
 import pytest
 import yaml
 
-from homeserver.crypto.signing_keys import generate_key_file
-from homeserver.crypto.tls import generate_self_signed
+from core.crypto.signing_keys import generate_key_file
+from core.crypto.tls import generate_self_signed
 from tests.helpers.federation import (
     CLIENT_V3,
     LOG_TAIL_LINES,

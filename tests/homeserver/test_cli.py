@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from core.crypto.signing_keys import load_signing_key
 from homeserver.config import load_config
-from homeserver.crypto.signing_keys import load_signing_key
 from storage import Database
 
 _SCRIPT = Path(sys.executable).parent / "ktchat"

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from core.crypto.signing_keys import generate_key_file
+from core.crypto.tls import generate_self_signed
 from homeserver.config import (
     ConfigError,
     HomeserverConfig,
@@ -20,8 +22,6 @@ from homeserver.config import (
     load_config,
     parse_config,
 )
-from homeserver.crypto.signing_keys import generate_key_file
-from homeserver.crypto.tls import generate_self_signed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

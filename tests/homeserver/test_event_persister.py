@@ -18,7 +18,7 @@ import pytest
 import yaml
 from sqlalchemy import func, insert, select
 
-from homeserver.errors import Forbidden, MatrixError, NotFound
+from core.errors import Forbidden, MatrixError, NotFound
 from homeserver.services.container import Services
 from homeserver.services.event_persister import NewEvent
 from homeserver.services.filtering import RoomEventFilter

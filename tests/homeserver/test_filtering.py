@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from homeserver.errors import BadJson, TooLarge
+from core.errors import BadJson, TooLarge
 from homeserver.services.filtering import (
     MAX_FILTER_LIST,
     RoomEventFilter,

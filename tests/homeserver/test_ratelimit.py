@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from homeserver.errors import LimitExceeded
+from core.errors import LimitExceeded
 from homeserver.ratelimit import RateLimiter
 
 

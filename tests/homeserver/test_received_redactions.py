@@ -10,7 +10,7 @@ restart, from the database, on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from homeserver.events.model import Event
+from core.events.model import Event
 from homeserver.services.container import Services
 from homeserver.services.event_persister import NewEvent
 from tests.helpers.harness import Harness

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from homeserver.clock import SystemClock
-from homeserver.events.room_versions import V10, V12
+from core.clock import SystemClock
+from core.events.room_versions import V10, V12
 from homeserver.services.container import build_services
 from homeserver.services.rooms import CreateRoomRequest
 from tests.conftest import make_config

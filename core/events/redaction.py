@@ -22,7 +22,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from homeserver.events.room_versions import RoomVersion
+from core.events.room_versions import RoomVersion
 
 _ALLOWED_KEYS_V11 = frozenset({
     "event_id", "type", "room_id", "sender", "state_key", "content", "hashes", "signatures",

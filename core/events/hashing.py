@@ -18,10 +18,10 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from homeserver.events.canonical import encode_canonical
-from homeserver.events.redaction import redact
-from homeserver.events.room_versions import RoomVersion
-from homeserver.events.unpadded_base64 import decode_base64, encode_base64
+from core.events.canonical import encode_canonical
+from core.events.redaction import redact
+from core.events.room_versions import RoomVersion
+from core.events.unpadded_base64 import decode_base64, encode_base64
 
 # Keys left out of the content hash: exactly the spec's three. (Synapse also drops top-level
 # `age_ts`, `outlier` and `destinations`, leftovers of room versions 1-2 that no event of a

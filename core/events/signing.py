@@ -21,8 +21,8 @@ from typing import Any
 from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
 from signedjson.types import SigningKey, VerifyKey
 
-from homeserver.events.redaction import redact
-from homeserver.events.room_versions import RoomVersion
+from core.events.redaction import redact
+from core.events.room_versions import RoomVersion
 
 
 class InvalidEventSignature(ValueError):

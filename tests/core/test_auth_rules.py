@@ -1,4 +1,4 @@
-"""The authorization rules of room versions 10, 11 and 12 (homeserver.rooms.auth).
+"""The authorization rules of room versions 10, 11 and 12 (core.rooms.auth).
 
 Rule numbers are v12's (v10/v11: one lower from rule 3 on). Most tables run on every version;
 where the versions differ (create event, creators, room IDs) the tests say which.
@@ -19,9 +19,9 @@ import pytest
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
 
-from homeserver.events.model import Event
-from homeserver.events.room_versions import V10, V11, V12, RoomVersion
-from homeserver.rooms.auth import (
+from core.events.model import Event
+from core.events.room_versions import V10, V11, V12, RoomVersion
+from core.rooms.auth import (
     AuthError,
     auth_types_for_event,
     check_auth_events,
@@ -31,7 +31,7 @@ from homeserver.rooms.auth import (
     third_party_invite_public_keys,
     verify_third_party_invite_signature,
 )
-from homeserver.rooms.power_levels import (
+from core.rooms.power_levels import (
     CREATOR_POWER_LEVEL,
     PowerLevels,
     check_power_levels_content,

@@ -25,12 +25,12 @@ from typing import Any
 
 from signedjson.types import SigningKey
 
-from homeserver.events.canonical import check_canonical_json, encode_canonical
-from homeserver.events.hashing import add_content_hash, compute_event_id
-from homeserver.events.model import Event
-from homeserver.events.room_versions import RoomVersion
-from homeserver.events.signing import signing_input
-from homeserver.events.unpadded_base64 import encode_base64
+from core.events.canonical import check_canonical_json, encode_canonical
+from core.events.hashing import add_content_hash, compute_event_id
+from core.events.model import Event
+from core.events.room_versions import RoomVersion
+from core.events.signing import signing_input
+from core.events.unpadded_base64 import encode_base64
 
 
 def is_create_event(pdu: Mapping[str, Any]) -> bool:

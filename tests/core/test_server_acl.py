@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from homeserver.rooms.server_acl import server_allowed
+from core.rooms.server_acl import server_allowed
 
 ACL = {"allow": ["*"], "deny": ["evil.example", "*.bad.example", "ba?.example"],
        "allow_ip_literals": False}

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from homeserver.events.canonical import encode_canonical
-from homeserver.events.redaction import redact
-from homeserver.events.room_versions import V10, V11, V12, RoomVersion
-from tests.homeserver import event_vectors as vectors
+from core.events.canonical import encode_canonical
+from core.events.redaction import redact
+from core.events.room_versions import V10, V11, V12, RoomVersion
+from tests.core import event_vectors as vectors
 
 ALL_VERSIONS = [V10, V11, V12]
 UPDATED = [V11, V12]

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-from homeserver.events.model import Event
-from homeserver.events.room_versions import RoomVersion
-from homeserver.types import parse_user_id
+from core.events.model import Event
+from core.events.room_versions import RoomVersion
+from core.types import parse_user_id
 
 CREATE: Final = "m.room.create"
 POWER_LEVELS: Final = "m.room.power_levels"

@@ -21,15 +21,15 @@ from signedjson.key import (
 from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
 from unpaddedbase64 import encode_base64
 
-from homeserver.crypto.passwords import PasswordHasher
-from homeserver.crypto.signing_keys import (
+from core.crypto.passwords import PasswordHasher
+from core.crypto.signing_keys import (
     generate_key_file,
     key_id,
     load_signing_key,
     new_key_version,
     verify_key_base64,
 )
-from homeserver.crypto.tls import generate_self_signed
+from core.crypto.tls import generate_self_signed
 
 KEY_LINE = re.compile(r"^ed25519 ([A-Za-z0-9_]+) ([A-Za-z0-9+/]{43})$")
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.events.room_versions import RoomVersion
+from core.events.room_versions import RoomVersion
 
 
 @dataclass(frozen=True, slots=True, eq=False)

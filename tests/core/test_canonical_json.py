@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from homeserver.events.canonical import check_canonical_json, encode_canonical
-from homeserver.events.unpadded_base64 import decode_base64, encode_base64
+from core.events.canonical import check_canonical_json, encode_canonical
+from core.events.unpadded_base64 import decode_base64, encode_base64
 
 # -- unpadded Base64 --------------------------------------------------------------------------
 

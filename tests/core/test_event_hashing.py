@@ -12,17 +12,17 @@ from typing import Any
 
 import pytest
 
-from homeserver.events.hashing import (
+from core.events.hashing import (
     add_content_hash,
     check_content_hash,
     compute_content_hash,
     compute_event_id,
     reference_hash,
 )
-from homeserver.events.redaction import redact
-from homeserver.events.room_versions import V10, V11, V12, RoomVersion
-from homeserver.events.unpadded_base64 import decode_base64, encode_base64
-from tests.homeserver import event_vectors as vectors
+from core.events.redaction import redact
+from core.events.room_versions import V10, V11, V12, RoomVersion
+from core.events.unpadded_base64 import decode_base64, encode_base64
+from tests.core import event_vectors as vectors
 
 ALL_VERSIONS = [V10, V11, V12]
 EVENT_ID_RE = re.compile(r"^\$[A-Za-z0-9\-_]{43}$")

@@ -39,7 +39,7 @@ v12   v10/11   rule
       check_auth_rules(event, state)   # a state map holds the create event in every version
 
 The signatures on an event are verified before any of this (receipt check 2, see
-``homeserver.events.signing.required_signers``); rule 5.2 here only checks that the
+``core.events.signing.required_signers``); rule 5.2 here only checks that the
 authorising server's signature is among them, so a resident server must add its own signature
 to a restricted join before checking it.
 """
@@ -53,10 +53,10 @@ from nacl.exceptions import BadSignatureError
 from signedjson.key import decode_verify_key_bytes
 from signedjson.sign import SignatureVerifyException, verify_signed_json
 
-from homeserver.events.model import Event
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.events.unpadded_base64 import decode_base64
-from homeserver.rooms.power_levels import (
+from core.events.model import Event
+from core.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from core.events.unpadded_base64 import decode_base64
+from core.rooms.power_levels import (
     CREATE,
     INTEGER_FIELDS,
     POWER_LEVELS,
@@ -65,7 +65,7 @@ from homeserver.rooms.power_levels import (
     parse_level,
     room_creators,
 )
-from homeserver.types import parse_user_id
+from core.types import parse_user_id
 
 MEMBER: Final = "m.room.member"
 JOIN_RULES: Final = "m.room.join_rules"

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from homeserver.events.builder import build_event, event_from_pdu, room_id_for_create_event
-from homeserver.events.hashing import check_content_hash, compute_event_id
-from homeserver.events.model import Event
-from homeserver.events.redaction import redact
-from homeserver.events.room_versions import V10, V11, V12, RoomVersion
-from homeserver.events.signing import required_signers, verify_event_signature
-from tests.homeserver import event_vectors as vectors
+from core.events.builder import build_event, event_from_pdu, room_id_for_create_event
+from core.events.hashing import check_content_hash, compute_event_id
+from core.events.model import Event
+from core.events.redaction import redact
+from core.events.room_versions import V10, V11, V12, RoomVersion
+from core.events.signing import required_signers, verify_event_signature
+from tests.core import event_vectors as vectors
 
 ALL_VERSIONS = [V10, V11, V12]
 EVENT_ID_RE = re.compile(r"^\$[A-Za-z0-9\-_]{43}$")

@@ -12,17 +12,17 @@ import pytest
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
 
-from homeserver.events.canonical import encode_canonical
-from homeserver.events.hashing import add_content_hash, check_content_hash
-from homeserver.events.redaction import redact
-from homeserver.events.room_versions import V10, V11, V12, RoomVersion
-from homeserver.events.signing import (
+from core.events.canonical import encode_canonical
+from core.events.hashing import add_content_hash, check_content_hash
+from core.events.redaction import redact
+from core.events.room_versions import V10, V11, V12, RoomVersion
+from core.events.signing import (
     InvalidEventSignature,
     required_signers,
     sign_event,
     verify_event_signature,
 )
-from tests.homeserver import event_vectors as vectors
+from tests.core import event_vectors as vectors
 
 ALL_VERSIONS = [V10, V11, V12]
 
