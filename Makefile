@@ -49,8 +49,9 @@ bench: $(VENV)/.installed-test
 	@for script in bench/*.py; do echo "== $$script" >&2; $(BIN)/python $$script || exit 1; done
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check core homeserver client_api federation storage tests bench
+	$(BIN)/ruff check core roomserver homeserver client_api federation storage tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .venv-synapse .pytest_cache .mypy_cache .ruff_cache

@@ -113,7 +113,8 @@ class FedBenchServer:
         if database_url:
             config["database"] = {"url": database_url}
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        # KTCHAT_BENCH_PROFILE=DIR runs each server under cProfile (DIR/<label>.prof on exit).
+        # KTCHAT_BENCH_PROFILE=DIR runs each server under cProfile (DIR/<label>.prof on exit);
+        # KTCHAT_BENCH_PYSPY=DIR samples the measured window instead (``sample``).
         profile = os.environ.get("KTCHAT_BENCH_PROFILE")
         runner = ["-m", "cProfile", "-o", str(Path(profile) / f"{self.label}.prof")] \
             if profile else []
@@ -145,6 +146,20 @@ class FedBenchServer:
         """VmHWM (the kernel's high-water mark), remembered in case the process is gone."""
         self._peak_rss = max(self._peak_rss, self._status("VmHWM:"))
         return self._peak_rss
+
+    def sample(self, seconds: float) -> subprocess.Popen[bytes] | None:
+        """With ``KTCHAT_BENCH_PYSPY=DIR``, samples the server with py-spy for ``seconds``
+        (the measured window only, unlike cProfile's whole run) into DIR/<label>.txt, in
+        py-spy's collapsed-stack format; returns the sampler (wait for it), else None."""
+        where = os.environ.get("KTCHAT_BENCH_PYSPY")
+        if not where:
+            return None
+        py_spy = Path(sys.executable).parent / "py-spy"
+        return subprocess.Popen(
+            [str(py_spy), "record", "--pid", str(self.proc.pid), "--duration",
+             str(max(1, int(seconds))), "--rate", "200", "--format", "raw", "--output",
+             str(Path(where) / f"{self.label}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def cpu_seconds(self) -> float:
         try:

@@ -221,6 +221,7 @@ class Soak:
         await asyncio.sleep(args.warmup)
         self.measuring = True
         cpu_before = [s.cpu_seconds() for s in servers]
+        samplers = [s.sample(self.stop_at - time.monotonic()) for s in servers]
         requests_before = {s.label: self._requests(s.label) for s in servers}
         first_measured = len(self.sent)
         await asyncio.sleep(max(0.0, self.stop_at - time.monotonic()))
@@ -229,6 +230,9 @@ class Soak:
         requests = {s.label: self._requests(s.label) - requests_before[s.label]
                     for s in servers}
         measured = set(list(self.sent)[first_measured:])
+        for sampler in samplers:
+            if sampler is not None:
+                sampler.wait()
         await asyncio.gather(*workers, return_exceptions=True)
         await asyncio.sleep(10)  # drain
         for task in receivers:

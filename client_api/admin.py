@@ -22,8 +22,8 @@ from core.errors import NotFound
 from homeserver.appkeys import SERVICES
 from homeserver.http.client_ip import client_ip
 from homeserver.http.json import json_response, read_json_object
+from homeserver.services.accounts import RegistrationToken
 from homeserver.services.purge import DeleteRoomRequest, DeleteTask
-from storage.stores.auth_sessions import RegistrationToken
 
 routes = ClientRoutes()
 ADMIN_V1 = ("/_synapse/admin/v1",)

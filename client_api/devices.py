@@ -13,8 +13,8 @@ from core.errors import MatrixError
 from homeserver.appkeys import SERVICES
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.auth import Requester
+from homeserver.services.devices import Device
 from homeserver.services.uia import PASSWORD
-from storage.stores.devices import Device
 
 routes = ClientRoutes()
 

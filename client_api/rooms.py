@@ -16,10 +16,10 @@ from homeserver.appkeys import SERVICES
 from homeserver.http.json import json_response, read_json_object
 from homeserver.http.params import query_int
 from homeserver.services.auth import Requester
-from homeserver.services.event_persister import NewEvent
 from homeserver.services.filtering import RoomEventFilter
 from homeserver.services.messages import Reader
 from homeserver.services.rooms import CreateRoomRequest
+from roomserver.api import NewEvent
 
 routes = ClientRoutes()
 

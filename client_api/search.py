@@ -12,8 +12,7 @@ from homeserver.appkeys import SERVICES
 from homeserver.http.json import json_response, read_json_object
 from homeserver.services.filtering import RoomEventFilter
 from homeserver.services.messages import Reader
-from homeserver.services.search import RoomEventsSearch
-from storage.search_text import KEY_TYPES
+from homeserver.services.search import KEY_TYPES, RoomEventsSearch
 
 routes = ClientRoutes()
 

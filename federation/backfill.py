@@ -27,7 +27,7 @@ from core.rooms.auth import AuthError
 from federation.inbound.pdus import InvalidPdu, PduHandler
 from federation.transport.client import FederationClient, FederationClientError
 from homeserver.services.container import Services
-from homeserver.services.event_persister import MissingEvents
+from roomserver.api import MissingEvents
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +74,10 @@ class Backfiller:
         if fruitless is not None and fruitless[0] == tuple(points) \
                 and now - fruitless[1] < RETRY_AFTER_MS:
             return False
-        version = await self._services.persister.room_version(room_id)
+        version = await self._services.roomserver.room_version(room_id)
         if version is None:
             return False
-        servers = sorted(await self._services.persister.joined_servers(room_id)
+        servers = sorted(await self._services.roomserver.joined_servers(room_id)
                          - {self._server_name})
         for server in servers[:MAX_SERVERS]:
             try:
@@ -110,7 +110,7 @@ class Backfiller:
                 continue
             if event.room_id == room_id:
                 events[event.event_id] = event
-        persister = self._services.persister
+        persister = self._services.roomserver
         ordered = sorted(events.values(), key=lambda e: (e.depth, e.event_id))
         positions = persister.reserve_backfill(len(ordered))
         futures = []

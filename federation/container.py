@@ -45,7 +45,6 @@ class Federation:
 
     async def start(self) -> None:
         await self.client.start()
-        self.services.persister.outbox_listener = self.sender.events_committed
         self.services.membership.remote = self.remote
         self.services.rooms.remote = self.remote
         self.services.profiles.remote = self.remote
@@ -85,6 +84,7 @@ def build_federation(services: Services) -> Federation:
     keyring = Keyring(services.db.server_keys, client, services.clock, config.server_name,
                       services.signing_key, config.federation.trusted_key_servers)
     sender = FederationSender(services.db.federation, client, services, config)
+    services.roomserver.add_commit_listener(sender)
     pdus = PduHandler(services, keyring, client)
     return Federation(config.server_name, services.signing_key, services, client, keyring,
                       sender, pdus, TransactionHandler(services, pdus),

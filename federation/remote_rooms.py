@@ -190,7 +190,7 @@ class RemoteRoomsClient:
         check_auth_rules(event, state_map, create_event=create)
         chain_ids = {e.event_id for e in state}
         auth_chain = [e for e in checked if e.event_id not in chain_ids]
-        await self._services.persister.join_remote_room(event, state, auth_chain)
+        await self._services.roomserver.join_remote_room(event, state, auth_chain)
 
     # -- leaving and knocking --------------------------------------------------------------
 
@@ -203,7 +203,7 @@ class RemoteRoomsClient:
             await self._client.put_json(
                 server, f"/_matrix/federation/v2/send_leave/{_q(room_id)}/{_q(event.event_id)}",
                 dict(event.pdu))
-            await self._services.persister.store_remote_membership(event, None)
+            await self._services.roomserver.store_remote_membership(event, None)
 
         last = await self._try_servers("Leaving", room_id, servers, attempt,
                                        (FederationClientError, InvalidPdu))
@@ -226,7 +226,7 @@ class RemoteRoomsClient:
                     raise Forbidden(e.error or "You may not knock on this room") from None
                 raise
             stripped = answer.get("knock_room_state") if isinstance(answer, Mapping) else None
-            await self._services.persister.store_remote_membership(
+            await self._services.roomserver.store_remote_membership(
                 event, stripped if isinstance(stripped, list) else [])
 
         last = await self._try_servers("Knocking on", room_id, servers, attempt,

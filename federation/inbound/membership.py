@@ -24,7 +24,7 @@ from core.types import InvalidIdentifier, parse_user_id
 from federation.inbound.pdus import MAX_PDU_NESTING, InvalidPdu, PduHandler
 from homeserver.http.json import nesting_exceeds
 from homeserver.services.container import Services
-from homeserver.services.event_persister import MAX_DEPTH, MAX_PREV_EVENTS
+from roomserver.api import MAX_DEPTH, MAX_PREV_EVENTS
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def _server_of(user_id: str) -> str:
 class ResidentMembership:
     def __init__(self, services: Services, pdus: PduHandler) -> None:
         self._services = services
-        self._persister = services.persister
+        self._persister = services.roomserver
         self._pdus = pdus
         self._server_name = services.config.server_name
 

@@ -5,7 +5,7 @@ Spec: https://spec.matrix.org/v1.19/server-server-api/#checks-performed-on-recei
 2. signatures of every server that must have signed it — ``check_signatures``;
 3. the content hash, else the redacted copy is kept — ``check_pdu``;
 4.-6. authorization against its auth events, the state before it, and the current state
-(soft failure) — the persister (``EventPersister.receive``).
+(soft failure) — the persister (``roomserver.api.RemoteEventWriter.receive``).
 Missing auth events are fetched (``/event_auth``) and missing prev events asked for
 (``/get_missing_events``) from the server that sent the event.
 """
@@ -37,7 +37,7 @@ from federation.transport.client import FederationClient, FederationClientError
 from homeserver.http.json import MAX_JSON_NESTING, nesting_exceeds
 from homeserver.http.nul import contains_nul
 from homeserver.services.container import Services
-from homeserver.services.event_persister import MAX_DEPTH, MAX_PDU_BYTES, MissingEvents
+from roomserver.api import MAX_DEPTH, MAX_PDU_BYTES, MissingEvents
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class PduHandler:
 
     def __init__(self, services: Services, keyring: Keyring, client: FederationClient) -> None:
         self._services = services
-        self._persister = services.persister
+        self._persister = services.roomserver
         self._keyring = keyring
         self._client = client
 
@@ -191,7 +191,8 @@ class PduHandler:
     async def receive(self, origin: str, event: Event, *, fetch_missing: bool = True,
                       relay: bool = False) -> str:
         """Steps 4-6 for a checked event, answering once it is committed; returns what
-        became of it (see ``EventPersister.receive``). Raises ``AuthError`` when rejected."""
+        became of it (see ``roomserver.api.RemoteEventWriter.receive``). Raises
+        ``AuthError`` when rejected."""
         outcome, future = await self.receive_queued(origin, event, fetch_missing=fetch_missing,
                                                     relay=relay)
         if future is not None:
@@ -317,7 +318,7 @@ class PduHandler:
         for future in futures:
             await self._persister.committed(future, event.room_id)
 
-    async def _missing_events(self, origin: str, event: Event, earliest: list[str],
+    async def _missing_events(self, origin: str, event: Event, earliest: Sequence[str],
                               latest: list[str], min_depth: int, fetched: dict[str, Event]
                               ) -> list[Event]:
         """One ``/get_missing_events`` round: the checked events of the room it brought

@@ -137,11 +137,11 @@ class TransactionHandler:
 
     async def _check_room(self, origin: str, room_id: str, pdus: list[Any]) -> _RoomPdus:
         checked = _RoomPdus(room_id)
-        version = await self._services.persister.room_version(room_id)
+        version = await self._services.roomserver.room_version(room_id)
         if version is None:
             logger.info("%s sent %d PDUs for unknown room %s", origin, len(pdus), room_id)
             return checked
-        if not await self._services.persister.server_allowed(room_id, origin):
+        if not await self._services.roomserver.server_allowed(room_id, origin):
             logger.info("%s is banned from %s by its server ACL", origin, room_id)
             for pdu in pdus:
                 event_id = _event_id_of(pdu, version)
@@ -150,7 +150,7 @@ class TransactionHandler:
             return checked
         # Which are here already is read while they are checked.
         ids = [e for e in (_event_id_of(pdu, version) for pdu in pdus) if e is not None]
-        stored = asyncio.ensure_future(self._services.persister.is_stored(ids))
+        stored = asyncio.ensure_future(self._services.roomserver.is_stored(ids))
         try:
             for pdu in pdus:
                 try:
@@ -198,7 +198,7 @@ class TransactionHandler:
                 logger.info("Rejected %s from %s: %s", event.event_id, origin, e)
                 results[event.event_id] = {"error": str(e)}
         for future in commits:
-            await self._services.persister.committed(future, room.room_id)
+            await self._services.roomserver.committed(future, room.room_id)
         return results
 
     # -- EDUs ------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ class TransactionHandler:
         received: list[tuple[str, str, str, str]] = []
         for room_id, by_type in content.items():
             if not isinstance(by_type, Mapping) or \
-                    not await self._services.persister.server_allowed(str(room_id), origin):
+                    not await self._services.roomserver.server_allowed(str(room_id), origin):
                 continue
             for user_id, receipt in (by_type.get("m.read") or {}).items():
                 if _server_of(user_id) != origin or not isinstance(receipt, Mapping):
@@ -262,7 +262,7 @@ class TransactionHandler:
         if edu_type == "m.typing":
             user_id, room_id = content.get("user_id"), content.get("room_id")
             if _server_of(user_id) != origin or not isinstance(room_id, str) or \
-                    not await services.persister.server_allowed(room_id, origin):
+                    not await services.roomserver.server_allowed(room_id, origin):
                 return
             await services.typing.set_typing(room_id, str(user_id),
                                              content.get("typing") is True, None, local=False)

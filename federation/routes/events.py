@@ -48,7 +48,7 @@ async def require_server_in_room(fed: Federation, origin: str, room_id: str) -> 
         raise NotFound("Unknown room")
     if not await server_visibility(fed).server_in_room(origin, room_id):
         raise Forbidden("Host not in room")
-    if not await fed.services.persister.server_allowed(room_id, origin):
+    if not await fed.services.roomserver.server_allowed(room_id, origin):
         raise Forbidden("Server is banned from this room")
 
 
@@ -80,7 +80,7 @@ async def _state_before(fed: Federation, origin: str, request: web.Request
         raise NotFound(f"State not known at event {event_id}")
     state = list((await fed.services.db.state.state_at_group(event.state_group_before))
                  .values())
-    chain = await fed.services.persister.auth_chain(state)
+    chain = await fed.services.roomserver.auth_chain(state)
     return state, [e.event_id for e in chain]
 
 
@@ -127,7 +127,7 @@ async def get_event_auth(request: web.Request, fed: Federation, origin: str, _bo
     room_id = request.match_info["room_id"]
     await require_server_in_room(fed, origin, room_id)
     event = await _event_in_room(fed, room_id, request.match_info["event_id"])
-    chain = await fed.services.persister.auth_chain([event.event_id])
+    chain = await fed.services.roomserver.auth_chain([event.event_id])
     return json_response({"auth_chain": await _pdus(fed, [e.event_id for e in chain])})
 
 

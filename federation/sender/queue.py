@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +27,7 @@ from federation.transport.client import (
 )
 from homeserver.config import HomeserverConfig
 from homeserver.services.container import Services
+from roomserver.api import CommittedBatch
 from storage.stores.federation import Backoff, FederationStore
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class _Destination:
         if not entries and not fresh and not ephemeral:
             return False
         event_ids = [e.event_id for e in entries if e.event_id is not None] + fresh
-        events = await sender.services.persister.get_events(event_ids)
+        events = await sender.services.roomserver.get_events(event_ids)
         pdus = [dict(events[e].pdu) for e in event_ids if e in events]
         txn_id = sender.next_txn_id()
         body = {"origin": sender.server_name, "origin_server_ts": sender.now_ms(),
@@ -220,10 +221,14 @@ class FederationSender:
             destination.task = asyncio.create_task(destination.run())
         return destination
 
-    def events_committed(self, by_destination: Mapping[str, Sequence[str]]) -> None:
-        """Events were committed with rows in these destinations' queues (event IDs in
-        commit order): a destination whose queue held nothing else sends them from memory,
-        without reading its queue."""
+    def events_committed(self, batch: CommittedBatch) -> None:
+        """The roomserver's commit listener: events were committed with rows in their
+        destinations' queues; a destination whose queue held nothing else sends them from
+        memory, in commit order, without reading its queue."""
+        by_destination: dict[str, list[str]] = {}
+        for event in batch.events:
+            for name in event.destinations:
+                by_destination.setdefault(name, []).append(event.event_id)
         for name, event_ids in by_destination.items():
             if name == self.server_name:
                 continue
@@ -269,7 +274,7 @@ class FederationSender:
     async def _servers_in_rooms(self, room_ids: Iterable[str]) -> set[str]:
         servers: set[str] = set()
         for room_id in room_ids:
-            servers |= await self.services.persister.joined_servers(room_id)
+            servers |= await self.services.roomserver.joined_servers(room_id)
         servers.discard(self.server_name)
         return servers
 

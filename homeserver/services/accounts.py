@@ -25,7 +25,7 @@ from homeserver.config import HomeserverConfig
 from homeserver.ratelimit import RateLimiter
 from homeserver.services.auth import AuthService, IssuedTokens
 from storage import Database
-from storage.stores.auth_sessions import RegistrationToken
+from storage.stores.auth_sessions import RegistrationToken as RegistrationToken
 
 logger = logging.getLogger(__name__)
 

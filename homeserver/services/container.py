@@ -21,7 +21,6 @@ from homeserver.services.auth import AuthService
 from homeserver.services.censor import RedactionCensor
 from homeserver.services.devices import DeviceService
 from homeserver.services.directory import DirectoryService
-from homeserver.services.event_persister import EventPersister
 from homeserver.services.filters import FilterService
 from homeserver.services.friends import FriendsService
 from homeserver.services.history import ClearedHistory, HistoryService
@@ -41,6 +40,7 @@ from homeserver.services.to_device import ToDeviceService
 from homeserver.services.typing import TypingService
 from homeserver.services.uia import UiAuthService
 from homeserver.services.visibility import VisibilityService
+from roomserver.server import RoomServer
 from storage import Database
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class Services:
     uia: UiAuthService
     profiles: ProfileService
     notifier: Notifier
-    persister: EventPersister
+    roomserver: RoomServer
     rooms: RoomService
     membership: MembershipService
     messages: MessageService
@@ -86,7 +86,7 @@ class Services:
     async def start(self) -> None:
         """Open the database (migrating it) and start background housekeeping."""
         await self.db.open()
-        await self.persister.start()
+        self.notifier.set_initial_position(await self.roomserver.start())
         self.notifier.set_initial_account_data_position(self.db.account_data.position)
         self.receipts.start()
         await self.presence.start()
@@ -105,7 +105,7 @@ class Services:
         await self.purge.stop()
         await self.censor.stop()
         await self.presence.stop()
-        await self.persister.stop()
+        await self.roomserver.stop()
         await self.auth.flush_last_seen()
         await self.db.close()
         self.hasher.close()
@@ -141,8 +141,9 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     signing_key = load_signing_key(config.signing_key_path)
     profiles = ProfileService(db.profiles, db.users)
     notifier = Notifier()
-    persister = EventPersister(db, clock, notifier, config.server_name, signing_key)
-    rooms = RoomService(persister, db.rooms, profiles, config.server_name,
+    roomserver = RoomServer(db, clock, config.server_name, signing_key)
+    roomserver.add_commit_listener(notifier)
+    rooms = RoomService(roomserver, db.rooms, profiles, config.server_name,
                         limiter(rl.message_per_user),
                         default_room_version=KNOWN_ROOM_VERSIONS[config.default_room_version])
     serializer = EventSerializer(db.events)
@@ -156,7 +157,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                                config.server_name)
     to_device = ToDeviceService(db.to_device, notifier, clock, config.server_name)
     messages = MessageService(db.events, db.state, visibility, serializer, db.rooms, clock)
-    membership = MembershipService(persister, rooms, db.rooms, db.state, db.users,
+    membership = MembershipService(roomserver, rooms, db.rooms, db.state, db.users,
                                    config.server_name, limiter(rl.joins_per_user),
                                    limiter(rl.invites_per_user))
     return Services(
@@ -171,11 +172,11 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         uia=uia,
         profiles=profiles,
         notifier=notifier,
-        persister=persister,
+        roomserver=roomserver,
         rooms=rooms,
         membership=membership,
         messages=messages,
-        directory=DirectoryService(persister, db.rooms, db.state, clock, config.server_name),
+        directory=DirectoryService(roomserver, db.rooms, db.state, clock, config.server_name),
         account_data=account_data,
         filters=FilterService(db.filters),
         sync=SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
@@ -187,13 +188,13 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         presence=presence,
         friends=FriendsService(rooms, membership, members, db.state, db.events, account_data,
                                profiles, presence, db.sync, config.server_name),
-        purge=PurgeService(db.purge, db.events, db.state, db.rooms, db.users, persister, rooms,
+        purge=PurgeService(db.purge, db.events, db.state, db.rooms, db.users, roomserver, rooms,
                            membership, members, serializer, notifier, clock,
                            config.server_name, config.retention),
         search=SearchService(db.search, db.events, db.state, db.rooms, members, visibility,
                              messages, serializer, clock),
         history=HistoryService(cleared, db.events, db.state, db.rooms, membership,
-                               serializer, persister, clock, config.server_name),
+                               serializer, roomserver, clock, config.server_name),
         censor=RedactionCensor(db.events, serializer, notifier, clock,
                                config.redaction_retention_period),
         to_device=to_device,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from core.errors import NotFound
 from homeserver.services.auth import AuthService
-from storage.stores.devices import Device, DeviceStore
+from storage.stores.devices import Device as Device  # the record routes return
+from storage.stores.devices import DeviceStore
 
 
 class DeviceService:

@@ -26,8 +26,8 @@ from core.clock import Clock
 from core.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
 from core.rooms.power_levels import PowerLevels
 from core.types import is_valid_server_name
-from homeserver.services.event_persister import EventPersister
 from homeserver.services.ports import RemoteDirectory, RemoteFilterUnsupported
+from roomserver.api import LocalRooms
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
 
@@ -102,7 +102,7 @@ _CacheKey = tuple[str, int, str | None, bool, str | None, str | None]
 
 
 class DirectoryService:
-    def __init__(self, persister: EventPersister, rooms: RoomStore, state: StateStore,
+    def __init__(self, persister: LocalRooms, rooms: RoomStore, state: StateStore,
                  clock: Clock, server_name: str) -> None:
         self._persister = persister
         self._rooms = rooms

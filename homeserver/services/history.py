@@ -17,9 +17,9 @@ from cachetools import LRUCache
 from core.clock import Clock
 from core.errors import Forbidden, NotFound
 from homeserver.services.censor import pruned_json
-from homeserver.services.event_persister import EventPersister
 from homeserver.services.membership import MembershipService
 from homeserver.services.serialize import EventSerializer
+from roomserver.api import LocalRooms
 from storage.stores.events import EventStore
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
@@ -65,7 +65,7 @@ def hidden(point: Position | None, depth: int, stream_ordering: int | None) -> b
 class HistoryService:
     def __init__(self, cleared: ClearedHistory, events: EventStore, state: StateStore,
                  rooms: RoomStore, membership: MembershipService, serializer: EventSerializer,
-                 persister: EventPersister, clock: Clock, server_name: str) -> None:
+                 persister: LocalRooms, clock: Clock, server_name: str) -> None:
         self._cleared = cleared
         self._events = events
         self._state = state

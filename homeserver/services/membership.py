@@ -16,9 +16,9 @@ from core.events.stripped import STRIPPED_STATE_TYPES
 from core.rooms.power_levels import PowerLevels
 from core.types import parse_user_id
 from homeserver.ratelimit import RateLimiter
-from homeserver.services.event_persister import EventPersister, NewEvent
 from homeserver.services.ports import RemoteRooms
 from homeserver.services.rooms import RoomService
+from roomserver.api import LocalRooms, NewEvent
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
 from storage.stores.users import UserStore
@@ -28,7 +28,7 @@ MEMBERSHIPS = ("invite", "join", "knock", "leave", "ban")
 
 
 class MembershipService:
-    def __init__(self, persister: EventPersister, rooms: RoomService, room_store: RoomStore,
+    def __init__(self, persister: LocalRooms, rooms: RoomService, room_store: RoomStore,
                  state: StateStore, users: UserStore, server_name: str,
                  join_limiter: RateLimiter, invite_limiter: RateLimiter) -> None:
         self._persister = persister
@@ -182,7 +182,7 @@ class MembershipService:
         event = await self._persister.build(room_id, NewEvent("m.room.member", inviter,
                                                               content, target))
         signed = await self.remote.invite(event, await self._invite_state(room_id, inviter))
-        await self._persister.receive(signed)
+        await self._persister.store_built(signed)
         return signed.event_id
 
     async def _invite_state(self, room_id: str, inviter: str) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 from homeserver.services.changes import ChangeLog
 from homeserver.services.recent_events import RecentRoomEvents
+from roomserver.api import CommittedBatch
 
 
 class Notifier:
@@ -84,6 +85,26 @@ class Notifier:
 
     def account_data_changed_since(self, user_id: str, position: int) -> bool:
         return self._account_data.changed_since(user_id, position)
+
+    def events_committed(self, batch: CommittedBatch) -> None:
+        """The roomserver's commit listener: events in the timeline (positive positions; an
+        outlier or backfilled history is nothing new for syncs) wake their rooms' and members'
+        waiters."""
+        timeline = [e for e in batch.events
+                    if e.stream_ordering is not None and e.stream_ordering > 0]
+        if not timeline:
+            return
+        self.on_new_events(
+            max(e.stream_ordering for e in timeline if e.stream_ordering is not None),
+            {e.room_id for e in timeline},
+            # Every user whose membership changed (a remote join brings a whole room's).
+            {key for e in timeline for type_, key, _, _ in e.state_delta
+             if type_ == "m.room.member"},
+            [(e.room_id, e.stream_ordering, e.event_id) for e in timeline
+             if e.stream_ordering is not None],
+            [(e.room_id, key) for e in timeline for type_, key, _, membership in e.state_delta
+             if type_ == "m.room.member" and membership != "join"],
+            [e.redacts for e in timeline if e.redacts is not None])
 
     def on_new_events(self, position: int, room_ids: Iterable[str],
                       user_ids: Iterable[str] = (),

@@ -20,12 +20,12 @@ from cachetools import LRUCache
 from core.clock import Clock
 from core.errors import InvalidParam, MatrixError, NotFound
 from homeserver.config import RetentionConfig
-from homeserver.services.event_persister import EventPersister, NewEvent
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.membership import MembershipService
 from homeserver.services.notifier import Notifier
 from homeserver.services.rooms import CreateRoomRequest, RoomService
 from homeserver.services.serialize import EventSerializer
+from roomserver.api import LocalRooms, NewEvent
 from storage.stores.events import EventStore
 from storage.stores.purge import PurgePoint, PurgeStore
 from storage.stores.rooms import RoomStore
@@ -82,7 +82,7 @@ class DeleteRoomRequest:
 
 class PurgeService:
     def __init__(self, store: PurgeStore, events: EventStore, state: StateStore,
-                 rooms: RoomStore, users: UserStore, persister: EventPersister,
+                 rooms: RoomStore, users: UserStore, persister: LocalRooms,
                  room_service: RoomService, membership: MembershipService,
                  members: MembershipCache, serializer: EventSerializer, notifier: Notifier,
                  clock: Clock, server_name: str, retention: RetentionConfig) -> None:

@@ -15,10 +15,10 @@ from core.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS,
 from core.rooms.power_levels import PowerLevels
 from core.types import is_valid_server_name, parse_user_id
 from homeserver.ratelimit import RateLimiter
-from homeserver.services.event_persister import EventPersister, NewEvent
 from homeserver.services.ports import RemoteRooms
 from homeserver.services.profile import ProfileService
 from homeserver.services.serialize import REDACT_TXN_SCOPE
+from roomserver.api import LocalRooms, NewEvent
 from storage.stores.rooms import RoomStore
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def default_power_levels(creator: str, privileged_creators: bool) -> dict[str, A
 
 
 class RoomService:
-    def __init__(self, persister: EventPersister, rooms: RoomStore, profiles: ProfileService,
+    def __init__(self, persister: LocalRooms, rooms: RoomStore, profiles: ProfileService,
                  server_name: str, message_limiter: RateLimiter, *,
                  default_room_version: RoomVersion = DEFAULT_ROOM_VERSION) -> None:
         self._persister = persister

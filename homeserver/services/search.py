@@ -21,7 +21,8 @@ from homeserver.services.member_cache import MembershipCache
 from homeserver.services.messages import MessageService, Reader
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.visibility import VisibilityService
-from storage.search_text import INDEXED, KEY_TYPES, Query, highlights, parse_query
+from storage.search_text import INDEXED, Query, highlights, parse_query
+from storage.search_text import KEY_TYPES as KEY_TYPES  # the keys a search may name
 from storage.stores.events import EventStore, StoredEvent
 from storage.stores.rooms import RoomStore
 from storage.stores.search import SearchHit, SearchQuery, SearchStore

@@ -95,10 +95,17 @@ class PersistItem:
     redaction_requires: str | None = None
     replaces_state: str | None = None
     new_room: tuple[str, str, int] | None = None  # (room_version, creator, created_ts)
-    new_state_group: NewStateGroup | None = None
+    # State groups written before the event (parents first): the state before it, after it
+    # and the room's current state after it, where each is new.
+    new_state_groups: list[NewStateGroup] = field(default_factory=list)
     new_state_keys: list[tuple[int, str, str]] = field(default_factory=list)
     # (type, state_key, event_id, membership) of the current state this event changes.
     current_state_delta: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+    # Keys the room's current state loses (state resolution left none of their events).
+    current_state_removed: list[tuple[str, str]] = field(default_factory=list)
+    # The room's current state group once this event is in, when it is not the event's own
+    # state after (branches of a fork resolved).
+    head_state_group: int | None = None
     # The room's forward extremities once this event is in.
     extremities_after: list[str] = field(default_factory=list)
     # The event as a dict (what pdu_json encodes) and its room version, when the writer has
@@ -110,9 +117,6 @@ class PersistItem:
     outlier: bool = False
     # Whether the room's head (extremities, state group, depth) moves to this event.
     moves_head: bool = True
-    # A whole state group written before the event's own (the state a remote join starts
-    # from), so the event can name it as its state before.
-    base_state_group: NewStateGroup | None = None
     # Servers this event is to be sent to (rows of the durable outbound queue).
     destinations: list[str] = field(default_factory=list)
     # Built and signed here (not received): no redaction of it can have come before it.
@@ -271,8 +275,7 @@ class EventStore:
             conn.execute(statements["state_keys"], keys)
         groups = [dict(id=g.group_id, room_id=g.room_id, parent_id=g.parent_id, added=g.added,
                        removed=g.removed)
-                  for i in items for g in (i.base_state_group, i.new_state_group)
-                  if g is not None]
+                  for i in items for g in i.new_state_groups]
         if groups:
             conn.execute(statements["state_groups"], groups)
         new = [i for i in items if not i.was_outlier]
@@ -315,14 +318,22 @@ class EventStore:
                                                 if row["nid"] in received_nids])
 
         # Current state changes (later items win); each room's head is written once.
-        changed: dict[tuple[str, str, str], dict[str, Any]] = {}
+        changed: dict[tuple[str, str, str], dict[str, Any] | None] = {}
         for item in items:
+            for type_, state_key in item.current_state_removed:
+                changed[(item.room_id, type_, state_key)] = None
             for type_, state_key, event_id, membership in item.current_state_delta:
                 changed[(item.room_id, type_, state_key)] = dict(
                     room_id=item.room_id, type=type_, state_key=state_key, event_id=event_id,
                     membership=membership)
-        if changed:
-            conn.execute(statements["current_state"], list(changed.values()))
+        removed = [dict(r=r, t=t, k=k) for (r, t, k), row in changed.items() if row is None]
+        if removed:
+            conn.execute(delete(current_state).where(
+                current_state.c.room_id == bindparam("r"), current_state.c.type == bindparam("t"),
+                current_state.c.state_key == bindparam("k")), removed)
+        rows = [row for row in changed.values() if row is not None]
+        if rows:
+            conn.execute(statements["current_state"], rows)
         outbox = [dict(destination=d, event_id=i.event_id, created_ts=i.received_ts)
                   for i in items for d in i.destinations]
         if outbox:
@@ -338,7 +349,8 @@ class EventStore:
             head = heads.setdefault(item.room_id, {"r": item.room_id, "d": 0})
             head["x"] = json.dumps(item.extremities_after)
             head["d"] = max(head["d"], item.depth)
-            head["g"] = item.state_group_after
+            head["g"] = item.head_state_group if item.head_state_group is not None \
+                else item.state_group_after
         if heads:
             conn.execute(statements["heads"], list(heads.values()))
         return already

@@ -38,6 +38,7 @@ class StateStore:
         self._full: OrderedDict[int, dict[int, int]] = OrderedDict()
         self._full_entries = 0
         self._event_ids: OrderedDict[int, str] = OrderedDict()
+        self._event_nids: OrderedDict[str, int] = OrderedDict()
 
     # -- state keys -------------------------------------------------------------------------
 
@@ -201,8 +202,14 @@ class StateStore:
     def remember_event_nid(self, nid: int, event_id: str) -> None:
         """An event's nid never changes: cache the mapping (state maps are in nids)."""
         self._event_ids[nid] = event_id
+        self._event_nids[event_id] = nid
         if len(self._event_ids) > _EVENT_ID_CACHE:
             self._event_ids.popitem(last=False)
+        if len(self._event_nids) > _EVENT_ID_CACHE:
+            self._event_nids.popitem(last=False)
+
+    def cached_event_nid(self, event_id: str) -> int | None:
+        return self._event_nids.get(event_id)
 
     async def _event_ids_for_nids(self, nids: Iterable[int]) -> dict[int, str]:
         out: dict[int, str] = {}

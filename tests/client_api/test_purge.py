@@ -21,8 +21,8 @@ from sqlalchemy import func, select
 from core.errors import MatrixError
 from homeserver.config import ConfigError
 from homeserver.services.container import Services
-from homeserver.services.event_persister import NewEvent
 from homeserver.services.purge import DeleteRoomRequest
+from roomserver.api import NewEvent
 from storage import search_index
 from storage.schema import (
     account_data,
@@ -572,7 +572,7 @@ async def test_admin_api_errors(client: TestClient, hs: Services, alice: User, b
         bob.user_id]
 
     # A v1 deletion that fails is marked failed, so a later one may start.
-    monkeypatch.setattr(hs.persister, "remove_room", broken)
+    monkeypatch.setattr(hs.roomserver, "remove_room", broken)
     status, res = await admin_call(client, "DELETE", f"{ADMIN1}/rooms/{q(room)}", token, {})
     assert status == 500, res
     monkeypatch.undo()

@@ -32,6 +32,6 @@ async def test_debug_logs_federation_traffic_and_persister_batches(
     assert re.search(rf"DEBUG federation\.sender\.queue: Sent transaction \S+ to "
                      rf"{re.escape(b.server_name)}: \d+ PDUs, \d+ EDUs", a_log), a_log
     for log in (a_log, b_log):
-        assert re.search(r"DEBUG homeserver\.services\.event_persister: Committed \d+ events "
+        assert re.search(r"DEBUG roomserver\.writer: Committed \d+ events "
                          r"in \d+ rooms in [\d.]+ ms", log), log
         assert alice.access_token not in log and bob.access_token not in log

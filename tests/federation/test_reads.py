@@ -40,9 +40,9 @@ from federation.transport.x_matrix import sign_request
 from homeserver.http.json import encode_json
 from homeserver.http.middleware import error_middleware
 from homeserver.services.container import Services, build_services
-from homeserver.services.event_persister import NewEvent
 from homeserver.services.rooms import CreateRoomRequest
 from homeserver.services.server_visibility import ServerVisibility
+from roomserver.api import NewEvent
 from storage import Database
 from tests.conftest import SERVER_NAME, PostgresSchema, make_config, postgres_url
 from tests.helpers.processes import free_port
@@ -258,7 +258,7 @@ async def make_room(hs: Services, history: str = "shared", **extra: Any) -> str:
 
 
 async def send(hs: Services, room_id: str, body: str, sender: str = ALICE) -> str:
-    event = await hs.persister.send(room_id, NewEvent(
+    event = await hs.roomserver.send(room_id, NewEvent(
         "m.room.message", sender, {"msgtype": "m.text", "body": body}))
     return event.event_id
 
@@ -266,9 +266,9 @@ async def send(hs: Services, room_id: str, body: str, sender: str = ALICE) -> st
 async def remote_member(hs: Services, room_id: str, user_id: str, membership: str = "join",
                         sender: str | None = None) -> str:
     """A member event of a remote user, received as if its server had sent it."""
-    event = await hs.persister.build(room_id, NewEvent(
+    event = await hs.roomserver.build(room_id, NewEvent(
         "m.room.member", sender or user_id, {"membership": membership}, state_key=user_id))
-    assert await hs.persister.receive(event) == "accepted"
+    assert await hs.roomserver.receive(event) == "accepted"
     return event.event_id
 
 
@@ -334,9 +334,9 @@ async def test_state_and_state_ids(hs: Services, fed: Fed, remote: FakeRemote,
                                    stranger: FakeRemote) -> None:
     room_id = await make_room(hs)
     join_id = await remote_member(hs, room_id, remote.user("bob"))
-    name_id = (await hs.persister.send(room_id, NewEvent(
+    name_id = (await hs.roomserver.send(room_id, NewEvent(
         "m.room.name", ALICE, {"name": "Tea"}, state_key=""))).event_id
-    current = await hs.persister.current_state(room_id)
+    current = await hs.roomserver.current_state(room_id)
     assert current is not None
     path = f"{V1}/state_ids/{q(room_id)}"
 
@@ -378,7 +378,7 @@ async def test_event_auth(hs: Services, fed: Fed, remote: FakeRemote, stranger: 
     room_id = await make_room(hs)
     await remote_member(hs, room_id, remote.user("bob"))
     event_id = await send(hs, room_id, "hello")
-    current = await hs.persister.current_state(room_id)
+    current = await hs.roomserver.current_state(room_id)
     assert current is not None
 
     status, body = await fed.request(
@@ -489,7 +489,7 @@ async def test_backfill(hs: Services, fed: Fed, remote: FakeRemote, stranger: Fa
     assert await backfill(sent[5], sent[4], limit=2) == [sent[5], sent[4]]
     everything = await backfill(sent[5], limit=1000)  # capped at 100
     assert everything[:6] == sent[::-1]
-    create_id = (await hs.persister.current_state(room_id) or {})[("m.room.create", "")]
+    create_id = (await hs.roomserver.current_state(room_id) or {})[("m.room.create", "")]
     assert everything[-1] == create_id and len(everything) == len(set(everything))
     assert await backfill(sent[0], limit=0) == []
     assert await backfill("$unknown", limit=5) == []
@@ -676,7 +676,7 @@ async def test_server_visibility_invited(hs: Services, remote: FakeRemote) -> No
     for history in ("invited", "joined"):
         room_id = await make_room(hs, history)
         before = await send(hs, room_id, "before")
-        invite = (await hs.persister.send(room_id, NewEvent(
+        invite = (await hs.roomserver.send(room_id, NewEvent(
             "m.room.member", ALICE, {"membership": "invite"}, state_key=carol))).event_id
         while_invited = await send(hs, room_id, "while invited")
         assert not await visibility.server_in_room(remote.server_name, room_id)
@@ -702,7 +702,7 @@ async def test_server_visibility_history_visibility_change(hs: Services,
     await remote_member(hs, room_id, remote.user("bob"))
     await remote_member(hs, room_id, remote.user("bob"), "leave")
     hidden = await send(hs, room_id, "hidden")
-    change = (await hs.persister.send(room_id, NewEvent(
+    change = (await hs.roomserver.send(room_id, NewEvent(
         "m.room.history_visibility", ALICE, {"history_visibility": "shared"},
         state_key=""))).event_id
     shared = await send(hs, room_id, "shared")

@@ -335,14 +335,14 @@ def test_debug_shows_persister_batches(tmp_path: Path) -> None:
         await alice.create_room(name="debugging")
 
     server = _server(tmp_path, {"level": "INFO",
-                                "loggers": {"homeserver.services.event_persister": "DEBUG"}})
+                                "loggers": {"roomserver": "DEBUG"}})
     server.start()
     try:
         asyncio.run(scenario(server))
     finally:
         server.stop()
     log = server.log()
-    batches = [line for line in log.splitlines() if "event_persister" in line
+    batches = [line for line in log.splitlines() if "roomserver.writer" in line
                and "DEBUG" in line and "Committed" in line]
     assert batches, log
     assert "aiosqlite" not in log  # library chatter stays off at DEBUG of our loggers

@@ -25,17 +25,17 @@ async def test_identical_v12_rooms_created_in_the_same_millisecond_get_distinct_
     await services.start()
     try:
         await services.accounts.register("alice", "password123")
-        created = await asyncio.gather(*(services.persister.create_room(
+        created = await asyncio.gather(*(services.roomserver.create_room(
             V12, "@alice:test.local", {}) for _ in range(5)))
         assert len({e.room_id for e in created}) == 5
-        later = await services.persister.create_room(V12, "@alice:test.local", {})
+        later = await services.roomserver.create_room(V12, "@alice:test.local", {})
         assert later.room_id not in {e.room_id for e in created}
         # Each is a working room.
         for event in [*created, later]:
             room_id, _ = await services.rooms.create_room(CreateRoomRequest(
                 creator="@alice:test.local", room_version="12"))
             assert room_id.startswith("!")
-            assert await services.persister.room_version(event.room_id) == V12
+            assert await services.roomserver.room_version(event.room_id) == V12
     finally:
         await services.stop()
 
@@ -49,6 +49,6 @@ async def test_v10_rooms_get_random_ids(tmp_path: Path) -> None:
             creator="@alice:test.local", room_version="10")))[0] for _ in range(3)]
         assert len(set(ids)) == 3
         assert all(i.endswith(":test.local") for i in ids)
-        assert await services.persister.room_version(ids[0]) == V10
+        assert await services.roomserver.room_version(ids[0]) == V10
     finally:
         await services.stop()

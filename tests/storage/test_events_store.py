@@ -107,9 +107,9 @@ class FakeRoom:
             plan = plan_group(self.chain, added, removed)
             self.ids.group += 1
             layer = Layer(self.ids.group, plan.parent_id, plan.added, plan.removed)
-            item.new_state_group = NewStateGroup(layer.group_id, self.room_id, plan.parent_id,
-                                                 pack_pairs(plan.added),
-                                                 pack_pairs(plan.removed))
+            item.new_state_groups.append(NewStateGroup(
+                layer.group_id, self.room_id, plan.parent_id, pack_pairs(plan.added),
+                pack_pairs(plan.removed)))
             item.state_group_after = layer.group_id
             membership = (content or {}).get("membership") if type_ == "m.room.member" \
                 else None
@@ -501,7 +501,7 @@ async def _room_with_history(database: Database, ids: Ids
 
     def add(item: PersistItem) -> None:
         batch.append(item)
-        if item.new_state_group is not None:
+        if item.new_state_groups:
             history.append((item.state_group_after, dict(room.state)))
 
     add(room.event("m.room.create", ALICE, {"room_version": "10"}, state_key=""))
@@ -673,7 +673,7 @@ async def test_failing_batch_rolls_back_on_any_conflict(database: Database, ids:
     batch = other.create(BOB)
     bad = room.event("m.room.topic", ALICE, {"topic": "t"}, state_key="")
     if conflict == "state_group":
-        bad.new_state_group.group_id = 1
+        bad.new_state_groups[0].group_id = 1
         bad.state_group_after = 1
     elif conflict == "state_key":
         # The same (type, state_key) under another nid.

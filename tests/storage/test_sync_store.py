@@ -14,7 +14,7 @@ SERVER = "test.local"
 
 async def test_counts_and_heroes_of_many_members(database: Database, tmp_path: Path) -> None:
     services = build_services(make_config(tmp_path), db=database)
-    await services.persister.start()
+    await services.roomserver.start()
     try:
         users = [f"u{i:02d}" for i in range(12)]
         for name in ["alice", *users]:
@@ -40,4 +40,4 @@ async def test_counts_and_heroes_of_many_members(database: Database, tmp_path: P
         assert (alone.joined, alone.invited) == (1, 0)
         assert alone.heroes == [f"@{users[11]}:{SERVER}"]  # those who left, when nobody else
     finally:
-        await services.persister.stop()
+        await services.roomserver.stop()

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from core.events.model import Event
 from homeserver.services.container import Services
-from homeserver.services.event_persister import NewEvent
+from roomserver.api import NewEvent
 from tests.helpers.harness import Harness
-from tests.homeserver.test_event_persister import ALICE, make_room, register
+from tests.roomserver.test_roomserver import ALICE, make_room, register
 
 BOB = "@bob:remote.example"        # power 0
 CAROL = "@carol:remote.example"    # power 0, on bob's server
@@ -26,26 +26,26 @@ async def room_with_remote_members(hs: Services) -> str:
     await register(hs, "alice")
     room_id = await make_room(hs, ALICE)
     for user in (BOB, CAROL, DAVE, MOD):
-        await receive(hs, await hs.persister.build(room_id, NewEvent(
+        await receive(hs, await hs.roomserver.build(room_id, NewEvent(
             "m.room.member", user, {"membership": "join"}, state_key=user)))
-    levels = dict(await hs.persister.state_content(room_id, ("m.room.power_levels", "")) or {})
+    levels = dict(await hs.roomserver.state_content(room_id, ("m.room.power_levels", "")) or {})
     levels["users"] = {**levels.get("users", {}), MOD: 50}
-    await hs.persister.send(room_id, NewEvent("m.room.power_levels", ALICE, levels,
+    await hs.roomserver.send(room_id, NewEvent("m.room.power_levels", ALICE, levels,
                                               state_key=""))
     return room_id
 
 
 async def receive(hs: Services, event: Event) -> None:
-    assert await hs.persister.receive(event) == "accepted"
+    assert await hs.roomserver.receive(event) == "accepted"
 
 
 async def message(hs: Services, room_id: str, sender: str, body: str) -> Event:
-    return await hs.persister.build(room_id, NewEvent(
+    return await hs.roomserver.build(room_id, NewEvent(
         "m.room.message", sender, {"msgtype": "m.text", "body": body}))
 
 
 async def redaction(hs: Services, room_id: str, sender: str, target: str) -> Event:
-    return await hs.persister.build(room_id, NewEvent(
+    return await hs.roomserver.build(room_id, NewEvent(
         "m.room.redaction", sender, {"reason": "test"}, redacts=target))
 
 
@@ -57,7 +57,7 @@ async def redacted_by(hs: Services, event_id: str) -> str | None:
 
 async def test_redaction_of_a_known_event(harness: Harness, hs: Services) -> None:
     room_id = await room_with_remote_members(hs)
-    local = await hs.persister.send(room_id, NewEvent(
+    local = await hs.roomserver.send(room_id, NewEvent(
         "m.room.message", ALICE, {"msgtype": "m.text", "body": "mine"}))
     bobs = await message(hs, room_id, BOB, "bob's")
     await receive(hs, bobs)
@@ -89,7 +89,7 @@ async def test_redaction_received_before_its_event(harness: Harness, hs: Service
     from_bobs_server = await message(hs, room_id, CAROL, "carol's")
     from_another = await message(hs, room_id, DAVE, "dave's")
     moderated = await message(hs, room_id, DAVE, "dave's again")
-    await receive(hs, await hs.persister.build(other_room, NewEvent(
+    await receive(hs, await hs.roomserver.build(other_room, NewEvent(
         "m.room.member", BOB, {"membership": "join"}, state_key=BOB)))
     elsewhere = await message(hs, other_room, BOB, "bob's, in another room")
     cases = [  # (target, redacting user, its room, applied?)

@@ -6,9 +6,9 @@ a room grows), on SQLite and PostgreSQL, from a cold store."""
 from __future__ import annotations
 
 from homeserver.services.container import Services
-from homeserver.services.event_persister import NewEvent
+from roomserver.api import NewEvent
 from storage.stores.state import StateStore
-from tests.homeserver.test_event_persister import ALICE, make_room, register
+from tests.roomserver.test_roomserver import ALICE, make_room, register
 
 
 async def test_many_groups_agree_with_one_at_a_time(hs: Services) -> None:
@@ -17,16 +17,16 @@ async def test_many_groups_agree_with_one_at_a_time(hs: Services) -> None:
     room_id = await make_room(hs, ALICE)
     for n, user in enumerate(users):
         await hs.membership.join(user, room_id)
-        await hs.persister.send(room_id, NewEvent("m.room.message", user,
+        await hs.roomserver.send(room_id, NewEvent("m.room.message", user,
                                                   {"msgtype": "m.text", "body": f"hi {n}"}))
         if n % 3 == 0:
-            await hs.persister.send(room_id, NewEvent(
+            await hs.roomserver.send(room_id, NewEvent(
                 "m.room.history_visibility", ALICE,
                 {"history_visibility": ("joined", "shared", "invited")[n // 3 % 3]},
                 state_key=""))
         if n % 4 == 1:
             await hs.membership.leave(user, room_id)
-        await hs.persister.send(room_id, NewEvent("m.room.topic", ALICE, {"topic": f"t{n}"},
+        await hs.roomserver.send(room_id, NewEvent("m.room.topic", ALICE, {"topic": f"t{n}"},
                                                   state_key=""))
 
     timeline = await hs.db.events.paginate(room_id, backwards=False, limit=1000)

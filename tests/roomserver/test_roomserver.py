@@ -20,10 +20,10 @@ from sqlalchemy import func, insert, select
 
 from core.errors import Forbidden, MatrixError, NotFound
 from homeserver.services.container import Services
-from homeserver.services.event_persister import NewEvent
 from homeserver.services.filtering import RoomEventFilter
 from homeserver.services.messages import Reader
 from homeserver.services.rooms import CreateRoomRequest
+from roomserver.api import NewEvent
 from storage.schema import events as events_table
 from storage.stores.events import StoredEvent
 from tests.helpers.harness import Harness
@@ -105,7 +105,7 @@ async def assert_room_consistent(services: Services, room_id: str) -> list[Store
     assert info is not None
     assert await services.db.state.state_at_group(info[1]) == expected
     assert chain[-1].state_group_after == info[1]
-    assert await services.persister.current_state(room_id) == expected
+    assert await services.roomserver.current_state(room_id) == expected
     state_events = sum(1 for e in chain if "state_key" in e.pdu)
     assert await services.db.state.count_state_groups(room_id) == state_events
     return chain
@@ -143,7 +143,7 @@ async def test_concurrent_senders_one_chain(hs: Services) -> None:
     async def send_all(sender: str) -> list[str]:
         out = []
         for n in range(50):
-            event = await hs.persister.send(room_id, message(sender, f"{sender} {n}",
+            event = await hs.roomserver.send(room_id, message(sender, f"{sender} {n}",
                                                              txn=f"txn{n}"))
             out.append(event.event_id)
         return out
@@ -203,7 +203,7 @@ async def test_burst_of_concurrent_sends_shares_commits(hs: Services,
         await real(items)
 
     monkeypatch.setattr(hs.db.events, "persist_batch", counting)
-    events = await asyncio.gather(*(hs.persister.send(room_id, message(alice, str(n),
+    events = await asyncio.gather(*(hs.roomserver.send(room_id, message(alice, str(n),
                                                                        txn=f"b{n}"))
                                     for n in range(200)))
     assert len({e.event_id for e in events}) == 200
@@ -219,16 +219,16 @@ async def test_repeated_transaction_ids(harness: Harness, hs: Services) -> None:
     before = await count_events(hs)
 
     # Concurrently: one event, every caller gets its ID.
-    same = await asyncio.gather(*(hs.persister.send(room_id, message(alice, "once", txn="t1"))
+    same = await asyncio.gather(*(hs.roomserver.send(room_id, message(alice, "once", txn="t1"))
                                   for _ in range(20)))
     assert len({e.event_id for e in same}) == 1
     assert await count_events(hs) == before + 1
     # Again after the commit.
-    again = await hs.persister.send(room_id, message(alice, "different body", txn="t1"))
+    again = await hs.roomserver.send(room_id, message(alice, "different body", txn="t1"))
     assert again.event_id == same[0].event_id
     assert again.content["body"] == "once"
     # Mixed with new transactions in one concurrent burst.
-    mixed = await asyncio.gather(*(hs.persister.send(room_id, message(
+    mixed = await asyncio.gather(*(hs.roomserver.send(room_id, message(
         alice, f"m{n % 5}", txn=f"m{n % 5}")) for n in range(25)))
     assert len({e.event_id for e in mixed}) == 5
     for n, event in enumerate(mixed):
@@ -236,26 +236,26 @@ async def test_repeated_transaction_ids(harness: Harness, hs: Services) -> None:
     assert await count_events(hs) == before + 6
 
     # The scope is (room, sender, device): other devices, senders and rooms get new events.
-    other_device = await hs.persister.send(room_id, message(alice, "x", device="DEV2",
+    other_device = await hs.roomserver.send(room_id, message(alice, "x", device="DEV2",
                                                             txn="t1"))
-    other_sender = await hs.persister.send(room_id, message(bob, "x", txn="t1"))
+    other_sender = await hs.roomserver.send(room_id, message(bob, "x", txn="t1"))
     other_room_id = await make_room(hs, alice)
-    other_room = await hs.persister.send(other_room_id, message(alice, "x", txn="t1"))
+    other_room = await hs.roomserver.send(other_room_id, message(alice, "x", txn="t1"))
     ids = {same[0].event_id, other_device.event_id, other_sender.event_id,
            other_room.event_id}
     assert len(ids) == 4
     # Without a device the transaction ID does not deduplicate (nothing to scope it to).
-    a = await hs.persister.send(room_id, message(alice, "x", device=None, txn="t9"))
-    b = await hs.persister.send(room_id, message(alice, "x", device=None, txn="t9"))
+    a = await hs.roomserver.send(room_id, message(alice, "x", device=None, txn="t9"))
+    b = await hs.roomserver.send(room_id, message(alice, "x", device=None, txn="t9"))
     assert a.event_id != b.event_id
     # A batch repeating a transaction ID within itself creates one event.
-    batch = await hs.persister.send_events(room_id, [message(alice, "p", txn="p1"),
+    batch = await hs.roomserver.send_events(room_id, [message(alice, "p", txn="p1"),
                                                      message(alice, "q", txn="p1")])
     assert batch[0].event_id == batch[1].event_id
 
     # After a restart the transaction is still known (from the database).
     hs2 = await harness.restart()
-    after = await hs2.persister.send(room_id, message(alice, "y", txn="t1"))
+    after = await hs2.roomserver.send(room_id, message(alice, "y", txn="t1"))
     assert after.event_id == same[0].event_id
     await assert_room_consistent(hs2, room_id)
 
@@ -274,9 +274,9 @@ async def test_repeated_txn_id_answers_only_after_the_commit(
         await real(items)
 
     monkeypatch.setattr(hs.db.events, "persist_batch", slow)
-    first = asyncio.create_task(hs.persister.send(room_id, message(alice, "a", txn="slow")))
+    first = asyncio.create_task(hs.roomserver.send(room_id, message(alice, "a", txn="slow")))
     await wait(entered)
-    second = asyncio.create_task(hs.persister.send(room_id, message(alice, "a", txn="slow")))
+    second = asyncio.create_task(hs.roomserver.send(room_id, message(alice, "a", txn="slow")))
     await asyncio.sleep(0.05)
     # Neither caller has an answer while the event is not committed.
     answered_early = [t.done() for t in (first, second)]
@@ -292,16 +292,16 @@ async def test_repeated_txn_id_of_a_failed_write_fails_too(
     (alice,) = await register(hs, "alice")
     room_id = await make_room(hs, alice)
     gate, entered = fail_first_write(hs, monkeypatch, "disk on fire")
-    first = asyncio.create_task(hs.persister.send(room_id, message(alice, "a", txn="x")))
+    first = asyncio.create_task(hs.roomserver.send(room_id, message(alice, "a", txn="x")))
     await wait(entered)
-    second = asyncio.create_task(hs.persister.send(room_id, message(alice, "a", txn="x")))
+    second = asyncio.create_task(hs.roomserver.send(room_id, message(alice, "a", txn="x")))
     await asyncio.sleep(0.05)
     gate.set()
     results = await asyncio.gather(first, second, return_exceptions=True)
     # The repeated request must not be told about an event that was never stored.
     for result in results:
         assert isinstance(result, MatrixError), result
-    retry = await hs.persister.send(room_id, message(alice, "a", txn="x"))
+    retry = await hs.roomserver.send(room_id, message(alice, "a", txn="x"))
     assert await hs.db.events.get_event(retry.event_id) is not None
     await assert_room_consistent(hs, room_id)
 
@@ -311,7 +311,7 @@ async def test_rooms_progress_independently(hs: Services) -> None:
     rooms = [await make_room(hs, users[0], *users[1:]) for _ in range(5)]
 
     async def chat(room_id: str, sender: str) -> list[str]:
-        return [(await hs.persister.send(room_id, message(sender, f"{room_id} {n}",
+        return [(await hs.roomserver.send(room_id, message(sender, f"{room_id} {n}",
                                                           txn=f"{room_id}{n}"))).event_id
                 for n in range(30)]
 
@@ -328,9 +328,9 @@ async def test_rooms_progress_independently(hs: Services) -> None:
 
     # A room whose lock is held does not hold up the others.
     blocked, free = rooms[0], rooms[1]
-    async with hs.persister._lock(blocked):
-        stuck = asyncio.create_task(hs.persister.send(blocked, message(users[0], "wait")))
-        done = await asyncio.wait_for(hs.persister.send(free, message(users[0], "go")), 5)
+    async with hs.roomserver._writer.lock(blocked):
+        stuck = asyncio.create_task(hs.roomserver.send(blocked, message(users[0], "wait")))
+        done = await asyncio.wait_for(hs.roomserver.send(free, message(users[0], "go")), 5)
         assert await hs.db.events.get_event(done.event_id) is not None
         assert not stuck.done()
     await asyncio.wait_for(stuck, 5)
@@ -344,7 +344,7 @@ async def test_notifier_position_follows_commits(hs: Services) -> None:
     assert start == (await all_stream_orderings(hs))[-1]
     waiter = asyncio.create_task(hs.notifier.wait_for_change(5))
     await asyncio.sleep(0)
-    event = await hs.persister.send(room_id, message(alice, "hi"))
+    event = await hs.roomserver.send(room_id, message(alice, "hi"))
     assert await waiter is True
     stored = await hs.db.events.get_event(event.event_id)
     assert stored is not None
@@ -361,13 +361,13 @@ async def test_auth_failures_raise_forbidden_and_persist_nothing(hs: Services) -
     position = hs.notifier.position
 
     with pytest.raises(Forbidden):
-        await hs.persister.send(room_id, message(mallory, "let me in", txn="m1"))
+        await hs.roomserver.send(room_id, message(mallory, "let me in", txn="m1"))
     # A member without the power level for a state event.
     with pytest.raises(Forbidden):
-        await hs.persister.send(room_id, NewEvent("m.room.power_levels", bob,
+        await hs.roomserver.send(room_id, NewEvent("m.room.power_levels", bob,
                                                   {"users": {bob: 100}}, state_key=""))
     with pytest.raises(Forbidden):
-        await asyncio.gather(*(hs.persister.send(room_id, message(mallory, str(n)))
+        await asyncio.gather(*(hs.roomserver.send(room_id, message(mallory, str(n)))
                                for n in range(5)))
     await asyncio.sleep(0.05)
     assert await count_events(hs) == before
@@ -375,7 +375,7 @@ async def test_auth_failures_raise_forbidden_and_persist_nothing(hs: Services) -
     assert await hs.db.events.event_for_txn(room_id, mallory, "DEV", "m1") is None
     # In a batch, the events before the refused one are created, the rest are not.
     with pytest.raises(Forbidden):
-        await hs.persister.send_events(room_id, [message(bob, "ok"), message(mallory, "no"),
+        await hs.roomserver.send_events(room_id, [message(bob, "ok"), message(mallory, "no"),
                                                  message(bob, "never")])
     chain = await assert_room_consistent(hs, room_id)
     assert chain[-1].pdu["content"]["body"] == "ok"
@@ -384,7 +384,7 @@ async def test_auth_failures_raise_forbidden_and_persist_nothing(hs: Services) -
     orderings = await all_stream_orderings(hs)
     assert orderings == list(range(1, len(orderings) + 1))
     with pytest.raises(NotFound):
-        await hs.persister.send("!nowhere:test.local", message(alice, "hi"))
+        await hs.roomserver.send("!nowhere:test.local", message(alice, "hi"))
 
 
 # -- restart --------------------------------------------------------------------------------
@@ -395,12 +395,12 @@ async def test_restart_reloads_the_snapshot_and_continues_the_chain(harness: Har
     alice, bob = await register(hs, "alice", "bob")
     room_id = await make_room(hs, alice, bob, name="before", topic="t")
     for n in range(20):
-        await hs.persister.send(room_id, message(alice if n % 2 else bob, str(n)))
+        await hs.roomserver.send(room_id, message(alice if n % 2 else bob, str(n)))
         if n % 5 == 0:
-            await hs.persister.send(room_id, NewEvent("m.room.name", alice,
+            await hs.roomserver.send(room_id, NewEvent("m.room.name", alice,
                                                       {"name": f"name {n}"}, state_key=""))
     before_chain = await assert_room_consistent(hs, room_id)
-    snap = hs.persister._rooms[room_id]
+    snap = hs.roomserver._writer._rooms[room_id]
     saved = (dict(snap.state), dict(snap.state_nids), snap.state_group,
              [layer.group_id for layer in snap.chain], list(snap.extremities), snap.depth,
              snap.room_version.identifier)
@@ -408,16 +408,16 @@ async def test_restart_reloads_the_snapshot_and_continues_the_chain(harness: Har
 
     hs2 = await harness.restart()
     assert hs2.notifier.position == position
-    assert await hs2.persister.current_state(room_id) == saved[0]
-    snap2 = hs2.persister._rooms[room_id]
+    assert await hs2.roomserver.current_state(room_id) == saved[0]
+    snap2 = hs2.roomserver._writer._rooms[room_id]
     assert (dict(snap2.state), dict(snap2.state_nids), snap2.state_group,
             [layer.group_id for layer in snap2.chain], list(snap2.extremities), snap2.depth,
             snap2.room_version.identifier) == saved
 
-    msg = await hs2.persister.send(room_id, message(bob, "after restart"))
+    msg = await hs2.roomserver.send(room_id, message(bob, "after restart"))
     assert msg.prev_event_ids == [before_chain[-1].event_id]
     assert msg.depth == before_chain[-1].depth + 1
-    name = await hs2.persister.send(room_id, NewEvent("m.room.name", alice, {"name": "after"},
+    name = await hs2.roomserver.send(room_id, NewEvent("m.room.name", alice, {"name": "after"},
                                                       state_key=""))
     stored = await hs2.db.events.get_event(name.event_id)
     assert stored is not None
@@ -444,7 +444,7 @@ async def test_restart_then_state_keys_known_from_other_rooms(harness: Harness,
     # A new room: its create event's key exists from the other rooms.
     new_room = await make_room(hs2, alice, bob)
     # A key only the (unloaded) topic room has.
-    await hs2.persister.send(plain_room, NewEvent("m.room.topic", alice, {"topic": "new"},
+    await hs2.roomserver.send(plain_room, NewEvent("m.room.topic", alice, {"topic": "new"},
                                                   state_key=""))
     # A member key from other rooms.
     await hs2.membership.join(bob, plain_room)
@@ -459,23 +459,23 @@ async def test_write_failure_fails_waiters_and_next_send_reloads(
         hs: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     users = await register(hs, *[f"user{n}" for n in range(5)])
     room_id = await make_room(hs, users[0], *users[1:])
-    good = await hs.persister.send(room_id, message(users[0], "before"))
+    good = await hs.roomserver.send(room_id, message(users[0], "before"))
     gate, entered = fail_first_write(hs, monkeypatch, "connection lost")
     queued: list[str] = []
-    real_enqueue = hs.persister._enqueue
+    real_enqueue = hs.roomserver._writer.enqueue
 
     def recording_enqueue(item: Any) -> Any:
         queued.append(item.event_id)
         return real_enqueue(item)
 
-    monkeypatch.setattr(hs.persister, "_enqueue", recording_enqueue)
-    first = asyncio.create_task(hs.persister.send(room_id, message(users[0], "lost 0",
+    monkeypatch.setattr(hs.roomserver._writer, "enqueue", recording_enqueue)
+    first = asyncio.create_task(hs.roomserver.send(room_id, message(users[0], "lost 0",
                                                                    txn="lost0")))
     await wait(entered)
     # More senders queue up behind the failing write (built on the lost event).
-    rest = [asyncio.create_task(hs.persister.send(room_id, message(u, "lost", txn="lost")))
+    rest = [asyncio.create_task(hs.roomserver.send(room_id, message(u, "lost", txn="lost")))
             for u in users[1:]]
-    state_change = asyncio.create_task(hs.persister.send(room_id, NewEvent(
+    state_change = asyncio.create_task(hs.roomserver.send(room_id, NewEvent(
         "m.room.name", users[0], {"name": "lost"}, state_key="")))
     for _ in range(500):  # every sender has queued its event behind the failing write
         if len(queued) == 6:
@@ -492,16 +492,16 @@ async def test_write_failure_fails_waiters_and_next_send_reloads(
     # the persister's cache included.
     assert len(queued) == 6
     assert await hs.db.events.get_events(queued) == {}
-    assert await hs.persister.get_events(queued) == {}
+    assert await hs.roomserver.get_events(queued) == {}
 
     # The next send builds on what is stored, not on the lost events.
-    after = await hs.persister.send(room_id, message(users[1], "after"))
+    after = await hs.roomserver.send(room_id, message(users[1], "after"))
     assert after.prev_event_ids == [good.event_id]
     assert after.depth == (await hs.db.events.get_event(good.event_id)).depth + 1
     # The lost transaction IDs are free again.
-    retry = await hs.persister.send(room_id, message(users[0], "lost 0", txn="lost0"))
+    retry = await hs.roomserver.send(room_id, message(users[0], "lost 0", txn="lost0"))
     assert retry.prev_event_ids == [after.event_id]
-    name = await hs.persister.send(room_id, NewEvent("m.room.name", users[0],
+    name = await hs.roomserver.send(room_id, NewEvent("m.room.name", users[0],
                                                      {"name": "kept"}, state_key=""))
     chain = await assert_room_consistent(hs, room_id)
     assert chain[-1].event_id == name.event_id
@@ -514,8 +514,8 @@ async def test_database_constraint_failure_rolls_back_and_recovers(hs: Services)
     alice, bob = await register(hs, "alice", "bob")
     room_id = await make_room(hs, alice, bob)
     other_room = await make_room(hs, bob)
-    good = await hs.persister.send(room_id, message(alice, "before"))
-    taken = hs.persister._stream.last + 1
+    good = await hs.roomserver.send(room_id, message(alice, "before"))
+    taken = hs.roomserver._writer.store._stream.last + 1
     async with hs.db.engine.write() as conn:
         await conn.execute(insert(events_table).values(
             nid=10**9, event_id="$squatter", room_id="!elsewhere:test.local",
@@ -523,20 +523,20 @@ async def test_database_constraint_failure_rolls_back_and_recovers(hs: Services)
             depth=1, type="m.room.message", sender=alice, origin_server_ts=0, received_ts=0,
             json="{}", outlier=True))
     with pytest.raises(MatrixError) as err:
-        await hs.persister.send_events(room_id, [
+        await hs.roomserver.send_events(room_id, [
             NewEvent("m.room.topic", alice, {"topic": "lost"}, state_key=""),
             message(alice, "lost", txn="lost")])
     assert err.value.status == 500
     assert await hs.db.events.room_extremities(room_id) == [good.event_id]
     assert await hs.db.events.event_for_txn(room_id, alice, "DEV", "lost") is None
 
-    after = await hs.persister.send(room_id, NewEvent("m.room.topic", alice,
+    after = await hs.roomserver.send(room_id, NewEvent("m.room.topic", alice,
                                                       {"topic": "kept"}, state_key=""))
     assert after.prev_event_ids == [good.event_id]
-    again = await hs.persister.send(room_id, message(alice, "kept", txn="lost"))
+    again = await hs.roomserver.send(room_id, message(alice, "kept", txn="lost"))
     assert again.prev_event_ids == [after.event_id]
     await assert_room_consistent(hs, room_id)
-    await hs.persister.send(other_room, message(bob, "unaffected"))
+    await hs.roomserver.send(other_room, message(bob, "unaffected"))
     await assert_room_consistent(hs, other_room)
 
 
@@ -546,7 +546,7 @@ async def test_event_built_during_a_failing_write_is_not_stored_on_lost_events(
     lost events after it."""
     alice, bob = await register(hs, "alice", "bob")
     room_id = await make_room(hs, alice, bob)
-    good = await hs.persister.send(room_id, message(alice, "before"))
+    good = await hs.roomserver.send(room_id, message(alice, "before"))
     fail_gate, txn_gate = asyncio.Event(), asyncio.Event()
     in_write, in_txn_lookup = asyncio.Event(), asyncio.Event()
     real_persist = hs.db.events.persist_batch
@@ -578,11 +578,11 @@ async def test_event_built_during_a_failing_write_is_not_stored_on_lost_events(
     monkeypatch.setattr(hs.db.events, "persist_batch", fail_first)
     monkeypatch.setattr(hs.db.events, "event_for_txn", slow_txn)
     monkeypatch.setattr(hs.db.events, "recent_txns", slow_recent)
-    lost = asyncio.create_task(hs.persister.send(room_id, message(alice, "lost")))
+    lost = asyncio.create_task(hs.roomserver.send(room_id, message(alice, "lost")))
     await wait(in_write)
     # Bob's send holds the room's snapshot (with the soon-lost event) while it looks up its
     # transaction ID ...
-    late = asyncio.create_task(hs.persister.send(room_id, message(bob, "late", txn="slow")))
+    late = asyncio.create_task(hs.roomserver.send(room_id, message(bob, "late", txn="slow")))
     await wait(in_txn_lookup)
     # ... the write fails ...
     fail_gate.set()
@@ -598,7 +598,7 @@ async def test_event_built_during_a_failing_write_is_not_stored_on_lost_events(
         stored = await hs.db.events.get_event(event.event_id)
         assert stored is not None
         assert event.prev_event_ids == [good.event_id]
-    after = await hs.persister.send(room_id, message(alice, "after"))
+    after = await hs.roomserver.send(room_id, message(alice, "after"))
     chain = await assert_room_consistent(hs, room_id)
     assert chain[-1].event_id == after.event_id
 
@@ -612,10 +612,10 @@ async def test_state_key_first_used_by_a_failed_write_in_another_room(
     room_b = await make_room(hs, bob)
     gate, entered = fail_first_write(hs, monkeypatch, "connection lost")
     key = "org.example.new_key"
-    lost = asyncio.create_task(hs.persister.send(room_a, NewEvent(key, alice, {"v": 1},
+    lost = asyncio.create_task(hs.roomserver.send(room_a, NewEvent(key, alice, {"v": 1},
                                                                   state_key="")))
     await wait(entered)
-    kept = asyncio.create_task(hs.persister.send(room_b, NewEvent(key, bob, {"v": 2},
+    kept = asyncio.create_task(hs.roomserver.send(room_b, NewEvent(key, bob, {"v": 2},
                                                                   state_key="")))
     await asyncio.sleep(0.01)
     gate.set()
@@ -626,25 +626,25 @@ async def test_state_key_first_used_by_a_failed_write_in_another_room(
     state = await hs.db.state.state_at_group((await hs.db.events.room_info(room_b))[1])
     assert state[(key, "")] == event.event_id
     await assert_room_consistent(hs, room_b)
-    again = await hs.persister.send(room_a, NewEvent(key, alice, {"v": 3}, state_key=""))
+    again = await hs.roomserver.send(room_a, NewEvent(key, alice, {"v": 3}, state_key=""))
     await assert_room_consistent(hs, room_a)
     hs2 = await harness.restart()
     for room_id in (room_a, room_b):
         await assert_room_consistent(hs2, room_id)
-    assert (await hs2.persister.current_state(room_a))[(key, "")] == again.event_id
+    assert (await hs2.roomserver.current_state(room_a))[(key, "")] == again.event_id
 
 
 async def test_evicting_room_snapshots_keeps_queued_events(
         hs: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     """With more rooms than the snapshot cache holds, a room whose events are still being
     written keeps its snapshot: a reload from the database would miss them."""
-    from homeserver.services import event_persister
+    from roomserver import writer
 
     users = await register(hs, "alice", "bob")
     rooms = [await make_room(hs, users[0], users[1]) for _ in range(3)]
-    monkeypatch.setattr(event_persister, "_ROOM_CACHE_SIZE", 1)
+    monkeypatch.setattr(writer, "_ROOM_CACHE_SIZE", 1)
     for room_id in rooms[1:]:  # idle rooms that left the cache earlier
-        hs.persister._rooms.pop(room_id)
+        hs.roomserver._writer._rooms.pop(room_id)
     gate = asyncio.Event()
     real = hs.db.events.persist_batch
     entered = asyncio.Event()
@@ -655,30 +655,30 @@ async def test_evicting_room_snapshots_keeps_queued_events(
         await real(items)
 
     monkeypatch.setattr(hs.db.events, "persist_batch", slow)
-    tasks = [asyncio.create_task(hs.persister.send(rooms[0], NewEvent(
+    tasks = [asyncio.create_task(hs.roomserver.send(rooms[0], NewEvent(
         "m.room.name", users[0], {"name": "queued"}, state_key="")))]
     await wait(entered)
-    tasks.append(asyncio.create_task(hs.persister.send(rooms[0], message(users[1], "1"))))
+    tasks.append(asyncio.create_task(hs.roomserver.send(rooms[0], message(users[1], "1"))))
     await asyncio.sleep(0.01)
     # Other rooms are touched meanwhile (each pushes the others out of a 1-room cache).
     for room_id in rooms[1:]:
-        tasks.append(asyncio.create_task(hs.persister.send(room_id, message(users[0], "x"))))
+        tasks.append(asyncio.create_task(hs.roomserver.send(room_id, message(users[0], "x"))))
         await asyncio.sleep(0.01)
-    tasks.append(asyncio.create_task(hs.persister.send(rooms[0], message(users[0], "2"))))
+    tasks.append(asyncio.create_task(hs.roomserver.send(rooms[0], message(users[0], "2"))))
     await asyncio.sleep(0.01)
     gate.set()
     await asyncio.gather(*tasks)
     for room_id in rooms:
         await assert_room_consistent(hs, room_id)
-    state = await hs.persister.current_state(rooms[0])
+    state = await hs.roomserver.current_state(rooms[0])
     name_id = state[("m.room.name", "")]
-    assert (await hs.persister.get_events([name_id]))[name_id].content == {"name": "queued"}
+    assert (await hs.roomserver.get_events([name_id]))[name_id].content == {"name": "queued"}
 
 
 async def test_stop_waits_for_queued_events(harness: Harness, hs: Services) -> None:
     (alice,) = await register(hs, "alice")
     room_id = await make_room(hs, alice)
-    tasks = [asyncio.create_task(hs.persister.send(room_id, message(alice, str(n))))
+    tasks = [asyncio.create_task(hs.roomserver.send(room_id, message(alice, str(n))))
              for n in range(30)]
     await asyncio.sleep(0)
     hs2 = await harness.restart()

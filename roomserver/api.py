@@ -1,0 +1,190 @@
+"""What code outside the roomserver may know of it: the input types, the limits of a PDU, and
+narrow Protocols for writing rooms, reading them and hearing of commits.
+
+The roomserver is the one owner of every room's event graph and state. Services and
+federation hold these Protocols (given to their constructors by the composition root), never
+the roomserver's own classes, and never its tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
+
+from core.events.model import Event
+from core.events.room_versions import RoomVersion
+
+T = TypeVar("T")
+
+StateKey = tuple[str, str]
+"""``(type, state_key)``"""
+
+MAX_PREV_EVENTS = 10
+MAX_PDU_BYTES = 65536
+# The greatest depth (canonical JSON's greatest integer): a received event may claim it, so
+# new events stop growing there instead of becoming unsendable.
+MAX_DEPTH = 2**53 - 1
+
+Outcome = Literal["accepted", "soft_failed", "duplicate"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event a service asks the roomserver to create."""
+
+    type: str
+    sender: str
+    content: Mapping[str, Any]
+    state_key: str | None = None
+    redacts: str | None = None
+    device_id: str | None = None
+    txn_id: str | None = None
+
+
+class MissingEvents(Exception):
+    """Events an event refers to are not stored here (fetch them, then try again)."""
+
+    def __init__(self, event_ids: list[str]) -> None:
+        super().__init__(f"missing events: {', '.join(event_ids[:5])}")
+        self.event_ids = event_ids
+
+
+@dataclass(frozen=True, slots=True)
+class RoomHead:
+    """A copy of a room's current state and head: what a new event would build on."""
+
+    room_id: str
+    room_version: RoomVersion
+    state: Mapping[StateKey, str]
+    extremities: Sequence[str]
+    depth: int
+    joined: frozenset[str]
+
+    def servers(self) -> set[str]:
+        return {user_id.split(":", 1)[1] for user_id in self.joined}
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedEvent:
+    room_id: str
+    event_id: str
+    # Stream position; None for an outlier, negative for backfilled history.
+    stream_ordering: int | None
+    redacts: str | None
+    # (type, state_key, event_id, membership) of the room's current state it changed.
+    state_delta: Sequence[tuple[str, str, str, str | None]]
+    # The servers it is queued for (the durable outbox rows written with it).
+    destinations: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedBatch:
+    """Events that one commit made durable, in the order they were queued."""
+
+    events: Sequence[CommittedEvent] = field(default_factory=tuple)
+
+
+class CommitListener(Protocol):
+    """Told of every commit, on the event loop, right after it (must not block)."""
+
+    def events_committed(self, batch: CommittedBatch) -> None: ...
+
+
+class RoomReader(Protocol):
+    """Rooms as they stand: events, current state, head, membership across servers."""
+
+    async def get_events(self, event_ids: list[str]) -> dict[str, Event]:
+        """Accepted events by ID (rejected and unknown ones left out)."""
+        ...
+
+    async def current_state(self, room_id: str) -> dict[StateKey, str] | None:
+        """The room's current state; None for an unknown room."""
+        ...
+
+    async def room_version(self, room_id: str) -> RoomVersion | None: ...
+
+    async def room_head(self, room_id: str) -> RoomHead | None: ...
+
+    async def state_content(self, room_id: str, key: StateKey) -> Mapping[str, Any] | None:
+        """The content of one entry of the room's current state."""
+        ...
+
+    async def server_allowed(self, room_id: str, server_name: str) -> bool:
+        """Whether the room's server ACL lets ``server_name`` take part."""
+        ...
+
+    async def joined_servers(self, room_id: str) -> set[str]: ...
+
+    async def check_against_current(self, event: Event) -> None:
+        """Raises ``AuthError`` unless ``event`` passes the rules on the current state."""
+        ...
+
+    async def auth_chain(self, event_ids: list[str]) -> list[Event]:
+        """The events' auth chain, oldest first."""
+        ...
+
+    async def is_stored(self, event_ids: list[str]) -> set[str]:
+        """Which of the events are stored or queued here (accepted, outlier, soft-failed)."""
+        ...
+
+
+class RoomWriter(Protocol):
+    """The one write path for room events: local ones built here, remote ones received."""
+
+    async def create_room(self, room_version: RoomVersion, creator: str,
+                          create_content: Mapping[str, Any], *, room_id: str | None = None,
+                          initial: Sequence[NewEvent] = ()) -> Event: ...
+
+    async def send(self, room_id: str, new: NewEvent) -> Event: ...
+
+    async def send_events(self, room_id: str, news: list[NewEvent]) -> list[Event]: ...
+
+    async def build(self, room_id: str, new: NewEvent) -> Event:
+        """Build, sign and authorize without storing (an invite the invitee signs first)."""
+        ...
+
+    async def store_built(self, event: Event) -> None:
+        """Store an event made by ``build`` once another server has signed it too (an
+        invite); it passes the same checks as any received event."""
+        ...
+
+    async def remove_room(self, room_id: str, delete: Callable[[], Awaitable[T]]) -> T: ...
+
+    def forget_events(self, event_ids: Iterable[str]) -> None:
+        """Deleted events (a purge) leave the caches."""
+        ...
+
+
+class RemoteEventWriter(Protocol):
+    """What federation stores: received events, remote state, history from elsewhere."""
+
+    async def receive(self, event: Event, *, relay_except: str | None = None) -> Outcome: ...
+
+    async def receive_queued(self, event: Event, *, relay_except: str | None = None,
+                             known_absent: bool = False
+                             ) -> tuple[Outcome, asyncio.Future[None] | None]: ...
+
+    async def committed(self, future: asyncio.Future[None], room_id: str) -> None: ...
+
+    async def store_outliers(self, events: list[Event]) -> None: ...
+
+    async def join_remote_room(self, join: Event, state: list[Event],
+                               auth_chain: list[Event]) -> None: ...
+
+    async def store_remote_membership(self, event: Event,
+                                      stripped_state: list[Any] | None) -> None: ...
+
+    def reserve_backfill(self, count: int) -> list[int]: ...
+
+    async def backfill_queued(self, event: Event, position: int, state_group: int | None
+                              ) -> asyncio.Future[None] | None: ...
+
+
+class LocalRooms(RoomReader, RoomWriter, Protocol):
+    """What the client-facing services use: reading rooms and writing local events."""
+
+
+class FederatedRooms(RoomReader, RemoteEventWriter, Protocol):
+    """What federation uses: reading rooms and storing what other servers send."""

@@ -1,0 +1,139 @@
+"""The roomserver as one object, built by the composition root: it implements the Protocols of
+:mod:`roomserver.api` by handing each call to the step that owns it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from signedjson.types import SigningKey
+
+from core.clock import Clock
+from core.events.model import Event
+from core.events.room_versions import RoomVersion
+from roomserver.api import CommitListener, NewEvent, Outcome, RoomHead, StateKey
+from roomserver.local import LocalEvents
+from roomserver.placement import Placer
+from roomserver.reads import RoomReads
+from roomserver.receive import ReceivedEvents
+from roomserver.remote_state import RemoteState
+from roomserver.state import ForkState
+from roomserver.store import GraphStore
+from roomserver.writer import Writer
+from storage import Database
+
+T = TypeVar("T")
+
+
+class RoomServer:
+    def __init__(self, db: Database, clock: Clock, server_name: str,
+                 signing_key: SigningKey, *, federates: bool = True) -> None:
+        store = GraphStore(db)
+        self._writer = Writer(store, clock)
+        forks = ForkState(store)
+        placer = Placer(store, forks, server_name, federates=federates)
+        self._local = LocalEvents(self._writer, placer, server_name, signing_key)
+        self._received = ReceivedEvents(self._writer, placer, forks)
+        self._remote = RemoteState(self._writer, placer, self._received)
+        self._reads = RoomReads(self._writer, self._received)
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._writer.add_listener(listener)
+
+    async def start(self) -> int:
+        """Start the commit loop; returns the last stream position written."""
+        return await self._writer.start()
+
+    async def stop(self) -> None:
+        await self._writer.stop()
+
+    # -- RoomWriter -------------------------------------------------------------------------
+
+    async def create_room(self, room_version: RoomVersion, creator: str,
+                          create_content: Mapping[str, Any], *, room_id: str | None = None,
+                          initial: Sequence[NewEvent] = ()) -> Event:
+        return await self._local.create_room(room_version, creator, create_content,
+                                             room_id=room_id, initial=initial)
+
+    async def send(self, room_id: str, new: NewEvent) -> Event:
+        return (await self._local.send_events(room_id, [new]))[0]
+
+    async def send_events(self, room_id: str, news: list[NewEvent]) -> list[Event]:
+        return await self._local.send_events(room_id, news)
+
+    async def build(self, room_id: str, new: NewEvent) -> Event:
+        return await self._local.build(room_id, new)
+
+    async def store_built(self, event: Event) -> None:
+        await self._received.receive(event)
+
+    async def remove_room(self, room_id: str, delete: Callable[[], Awaitable[T]]) -> T:
+        return await self._writer.remove_room(room_id, delete)
+
+    def forget_events(self, event_ids: Iterable[str]) -> None:
+        self._writer.store.forget_events(event_ids)
+
+    # -- RemoteEventWriter ------------------------------------------------------------------
+
+    async def receive(self, event: Event, *, relay_except: str | None = None) -> Outcome:
+        return await self._received.receive(event, relay_except=relay_except)
+
+    async def receive_queued(self, event: Event, *, relay_except: str | None = None,
+                             known_absent: bool = False
+                             ) -> tuple[Outcome, asyncio.Future[None] | None]:
+        return await self._received.receive_queued(event, relay_except=relay_except,
+                                                   known_absent=known_absent)
+
+    async def committed(self, future: asyncio.Future[None], room_id: str) -> None:
+        await self._writer.committed(future, room_id)
+
+    async def store_outliers(self, events: list[Event]) -> None:
+        await self._remote.store_outliers(events)
+
+    async def join_remote_room(self, join: Event, state: list[Event], auth_chain: list[Event]
+                               ) -> None:
+        await self._remote.join_remote_room(join, state, auth_chain)
+
+    async def store_remote_membership(self, event: Event, stripped_state: list[Any] | None
+                                      ) -> None:
+        await self._remote.store_remote_membership(event, stripped_state)
+
+    def reserve_backfill(self, count: int) -> list[int]:
+        return self._remote.reserve_backfill(count)
+
+    async def backfill_queued(self, event: Event, position: int, state_group: int | None
+                              ) -> asyncio.Future[None] | None:
+        return await self._remote.backfill_queued(event, position, state_group)
+
+    # -- RoomReader -------------------------------------------------------------------------
+
+    async def get_events(self, event_ids: list[str]) -> dict[str, Event]:
+        return await self._reads.get_events(event_ids)
+
+    async def current_state(self, room_id: str) -> dict[StateKey, str] | None:
+        return await self._reads.current_state(room_id)
+
+    async def room_version(self, room_id: str) -> RoomVersion | None:
+        return await self._reads.room_version(room_id)
+
+    async def room_head(self, room_id: str) -> RoomHead | None:
+        return await self._reads.room_head(room_id)
+
+    async def state_content(self, room_id: str, key: StateKey) -> Mapping[str, Any] | None:
+        return await self._reads.state_content(room_id, key)
+
+    async def server_allowed(self, room_id: str, server_name: str) -> bool:
+        return await self._reads.server_allowed(room_id, server_name)
+
+    async def joined_servers(self, room_id: str) -> set[str]:
+        return await self._reads.joined_servers(room_id)
+
+    async def check_against_current(self, event: Event) -> None:
+        await self._reads.check_against_current(event)
+
+    async def auth_chain(self, event_ids: list[str]) -> list[Event]:
+        return await self._reads.auth_chain(event_ids)
+
+    async def is_stored(self, event_ids: list[str]) -> set[str]:
+        return await self._reads.is_stored(event_ids)

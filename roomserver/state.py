@@ -1,0 +1,122 @@
+"""The state of a room's forks: the state before an event, and the room's current state, each
+resolved with state resolution v2 (:mod:`core.state_res`) wherever branches meet.
+
+- The state before an event is the resolution of the states after each of its prev events
+  (when it follows the room's one extremity, that is simply the current state).
+- The state after a state event is the state before it with the event in its place.
+- The room's current state is the resolution of the states after each of its forward
+  extremities.
+
+The auth difference that resolution needs is computed by walking the auth chains of the
+conflicted events through the event cache (only as deep as the branches differ).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from core.events.model import Event
+from core.events.room_versions import RoomVersion
+from core.state_res import auth_chain_difference, resolve_state
+from roomserver.api import StateKey
+from roomserver.snapshot import RoomSnapshot
+from roomserver.store import GraphStore, Group
+from storage.stores.events import PersistItem
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StateAt:
+    """A state map and, when it is one, its stored (or queued) state group."""
+
+    state: Mapping[StateKey, str]
+    group: int | None
+    is_current: bool = False
+
+
+class ForkState:
+    def __init__(self, store: GraphStore) -> None:
+        self._store = store
+
+    def current(self, snapshot: RoomSnapshot) -> StateAt:
+        return StateAt(snapshot.state, snapshot.state_group, is_current=True)
+
+    async def before(self, snapshot: RoomSnapshot, event: Event) -> StateAt:
+        """The state before a received event: the resolution of the states after its prev
+        events. Prev events not stored here (a gap not filled) are left out; with none
+        known the current state stands in."""
+        prevs = list(dict.fromkeys(event.prev_event_ids))
+        if not prevs or set(prevs) == set(snapshot.extremities):
+            return self.current(snapshot)
+        groups = await self._groups_after(snapshot, prevs)
+        known = list(dict.fromkeys(g for g in groups.values() if g is not None))
+        if not known:
+            return self.current(snapshot)
+        if len(known) == 1:
+            return await self.at_group(snapshot, known[0])
+        states = [(await self.at_group(snapshot, g)).state for g in known]
+        return StateAt(await self.resolve(snapshot.room_version, states), None)
+
+    async def at_group(self, snapshot: RoomSnapshot, group: int) -> StateAt:
+        if group == snapshot.state_group:
+            return self.current(snapshot)
+        return StateAt(await self._store.db.state.state_at_group(group), group)
+
+    async def after_extremities(self, snapshot: RoomSnapshot, extremities: Sequence[str],
+                                known: Mapping[str, StateAt]) -> dict[StateKey, str]:
+        """The resolution of the states after ``extremities`` (``known``: some of them)."""
+        missing = [e for e in extremities if e not in known]
+        groups = await self._groups_after(snapshot, missing)
+        states: list[Mapping[StateKey, str]] = [known[e].state for e in extremities
+                                                if e in known]
+        for group in dict.fromkeys(g for g in groups.values() if g is not None):
+            states.append((await self.at_group(snapshot, group)).state)
+        unique = list({tuple(sorted(s.items())): s for s in states}.values())
+        if len(unique) == 1:
+            return dict(unique[0])
+        return await self.resolve(snapshot.room_version, unique)
+
+    async def resolve(self, version: RoomVersion, states: Sequence[Mapping[StateKey, str]]
+                      ) -> dict[StateKey, str]:
+        fetch = self._store.get_events
+        difference = await auth_chain_difference(states, fetch)
+        resolved = await resolve_state(version, states, difference, fetch)
+        logger.debug("Resolved %d state sets (%d in the auth difference)", len(states),
+                     len(difference))
+        return resolved
+
+    async def _groups_after(self, snapshot: RoomSnapshot, event_ids: Sequence[str]
+                            ) -> dict[str, int | None]:
+        """The state group after each event (None: unknown here, an outlier, rejected)."""
+        out = {e: snapshot.extremity_groups[e] for e in event_ids
+               if e in snapshot.extremity_groups}
+        wanted = [e for e in event_ids if e not in out]
+        if wanted:
+            stored = await self._store.db.events.get_events(wanted)
+            for event_id in wanted:
+                found = stored.get(event_id)
+                out[event_id] = found.state_group_after if found is not None \
+                    and not found.outlier and found.rejected_reason is None else None
+        return out
+
+    async def group_for(self, snapshot: RoomSnapshot, at: Mapping[StateKey, str] | StateAt,
+                        item: PersistItem) -> Group:
+        """The state group holding a state: its own if it has one, else a new one planned
+        over the current group and written with ``item``."""
+        current = Group(snapshot.state_group, snapshot.state_nids, snapshot.chain)
+        if isinstance(at, StateAt):
+            if at.is_current:
+                return current
+            if at.group is not None:
+                return await self._store.group(at.group)
+            at = at.state
+        if at == snapshot.state:
+            return current
+        nids = await self._store.state_nids(at, item.new_state_keys)
+        group, new = self._store.derive_group(current, nids, snapshot.room_id)
+        if new is not None:
+            item.new_state_groups.append(new)
+        return group

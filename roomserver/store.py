@@ -1,0 +1,220 @@
+"""The roomserver's store: the only writer of the event, edge, state-group, state-key,
+current-state and room-head tables.
+
+It allocates their row IDs in memory (the writer is the one process that writes them), plans
+each new state group's layers, turns an authorized event into the write that stores it, loads
+a room's snapshot, and keeps the event cache that every read of the roomserver goes through.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from core.errors import MatrixError
+from core.events.canonical import encode_canonical
+from core.events.model import Event
+from core.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from roomserver.api import StateKey
+from roomserver.snapshot import RoomSnapshot
+from storage import Database
+from storage.ids import IdAllocator
+from storage.schema import events as events_table
+from storage.schema import state_groups as state_groups_table
+from storage.schema import state_keys as state_keys_table
+from storage.state_layers import Layer, diff, pack_pairs, plan_group
+from storage.stores.events import NewStateGroup, PersistItem, StoredEvent
+
+_EVENT_CACHE_SIZE = 20_000
+
+
+@dataclass(slots=True)
+class Group:
+    """A state group, stored or about to be: its ID, full state in nids, and its layers."""
+
+    group_id: int | None
+    nids: dict[int, int]
+    chain: list[Layer]
+
+
+class GraphStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._events: OrderedDict[str, Event] = OrderedDict()
+        self._nids = IdAllocator(events_table.c.nid)
+        self._stream = IdAllocator(events_table.c.stream_ordering)
+        # History backfilled from other servers comes before everything: negative positions.
+        self._backfill_stream = IdAllocator(events_table.c.stream_ordering, descending=True)
+        self._groups = IdAllocator(state_groups_table.c.id)
+        self._key_nids = IdAllocator(state_keys_table.c.nid)
+        self._last_encoded: tuple[str, bytes] = ("", b"")
+        # Interned state keys whose row is not committed yet: every event using one writes it
+        # (a failed write may have been the one that carried it).
+        self._unstored_keys: set[int] = set()
+
+    async def start(self) -> int:
+        """Load the ID allocators; returns the last stream position."""
+        for allocator in (self._nids, self._stream, self._backfill_stream, self._groups,
+                          self._key_nids):
+            await allocator.load(self.db.engine)
+        return self._stream.last
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def get_events(self, event_ids: Iterable[str]) -> dict[str, Event]:
+        """Events by ID from the cache or the database (rejected and unknown ones left out)."""
+        wanted = list(event_ids)
+        out = {e: self._events[e] for e in wanted if e in self._events}
+        missing = [e for e in wanted if e not in out]
+        if missing:
+            for event_id, stored in (await self.db.events.get_events(missing)).items():
+                if stored.rejected_reason is None:
+                    out[event_id] = self.cache_event(event_from_stored(stored))
+        return out
+
+    def cached(self, event_id: str) -> bool:
+        return event_id in self._events
+
+    def cache_event(self, event: Event) -> Event:
+        self._events[event.event_id] = event
+        if len(self._events) > _EVENT_CACHE_SIZE:
+            self._events.popitem(last=False)
+        return event
+
+    def forget_events(self, event_ids: Iterable[str]) -> None:
+        for event_id in event_ids:
+            self._events.pop(event_id, None)
+
+    def forget_room_events(self, room_id: str) -> None:
+        for event_id in [e for e, ev in self._events.items() if ev.room_id == room_id]:
+            del self._events[event_id]
+
+    def encoded(self, event: Event) -> bytes:
+        """The event's canonical JSON, encoded once per new event."""
+        if self._last_encoded[0] != event.event_id:
+            self._last_encoded = (event.event_id, encode_canonical(dict(event.pdu)))
+        return self._last_encoded[1]
+
+    # -- IDs and state groups ---------------------------------------------------------------
+
+    def next_stream(self) -> int:
+        return self._stream.next()
+
+    def reserve_backfill(self, count: int) -> list[int]:
+        return sorted(self._backfill_stream.next() for _ in range(count))
+
+    def new_group_id(self) -> int:
+        return self._groups.next()
+
+    def new_nid(self, event_id: str) -> int:
+        nid = self._nids.next()
+        self.db.state.remember_event_nid(nid, event_id)
+        return nid
+
+    def key_nid(self, key: StateKey, new_keys: list[tuple[int, str, str]]) -> int:
+        """The key's nid, interning it if new (and listing it in ``new_keys`` while its row
+        is not committed). Call ``db.state.key_nids`` first for keys other rooms interned."""
+        nid = self.db.state.cached_key_nid(key)
+        if nid is None:
+            nid = self._key_nids.next()
+            self.db.state.remember_key(nid, key)
+            self._unstored_keys.add(nid)
+        if nid in self._unstored_keys:
+            new_keys.append((nid, key[0], key[1]))
+        return nid
+
+    async def state_nids(self, state: Mapping[StateKey, str],
+                         new_keys: list[tuple[int, str, str]]) -> dict[int, int]:
+        """A state map in nids (its events are stored or queued)."""
+        await self.db.state.key_nids(list(state))
+        event_nids = await self.db.state.nids_for_events(
+            [e for e in state.values() if self.db.state.cached_event_nid(e) is None])
+        out: dict[int, int] = {}
+        for key, event_id in state.items():
+            nid = event_nids.get(event_id) or self.db.state.cached_event_nid(event_id)
+            if nid is not None:
+                out[self.key_nid(key, new_keys)] = nid
+        return out
+
+    def derive_group(self, base: Group, nids: dict[int, int], room_id: str
+                     ) -> tuple[Group, NewStateGroup | None]:
+        """The group for state ``nids``: ``base`` itself if equal, else a new group planned
+        as layers over ``base`` (remembered at once, written with the item that carries the
+        returned ``NewStateGroup``)."""
+        if nids == base.nids and base.group_id is not None:
+            return base, None
+        added, removed = diff(base.nids, nids)
+        plan = plan_group(base.chain, added, removed)
+        group_id = self.new_group_id()
+        layer = Layer(group_id, plan.parent_id, plan.added, plan.removed)
+        parent_depth = next((i for i, lay in enumerate(base.chain)
+                             if lay.group_id == plan.parent_id), -1)
+        chain = [*base.chain[:parent_depth + 1], layer]
+        self.db.state.remember_layer(layer, dict(nids))
+        return Group(group_id, dict(nids), chain), NewStateGroup(
+            group_id, room_id, plan.parent_id, pack_pairs(plan.added), pack_pairs(plan.removed))
+
+    async def group(self, group_id: int | None) -> Group:
+        if group_id is None:
+            return Group(None, {}, [])
+        return Group(group_id, dict(await self.db.state.full_state_nids(group_id)),
+                     await self.db.state.chain(group_id))
+
+    def keys_committed(self, items: Sequence[PersistItem]) -> None:
+        self._unstored_keys.difference_update(n for i in items for n, _, _ in i.new_state_keys)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def item(self, event: Event, *, room_version: RoomVersion, now: int,
+             stream_ordering: int | None, group_before: int | None, group_after: int | None,
+             nid: int | None = None) -> PersistItem:
+        """The write of one event (the caller fills in what it changes)."""
+        return PersistItem(
+            event_id=event.event_id, room_id=event.room_id,
+            pdu_json=self.encoded(event).decode("utf-8"),
+            nid=nid if nid is not None else self.new_nid(event.event_id),
+            stream_ordering=stream_ordering, depth=event.depth, type=event.type,
+            state_key=event.state_key, sender=event.sender,
+            origin_server_ts=event.origin_server_ts, received_ts=now,
+            prev_event_ids=event.prev_event_ids, auth_event_ids=event.auth_event_ids,
+            state_group_before=group_before, state_group_after=group_after,
+            redacts=event.redacts, pdu=dict(event.pdu), room_version=room_version.identifier)
+
+    def outlier_item(self, event: Event, now: int) -> PersistItem:
+        """An event with no place in the timeline or the state (an outlier redacts
+        nothing)."""
+        item = self.item(event, room_version=event.room_version, now=now,
+                         stream_ordering=None, group_before=None, group_after=None)
+        item.redacts = None
+        item.outlier = True
+        item.moves_head = False
+        return item
+
+    async def persist_batch(self, items: Sequence[PersistItem]) -> None:
+        await self.db.events.persist_batch(items)
+
+    # -- loading ----------------------------------------------------------------------------
+
+    async def load_snapshot(self, room_id: str) -> RoomSnapshot | None:
+        info = await self.db.events.room_info(room_id)
+        if info is None:
+            return None
+        version_id, group_id = info
+        version = KNOWN_ROOM_VERSIONS.get(version_id)
+        if version is None:
+            raise MatrixError(f"Unsupported room version {version_id}", status=400,
+                              errcode="M_UNSUPPORTED_ROOM_VERSION")
+        chain = await self.db.state.chain(group_id) if group_id is not None else []
+        state_nids = await self.db.state.full_state_nids(group_id) if group_id else {}
+        state = await self.db.state.state_at_group(group_id)
+        head = await self.db.events.room_head(room_id)
+        extremities, depth = (head.extremities, head.depth) if head else ([], 0)
+        members = await self.db.state.current_state(room_id, types=["m.room.member"])
+        return RoomSnapshot(room_id, version, state, dict(state_nids), group_id, chain,
+                            extremities, depth,
+                            {m.state_key for m in members if m.membership == "join"})
+
+
+def event_from_stored(stored: StoredEvent) -> Event:
+    return Event(stored.event_id, KNOWN_ROOM_VERSIONS[stored.room_version], stored.pdu)
