@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from federation.container import Federation, build_federation
+from federation.container import Federation, Served, build_federation, build_outbound
 from federation.keys import notary
 from federation.keys import server as key_server
 from federation.routes import devices, events, membership, query, transactions
 from federation.routes._base import FEDERATION
 
-__all__ = ["Federation", "add_federation_routes", "build_federation"]
+__all__ = [
+    "Federation",
+    "Served",
+    "add_federation_routes",
+    "build_federation",
+    "build_outbound",
+]
 
 
 def add_federation_routes(app: web.Application, federation: Federation | None) -> None:

@@ -20,14 +20,15 @@ import logging
 from collections.abc import Mapping
 from urllib.parse import quote
 
+from core.clock import Clock
 from core.errors import NotFound
 from core.events.model import Event
 from core.events.room_versions import RoomVersion
 from core.rooms.auth import AuthError
 from federation.inbound.pdus import InvalidPdu, PduHandler
 from federation.transport.client import FederationClient, FederationClientError
-from homeserver.services.container import Services
-from roomserver.api import MissingEvents
+from roomserver.api import FederatedRooms, MissingEvents
+from storage.stores.events import EventStore
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +39,14 @@ TIMEOUT_S = 10  # a reader is waiting on it: a server that does not answer is gi
 
 
 class Backfiller:
-    def __init__(self, services: Services, client: FederationClient, pdus: PduHandler) -> None:
-        self._services = services
+    def __init__(self, rooms: FederatedRooms, events: EventStore, client: FederationClient,
+                 pdus: PduHandler, clock: Clock, server_name: str) -> None:
+        self._rooms = rooms
+        self._events = events
         self._client = client
         self._pdus = pdus
-        self._server_name = services.config.server_name
+        self._clock = clock
+        self._server_name = server_name
         self._running: dict[str, asyncio.Future[bool]] = {}
         self._fruitless: dict[str, tuple[tuple[str, ...], int]] = {}
 
@@ -65,19 +69,19 @@ class Backfiller:
             del self._running[room_id]
 
     async def _backfill(self, room_id: str) -> bool:
-        store = self._services.db.events
+        store = self._events
         points, state_group = await store.backward_extremities(room_id)
         if not points:
             return False
-        now = self._services.clock.time_ms()
+        now = self._clock.time_ms()
         fruitless = self._fruitless.get(room_id)
         if fruitless is not None and fruitless[0] == tuple(points) \
                 and now - fruitless[1] < RETRY_AFTER_MS:
             return False
-        version = await self._services.roomserver.room_version(room_id)
+        version = await self._rooms.room_version(room_id)
         if version is None:
             return False
-        servers = sorted(await self._services.roomserver.joined_servers(room_id)
+        servers = sorted(await self._rooms.joined_servers(room_id)
                          - {self._server_name})
         for server in servers[:MAX_SERVERS]:
             try:
@@ -110,7 +114,7 @@ class Backfiller:
                 continue
             if event.room_id == room_id:
                 events[event.event_id] = event
-        persister = self._services.roomserver
+        persister = self._rooms
         ordered = sorted(events.values(), key=lambda e: (e.depth, e.event_id))
         positions = persister.reserve_backfill(len(ordered))
         futures = []

@@ -1,4 +1,11 @@
-"""The federation side of one homeserver process, built once from its ``Services``."""
+"""The federation side of one homeserver process, built by the composition root in two steps.
+
+1. :func:`build_outbound`, before the services: what services ask of other servers (joining
+   their rooms, their directories and profiles, to-device messages, backfill) and the
+   durable outbound queue. It needs only the roomserver, storage and the keys.
+2. :func:`build_federation`, after them: the server-server API's handlers, given the local
+   services they answer from, one by one (never the services container).
+"""
 
 from __future__ import annotations
 
@@ -9,28 +16,84 @@ from dataclasses import dataclass, field
 
 from signedjson.types import SigningKey
 
+from core.clock import Clock
 from federation.backfill import Backfiller
 from federation.inbound.limits import OriginLimiter
 from federation.inbound.membership import ResidentMembership
 from federation.inbound.pdus import PduHandler
-from federation.inbound.transaction import TransactionHandler
+from federation.inbound.transaction import InboundEdus, TransactionHandler
 from federation.keys.keyring import Keyring
 from federation.remote_directory import RemoteDirectoryClient
 from federation.remote_rooms import RemoteRoomsClient
 from federation.sender.queue import FederationSender
 from federation.transport.client import FederationClient
-from homeserver.services.container import Services
+from homeserver.config import HomeserverConfig
+from homeserver.services.devices import DeviceService
+from homeserver.services.directory import DirectoryService
+from homeserver.services.membership import MembershipService
+from homeserver.services.ports import FederationPorts
+from homeserver.services.profile import ProfileService
+from homeserver.services.rooms import RoomService
+from roomserver.api import FederatedRooms
+from storage import Database
 
 logger = logging.getLogger(__name__)
 
 _TXN_MEMORY_MS = 24 * 3600 * 1000
 
 
+@dataclass(frozen=True)
+class Outbound:
+    """Federation's clients: built before the services, which get :meth:`ports`."""
+
+    client: FederationClient
+    keyring: Keyring
+    pdus: PduHandler
+    remote: RemoteRoomsClient
+    directory: RemoteDirectoryClient
+    backfiller: Backfiller
+    sender: FederationSender
+
+    def ports(self) -> FederationPorts:
+        return FederationPorts(rooms=self.remote, directory=self.directory,
+                               to_device=self.sender.queue_to_device,
+                               backfill=self.backfiller.backfill)
+
+
+def build_outbound(config: HomeserverConfig, db: Database, clock: Clock,
+                   signing_key: SigningKey, rooms: FederatedRooms) -> Outbound:
+    server_name = config.server_name
+    client = FederationClient(server_name, signing_key, config.federation)
+    keyring = Keyring(db.server_keys, client, clock, server_name, signing_key,
+                      config.federation.trusted_key_servers)
+    pdus = PduHandler(rooms, keyring, client)
+    sender = FederationSender(db.federation, client, rooms, db.state, clock, config)
+    return Outbound(client, keyring, pdus,
+                    RemoteRoomsClient(rooms, client, pdus, clock, server_name, signing_key),
+                    RemoteDirectoryClient(client),
+                    Backfiller(rooms, db.events, client, pdus, clock, server_name), sender)
+
+
+@dataclass(frozen=True)
+class Served:
+    """The local services the server-server API answers from."""
+
+    profiles: ProfileService
+    aliases: RoomService
+    directory: DirectoryService
+    devices: DeviceService
+    membership: MembershipService
+    edus: InboundEdus
+
+
 @dataclass
 class Federation:
     server_name: str
     signing_key: SigningKey
-    services: Services
+    clock: Clock
+    db: Database
+    rooms: FederatedRooms
+    served: Served
     client: FederationClient
     keyring: Keyring
     sender: FederationSender
@@ -45,28 +108,19 @@ class Federation:
 
     async def start(self) -> None:
         await self.client.start()
-        self.services.membership.remote = self.remote
-        self.services.rooms.remote = self.remote
-        self.services.profiles.remote = self.remote
-        self.services.directory.remote = self.directory
-        self.services.rooms.invite_remote = self._invite
-        self.services.to_device.remote_queue = self.sender.queue_to_device
-        self.services.messages.backfill = self.backfiller.backfill
-        await self.sender.start()
+        edus = self.served.edus
+        await self.sender.start(edus.typing, edus.receipts, edus.presence)
         self._cleanup = asyncio.create_task(self._forget_old_transactions())
 
     async def _forget_old_transactions(self) -> None:
         """Answers to transactions are kept a day: long enough for any retry."""
         while True:
             try:
-                await self.services.db.federation.forget_txns_before(
-                    self.services.clock.time_ms() - _TXN_MEMORY_MS)
+                await self.db.federation.forget_txns_before(
+                    self.clock.time_ms() - _TXN_MEMORY_MS)
             except Exception:
                 logger.exception("Forgetting old federation transactions failed")
             await asyncio.sleep(3600)
-
-    async def _invite(self, inviter: str, room_id: str, target: str, is_direct: bool) -> None:
-        await self.services.membership.invite(inviter, room_id, target, is_direct=is_direct)
 
     async def stop(self) -> None:
         if self._cleanup is not None:
@@ -78,15 +132,14 @@ class Federation:
         await self.client.close()
 
 
-def build_federation(services: Services) -> Federation:
-    config = services.config
-    client = FederationClient(config.server_name, services.signing_key, config.federation)
-    keyring = Keyring(services.db.server_keys, client, services.clock, config.server_name,
-                      services.signing_key, config.federation.trusted_key_servers)
-    sender = FederationSender(services.db.federation, client, services, config)
-    services.roomserver.add_commit_listener(sender)
-    pdus = PduHandler(services, keyring, client)
-    return Federation(config.server_name, services.signing_key, services, client, keyring,
-                      sender, pdus, TransactionHandler(services, pdus),
-                      ResidentMembership(services, pdus), RemoteRoomsClient(services, client, pdus),
-                      Backfiller(services, client, pdus), RemoteDirectoryClient(client))
+def build_federation(config: HomeserverConfig, db: Database, clock: Clock,
+                     signing_key: SigningKey, rooms: FederatedRooms, outbound: Outbound,
+                     served: Served) -> Federation:
+    server_name = config.server_name
+    return Federation(
+        server_name, signing_key, clock, db, rooms, served, outbound.client, outbound.keyring,
+        outbound.sender, outbound.pdus,
+        TransactionHandler(rooms, db.federation, clock, outbound.pdus, served.edus),
+        ResidentMembership(rooms, served.membership, db, clock, outbound.pdus, server_name,
+                           signing_key),
+        outbound.remote, outbound.backfiller, outbound.directory)

@@ -15,6 +15,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from signedjson.types import SigningKey
+
+from core.clock import Clock
 from core.errors import Forbidden, MatrixError, NotFound
 from core.events.builder import event_from_pdu
 from core.events.hashing import add_content_hash
@@ -29,7 +32,7 @@ from federation.transport.client import (
     FederationClientError,
     FederationRequestError,
 )
-from homeserver.services.container import Services
+from roomserver.api import FederatedRooms
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +55,14 @@ def _q(value: str) -> str:
 
 
 class RemoteRoomsClient:
-    def __init__(self, services: Services, client: FederationClient, pdus: PduHandler) -> None:
-        self._services = services
+    def __init__(self, rooms: FederatedRooms, client: FederationClient, pdus: PduHandler,
+                 clock: Clock, server_name: str, signing_key: SigningKey) -> None:
+        self._rooms = rooms
         self._client = client
         self._pdus = pdus
-        self._server_name = services.config.server_name
-        self._signing_key = services.signing_key
+        self._clock = clock
+        self._server_name = server_name
+        self._signing_key = signing_key
 
     def _candidates(self, servers: Sequence[str]) -> list[str]:
         """The servers to try, in order: valid names, not ours, each once, at most
@@ -82,7 +87,7 @@ class RemoteRoomsClient:
             was no server to try).
         """
         candidates = self._candidates(servers)
-        clock = self._services.clock
+        clock = self._clock
         deadline = clock.monotonic() + TRY_FOR_S
         failures: list[tuple[str, Exception]] = []
         for server in candidates:
@@ -136,7 +141,7 @@ class RemoteRoomsClient:
         merged = dict(content)
         merged.update(template["content"])  # the resident's fields win (membership, authoriser)
         pdu["content"] = merged
-        pdu["origin_server_ts"] = self._services.clock.time_ms()
+        pdu["origin_server_ts"] = self._clock.time_ms()
         pdu = sign_event(add_content_hash(pdu), version, self._server_name, self._signing_key)
         return event_from_pdu(pdu, version)
 
@@ -190,7 +195,7 @@ class RemoteRoomsClient:
         check_auth_rules(event, state_map, create_event=create)
         chain_ids = {e.event_id for e in state}
         auth_chain = [e for e in checked if e.event_id not in chain_ids]
-        await self._services.roomserver.join_remote_room(event, state, auth_chain)
+        await self._rooms.join_remote_room(event, state, auth_chain)
 
     # -- leaving and knocking --------------------------------------------------------------
 
@@ -203,7 +208,7 @@ class RemoteRoomsClient:
             await self._client.put_json(
                 server, f"/_matrix/federation/v2/send_leave/{_q(room_id)}/{_q(event.event_id)}",
                 dict(event.pdu))
-            await self._services.roomserver.store_remote_membership(event, None)
+            await self._rooms.store_remote_membership(event, None)
 
         last = await self._try_servers("Leaving", room_id, servers, attempt,
                                        (FederationClientError, InvalidPdu))
@@ -226,7 +231,7 @@ class RemoteRoomsClient:
                     raise Forbidden(e.error or "You may not knock on this room") from None
                 raise
             stripped = answer.get("knock_room_state") if isinstance(answer, Mapping) else None
-            await self._services.roomserver.store_remote_membership(
+            await self._rooms.store_remote_membership(
                 event, stripped if isinstance(stripped, list) else [])
 
         last = await self._try_servers("Knocking on", room_id, servers, attempt,

@@ -14,7 +14,10 @@ from collections.abc import Iterable
 from aiohttp import web
 
 from client_api import add_client_routes
-from federation import Federation, add_federation_routes, build_federation
+from core.clock import SystemClock
+from core.crypto.signing_keys import load_signing_key
+from federation import Federation, Served, add_federation_routes, build_federation, build_outbound
+from federation.inbound.transaction import InboundEdus
 from homeserver.appkeys import SERVICES
 from homeserver.config import HomeserverConfig, ListenerConfig
 from homeserver.http.access_log import AccessLogger
@@ -23,7 +26,8 @@ from homeserver.http.disconnect import disconnect_middleware
 from homeserver.http.middleware import add_cors_headers, cors_middleware, error_middleware
 from homeserver.http.nul import reject_nul_middleware
 from homeserver.http.request_body import request_body_middleware
-from homeserver.services.container import Services, build_services
+from homeserver.services.container import Services, build_services, open_database
+from roomserver.server import RoomServer
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +103,27 @@ async def _start_listener(services: Services, listener: ListenerConfig,
     return runner
 
 
+def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | None]:
+    """The composition root: storage and the roomserver, federation's clients, the
+    services (given what federation offers them), then the federation API (given the services
+    it answers from). Every part gets what it uses through its constructor."""
+    if not config.federation.enabled:
+        return build_services(config), None
+    db = open_database(config)
+    clock = SystemClock()
+    signing_key = load_signing_key(config.signing_key_path)
+    roomserver = RoomServer(db, clock, config.server_name, signing_key)
+    outbound = build_outbound(config, db, clock, signing_key, roomserver)
+    roomserver.add_commit_listener(outbound.sender)
+    services = build_services(config, clock=clock, db=db, signing_key=signing_key,
+                              roomserver=roomserver, remote=outbound.ports())
+    served = Served(services.profiles, services.rooms, services.directory, services.devices,
+                    services.membership, InboundEdus(services.typing, services.receipts,
+                                                     services.presence, services.to_device))
+    return services, build_federation(config, db, clock, signing_key, roomserver, outbound,
+                                      served)
+
+
 async def serve(config: HomeserverConfig) -> None:
     """Run until SIGTERM or SIGINT, then finish in-flight requests and close the database."""
     if config.registration.enabled and not config.registration.require_token:
@@ -107,8 +132,7 @@ async def serve(config: HomeserverConfig) -> None:
                        "(registration.enabled is true, registration.require_token false). "
                        "Set require_token: true and hand out tokens (admin API), or turn "
                        "registration off.", config.public_baseurl)
-    services = build_services(config)
-    federation = build_federation(services) if config.federation.enabled else None
+    services, federation = build_homeserver(config)
     await services.start()
     if federation is not None:
         await federation.start()

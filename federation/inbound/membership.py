@@ -13,6 +13,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from signedjson.types import SigningKey
+
+from core.clock import Clock
 from core.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
 from core.events.builder import event_from_pdu
 from core.events.model import Event
@@ -23,8 +26,9 @@ from core.rooms.auth import AuthError, auth_types_for_event
 from core.types import InvalidIdentifier, parse_user_id
 from federation.inbound.pdus import MAX_PDU_NESTING, InvalidPdu, PduHandler
 from homeserver.http.json import nesting_exceeds
-from homeserver.services.container import Services
-from roomserver.api import MAX_DEPTH, MAX_PREV_EVENTS
+from homeserver.services.membership import MembershipService
+from roomserver.api import MAX_DEPTH, MAX_PREV_EVENTS, FederatedRooms
+from storage import Database
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +37,16 @@ def _server_of(user_id: str) -> str:
 
 
 class ResidentMembership:
-    def __init__(self, services: Services, pdus: PduHandler) -> None:
-        self._services = services
-        self._persister = services.roomserver
+    def __init__(self, rooms: FederatedRooms, membership: MembershipService, db: Database,
+                 clock: Clock, pdus: PduHandler, server_name: str, signing_key: SigningKey
+                 ) -> None:
+        self._persister = rooms
+        self._membership = membership
+        self._db = db
+        self._clock = clock
         self._pdus = pdus
-        self._server_name = services.config.server_name
+        self._server_name = server_name
+        self._signing_key = signing_key
 
     async def _resident_head(self, room_id: str, origin: str) -> Any:
         head = await self._persister.room_head(room_id)
@@ -57,7 +66,7 @@ class ResidentMembership:
             raise InvalidParam("Invalid user ID") from None
         if _server_of(user_id) != origin:
             raise Forbidden("The user is not on the requesting server")
-        if await self._services.db.rooms.blocked_by(room_id) is not None:
+        if await self._db.rooms.blocked_by(room_id) is not None:
             raise Forbidden("This room is blocked on this server")
         head = await self._resident_head(room_id, origin)
         version = head.room_version
@@ -67,7 +76,7 @@ class ResidentMembership:
                               room_version=version.identifier)
         content: dict[str, Any] = {"membership": membership}
         if membership == "join":
-            authoriser = await self._services.membership.restricted_join_authoriser(
+            authoriser = await self._membership.restricted_join_authoriser(
                 room_id, user_id)
             if authoriser is not None:
                 content["join_authorised_via_users_server"] = authoriser
@@ -78,7 +87,7 @@ class ResidentMembership:
             "state_key": user_id, "content": content,
             "prev_events": head.extremities[-MAX_PREV_EVENTS:], "auth_events": auth_ids,
             "depth": min(head.depth + 1, MAX_DEPTH),
-            "origin_server_ts": self._services.clock.time_ms(),
+            "origin_server_ts": self._clock.time_ms(),
             "origin": self._server_name,
         }
         try:
@@ -105,16 +114,16 @@ class ResidentMembership:
             # A restricted join: we vouch for it by signing it too.
             event = type(event)(event.event_id, event.room_version, sign_event(
                 dict(event.pdu), event.room_version, self._server_name,
-                self._services.signing_key))
+                self._signing_key))
         try:
             outcome = await self._pdus.receive(origin, event, relay=True)
         except AuthError as e:
             raise Forbidden(f"The event is not allowed: {e}") from None
         if outcome == "soft_failed":
             raise Forbidden("The event is not allowed by the room's current state")
-        stored = await self._services.db.events.get_event(event.event_id)
+        stored = await self._db.events.get_event(event.event_id)
         group = stored.state_group_before if stored is not None else None
-        state_ids = await self._services.db.state.state_at_group(group)
+        state_ids = await self._db.state.state_at_group(group)
         state = await self._persister.get_events(list(state_ids.values()))
         return event, list(state.values())
 
@@ -156,13 +165,13 @@ class ResidentMembership:
         if event.type != "m.room.member" or event.membership != "invite" or \
                 _server_of(target) != self._server_name or _server_of(event.sender) != origin:
             raise BadJson("Not an invite of a user of this server by the requesting server")
-        user = await self._services.db.users.get_user(target)
+        user = await self._db.users.get_user(target)
         if user is None or user.deactivated:
             raise NotFound("Unknown user")
-        if await self._services.db.rooms.blocked_by(room_id) is not None:
+        if await self._db.rooms.blocked_by(room_id) is not None:
             raise Forbidden("This room is blocked on this server")
         signed = type(event)(event.event_id, version, sign_event(
-            dict(event.pdu), version, self._server_name, self._services.signing_key))
+            dict(event.pdu), version, self._server_name, self._signing_key))
         if self._server_name not in await self._persister.joined_servers(room_id):
             raw_state = body.get("invite_room_state")
             invite_state = [s for s in raw_state if isinstance(s, Mapping)

@@ -36,8 +36,7 @@ from federation.keys.keyring import Keyring
 from federation.transport.client import FederationClient, FederationClientError
 from homeserver.http.json import MAX_JSON_NESTING, nesting_exceeds
 from homeserver.http.nul import contains_nul
-from homeserver.services.container import Services
-from roomserver.api import MAX_DEPTH, MAX_PDU_BYTES, MissingEvents
+from roomserver.api import MAX_DEPTH, MAX_PDU_BYTES, FederatedRooms, MissingEvents
 
 logger = logging.getLogger(__name__)
 
@@ -142,9 +141,9 @@ def parse_pdu(pdu: Any, room_version: RoomVersion) -> Event:
 class PduHandler:
     """Checks received PDUs and stores them, fetching what they refer to."""
 
-    def __init__(self, services: Services, keyring: Keyring, client: FederationClient) -> None:
-        self._services = services
-        self._persister = services.roomserver
+    def __init__(self, rooms: FederatedRooms, keyring: Keyring, client: FederationClient
+                 ) -> None:
+        self._persister = rooms
         self._keyring = keyring
         self._client = client
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.clock import Clock
 from core.errors import BadJson, MatrixError
 from core.events.hashing import compute_event_id
 from core.events.model import Event
@@ -23,7 +24,12 @@ from core.types import MAX_IDENTIFIER_BYTES, InvalidIdentifier, byte_length, par
 from federation.inbound.pdus import MAX_PDU_NESTING, InvalidPdu, PduHandler
 from homeserver.http.json import nesting_exceeds
 from homeserver.http.nul import NUL, contains_nul
-from homeserver.services.container import Services
+from homeserver.services.presence import PresenceService
+from homeserver.services.receipts import ReceiptService
+from homeserver.services.to_device import ToDeviceService
+from homeserver.services.typing import TypingService
+from roomserver.api import FederatedRooms
+from storage.stores.federation import FederationStore
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +70,24 @@ class _RoomPdus:
 IDEMPOTENT_EDUS = frozenset({"m.typing", "m.presence", "m.receipt"})
 
 
+@dataclass(frozen=True, slots=True)
+class InboundEdus:
+    """The services that take the EDUs other servers send."""
+
+    typing: TypingService
+    receipts: ReceiptService
+    presence: PresenceService
+    to_device: ToDeviceService
+
+
 class TransactionHandler:
-    def __init__(self, services: Services, pdus: PduHandler) -> None:
-        self._services = services
+    def __init__(self, rooms: FederatedRooms, txns: FederationStore, clock: Clock,
+                 pdus: PduHandler, edus: InboundEdus) -> None:
+        self._rooms = rooms
+        self._txns = txns
+        self._clock = clock
         self._pdus = pdus
+        self._edus = edus
         # (origin, txn ID) being processed now: a repeat waits for the first.
         self._running: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
 
@@ -107,7 +127,7 @@ class TransactionHandler:
             # changes nothing, so the transaction needs no record.
             await self._process_edus(origin, edus)
             return {"pdus": {}}
-        store = self._services.db.federation
+        store = self._txns
         # Whether this transaction was answered before is read while its PDUs are checked
         # (checks change nothing), so the read costs the transaction no time.
         seen = asyncio.ensure_future(store.received_txn(origin, txn_id))
@@ -121,7 +141,7 @@ class TransactionHandler:
             return done
         response = {"pdus": await self._process_pdus(origin, rooms)}
         await self._process_edus(origin, edus)
-        await store.remember_txn(origin, txn_id, response, self._services.clock.time_ms())
+        await store.remember_txn(origin, txn_id, response, self._clock.time_ms())
         return response
 
     async def _check_pdus(self, origin: str, pdus: list[Any]) -> list[_RoomPdus]:
@@ -137,11 +157,11 @@ class TransactionHandler:
 
     async def _check_room(self, origin: str, room_id: str, pdus: list[Any]) -> _RoomPdus:
         checked = _RoomPdus(room_id)
-        version = await self._services.roomserver.room_version(room_id)
+        version = await self._rooms.room_version(room_id)
         if version is None:
             logger.info("%s sent %d PDUs for unknown room %s", origin, len(pdus), room_id)
             return checked
-        if not await self._services.roomserver.server_allowed(room_id, origin):
+        if not await self._rooms.server_allowed(room_id, origin):
             logger.info("%s is banned from %s by its server ACL", origin, room_id)
             for pdu in pdus:
                 event_id = _event_id_of(pdu, version)
@@ -150,7 +170,7 @@ class TransactionHandler:
             return checked
         # Which are here already is read while they are checked.
         ids = [e for e in (_event_id_of(pdu, version) for pdu in pdus) if e is not None]
-        stored = asyncio.ensure_future(self._services.roomserver.is_stored(ids))
+        stored = asyncio.ensure_future(self._rooms.is_stored(ids))
         try:
             for pdu in pdus:
                 try:
@@ -198,7 +218,7 @@ class TransactionHandler:
                 logger.info("Rejected %s from %s: %s", event.event_id, origin, e)
                 results[event.event_id] = {"error": str(e)}
         for future in commits:
-            await self._services.roomserver.committed(future, room.room_id)
+            await self._rooms.committed(future, room.room_id)
         return results
 
     # -- EDUs ------------------------------------------------------------------------------
@@ -230,7 +250,7 @@ class TransactionHandler:
                 logger.exception("Handling a %s EDU from %s failed", edu.get("edu_type"),
                                  origin)
         try:
-            await self._services.receipts.remote_receipts(receipts)
+            await self._edus.receipts.remote_receipts(receipts)
         except Exception:
             logger.exception("Storing %d receipts from %s failed", len(receipts), origin)
 
@@ -241,7 +261,7 @@ class TransactionHandler:
         received: list[tuple[str, str, str, str]] = []
         for room_id, by_type in content.items():
             if not isinstance(by_type, Mapping) or \
-                    not await self._services.roomserver.server_allowed(str(room_id), origin):
+                    not await self._rooms.server_allowed(str(room_id), origin):
                 continue
             for user_id, receipt in (by_type.get("m.read") or {}).items():
                 if _server_of(user_id) != origin or not isinstance(receipt, Mapping):
@@ -258,25 +278,25 @@ class TransactionHandler:
 
     async def _process_edu(self, origin: str, edu_type: str, content: Mapping[str, Any]
                            ) -> None:
-        services = self._services
+        edus = self._edus
         if edu_type == "m.typing":
             user_id, room_id = content.get("user_id"), content.get("room_id")
             if _server_of(user_id) != origin or not isinstance(room_id, str) or \
-                    not await services.roomserver.server_allowed(room_id, origin):
+                    not await self._rooms.server_allowed(room_id, origin):
                 return
-            await services.typing.set_typing(room_id, str(user_id),
-                                             content.get("typing") is True, None, local=False)
+            await edus.typing.set_typing(room_id, str(user_id),
+                                         content.get("typing") is True, None, local=False)
         elif edu_type == "m.presence":
             for push in content.get("push") or []:
                 if not isinstance(push, Mapping) or _server_of(push.get("user_id")) != origin:
                     continue
                 ago = push.get("last_active_ago")
                 status = push.get("status_msg")
-                await services.presence.set_remote(
+                await edus.presence.set_remote(
                     str(push["user_id"]), str(push.get("presence")),
                     status if isinstance(status, str) else None,
                     ago if isinstance(ago, int) and not isinstance(ago, bool) else 0)
         elif edu_type == "m.direct_to_device":
-            await services.to_device.receive_remote(origin, content)
+            await edus.to_device.receive_remote(origin, content)
         # m.device_list_update, m.signing_key_update: this server keeps no end-to-end keys
         # yet; they are accepted and dropped.

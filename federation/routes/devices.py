@@ -42,9 +42,9 @@ async def get_user_devices(request: web.Request, fed: Federation, _origin: str, 
                            ) -> web.Response:
     """GET /_matrix/federation/v1/user/devices/{userId}: a local user's devices."""
     user_id = local_user(fed, request.match_info["user_id"])
-    if await fed.services.db.users.get_user(user_id) is None:
+    if await fed.db.users.get_user(user_id) is None:
         raise NotFound("Unknown user")
-    devices = await fed.services.devices.list_devices(user_id)
+    devices = await fed.served.devices.list_devices(user_id)
     return json_response({
         "user_id": user_id,
         "stream_id": DEVICE_LIST_STREAM_ID,

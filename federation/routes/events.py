@@ -39,22 +39,22 @@ _MAX_LISTED_EVENTS = 1000
 
 
 def server_visibility(fed: Federation) -> ServerVisibility:
-    return ServerVisibility(fed.services.db.state, fed.services.db.events)
+    return ServerVisibility(fed.db.state, fed.db.events)
 
 
 async def require_server_in_room(fed: Federation, origin: str, room_id: str) -> None:
     """404 for a room unknown here, 403 unless ``origin`` has a user joined to it."""
-    if await fed.services.db.events.room_info(room_id) is None:
+    if await fed.db.events.room_info(room_id) is None:
         raise NotFound("Unknown room")
     if not await server_visibility(fed).server_in_room(origin, room_id):
         raise Forbidden("Host not in room")
-    if not await fed.services.roomserver.server_allowed(room_id, origin):
+    if not await fed.rooms.server_allowed(room_id, origin):
         raise Forbidden("Server is banned from this room")
 
 
 async def _event_in_room(fed: Federation, room_id: str, event_id: str) -> StoredEvent:
     """The stored event, or 404 if it is unknown or belongs to another room."""
-    event = await fed.services.db.events.get_event(event_id)
+    event = await fed.db.events.get_event(event_id)
     if event is None or event.room_id != room_id:
         raise NotFound(f"Unknown event {event_id} in room {room_id}")
     return event
@@ -62,7 +62,7 @@ async def _event_in_room(fed: Federation, room_id: str, event_id: str) -> Stored
 
 async def _pdus(fed: Federation, event_ids: Iterable[str]) -> list[dict[str, Any]]:
     """Stored events in federation form, oldest first (unknown ones left out)."""
-    stored = await fed.services.db.events.get_events(event_ids)
+    stored = await fed.db.events.get_events(event_ids)
     return [federation_pdu(e) for e in sorted(stored.values(),
                                                key=lambda e: (e.depth, e.event_id))]
 
@@ -78,9 +78,9 @@ async def _state_before(fed: Federation, origin: str, request: web.Request
     event = await _event_in_room(fed, room_id, event_id)
     if event.outlier:
         raise NotFound(f"State not known at event {event_id}")
-    state = list((await fed.services.db.state.state_at_group(event.state_group_before))
+    state = list((await fed.db.state.state_at_group(event.state_group_before))
                  .values())
-    chain = await fed.services.roomserver.auth_chain(state)
+    chain = await fed.rooms.auth_chain(state)
     return state, [e.event_id for e in chain]
 
 
@@ -90,13 +90,13 @@ async def get_event(request: web.Request, fed: Federation, origin: str, _body: A
                     ) -> web.Response:
     """GET /_matrix/federation/v1/event/{eventId}: a transaction holding the one PDU."""
     event_id = request.match_info["event_id"]
-    event = await fed.services.db.events.get_event(event_id)
+    event = await fed.db.events.get_event(event_id)
     if event is None:
         raise NotFound(f"Unknown event {event_id}")
     await require_server_in_room(fed, origin, event.room_id)
     pdus = await server_visibility(fed).pdus_for_server(origin, [event])
     return json_response({"origin": fed.server_name,
-                          "origin_server_ts": fed.services.clock.time_ms(), "pdus": pdus})
+                          "origin_server_ts": fed.clock.time_ms(), "pdus": pdus})
 
 
 @routes.get("/_matrix/federation/v1/state/{room_id}")
@@ -127,7 +127,7 @@ async def get_event_auth(request: web.Request, fed: Federation, origin: str, _bo
     room_id = request.match_info["room_id"]
     await require_server_in_room(fed, origin, room_id)
     event = await _event_in_room(fed, room_id, request.match_info["event_id"])
-    chain = await fed.services.roomserver.auth_chain([event.event_id])
+    chain = await fed.rooms.auth_chain([event.event_id])
     return json_response({"auth_chain": await _pdus(fed, [e.event_id for e in chain])})
 
 
@@ -152,7 +152,7 @@ async def _walk_back(fed: Federation, room_id: str, start: Iterable[StoredEvent]
     """Up to ``limit`` events of the room reached by walking back along ``prev_events``
     from ``start`` (not included), deepest first level by level, never entering ``seen``,
     rejected events or events below ``min_depth``. One read per level of the walk."""
-    store = fed.services.db.events
+    store = fed.db.events
     front = {p for e in start for p in e.pdu.get("prev_events", [])} - seen
     found: list[StoredEvent] = []
     while front and len(found) < limit:
@@ -188,7 +188,7 @@ async def get_missing_events(request: web.Request, fed: Federation, origin: str,
     limit = min(limit, MISSING_EVENTS_MAX_LIMIT)
     await require_server_in_room(fed, origin, room_id)
 
-    store = fed.services.db.events
+    store = fed.db.events
     start = [e for e in (await store.get_events(latest)).values() if e.room_id == room_id]
     found = await _walk_back(fed, room_id, start, set(earliest) | set(latest), limit,
                              min_depth)
@@ -215,7 +215,7 @@ async def backfill(request: web.Request, fed: Federation, origin: str, _body: An
     limit = min(parse_int(raw_limit, "limit"), BACKFILL_MAX_LIMIT)
     await require_server_in_room(fed, origin, room_id)
 
-    start = sorted((e for e in (await fed.services.db.events.get_events(wanted)).values()
+    start = sorted((e for e in (await fed.db.events.get_events(wanted)).values()
                     if e.room_id == room_id and e.rejected_reason is None),
                    key=lambda e: (-e.depth, e.event_id))[:limit]
     found = start + await _walk_back(fed, room_id, start, {e.event_id for e in start},
@@ -223,4 +223,4 @@ async def backfill(request: web.Request, fed: Federation, origin: str, _body: An
     found.sort(key=lambda e: (-e.depth, -(e.stream_ordering or 0), e.event_id))
     pdus = await server_visibility(fed).pdus_for_server(origin, found)
     return json_response({"origin": fed.server_name,
-                          "origin_server_ts": fed.services.clock.time_ms(), "pdus": pdus})
+                          "origin_server_ts": fed.clock.time_ms(), "pdus": pdus})

@@ -48,7 +48,7 @@ async def query_profile(request: web.Request, fed: Federation, _origin: str, _bo
     field = request.query.get("field")
     if field is not None and field not in _PROFILE_FIELDS:
         raise NotFound(f"Unknown profile field {field!r}")
-    profile = await fed.services.profiles.get_profile(local_user(fed, user_id))
+    profile = await fed.served.profiles.get_profile(local_user(fed, user_id))
     values = {"displayname": profile.displayname, "avatar_url": profile.avatar_url}
     return json_response({k: v for k, v in values.items()
                           if v is not None and (field is None or k == field)})
@@ -63,10 +63,10 @@ async def query_directory(request: web.Request, fed: Federation, _origin: str, _
     alias = request.query.get("room_alias")
     if not alias:
         raise MissingParam("Missing query parameter: room_alias")
-    if fed.services.rooms.check_alias(alias) != fed.server_name:
+    if fed.served.aliases.check_alias(alias) != fed.server_name:
         # Never ask on: the requesting server should ask the alias's own server.
         raise InvalidParam("Room alias is not hosted on this homeserver")
-    room_id, servers = await fed.services.rooms.resolve_alias(alias)
+    room_id, servers = await fed.served.aliases.resolve_alias(alias)
     return json_response({"room_id": room_id, "servers": servers})
 
 
@@ -91,7 +91,7 @@ async def get_public_rooms(request: web.Request, fed: Federation, _origin: str, 
     limit, since, third_party = _public_rooms_args(
         query_int(request, "limit"), query.get("since"),
         query.get("third_party_instance_id"))
-    return json_response(await fed.services.directory.public_rooms(
+    return json_response(await fed.served.directory.public_rooms(
         limit=limit, since=since, third_party_instance_id=third_party,
         include_all_networks=query.get("include_all_networks", "false").lower() == "true"))
 
@@ -104,7 +104,7 @@ async def post_public_rooms(_request: web.Request, fed: Federation, _origin: str
     parameters in the body."""
     limit, since, third_party = _public_rooms_args(
         body.get("limit"), body.get("since"), body.get("third_party_instance_id"))
-    return json_response(await fed.services.directory.public_rooms(
+    return json_response(await fed.served.directory.public_rooms(
         limit=limit, since=since, room_filter=RoomFilter.parse(body.get("filter")),
         third_party_instance_id=third_party,
         include_all_networks=body.get("include_all_networks") is True))

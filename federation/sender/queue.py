@@ -20,15 +20,19 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from core.clock import Clock
 from federation.transport.client import (
     FederationClient,
     FederationClientError,
     FederationRequestError,
 )
 from homeserver.config import HomeserverConfig
-from homeserver.services.container import Services
-from roomserver.api import CommittedBatch
+from homeserver.services.presence import PresenceService
+from homeserver.services.receipts import ReceiptService
+from homeserver.services.typing import TypingService
+from roomserver.api import CommittedBatch, FederatedRooms
 from storage.stores.federation import Backoff, FederationStore
+from storage.stores.state import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +119,7 @@ class _Destination:
         if not entries and not fresh and not ephemeral:
             return False
         event_ids = [e.event_id for e in entries if e.event_id is not None] + fresh
-        events = await sender.services.roomserver.get_events(event_ids)
+        events = await sender.rooms.get_events(event_ids)
         pdus = [dict(events[e].pdu) for e in event_ids if e in events]
         txn_id = sender.next_txn_id()
         body = {"origin": sender.server_name, "origin_server_ts": sender.now_ms(),
@@ -169,11 +173,14 @@ class _Destination:
 
 
 class FederationSender:
-    def __init__(self, store: FederationStore, client: FederationClient, services: Services,
+    def __init__(self, store: FederationStore, client: FederationClient,
+                 rooms: FederatedRooms, state: StateStore, clock: Clock,
                  config: HomeserverConfig) -> None:
         self.store = store
         self.client = client
-        self.services = services
+        self.rooms = rooms
+        self._state = state
+        self._clock = clock
         self.config = config
         self.server_name = config.server_name
         self._destinations: dict[str, _Destination] = {}
@@ -184,20 +191,22 @@ class FederationSender:
         # Local receipts waiting to be queued: room -> receipt type -> user -> receipt.
         self._receipts: dict[str, dict[str, dict[str, Any]]] = {}
         self._receipts_flush: asyncio.Task[None] | None = None
+        self._presence: PresenceService | None = None
 
     def now_ms(self) -> int:
-        return self.services.clock.time_ms()
+        return self._clock.time_ms()
 
     def next_txn_id(self) -> str:
         self._txn_counter += 1
         return f"{self._txn_prefix}.{self._txn_counter}"
 
-    async def start(self) -> None:
+    async def start(self, typing: TypingService, receipts: ReceiptService,
+                    presence: PresenceService) -> None:
         self._backoffs = await self.store.backoffs()
-        services = self.services
-        services.typing.local_listener = self._typing_changed
-        services.receipts.local_listener = self._receipt_sent
-        services.presence.local_listener = self._presence_changed
+        self._presence = presence
+        typing.local_listener = self._typing_changed
+        receipts.local_listener = self._receipt_sent
+        presence.local_listener = self._presence_changed
         self.wake(await self.store.destinations_with_pending())
 
     async def stop(self) -> None:
@@ -274,7 +283,7 @@ class FederationSender:
     async def _servers_in_rooms(self, room_ids: Iterable[str]) -> set[str]:
         servers: set[str] = set()
         for room_id in room_ids:
-            servers |= await self.services.roomserver.joined_servers(room_id)
+            servers |= await self.rooms.joined_servers(room_id)
         servers.discard(self.server_name)
         return servers
 
@@ -291,11 +300,13 @@ class FederationSender:
         if not user_id.endswith(":" + self.server_name):
             return  # another server's user (timed out here): their server speaks for them
         async def send() -> None:
-            rooms = await self.services.members.joined_rooms(user_id)
+            rooms = await self._state.rooms_for_user(user_id)
             servers = await self._servers_in_rooms(rooms)
             if not servers:
                 return
-            content = self.services.presence.content(user_id)
+            if self._presence is None:
+                return
+            content = self._presence.content(user_id)
             push = {"user_id": user_id, "presence": content.get("presence", "offline"),
                     "last_active_ago": content.get("last_active_ago", 0),
                     "currently_active": bool(content.get("currently_active", False))}

@@ -28,6 +28,7 @@ from homeserver.services.member_cache import MembershipCache
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
 from homeserver.services.notifier import Notifier
+from homeserver.services.ports import FederationPorts
 from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
 from homeserver.services.purge import PurgeService
@@ -122,12 +123,19 @@ class Services:
                 logger.exception("Housekeeping failed")
 
 
+def open_database(config: HomeserverConfig) -> Database:
+    return Database(config.database.url, pool_size=config.database.pool_size,
+                    sqlite_synchronous=config.database.sqlite_synchronous)
+
+
 def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
-                   db: Database | None = None, hasher: PasswordHasher | None = None
-                   ) -> Services:
+                   db: Database | None = None, hasher: PasswordHasher | None = None,
+                   signing_key: SigningKey | None = None, roomserver: RoomServer | None = None,
+                   remote: FederationPorts | None = None) -> Services:
+    """The services of one process; ``remote``: what federation offers them (None when
+    federation is off). Pieces not given are built here (tests give none)."""
     clock = clock or SystemClock()
-    db = db or Database(config.database.url, pool_size=config.database.pool_size,
-                        sqlite_synchronous=config.database.sqlite_synchronous)
+    db = db or open_database(config)
     hasher = hasher or PasswordHasher()
     auth = AuthService(db.devices, clock, config.auth)
     accounts = AccountService(db, auth, hasher, clock, config)
@@ -138,14 +146,16 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     def limiter(limit: RateLimit) -> RateLimiter:
         return RateLimiter(clock, limit.per_second, limit.burst_count, enabled=rl.enabled)
 
-    signing_key = load_signing_key(config.signing_key_path)
-    profiles = ProfileService(db.profiles, db.users)
+    signing_key = signing_key or load_signing_key(config.signing_key_path)
+    remote_rooms = remote.rooms if remote is not None else None
+    profiles = ProfileService(db.profiles, db.users, remote=remote_rooms)
     notifier = Notifier()
-    roomserver = RoomServer(db, clock, config.server_name, signing_key)
+    roomserver = roomserver or RoomServer(db, clock, config.server_name, signing_key)
     roomserver.add_commit_listener(notifier)
     rooms = RoomService(roomserver, db.rooms, profiles, config.server_name,
                         limiter(rl.message_per_user),
-                        default_room_version=KNOWN_ROOM_VERSIONS[config.default_room_version])
+                        default_room_version=KNOWN_ROOM_VERSIONS[config.default_room_version],
+                        remote=remote_rooms)
     serializer = EventSerializer(db.events)
     cleared = ClearedHistory(db.rooms)
     visibility = VisibilityService(db.state, db.events, cleared)
@@ -155,11 +165,13 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     receipts = ReceiptService(db.receipts, db.events, members, account_data, notifier, clock)
     presence = PresenceService(db.presence, notifier, members, clock, config.presence,
                                config.server_name)
-    to_device = ToDeviceService(db.to_device, notifier, clock, config.server_name)
-    messages = MessageService(db.events, db.state, visibility, serializer, db.rooms, clock)
+    to_device = ToDeviceService(db.to_device, notifier, clock, config.server_name,
+                                remote_queue=remote.to_device if remote is not None else None)
+    messages = MessageService(db.events, db.state, visibility, serializer, db.rooms, clock,
+                              backfill=remote.backfill if remote is not None else None)
     membership = MembershipService(roomserver, rooms, db.rooms, db.state, db.users,
                                    config.server_name, limiter(rl.joins_per_user),
-                                   limiter(rl.invites_per_user))
+                                   limiter(rl.invites_per_user), remote=remote_rooms)
     return Services(
         config=config,
         clock=clock,
@@ -176,7 +188,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         rooms=rooms,
         membership=membership,
         messages=messages,
-        directory=DirectoryService(roomserver, db.rooms, db.state, clock, config.server_name),
+        directory=DirectoryService(roomserver, db.rooms, db.state, clock, config.server_name,
+                                   remote=remote.directory if remote is not None else None),
         account_data=account_data,
         filters=FilterService(db.filters),
         sync=SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,

@@ -103,13 +103,14 @@ _CacheKey = tuple[str, int, str | None, bool, str | None, str | None]
 
 class DirectoryService:
     def __init__(self, persister: LocalRooms, rooms: RoomStore, state: StateStore,
-                 clock: Clock, server_name: str) -> None:
+                 clock: Clock, server_name: str, *,
+                 remote: RemoteDirectory | None = None) -> None:
         self._persister = persister
         self._rooms = rooms
         self._state = state
         self._server_name = server_name
         # Set by federation: other servers' directories (None: federation is off).
-        self.remote: RemoteDirectory | None = None
+        self.remote = remote
         # Other servers' answers, done or in flight, by question.
         self._remote_pages: TTLCache[_CacheKey, asyncio.Task[dict[str, Any]]] = TTLCache(
             REMOTE_CACHE_ENTRIES, REMOTE_CACHE_TTL_S, timer=clock.monotonic)

@@ -12,11 +12,11 @@ from typing import Any
 
 from core.errors import BadJson, BadRequest, Forbidden, InvalidParam, MatrixError, NotFound
 from core.events.model import Event
-from core.events.stripped import STRIPPED_STATE_TYPES
 from core.rooms.power_levels import PowerLevels
 from core.types import parse_user_id
 from homeserver.ratelimit import RateLimiter
 from homeserver.services.ports import RemoteRooms
+from homeserver.services.remote_invites import RemoteInvites
 from homeserver.services.rooms import RoomService
 from roomserver.api import LocalRooms, NewEvent
 from storage.stores.rooms import RoomStore
@@ -30,7 +30,8 @@ MEMBERSHIPS = ("invite", "join", "knock", "leave", "ban")
 class MembershipService:
     def __init__(self, persister: LocalRooms, rooms: RoomService, room_store: RoomStore,
                  state: StateStore, users: UserStore, server_name: str,
-                 join_limiter: RateLimiter, invite_limiter: RateLimiter) -> None:
+                 join_limiter: RateLimiter, invite_limiter: RateLimiter, *,
+                 remote: RemoteRooms | None = None) -> None:
         self._persister = persister
         self._rooms = rooms
         self._room_store = room_store
@@ -39,8 +40,9 @@ class MembershipService:
         self._server_name = server_name
         self._join_limiter = join_limiter
         self._invite_limiter = invite_limiter
-        # Rooms on other servers (set by the composition root when federation is on).
-        self.remote: RemoteRooms | None = None
+        # Rooms on other servers (None: federation is off).
+        self.remote = remote
+        self._remote_invites = RemoteInvites(persister, remote) if remote is not None else None
 
     async def _resolve(self, room_id_or_alias: str) -> tuple[str, list[str]]:
         """The room ID, and servers that may know the room (from a remote alias)."""
@@ -176,23 +178,10 @@ class MembershipService:
         if server == self._server_name:
             return (await self._member_event(room_id, inviter, target, "invite", reason,
                                              is_direct=True if is_direct else None)).event_id
-        assert self.remote is not None
+        assert self._remote_invites is not None
         content = await self._rooms.member_content(target, "invite", reason=reason,
                                                     is_direct=True if is_direct else None)
-        event = await self._persister.build(room_id, NewEvent("m.room.member", inviter,
-                                                              content, target))
-        signed = await self.remote.invite(event, await self._invite_state(room_id, inviter))
-        await self._persister.store_built(signed)
-        return signed.event_id
-
-    async def _invite_state(self, room_id: str, inviter: str) -> list[dict[str, Any]]:
-        """The state the invitee's server shows (stripped) with the invite: whole events in
-        the room version's format, the create event among them (``invite_room_state``,
-        Matrix 1.16; servers check it from room version 12 on)."""
-        state = await self._persister.current_state(room_id) or {}
-        keys = [*((t, "") for t in STRIPPED_STATE_TYPES), ("m.room.member", inviter)]
-        loaded = await self._persister.get_events([state[k] for k in keys if k in state])
-        return [dict(e.pdu) for e in loaded.values()]
+        return await self._remote_invites.invite(room_id, inviter, target, content)
 
     async def leave(self, user_id: str, room_id: str, *, reason: str | None = None) -> None:
         await self._require_room(room_id)

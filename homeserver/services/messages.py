@@ -68,7 +68,8 @@ class RoomAccess:
 
 class MessageService:
     def __init__(self, events: EventStore, state: StateStore, visibility: VisibilityService,
-                 serializer: EventSerializer, rooms: RoomStore, clock: Clock) -> None:
+                 serializer: EventSerializer, rooms: RoomStore, clock: Clock, *,
+                 backfill: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self._events = events
         self._rooms = rooms
         self._state = state
@@ -77,7 +78,7 @@ class MessageService:
         self._clock = clock
         # Federation: fetch a room's history from before anything here (``Backfiller``);
         # returns whether anything new came.
-        self.backfill: Callable[[str], Awaitable[bool]] | None = None
+        self.backfill = backfill
 
     async def access(self, user_id: str, room_id: str) -> RoomAccess:
         """Whether ``user_id`` may read the room at all, and up to where.

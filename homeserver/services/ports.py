@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from core.events.model import Event
@@ -49,3 +50,20 @@ class RemoteDirectory(Protocol):
                 be reached or answers with an error.
         """
         ...
+
+
+RemoteQueue = Callable[[Sequence[tuple[str, dict[str, Any]]]], Awaitable[None]]
+"""Queues ``(destination, m.direct_to_device content)`` durably for other servers."""
+
+Backfill = Callable[[str], Awaitable[bool]]
+"""Fetches a room's history from before anything here; whether anything new came."""
+
+
+@dataclass(frozen=True)
+class FederationPorts:
+    """What the services ask of other servers, built by federation before the services."""
+
+    rooms: RemoteRooms
+    directory: RemoteDirectory
+    to_device: RemoteQueue
+    backfill: Backfill

@@ -14,11 +14,12 @@ FIELDS = ("displayname", "avatar_url")
 
 
 class ProfileService:
-    def __init__(self, profiles: ProfileStore, users: UserStore) -> None:
+    def __init__(self, profiles: ProfileStore, users: UserStore, *,
+                 remote: RemoteRooms | None = None) -> None:
         self._profiles = profiles
         self._users = users
-        # Other servers' users' profiles (set by the composition root with federation on).
-        self.remote: RemoteRooms | None = None
+        # Other servers' users' profiles (None: federation is off).
+        self.remote = remote
 
     async def get_profile(self, user_id: str) -> Profile:
         """The profile of a local user; 404 if there is no such user."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import string
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ from core.types import is_valid_server_name, parse_user_id
 from homeserver.ratelimit import RateLimiter
 from homeserver.services.ports import RemoteRooms
 from homeserver.services.profile import ProfileService
+from homeserver.services.remote_invites import RemoteInvites
 from homeserver.services.serialize import REDACT_TXN_SCOPE
 from roomserver.api import LocalRooms, NewEvent
 from storage.stores.rooms import RoomStore
@@ -76,7 +77,8 @@ def default_power_levels(creator: str, privileged_creators: bool) -> dict[str, A
 class RoomService:
     def __init__(self, persister: LocalRooms, rooms: RoomStore, profiles: ProfileService,
                  server_name: str, message_limiter: RateLimiter, *,
-                 default_room_version: RoomVersion = DEFAULT_ROOM_VERSION) -> None:
+                 default_room_version: RoomVersion = DEFAULT_ROOM_VERSION,
+                 remote: RemoteRooms | None = None) -> None:
         self._persister = persister
         self._rooms = rooms
         self._profiles = profiles
@@ -84,10 +86,9 @@ class RoomService:
         self._message_limiter = message_limiter
         # Rooms created without a room_version get this one (config default_room_version).
         self.default_room_version = default_room_version
-        # Wired by the composition root: rooms on other servers, and inviting their users
-        # (MembershipService.invite).
-        self.remote: RemoteRooms | None = None
-        self.invite_remote: Callable[[str, str, str, bool], Awaitable[None]] | None = None
+        # Rooms on other servers (None: federation is off), and inviting their users.
+        self.remote = remote
+        self._remote_invites = RemoteInvites(persister, remote) if remote is not None else None
 
     async def member_content(self, user_id: str, membership: str, **extra: Any
                              ) -> dict[str, Any]:
@@ -192,7 +193,7 @@ class RoomService:
                 "topic": req.topic,
                 "m.topic": {"m.text": [{"mimetype": "text/plain", "body": req.topic}]}}, ""))
         remote_invitees = [u for u in invitees if not u.endswith(":" + self._server_name)]
-        if remote_invitees and self.invite_remote is None:
+        if remote_invitees and self._remote_invites is None:
             raise BadRequest("Federation is disabled on this server")
         for user_id in invitees:
             if user_id in remote_invitees:
@@ -209,8 +210,11 @@ class RoomService:
                                                    room_id=chosen_id, initial=news)
         room_id = create.room_id
         for user_id in remote_invitees:
-            assert self.invite_remote is not None
-            await self.invite_remote(req.creator, room_id, user_id, req.is_direct)
+            assert self._remote_invites is not None
+            extra = {"is_direct": True} if req.is_direct else {}
+            await self._remote_invites.invite(room_id, req.creator, user_id,
+                                              await self.member_content(user_id, "invite",
+                                                                        **extra))
         if alias is not None:
             await self._rooms.create_alias(alias, room_id, req.creator)
         if req.visibility == "public":

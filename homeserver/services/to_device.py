@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from cachetools import LRUCache, TTLCache
@@ -31,6 +31,7 @@ from core.types import (
 )
 from homeserver.services.changes import ChangeLog
 from homeserver.services.notifier import Notifier
+from homeserver.services.ports import RemoteQueue
 from storage.stores.to_device import ToDeviceStore
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ TXN_MEMORY_S = 30 * 60
 
 Messages = dict[str, dict[str, dict[str, Any]]]
 """user ID -> device ID (or ``*``) -> content"""
-RemoteQueue = Callable[[Sequence[tuple[str, dict[str, Any]]]], Awaitable[None]]
 """Queues ``(destination, m.direct_to_device content)`` for other servers, durably."""
 
 
@@ -60,7 +60,7 @@ class ToDeviceService:
     DEVICES = 50_000
 
     def __init__(self, store: ToDeviceStore, notifier: Notifier, clock: Clock,
-                 server_name: str) -> None:
+                 server_name: str, *, remote_queue: RemoteQueue | None = None) -> None:
         self._store = store
         self._notifier = notifier
         self._clock = clock
@@ -74,8 +74,8 @@ class ToDeviceService:
         self._seen_remote: LRUCache[tuple[str, str], bool] = LRUCache(self.SEEN_REMOTE)
         # (user, device) -> position up to which its inbox is known to be deleted.
         self._acknowledged: LRUCache[tuple[str, str], int] = LRUCache(self.DEVICES)
-        # Set by federation: queues EDUs for other servers (None: federation is off).
-        self.remote_queue: RemoteQueue | None = None
+        # Queues EDUs for other servers (None: federation is off).
+        self.remote_queue = remote_queue
 
     def start(self) -> None:
         self._changes.reset(self._store.position)
