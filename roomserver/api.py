@@ -163,8 +163,13 @@ class RemoteEventWriter(Protocol):
     async def receive(self, event: Event, *, relay_except: str | None = None) -> Outcome: ...
 
     async def receive_queued(self, event: Event, *, relay_except: str | None = None,
-                             known_absent: bool = False
-                             ) -> tuple[Outcome, asyncio.Future[None] | None]: ...
+                             known_absent: bool = False,
+                             prev_states: Mapping[str, Mapping[StateKey, str]] | None = None
+                             ) -> tuple[Outcome, asyncio.Future[None] | None]:
+        """``prev_states``: the state after prev events not in the room's graph here (a gap
+        not filled), as another server told it; the state before the event is resolved from
+        those and the states after its known prev events."""
+        ...
 
     async def committed(self, future: asyncio.Future[None], room_id: str) -> None: ...
 

@@ -46,7 +46,8 @@ class ReceivedEvents:
         return outcome
 
     async def receive_queued(self, event: Event, *, relay_except: str | None = None,
-                             known_absent: bool = False
+                             known_absent: bool = False,
+                             prev_states: Mapping[str, Mapping[StateKey, str]] | None = None
                              ) -> tuple[Outcome, asyncio.Future[None] | None]:
         """Store an event another server sent; returns what became of it and, when it is
         queued, the future of its commit (so a transaction of many events waits for one
@@ -55,6 +56,8 @@ class ReceivedEvents:
         Its auth events must be stored already (fetch them first, see ``store_outliers``).
         ``known_absent``: the caller has just found the event not stored (one query for a
         whole transaction); only what this process queued or cached since is checked.
+        ``prev_states``: the state after prev events not in the graph here (from another
+        server's ``/state_ids``), for the state before the event.
 
         Returns:
             ``"accepted"``, ``"soft_failed"`` or ``"duplicate"``, and the commit's future.
@@ -73,7 +76,7 @@ class ReceivedEvents:
                     not known_absent and await self.is_stored([event.event_id])):
                 return "duplicate", queued
             create = await self.auth_against_auth_events(event)
-            before = await self._forks.before(snapshot, event)
+            before = await self._forks.before(snapshot, event, prev_states or {})
             auth_state = await self.state_events(before.state, event)
             check_auth_rules(event, auth_state, create_event=create)
             soft_failed = False

@@ -80,10 +80,12 @@ class RoomServer:
         return await self._received.receive(event, relay_except=relay_except)
 
     async def receive_queued(self, event: Event, *, relay_except: str | None = None,
-                             known_absent: bool = False
+                             known_absent: bool = False,
+                             prev_states: Mapping[str, Mapping[StateKey, str]] | None = None
                              ) -> tuple[Outcome, asyncio.Future[None] | None]:
         return await self._received.receive_queued(event, relay_except=relay_except,
-                                                   known_absent=known_absent)
+                                                   known_absent=known_absent,
+                                                   prev_states=prev_states)
 
     async def committed(self, future: asyncio.Future[None], room_id: str) -> None:
         await self._writer.committed(future, room_id)

@@ -44,21 +44,27 @@ class ForkState:
     def current(self, snapshot: RoomSnapshot) -> StateAt:
         return StateAt(snapshot.state, snapshot.state_group, is_current=True)
 
-    async def before(self, snapshot: RoomSnapshot, event: Event) -> StateAt:
+    async def before(self, snapshot: RoomSnapshot, event: Event,
+                     prev_states: Mapping[str, Mapping[StateKey, str]]) -> StateAt:
         """The state before a received event: the resolution of the states after its prev
-        events. Prev events not stored here (a gap not filled) are left out; with none
-        known the current state stands in."""
+        events. A prev event not in the graph here takes its state from ``prev_states``
+        (another server's word, checked event by event) or, without it, is left out; with
+        none known the current state stands in."""
         prevs = list(dict.fromkeys(event.prev_event_ids))
         if not prevs or set(prevs) == set(snapshot.extremities):
             return self.current(snapshot)
         groups = await self._groups_after(snapshot, prevs)
         known = list(dict.fromkeys(g for g in groups.values() if g is not None))
-        if not known:
+        given = [prev_states[p] for p in prevs if groups.get(p) is None and p in prev_states]
+        if not known and not given:
             return self.current(snapshot)
-        if len(known) == 1:
+        if len(known) == 1 and not given:
             return await self.at_group(snapshot, known[0])
-        states = [(await self.at_group(snapshot, g)).state for g in known]
-        return StateAt(await self.resolve(snapshot.room_version, states), None)
+        states = [*[(await self.at_group(snapshot, g)).state for g in known], *given]
+        unique = list({tuple(sorted(s.items())): s for s in states}.values())
+        if len(unique) == 1:
+            return StateAt(dict(unique[0]), None)
+        return StateAt(await self.resolve(snapshot.room_version, unique), None)
 
     async def at_group(self, snapshot: RoomSnapshot, group: int) -> StateAt:
         if group == snapshot.state_group:

@@ -44,6 +44,12 @@ logger = logging.getLogger(__name__)
 # for one received event.
 MISSING_EVENTS_PER_REQUEST = 20
 MAX_MISSING_EVENTS = 200
+# A gap /get_missing_events does not fill: the state at up to this many unknown prev events
+# is asked for (/state_ids), with up to MAX_GAP_EVENTS events fetched (/event), a few at once.
+MAX_GAP_STATES = 5
+MAX_GAP_EVENTS = 20_000
+EVENT_FETCH_CONCURRENCY = 10
+STATE_IDS_MAX_BYTES = 50 * 1024 * 1024
 _STRING_LISTS = ("prev_events", "auth_events")
 # How deep a PDU or an EDU may nest: as deep as a client's body (``MAX_JSON_NESTING``) can
 # make one, content inside the event, stripped state events in an invite's ``unsigned``.
@@ -201,21 +207,95 @@ class PduHandler:
     async def receive_queued(self, origin: str, event: Event, *, fetch_missing: bool = True,
                              relay: bool = False, known_absent: bool = False
                              ) -> tuple[str, asyncio.Future[None] | None]:
-        """``receive`` without waiting for the commit: returns its future too."""
+        """``receive`` without waiting for the commit: returns its future too.
+
+        Prev events still unknown once the gap is filled as far as ``/get_missing_events``
+        goes (a gap too wide, or a peer that gives up) are not guessed at: the state after
+        each is asked of ``origin`` (``/state_ids``, then ``/event`` for only the events we
+        lack, each checked), and the state before this event is resolved from those."""
         if fetch_missing:
             await self._fetch_missing_prevs(origin, event)
         relay_except = origin if relay else None
+        missing = [p for p in event.prev_event_ids
+                   if p not in await self._persister.is_stored(event.prev_event_ids)]
+        prev_states = await self._states_after(origin, event, missing) if missing else None
         try:
             return await self._persister.receive_queued(event, relay_except=relay_except,
-                                                        known_absent=known_absent)
+                                                        known_absent=known_absent,
+                                                        prev_states=prev_states)
         except MissingEvents:
             pass
         await self.fetch_auth_chain(origin, event)
         try:
             return await self._persister.receive_queued(event, relay_except=relay_except,
-                                                        known_absent=known_absent)
+                                                        known_absent=known_absent,
+                                                        prev_states=prev_states)
         except MissingEvents as e:
             raise AuthError(f"unknown auth events {e.event_ids[:3]}") from None
+
+    async def _states_after(self, origin: str, event: Event, prev_ids: Sequence[str]
+                            ) -> dict[str, dict[tuple[str, str], str]]:
+        """The room state after each of ``prev_ids`` (events we do not have), as
+        ``origin`` tells it: ``/state_ids`` at the event gives the state before it, to which
+        the event itself is added when it is a state event. Every event of that state we
+        lack is fetched (``/event``), checked and stored as an outlier; a prev event whose
+        state cannot be had is left out (the state before ``event`` then rests on the
+        others)."""
+        out: dict[str, dict[tuple[str, str], str]] = {}
+        for prev_id in prev_ids[:MAX_GAP_STATES]:
+            try:
+                answer = await self._client.get_json(
+                    origin, f"/_matrix/federation/v1/state_ids/"
+                            f"{quote(event.room_id, safe='')}",
+                    query={"event_id": prev_id}, max_response_bytes=STATE_IDS_MAX_BYTES)
+            except FederationClientError as e:
+                logger.info("Could not fetch the state at %s from %s: %s", prev_id, origin, e)
+                continue
+            pdu_ids = answer.get("pdu_ids") if isinstance(answer, Mapping) else None
+            chain_ids = answer.get("auth_chain_ids") if isinstance(answer, Mapping) else None
+            if not isinstance(pdu_ids, list) or not isinstance(chain_ids, list) or not all(
+                    isinstance(i, str) for i in [*pdu_ids, *chain_ids]):
+                logger.info("%s answered /state_ids at %s with no ID lists", origin, prev_id)
+                continue
+            wanted = list(dict.fromkeys([*chain_ids, *pdu_ids, prev_id]))
+            lacking = [i for i in wanted if i not in await self._persister.is_stored(wanted)]
+            fetched = await self._fetch_events(origin, lacking, event.room_version)
+            if fetched:
+                await self._persister.store_outliers(
+                    await self.check_chain(fetched, event.room_version))
+            known = await self._persister.get_events(list(dict.fromkeys([*pdu_ids, prev_id])))
+            state = {e.state_tuple: e.event_id for e in (known.get(i) for i in pdu_ids)
+                     if e is not None and e.state_tuple is not None
+                     and e.room_id == event.room_id}
+            prev = known.get(prev_id)
+            if prev is None or (("m.room.create", "") not in state and \
+                    prev.type != "m.room.create"):
+                logger.info("The state at %s from %s is incomplete: left out", prev_id, origin)
+                continue
+            if prev.state_tuple is not None:
+                state[prev.state_tuple] = prev.event_id
+            out[prev_id] = state
+        return out
+
+    async def _fetch_events(self, origin: str, event_ids: Sequence[str],
+                            room_version: RoomVersion) -> list[Any]:
+        """The PDUs ``origin`` has for ``event_ids`` (``/event``, a few at a time;
+        unchecked)."""
+        limit = asyncio.Semaphore(EVENT_FETCH_CONCURRENCY)
+
+        async def one(event_id: str) -> Any:
+            async with limit:
+                try:
+                    answer = await self._client.get_json(
+                        origin, f"/_matrix/federation/v1/event/{quote(event_id, safe='')}")
+                except FederationClientError as e:
+                    logger.info("Could not fetch %s from %s: %s", event_id, origin, e)
+                    return None
+            pdus = answer.get("pdus") if isinstance(answer, Mapping) else None
+            return pdus[0] if isinstance(pdus, list) and len(pdus) == 1 else None
+
+        found = await asyncio.gather(*(one(e) for e in event_ids[:MAX_GAP_EVENTS]))
+        return [p for p in found if p is not None]
 
     async def fetch_auth_chain(self, origin: str, event: Event) -> None:
         """Fetch the event's auth chain from ``origin``, check it, store it as outliers."""

@@ -26,11 +26,13 @@ from signedjson.key import generate_signing_key
 from signedjson.types import SigningKey
 from yarl import URL
 
+from core.clock import Clock
 from core.crypto.tls import generate_self_signed
 from core.events.hashing import compute_event_id
 from core.events.room_versions import KNOWN_ROOM_VERSIONS
-from federation.container import Federation
+from federation.container import Federation, Served
 from federation.inbound.limits import OriginLimiter
+from federation.inbound.transaction import InboundEdus
 from federation.keys.keyring import Keyring
 from federation.keys.server import signed_key_response
 from federation.routes import devices, events, query
@@ -42,7 +44,7 @@ from homeserver.http.middleware import error_middleware
 from homeserver.services.container import Services, build_services
 from homeserver.services.rooms import CreateRoomRequest
 from homeserver.services.server_visibility import ServerVisibility
-from roomserver.api import NewEvent
+from roomserver.api import FederatedRooms, NewEvent
 from storage import Database
 from tests.conftest import SERVER_NAME, PostgresSchema, make_config, postgres_url
 from tests.helpers.processes import free_port
@@ -150,7 +152,10 @@ class StubFederation:
     """What the routes use of ``Federation``."""
 
     server_name: str
-    services: Services
+    db: Database
+    clock: Clock
+    rooms: FederatedRooms
+    served: Served
     keyring: Keyring
     sender: StubSender
     limits: OriginLimiter = field(default_factory=OriginLimiter)
@@ -229,7 +234,10 @@ async def fed(hs: Services, aiohttp_client: Callable[..., Any]) -> AsyncIterator
     await client.start()
     keyring = Keyring(hs.db.server_keys, client, hs.clock, config.server_name, hs.signing_key,
                       ())
-    stub = StubFederation(config.server_name, hs, keyring, StubSender())
+    served = Served(hs.profiles, hs.rooms, hs.directory, hs.devices, hs.membership,
+                    InboundEdus(hs.typing, hs.receipts, hs.presence, hs.to_device))
+    stub = StubFederation(config.server_name, hs.db, hs.clock, hs.roomserver, served, keyring,
+                          StubSender())
     app = web.Application(middlewares=[error_middleware])
     app[FEDERATION] = cast(Federation, stub)
     for module in (events, query, devices):
