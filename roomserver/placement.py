@@ -28,9 +28,10 @@ class Placer:
 
     def local(self, snapshot: RoomSnapshot, event: Event, new: NewEvent | None, now: int, *,
               relay_except: str | None = None) -> PersistItem:
-        """The write of an event that follows all of the room's forward extremities (built
-        here, or one we asked another server to sign): the current state is the state
-        before it, and it becomes the room's only extremity."""
+        """The write of an event that follows the room's forward extremities (built here, or
+        one we asked another server to sign): the current state is the state before it,
+        and it replaces the extremities it lists (all of them, unless there were more than
+        an event may list)."""
         servers_before = snapshot.servers() if self._federates else set()
         item = self._store.item(event, room_version=snapshot.room_version, now=now,
                                  stream_ordering=self._store.next_stream(),
@@ -51,7 +52,11 @@ class Placer:
             state = dict(snapshot.state)
             state[key] = event.event_id
             self._move_state(snapshot, item, state, after, {event.event_id: event.membership})
-        self._move_head(snapshot, event, item, [event.event_id], item.state_group_after)
+        # Extremities beyond the prev events an event may list stay, for the next to merge.
+        prevs = set(event.prev_event_ids)
+        left = [e for e in snapshot.extremities if e not in prevs and e != event.event_id]
+        self._move_head(snapshot, event, item, [*left, event.event_id],
+                        item.state_group_after)
         self._route(snapshot, event, item, servers_before, relay_except)
         return item
 

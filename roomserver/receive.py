@@ -91,8 +91,12 @@ class ReceivedEvents:
             if soft_failed:
                 item = self._store.outlier_item(event, now)
             else:
-                item = await self._placer.received(snapshot, event, before, now,
-                                                   relay_except=relay_except)
+                try:
+                    item = await self._placer.received(snapshot, event, before, now,
+                                                       relay_except=relay_except)
+                except BaseException:
+                    self._store.forget_events([event.event_id])  # cached for resolving
+                    raise
                 if event.redacts is not None and create is not None:
                     item.redacts, item.redaction_requires = await self.redaction_scope(
                         event, auth_state, create)

@@ -13,6 +13,7 @@ from core.clock import Clock
 from core.events.model import Event
 from core.events.room_versions import RoomVersion
 from roomserver.api import CommitListener, NewEvent, Outcome, RoomHead, StateKey
+from roomserver.extremities import ExtremityMerger
 from roomserver.local import LocalEvents
 from roomserver.placement import Placer
 from roomserver.reads import RoomReads
@@ -34,6 +35,7 @@ class RoomServer:
         forks = ForkState(store)
         placer = Placer(store, forks, server_name, federates=federates)
         self._local = LocalEvents(self._writer, placer, server_name, signing_key)
+        self._merger = ExtremityMerger(self._writer, self._local, clock, server_name)
         self._received = ReceivedEvents(self._writer, placer, forks)
         self._remote = RemoteState(self._writer, placer, self._received)
         self._reads = RoomReads(self._writer, self._received)
@@ -43,10 +45,18 @@ class RoomServer:
 
     async def start(self) -> int:
         """Start the commit loop; returns the last stream position written."""
-        return await self._writer.start()
+        position = await self._writer.start()
+        self._merger.start()
+        return position
 
     async def stop(self) -> None:
+        await self._merger.stop()
         await self._writer.stop()
+
+    async def merge_wide_rooms(self) -> int:
+        """Merge the forward extremities of rooms that forked too wide (done every minute
+        while running; tests call it)."""
+        return await self._merger.merge_wide_rooms()
 
     # -- RoomWriter -------------------------------------------------------------------------
 

@@ -80,6 +80,10 @@ class Writer:
     def cached_snapshot(self, room_id: str) -> RoomSnapshot | None:
         return self._rooms.get(room_id)
 
+    def rooms_wider_than(self, extremities: int) -> list[str]:
+        """Rooms (of those in memory) with more than ``extremities`` forward extremities."""
+        return [r for r, s in self._rooms.items() if len(s.extremities) > extremities]
+
     def is_current(self, snapshot: RoomSnapshot) -> bool:
         """False once a failed write made the snapshot hold lost events."""
         return self._rooms.get(snapshot.room_id) is snapshot

@@ -86,3 +86,29 @@ async def test_a_demotion_beats_the_demoted_users_concurrent_change(hs: Services
     assert await hs.roomserver.state_content(room_id, ("m.room.name", "")) == before
     stored = await hs.db.state.current_state(room_id)
     assert {(e.type, e.state_key): e.event_id for e in stored} == state
+
+
+async def test_a_wide_fork_is_merged_by_a_dummy_event_then_by_the_next_message(
+        hs: Services) -> None:
+    room_id = await _room(hs)
+    # Twelve messages from another server, each built on the same head: twelve branches.
+    branches = [await hs.roomserver.build(room_id, NewEvent(
+        "m.room.message", BOB, {"msgtype": "m.text", "body": f"branch {n}"}))
+        for n in range(12)]
+    for event in branches:
+        assert await hs.roomserver.receive(event) == "accepted"
+    head = await hs.roomserver.room_head(room_id)
+    assert head is not None and set(head.extremities) == {e.event_id for e in branches}
+
+    assert await hs.roomserver.merge_wide_rooms() == 1
+    head = await hs.roomserver.room_head(room_id)
+    assert head is not None and len(head.extremities) == 12 - 10 + 1
+    dummy = (await hs.roomserver.get_events([head.extremities[-1]]))[head.extremities[-1]]
+    assert dummy.type == "org.matrix.dummy_event" and dummy.sender == ALICE
+    assert await hs.roomserver.merge_wide_rooms() == 0  # few enough now
+
+    message = await hs.roomserver.send(room_id, NewEvent(
+        "m.room.message", ALICE, {"msgtype": "m.text", "body": "merged"}))
+    assert set(message.prev_event_ids) == set(head.extremities)
+    head = await hs.roomserver.room_head(room_id)
+    assert head is not None and list(head.extremities) == [message.event_id]
