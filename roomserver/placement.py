@@ -119,13 +119,13 @@ class Placer:
             item.current_state_delta.append((type_, state_key, event_id, membership))
             if type_ == "m.room.member":
                 if membership == "join":
-                    snapshot.joined.add(state_key)
+                    snapshot.join(state_key)
                 else:
-                    snapshot.joined.discard(state_key)
+                    snapshot.leave(state_key)
         for type_, state_key in [k for k in snapshot.state if k not in state]:
             item.current_state_removed.append((type_, state_key))
             if type_ == "m.room.member":
-                snapshot.joined.discard(state_key)
+                snapshot.leave(state_key)
         snapshot.state = state
         snapshot.state_nids = dict(group.nids)
         snapshot.chain = list(group.chain)

@@ -29,9 +29,31 @@ class RoomSnapshot:
     # The state group after each forward extremity (for resolving the state of forks);
     # an extremity missing here is read from the database.
     extremity_groups: dict[str, int | None] = field(default_factory=dict)
+    # Joined members per server, kept with ``joined`` (``join``/``leave``), so routing an
+    # event costs nothing per member.
+    _servers: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for user_id in self.joined:
+            server = user_id.partition(":")[2]
+            self._servers[server] = self._servers.get(server, 0) + 1
+
+    def join(self, user_id: str) -> None:
+        if user_id not in self.joined:
+            self.joined.add(user_id)
+            server = user_id.partition(":")[2]
+            self._servers[server] = self._servers.get(server, 0) + 1
+
+    def leave(self, user_id: str) -> None:
+        if user_id in self.joined:
+            self.joined.discard(user_id)
+            server = user_id.partition(":")[2]
+            left = self._servers.pop(server) - 1
+            if left:
+                self._servers[server] = left
 
     def servers(self) -> set[str]:
-        return {user_id.split(":", 1)[1] for user_id in self.joined}
+        return set(self._servers)
 
     def head(self) -> RoomHead:
         return RoomHead(self.room_id, self.room_version, dict(self.state),
