@@ -189,6 +189,9 @@ class GraphStore:
         item.redacts = None
         item.outlier = True
         item.moves_head = False
+        # Readable at once: the next event of a transaction may cite it among its auth
+        # events before the batch is written (a soft-failed member event, say).
+        self.cache_event(event)
         return item
 
     async def persist_batch(self, items: Sequence[PersistItem]) -> None:

@@ -335,8 +335,11 @@ class PduHandler:
         if not events:
             return []
         room_id = next(iter(events.values())).room_id
+        wanted = {a for e in events.values() for a in e.auth_event_ids if a not in events}
+        if room_version.room_id_is_create_event_hash:  # not among anyone's auth_events
+            wanted.add("$" + room_id[1:])
         accepted: dict[str, Event] = dict(await self._persister.get_events(
-            [a for e in events.values() for a in e.auth_event_ids if a not in events]))
+            [a for a in wanted if a not in events]))
         out: list[Event] = []
         for event in sorted(events.values(), key=lambda e: e.depth):
             if event.room_id != room_id:

@@ -66,13 +66,6 @@ VERSIONS = ["11", "12"]
 # A server that was cut off retries within a second of the heal (the harness default: 5 s).
 FAST_RETRY = {"federation": {"retry_initial_interval": "250ms", "retry_max_interval": "1s"}}
 
-# For the gap test: C does not fetch the state at the edge of a gap longer than
-# /get_missing_events reaches. Only a divergence of state is the expected failure: a harness
-# wait that times out fails.
-NEEDS_STATE_RES = pytest.mark.xfail(
-    reason="state resolution v2 lands with the roomserver (#15): C does not fetch the state "
-           "at the gap (/state_ids)", strict=False,
-    raises=StateDiverged)
 
 
 class Net(FedPair):
@@ -201,12 +194,8 @@ async def test_concurrent_power_level_changes(net: Net, version: str) -> None:
 # soft-failed out of its event cache until its batch commits, so a later PDU of the same
 # transaction checked before that commit, naming it among its auth events, is refused as
 # having unknown ones. A race with the commit: it shows in some runs only.
-SOFT_FAILED_AUTH = pytest.mark.xfail(
-    reason="the next PDUs of a transaction cannot use an event soft-failed in it as an auth "
-           "event (roomserver store: outlier_item is not cached until commit)", strict=False)
 
 
-@SOFT_FAILED_AUTH
 async def test_losing_side_keeps_talking(net: Net) -> None:
     """As in the power level race: B cut off, alice demotes bob (75 to 50) while bob raises
     dave, a few times, talking on B after each change. bob's messages are authorised by his
@@ -379,7 +368,6 @@ GAP = 500
 NAME_AT = 100  # the rename's place in the gap: far before its last 200 events
 
 
-@NEEDS_STATE_RES
 async def test_gap_with_state_change_heals(net: Net) -> None:
     """C is down while alice sends 500 events, the 101st of them renaming the room; A's
     transactions to C are taken by the network and dropped (as a sender that gave up on a
