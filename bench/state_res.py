@@ -4,8 +4,11 @@ side adding ``--branch-events`` events (power levels changes, kicks, topics, joi
 Times ``core.state_res.resolve_state`` over the two state sets, events fetched from a dict
 (no server, no database): the median and the fastest of ``--runs`` runs, per room version
 (v2 for 10 and 11, v2.1 for 12). The auth difference is computed once beforehand with the
-reference walk (``auth_chain_difference``, timed separately: the roomserver takes it from its
-index instead). Prints one JSON line.
+reference walk (``auth_chain_difference``, timed separately), and from the auth chain index the
+roomserver takes it from: the room's events written to a SQLite database (as outliers, through
+``persist_batch``), then ``db.auth_chains.difference`` timed cold (the positions of the 10,000
+common events looked up) and warm (median of ``--runs``), with the statements it ran. Prints
+one JSON line.
 
     python bench/state_res.py [--members 10000] [--branch-events 50] [--runs 7]
                               [--room-version 10 --room-version 12 ...]
@@ -15,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,49 @@ from _common import emit, machine
 from core.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from core.state_res import auth_chain_difference, resolve_state
 from core.state_res.v2 import split_state_sets
-from tests.core.state_dag import fork_room
+from storage import Database
+from storage.stores.events import PersistItem
+from tests.core.state_dag import ForkRoom, fork_room
+
+
+async def _index_figures(room: ForkRoom, want: set[str], runs: int) -> dict[str, Any]:
+    """The auth difference from the index: write the room, then time it cold and warm."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(f"sqlite+aiosqlite:///{tmp}/bench.db", sqlite_synchronous="OFF")
+        await db.open()
+        try:
+            items = [PersistItem(
+                event_id=e.event_id, room_id=e.room_id, pdu_json=json.dumps(dict(e.pdu)),
+                nid=nid, stream_ordering=None, depth=e.depth, type=e.type,
+                state_key=e.state_key, sender=e.sender, origin_server_ts=e.origin_server_ts,
+                received_ts=0, prev_event_ids=e.prev_event_ids,
+                auth_event_ids=e.auth_event_ids, state_group_before=None,
+                state_group_after=None, outlier=True, moves_head=False)
+                for nid, e in enumerate(room.store.events.values(), start=1)]
+            started = time.perf_counter()
+            for start in range(0, len(items), 500):
+                await db.events.persist_batch(items[start:start + 500])
+            write_s = time.perf_counter() - started
+            store = db.auth_chains
+            started = time.perf_counter()
+            cold = await store.difference(room.state_sets)
+            cold_ms = (time.perf_counter() - started) * 1000
+            cold_queries = store.stats.queries
+            timings = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                warm = await store.difference(room.state_sets)
+                timings.append((time.perf_counter() - started) * 1000)
+            assert cold == warm == want, "the index and the walk disagree"
+            return {
+                "auth_difference_index_cold_ms": round(cold_ms, 1),
+                "auth_difference_index_median_ms": round(statistics.median(timings), 1),
+                "index_queries_cold": cold_queries,
+                "index_queries_warm": (store.stats.queries - cold_queries) // runs,
+                "index_write_room_s": round(write_s, 2),
+            }
+        finally:
+            await db.close()
 
 
 async def _bench(room_version: RoomVersion, members: int, branch_events: int,
@@ -59,6 +106,7 @@ async def _bench(room_version: RoomVersion, members: int, branch_events: int,
         "fetches": len(room.store.fetches),
         "events_fetched": sum(len(batch) for batch in room.store.fetches),
         "build_room_s": round(built, 2),
+        **await _index_figures(room, difference, runs),
     }
 
 

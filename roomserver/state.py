@@ -7,8 +7,9 @@ resolved with state resolution v2 (:mod:`core.state_res`) wherever branches meet
 - The room's current state is the resolution of the states after each of its forward
   extremities.
 
-The auth difference that resolution needs is computed by walking the auth chains of the
-conflicted events through the event cache (only as deep as the branches differ).
+The auth difference that resolution needs comes from the auth chain index kept at write time
+(:mod:`storage.stores.auth_chains`); the reference walk through the event cache
+(:func:`core.state_res.auth_chain_difference`) is the fallback when the index cannot answer.
 """
 
 from __future__ import annotations
@@ -88,10 +89,15 @@ class ForkState:
     async def resolve(self, version: RoomVersion, states: Sequence[Mapping[StateKey, str]]
                       ) -> dict[StateKey, str]:
         fetch = self._store.get_events
-        difference = await auth_chain_difference(states, fetch)
+        # From the auth chain index; events it does not hold yet (queued, not committed) are
+        # walked through the event cache down to indexed ones. None: walk it all.
+        difference = await self._store.db.auth_chains.difference(states, fetch)
+        walked = difference is None
+        if difference is None:
+            difference = await auth_chain_difference(states, fetch)
         resolved = await resolve_state(version, states, difference, fetch)
-        logger.debug("Resolved %d state sets (%d in the auth difference)", len(states),
-                     len(difference))
+        logger.debug("Resolved %d state sets (%d in the auth difference%s)", len(states),
+                     len(difference), ", walked" if walked else "")
         return resolved
 
     async def _groups_after(self, snapshot: RoomSnapshot, event_ids: Sequence[str]

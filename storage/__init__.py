@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from storage.engine import DatabaseEngine
 from storage.stores.account_data import AccountDataStore
+from storage.stores.auth_chains import AuthChainStore
 from storage.stores.auth_sessions import NonceStore, RegistrationTokenStore, UiAuthStore
 from storage.stores.devices import DeviceStore
 from storage.stores.events import EventStore
@@ -39,6 +40,7 @@ class Database:
         self.registration_tokens = RegistrationTokenStore(self.engine)
         self.nonces = NonceStore(self.engine)
         self.events = EventStore(self.engine)
+        self.auth_chains = AuthChainStore(self.engine)
         self.state = StateStore(self.engine)
         self.rooms = RoomStore(self.engine)
         self.account_data = AccountDataStore(self.engine)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, inspect, select, text
 
-from storage import schema, search_index
+from storage import auth_chain_index, schema, search_index
 from storage.search_text import INDEXED
 
 Migration = Callable[[Connection], None]
@@ -61,7 +61,16 @@ def _v4_federation(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE redactions ADD COLUMN requires_server TEXT"))
 
 
-MIGRATIONS: list[Migration] = [_v2_receipts_and_presence, _v3_history, _v4_federation]
+def _v5_auth_chain_index(conn: Connection) -> None:
+    for table in (schema.auth_chain_positions, schema.auth_chain_links,
+                  schema.auth_chain_pending, schema.auth_chain_missing):
+        table.create(conn, checkfirst=True)
+    # Index the state events stored so far (events whose auth events are not stored wait).
+    auth_chain_index.rebuild(conn)
+
+
+MIGRATIONS: list[Migration] = [_v2_receipts_and_presence, _v3_history, _v4_federation,
+                               _v5_auth_chain_index]
 LATEST = 1 + len(MIGRATIONS)
 
 

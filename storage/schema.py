@@ -411,3 +411,53 @@ device_inbox = Table(
     Column("received_ts", BigInteger, nullable=False),
     Index("device_inbox_device", "user_id", "device_id", "stream_id"),
 )
+
+# -- the auth chain cover index (version 5): storage/auth_chain_index.py ---------------------
+# Every stored state event whose auth events are all indexed has a place on a chain: events of
+# one chain are each in the auth chain of the next (an event follows its auth event of the same
+# type and state key when that one is the chain's last). Links join chains: from
+# (origin_chain, origin_seq) the events up to (target_chain, target_seq) are reachable, and so
+# is everything those reach. Rows are facts about the auth DAG (event IDs are content hashes):
+# they are written once and never change.
+
+auth_chain_positions = Table(
+    "auth_chain_positions",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("chain_id", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Index("auth_chain_positions_chain", "chain_id", "seq", unique=True),
+)
+
+auth_chain_links = Table(
+    "auth_chain_links",
+    metadata,
+    Column("origin_chain", BigInteger, nullable=False),
+    Column("origin_seq", BigInteger, nullable=False),
+    Column("target_chain", BigInteger, nullable=False),
+    Column("target_seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("origin_chain", "origin_seq", "target_chain"),
+    Index("auth_chain_links_target", "target_chain", "target_seq"),
+)
+
+# Stored state events not indexed yet, because some of their auth events are not (not stored
+# here, or waiting themselves); `auth_events` is their JSON list. Each is indexed in the write
+# that indexes the last of its `auth_chain_missing` events.
+auth_chain_pending = Table(
+    "auth_chain_pending",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("room_id", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("state_key", Text, nullable=False),
+    Column("auth_events", Text, nullable=False),
+)
+
+auth_chain_missing = Table(
+    "auth_chain_missing",
+    metadata,
+    Column("event_id", Text, nullable=False),  # a pending event
+    Column("missing_id", Text, nullable=False),  # one of its auth events without a place
+    PrimaryKeyConstraint("event_id", "missing_id"),
+    Index("auth_chain_missing_missing", "missing_id"),
+)

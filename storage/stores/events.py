@@ -15,7 +15,7 @@ from typing import Any
 from cachetools import LRUCache
 from sqlalchemy import Connection, and_, bindparam, delete, func, select, tuple_, update
 
-from storage import search_index
+from storage import auth_chain_index, search_index
 from storage.dialect import greatest, insert
 from storage.engine import DatabaseEngine
 from storage.schema import (
@@ -295,6 +295,7 @@ class EventStore:
             conn.execute(update(events).where(events.c.event_id == bindparam("e")).values(
                 stream_ordering=bindparam("s"), outlier=False,
                 state_group_before=bindparam("b"), state_group_after=bindparam("a")), placed)
+        auth_chain_index.add(conn, new)
         edges = [dict(event_id=i.event_id, prev_event_id=p) for i in new
                  for p in i.prev_event_ids]
         if edges:
