@@ -17,7 +17,6 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -156,9 +155,8 @@ async def test_no_server_is_tried_after_the_time_bound(caplog: pytest.LogCapture
                                                        ) -> None:
     clock = _Clock()
     client = _SilentServers(clock)
-    services = SimpleNamespace(config=SimpleNamespace(server_name="hs.test"),
-                               signing_key=None, clock=clock)
-    remote = RemoteRoomsClient(services, client, None)  # type: ignore[arg-type]
+    remote = RemoteRoomsClient(None, client, None, clock, "hs.test",  # type: ignore[arg-type]
+                               None)  # type: ignore[arg-type]
     servers = [f"s{i}.test" for i in range(MAX_SERVERS_TRIED)]
     with caplog.at_level(logging.DEBUG, logger="federation.remote_rooms"), \
             pytest.raises(NotFound):
