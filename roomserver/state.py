@@ -62,7 +62,7 @@ class ForkState:
         if len(known) == 1 and not given:
             return await self.at_group(snapshot, known[0])
         states = [*[(await self.at_group(snapshot, g)).state for g in known], *given]
-        unique = list({tuple(sorted(s.items())): s for s in states}.values())
+        unique = _distinct(states)
         if len(unique) == 1:
             return StateAt(dict(unique[0]), None)
         return StateAt(await self.resolve(snapshot.room_version, unique), None)
@@ -81,7 +81,7 @@ class ForkState:
                                                 if e in known]
         for group in dict.fromkeys(g for g in groups.values() if g is not None):
             states.append((await self.at_group(snapshot, group)).state)
-        unique = list({tuple(sorted(s.items())): s for s in states}.values())
+        unique = _distinct(states)
         if len(unique) == 1:
             return dict(unique[0])
         return await self.resolve(snapshot.room_version, unique)
@@ -132,3 +132,12 @@ class ForkState:
         if new is not None:
             item.new_state_groups.append(new)
         return group
+
+
+def _distinct(states: Sequence[Mapping[StateKey, str]]) -> list[Mapping[StateKey, str]]:
+    """The different states among ``states`` (compared as maps: no sorting of big ones)."""
+    out: list[Mapping[StateKey, str]] = []
+    for state in states:
+        if not any(state is seen or state == seen for seen in out):
+            out.append(state)
+    return out
