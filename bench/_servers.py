@@ -162,11 +162,17 @@ class FedBenchServer:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def cpu_seconds(self) -> float:
+        user, system = self.cpu_split()
+        return round(user + system, 2)
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the process so far, all threads."""
         try:
             fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            return 0.0
-        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+            return 0.0, 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
     async def register(self, session: aiohttp.ClientSession, username: str) -> dict[str, Any]:
         async with session.get(f"{self.base}/_synapse/admin/v1/register") as resp:

@@ -14,12 +14,18 @@ gets a read receipt 0.2-1.5 s later (``--receipts all``: every message in every 
 Every user changes presence (online/unavailable) about once a minute. After ``--warmup``
 seconds, ``--seconds`` are measured:
 
-* each server's CPU time per message sent (server CPU seconds in the window / messages sent
-  in the window, all users counted: every message reaches both servers), and per request its
-  clients made;
+* ``cpu_ms_per_message``, the issue's figure (#13: "the busier server spent 204 ms of CPU
+  per message sent ... for 5.6 messages a second", 5.6/s being the whole workload's rate):
+  the CPU seconds (user + system, all threads) of the busier of the two server processes in
+  the measured window, divided by the messages sent in that window by all users of both
+  servers (every message reaches both servers: each room has members on both). Per server
+  also: the same (``cpu_ms_per_message``), per message its own users sent
+  (``cpu_ms_per_own_message``, about twice as much), and per request its clients made;
 * delivery latency, from the start of the send request to a receiver's sync holding the
   message, split into receivers on the sender's server and on the other server;
-* messages lost (sent but not received by a member by the end, after a 10 s drain).
+* messages lost (sent but not received by a member by the end, after a 10 s drain);
+* the sync responses the clients received in the window (long polls and SSE messages), by
+  what they carried: timeline events, or only ephemeral events and presence.
 
 ``--typing off`` leaves typing notices out (the same workload otherwise), for comparison.
 Prints one JSON line. Every loop is bounded by the run time.
@@ -38,6 +44,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +95,9 @@ class Soak:
         self.errors = 0
         self.stop_at = 0.0
         self.tasks: set[asyncio.Task[None]] = set()
+        # Sync responses in the measured window: per connection kind, and by what they
+        # carry (with timeline events, or the ephemeral types and presence alone).
+        self.responses: Counter[str] = Counter()
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -95,6 +105,7 @@ class Soak:
         """Records the bench messages in a sync body; returns (room, event) to acknowledge:
         the newest of each room (``--receipts all``) or of the room on screen."""
         acks = []
+        self._count_response(user, body)
         for room_id, room in (body.get("rooms", {}).get("join") or {}).items():
             last = None
             for event in (room.get("timeline") or {}).get("events") or []:
@@ -110,6 +121,23 @@ class Soak:
                 if self.args.receipts == "all" or room_id == user.focus:
                     acks.append((room_id, last))
         return acks
+
+    def _count_response(self, user: User, body: dict[str, Any]) -> None:
+        """Counts the sync responses of the measured window by what they carry."""
+        if not self.measuring or time.monotonic() >= self.stop_at:
+            return
+        rooms = (body.get("rooms") or {}).get("join") or {}
+        kinds = {"timeline" if (room.get("timeline") or {}).get("events") else None
+                 for room in rooms.values()}
+        for room in rooms.values():
+            for event in (room.get("ephemeral") or {}).get("events") or []:
+                kinds.add(event.get("type"))
+        if (body.get("presence") or {}).get("events"):
+            kinds.add("m.presence")
+        kinds.discard(None)
+        self.responses["sse" if user.sse else "long_poll"] += 1
+        self.responses["with_events" if "timeline" in kinds else
+                       "+".join(sorted(kinds)) if kinds else "empty"] += 1
 
     async def _ack(self, user: User, acks: list[tuple[str, str]]) -> None:
         await asyncio.sleep(random.uniform(0.2, 1.5))
@@ -167,12 +195,15 @@ class Soak:
         await asyncio.sleep(random.uniform(0, self.args.max_gap))
         n = 0
         while time.monotonic() < self.stop_at - 5:
+            # One message every min-gap..max-gap seconds, typing included (the issue's "a
+            # message every 5-15 s"), not a gap after the typing and the send.
+            next_turn = time.monotonic() + random.uniform(self.args.min_gap, self.args.max_gap)
             room_id = random.choice(user.rooms)
             if self.args.typing == "on":
                 await self._try(user.call("PUT", f"/rooms/{q(room_id)}/typing/"
                                                  f"{q(user.user_id)}",
                                           {"typing": True, "timeout": 30000}))
-            await asyncio.sleep(random.uniform(1, 3))
+            await asyncio.sleep(random.uniform(1, min(3, self.args.min_gap)))
             bench_id = f"{index}-{n}"
             n += 1
             start = time.perf_counter()
@@ -186,7 +217,7 @@ class Soak:
             if self.args.typing == "on":
                 await self._try(user.call("PUT", f"/rooms/{q(room_id)}/typing/"
                                                  f"{q(user.user_id)}", {"typing": False}))
-            await asyncio.sleep(random.uniform(self.args.min_gap, self.args.max_gap))
+            await asyncio.sleep(max(0.0, next_turn - time.monotonic()))
 
     async def _look_around(self, user: User) -> None:
         """Now and then the user opens another of their rooms, and reads it."""
@@ -221,12 +252,15 @@ class Soak:
         await asyncio.sleep(args.warmup)
         self.measuring = True
         cpu_before = [s.cpu_seconds() for s in servers]
+        system_before = [s.cpu_split()[1] for s in servers]
         samplers = [s.sample(self.stop_at - time.monotonic()) for s in servers]
         requests_before = {s.label: self._requests(s.label) for s in servers}
         first_measured = len(self.sent)
         await asyncio.sleep(max(0.0, self.stop_at - time.monotonic()))
         cpu = [round(s.cpu_seconds() - before, 2) for s, before in zip(servers, cpu_before,
                                                                       strict=True)]
+        system = [round(s.cpu_split()[1] - before, 2) for s, before in zip(
+            servers, system_before, strict=True)]
         requests = {s.label: self._requests(s.label) - requests_before[s.label]
                     for s in servers}
         measured = set(list(self.sent)[first_measured:])
@@ -253,17 +287,24 @@ class Soak:
                 else:
                     other.append(latency)
         messages = max(1, self.window_sent)
+        own = {s.label: sum(1 for bench_id in measured if self.sent[bench_id][1] == s.label)
+               for s in servers}
         return {
             "messages": self.window_sent,
             "messages_per_s": round(self.window_sent / args.seconds, 2),
+            "cpu_ms_per_message": round(max(cpu) * 1000 / messages, 1),
             "servers": {s.label: {
                 "cpu_seconds": cpu[i],
+                "cpu_system_seconds": system[i],
                 "cpu_ms_per_message": round(cpu[i] * 1000 / messages, 1),
+                "messages_sent_here": own[s.label],
+                "cpu_ms_per_own_message": round(cpu[i] * 1000 / max(1, own[s.label]), 1),
                 "client_requests": requests[s.label],
                 "cpu_ms_per_request": round(cpu[i] * 1000 / max(1, requests[s.label]), 2),
                 "peak_rss_mib": s.peak_rss_mib()} for i, s in enumerate(servers)},
             "delivery_same_server": {**percentiles(same), "count": len(same)},
             "delivery_other_server": {**percentiles(other), "count": len(other)},
+            "sync_responses": dict(self.responses.most_common()),
             "lost_deliveries": lost,
             "client_errors": self.errors,
         }
