@@ -305,7 +305,9 @@ class PresenceService:
             await self._store.put_many([
                 PresenceRow(u, p.state, p.status_msg, p.last_active_ts, p.position)
                 for u, p in dirty.items()])
-        except Exception:
+        except (Exception, asyncio.CancelledError):
+            # Failed, or cancelled half-way (``stop`` cancels the flusher, then flushes
+            # what is dirty): written again with the next flush.
             for user_id, presence in dirty.items():
                 self._dirty.setdefault(user_id, presence)
             raise
