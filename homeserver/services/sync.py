@@ -1,11 +1,14 @@
 """/sync (https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3sync) and the SSE
 stream's turns: when to answer. The response itself is built in ``sync_response``.
 
-A request whose ``since`` is behind gets its response at once; one that is up to date waits on
-the notifier for its user and rooms and is answered the moment something is committed for it.
-Typing, receipts and presence alone are gathered for half a second on a device that just had
-a response, and while the server is behind (waiters run late after their wake-up) a device's
-responses are held to 75 ms apart, so a busy room reaches each connection in batches.
+What came after a request's ``since`` is first looked at in memory (``_news``): when none of
+it is for this request (other rooms' events, other users' typing, what its filter leaves out)
+nothing is built and the request waits on the notifier for its user and rooms, to be answered
+the moment something for it is committed. Events are answered at once. Typing, receipts and
+presence alone are gathered for half a second on a device that just had a response, whether
+they came before the request or while it waited; and while the server is behind (waiters run
+late after their wake-up) a device's responses are held to 75 ms apart, so a busy room reaches
+each connection in batches.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ from storage.stores.state import StateStore
 from storage.stores.sync import SyncStore
 
 __all__ = ["SyncService", "SyncToken", "empty_response", "is_empty"]
+
+# What may be new for a sync (``SyncService._news``).
+NOTHING, EPHEMERAL, EVENTS = 0, 1, 2
 
 
 class SyncService:
@@ -99,73 +105,132 @@ class SyncService:
         since_token = SyncToken.parse(since) if since else None
         deadline = time.monotonic() + timeout_ms / 1000
         device = (user_id, device_id)
-        if since_token is not None and self.busy:
-            # Behind: what came since this device's last response waits for the interval.
-            await self._pace(device, deadline, until)
         now = self.current_token()
-        if since_token is not None:
-            since_token = since_token.at_most(now)
-        if since_token == now and not full_state:
-            # Nothing at all happened since the client's last response (a long poll's next
-            # request, an SSE stream's next turn): straight to waiting, once what the token
-            # acknowledges is done with.
-            if device_id is not None:
-                await self._to_device.acknowledge(user_id, device_id, now.to_device)
-            response = empty_response(now)
-            rooms, presence_rooms = self._sources.followed(
-                await self._members.memberships(user_id), sync_filter)
-        else:
+        response: dict[str, Any] | None = None
+        if since_token is None or full_state:
             response, rooms, presence_rooms = await self._build(
                 user_id, device_id, since_token, now, full_state, sync_filter, complete)
-        while since_token is not None and is_empty(response):
-            # Wait for something new; what wakes us may turn out to be nothing for this
-            # request (its filter), so wait again until the timeout. Something committed while
-            # the response was being built is looked at at once (no await between the check
-            # and the waiter's registration, so nothing slips in between).
-            reached = SyncToken.parse(response["next_batch"])
-            if reached.events < now.events:
-                # A complete response stopped short of `now` with nothing for this user: go
-                # on from there at once.
-                since_token = reached
-            elif (remaining := deadline - time.monotonic()) <= 0:
-                break
-            elif self.current_token() == now:
+            if since_token is None:
+                return response
+            since_token = since_token.at_most(now)
+            checked = now
+        else:
+            since_token = checked = since_token.at_most(now)
+            rooms, presence_rooms = self._sources.followed(
+                await self._members.memberships(user_id), sync_filter)
+        # Nothing up to `checked` is new for this request (the client's token, or what the
+        # last build covered and found empty): only what comes after it is looked at.
+        acknowledged = response is not None
+        while response is None or is_empty(response):
+            if response is not None:
+                reached = SyncToken.parse(response["next_batch"])
+                if reached.events < checked.events:
+                    # A complete response stopped short of `checked` with nothing for this
+                    # user: go on from there at once.
+                    since_token = checked = reached
+                    response = None
+                    continue
+                if time.monotonic() >= deadline:
+                    break
+            now = self.current_token()
+            news = NOTHING if now == checked else await self._news(
+                user_id, checked, now, rooms, presence_rooms, sync_filter)
+            if news == NOTHING:
+                # Nothing for this request (what moved was other rooms', other users', or
+                # what its filter leaves out): nothing to build; wait from here.
+                checked = now
+                if not acknowledged and device_id is not None:
+                    # What the token acknowledges is done with (to-device messages).
+                    await self._to_device.acknowledge(user_id, device_id,
+                                                      since_token.to_device)
+                    acknowledged = True
+                    continue  # that took an await: look again before waiting
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    response = empty_response(checked)
+                    break
+                if self.current_token() != now:
+                    continue  # something came while `_news` looked (it may await)
+                # No await between the look above and the waiter's registration, so nothing
+                # committed meanwhile slips by.
                 woken = await self._notifier.wait(user_id, rooms, remaining, presence_rooms,
                                                   until)
                 if woken is None:
-                    break
+                    response = empty_response(checked)
+                    break  # timed out, or the client left
                 self._lag += (time.monotonic() - woken - self._lag) * self.LAG_WEIGHT
-                if self.busy:
-                    await self._pace(device, deadline, until)
-                elif not self._has_news(now):
-                    await self._gather_ephemeral(user_id, device, rooms, presence_rooms, now,
-                                                 deadline, until)
+                response = None
+                continue
+            if news == EPHEMERAL:
+                # Typing, receipts or presence alone: a device that just had a response gets
+                # them together when the interval is over (or with the next event).
+                await self._gather_ephemeral(user_id, device, rooms, presence_rooms, checked,
+                                             deadline, until)
+            elif self.busy:
+                # Behind: what came since this device's last response waits for the
+                # interval, so a busy room reaches it in batches.
+                await self._pace(device, deadline, until)
             now = self.current_token()
             response, rooms, presence_rooms = await self._build(
                 user_id, device_id, since_token, now, full_state, sync_filter, complete)
-        if since_token is not None and not is_empty(response):
+            checked = now
+            acknowledged = True
+        if not is_empty(response):
             self._last_sent[device] = time.monotonic()
         return response
 
-    def _has_news(self, since: SyncToken) -> bool:
-        """Whether more than ephemeral data (typing, receipts, presence) came after ``since``:
-        events, account data or to-device messages."""
-        now = self.current_token()
-        return (now.events, now.account_data, now.to_device) != \
-            (since.events, since.account_data, since.to_device)
+    def _event_news(self, user_id: str, since: SyncToken, now: SyncToken, rooms: list[str]
+                    ) -> bool:
+        """Whether events, account data or to-device messages for this user may have come
+        in ``(since, now]``: their rooms' events, member events about them (joins, invites,
+        leaves anywhere), their account data."""
+        if now.events != since.events and (
+                self._notifier.membership_changed_since(user_id, since.events)
+                or any(self._notifier.room_changed_since(r, since.events) for r in rooms)):
+            return True
+        return now.to_device != since.to_device or (
+            now.account_data != since.account_data
+            and self._notifier.account_data_changed_since(user_id, since.account_data))
+
+    async def _news(self, user_id: str, since: SyncToken, now: SyncToken, rooms: list[str],
+                    presence_rooms: list[str], sync_filter: SyncFilter) -> int:
+        """What may be new for a sync of this user and filter in ``(since, now]``: EVENTS
+        (anything but the kinds below), EPHEMERAL (only typing, receipts or presence), or
+        NOTHING. From memory; never NOTHING when a response would carry something (a wrong
+        guess the other way only costs a build that turns out empty)."""
+        if self._event_news(user_id, since, now, rooms):
+            return EVENTS
+        ephemeral = sync_filter.ephemeral
+        if now.typing != since.typing and ephemeral.allows_type("m.typing") and \
+                self._typing.rooms_changed_since(rooms, since.typing):
+            return EPHEMERAL
+        if now.receipts != since.receipts and ephemeral.allows_type("m.receipt") and \
+                self._receipts.rooms_changed_since(user_id, rooms, since.receipts):
+            return EPHEMERAL
+        if now.presence != since.presence and self._presence.enabled and \
+                sync_filter.presence.allows_type("m.presence"):
+            mine = await self._members.joined_rooms(user_id)
+            for other in self._presence.changed_since(since.presence):
+                if other == user_id or not mine.isdisjoint(
+                        await self._members.joined_rooms(other)):
+                    return EPHEMERAL
+        return NOTHING
 
     async def _gather_ephemeral(self, user_id: str, device: tuple[str, str | None],
-                                rooms: list[str], presence_rooms: list[str], now: SyncToken,
-                                deadline: float, until: asyncio.Future[None] | None) -> None:
-        """Woken by typing, receipts or presence only: a device that had a response less
+                                rooms: list[str], presence_rooms: list[str],
+                                checked: SyncToken, deadline: float,
+                                until: asyncio.Future[None] | None) -> None:
+        """Typing, receipts or presence alone are new: a device that had a response less
         than EPHEMERAL_INTERVAL_S ago gets the next one when that interval is over, with
         whatever else of the kind came meanwhile (a room's readers' receipts, typing that
-        starts and stops), unless an event comes first. A quiet device is answered at once."""
+        starts and stops), unless an event for it comes first. A quiet device is answered
+        at once."""
         last = self._last_sent.get(device)
         if last is None:
             return
         hold_until = min(last + self.EPHEMERAL_INTERVAL_S, deadline)
-        while (left := hold_until - time.monotonic()) > 0 and not self._has_news(now):
+        while (left := hold_until - time.monotonic()) > 0 and not self._event_news(
+                user_id, checked, self.current_token(), rooms):
             if await self._notifier.wait(user_id, rooms, left, presence_rooms, until) is None:
                 return  # the interval is over, or the client left
 

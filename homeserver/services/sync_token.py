@@ -9,6 +9,8 @@ from typing import Any
 from core.errors import InvalidParam
 
 _TOKEN_RE = re.compile(r"^s(\d+)(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?$")
+_PARSED_TOKENS = 4096
+_parsed: dict[str, SyncToken] = {}
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 500
 MAX_HEROES = 5
@@ -31,10 +33,17 @@ class SyncToken:
 
     @classmethod
     def parse(cls, text: str) -> SyncToken:
-        match = _TOKEN_RE.match(text)
-        if match is None:
-            raise InvalidParam("Invalid 'since' token")
-        return cls(*(int(g or 0) for g in match.groups()))
+        # Every member woken by an event asks again with the same next_batch: parse it once.
+        token = _parsed.get(text)
+        if token is None:
+            match = _TOKEN_RE.match(text)
+            if match is None:
+                raise InvalidParam("Invalid 'since' token")
+            token = cls(*(int(g or 0) for g in match.groups()))
+            if len(_parsed) >= _PARSED_TOKENS:
+                _parsed.clear()
+            _parsed[text] = token
+        return token
 
     def at_most(self, other: SyncToken) -> SyncToken:
         """Each position no further than ``other``'s (a token from the future, say from a
