@@ -10,6 +10,7 @@ owner. ``m.fully_read`` is the user's room account data. Receipts never move bac
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from homeserver.services.account_data import AccountDataService
 from homeserver.services.changes import ChangeLog
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
+from homeserver.services.typing import RoomWakes
 from storage.stores.events import EventStore
 from storage.stores.receipts import NewReceipt, Receipt, ReceiptStore
 
@@ -58,6 +60,14 @@ class _RecentReceipts:
             if self._latest.get(old_key) is old:
                 del self._latest[old_key]
 
+    def holds(self, new: NewReceipt) -> bool:
+        """Whether the latest stored receipt of the same room, type, user and thread is known
+        to be at or past ``new``'s event (it would change nothing: receipts never go back)."""
+        latest = self._latest.get((new.room_id, new.receipt_type, new.user_id,
+                                   new.thread_id))
+        return latest is not None and latest.event_stream_ordering >= \
+            new.event_stream_ordering
+
     def between(self, room_ids: set[str], after: int, up_to: int) -> list[Receipt]:
         """The rooms' receipts in ``(after, up_to]`` (``after`` at or above the floor)."""
         out = []
@@ -74,6 +84,12 @@ class _RecentReceipts:
 
 class ReceiptService:
     READ_POSITION_USERS = 10_000
+    # Receipts that come less than this after the writer's last commit wait for the interval
+    # to end and share one commit: a message's readers' receipts come in a burst, and each
+    # commit costs as much as the receipts in it. A receipt after a quiet spell is written
+    # at once. (They reach other devices at most every half second anyway, see
+    # ``SyncService.EPHEMERAL_INTERVAL_S``.)
+    COMMIT_INTERVAL_S = 0.1
 
     def __init__(self, store: ReceiptStore, events: EventStore, members: MembershipCache,
                  account_data: AccountDataService, notifier: Notifier, clock: Clock) -> None:
@@ -90,6 +106,9 @@ class ReceiptService:
         # User -> room -> stream ordering of the latest event they have read (unread counts).
         self._read: LRUCache[str, dict[str, int]] = LRUCache(self.READ_POSITION_USERS)
         self._writes = 0
+        self._wakes = RoomWakes.for_notifier(notifier)
+        # When the writer's last commit ended (monotonic).
+        self._last_commit = 0.0
         # Receipts waiting for the writer (whoever comes while it writes joins its next
         # transaction), with whether a user of this server sent each.
         self._waiting: list[tuple[NewReceipt, bool, asyncio.Future[None]]] = []
@@ -171,6 +190,7 @@ class ReceiptService:
         """Store receipts (with whether each is a local user's), sharing a transaction with
         whatever else is waiting (a burst of readers costs one commit, not one each); returns
         once they are committed."""
+        receipts = [(r, local) for r, local in receipts if not self._recent.holds(r)]
         if not receipts:
             return
         loop = asyncio.get_running_loop()
@@ -185,6 +205,9 @@ class ReceiptService:
 
     async def _write_waiting(self) -> None:
         while self._waiting:
+            wait = self._last_commit + self.COMMIT_INTERVAL_S - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)  # gather what comes meanwhile
             batch, self._waiting = self._waiting, []
             try:
                 stored = await self._store.put_many([r for r, _, _ in batch])
@@ -192,6 +215,8 @@ class ReceiptService:
                 for _, _, future in batch:
                     future.set_exception(e)
                 continue
+            finally:
+                self._last_commit = time.monotonic()
             self._committed(stored, [local for _, local, _ in batch])
             for _, _, future in batch:
                 future.set_result(None)
@@ -219,8 +244,10 @@ class ReceiptService:
             else:
                 self._rooms.mark(receipt.room_id, receipt.stream_id)
                 rooms.add(receipt.room_id)
-        if rooms or users:
-            self._notifier.wake(room_ids=rooms, user_ids=users)
+        if rooms:
+            self._wakes.wake(rooms)
+        if users:
+            self._notifier.wake(user_ids=users)  # private receipts: their owner, at once
 
     async def read_positions(self, user_id: str, room_ids: Sequence[str]) -> dict[str, int]:
         """Room -> stream ordering of the latest event the user has read there."""

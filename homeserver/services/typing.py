@@ -1,12 +1,17 @@
 """Who is typing in each room: in memory only, each change a position in the typing stream.
 
 Positions start at the clock's milliseconds at start-up, so they keep increasing across
-restarts and a client's token never points past what this process will count."""
+restarts and a client's token never points past what this process will count.
+
+Typing and receipts wake a room's syncs through ``RoomWakes``: at once after a quiet spell,
+together while they come in a burst."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+import weakref
+from collections.abc import Callable, Iterable
 
 from core.clock import Clock
 from core.errors import Forbidden
@@ -18,6 +23,68 @@ DEFAULT_TIMEOUT_MS = 30_000
 MAX_TIMEOUT_MS = 120_000
 
 
+class RoomWakes:
+    """Wakes the syncs that follow a room for its typing and receipts, at most once per
+    ``INTERVAL_S``: the first change after a quiet interval wakes them at once, the changes
+    that follow within the interval wake them together when it is over. A message brings a
+    burst (its readers' receipts, the sender's typing ending, the next one's starting), and
+    each change would wake every member's sync, most of which would only go back to waiting
+    (a device that had a response in the last half second is held anyway, see
+    ``SyncService.EPHEMERAL_INTERVAL_S``). Events wake syncs directly, never through here.
+
+    One per notifier (``for_notifier``), shared by typing and receipts."""
+
+    INTERVAL_S = 0.5
+    # Rooms whose last wake is remembered (older ones count as quiet; pruned beyond this).
+    ROOMS = 10_000
+
+    _shared: weakref.WeakKeyDictionary[Notifier, RoomWakes] = weakref.WeakKeyDictionary()
+
+    def __init__(self, notifier: Notifier) -> None:
+        self._notifier = notifier
+        self._woken_at: dict[str, float] = {}  # room -> when its syncs were last woken
+        self._due: dict[str, asyncio.TimerHandle] = {}  # rooms waiting for their interval
+
+    @classmethod
+    def for_notifier(cls, notifier: Notifier) -> RoomWakes:
+        wakes = cls._shared.get(notifier)
+        if wakes is None:
+            wakes = cls._shared[notifier] = cls(notifier)
+        return wakes
+
+    def wake(self, room_ids: Iterable[str]) -> None:
+        now = time.monotonic()
+        at_once = []
+        for room_id in room_ids:
+            if room_id in self._due:
+                continue  # already coming with the interval's end
+            last = self._woken_at.get(room_id)
+            if last is None or now - last >= self.INTERVAL_S:
+                self._woken_at[room_id] = now
+                at_once.append(room_id)
+            else:
+                self._due[room_id] = asyncio.get_running_loop().call_later(
+                    last + self.INTERVAL_S - now, self._wake_due, room_id)
+        if len(self._woken_at) > self.ROOMS:
+            self._woken_at = {r: t for r, t in self._woken_at.items()
+                              if now - t < self.INTERVAL_S}
+        if at_once:
+            self._notifier.wake(room_ids=at_once)
+
+    def _wake_due(self, room_id: str) -> None:
+        del self._due[room_id]
+        self._woken_at[room_id] = time.monotonic()
+        self._notifier.wake(room_ids=[room_id])
+
+    def cancel(self) -> None:
+        """Shutting down: the pending wakes go now."""
+        due, self._due = self._due, {}
+        for handle in due.values():
+            handle.cancel()
+        if due:
+            self._notifier.wake(room_ids=list(due))
+
+
 class TypingService:
     def __init__(self, notifier: Notifier, members: MembershipCache, clock: Clock) -> None:
         self._notifier = notifier
@@ -27,6 +94,7 @@ class TypingService:
         # Room -> user -> the timer that ends their typing.
         self._typing: dict[str, dict[str, asyncio.TimerHandle]] = {}
         self._changes = ChangeLog(self._position)
+        self._wakes = RoomWakes.for_notifier(notifier)
         notifier.on_left.append(self._left)
         # Told (room, user, typing) when a user of this server starts or stops typing, so
         # other servers in the room hear of it.
@@ -71,6 +139,7 @@ class TypingService:
             self.local_listener(room_id, user_id, typing)
 
     def stop_all(self) -> None:
+        self._wakes.cancel()
         for users in self._typing.values():
             for handle in users.values():
                 handle.cancel()
@@ -94,4 +163,4 @@ class TypingService:
     def _changed(self, room_id: str) -> None:
         self._position += 1
         self._changes.mark(room_id, self._position)
-        self._notifier.wake(room_ids=[room_id])
+        self._wakes.wake([room_id])

@@ -1,7 +1,8 @@
 """What a sync costs when little of what happens is for it: a long poll or SSE turn behind only
 by other rooms' events, or by typing and receipts while its device just had a response, builds
-nothing and is not answered early; presence written behind survives a cancelled write (what
-stopping the server does)."""
+nothing and is not answered early; typing and receipts wake a room's syncs at most once per
+interval; a burst of receipts shares commits; a receipt that changes nothing is not written;
+presence written behind survives a cancelled write (what stopping the server does)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,20 @@ from aiohttp.test_utils import TestClient
 from homeserver.appkeys import SERVICES
 from homeserver.config import PresenceConfig
 from homeserver.services.presence import PresenceService
+from homeserver.services.receipts import ReceiptService
 from homeserver.services.sync import SyncService
+from homeserver.services.typing import RoomWakes
 from tests.client_api.test_receipts_typing import (
     poll,
     read,
+    receipts,
     shared_room,
     typing_off,
     typing_on,
     typing_users,
 )
 from tests.client_api.test_sync import joined, sync, timeline_ids
-from tests.helpers.room_api import User, send_text
+from tests.helpers.room_api import User, new_user, send_text
 
 
 @pytest.fixture
@@ -138,7 +142,7 @@ async def test_a_quiet_device_gets_typing_already_there_at_once(
     assert typing_users(body, room_id) == [alice.user_id]
 
 
-# -- presence written behind -------------------------------------------------------------------
+# -- a room's typing and receipts wake its syncs once per interval --------------------------------
 
 class _Notifier:
     def __init__(self) -> None:
@@ -148,6 +152,115 @@ class _Notifier:
              presence_of_rooms: Iterable[str] = ()) -> None:
         self.woken.append((time.monotonic(), list(room_ids)))
 
+
+async def test_room_wakes_come_at_once_after_a_quiet_interval_then_together() -> None:
+    notifier = _Notifier()
+    wakes = RoomWakes(notifier)  # type: ignore[arg-type]
+    wakes.INTERVAL_S = 0.2
+    started = time.monotonic()
+    wakes.wake(["!a"])
+    assert [rooms for _, rooms in notifier.woken] == [["!a"]]  # at once
+    wakes.wake(["!a"])
+    wakes.wake(["!a", "!b"])  # another room is not held by the first
+    wakes.wake(["!a"])
+    assert [rooms for _, rooms in notifier.woken] == [["!a"], ["!b"]]
+    await asyncio.sleep(0.3)
+    # The three changes of !a within the interval wake its syncs once, when it is over.
+    assert [rooms for _, rooms in notifier.woken] == [["!a"], ["!b"], ["!a"]]
+    assert notifier.woken[2][0] - started >= 0.19
+    await asyncio.sleep(0.25)
+    wakes.wake(["!b"])  # quiet for longer than the interval: at once again
+    assert [rooms for _, rooms in notifier.woken][-1] == ["!b"]
+    wakes.wake(["!b"])
+    wakes.cancel()  # shutting down: what was due goes now
+    assert [rooms for _, rooms in notifier.woken][-1] == ["!b"]
+    assert len(notifier.woken) == 5
+
+
+async def test_receipts_that_follow_one_within_the_interval_come_together(
+        client: TestClient, alice: User, bob: User, carol: User, dave: User,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quiet room's first receipt reaches a waiting sync at once; the ones that follow it
+    within the interval reach it in one response, not one each."""
+    monkeypatch.setattr(RoomWakes, "INTERVAL_S", 1.0)
+    room_id = await shared_room(client, alice, bob, carol, dave)
+    event_id = await send_text(client, alice, room_id, "read me")
+    since = (await sync(client, dave))["next_batch"]
+    await asyncio.sleep(1.1)  # the room's last wake (the event's own) is an interval ago
+    task = await poll(client, dave, since)
+    await read(client, carol, room_id, event_id)
+    took, body = await task
+    assert took < 0.6
+    assert set(receipts(body, room_id)[event_id]["m.read"]) == {carol.user_id}
+    task = await poll(client, dave, body["next_batch"])
+    await read(client, alice, room_id, event_id)
+    await read(client, bob, room_id, event_id)
+    _, body = await task
+    assert set(receipts(body, room_id)[event_id]["m.read"]) == {alice.user_id, bob.user_id}
+
+
+@pytest.fixture
+async def dave(client: TestClient) -> User:
+    return await new_user(client, "dave")
+
+
+# -- receipts share commits; a receipt that changes nothing is not written -------------------------
+
+def count_writes(receipt_service: ReceiptService, monkeypatch: pytest.MonkeyPatch
+                 ) -> list[int]:
+    """The number of receipts of each write from now on."""
+    writes: list[int] = []
+    store = receipt_service._store
+    original = store.put_many
+
+    async def counted(new: Any) -> Any:
+        writes.append(len(new))
+        return await original(new)
+
+    monkeypatch.setattr(store, "put_many", counted)
+    return writes
+
+
+async def test_a_burst_of_receipts_shares_commits(
+        client: TestClient, alice: User, bob: User, carol: User, dave: User,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    service = client.app[SERVICES].receipts
+    monkeypatch.setattr(service, "COMMIT_INTERVAL_S", 0.3)
+    room_id = await shared_room(client, alice, bob, carol, dave)
+    first = await send_text(client, alice, room_id, "one")
+    second = await send_text(client, alice, room_id, "two")
+    writes = count_writes(service, monkeypatch)
+    started = time.monotonic()
+    await read(client, bob, room_id, first)  # after a quiet spell: written at once
+    assert writes == [1]
+    # The burst that follows waits for the interval, and shares commits.
+    await asyncio.gather(*(read(client, u, room_id, second) for u in (alice, bob, carol, dave)))
+    assert time.monotonic() - started >= 0.25
+    assert sum(writes) == 5 and max(writes[1:]) >= 2, writes
+    body = await sync(client, carol)
+    assert set(receipts(body, room_id)[second]["m.read"]) == {
+        alice.user_id, bob.user_id, carol.user_id, dave.user_id}
+
+
+async def test_a_receipt_that_changes_nothing_is_not_written(
+        client: TestClient, alice: User, bob: User, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = client.app[SERVICES].receipts
+    room_id = await shared_room(client, alice, bob)
+    older = await send_text(client, alice, room_id, "older")
+    newer = await send_text(client, alice, room_id, "newer")
+    await read(client, bob, room_id, newer)
+    writes = count_writes(service, monkeypatch)
+    since = (await sync(client, alice))["next_batch"]
+    await read(client, bob, room_id, newer)  # again
+    await read(client, bob, room_id, older)  # receipts never go back
+    assert writes == []
+    body = await sync(client, alice, since=since, timeout_ms=200)
+    assert room_id not in body["rooms"]["join"]
+    await read(client, bob, room_id, newer, receipt_type="m.read.private")  # another kind
+    assert writes == [1]
+
+
+# -- presence written behind -----------------------------------------------------------------------
 
 class _SlowPresenceStore:
     position = 0
