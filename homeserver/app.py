@@ -6,6 +6,7 @@ The only module (with ``cli``) that imports both ``client_api`` and ``federation
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import ssl
@@ -124,6 +125,16 @@ def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | N
                                       served)
 
 
+def _freeze_start_up_objects() -> None:
+    """Leave what start-up built (modules, routes, configuration, the services: about 110,000
+    objects) out of the garbage collector's full collections, which otherwise walk it all on
+    every pass: a pause of tens of milliseconds, a hundred on a busy machine, in the middle of
+    whatever request was running. Those objects live as long as the process anyway; what is
+    created later is collected as before."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(config: HomeserverConfig) -> None:
     """Run until SIGTERM or SIGINT, then finish in-flight requests and close the database."""
     if config.registration.enabled and not config.registration.require_token:
@@ -141,6 +152,7 @@ async def serve(config: HomeserverConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runners: list[web.AppRunner] = []
+    _freeze_start_up_objects()  # before the first request: a full collection takes a while
     try:
         for listener in config.listeners:
             runners.append(await _start_listener(services, listener, federation))
