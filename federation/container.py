@@ -57,7 +57,7 @@ class Outbound:
     def ports(self) -> FederationPorts:
         return FederationPorts(rooms=self.remote, directory=self.directory,
                                to_device=self.sender.queue_to_device,
-                               backfill=self.backfiller.backfill)
+                               backfill=self.backfiller.backfill, edus=self.sender)
 
 
 def build_outbound(config: HomeserverConfig, db: Database, clock: Clock,
@@ -108,8 +108,7 @@ class Federation:
 
     async def start(self) -> None:
         await self.client.start()
-        edus = self.served.edus
-        await self.sender.start(edus.typing, edus.receipts, edus.presence)
+        await self.sender.start()
         self._cleanup = asyncio.create_task(self._forget_old_transactions())
 
     async def _forget_old_transactions(self) -> None:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -27,9 +27,6 @@ from federation.transport.client import (
     FederationRequestError,
 )
 from homeserver.config import HomeserverConfig
-from homeserver.services.presence import PresenceService
-from homeserver.services.receipts import ReceiptService
-from homeserver.services.typing import TypingService
 from roomserver.api import CommittedBatch, FederatedRooms
 from storage.stores.federation import Backoff, FederationStore
 from storage.stores.state import StateStore
@@ -191,7 +188,6 @@ class FederationSender:
         # Local receipts waiting to be queued: room -> receipt type -> user -> receipt.
         self._receipts: dict[str, dict[str, dict[str, Any]]] = {}
         self._receipts_flush: asyncio.Task[None] | None = None
-        self._presence: PresenceService | None = None
 
     def now_ms(self) -> int:
         return self._clock.time_ms()
@@ -200,13 +196,8 @@ class FederationSender:
         self._txn_counter += 1
         return f"{self._txn_prefix}.{self._txn_counter}"
 
-    async def start(self, typing: TypingService, receipts: ReceiptService,
-                    presence: PresenceService) -> None:
+    async def start(self) -> None:
         self._backoffs = await self.store.backoffs()
-        self._presence = presence
-        typing.local_listener = self._typing_changed
-        receipts.local_listener = self._receipt_sent
-        presence.local_listener = self._presence_changed
         self.wake(await self.store.destinations_with_pending())
 
     async def stop(self) -> None:
@@ -287,7 +278,9 @@ class FederationSender:
         servers.discard(self.server_name)
         return servers
 
-    def _typing_changed(self, room_id: str, user_id: str, typing: bool) -> None:
+    # LocalEdus: what this server's users do, for the servers that share a room with them.
+
+    def typing_changed(self, room_id: str, user_id: str, typing: bool) -> None:
         async def send() -> None:
             edu = {"edu_type": "m.typing",
                    "content": {"room_id": room_id, "user_id": user_id, "typing": typing}}
@@ -296,7 +289,7 @@ class FederationSender:
 
         self._spawn(send())
 
-    def _presence_changed(self, user_id: str) -> None:
+    def presence_changed(self, user_id: str, content: Mapping[str, Any]) -> None:
         if not user_id.endswith(":" + self.server_name):
             return  # another server's user (timed out here): their server speaks for them
         async def send() -> None:
@@ -304,9 +297,6 @@ class FederationSender:
             servers = await self._servers_in_rooms(rooms)
             if not servers:
                 return
-            if self._presence is None:
-                return
-            content = self._presence.content(user_id)
             push = {"user_id": user_id, "presence": content.get("presence", "offline"),
                     "last_active_ago": content.get("last_active_ago", 0),
                     "currently_active": bool(content.get("currently_active", False))}
@@ -318,7 +308,7 @@ class FederationSender:
 
         self._spawn(send())
 
-    def _receipt_sent(self, room_id: str, user_id: str, receipt_type: str, event_id: str,
+    def receipt_sent(self, room_id: str, user_id: str, receipt_type: str, event_id: str,
                       thread_id: str, ts: int) -> None:
         """A local user's public receipt: queued durably for the room's other servers, with
         the others that come within ``RECEIPT_GATHER_S`` (one ``m.receipt`` EDU per room, one

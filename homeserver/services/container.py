@@ -161,10 +161,12 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     visibility = VisibilityService(db.state, db.events, cleared)
     account_data = AccountDataService(db.account_data, notifier)
     members = MembershipCache(db.sync, notifier)
-    typing = TypingService(notifier, members, clock)
-    receipts = ReceiptService(db.receipts, db.events, members, account_data, notifier, clock)
+    edus = remote.edus if remote is not None else None
+    typing = TypingService(notifier, members, clock, edus)
+    receipts = ReceiptService(db.receipts, db.events, members, account_data, notifier, clock,
+                              edus)
     presence = PresenceService(db.presence, notifier, members, clock, config.presence,
-                               config.server_name)
+                               config.server_name, edus)
     to_device = ToDeviceService(db.to_device, notifier, clock, config.server_name,
                                 remote_queue=remote.to_device if remote is not None else None)
     messages = MessageService(db.events, db.state, visibility, serializer, db.rooms, clock,

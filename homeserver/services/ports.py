@@ -59,6 +59,20 @@ Backfill = Callable[[str], Awaitable[bool]]
 """Fetches a room's history from before anything here; whether anything new came."""
 
 
+class LocalEdus(Protocol):
+    """Told what this server's users do that other servers sharing a room with them hear
+    of: typing, public read receipts and presence (sent as EDUs)."""
+
+    def typing_changed(self, room_id: str, user_id: str, typing: bool) -> None: ...
+
+    def receipt_sent(self, room_id: str, user_id: str, receipt_type: str, event_id: str,
+                     thread_id: str, ts: int) -> None: ...
+
+    def presence_changed(self, user_id: str, content: Mapping[str, Any]) -> None:
+        """``content``: the user's ``m.presence`` content as of the change."""
+        ...
+
+
 @dataclass(frozen=True)
 class FederationPorts:
     """What the services ask of other servers, built by federation before the services."""
@@ -67,3 +81,4 @@ class FederationPorts:
     directory: RemoteDirectory
     to_device: RemoteQueue
     backfill: Backfill
+    edus: LocalEdus

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from core.errors import InvalidParam
 from homeserver.config import PresenceConfig
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
+from homeserver.services.ports import LocalEdus
 from storage.stores.presence import PresenceRow, PresenceStore
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class UserPresence:
 
 class PresenceService:
     def __init__(self, store: PresenceStore, notifier: Notifier, members: MembershipCache,
-                 clock: Clock, config: PresenceConfig, server_name: str = "") -> None:
+                 clock: Clock, config: PresenceConfig, server_name: str = "",
+                 edus: LocalEdus | None = None) -> None:
         self._store = store
         self._local_suffix = ":" + server_name
         self._notifier = notifier
@@ -67,9 +69,8 @@ class PresenceService:
         self._dirty: dict[str, UserPresence] = {}
         self._flush_wanted = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
-        # Told the user ID whenever a user of this server changes presence (other servers
-        # that share a room with them hear of it).
-        self.local_listener: Callable[[str], None] | None = None
+        # Told whenever a user changes presence (None: no federation).
+        self._edus = edus
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -231,8 +232,8 @@ class PresenceService:
                 offline.cancel()
         rooms = await self._members.joined_rooms(user_id)
         self._notifier.wake(presence_of_rooms=rooms, user_ids=[user_id])
-        if self.local_listener is not None:
-            self.local_listener(user_id)
+        if self._edus is not None:
+            self._edus.presence_changed(user_id, self.content(user_id))
 
     async def set_remote(self, user_id: str, state: str, status_msg: str | None,
                          last_active_ago: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from cachetools import LRUCache
@@ -23,6 +23,7 @@ from homeserver.services.account_data import AccountDataService
 from homeserver.services.changes import ChangeLog
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
+from homeserver.services.ports import LocalEdus
 from homeserver.services.typing import RoomWakes
 from storage.stores.events import EventStore
 from storage.stores.receipts import NewReceipt, Receipt, ReceiptStore
@@ -92,7 +93,8 @@ class ReceiptService:
     COMMIT_INTERVAL_S = 0.1
 
     def __init__(self, store: ReceiptStore, events: EventStore, members: MembershipCache,
-                 account_data: AccountDataService, notifier: Notifier, clock: Clock) -> None:
+                 account_data: AccountDataService, notifier: Notifier, clock: Clock,
+                 edus: LocalEdus | None = None) -> None:
         self._store = store
         self._events = events
         self._members = members
@@ -113,9 +115,8 @@ class ReceiptService:
         # transaction), with whether a user of this server sent each.
         self._waiting: list[tuple[NewReceipt, bool, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
-        # Told (room, user, receipt type, event ID, thread ID, ts) of each new public receipt
-        # of a user of this server, so other servers in the room get it.
-        self.local_listener: Callable[[str, str, str, str, str, int], None] | None = None
+        # Told each new public receipt of a user of this server (None: no federation).
+        self._edus = edus
 
     def start(self) -> None:
         self._rooms.reset(self._store.position)
@@ -230,8 +231,8 @@ class ReceiptService:
                 continue  # not newer than the receipt already there
             self._writes += 1
             self._recent.add(receipt)
-            if is_local and receipt.receipt_type == "m.read" and self.local_listener:
-                self.local_listener(receipt.room_id, receipt.user_id, receipt.receipt_type,
+            if is_local and receipt.receipt_type == "m.read" and self._edus is not None:
+                self._edus.receipt_sent(receipt.room_id, receipt.user_id, receipt.receipt_type,
                                     receipt.event_id, receipt.thread_id, receipt.ts)
             if receipt.receipt_type in READ_TYPES and receipt.thread_id in ("", "main"):
                 read = self._read.get(receipt.user_id)

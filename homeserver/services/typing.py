@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from core.clock import Clock
 from core.errors import Forbidden
 from homeserver.services.changes import ChangeLog
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
+from homeserver.services.ports import LocalEdus
 
 DEFAULT_TIMEOUT_MS = 30_000
 MAX_TIMEOUT_MS = 120_000
@@ -86,7 +87,8 @@ class RoomWakes:
 
 
 class TypingService:
-    def __init__(self, notifier: Notifier, members: MembershipCache, clock: Clock) -> None:
+    def __init__(self, notifier: Notifier, members: MembershipCache, clock: Clock,
+                 edus: LocalEdus | None = None) -> None:
         self._notifier = notifier
         self._members = members
         self._clock = clock
@@ -96,9 +98,8 @@ class TypingService:
         self._changes = ChangeLog(self._position)
         self._wakes = RoomWakes.for_notifier(notifier)
         notifier.on_left.append(self._left)
-        # Told (room, user, typing) when a user of this server starts or stops typing, so
-        # other servers in the room hear of it.
-        self.local_listener: Callable[[str, str, bool], None] | None = None
+        # Told when a user of this server starts or stops typing (None: no federation).
+        self._edus = edus
 
     @property
     def position(self) -> int:
@@ -135,8 +136,8 @@ class TypingService:
         # A renewal (typing again while typing) changes nothing a client sees.
         if (previous is None) if typing else (previous is not None):
             self._changed(room_id)
-        if local and self.local_listener is not None:
-            self.local_listener(room_id, user_id, typing)
+        if local and self._edus is not None:
+            self._edus.typing_changed(room_id, user_id, typing)
 
     def stop_all(self) -> None:
         self._wakes.cancel()
