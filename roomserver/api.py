@@ -9,7 +9,7 @@ the roomserver's own classes, and never its tables.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -150,10 +150,9 @@ class RoomWriter(Protocol):
         invite); it passes the same checks as any received event."""
         ...
 
-    async def remove_room(self, room_id: str, delete: Callable[[], Awaitable[T]]) -> T: ...
-
-    def forget_events(self, event_ids: Iterable[str]) -> None:
-        """Deleted events (a purge) leave the caches."""
+    async def remove_room(self, room_id: str, delete: Callable[[], Awaitable[T]]) -> T:
+        """Run ``delete`` once the room's queued events are written, nothing new built
+        meanwhile; the roomserver forgets what it cached of the room."""
         ...
 
 
@@ -185,6 +184,29 @@ class RemoteEventWriter(Protocol):
 
     async def backfill_queued(self, event: Event, position: int, state_group: int | None
                               ) -> asyncio.Future[None] | None: ...
+
+
+class EventErasure(Protocol):
+    """Rewriting and deleting stored events: erasing redacted content, dropping the content of
+    history nobody can see, purging. The roomserver writes the event tables and drops what
+    it and storage have cached of the events; the caller forgets what it cached itself."""
+
+    async def erase_redacted_content(self, pruned: Mapping[str, str]) -> None:
+        """Store redacted events in their pruned form (event ID -> canonical JSON) and mark
+        their redactions done."""
+        ...
+
+    async def drop_history_content(self, room_id: str, pruned: Mapping[str, str],
+                                   up_to: tuple[int, int]) -> None:
+        """Store events of the room in their pruned form (event ID -> canonical JSON), take
+        them out of the search index, and move the room's dropped point to ``up_to`` (depth,
+        stream ordering)."""
+        ...
+
+    async def purge_events(self, nids_and_ids: Sequence[tuple[int, str]]) -> None:
+        """Delete events (``(nid, event ID)``) with their edges, redaction records and search
+        entries (a history purge)."""
+        ...
 
 
 class LocalRooms(RoomReader, RoomWriter, Protocol):

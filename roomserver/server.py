@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from signedjson.types import SigningKey
@@ -30,7 +30,7 @@ T = TypeVar("T")
 class RoomServer:
     def __init__(self, db: Database, clock: Clock, server_name: str,
                  signing_key: SigningKey, *, federates: bool = True) -> None:
-        store = GraphStore(db)
+        store = self._store = GraphStore(db)
         self._writer = Writer(store, clock)
         forks = ForkState(store)
         placer = Placer(store, forks, server_name, federates=federates)
@@ -81,8 +81,17 @@ class RoomServer:
     async def remove_room(self, room_id: str, delete: Callable[[], Awaitable[T]]) -> T:
         return await self._writer.remove_room(room_id, delete)
 
-    def forget_events(self, event_ids: Iterable[str]) -> None:
-        self._writer.store.forget_events(event_ids)
+    # -- EventErasure -----------------------------------------------------------------------
+
+    async def erase_redacted_content(self, pruned: Mapping[str, str]) -> None:
+        await self._store.erase_redacted(pruned)
+
+    async def drop_history_content(self, room_id: str, pruned: Mapping[str, str],
+                                   up_to: tuple[int, int]) -> None:
+        await self._store.drop_content(room_id, pruned, up_to)
+
+    async def purge_events(self, nids_and_ids: Sequence[tuple[int, str]]) -> None:
+        await self._store.delete_events(nids_and_ids)
 
     # -- RemoteEventWriter ------------------------------------------------------------------
 

@@ -1,5 +1,7 @@
 """The roomserver's store: the only writer of the event, edge, state-group, state-key,
-current-state and room-head tables.
+current-state and room-head tables. Stored events are rewritten (redacted content erased,
+unseen history's content dropped) and deleted (purges) here too, so that the cache forgets
+them as they change.
 
 It allocates their row IDs in memory (the writer is the one process that writes them), plans
 each new state group's layers, turns an authorized event into the write that stores it, loads
@@ -42,6 +44,9 @@ class GraphStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._events: OrderedDict[str, Event] = OrderedDict()
+        # Bumped by every forgetting: a load that overlapped one does not cache what it read
+        # (it may be what was just erased).
+        self._evictions = 0
         self._nids = IdAllocator(events_table.c.nid)
         self._stream = IdAllocator(events_table.c.stream_ordering)
         # History backfilled from other servers comes before everything: negative positions.
@@ -68,9 +73,12 @@ class GraphStore:
         out = {e: self._events[e] for e in wanted if e in self._events}
         missing = [e for e in wanted if e not in out]
         if missing:
+            evictions = self._evictions
             for event_id, stored in (await self.db.events.get_events(missing)).items():
                 if stored.rejected_reason is None:
-                    out[event_id] = self.cache_event(event_from_stored(stored))
+                    event = event_from_stored(stored)
+                    out[event_id] = self.cache_event(event) \
+                        if evictions == self._evictions else event
         return out
 
     def cached(self, event_id: str) -> bool:
@@ -83,10 +91,12 @@ class GraphStore:
         return event
 
     def forget_events(self, event_ids: Iterable[str]) -> None:
+        self._evictions += 1
         for event_id in event_ids:
             self._events.pop(event_id, None)
 
     def forget_room_events(self, room_id: str) -> None:
+        self._evictions += 1
         for event_id in [e for e, ev in self._events.items() if ev.room_id == room_id]:
             del self._events[event_id]
 
@@ -196,6 +206,28 @@ class GraphStore:
 
     async def persist_batch(self, items: Sequence[PersistItem]) -> None:
         await self.db.events.persist_batch(items)
+
+    # -- rewriting and deleting stored events (``api.EventErasure``) -----------------------
+
+    async def erase_redacted(self, pruned: Mapping[str, str]) -> None:
+        """Store redacted events in their pruned form and mark their redactions done."""
+        await self.db.events.erase_redacted(dict(pruned))
+        self.forget_events(pruned)
+
+    async def drop_content(self, room_id: str, pruned: Mapping[str, str],
+                           up_to: tuple[int, int]) -> None:
+        """Store history nobody can see in its pruned form, out of the search index, and
+        move the room's dropped point to ``up_to``."""
+        await self.db.events.drop_content(room_id, dict(pruned), up_to)
+        self.forget_events(pruned)
+
+    async def delete_events(self, nids_and_ids: Sequence[tuple[int, str]]) -> None:
+        """Delete events (``(nid, event ID)``) with their edges, redaction records and
+        search entries (a history purge)."""
+        await self.db.purge.delete_events(nids_and_ids)
+        event_ids = [e for _, e in nids_and_ids]
+        self.db.events.forget_cached(event_ids)
+        self.forget_events(event_ids)
 
     # -- loading ----------------------------------------------------------------------------
 

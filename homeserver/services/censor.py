@@ -19,6 +19,7 @@ from core.events.redaction import redact
 from core.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.services.notifier import Notifier
 from homeserver.services.serialize import EventSerializer
+from roomserver.api import EventErasure
 from storage.stores.events import EventStore
 
 logger = logging.getLogger(__name__)
@@ -34,9 +35,10 @@ def pruned_json(raw: str, version_id: str) -> str | None:
 
 
 class RedactionCensor:
-    def __init__(self, events: EventStore, serializer: EventSerializer, notifier: Notifier,
-                 clock: Clock, retention_ms: int | None) -> None:
+    def __init__(self, events: EventStore, erasure: EventErasure, serializer: EventSerializer,
+                 notifier: Notifier, clock: Clock, retention_ms: int | None) -> None:
         self._events = events
+        self._erasure = erasure
         self._serializer = serializer
         self._clock = clock
         self.retention_ms = retention_ms
@@ -64,7 +66,7 @@ class RedactionCensor:
                     pruned[event_id] = erased_json
             if not pruned:
                 return erased
-            await self._events.erase_redacted(pruned)
+            await self._erasure.erase_redacted_content(pruned)
             self._serializer.forget(pruned)
             erased += len(pruned)
 

@@ -19,7 +19,7 @@ from core.errors import Forbidden, NotFound
 from homeserver.services.censor import pruned_json
 from homeserver.services.membership import MembershipService
 from homeserver.services.serialize import EventSerializer
-from roomserver.api import LocalRooms
+from roomserver.api import EventErasure
 from storage.stores.events import EventStore
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
@@ -65,14 +65,14 @@ def hidden(point: Position | None, depth: int, stream_ordering: int | None) -> b
 class HistoryService:
     def __init__(self, cleared: ClearedHistory, events: EventStore, state: StateStore,
                  rooms: RoomStore, membership: MembershipService, serializer: EventSerializer,
-                 persister: LocalRooms, clock: Clock, server_name: str) -> None:
+                 erasure: EventErasure, clock: Clock, server_name: str) -> None:
         self._cleared = cleared
         self._events = events
         self._state = state
         self._rooms = rooms
         self._membership = membership
         self._serializer = serializer
-        self._persister = persister
+        self._erasure = erasure
         self._clock = clock
         self._local = ":" + server_name
 
@@ -170,7 +170,6 @@ class HistoryService:
                 erased = pruned_json(raw, info[0])
                 if erased is not None and erased != raw:
                     pruned[event_id] = erased
-            await self._events.drop_content(room_id, pruned, last)
+            await self._erasure.drop_history_content(room_id, pruned, last)
             self._serializer.forget(pruned)
-            self._persister.forget_events(pruned)
             dropped += len(pruned)

@@ -25,7 +25,7 @@ from homeserver.services.membership import MembershipService
 from homeserver.services.notifier import Notifier
 from homeserver.services.rooms import CreateRoomRequest, RoomService
 from homeserver.services.serialize import EventSerializer
-from roomserver.api import LocalRooms, NewEvent
+from roomserver.api import EventErasure, LocalRooms, NewEvent
 from storage.stores.events import EventStore
 from storage.stores.purge import PurgePoint, PurgeStore
 from storage.stores.rooms import RoomStore
@@ -83,7 +83,7 @@ class DeleteRoomRequest:
 class PurgeService:
     def __init__(self, store: PurgeStore, events: EventStore, state: StateStore,
                  rooms: RoomStore, users: UserStore, persister: LocalRooms,
-                 room_service: RoomService, membership: MembershipService,
+                 erasure: EventErasure, room_service: RoomService, membership: MembershipService,
                  members: MembershipCache, serializer: EventSerializer, notifier: Notifier,
                  clock: Clock, server_name: str, retention: RetentionConfig) -> None:
         self._store = store
@@ -92,6 +92,7 @@ class PurgeService:
         self._rooms = rooms
         self._users = users
         self._persister = persister
+        self._erasure = erasure
         self._room_service = room_service
         self._membership = membership
         self._members = members
@@ -113,16 +114,16 @@ class PurgeService:
         doomed = await self._store.history_to_purge(room_id, point, local_suffix=local)
         if not doomed:
             return 0
-        await self._store.delete_events(doomed)
+        await self._erasure.purge_events(doomed)
         self._forget({e for _, e in doomed}, room_id)
         await self._store.reclaim_space()
         logger.info("Purged %d events from %s", len(doomed), room_id)
         return len(doomed)
 
     def _forget(self, event_ids: set[str], room_id: str) -> None:
-        self._events.forget_cached(event_ids)
+        """Deleted events leave the services' caches (the roomserver forgets its own, and
+        storage's)."""
         self._serializer.forget(event_ids)
-        self._persister.forget_events(event_ids)
         self._notifier.recent.discard(room_id, event_ids)
 
     async def purge_point(self, room_id: str, *, event_id: str | None, ts: int | None
@@ -256,6 +257,8 @@ class PurgeService:
         with_membership = [e.state_key for e in member_events]
         deleted = await self._persister.remove_room(
             room_id, lambda: self._store.delete_room(room_id))
+        # (remove_room forgot the roomserver's cached events of the room)
+        self._events.forget_cached(deleted)
         self._forget(set(deleted), room_id)
         self._members.invalidate(with_membership)
         await self._store.reclaim_space()

@@ -66,6 +66,30 @@ class TestErasedAtOnce:
         # The room still works.
         await send_text(client, alice, room_id, "after")
 
+    async def test_erased_state_leaves_the_roomservers_cache(
+            self, client: TestClient, services: Services, alice: User) -> None:
+        """The roomserver caches the events it builds: what reads rooms through it (the
+        public room directory, send_join's state, invite state, the outbound federation
+        queue) must not go on showing content the censor erased from storage."""
+        room_id = await create_room(client, alice, visibility="public", name="Garden",
+                                    topic=SECRET)
+        status, body = await api(client, "GET", "/publicRooms")
+        assert status == 200 and body["chunk"][0]["topic"] == SECRET, body
+        topic_id = (await services.roomserver.current_state(room_id) or {})[
+            ("m.room.topic", "")]
+        await redact(client, alice, room_id, topic_id)
+        for _ in range(100):
+            raw, done = await stored(services, topic_id)
+            if done:
+                break
+            await asyncio.sleep(0.02)
+        assert done and SECRET not in raw
+        status, body = await api(client, "GET", "/publicRooms")
+        assert status == 200, body
+        assert SECRET not in str(body)
+        [event] = (await services.roomserver.get_events([topic_id])).values()
+        assert SECRET not in str(event.pdu)
+
 
 async def test_content_is_kept_for_the_period_then_erased(
         client: TestClient, services: Services, alice: User, bob: User) -> None:
