@@ -17,8 +17,7 @@ from roomserver.placement import Placer
 from roomserver.receive import ReceivedEvents
 from roomserver.snapshot import RoomSnapshot
 from roomserver.writer import Writer
-from storage.state_layers import Layer, pack_pairs
-from storage.stores.events import NewStateGroup, PersistItem
+from storage.stores.events import PersistItem
 
 
 class RemoteState:
@@ -52,8 +51,8 @@ class RemoteState:
         create = next((e for e in state if e.state_tuple == ("m.room.create", "")), None)
         if create is None:
             raise MatrixError("The room's state has no create event", status=502)
-        keys = [e.state_tuple for e in state if e.state_tuple is not None]
-        await self._store.db.state.key_nids(keys)  # keys other rooms interned
+        await self._store.load_key_nids([e.state_tuple for e in state
+                                         if e.state_tuple is not None])
         futures = []
         async with self._writer.lock(room_id):
             existing = await self._writer.snapshot(room_id)
@@ -65,7 +64,7 @@ class RemoteState:
                     outliers[event.event_id] = self._store.outlier_item(event, now)
             nids = {e: i.nid for e, i in outliers.items()}
             stored_ids = [e.event_id for e in state if e.event_id not in nids]
-            nids.update(await self._store.db.state.nids_for_events(stored_ids))
+            nids.update(await self._store.event_nids(stored_ids))
             new_keys: list[tuple[int, str, str]] = []
             state_map: dict[StateKey, str] = {}
             state_nids: dict[int, int] = {}
@@ -80,16 +79,14 @@ class RemoteState:
                 delta.append((key[0], key[1], event.event_id, event.membership))
                 if event.membership == "join" and event.state_key:
                     joined.add(event.state_key)
-            group = self._store.new_group_id()
-            base = Layer(group, None, frozenset(state_nids.items()), frozenset())
-            self._store.db.state.remember_layer(base, dict(state_nids))
+            base, new_group = self._store.whole_group(state_nids, room_id)
+            group = base.group_id
             snapshot = RoomSnapshot(room_id, version, state_map, state_nids, group, [base],
                                     list(join.prev_event_ids), max(join.depth - 1, 0), joined,
                                     {e: group for e in join.prev_event_ids})
             item = self._placer.local(snapshot, join, None, now)
             item.new_state_keys[:0] = new_keys
-            item.new_state_groups.insert(0, NewStateGroup(group, room_id, None,
-                                                          pack_pairs(base.added), b""))
+            item.new_state_groups.insert(0, new_group)
             item.state_group_before = group
             item.current_state_delta[:0] = delta
             item.destinations = []  # the resident server sends our join to the others
@@ -149,18 +146,14 @@ class RemoteState:
         async with self._writer.lock(event.room_id):
             if self._writer.queued(event.event_id) is not None:
                 return None
-            stored = (await self._store.db.events.get_events([event.event_id])
-                      ).get(event.event_id)
+            stored = await self._store.stored_event(event.event_id)
             if stored is not None and (not stored.outlier or stored.rejected_reason):
                 return None
             create = await self._received.auth_against_auth_events(event)
-            nid = (await self._store.db.events.nids_for_events([event.event_id])
-                   )[event.event_id] if stored is not None else None
+            nid = await self._store.stored_nid(event.event_id) if stored is not None else None
             item = self._store.item(event, room_version=event.room_version,
                                     now=self._writer.clock.time_ms(), stream_ordering=position,
                                     group_before=state_group, group_after=state_group, nid=nid)
-            if nid is not None:
-                self._store.db.state.remember_event_nid(nid, event.event_id)
             item.redacts = None
             item.moves_head = False
             item.was_outlier = stored is not None

@@ -84,6 +84,10 @@ class GraphStore:
     def cached(self, event_id: str) -> bool:
         return event_id in self._events
 
+    async def stored_event(self, event_id: str) -> StoredEvent | None:
+        """The event as stored (outliers and rejected events too), bypassing the cache."""
+        return (await self.db.events.get_events([event_id])).get(event_id)
+
     def cache_event(self, event: Event) -> Event:
         self._events[event.event_id] = event
         if len(self._events) > _EVENT_CACHE_SIZE:
@@ -122,9 +126,22 @@ class GraphStore:
         self.db.state.remember_event_nid(nid, event_id)
         return nid
 
+    async def stored_nid(self, event_id: str) -> int | None:
+        """The nid of a stored event (an outlier taking its place in the timeline keeps
+        it), remembered for the state maps."""
+        return (await self.event_nids([event_id])).get(event_id)
+
+    async def event_nids(self, event_ids: Iterable[str]) -> dict[str, int]:
+        """Stored events' nids (unknown ones left out), remembered for the state maps."""
+        return await self.db.state.nids_for_events(event_ids)
+
+    async def load_key_nids(self, keys: Iterable[StateKey]) -> None:
+        """Load the nids of the keys other rooms interned already (before ``key_nid``)."""
+        await self.db.state.key_nids(keys)
+
     def key_nid(self, key: StateKey, new_keys: list[tuple[int, str, str]]) -> int:
         """The key's nid, interning it if new (and listing it in ``new_keys`` while its row
-        is not committed). Call ``db.state.key_nids`` first for keys other rooms interned."""
+        is not committed). Call ``load_key_nids`` first for keys other rooms interned."""
         nid = self.db.state.cached_key_nid(key)
         if nid is None:
             nid = self._key_nids.next()
@@ -137,7 +154,7 @@ class GraphStore:
     async def state_nids(self, state: Mapping[StateKey, str],
                          new_keys: list[tuple[int, str, str]]) -> dict[int, int]:
         """A state map in nids (its events are stored or queued)."""
-        await self.db.state.key_nids(list(state))
+        await self.load_key_nids(list(state))
         event_nids = await self.db.state.nids_for_events(
             [e for e in state.values() if self.db.state.cached_event_nid(e) is None])
         out: dict[int, int] = {}
@@ -164,6 +181,15 @@ class GraphStore:
         self.db.state.remember_layer(layer, dict(nids))
         return Group(group_id, dict(nids), chain), NewStateGroup(
             group_id, room_id, plan.parent_id, pack_pairs(plan.added), pack_pairs(plan.removed))
+
+    def whole_group(self, nids: Mapping[int, int], room_id: str
+                    ) -> tuple[Layer, NewStateGroup]:
+        """A new state group of ``nids`` stored whole, one layer with no parent (the state a
+        remote join brought), remembered at once; written with the item that carries the
+        returned ``NewStateGroup``."""
+        layer = Layer(self.new_group_id(), None, frozenset(nids.items()), frozenset())
+        self.db.state.remember_layer(layer, dict(nids))
+        return layer, NewStateGroup(layer.group_id, room_id, None, pack_pairs(layer.added), b"")
 
     async def group(self, group_id: int | None) -> Group:
         if group_id is None:
