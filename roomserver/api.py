@@ -70,6 +70,8 @@ class RoomHead:
 class CommittedEvent:
     room_id: str
     event_id: str
+    type: str
+    sender: str
     # Stream position; None for an outlier, negative for backfilled history.
     stream_ordering: int | None
     redacts: str | None

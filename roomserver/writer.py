@@ -201,7 +201,7 @@ class Writer:
                 future.set_result(None)
         self.store.keys_committed(items)
         announced = CommittedBatch(tuple(CommittedEvent(
-            i.room_id, i.event_id, i.stream_ordering, i.redacts,
+            i.room_id, i.event_id, i.type, i.sender, i.stream_ordering, i.redacts,
             tuple(i.current_state_delta), tuple(i.destinations)) for i in items))
         for listener in self._listeners:
             try:

@@ -56,6 +56,11 @@ class _Destination:
         # nothing else, in commit order: sent from memory (their rows are in the queue too,
         # and are deleted by event ID once the destination has them).
         self.fresh: list[str] = []
+        # Receipt EDUs handed over while the destination is up: sent from memory with the
+        # next transaction, written to the durable queue only if that fails (a crash in
+        # between loses them, as Synapse's in-memory receipt queue does; the receipts
+        # themselves are stored here).
+        self.receipts: list[dict[str, Any]] = []
         # The events of the last transaction read from the queue (one committed while it
         # was read can be both read and handed over fresh).
         self._read_last: set[str] = set()
@@ -110,10 +115,13 @@ class _Destination:
             fresh, self.fresh = self.fresh[:MAX_PDUS], self.fresh[MAX_PDUS:]
             fresh = [e for e in fresh if e not in self._read_last]
         persistent_edus = [e.edu for e in entries if e.edu is not None]
+        receipts = self.receipts[:MAX_EDUS - len(persistent_edus)]
+        del self.receipts[:len(receipts)]
+        persistent_edus += receipts
         room = MAX_EDUS - len(persistent_edus)
         ephemeral_keys = list(self.ephemeral)[:room]
         ephemeral = [self.ephemeral[k] for k in ephemeral_keys]
-        if not entries and not fresh and not ephemeral:
+        if not entries and not fresh and not ephemeral and not persistent_edus:
             return False
         event_ids = [e.event_id for e in entries if e.event_id is not None] + fresh
         events = await sender.rooms.get_events(event_ids)
@@ -127,7 +135,7 @@ class _Destination:
         except FederationRequestError as e:
             if e.status >= 500 or e.status in (401, 408, 429):
                 logger.info("Transaction to %s failed (%s): will retry", self.name, e.status)
-                await self._failed()  # (what was fresh is read from the queue next time)
+                await self._failed(receipts)  # (what was fresh is read from the queue next)
                 return False
             # The destination refuses this transaction as such: retrying would block its
             # queue for ever.
@@ -135,7 +143,7 @@ class _Destination:
                            self.name, len(pdus), e.status, e.errcode)
         except FederationClientError as e:
             logger.info("Cannot reach %s (%s): will retry", self.name, e)
-            await self._failed()
+            await self._failed(receipts)
             return False
         else:
             logger.debug("Sent transaction %s to %s: %d PDUs, %d EDUs", txn_id, self.name,
@@ -144,8 +152,7 @@ class _Destination:
         for key, sent in zip(ephemeral_keys, ephemeral, strict=True):
             if self.ephemeral.get(key) is sent:  # not replaced by a newer one meanwhile
                 del self.ephemeral[key]
-        await sender.store.sent(self.name, [e.id for e in entries])
-        await sender.store.sent_events(self.name, fresh)
+        await sender.store.sent(self.name, [e.id for e in entries], fresh)
         if self.backoff is not None:
             self.backoff = None
             await sender.store.set_backoff(self.name, None, sender.now_ms())
@@ -158,8 +165,11 @@ class _Destination:
                 if isinstance(result, dict) and result.get("error"):
                     logger.info("%s refused %s: %s", self.name, event_id, result["error"])
 
-    async def _failed(self) -> None:
+    async def _failed(self, receipts: list[dict[str, Any]] | None = None) -> None:
+        """The destination is down: back off; receipts that were in memory (``receipts``
+        those of the failed transaction) go to the durable queue."""
         sender = self.sender
+        await self.keep_receipts(receipts or [])
         config = sender.config.federation
         interval = config.retry_initial_interval if self.backoff is None else \
             min(self.backoff.retry_interval_ms * 2, config.retry_max_interval)
@@ -167,6 +177,15 @@ class _Destination:
         self.ephemeral.clear()
         self.durable = True  # what was read stays queued
         await sender.store.set_backoff(self.name, self.backoff, sender.now_ms())
+
+    async def keep_receipts(self, failed: list[dict[str, Any]]) -> None:
+        """Write the receipts held in memory (after ``failed``, which came first) to the
+        durable queue."""
+        edus, self.receipts = [*failed, *self.receipts], []
+        if edus:
+            await self.sender.store.queue_edus([(self.name, e) for e in edus],
+                                               self.sender.now_ms())
+            self.durable = True
 
 
 class FederationSender:
@@ -209,6 +228,11 @@ class FederationSender:
                 destination.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await destination.task
+            try:  # what was still in memory is sent after the restart
+                await destination.keep_receipts([])
+            except Exception:
+                logger.exception("Keeping %d receipt EDUs for %s failed",
+                                 len(destination.receipts), destination.name)
         self._destinations.clear()
         for task in list(self._tasks):
             task.cancel()
@@ -280,12 +304,20 @@ class FederationSender:
 
     # LocalEdus: what this server's users do, for the servers that share a room with them.
 
-    def typing_changed(self, room_id: str, user_id: str, typing: bool) -> None:
+    def typing_changed(self, room_id: str, user_id: str, typing: bool,
+                       servers: Sequence[str] | None = None) -> None:
+        edu = {"edu_type": "m.typing",
+               "content": {"room_id": room_id, "user_id": user_id, "typing": typing}}
+        key = ("typing", room_id, user_id)
+        if servers is not None:  # now, so it goes out with what is being committed
+            for server in servers:
+                if server != self.server_name:
+                    self._destination(server).add_ephemeral(key, edu)
+            return
+
         async def send() -> None:
-            edu = {"edu_type": "m.typing",
-                   "content": {"room_id": room_id, "user_id": user_id, "typing": typing}}
             for server in await self._servers_in_rooms([room_id]):
-                self._destination(server).add_ephemeral(("typing", room_id, user_id), edu)
+                self._destination(server).add_ephemeral(key, edu)
 
         self._spawn(send())
 
@@ -330,7 +362,13 @@ class FederationSender:
             entries = []
             for room_id, by_type in receipts.items():
                 edu = {"edu_type": "m.receipt", "content": {room_id: by_type}}
-                entries += [(s, edu) for s in sorted(await self._servers_in_rooms([room_id]))]
+                for server in sorted(await self._servers_in_rooms([room_id])):
+                    destination = self._destination(server)
+                    if destination.backoff is None:  # up: from memory, see _Destination
+                        destination.receipts.append(edu)
+                        destination.wanted.set()
+                    else:
+                        entries.append((server, edu))
             try:
                 await self.store.queue_edus(entries, self.now_ms())
             except Exception:

@@ -162,7 +162,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     account_data = AccountDataService(db.account_data, notifier)
     members = MembershipCache(db.sync, notifier)
     edus = remote.edus if remote is not None else None
-    typing = TypingService(notifier, members, clock, edus)
+    typing = TypingService(notifier, members, clock, config.server_name, edus)
+    roomserver.add_commit_listener(typing)
     receipts = ReceiptService(db.receipts, db.events, members, account_data, notifier, clock,
                               edus)
     presence = PresenceService(db.presence, notifier, members, clock, config.presence,

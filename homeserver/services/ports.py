@@ -63,7 +63,12 @@ class LocalEdus(Protocol):
     """Told what this server's users do that other servers sharing a room with them hear
     of: typing, public read receipts and presence (sent as EDUs)."""
 
-    def typing_changed(self, room_id: str, user_id: str, typing: bool) -> None: ...
+    def typing_changed(self, room_id: str, user_id: str, typing: bool,
+                       servers: Sequence[str] | None = None) -> None:
+        """``servers``: the room's other servers when the caller knows them (a message that
+        ends its sender's typing: the servers it is queued for, so the end of typing goes
+        out in the message's transaction)."""
+        ...
 
     def receipt_sent(self, room_id: str, user_id: str, receipt_type: str, event_id: str,
                      thread_id: str, ts: int) -> None: ...

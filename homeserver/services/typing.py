@@ -19,6 +19,7 @@ from homeserver.services.changes import ChangeLog
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
 from homeserver.services.ports import LocalEdus
+from roomserver.api import CommittedBatch
 
 DEFAULT_TIMEOUT_MS = 30_000
 MAX_TIMEOUT_MS = 120_000
@@ -86,9 +87,13 @@ class RoomWakes:
             self._notifier.wake(room_ids=list(due))
 
 
+# Sending one of these ends the sender's typing in the room.
+ENDS_TYPING = frozenset({"m.room.message", "m.room.encrypted", "m.sticker"})
+
+
 class TypingService:
     def __init__(self, notifier: Notifier, members: MembershipCache, clock: Clock,
-                 edus: LocalEdus | None = None) -> None:
+                 server_name: str, edus: LocalEdus | None = None) -> None:
         self._notifier = notifier
         self._members = members
         self._clock = clock
@@ -100,6 +105,7 @@ class TypingService:
         notifier.on_left.append(self._left)
         # Told when a user of this server starts or stops typing (None: no federation).
         self._edus = edus
+        self._local_suffix = ":" + server_name
 
     @property
     def position(self) -> int:
@@ -136,7 +142,9 @@ class TypingService:
         # A renewal (typing again while typing) changes nothing a client sees.
         if (previous is None) if typing else (previous is not None):
             self._changed(room_id)
-        if local and self._edus is not None:
+        # Other servers hear of a start, a renewal (it restarts their timeout) and an end
+        # that changes something (a message may have ended it already, see below).
+        if local and self._edus is not None and (typing or previous is not None):
             self._edus.typing_changed(room_id, user_id, typing)
 
     def stop_all(self) -> None:
@@ -152,6 +160,29 @@ class TypingService:
         if handle is not None:
             handle.cancel()
             self._expire(room_id, user_id)
+
+    def events_committed(self, batch: CommittedBatch) -> None:
+        """The roomserver's commit listener: a user who sends a message has stopped typing
+        it. The message's commit wakes the room, so the end of their typing reaches the
+        members in the same response as the message, and the ``typing: false`` their client
+        sends next (or their server, for a remote sender) changes nothing and wakes nobody.
+        Other servers are told in the message's own transaction."""
+        for event in batch.events:
+            if event.type not in ENDS_TYPING or event.stream_ordering is None or \
+                    event.stream_ordering < 0:
+                continue
+            users = self._typing.get(event.room_id)
+            handle = users.pop(event.sender, None) if users is not None else None
+            if handle is None:
+                continue
+            handle.cancel()
+            if not users:
+                del self._typing[event.room_id]
+            self._position += 1
+            self._changes.mark(event.room_id, self._position)
+            if self._edus is not None and event.sender.endswith(self._local_suffix):
+                self._edus.typing_changed(event.room_id, event.sender, False,
+                                          event.destinations)
 
     def _expire(self, room_id: str, user_id: str) -> None:
         users = self._typing.get(room_id)

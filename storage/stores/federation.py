@@ -67,21 +67,26 @@ class FederationStore:
                                    json.loads(row.edu_json) if row.edu_json else None))
         return out
 
-    async def sent(self, destination: str, ids: Iterable[int]) -> None:
+    async def sent(self, destination: str, ids: Iterable[int],
+                   event_ids: Sequence[str] = ()) -> None:
+        """The destination has these entries (by queue ID) and events: their rows go, in
+        one write."""
         ids = list(ids)
-        if ids:
-            await self._db.run_write(lambda conn: conn.execute(
-                delete(federation_outbox).where(and_(
-                    federation_outbox.c.destination == destination,
-                    federation_outbox.c.id.in_(ids)))))
+        event_ids = list(event_ids)
+        if not ids and not event_ids:
+            return
 
-    async def sent_events(self, destination: str, event_ids: Sequence[str]) -> None:
-        """The destination has these events: their queue rows go."""
-        if event_ids:
-            await self._db.run_write(lambda conn: conn.execute(
-                delete(federation_outbox).where(and_(
+        def delete_rows(conn: Connection) -> None:
+            if ids:
+                conn.execute(delete(federation_outbox).where(and_(
                     federation_outbox.c.destination == destination,
-                    federation_outbox.c.event_id.in_(list(event_ids))))))
+                    federation_outbox.c.id.in_(ids))))
+            if event_ids:
+                conn.execute(delete(federation_outbox).where(and_(
+                    federation_outbox.c.destination == destination,
+                    federation_outbox.c.event_id.in_(event_ids))))
+
+        await self._db.run_write(delete_rows)
 
     async def destinations_with_pending(self) -> list[str]:
         async with self._db.read() as conn:

@@ -213,6 +213,35 @@ async def test_leaving_ends_typing(client: TestClient, alice: User, bob: User) -
     assert typing_users(body, room_id) == []
 
 
+async def test_a_message_ends_its_senders_typing(client: TestClient, alice: User,
+                                                 bob: User, carol: User) -> None:
+    """The message and the end of its sender's typing arrive in one response; the client's
+    own ``typing: false`` after it changes nothing and wakes nobody. A reaction does not end
+    typing, and someone else's message does not end Alice's."""
+    room_id = await shared_room(client, alice, bob, carol)
+    await typing_on(client, alice, room_id)
+    await typing_on(client, carol, room_id)
+    body = await sync(client, bob)
+    assert typing_users(body, room_id) == sorted([alice.user_id, carol.user_id])
+
+    task = await poll(client, bob, body["next_batch"])
+    event_id = await send_text(client, alice, room_id, "done typing")
+    _, body = await asyncio.wait_for(task, 5)
+    assert timeline_ids(joined(body, room_id)) == [event_id]
+    assert typing_users(body, room_id) == [carol.user_id]
+
+    await typing_off(client, alice, room_id)
+    body = await quiet(client, bob, body["next_batch"])
+
+    status, data = await api(client, "PUT", f"/rooms/{room_id}/send/m.reaction/{txn()}",
+                             carol, {"m.relates_to": {"rel_type": "m.annotation",
+                                                      "event_id": event_id, "key": "+1"}})
+    assert status == 200, data
+    body = await sync(client, bob, since=body["next_batch"])
+    assert typing_users(body, room_id) is None  # unchanged: not in the response
+    assert typing_users(await sync(client, bob), room_id) == [carol.user_id]
+
+
 async def test_typing_times_out_on_its_own(client: TestClient, alice: User, bob: User) -> None:
     room_id = await shared_room(client, alice, bob)
     since = (await sync(client, bob))["next_batch"]

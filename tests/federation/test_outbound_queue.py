@@ -222,3 +222,34 @@ async def test_a_transaction_of_receipts_is_stored_together_and_checked_each(
             if event["type"] == "m.receipt":
                 seen.update(event["content"].get(event_id, {}).get("m.read", {}))
     assert set(seen) == set(members)
+
+
+async def test_receipts_for_a_peer_that_is_down_wait_for_it_across_a_restart(
+        env: Env) -> None:
+    """Receipts go out from memory while the peer answers; when a transaction holding them
+    fails they are queued durably, so they reach the peer once it is back, even after our
+    server was killed meanwhile."""
+    room_id = await _room_with_peer(env)
+    reader = await env.server.register(f"reader{uuid.uuid4().hex[:6]}")
+    await reader.join(room_id)
+    first = await env.alice.send_text(room_id, "read while up")
+    await reader.receipt(room_id, first)
+    await _until(lambda: any(reader.user_id in edu.get("m.read", {})
+                             for edu in _receipt_edus(env.peer, room_id)))
+
+    second = await env.alice.send_text(room_id, "read while down")
+    await _until(lambda: "read while down" in env.peer.bodies(room_id))
+    env.peer.down = True
+    env.peer.attempts.clear()
+    await reader.receipt(room_id, second)
+    await _until(lambda: len(env.peer.attempts) >= 1)  # the receipt's transaction failed
+    await asyncio.sleep(0.5)
+    env.server.kill()  # no shutdown: only what the failure queued durably survives
+    env.server.start()
+    env.peer.down = False
+
+    def read_second() -> bool:
+        return any(edu.get("m.read", {}).get(reader.user_id, {}).get("event_ids") == [second]
+                   for edu in _receipt_edus(env.peer, room_id))
+
+    await _until(read_second, within=30)

@@ -278,6 +278,24 @@ async def test_typing_crosses(interop: FedPair, direction: str, host: str) -> No
 
 @pytest.mark.parametrize("host", ROOM_HOSTS)
 @pytest.mark.parametrize("direction", DIRECTIONS)
+async def test_a_message_ends_typing_on_the_other_server(interop: FedPair, direction: str,
+                                                         host: str) -> None:
+    """Sending a message ends the sender's typing here (KT-Chat) and is told to the other
+    server with the message; a KT-Chat watcher also ends a Synapse sender's typing when the
+    message arrives. Nobody sends ``typing: false``."""
+    room_id = await _shared_room(interop, host)
+    typer, watcher = _users(interop, direction)
+    await typer.typing(room_id, True, timeout_ms=60_000)
+    await watcher.wait_for_ephemeral(
+        room_id, "m.typing", lambda c: typer.user_id in c.get("user_ids", []), timeout=WAIT)
+    await typer.send_text(room_id, f"done typing {_tag()}")
+    await watcher.wait_for_ephemeral(
+        room_id, "m.typing", lambda c: typer.user_id not in c.get("user_ids", []),
+        timeout=WAIT)
+
+
+@pytest.mark.parametrize("host", ROOM_HOSTS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
 async def test_read_receipt_crosses(interop: FedPair, direction: str, host: str) -> None:
     """The watcher sends a message; the reader, on the other server, marks it read; the
     watcher sees the reader's ``m.read`` receipt on it."""
