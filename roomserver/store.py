@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from core.errors import MatrixError
 from core.events.canonical import encode_canonical
 from core.events.model import Event
+from core.events.redaction import redact
 from core.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from roomserver.api import StateKey
 from roomserver.snapshot import RoomSnapshot
@@ -231,7 +232,9 @@ class GraphStore:
         return item
 
     async def persist_batch(self, items: Sequence[PersistItem]) -> None:
-        await self.db.events.persist_batch(items)
+        redacted = await self.db.events.persist_batch(items)
+        if redacted:  # loaded again, in their redacted form (event_from_stored)
+            self.forget_events(redacted)
 
     # -- rewriting and deleting stored events (``api.EventErasure``) -----------------------
 
@@ -278,4 +281,8 @@ class GraphStore:
 
 
 def event_from_stored(stored: StoredEvent) -> Event:
-    return Event(stored.event_id, KNOWN_ROOM_VERSIONS[stored.room_version], stored.pdu)
+    """The event as the room sees it: redacted events in their redacted form (their stored
+    content stays until the retention period is over, for moderators)."""
+    version = KNOWN_ROOM_VERSIONS[stored.room_version]
+    pdu = redact(stored.pdu, version) if stored.redacted_by is not None else stored.pdu
+    return Event(stored.event_id, version, pdu)

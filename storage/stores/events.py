@@ -238,9 +238,11 @@ class EventStore:
 
     # -- the write path ---------------------------------------------------------------------
 
-    async def persist_batch(self, items: Sequence[PersistItem]) -> None:
+    async def persist_batch(self, items: Sequence[PersistItem]) -> list[str]:
         """Write a batch of new events and everything they change, in one transaction; the
-        items that carry their event as a dict go straight into the read cache."""
+        items that carry their event as a dict go straight into the read cache. Returns the
+        events that are redacted now (by a redaction in the batch, or new events redacted by
+        one received before them)."""
         indexed = search_index.index_rows((i.nid, i.pdu if i.pdu is not None
                                            else json.loads(i.pdu_json)) for i in items
                                           if i.type in INDEXED and not i.outlier)
@@ -255,6 +257,7 @@ class EventStore:
             i.outlier, i.replaces_state)
             for i in items if i.pdu is not None and i.room_version is not None
             and i.event_id not in redacted)
+        return redacted
 
     def _persist(self, conn: Connection, items: Sequence[PersistItem],
                  indexed: Sequence[dict[str, Any]]) -> list[str]:

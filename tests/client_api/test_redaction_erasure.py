@@ -91,6 +91,28 @@ class TestErasedAtOnce:
         assert SECRET not in str(event.pdu)
 
 
+async def test_redacted_state_is_hidden_by_the_roomserver_at_once(
+        client: TestClient, services: Services, alice: User) -> None:
+    """Within the retention period the stored JSON still holds the content, but what reads
+    rooms through the roomserver (the public room directory here; send_join's state, invite
+    state and federation retries too) sees the redacted form from the redaction on."""
+    room_id = await create_room(client, alice, visibility="public", name="Garden",
+                                topic=SECRET)
+    status, body = await api(client, "GET", "/publicRooms")
+    assert status == 200 and body["chunk"][0]["topic"] == SECRET, body
+    topic_id = (await services.roomserver.current_state(room_id) or {})[
+        ("m.room.topic", "")]
+    await redact(client, alice, room_id, topic_id)
+    raw, done = await stored(services, topic_id)
+    assert SECRET in raw and not done  # kept for the period
+    status, body = await api(client, "GET", "/publicRooms")
+    assert status == 200, body
+    assert SECRET not in str(body)
+    [event] = (await services.roomserver.get_events([topic_id])).values()
+    assert SECRET not in str(event.pdu)
+    assert event.pdu["type"] == "m.room.topic" and event.pdu["content"] == {}
+
+
 async def test_content_is_kept_for_the_period_then_erased(
         client: TestClient, services: Services, alice: User, bob: User) -> None:
     room_id = await create_room(client, alice, preset="public_chat")
