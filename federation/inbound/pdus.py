@@ -216,8 +216,8 @@ class PduHandler:
         if fetch_missing:
             await self._fetch_missing_prevs(origin, event)
         relay_except = origin if relay else None
-        missing = [p for p in event.prev_event_ids
-                   if p not in await self._persister.is_stored(event.prev_event_ids)]
+        stored = await self._persister.is_stored(event.prev_event_ids)
+        missing = [p for p in event.prev_event_ids if p not in stored]
         prev_states = await self._states_after(origin, event, missing) if missing else None
         try:
             return await self._persister.receive_queued(event, relay_except=relay_except,
@@ -258,7 +258,8 @@ class PduHandler:
                 logger.info("%s answered /state_ids at %s with no ID lists", origin, prev_id)
                 continue
             wanted = list(dict.fromkeys([*chain_ids, *pdu_ids, prev_id]))
-            lacking = [i for i in wanted if i not in await self._persister.is_stored(wanted)]
+            stored = await self._persister.is_stored(wanted)
+            lacking = [i for i in wanted if i not in stored]
             fetched = await self._fetch_events(origin, lacking, event.room_version)
             if fetched:
                 await self._persister.store_outliers(

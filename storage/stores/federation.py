@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, select
+from sqlalchemy import Connection, and_, bindparam, delete, func, select
 
 from storage.dialect import insert
 from storage.engine import DatabaseEngine
@@ -35,6 +35,12 @@ class Backoff:
 class FederationStore:
     def __init__(self, engine: DatabaseEngine) -> None:
         self._db = engine
+        # Statements of every transaction, built once.
+        self._remember = insert(engine.is_sqlite, federation_received_txns) \
+            .on_conflict_do_nothing()
+        self._answered = select(federation_received_txns.c.response_json).where(and_(
+            federation_received_txns.c.origin == bindparam("origin"),
+            federation_received_txns.c.txn_id == bindparam("txn_id")))
 
     # -- the outbound queue -----------------------------------------------------------------
 
@@ -123,20 +129,15 @@ class FederationStore:
 
     async def received_txn(self, origin: str, txn_id: str) -> dict[str, Any] | None:
         async with self._db.read() as conn:
-            row = (await conn.execute(select(federation_received_txns.c.response_json).where(
-                and_(federation_received_txns.c.origin == origin,
-                     federation_received_txns.c.txn_id == txn_id)))).first()
+            row = (await conn.execute(self._answered,
+                                      {"origin": origin, "txn_id": txn_id})).first()
         return json.loads(row[0]) if row is not None else None
 
     async def remember_txn(self, origin: str, txn_id: str, response: dict[str, Any],
                            now: int) -> None:
-        def write(conn: Connection) -> None:
-            conn.execute(insert(self._db.is_sqlite, federation_received_txns)
-                         .values(origin=origin, txn_id=txn_id, response_json=json.dumps(response),
-                                 received_ts=now)
-                         .on_conflict_do_nothing())
-
-        await self._db.run_write(write)
+        row = dict(origin=origin, txn_id=txn_id, response_json=json.dumps(response),
+                   received_ts=now)
+        await self._db.run_write(lambda conn: conn.execute(self._remember, row))
 
     async def forget_txns_before(self, ts: int) -> None:
         await self._db.run_write(lambda conn: conn.execute(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, and_, bindparam, select
 
 from storage.dialect import insert
 from storage.engine import DatabaseEngine
@@ -49,6 +49,18 @@ class Receipt:
 class ReceiptStore(StreamStore):
     def __init__(self, engine: DatabaseEngine) -> None:
         super().__init__(engine, receipts.c.stream_id)
+        # Built once: the statements of the write path (building them per write cost more
+        # than running them: the upsert's EXCLUDED alias made new columns every time).
+        self._current = select(
+            receipts.c.room_id, receipts.c.receipt_type, receipts.c.user_id,
+            receipts.c.thread_id, receipts.c.event_stream_ordering).where(and_(
+                receipts.c.room_id.in_(bindparam("rooms", expanding=True)),
+                receipts.c.user_id.in_(bindparam("users", expanding=True))))
+        upsert = insert(engine.is_sqlite, receipts)
+        self._upsert = upsert.on_conflict_do_update(
+            index_elements=["room_id", "receipt_type", "user_id", "thread_id"],
+            set_={c: upsert.excluded[c] for c in ("event_id", "event_stream_ordering", "ts",
+                                                  "stream_id")})
 
     async def put(self, room_id: str, receipt_type: str, user_id: str, thread_id: str,
                   event_id: str, event_stream_ordering: int, ts: int) -> int | None:
@@ -76,11 +88,8 @@ class ReceiptStore(StreamStore):
         users = sorted({r.user_id for r in new})
         wanted = {r.key for r in new}
         for i in range(0, len(rooms), _CHUNK):
-            rows = conn.execute(select(
-                receipts.c.room_id, receipts.c.receipt_type, receipts.c.user_id,
-                receipts.c.thread_id, receipts.c.event_stream_ordering).where(and_(
-                    receipts.c.room_id.in_(rooms[i:i + _CHUNK]),
-                    receipts.c.user_id.in_(users))))
+            rows = conn.execute(self._current, {"rooms": rooms[i:i + _CHUNK],
+                                                "users": users})
             for row in rows:
                 key = (row.room_id, row.receipt_type, row.user_id, row.thread_id)
                 if key in wanted:
@@ -101,12 +110,7 @@ class ReceiptStore(StreamStore):
                 stream_id=stored.stream_id)
             out.append(stored)
         if rows_by_key:
-            stmt = insert(self._db.is_sqlite, receipts)
-            conn.execute(stmt.on_conflict_do_update(
-                index_elements=["room_id", "receipt_type", "user_id", "thread_id"],
-                set_={c: stmt.excluded[c] for c in ("event_id", "event_stream_ordering", "ts",
-                                                    "stream_id")}),
-                list(rows_by_key.values()))
+            conn.execute(self._upsert, list(rows_by_key.values()))
         return out
 
     async def for_rooms(self, room_ids: Sequence[str], *, after: int = 0,
