@@ -9,6 +9,7 @@ PostgreSQL uses one asyncpg pool for both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -127,8 +128,16 @@ class DatabaseEngine:
             async with self._write_engine.begin() as conn:
                 return await conn.run_sync(fn)
         async with self._write_lock:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._writer_thread, self._run_sync, fn)
+            job = asyncio.get_running_loop().run_in_executor(self._writer_thread,
+                                                             self._run_sync, fn)
+            try:
+                return await asyncio.shield(job)
+            except asyncio.CancelledError:
+                # The thread goes on writing: the lock is held until it is done, or the next
+                # writer (the async connection) would find the database locked.
+                with contextlib.suppress(Exception):
+                    await job
+                raise
 
     def _run_sync(self, fn: Callable[[Connection], T]) -> T:
         with self._sync_writer.begin() as conn:

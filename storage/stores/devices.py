@@ -246,6 +246,8 @@ class DeviceStore:
             .values(last_seen_ts=bindparam("ts"), last_seen_ip=bindparam("ip"),
                     last_seen_user_agent=bindparam("ua"))
         )
-        async with self._db.write() as conn:
-            await conn.execute(stmt, [dict(u=u, d=d, ts=ts, ip=ip, ua=ua)
-                                      for u, d, ts, ip, ua in seen])
+        rows = [dict(u=u, d=d, ts=ts, ip=ip, ua=ua) for u, d, ts, ip, ua in seen]
+        # On the writer's own connection (SQLite: its thread), not the async one: at
+        # shutdown this is often the first write that needed that one, and opening it then
+        # met "database is locked" on a loaded machine.
+        await self._db.run_write(lambda conn: conn.execute(stmt, rows))
