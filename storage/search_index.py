@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
-from storage.schema import events, redactions
+from storage.schema import events
 from storage.search_text import indexed_text
 
 _TOKENIZER = "unicode61 remove_diacritics 0 categories 'L* N* Co M*'"
@@ -90,12 +90,3 @@ def remove_events(conn: Connection, event_ids: Sequence[str]) -> None:
     for i in range(0, len(event_ids), 500):
         conn.execute(index.delete().where(key.in_(
             select(events.c.nid).where(events.c.event_id.in_(list(event_ids[i:i + 500]))))))
-
-
-def remove_redacted(conn: Connection, nids: Sequence[int]) -> None:
-    """Remove those of ``nids`` that a stored redaction already targets (a redaction that
-    arrived over federation before its event)."""
-    index, key = index_and_key(conn.dialect.name == "sqlite")
-    conn.execute(index.delete().where(key.in_(
-        select(events.c.nid).join(redactions, redactions.c.redacts == events.c.event_id)
-        .where(events.c.nid.in_(list(nids)), redactions.c.requires_server.is_(None)))))

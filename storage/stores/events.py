@@ -169,10 +169,18 @@ def _write_statements(is_sqlite: bool) -> dict[str, Any]:
             set_={"event_id": upsert_state.excluded.event_id,
                   "membership": upsert_state.excluded.membership}),
         "outbox": federation_outbox.insert(),
+        "redactions": insert(is_sqlite, redactions).on_conflict_do_nothing(),
         "heads": update(rooms).where(rooms.c.room_id == bindparam("r")).values(
             forward_extremities=bindparam("x"), current_state_group=bindparam("g"),
             depth=greatest(is_sqlite, rooms.c.depth, bindparam("d"))),
     }
+
+
+# Built once (building it per batch cost more than running it).
+_WAITING_REDACTIONS = select(
+    redactions.c.event_id, redactions.c.redacts, redactions.c.requires_server,
+    events.c.room_id).join(events, events.c.event_id == redactions.c.event_id).where(
+        redactions.c.redacts.in_(bindparam("ids", expanding=True)))
 
 
 def _apply_waiting_redactions(conn: Connection, items: Sequence[PersistItem]) -> list[str]:
@@ -184,11 +192,7 @@ def _apply_waiting_redactions(conn: Connection, items: Sequence[PersistItem]) ->
     waiting: list[Any] = []
     ids = list(by_id)
     for start in range(0, len(ids), 500):
-        waiting.extend(conn.execute(
-            select(redactions.c.event_id, redactions.c.redacts, redactions.c.requires_server,
-                   events.c.room_id)
-            .join(events, events.c.event_id == redactions.c.event_id)
-            .where(redactions.c.redacts.in_(ids[start:start + 500]))).all())
+        waiting.extend(conn.execute(_WAITING_REDACTIONS, {"ids": ids[start:start + 500]}).all())
     if not waiting:
         return []
     applies, dropped, redacted = [], [], []
@@ -307,19 +311,18 @@ class EventStore:
                          censored=False, requires_server=i.redaction_requires)
                     for i in items if i.redacts is not None]
         if redacted:
-            conn.execute(insert(is_sqlite, redactions).on_conflict_do_nothing(), redacted)
+            conn.execute(statements["redactions"], redacted)
         received = [i for i in items if not i.built_here]
         already = _apply_waiting_redactions(conn, received) if received else []
-        # Searchable text, except what is already redacted (a redaction in this batch, or
-        # one that came over federation before its event).
+        # Searchable text, except what is already redacted: by a redaction that came over
+        # federation before its event (``already``), or by one in this batch.
+        if already:
+            gone = {i.nid for i in received if i.event_id in set(already)}
+            indexed = [row for row in indexed if row["nid"] not in gone]
         search_index.add(conn, indexed)
         applied = [str(r["redacts"]) for r in redacted if r["requires_server"] is None]
         if applied:
             search_index.remove_events(conn, applied)
-        received_nids = {i.nid for i in received}
-        if any(row["nid"] in received_nids for row in indexed):
-            search_index.remove_redacted(conn, [row["nid"] for row in indexed
-                                                if row["nid"] in received_nids])
 
         # Current state changes (later items win); each room's head is written once.
         changed: dict[tuple[str, str, str], dict[str, Any] | None] = {}
