@@ -36,6 +36,12 @@ class FederationStore:
     def __init__(self, engine: DatabaseEngine) -> None:
         self._db = engine
         # Statements of every transaction, built once.
+        self._sent_ids = delete(federation_outbox).where(and_(
+            federation_outbox.c.destination == bindparam("d"),
+            federation_outbox.c.id.in_(bindparam("ids", expanding=True))))
+        self._sent_events = delete(federation_outbox).where(and_(
+            federation_outbox.c.destination == bindparam("d"),
+            federation_outbox.c.event_id.in_(bindparam("ids", expanding=True))))
         self._remember = insert(engine.is_sqlite, federation_received_txns) \
             .on_conflict_do_nothing()
         self._answered = select(federation_received_txns.c.response_json).where(and_(
@@ -84,13 +90,9 @@ class FederationStore:
 
         def delete_rows(conn: Connection) -> None:
             if ids:
-                conn.execute(delete(federation_outbox).where(and_(
-                    federation_outbox.c.destination == destination,
-                    federation_outbox.c.id.in_(ids))))
+                conn.execute(self._sent_ids, {"d": destination, "ids": ids})
             if event_ids:
-                conn.execute(delete(federation_outbox).where(and_(
-                    federation_outbox.c.destination == destination,
-                    federation_outbox.c.event_id.in_(event_ids))))
+                conn.execute(self._sent_events, {"d": destination, "ids": event_ids})
 
         await self._db.run_write(delete_rows)
 

@@ -25,6 +25,10 @@ class PresenceRow:
 class PresenceStore(StreamStore):
     def __init__(self, engine: DatabaseEngine) -> None:
         super().__init__(engine, presence.c.stream_id)
+        upsert = insert(engine.is_sqlite, presence)
+        self._upsert = upsert.on_conflict_do_update(index_elements=["user_id"], set_={
+            c: upsert.excluded[c] for c in ("state", "status_msg", "last_active_ts",
+                                            "stream_id")})  # built once
 
     async def all(self) -> list[PresenceRow]:
         async with self._db.read() as conn:
@@ -36,11 +40,7 @@ class PresenceStore(StreamStore):
         """Write the latest state of some users (positions already allocated, in order)."""
         if not rows:
             return
-        stmt = insert(self._db.is_sqlite, presence)
-        stmt = stmt.on_conflict_do_update(index_elements=["user_id"], set_={
-            c: stmt.excluded[c] for c in ("state", "status_msg", "last_active_ts",
-                                          "stream_id")})
-        async with self._ordered, self._db.write() as conn:
-            await conn.execute(stmt, [
-                dict(user_id=r.user_id, state=r.state, status_msg=r.status_msg,
-                     last_active_ts=r.last_active_ts, stream_id=r.stream_id) for r in rows])
+        values = [dict(user_id=r.user_id, state=r.state, status_msg=r.status_msg,
+                       last_active_ts=r.last_active_ts, stream_id=r.stream_id) for r in rows]
+        async with self._ordered:
+            await self._db.run_write(lambda conn: conn.execute(self._upsert, values))
