@@ -110,7 +110,7 @@ class LocalEvents:
             event = await self._build_and_auth(scratch, new, pending)
             pending[event.event_id] = event
             if event.state_tuple is not None:
-                scratch.state[event.state_tuple] = event.event_id
+                scratch.state = {**scratch.state, event.state_tuple: event.event_id}
             scratch.extremities = [event.event_id]
             scratch.depth = max(scratch.depth, event.depth)
             out.append(event)

@@ -15,6 +15,7 @@ from roomserver.api import NewEvent, StateKey
 from roomserver.snapshot import RoomSnapshot
 from roomserver.state import ForkState, StateAt
 from roomserver.store import GraphStore, Group
+from storage.delta_map import DeltaMap
 from storage.stores.events import PersistItem
 
 
@@ -42,15 +43,15 @@ class Placer:
             item.device_id, item.txn_id = new.device_id, new.txn_id
         key = event.state_tuple
         if key is not None:
+            # The state moves by one entry: the work follows that, not the room's size.
             current = Group(snapshot.state_group, snapshot.state_nids, snapshot.chain)
-            nids = dict(snapshot.state_nids)
-            nids[self._store.key_nid(key, item.new_state_keys)] = item.nid
-            after, new_group = self._store.derive_group(current, nids, snapshot.room_id)
+            after, new_group = self._store.derive_group(
+                current, {self._store.key_nid(key, item.new_state_keys): item.nid},
+                snapshot.room_id)
             if new_group is not None:
                 item.new_state_groups.append(new_group)
             item.state_group_after = after.group_id
-            state = dict(snapshot.state)
-            state[key] = event.event_id
+            state = DeltaMap.of(snapshot.state).changed({key: event.event_id})
             self._move_state(snapshot, item, state, after, {event.event_id: event.membership})
         # Extremities beyond the prev events an event may list stay, for the next to merge.
         prevs = set(event.prev_event_ids)
@@ -74,19 +75,19 @@ class Placer:
                                 stream_ordering=self._store.next_stream(), group_before=None,
                                 group_after=None)
         before_group = await self._forks.group_for(snapshot, before, item)
-        after_state = dict(before.state)
+        after_state: Mapping[StateKey, str] = before.state
         after_group = before_group
         key = event.state_tuple
         if key is not None:
-            nids = dict(before_group.nids)
-            nids[self._store.key_nid(key, item.new_state_keys)] = item.nid
-            after_group, new_group = self._store.derive_group(before_group, nids,
-                                                              snapshot.room_id)
+            after_group, new_group = self._store.derive_group(
+                before_group, {self._store.key_nid(key, item.new_state_keys): item.nid},
+                snapshot.room_id)
             if new_group is not None:
                 item.new_state_groups.append(new_group)
-            after_state[key] = event.event_id
+            after_state = DeltaMap.of(before.state).changed({key: event.event_id})
         item.state_group_before = before_group.group_id
         item.state_group_after = after_group.group_id
+        current: Mapping[StateKey, str]
         if others:
             current = await self._forks.after_extremities(
                 snapshot, [*others, event.event_id],
@@ -95,26 +96,29 @@ class Placer:
                 await self._forks.group_for(snapshot, current, item)
         else:
             current, current_group = after_state, after_group
-        changed_members = [e for k, e in current.items() if k[0] == "m.room.member"
-                           and snapshot.state.get(k) != e and e != event.event_id]
+        changes = _changes(snapshot.state, current)
+        changed_members = [e for k, e in changes[0] if k[0] == "m.room.member"
+                           and e != event.event_id]
         memberships = {e.event_id: e.membership for e in
                        (await self._store.get_events(changed_members)).values()}
         memberships[event.event_id] = event.membership
-        self._move_state(snapshot, item, current, current_group, memberships)
+        self._move_state(snapshot, item, current, current_group, memberships, changes)
         self._move_head(snapshot, event, item, [*others, event.event_id], after_group.group_id)
         self._route(snapshot, event, item, servers_before, relay_except)
         return item
 
     def _move_state(self, snapshot: RoomSnapshot, item: PersistItem,
-                    state: dict[StateKey, str], group: Group,
-                    memberships: Mapping[str, str | None]) -> None:
+                    state: Mapping[StateKey, str], group: Group,
+                    memberships: Mapping[str, str | None],
+                    changes: tuple[list[tuple[StateKey, str]], list[StateKey]] | None = None
+                    ) -> None:
         """The room's current state becomes ``state`` (held in ``group``); ``memberships``:
-        the membership of each member event among the changes."""
+        the membership of each member event among the changes; ``changes``: what differs
+        from the current state (``_changes``), when already known."""
         if item.state_key is not None:
             item.replaces_state = snapshot.state.get((item.type, item.state_key))
-        for (type_, state_key), event_id in state.items():
-            if snapshot.state.get((type_, state_key)) == event_id:
-                continue
+        changed, removed = changes if changes is not None else _changes(snapshot.state, state)
+        for (type_, state_key), event_id in changed:
             membership = memberships.get(event_id) if type_ == "m.room.member" else None
             item.current_state_delta.append((type_, state_key, event_id, membership))
             if type_ == "m.room.member":
@@ -122,12 +126,12 @@ class Placer:
                     snapshot.join(state_key)
                 else:
                     snapshot.leave(state_key)
-        for type_, state_key in [k for k in snapshot.state if k not in state]:
+        for type_, state_key in removed:
             item.current_state_removed.append((type_, state_key))
             if type_ == "m.room.member":
                 snapshot.leave(state_key)
-        snapshot.state = state
-        snapshot.state_nids = dict(group.nids)
+        snapshot.state = DeltaMap.of(state)
+        snapshot.state_nids = DeltaMap.of(group.nids)
         snapshot.chain = list(group.chain)
         snapshot.state_group = group.group_id
         item.head_state_group = group.group_id
@@ -159,3 +163,15 @@ class Placer:
         if event.type == "m.room.member" and event.state_key and ":" in event.state_key:
             servers.add(event.state_key.split(":", 1)[1])
         item.destinations = sorted(servers - {self._server_name, origin, relay_except or ""})
+
+
+def _changes(old: Mapping[StateKey, str], new: Mapping[StateKey, str]
+             ) -> tuple[list[tuple[StateKey, str]], list[StateKey]]:
+    """The entries of ``new`` that differ from ``old`` and the keys ``new`` lacks: from the
+    overlays when ``new`` was derived from ``old`` (a state event on the current state), else
+    by comparing the two whole (a resolved state)."""
+    found = DeltaMap.changes(old, new)
+    if found is not None:
+        return found
+    return ([(k, e) for k, e in new.items() if old.get(k) != e],
+            [k for k in old if k not in new])

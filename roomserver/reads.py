@@ -16,6 +16,7 @@ from roomserver.api import RoomHead, StateKey
 from roomserver.receive import ReceivedEvents
 from roomserver.snapshot import RoomSnapshot
 from roomserver.writer import Writer
+from storage.delta_map import as_dict
 
 
 class RoomReads:
@@ -38,7 +39,7 @@ class RoomReads:
         """The room's current state (type, state_key) -> event ID; None for unknown rooms."""
         async with self._writer.lock(room_id):
             snapshot = await self._writer.snapshot(room_id)
-        return dict(snapshot.state) if snapshot is not None else None
+        return as_dict(snapshot.state) if snapshot is not None else None
 
     async def room_version(self, room_id: str) -> RoomVersion | None:
         snapshot = self._writer.cached_snapshot(room_id)

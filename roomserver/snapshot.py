@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from core.events.room_versions import RoomVersion
 from roomserver.api import RoomHead, StateKey
+from storage.delta_map import as_dict
 from storage.state_layers import Layer
 from storage.stores.events import EventStore
 
@@ -18,8 +20,9 @@ class RoomSnapshot:
 
     room_id: str
     room_version: RoomVersion
-    state: dict[StateKey, str]
-    state_nids: dict[int, int]
+    # Immutable once placed (``DeltaMap``: each state event derives the next from the change).
+    state: Mapping[StateKey, str]
+    state_nids: Mapping[int, int]
     state_group: int | None
     chain: list[Layer]
     extremities: list[str]
@@ -56,7 +59,7 @@ class RoomSnapshot:
         return set(self._servers)
 
     def head(self) -> RoomHead:
-        return RoomHead(self.room_id, self.room_version, dict(self.state),
+        return RoomHead(self.room_id, self.room_version, as_dict(self.state),
                         tuple(self.extremities), self.depth, frozenset(self.joined))
 
 

@@ -128,7 +128,7 @@ class ForkState:
         if at == snapshot.state:
             return current
         nids = await self._store.state_nids(at, item.new_state_keys)
-        group, new = self._store.derive_group(current, nids, snapshot.room_id)
+        group, new = self._store.derive_group_from(current, nids, snapshot.room_id)
         if new is not None:
             item.new_state_groups.append(new)
         return group

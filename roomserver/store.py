@@ -22,11 +22,12 @@ from core.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from roomserver.api import StateKey
 from roomserver.snapshot import RoomSnapshot
 from storage import Database
+from storage.delta_map import DeltaMap
 from storage.ids import IdAllocator
 from storage.schema import events as events_table
 from storage.schema import state_groups as state_groups_table
 from storage.schema import state_keys as state_keys_table
-from storage.state_layers import Layer, diff, pack_pairs, plan_group
+from storage.state_layers import Layer, Pair, diff, pack_pairs, plan_group
 from storage.stores.events import NewStateGroup, PersistItem, StoredEvent
 
 _EVENT_CACHE_SIZE = 20_000
@@ -34,10 +35,11 @@ _EVENT_CACHE_SIZE = 20_000
 
 @dataclass(slots=True)
 class Group:
-    """A state group, stored or about to be: its ID, full state in nids, and its layers."""
+    """A state group, stored or about to be: its ID, full state in nids (immutable: groups
+    derived from it share it), and its layers."""
 
     group_id: int | None
-    nids: dict[int, int]
+    nids: Mapping[int, int]
     chain: list[Layer]
 
 
@@ -165,22 +167,41 @@ class GraphStore:
                 out[self.key_nid(key, new_keys)] = nid
         return out
 
-    def derive_group(self, base: Group, nids: dict[int, int], room_id: str
-                     ) -> tuple[Group, NewStateGroup | None]:
-        """The group for state ``nids``: ``base`` itself if equal, else a new group planned
-        as layers over ``base`` (remembered at once, written with the item that carries the
-        returned ``NewStateGroup``)."""
+    def derive_group(self, base: Group, changes: Mapping[int, int], room_id: str,
+                     removed: Iterable[int] = ()) -> tuple[Group, NewStateGroup | None]:
+        """The group for the state ``base`` becomes with ``changes`` (state key nid -> event
+        nid) set and the ``removed`` keys deleted: ``base`` itself if that changes nothing,
+        else a new group planned as layers over ``base`` (remembered at once, written with
+        the item that carries the returned ``NewStateGroup``). The work follows the change,
+        not the size of the state."""
+        old = base.nids
+        set_ = [(k, e) for k, e in changes.items() if old.get(k) != e]
+        dropped = {(k, e) for k in removed if k not in changes and (e := old.get(k)) is not None}
+        if not set_ and not dropped and base.group_id is not None:
+            return base, None
+        replaced = {(k, e) for k, _ in set_ if (e := old.get(k)) is not None}
+        nids = DeltaMap.of(old).changed(set_, [k for k, _ in dropped])
+        return self._new_group(base, nids, set(set_), dropped | replaced, room_id)
+
+    def derive_group_from(self, base: Group, nids: Mapping[int, int], room_id: str
+                          ) -> tuple[Group, NewStateGroup | None]:
+        """The group for state ``nids`` given whole (a resolved state): ``base`` itself if
+        equal, else a new group planned as layers over ``base``."""
         if nids == base.nids and base.group_id is not None:
             return base, None
         added, removed = diff(base.nids, nids)
+        return self._new_group(base, DeltaMap.of(nids), added, removed, room_id)
+
+    def _new_group(self, base: Group, nids: DeltaMap[int, int], added: set[Pair],
+                   removed: set[Pair], room_id: str) -> tuple[Group, NewStateGroup]:
         plan = plan_group(base.chain, added, removed)
         group_id = self.new_group_id()
         layer = Layer(group_id, plan.parent_id, plan.added, plan.removed)
         parent_depth = next((i for i, lay in enumerate(base.chain)
                              if lay.group_id == plan.parent_id), -1)
         chain = [*base.chain[:parent_depth + 1], layer]
-        self.db.state.remember_layer(layer, dict(nids))
-        return Group(group_id, dict(nids), chain), NewStateGroup(
+        self.db.state.remember_layer(layer, nids)
+        return Group(group_id, nids, chain), NewStateGroup(
             group_id, room_id, plan.parent_id, pack_pairs(plan.added), pack_pairs(plan.removed))
 
     def whole_group(self, nids: Mapping[int, int], room_id: str
@@ -195,7 +216,7 @@ class GraphStore:
     async def group(self, group_id: int | None) -> Group:
         if group_id is None:
             return Group(None, {}, [])
-        return Group(group_id, dict(await self.db.state.full_state_nids(group_id)),
+        return Group(group_id, DeltaMap.of(await self.db.state.full_state_nids(group_id)),
                      await self.db.state.chain(group_id))
 
     def keys_committed(self, items: Sequence[PersistItem]) -> None:
@@ -271,11 +292,11 @@ class GraphStore:
                               errcode="M_UNSUPPORTED_ROOM_VERSION")
         chain = await self.db.state.chain(group_id) if group_id is not None else []
         state_nids = await self.db.state.full_state_nids(group_id) if group_id else {}
-        state = await self.db.state.state_at_group(group_id)
+        state = DeltaMap.owning(await self.db.state.state_at_group(group_id))
         head = await self.db.events.room_head(room_id)
         extremities, depth = (head.extremities, head.depth) if head else ([], 0)
         members = await self.db.state.current_state(room_id, types=["m.room.member"])
-        return RoomSnapshot(room_id, version, state, dict(state_nids), group_id, chain,
+        return RoomSnapshot(room_id, version, state, DeltaMap.of(state_nids), group_id, chain,
                             extremities, depth,
                             {m.state_key for m in members if m.membership == "join"})
 

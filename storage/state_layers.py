@@ -11,7 +11,7 @@ uses for its ``shortstatehash`` diffs. Pure code: the store loads and saves the 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 Pair = tuple[int, int]
@@ -60,7 +60,7 @@ def full_state(chain: Sequence[Layer]) -> dict[int, int]:
     return dict(state)
 
 
-def diff(old: dict[int, int], new: dict[int, int]) -> tuple[set[Pair], set[Pair]]:
+def diff(old: Mapping[int, int], new: Mapping[int, int]) -> tuple[set[Pair], set[Pair]]:
     """The ``(added, removed)`` pairs that turn ``old`` into ``new``."""
     added = {(k, e) for k, e in new.items() if old.get(k) != e}
     removed = {(k, e) for k, e in old.items() if new.get(k) != e}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, func, select, text, tuple_
 
+from storage.delta_map import DeltaMap
 from storage.engine import DatabaseEngine
 from storage.schema import current_state, events, state_groups, state_keys
 from storage.state_layers import Layer, full_state, unpack_pairs
@@ -35,7 +36,8 @@ class StateStore:
         self._key_nids: dict[StateKey, int] = {}
         self._keys_by_nid: dict[int, StateKey] = {}
         self._layers: OrderedDict[int, Layer] = OrderedDict()
-        self._full: OrderedDict[int, dict[int, int]] = OrderedDict()
+        # Full states in nids (immutable: a group derived from another shares its map).
+        self._full: OrderedDict[int, Mapping[int, int]] = OrderedDict()
         self._full_entries = 0
         self._event_ids: OrderedDict[int, str] = OrderedDict()
         self._event_nids: OrderedDict[str, int] = OrderedDict()
@@ -75,7 +77,8 @@ class StateStore:
 
     # -- state groups -----------------------------------------------------------------------
 
-    def remember_layer(self, layer: Layer, full: dict[int, int] | None = None) -> None:
+    def remember_layer(self, layer: Layer, full: Mapping[int, int] | None = None) -> None:
+        """Cache a group's layer and, given, its full state (never changed afterwards)."""
         self._layers[layer.group_id] = layer
         if len(self._layers) > _LAYER_CACHE_GROUPS:
             self._layers.popitem(last=False)
@@ -127,16 +130,17 @@ class StateStore:
                 self.remember_layer(Layer(r.id, r.parent_id, frozenset(unpack_pairs(r.added)),
                                           frozenset(unpack_pairs(r.removed))))
 
-    async def full_state_nids(self, group_id: int) -> dict[int, int]:
+    async def full_state_nids(self, group_id: int) -> Mapping[int, int]:
+        """A group's full state in nids (shared: read it, never change it)."""
         cached = self._full.get(group_id)
         if cached is not None:
             self._full.move_to_end(group_id)
             return cached
-        state = full_state(await self.chain(group_id))
+        state = DeltaMap.owning(full_state(await self.chain(group_id)))
         self._remember_full(group_id, state)
         return state
 
-    def _remember_full(self, group_id: int, state: dict[int, int]) -> None:
+    def _remember_full(self, group_id: int, state: Mapping[int, int]) -> None:
         """Cache a full state; the cache is bounded by entries, not groups (one big room
         weighs as much as many small ones)."""
         previous = self._full.pop(group_id, None)
