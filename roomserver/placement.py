@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from core.events.model import Event
 from roomserver.api import NewEvent, StateKey
 from roomserver.snapshot import RoomSnapshot
-from roomserver.state import ForkState, StateAt
+from roomserver.state import ForkState, StateAt, state_changes
 from roomserver.store import GraphStore, Group
 from storage.delta_map import DeltaMap
 from storage.stores.events import PersistItem
@@ -87,6 +87,7 @@ class Placer:
             after_state = DeltaMap.of(before.state).changed({key: event.event_id})
         item.state_group_before = before_group.group_id
         item.state_group_after = after_group.group_id
+        self._forks.remember(after_group.group_id, after_state)
         current: Mapping[StateKey, str]
         if others:
             current = await self._forks.after_extremities(
@@ -96,7 +97,7 @@ class Placer:
                 await self._forks.group_for(snapshot, current, item)
         else:
             current, current_group = after_state, after_group
-        changes = _changes(snapshot.state, current)
+        changes = state_changes(snapshot.state, current)
         changed_members = [e for k, e in changes[0] if k[0] == "m.room.member"
                            and e != event.event_id]
         memberships = {e.event_id: e.membership for e in
@@ -117,7 +118,7 @@ class Placer:
         from the current state (``_changes``), when already known."""
         if item.state_key is not None:
             item.replaces_state = snapshot.state.get((item.type, item.state_key))
-        changed, removed = changes if changes is not None else _changes(snapshot.state, state)
+        changed, removed = changes if changes is not None else state_changes(snapshot.state, state)
         for (type_, state_key), event_id in changed:
             membership = memberships.get(event_id) if type_ == "m.room.member" else None
             item.current_state_delta.append((type_, state_key, event_id, membership))
@@ -131,6 +132,7 @@ class Placer:
             if type_ == "m.room.member":
                 snapshot.leave(state_key)
         snapshot.state = DeltaMap.of(state)
+        self._forks.remember(group.group_id, snapshot.state)
         snapshot.state_nids = DeltaMap.of(group.nids)
         snapshot.chain = list(group.chain)
         snapshot.state_group = group.group_id
@@ -164,14 +166,3 @@ class Placer:
             servers.add(event.state_key.split(":", 1)[1])
         item.destinations = sorted(servers - {self._server_name, origin, relay_except or ""})
 
-
-def _changes(old: Mapping[StateKey, str], new: Mapping[StateKey, str]
-             ) -> tuple[list[tuple[StateKey, str]], list[StateKey]]:
-    """The entries of ``new`` that differ from ``old`` and the keys ``new`` lacks: from the
-    overlays when ``new`` was derived from ``old`` (a state event on the current state), else
-    by comparing the two whole (a resolved state)."""
-    found = DeltaMap.changes(old, new)
-    if found is not None:
-        return found
-    return ([(k, e) for k, e in new.items() if old.get(k) != e],
-            [k for k in old if k not in new])

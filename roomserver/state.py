@@ -15,6 +15,7 @@ The auth difference that resolution needs comes from the auth chain index kept a
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,9 +25,15 @@ from core.state_res import auth_chain_difference, resolve_state
 from roomserver.api import StateKey
 from roomserver.snapshot import RoomSnapshot
 from roomserver.store import GraphStore, Group
+from storage.delta_map import DeltaMap, as_dict
 from storage.stores.events import PersistItem
 
 logger = logging.getLogger(__name__)
+
+# States (event IDs) of the groups placed last, so that the next event on a branch does not
+# convert its prev event's group from storage (a 10,000-member state cost ~25 ms to convert).
+# Maps placed here share their base (DeltaMap), so each costs about its overlay.
+_RECENT_GROUPS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +48,16 @@ class StateAt:
 class ForkState:
     def __init__(self, store: GraphStore) -> None:
         self._store = store
+        self._recent: OrderedDict[int, Mapping[StateKey, str]] = OrderedDict()
+
+    def remember(self, group: int | None, state: Mapping[StateKey, str]) -> None:
+        """``state`` is the state of ``group`` (never changed afterwards)."""
+        if group is None:
+            return
+        self._recent[group] = state
+        self._recent.move_to_end(group)
+        if len(self._recent) > _RECENT_GROUPS:
+            self._recent.popitem(last=False)
 
     def current(self, snapshot: RoomSnapshot) -> StateAt:
         return StateAt(snapshot.state, snapshot.state_group, is_current=True)
@@ -70,7 +87,11 @@ class ForkState:
     async def at_group(self, snapshot: RoomSnapshot, group: int) -> StateAt:
         if group == snapshot.state_group:
             return self.current(snapshot)
-        return StateAt(await self._store.db.state.state_at_group(group), group)
+        state = self._recent.get(group)
+        if state is None:
+            state = await self._store.db.state.state_at_group(group)
+            self.remember(group, state)
+        return StateAt(state, group)
 
     async def after_extremities(self, snapshot: RoomSnapshot, extremities: Sequence[str],
                                 known: Mapping[str, StateAt]) -> dict[StateKey, str]:
@@ -89,6 +110,8 @@ class ForkState:
     async def resolve(self, version: RoomVersion, states: Sequence[Mapping[StateKey, str]]
                       ) -> dict[StateKey, str]:
         fetch = self._store.get_events
+        # Plain dicts: the algorithm walks whole states, at C speed on dicts.
+        states = [as_dict(state) for state in states]
         # From the auth chain index; events it does not hold yet (queued, not committed) are
         # walked through the event cache down to indexed ones. None: walk it all.
         difference = await self._store.db.auth_chains.difference(states, fetch)
@@ -125,10 +148,17 @@ class ForkState:
             if at.group is not None:
                 return await self._store.group(at.group)
             at = at.state
-        if at == snapshot.state:
+        # Only what differs from the current state is turned into nids.
+        changed, removed = state_changes(snapshot.state, at)
+        if not changed and not removed:
             return current
-        nids = await self._store.state_nids(at, item.new_state_keys)
-        group, new = self._store.derive_group_from(current, nids, snapshot.room_id)
+        new_keys = item.new_state_keys
+        nids = await self._store.state_nids(dict(changed), new_keys)
+        gone = [self._store.key_nid(k, new_keys) for k in removed]
+        # An event without a nid (neither stored nor queued) leaves its key out, as whole.
+        gone += [n for n in (self._store.key_nid(k, new_keys) for k, _ in changed)
+                 if n not in nids]
+        group, new = self._store.derive_group(current, nids, snapshot.room_id, gone)
         if new is not None:
             item.new_state_groups.append(new)
         return group
@@ -141,3 +171,16 @@ def _distinct(states: Sequence[Mapping[StateKey, str]]) -> list[Mapping[StateKey
         if not any(state is seen or state == seen for seen in out):
             out.append(state)
     return out
+
+
+def state_changes(old: Mapping[StateKey, str], new: Mapping[StateKey, str]
+                  ) -> tuple[list[tuple[StateKey, str]], list[StateKey]]:
+    """The entries of ``new`` that differ from ``old`` and the keys ``new`` lacks: from the
+    overlays when ``new`` was derived from ``old`` (a state event on the current state), else
+    by comparing the two whole (a resolved state)."""
+    found = DeltaMap.changes(old, new)
+    if found is not None:
+        return found
+    old, new = as_dict(old), as_dict(new)  # compared whole: at C speed on dicts
+    return ([(k, e) for k, e in new.items() if old.get(k) != e],
+            [k for k in old if k not in new])

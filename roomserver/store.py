@@ -27,7 +27,7 @@ from storage.ids import IdAllocator
 from storage.schema import events as events_table
 from storage.schema import state_groups as state_groups_table
 from storage.schema import state_keys as state_keys_table
-from storage.state_layers import Layer, Pair, diff, pack_pairs, plan_group
+from storage.state_layers import Layer, Pair, pack_pairs, plan_group
 from storage.stores.events import NewStateGroup, PersistItem, StoredEvent
 
 _EVENT_CACHE_SIZE = 20_000
@@ -182,15 +182,6 @@ class GraphStore:
         replaced = {(k, e) for k, _ in set_ if (e := old.get(k)) is not None}
         nids = DeltaMap.of(old).changed(set_, [k for k, _ in dropped])
         return self._new_group(base, nids, set(set_), dropped | replaced, room_id)
-
-    def derive_group_from(self, base: Group, nids: Mapping[int, int], room_id: str
-                          ) -> tuple[Group, NewStateGroup | None]:
-        """The group for state ``nids`` given whole (a resolved state): ``base`` itself if
-        equal, else a new group planned as layers over ``base``."""
-        if nids == base.nids and base.group_id is not None:
-            return base, None
-        added, removed = diff(base.nids, nids)
-        return self._new_group(base, DeltaMap.of(nids), added, removed, room_id)
 
     def _new_group(self, base: Group, nids: DeltaMap[int, int], added: set[Pair],
                    removed: set[Pair], room_id: str) -> tuple[Group, NewStateGroup]:
