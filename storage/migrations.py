@@ -69,8 +69,13 @@ def _v5_auth_chain_index(conn: Connection) -> None:
     auth_chain_index.rebuild(conn)
 
 
+def _v6_end_to_end_encryption(conn: Connection) -> None:
+    for table in schema.E2E_TABLES:
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [_v2_receipts_and_presence, _v3_history, _v4_federation,
-                               _v5_auth_chain_index]
+                               _v5_auth_chain_index, _v6_end_to_end_encryption]
 LATEST = 1 + len(MIGRATIONS)
 
 

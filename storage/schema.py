@@ -461,3 +461,110 @@ auth_chain_missing = Table(
     PrimaryKeyConstraint("event_id", "missing_id"),
     Index("auth_chain_missing_missing", "missing_id"),
 )
+
+# -- end-to-end encryption (version 6): keys a client uploads and others fetch --------------
+# JSON columns hold objects exactly as uploaded (signatures must stay verifiable).
+
+# A device's identity keys (the signed `device_keys` object of /keys/upload).
+device_keys = Table(
+    "device_keys",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("device_id", Text, nullable=False),
+    Column("key_json", Text, nullable=False),
+    Column("added_ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "device_id"),
+)
+
+# Signed one-time keys, each handed out once by /keys/claim.
+one_time_keys = Table(
+    "one_time_keys",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("device_id", Text, nullable=False),
+    Column("algorithm", Text, nullable=False),
+    Column("key_id", Text, nullable=False),
+    Column("key_json", Text, nullable=False),
+    Column("added_ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "device_id", "algorithm", "key_id"),
+)
+
+# The fallback key per device and algorithm, handed out (and marked used) when no one-time
+# key is left.
+fallback_keys = Table(
+    "fallback_keys",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("device_id", Text, nullable=False),
+    Column("algorithm", Text, nullable=False),
+    Column("key_id", Text, nullable=False),
+    Column("key_json", Text, nullable=False),
+    Column("used", Boolean, nullable=False, default=False),
+    PrimaryKeyConstraint("user_id", "device_id", "algorithm"),
+)
+
+# A user's cross-signing keys: usage is master, self_signing or user_signing.
+cross_signing_keys = Table(
+    "cross_signing_keys",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("usage", Text, nullable=False),
+    Column("key_json", Text, nullable=False),
+    Column("added_ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "usage"),
+)
+
+# Signatures uploaded through /keys/signatures/upload, merged into the signed object's
+# `signatures` when it is queried. target_key_id: a device ID, or a cross-signing key's ID.
+cross_signing_signatures = Table(
+    "cross_signing_signatures",
+    metadata,
+    Column("signer_user_id", Text, nullable=False),
+    Column("signer_key_id", Text, nullable=False),
+    Column("target_user_id", Text, nullable=False),
+    Column("target_key_id", Text, nullable=False),
+    Column("signature", Text, nullable=False),
+    PrimaryKeyConstraint("target_user_id", "target_key_id", "signer_user_id", "signer_key_id"),
+)
+
+# The device-list stream: a row per change of a user's devices or cross-signing keys, which
+# sync's device_lists.changed and /keys/changes read "after N" of.
+device_list_changes = Table(
+    "device_list_changes",
+    metadata,
+    Column("stream_id", BigInteger, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("device_id", Text, nullable=True),  # None: cross-signing keys changed
+    Column("changed_ts", BigInteger, nullable=False),
+    Index("device_list_changes_user", "user_id", "stream_id"),
+)
+
+# Server-side key backup (room_keys): versions, and the session keys in each.
+room_key_versions = Table(
+    "room_key_versions",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("algorithm", Text, nullable=False),
+    Column("auth_data_json", Text, nullable=False),
+    Column("etag", BigInteger, nullable=False, default=0),
+    Column("deleted", Boolean, nullable=False, default=False),
+    PrimaryKeyConstraint("user_id", "version"),
+)
+
+room_keys = Table(
+    "room_keys",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("room_id", Text, nullable=False),
+    Column("session_id", Text, nullable=False),
+    Column("first_message_index", BigInteger, nullable=False),
+    Column("forwarded_count", BigInteger, nullable=False),
+    Column("is_verified", Boolean, nullable=False),
+    Column("session_data_json", Text, nullable=False),
+    PrimaryKeyConstraint("user_id", "version", "room_id", "session_id"),
+)
+
+E2E_TABLES = (device_keys, one_time_keys, fallback_keys, cross_signing_keys,
+              cross_signing_signatures, device_list_changes, room_key_versions, room_keys)
