@@ -9,7 +9,7 @@ the roomserver's own classes, and never its tables.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -64,6 +64,25 @@ class RoomHead:
 
     def servers(self) -> set[str]:
         return {user_id.split(":", 1)[1] for user_id in self.joined}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPdu:
+    """An event as stored here (an outlier or a rejected event too), in the form other
+    servers are sent it, and where it stands in the room."""
+
+    event_id: str
+    room_id: str
+    room_version: str
+    # As stored: a redacted event's content is pruned only once the redaction's retention
+    # period is over (send ``redacted`` events pruned).
+    pdu: Mapping[str, Any]
+    depth: int
+    # None for an outlier, negative for backfilled history.
+    stream_ordering: int | None
+    redacted: bool
+    rejected: bool
+    outlier: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +148,33 @@ class RoomReader(Protocol):
 
     async def is_stored(self, event_ids: list[str]) -> set[str]:
         """Which of the events are stored or queued here (accepted, outlier, soft-failed)."""
+        ...
+
+    async def stored_pdus(self, event_ids: Iterable[str]) -> dict[str, StoredPdu]:
+        """Events by ID as stored, outliers and rejected ones too (unknown ones left out)."""
+        ...
+
+    async def state_before(self, event_ids: Iterable[str], *,
+                           only: Sequence[StateKey] | None = None
+                           ) -> dict[str, Mapping[StateKey, str]]:
+        """The state before each of the events, or only its keys ``only``; events with no
+        state known before them (outliers) and unknown events are left out."""
+        ...
+
+    async def members_before(self, event_ids: Iterable[str], server_name: str
+                             ) -> dict[str, Mapping[str, str]]:
+        """The member events (user ID -> event ID) of ``server_name``'s users in the state
+        before each of the events; outliers and unknown events are left out."""
+        ...
+
+    async def backfill_points(self, room_id: str) -> tuple[list[str], int | None]:
+        """Where the room's history here begins: the prev events of its earliest timeline
+        events that are not in its timeline (to ask other servers for), and the state group
+        before the earliest (for ``RemoteEventWriter.backfill_queued``)."""
+        ...
+
+    async def joined_rooms(self, user_id: str) -> list[str]:
+        """The rooms the user is joined to (current state)."""
         ...
 
 

@@ -1,10 +1,11 @@
 """Questions about rooms as they stand, answered from the writer's snapshots and the event
 cache: events, current state, the head, membership across servers, server ACLs, auth
-chains."""
+chains; and about their graph as stored, for other servers: events in their stored form, the
+state before them, where their history here begins."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from core.errors import NotFound
@@ -12,11 +13,12 @@ from core.events.model import Event
 from core.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from core.rooms.auth import check_auth_rules, create_event_id_for_room
 from core.rooms.server_acl import server_allowed
-from roomserver.api import RoomHead, StateKey
+from roomserver.api import RoomHead, StateKey, StoredPdu
 from roomserver.receive import ReceivedEvents
 from roomserver.snapshot import RoomSnapshot
 from roomserver.writer import Writer
 from storage.delta_map import as_dict
+from storage.stores.events import StoredEvent
 
 
 class RoomReads:
@@ -104,3 +106,51 @@ class RoomReads:
 
     async def is_stored(self, event_ids: list[str]) -> set[str]:
         return await self._received.is_stored(event_ids)
+
+    # -- the graph as stored ----------------------------------------------------------------
+
+    async def stored_pdus(self, event_ids: Iterable[str]) -> dict[str, StoredPdu]:
+        """Events by ID as stored, outliers and rejected ones too (unknown ones left out)."""
+        return {event_id: _stored_pdu(stored)
+                for event_id, stored in (await self._store.stored_events(event_ids)).items()}
+
+    async def state_before(self, event_ids: Iterable[str], *,
+                           only: Sequence[StateKey] | None = None
+                           ) -> dict[str, Mapping[StateKey, str]]:
+        """The state before each of the events (or only its keys ``only``), read once per
+        state group; outliers and unknown events are left out."""
+        groups = await self._groups_before(event_ids)
+        states = await self._store.group_states(set(groups.values()), only=only)
+        return {event_id: states[group] for event_id, group in groups.items()}
+
+    async def members_before(self, event_ids: Iterable[str], server_name: str
+                             ) -> dict[str, Mapping[str, str]]:
+        """The member events (user ID -> event ID) of ``server_name``'s users in the state
+        before each of the events, picked once per state group; outliers and unknown events
+        are left out."""
+        groups = await self._groups_before(event_ids)
+        states = await self._store.group_states(set(groups.values()))
+        members: dict[int, Mapping[str, str]] = {
+            group: {k: e for (t, k), e in state.items()
+                    if t == "m.room.member" and ":" in k
+                    and k.split(":", 1)[1] == server_name}
+            for group, state in states.items()}
+        return {event_id: members[group] for event_id, group in groups.items()}
+
+    async def _groups_before(self, event_ids: Iterable[str]) -> dict[str, int]:
+        """The state group before each of the events (those that have one)."""
+        stored = await self._store.stored_events(event_ids)
+        return {event_id: e.state_group_before for event_id, e in stored.items()
+                if e.state_group_before is not None}
+
+    async def backfill_points(self, room_id: str) -> tuple[list[str], int | None]:
+        return await self._store.db.events.backward_extremities(room_id)
+
+    async def joined_rooms(self, user_id: str) -> list[str]:
+        return await self._store.db.state.rooms_for_user(user_id)
+
+
+def _stored_pdu(stored: StoredEvent) -> StoredPdu:
+    return StoredPdu(stored.event_id, stored.room_id, stored.room_version, stored.pdu,
+                     stored.depth, stored.stream_ordering, stored.redacted_by is not None,
+                     stored.rejected_reason is not None, stored.outlier)

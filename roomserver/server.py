@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from signedjson.types import SigningKey
@@ -12,7 +12,7 @@ from signedjson.types import SigningKey
 from core.clock import Clock
 from core.events.model import Event
 from core.events.room_versions import RoomVersion
-from roomserver.api import CommitListener, NewEvent, Outcome, RoomHead, StateKey
+from roomserver.api import CommitListener, NewEvent, Outcome, RoomHead, StateKey, StoredPdu
 from roomserver.extremities import ExtremityMerger
 from roomserver.local import LocalEvents
 from roomserver.placement import Placer
@@ -158,3 +158,21 @@ class RoomServer:
 
     async def is_stored(self, event_ids: list[str]) -> set[str]:
         return await self._reads.is_stored(event_ids)
+
+    async def stored_pdus(self, event_ids: Iterable[str]) -> dict[str, StoredPdu]:
+        return await self._reads.stored_pdus(event_ids)
+
+    async def state_before(self, event_ids: Iterable[str], *,
+                           only: Sequence[StateKey] | None = None
+                           ) -> dict[str, Mapping[StateKey, str]]:
+        return await self._reads.state_before(event_ids, only=only)
+
+    async def members_before(self, event_ids: Iterable[str], server_name: str
+                             ) -> dict[str, Mapping[str, str]]:
+        return await self._reads.members_before(event_ids, server_name)
+
+    async def backfill_points(self, room_id: str) -> tuple[list[str], int | None]:
+        return await self._reads.backfill_points(room_id)
+
+    async def joined_rooms(self, user_id: str) -> list[str]:
+        return await self._reads.joined_rooms(user_id)

@@ -91,6 +91,10 @@ class GraphStore:
         """The event as stored (outliers and rejected events too), bypassing the cache."""
         return (await self.db.events.get_events([event_id])).get(event_id)
 
+    async def stored_events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
+        """Events as stored (outliers and rejected events too), bypassing the cache."""
+        return await self.db.events.get_events(event_ids)
+
     def cache_event(self, event: Event) -> Event:
         self._events[event.event_id] = event
         if len(self._events) > _EVENT_CACHE_SIZE:
@@ -271,6 +275,16 @@ class GraphStore:
         self.forget_events(event_ids)
 
     # -- loading ----------------------------------------------------------------------------
+
+    async def group_states(self, group_ids: Iterable[int], *,
+                           only: Sequence[StateKey] | None = None
+                           ) -> dict[int, Mapping[StateKey, str]]:
+        """The states of groups (or only their keys ``only``): their layers in one query."""
+        groups = set(group_ids)
+        if only is not None:
+            return dict(await self.db.state.states_at_groups(groups, only=only))
+        await self.db.state.prefetch_chains(groups)
+        return {g: await self.db.state.state_at_group(g) for g in sorted(groups)}
 
     async def load_snapshot(self, room_id: str) -> RoomSnapshot | None:
         info = await self.db.events.room_info(room_id)
