@@ -28,7 +28,6 @@ from core.rooms.auth import AuthError
 from federation.inbound.pdus import InvalidPdu, PduHandler
 from federation.transport.client import FederationClient, FederationClientError
 from roomserver.api import FederatedRooms, MissingEvents
-from storage.stores.events import EventStore
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +38,9 @@ TIMEOUT_S = 10  # a reader is waiting on it: a server that does not answer is gi
 
 
 class Backfiller:
-    def __init__(self, rooms: FederatedRooms, events: EventStore, client: FederationClient,
-                 pdus: PduHandler, clock: Clock, server_name: str) -> None:
+    def __init__(self, rooms: FederatedRooms, client: FederationClient, pdus: PduHandler,
+                 clock: Clock, server_name: str) -> None:
         self._rooms = rooms
-        self._events = events
         self._client = client
         self._pdus = pdus
         self._clock = clock
@@ -69,8 +67,7 @@ class Backfiller:
             del self._running[room_id]
 
     async def _backfill(self, room_id: str) -> bool:
-        store = self._events
-        points, state_group = await store.backward_extremities(room_id)
+        points, state_group = await self._rooms.backfill_points(room_id)
         if not points:
             return False
         now = self._clock.time_ms()

@@ -34,8 +34,10 @@ from homeserver.services.membership import MembershipService
 from homeserver.services.ports import FederationPorts
 from homeserver.services.profile import ProfileService
 from homeserver.services.rooms import RoomService
+from homeserver.services.server_visibility import ServerVisibility
 from roomserver.api import FederatedRooms
 from storage import Database
+from storage.stores.users import UserStore
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +69,11 @@ def build_outbound(config: HomeserverConfig, db: Database, clock: Clock,
     keyring = Keyring(db.server_keys, client, clock, server_name, signing_key,
                       config.federation.trusted_key_servers)
     pdus = PduHandler(rooms, keyring, client)
-    sender = FederationSender(db.federation, client, rooms, db.state, clock, config)
+    sender = FederationSender(db.federation, client, rooms, clock, config)
     return Outbound(client, keyring, pdus,
                     RemoteRoomsClient(rooms, client, pdus, clock, server_name, signing_key),
                     RemoteDirectoryClient(client),
-                    Backfiller(rooms, db.events, client, pdus, clock, server_name), sender)
+                    Backfiller(rooms, client, pdus, clock, server_name), sender)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class Served:
     devices: DeviceService
     membership: MembershipService
     edus: InboundEdus
+    visibility: ServerVisibility
 
 
 @dataclass
@@ -91,7 +94,7 @@ class Federation:
     server_name: str
     signing_key: SigningKey
     clock: Clock
-    db: Database
+    users: UserStore
     rooms: FederatedRooms
     served: Served
     client: FederationClient
@@ -115,7 +118,7 @@ class Federation:
         """Answers to transactions are kept a day: long enough for any retry."""
         while True:
             try:
-                await self.db.federation.forget_txns_before(
+                await self.transactions.forget_answers_before(
                     self.clock.time_ms() - _TXN_MEMORY_MS)
             except Exception:
                 logger.exception("Forgetting old federation transactions failed")
@@ -136,9 +139,9 @@ def build_federation(config: HomeserverConfig, db: Database, clock: Clock,
                      served: Served) -> Federation:
     server_name = config.server_name
     return Federation(
-        server_name, signing_key, clock, db, rooms, served, outbound.client, outbound.keyring,
-        outbound.sender, outbound.pdus,
+        server_name, signing_key, clock, db.users, rooms, served, outbound.client,
+        outbound.keyring, outbound.sender, outbound.pdus,
         TransactionHandler(rooms, db.federation, clock, outbound.pdus, served.edus),
-        ResidentMembership(rooms, served.membership, db, clock, outbound.pdus, server_name,
-                           signing_key),
+        ResidentMembership(rooms, served.membership, db.users, db.rooms, clock, outbound.pdus,
+                           server_name, signing_key),
         outbound.remote, outbound.backfiller, outbound.directory)

@@ -28,6 +28,7 @@ from homeserver.http.middleware import add_cors_headers, cors_middleware, error_
 from homeserver.http.nul import reject_nul_middleware
 from homeserver.http.request_body import request_body_middleware
 from homeserver.services.container import Services, build_services, open_database
+from homeserver.services.server_visibility import ServerVisibility
 from roomserver.server import RoomServer
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,8 @@ def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | N
                               roomserver=roomserver, remote=outbound.ports())
     served = Served(services.profiles, services.rooms, services.directory, services.devices,
                     services.membership, InboundEdus(services.typing, services.receipts,
-                                                     services.presence, services.to_device))
+                                                     services.presence, services.to_device),
+                    ServerVisibility(roomserver))
     return services, build_federation(config, db, clock, signing_key, roomserver, outbound,
                                       served)
 

@@ -28,7 +28,8 @@ from federation.inbound.pdus import MAX_PDU_NESTING, InvalidPdu, PduHandler
 from homeserver.http.json import nesting_exceeds
 from homeserver.services.membership import MembershipService
 from roomserver.api import MAX_DEPTH, MAX_PREV_EVENTS, FederatedRooms
-from storage import Database
+from storage.stores.rooms import RoomStore
+from storage.stores.users import UserStore
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +38,13 @@ def _server_of(user_id: str) -> str:
 
 
 class ResidentMembership:
-    def __init__(self, rooms: FederatedRooms, membership: MembershipService, db: Database,
-                 clock: Clock, pdus: PduHandler, server_name: str, signing_key: SigningKey
-                 ) -> None:
+    def __init__(self, rooms: FederatedRooms, membership: MembershipService,
+                 users: UserStore, room_store: RoomStore, clock: Clock, pdus: PduHandler,
+                 server_name: str, signing_key: SigningKey) -> None:
         self._persister = rooms
         self._membership = membership
-        self._db = db
+        self._users = users
+        self._room_store = room_store
         self._clock = clock
         self._pdus = pdus
         self._server_name = server_name
@@ -66,7 +68,7 @@ class ResidentMembership:
             raise InvalidParam("Invalid user ID") from None
         if _server_of(user_id) != origin:
             raise Forbidden("The user is not on the requesting server")
-        if await self._db.rooms.blocked_by(room_id) is not None:
+        if await self._room_store.blocked_by(room_id) is not None:
             raise Forbidden("This room is blocked on this server")
         head = await self._resident_head(room_id, origin)
         version = head.room_version
@@ -121,9 +123,8 @@ class ResidentMembership:
             raise Forbidden(f"The event is not allowed: {e}") from None
         if outcome == "soft_failed":
             raise Forbidden("The event is not allowed by the room's current state")
-        stored = await self._db.events.get_event(event.event_id)
-        group = stored.state_group_before if stored is not None else None
-        state_ids = await self._db.state.state_at_group(group)
+        state_ids = (await self._persister.state_before([event.event_id])) \
+            .get(event.event_id, {})
         state = await self._persister.get_events(list(state_ids.values()))
         return event, list(state.values())
 
@@ -165,10 +166,10 @@ class ResidentMembership:
         if event.type != "m.room.member" or event.membership != "invite" or \
                 _server_of(target) != self._server_name or _server_of(event.sender) != origin:
             raise BadJson("Not an invite of a user of this server by the requesting server")
-        user = await self._db.users.get_user(target)
+        user = await self._users.get_user(target)
         if user is None or user.deactivated:
             raise NotFound("Unknown user")
-        if await self._db.rooms.blocked_by(room_id) is not None:
+        if await self._room_store.blocked_by(room_id) is not None:
             raise Forbidden("This room is blocked on this server")
         signed = type(event)(event.event_id, version, sign_event(
             dict(event.pdu), version, self._server_name, self._signing_key))

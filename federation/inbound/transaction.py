@@ -91,6 +91,10 @@ class TransactionHandler:
         # (origin, txn ID) being processed now: a repeat waits for the first.
         self._running: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
 
+    async def forget_answers_before(self, ts: int) -> None:
+        """Forget the answers to transactions received before ``ts`` (ms)."""
+        await self._txns.forget_txns_before(ts)
+
     async def on_send(self, origin: str, txn_id: str, body: Mapping[str, Any]
                       ) -> dict[str, Any]:
         pdus = body.get("pdus", [])

@@ -42,7 +42,7 @@ async def get_user_devices(request: web.Request, fed: Federation, _origin: str, 
                            ) -> web.Response:
     """GET /_matrix/federation/v1/user/devices/{userId}: a local user's devices."""
     user_id = local_user(fed, request.match_info["user_id"])
-    if await fed.db.users.get_user(user_id) is None:
+    if await fed.users.get_user(user_id) is None:
         raise NotFound("Unknown user")
     devices = await fed.served.devices.list_devices(user_id)
     return json_response({

@@ -21,8 +21,8 @@ from core.errors import BadJson, Forbidden, InvalidParam, MissingParam, NotFound
 from federation.routes._base import federation_route
 from homeserver.http.json import json_response
 from homeserver.http.params import parse_int
-from homeserver.services.server_visibility import ServerVisibility, federation_pdu
-from storage.stores.events import StoredEvent
+from homeserver.services.server_visibility import federation_pdu
+from roomserver.api import StoredPdu
 
 if TYPE_CHECKING:
     from federation.container import Federation
@@ -38,23 +38,19 @@ BACKFILL_MAX_LIMIT = 100
 _MAX_LISTED_EVENTS = 1000
 
 
-def server_visibility(fed: Federation) -> ServerVisibility:
-    return ServerVisibility(fed.db.state, fed.db.events)
-
-
 async def require_server_in_room(fed: Federation, origin: str, room_id: str) -> None:
     """404 for a room unknown here, 403 unless ``origin`` has a user joined to it."""
-    if await fed.db.events.room_info(room_id) is None:
+    if await fed.rooms.room_version(room_id) is None:
         raise NotFound("Unknown room")
-    if not await server_visibility(fed).server_in_room(origin, room_id):
+    if not await fed.served.visibility.server_in_room(origin, room_id):
         raise Forbidden("Host not in room")
     if not await fed.rooms.server_allowed(room_id, origin):
         raise Forbidden("Server is banned from this room")
 
 
-async def _event_in_room(fed: Federation, room_id: str, event_id: str) -> StoredEvent:
+async def _event_in_room(fed: Federation, room_id: str, event_id: str) -> StoredPdu:
     """The stored event, or 404 if it is unknown or belongs to another room."""
-    event = await fed.db.events.get_event(event_id)
+    event = (await fed.rooms.stored_pdus([event_id])).get(event_id)
     if event is None or event.room_id != room_id:
         raise NotFound(f"Unknown event {event_id} in room {room_id}")
     return event
@@ -62,7 +58,7 @@ async def _event_in_room(fed: Federation, room_id: str, event_id: str) -> Stored
 
 async def _pdus(fed: Federation, event_ids: Iterable[str]) -> list[dict[str, Any]]:
     """Stored events in federation form, oldest first (unknown ones left out)."""
-    stored = await fed.db.events.get_events(event_ids)
+    stored = await fed.rooms.stored_pdus(event_ids)
     return [federation_pdu(e) for e in sorted(stored.values(),
                                                key=lambda e: (e.depth, e.event_id))]
 
@@ -78,8 +74,7 @@ async def _state_before(fed: Federation, origin: str, request: web.Request
     event = await _event_in_room(fed, room_id, event_id)
     if event.outlier:
         raise NotFound(f"State not known at event {event_id}")
-    state = list((await fed.db.state.state_at_group(event.state_group_before))
-                 .values())
+    state = list((await fed.rooms.state_before([event_id])).get(event_id, {}).values())
     chain = await fed.rooms.auth_chain(state)
     return state, [e.event_id for e in chain]
 
@@ -90,11 +85,11 @@ async def get_event(request: web.Request, fed: Federation, origin: str, _body: A
                     ) -> web.Response:
     """GET /_matrix/federation/v1/event/{eventId}: a transaction holding the one PDU."""
     event_id = request.match_info["event_id"]
-    event = await fed.db.events.get_event(event_id)
+    event = (await fed.rooms.stored_pdus([event_id])).get(event_id)
     if event is None:
         raise NotFound(f"Unknown event {event_id}")
     await require_server_in_room(fed, origin, event.room_id)
-    pdus = await server_visibility(fed).pdus_for_server(origin, [event])
+    pdus = await fed.served.visibility.pdus_for_server(origin, [event])
     return json_response({"origin": fed.server_name,
                           "origin_server_ts": fed.clock.time_ms(), "pdus": pdus})
 
@@ -147,19 +142,18 @@ def _int_field(body: dict[str, Any], key: str, default: int) -> int:
     return value
 
 
-async def _walk_back(fed: Federation, room_id: str, start: Iterable[StoredEvent],
-                     seen: set[str], limit: int, min_depth: int = 0) -> list[StoredEvent]:
+async def _walk_back(fed: Federation, room_id: str, start: Iterable[StoredPdu],
+                     seen: set[str], limit: int, min_depth: int = 0) -> list[StoredPdu]:
     """Up to ``limit`` events of the room reached by walking back along ``prev_events``
     from ``start`` (not included), deepest first level by level, never entering ``seen``,
     rejected events or events below ``min_depth``. One read per level of the walk."""
-    store = fed.db.events
     front = {p for e in start for p in e.pdu.get("prev_events", [])} - seen
-    found: list[StoredEvent] = []
+    found: list[StoredPdu] = []
     while front and len(found) < limit:
         seen |= front
-        loaded = await store.get_events(front)
+        loaded = await fed.rooms.stored_pdus(front)
         level = sorted((e for e in loaded.values() if e.room_id == room_id
-                        and e.rejected_reason is None and e.depth >= min_depth),
+                        and not e.rejected and e.depth >= min_depth),
                        key=lambda e: (-e.depth, e.event_id))[:limit - len(found)]
         found.extend(level)
         front = {p for e in level for p in e.pdu.get("prev_events", [])} - seen
@@ -188,12 +182,12 @@ async def get_missing_events(request: web.Request, fed: Federation, origin: str,
     limit = min(limit, MISSING_EVENTS_MAX_LIMIT)
     await require_server_in_room(fed, origin, room_id)
 
-    store = fed.db.events
-    start = [e for e in (await store.get_events(latest)).values() if e.room_id == room_id]
+    start = [e for e in (await fed.rooms.stored_pdus(latest)).values()
+             if e.room_id == room_id]
     found = await _walk_back(fed, room_id, start, set(earliest) | set(latest), limit,
                              min_depth)
     found.sort(key=lambda e: (e.depth, e.stream_ordering or 0, e.event_id))
-    pdus = await server_visibility(fed).pdus_for_server(origin, found)
+    pdus = await fed.served.visibility.pdus_for_server(origin, found)
     return json_response({"events": pdus})
 
 
@@ -215,12 +209,12 @@ async def backfill(request: web.Request, fed: Federation, origin: str, _body: An
     limit = min(parse_int(raw_limit, "limit"), BACKFILL_MAX_LIMIT)
     await require_server_in_room(fed, origin, room_id)
 
-    start = sorted((e for e in (await fed.db.events.get_events(wanted)).values()
-                    if e.room_id == room_id and e.rejected_reason is None),
+    start = sorted((e for e in (await fed.rooms.stored_pdus(wanted)).values()
+                    if e.room_id == room_id and not e.rejected),
                    key=lambda e: (-e.depth, e.event_id))[:limit]
     found = start + await _walk_back(fed, room_id, start, {e.event_id for e in start},
                                      limit - len(start))
     found.sort(key=lambda e: (-e.depth, -(e.stream_ordering or 0), e.event_id))
-    pdus = await server_visibility(fed).pdus_for_server(origin, found)
+    pdus = await fed.served.visibility.pdus_for_server(origin, found)
     return json_response({"origin": fed.server_name,
                           "origin_server_ts": fed.clock.time_ms(), "pdus": pdus})

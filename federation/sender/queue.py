@@ -29,7 +29,6 @@ from federation.transport.client import (
 from homeserver.config import HomeserverConfig
 from roomserver.api import CommittedBatch, FederatedRooms
 from storage.stores.federation import Backoff, FederationStore
-from storage.stores.state import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -190,12 +189,10 @@ class _Destination:
 
 class FederationSender:
     def __init__(self, store: FederationStore, client: FederationClient,
-                 rooms: FederatedRooms, state: StateStore, clock: Clock,
-                 config: HomeserverConfig) -> None:
+                 rooms: FederatedRooms, clock: Clock, config: HomeserverConfig) -> None:
         self.store = store
         self.client = client
         self.rooms = rooms
-        self._state = state
         self._clock = clock
         self.config = config
         self.server_name = config.server_name
@@ -325,7 +322,7 @@ class FederationSender:
         if not user_id.endswith(":" + self.server_name):
             return  # another server's user (timed out here): their server speaks for them
         async def send() -> None:
-            rooms = await self._state.rooms_for_user(user_id)
+            rooms = await self.rooms.joined_rooms(user_id)
             servers = await self._servers_in_rooms(rooms)
             if not servers:
                 return

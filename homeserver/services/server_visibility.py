@@ -25,8 +25,7 @@ from typing import Any
 
 from core.events.redaction import redact
 from core.events.room_versions import KNOWN_ROOM_VERSIONS
-from storage.stores.events import EventStore, StoredEvent
-from storage.stores.state import StateStore
+from roomserver.api import RoomReader, StoredPdu
 
 HISTORY_VISIBILITY = ("m.room.history_visibility", "")
 # Most open first.
@@ -38,17 +37,17 @@ def server_of(user_id: str) -> str:
     return user_id.split(":", 1)[1] if ":" in user_id else ""
 
 
-def redacted_pdu(event: StoredEvent) -> dict[str, Any]:
+def redacted_pdu(event: StoredPdu) -> dict[str, Any]:
     return redact(event.pdu, KNOWN_ROOM_VERSIONS[event.room_version])
 
 
-def federation_pdu(event: StoredEvent) -> dict[str, Any]:
+def federation_pdu(event: StoredPdu) -> dict[str, Any]:
     """The event as sent to other servers: its stored PDU, pruned if it was redacted (the
     stored JSON is pruned only once the redaction retention period is over)."""
-    return redacted_pdu(event) if event.redacted_by is not None else dict(event.pdu)
+    return redacted_pdu(event) if event.redacted else dict(event.pdu)
 
 
-def _content(event: StoredEvent | None) -> Mapping[str, Any]:
+def _content(event: StoredPdu | None) -> Mapping[str, Any]:
     content = event.pdu.get("content") if event is not None else None
     return content if isinstance(content, Mapping) else {}
 
@@ -61,23 +60,19 @@ def _more_open(a: str, b: str) -> str:
 class ServerVisibility:
     """History visibility for servers (see the module docstring)."""
 
-    def __init__(self, state: StateStore, events: EventStore) -> None:
-        self._state = state
-        self._events = events
+    def __init__(self, rooms: RoomReader) -> None:
+        self._rooms = rooms
 
     async def server_in_room(self, server_name: str, room_id: str) -> bool:
         """Whether a user of ``server_name`` is joined to the room (current state)."""
-        members = await self._state.current_state(room_id, types=["m.room.member"])
-        return any(m.membership == "join" and server_of(m.state_key) == server_name
-                   for m in members)
+        return server_name in await self._rooms.joined_servers(room_id)
 
-    async def visible_ids(self, server_name: str, events: Sequence[StoredEvent]) -> set[str]:
+    async def visible_ids(self, server_name: str, events: Sequence[StoredPdu]) -> set[str]:
         """The IDs of the events ``server_name`` may see unredacted."""
-        at_group = await self._state_at_groups(
-            server_name, {e.state_group_before for e in events})
+        before = await self._state_before(server_name, [e.event_id for e in events])
         visible = set()
         for event in events:
-            visibility, memberships = at_group.get(event.state_group_before, ("shared", set()))
+            visibility, memberships = before.get(event.event_id, ("shared", set()))
             pdu = event.pdu
             if (pdu.get("type"), pdu.get("state_key")) == HISTORY_VISIBILITY:
                 new = _content(event).get("history_visibility")
@@ -96,7 +91,7 @@ class ServerVisibility:
                 visible.add(event.event_id)
         return visible
 
-    async def pdus_for_server(self, server_name: str, events: Sequence[StoredEvent]
+    async def pdus_for_server(self, server_name: str, events: Sequence[StoredPdu]
                               ) -> list[dict[str, Any]]:
         """The events in federation form, in the given order: redacted copies of those the
         server may not see."""
@@ -104,27 +99,28 @@ class ServerVisibility:
         return [federation_pdu(e) if e.event_id in visible else redacted_pdu(e)
                 for e in events]
 
-    async def _state_at_groups(self, server_name: str, groups: Iterable[int | None]
-                               ) -> dict[int | None, tuple[str, set[str]]]:
-        """Per state group: the history visibility, and the memberships of the server's users
-        (looked up only where the visibility restricts, as Synapse does)."""
-        hv_ids = {g: (await self._state.state_at_group(g, only=[HISTORY_VISIBILITY]))
-                  .get(HISTORY_VISIBILITY) for g in groups if g is not None}
-        loaded = await self._events.get_events(e for e in hv_ids.values() if e is not None)
-        out: dict[int | None, tuple[str, set[str]]] = {}
-        member_ids: dict[int, list[str]] = {}
-        for group, hv_id in hv_ids.items():
+    async def _state_before(self, server_name: str, event_ids: Iterable[str]
+                            ) -> dict[str, tuple[str, set[str]]]:
+        """Per event with a known state before it: the history visibility there, and the
+        memberships of the server's users (looked up only where the visibility restricts,
+        as Synapse does). A few reads whatever the number of events."""
+        hv_ids = {e: state.get(HISTORY_VISIBILITY) for e, state in
+                  (await self._rooms.state_before(event_ids, only=[HISTORY_VISIBILITY]))
+                  .items()}
+        loaded = await self._rooms.stored_pdus(e for e in hv_ids.values() if e is not None)
+        out: dict[str, tuple[str, set[str]]] = {}
+        for event_id, hv_id in hv_ids.items():
             value = _content(loaded.get(hv_id or "")).get("history_visibility")
-            visibility = value if isinstance(value, str) else "shared"
-            out[group] = (visibility, set())
-            if visibility not in ("world_readable", "shared"):
-                state = await self._state.state_at_group(group)
-                member_ids[group] = [e for (t, k), e in state.items()
-                                     if t == "m.room.member" and server_of(k) == server_name]
-        members = await self._events.get_events(e for ids in member_ids.values() for e in ids)
-        for group, ids in member_ids.items():
-            for event_id in ids:
-                membership = _content(members.get(event_id)).get("membership")
+            out[event_id] = (value if isinstance(value, str) else "shared", set())
+        restricted = [e for e, (v, _) in out.items() if v not in ("world_readable", "shared")]
+        if not restricted:
+            return out
+        member_ids = await self._rooms.members_before(restricted, server_name)
+        members = await self._rooms.stored_pdus(
+            {e for ids in member_ids.values() for e in ids.values()})
+        for event_id, ids in member_ids.items():
+            for member_id in ids.values():
+                membership = _content(members.get(member_id)).get("membership")
                 if isinstance(membership, str):
-                    out[group][1].add(membership)
+                    out[event_id][1].add(membership)
         return out

@@ -46,6 +46,7 @@ from homeserver.services.rooms import CreateRoomRequest
 from homeserver.services.server_visibility import ServerVisibility
 from roomserver.api import FederatedRooms, NewEvent
 from storage import Database
+from storage.stores.users import UserStore
 from tests.conftest import SERVER_NAME, PostgresSchema, make_config, postgres_url
 from tests.helpers.processes import free_port
 from tests.helpers.spec import SPEC_DIR, _load, _registry
@@ -152,7 +153,7 @@ class StubFederation:
     """What the routes use of ``Federation``."""
 
     server_name: str
-    db: Database
+    users: UserStore
     clock: Clock
     rooms: FederatedRooms
     served: Served
@@ -235,8 +236,9 @@ async def fed(hs: Services, aiohttp_client: Callable[..., Any]) -> AsyncIterator
     keyring = Keyring(hs.db.server_keys, client, hs.clock, config.server_name, hs.signing_key,
                       ())
     served = Served(hs.profiles, hs.rooms, hs.directory, hs.devices, hs.membership,
-                    InboundEdus(hs.typing, hs.receipts, hs.presence, hs.to_device))
-    stub = StubFederation(config.server_name, hs.db, hs.clock, hs.roomserver, served, keyring,
+                    InboundEdus(hs.typing, hs.receipts, hs.presence, hs.to_device),
+                    ServerVisibility(hs.roomserver))
+    stub = StubFederation(config.server_name, hs.db.users, hs.clock, hs.roomserver, served, keyring,
                           StubSender())
     app = web.Application(middlewares=[error_middleware])
     app[FEDERATION] = cast(Federation, stub)
@@ -678,7 +680,7 @@ async def test_server_visibility_invited(hs: Services, remote: FakeRemote) -> No
     """``invited``: a server sees events from its users' invite on (the invite included),
     ``joined``: from their join on (the join included); ``server_in_room`` is about joined
     users only."""
-    visibility = ServerVisibility(hs.db.state, hs.db.events)
+    visibility = ServerVisibility(hs.roomserver)
     carol = remote.user("carol")
     seen: dict[str, set[str]] = {}
     for history in ("invited", "joined"):
@@ -692,7 +694,7 @@ async def test_server_visibility_invited(hs: Services, remote: FakeRemote) -> No
         after = await send(hs, room_id, "after")
         assert await visibility.server_in_room(remote.server_name, room_id)
         assert not await visibility.server_in_room("elsewhere.example", room_id)
-        stored = await hs.db.events.get_events([before, invite, while_invited, join, after])
+        stored = await hs.roomserver.stored_pdus([before, invite, while_invited, join, after])
         ids = await visibility.visible_ids(remote.server_name, list(stored.values()))
         names = {before: "before", invite: "invite", while_invited: "while invited",
                  join: "join", after: "after"}
@@ -705,7 +707,7 @@ async def test_server_visibility_history_visibility_change(hs: Services,
                                                            remote: FakeRemote) -> None:
     """A change of history visibility is judged by the more open of its old and new
     values; later events by the new one."""
-    visibility = ServerVisibility(hs.db.state, hs.db.events)
+    visibility = ServerVisibility(hs.roomserver)
     room_id = await make_room(hs, "joined")
     await remote_member(hs, room_id, remote.user("bob"))
     await remote_member(hs, room_id, remote.user("bob"), "leave")
@@ -714,6 +716,6 @@ async def test_server_visibility_history_visibility_change(hs: Services,
         "m.room.history_visibility", ALICE, {"history_visibility": "shared"},
         state_key=""))).event_id
     shared = await send(hs, room_id, "shared")
-    stored = await hs.db.events.get_events([hidden, change, shared])
+    stored = await hs.roomserver.stored_pdus([hidden, change, shared])
     assert await visibility.visible_ids(remote.server_name, list(stored.values())) \
         == {change, shared}
