@@ -15,6 +15,7 @@ from client_api import (
     directory,
     friends,
     history,
+    key_backup,
     login,
     membership,
     presence,
@@ -31,7 +32,7 @@ from client_api import (
 
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
             directory, account_data, sync, push_rules, presence, receipts, friends,
-            search, history, to_device)
+            search, history, to_device, key_backup)
 
 
 def add_client_routes(app: web.Application) -> None:

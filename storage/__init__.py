@@ -13,6 +13,7 @@ from storage.stores.devices import DeviceStore
 from storage.stores.events import EventStore
 from storage.stores.federation import FederationStore
 from storage.stores.filters import FilterStore
+from storage.stores.key_backup import KeyBackupStore
 from storage.stores.presence import PresenceStore
 from storage.stores.purge import PurgeStore
 from storage.stores.receipts import ReceiptStore
@@ -53,6 +54,7 @@ class Database:
         self.federation = FederationStore(self.engine)
         self.server_keys = ServerKeyStore(self.engine)
         self.to_device = ToDeviceStore(self.engine)
+        self.key_backup = KeyBackupStore(self.engine)
 
     @property
     def is_sqlite(self) -> bool:

@@ -24,6 +24,7 @@ from homeserver.services.directory import DirectoryService
 from homeserver.services.filters import FilterService
 from homeserver.services.friends import FriendsService
 from homeserver.services.history import ClearedHistory, HistoryService
+from homeserver.services.key_backup import KeyBackupService
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
@@ -80,6 +81,7 @@ class Services:
     purge: PurgeService
     censor: RedactionCensor
     to_device: ToDeviceService
+    key_backup: KeyBackupService
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -214,6 +216,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         censor=RedactionCensor(db.events, roomserver, serializer, notifier, clock,
                                config.redaction_retention_period),
         to_device=to_device,
+        key_backup=KeyBackupService(db.key_backup),
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
     )
