@@ -13,6 +13,7 @@ import secrets
 import string
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
 
 from core.clock import Clock
 from core.errors import UnknownToken, UserDeactivated
@@ -50,9 +51,17 @@ def new_device_id() -> str:
     return "".join(secrets.choice(string.ascii_uppercase) for _ in range(10))
 
 
+class DevicesDeleted(Protocol):
+    """Told of devices deleted (with their keys): users sharing a room hear of it."""
+
+    async def devices_deleted(self, user_id: str, device_ids: list[str]) -> None: ...
+
+
 class AuthService:
-    def __init__(self, devices: DeviceStore, clock: Clock, config: AuthConfig) -> None:
+    def __init__(self, devices: DeviceStore, clock: Clock, config: AuthConfig, *,
+                 on_devices_deleted: DevicesDeleted | None = None) -> None:
         self._devices = devices
+        self._on_devices_deleted = on_devices_deleted
         self._clock = clock
         self._config = config
         self._cache: OrderedDict[str, AccessTokenInfo] = OrderedDict()
@@ -137,17 +146,25 @@ class AuthService:
 
     async def logout(self, requester: Requester) -> None:
         """End this device's session and delete the device."""
-        await self._devices.delete_devices(requester.user_id, [requester.device_id])
+        deleted = await self._devices.delete_devices(requester.user_id,
+                                                     [requester.device_id])
         self.forget_user(requester.user_id)
+        await self._devices_deleted(requester.user_id, deleted)
 
     async def logout_all(self, user_id: str, *, except_device_id: str | None = None) -> list[str]:
         deleted = await self._devices.delete_all_devices(user_id, except_device_id=except_device_id)
         self.forget_user(user_id)
+        await self._devices_deleted(user_id, deleted)
         return deleted
 
     async def delete_devices(self, user_id: str, device_ids: list[str]) -> None:
-        await self._devices.delete_devices(user_id, device_ids)
+        deleted = await self._devices.delete_devices(user_id, device_ids)
         self.forget_user(user_id)
+        await self._devices_deleted(user_id, deleted)
+
+    async def _devices_deleted(self, user_id: str, device_ids: list[str]) -> None:
+        if device_ids and self._on_devices_deleted is not None:
+            await self._on_devices_deleted.devices_deleted(user_id, device_ids)
 
     def forget_user(self, user_id: str) -> None:
         """Drop cached tokens of ``user_id`` after its sessions or account changed."""

@@ -20,6 +20,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from core.clock import Clock
+from homeserver.services.e2e_keys import E2EKeyService
 from homeserver.services.filtering import SyncFilter
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
@@ -67,17 +68,18 @@ class SyncService:
                  account_data: AccountDataStore, rooms: RoomStore, notifier: Notifier,
                  serializer: EventSerializer, visibility: VisibilityService,
                  members: MembershipCache, typing: TypingService, receipts: ReceiptService,
-                 presence: PresenceService, clock: Clock, to_device: ToDeviceService
-                 ) -> None:
+                 presence: PresenceService, clock: Clock, to_device: ToDeviceService,
+                 keys: E2EKeyService) -> None:
         self._notifier = notifier
         self._members = members
         self._typing = typing
         self._receipts = receipts
         self._presence = presence
         self._to_device = to_device
+        self._keys = keys
         self._sources = SyncSources(
             sync_store, events, state, account_data, rooms, notifier, serializer, visibility,
-            members, typing, receipts, presence, clock, to_device,
+            members, typing, receipts, presence, clock, to_device, keys,
             UnreadCounter(sync_store, events, notifier.recent), SentMembers(),
             LRUCache(200_000))
         # The running average of how late woken waiters run (seconds).
@@ -88,7 +90,8 @@ class SyncService:
     def current_token(self) -> SyncToken:
         return SyncToken(self._notifier.position, self._notifier.account_data_position,
                          self._receipts.position, self._presence.position,
-                         self._typing.position, self._to_device.position)
+                         self._typing.position, self._to_device.position,
+                         self._keys.position)
 
     async def sync(self, user_id: str, device_id: str | None, *, since: str | None,
                    timeout_ms: int, full_state: bool, sync_filter: SyncFilter,
@@ -102,6 +105,19 @@ class SyncService:
                 instead of the newest with ``limited`` (the SSE stream's contract).
             until: stop waiting when this is done (the client went away).
         """
+        response = await self._sync(user_id, device_id, since=since, timeout_ms=timeout_ms,
+                                    full_state=full_state, sync_filter=sync_filter,
+                                    complete=complete, until=until)
+        if device_id is not None:
+            # Every response carries the device's key counts (empty ones too).
+            counts, unused_fallback = await self._keys.key_counts(user_id, device_id)
+            response["device_one_time_keys_count"] = counts
+            response["device_unused_fallback_key_types"] = unused_fallback
+        return response
+
+    async def _sync(self, user_id: str, device_id: str | None, *, since: str | None,
+                    timeout_ms: int, full_state: bool, sync_filter: SyncFilter,
+                    complete: bool, until: asyncio.Future[None] | None) -> dict[str, Any]:
         since_token = SyncToken.parse(since) if since else None
         deadline = time.monotonic() + timeout_ms / 1000
         device = (user_id, device_id)
@@ -199,6 +215,9 @@ class SyncService:
         NOTHING. From memory; never NOTHING when a response would carry something (a wrong
         guess the other way only costs a build that turns out empty)."""
         if self._event_news(user_id, since, now, rooms):
+            return EVENTS
+        if now.device_lists != since.device_lists and await self._keys.may_have_news(
+                user_id, since.device_lists, now.device_lists):
             return EVENTS
         ephemeral = sync_filter.ephemeral
         if now.typing != since.typing and ephemeral.allows_type("m.typing") and \

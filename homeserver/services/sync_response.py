@@ -16,6 +16,7 @@ from cachetools import LRUCache
 
 from core.clock import Clock
 from core.events.stripped import STRIPPED_STATE_TYPES, stripped
+from homeserver.services.e2e_keys import E2EKeyService
 from homeserver.services.filtering import SyncFilter
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.messages import make_token
@@ -85,6 +86,7 @@ class SyncSources:
     presence: PresenceService
     clock: Clock
     to_device: ToDeviceService
+    keys: E2EKeyService
     unread: UnreadCounter
     sent_members: SentMembers
     # Member event -> position of the join it continues (a profile change is a join event).
@@ -163,13 +165,16 @@ class ResponseBuilder:
                         (self.since is not None and room_id in changed):
                     rooms["leave"][room_id] = await self._left_room(room_id, event_id)
         to_device, to_device_position = await self._to_device()
+        changed_users, left_users = await self.s.keys.device_list_changes(
+            self.user_id, self.since, self.now) if self.since is not None else ([], [])
         response = {
             "next_batch": replace(self.now, to_device=to_device_position).encode(),
             "rooms": rooms,
             "account_data": {"events": account["global"]},
             "presence": {"events": await self._presence(joined)},
             "to_device": {"events": to_device},
-            "device_lists": {"changed": [], "left": []},
+            "device_lists": {"changed": changed_users, "left": left_users},
+            # Filled in by the sync service for every response.
             "device_one_time_keys_count": {},
             "device_unused_fallback_key_types": [],
         }

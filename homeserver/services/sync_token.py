@@ -8,7 +8,7 @@ from typing import Any
 
 from core.errors import InvalidParam
 
-_TOKEN_RE = re.compile(r"^s(\d+)(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?(?:_(\d+))?$")
+_TOKEN_RE = re.compile(r"^s(\d+)" + r"(?:_(\d+))?" * 6 + "$")
 _PARSED_TOKENS = 4096
 _parsed: dict[str, SyncToken] = {}
 DEFAULT_TIMELINE_LIMIT = 10
@@ -26,10 +26,11 @@ class SyncToken:
     presence: int = 0
     typing: int = 0
     to_device: int = 0
+    device_lists: int = 0
 
     def encode(self) -> str:
         return (f"s{self.events}_{self.account_data}_{self.receipts}_{self.presence}_"
-                f"{self.typing}_{self.to_device}")
+                f"{self.typing}_{self.to_device}_{self.device_lists}")
 
     @classmethod
     def parse(cls, text: str) -> SyncToken:
@@ -52,7 +53,8 @@ class SyncToken:
                          min(self.account_data, other.account_data),
                          min(self.receipts, other.receipts),
                          min(self.presence, other.presence), min(self.typing, other.typing),
-                         min(self.to_device, other.to_device))
+                         min(self.to_device, other.to_device),
+                         min(self.device_lists, other.device_lists))
 
 
 def empty_response(token: SyncToken) -> dict[str, Any]:
@@ -69,4 +71,5 @@ def is_empty(response: dict[str, Any]) -> bool:
     rooms = response["rooms"]
     return not (rooms["join"] or rooms["invite"] or rooms["leave"] or rooms["knock"]
                 or response["account_data"]["events"] or response["presence"]["events"]
-                or response["to_device"]["events"])
+                or response["to_device"]["events"] or response["device_lists"]["changed"]
+                or response["device_lists"]["left"])

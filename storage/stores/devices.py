@@ -13,7 +13,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.dialect import insert
 from storage.engine import DatabaseEngine
-from storage.schema import access_tokens, device_inbox, devices, refresh_tokens, users
+from storage.schema import (
+    access_tokens,
+    device_inbox,
+    device_keys,
+    devices,
+    fallback_keys,
+    one_time_keys,
+    refresh_tokens,
+    users,
+)
+
+# What goes with a device: its inbox and its end-to-end encryption keys.
+_DEVICE_TABLES = (devices, device_inbox, device_keys, one_time_keys, fallback_keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,13 +196,19 @@ class DeviceStore:
             await conn.execute(update(refresh_tokens).where(refresh_tokens.c.id == old.token_id)
                                .values(next_token_id=new_id))
 
-    async def delete_devices(self, user_id: str, device_ids: Sequence[str]) -> None:
-        """Delete devices, every token they hold and the messages waiting for them."""
+    async def delete_devices(self, user_id: str, device_ids: Sequence[str]) -> list[str]:
+        """Delete devices, every token they hold, the messages waiting for them and their
+        encryption keys; returns the IDs of the devices that existed."""
         async with self._db.write() as conn:
             await self._delete_tokens(conn, user_id, device_ids)
-            for table in (devices, device_inbox):
+            deleted = [r[0] for r in await conn.execute(
+                delete(devices).where(and_(devices.c.user_id == user_id,
+                                           devices.c.device_id.in_(list(device_ids))))
+                .returning(devices.c.device_id))]
+            for table in _DEVICE_TABLES[1:]:
                 await conn.execute(delete(table).where(and_(
                     table.c.user_id == user_id, table.c.device_id.in_(list(device_ids)))))
+        return deleted
 
     async def delete_all_devices(self, user_id: str, *, except_device_id: str | None = None
                                  ) -> list[str]:
@@ -207,7 +225,7 @@ class DeviceStore:
                     stmt = stmt.where(table.c.device_id != except_device_id)
                 await conn.execute(stmt)
             if device_ids:
-                for table in (devices, device_inbox):
+                for table in _DEVICE_TABLES:
                     await conn.execute(delete(table).where(and_(
                         table.c.user_id == user_id, table.c.device_id.in_(device_ids))))
         return device_ids

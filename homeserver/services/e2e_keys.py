@@ -1,0 +1,522 @@
+"""End-to-end encryption keys
+(https://spec.matrix.org/v1.19/client-server-api/#end-to-end-encryption), on this server:
+device keys and one-time and fallback keys (/keys/upload, /keys/query, /keys/claim),
+cross-signing keys and signatures (/keys/device_signing/upload, /keys/signatures/upload), and
+the device lists of /sync and /keys/changes.
+
+A change of a user's devices or cross-signing keys is a position in the device-list stream;
+it wakes the syncs of everyone who shares a room with the user. A syncing user hears of
+(``device_lists.changed``) the users sharing a room with them whose keys changed, and of
+users who start sharing a room with them; of users who no longer share one, in ``left``.
+
+Only this server's users for now: other servers' users are left out of /keys/query and
+/keys/claim answers (as when their server cannot be reached, with no failure recorded).
+Keys are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from signedjson.key import decode_verify_key_bytes
+from signedjson.sign import SignatureVerifyException, verify_signed_json
+from unpaddedbase64 import decode_base64
+
+from core.clock import Clock
+from core.errors import BadJson, InvalidParam, MatrixError, MissingParam
+from core.types import parse_user_id
+from homeserver.services.member_cache import MembershipCache
+from homeserver.services.notifier import Notifier
+from homeserver.services.sync_token import SyncToken
+from storage.stores.e2e_keys import (
+    E2EKeyStore,
+    KeyConflict,
+    NewKey,
+    QueryResult,
+    Signature,
+    Wanted,
+)
+from storage.stores.sync import SyncStore
+
+logger = logging.getLogger(__name__)
+
+MASTER, SELF_SIGNING, USER_SIGNING = "master", "self_signing", "user_signing"
+# Bounds on one request (a client uploads tens of keys at a time).
+MAX_ONE_TIME_KEYS = 1000
+MAX_QUERIED_USERS = 10_000
+MAX_CLAIMED = 10_000
+# Device-list changes remembered in memory (older positions ask the database).
+RECENT_CHANGES = 10_000
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _check_key_object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadJson(f"{what} must be an object")
+    signatures = value.get("signatures")
+    if signatures is not None and not (isinstance(signatures, dict) and all(
+            isinstance(v, dict) and all(isinstance(s, str) for s in v.values())
+            for v in signatures.values())):
+        raise BadJson(f"{what}.signatures must map user IDs to key IDs to signatures")
+    return value
+
+
+def _split_key_name(name: str, what: str) -> tuple[str, str]:
+    algorithm, sep, key_id = name.partition(":")
+    if not sep or not algorithm or not key_id:
+        raise InvalidParam(f"{what} key names must be '<algorithm>:<key_id>'")
+    return algorithm, key_id
+
+
+def _keys(body: Mapping[str, Any], field: str) -> list[NewKey]:
+    value = body.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise BadJson(f"{field} must be an object")
+    if len(value) > MAX_ONE_TIME_KEYS:
+        raise InvalidParam(f"At most {MAX_ONE_TIME_KEYS} {field} at a time")
+    out = []
+    for name, key in value.items():
+        algorithm, key_id = _split_key_name(name, field)
+        if not isinstance(key, str):
+            _check_key_object(key, f"{field}[{name!r}]")
+        out.append((algorithm, key_id, _canonical(key)))
+    return out
+
+
+def _single_key(obj: Mapping[str, Any], what: str) -> tuple[str, str]:
+    """The ``(key ID, public key)`` of a cross-signing key object: one ed25519 key."""
+    keys = obj.get("keys")
+    if not isinstance(keys, dict) or len(keys) != 1:
+        raise InvalidParam(f"{what}.keys must hold exactly one key")
+    ((key_id, public),) = keys.items()
+    if not isinstance(key_id, str) or not key_id.startswith("ed25519:") or \
+            not isinstance(public, str) or key_id[len("ed25519:"):] != public:
+        raise InvalidParam(f"{what}.keys must be {{'ed25519:<public key>': <public key>}}")
+    return key_id, public
+
+
+def _verify(obj: Mapping[str, Any], user_id: str, key_id: str, public: str) -> bool:
+    try:
+        verify_key = decode_verify_key_bytes(key_id, decode_base64(public))
+        verify_signed_json(dict(obj), user_id, verify_key)
+    except (SignatureVerifyException, ValueError, TypeError, KeyError):
+        return False
+    except Exception:  # nacl raises errors of its own for malformed keys
+        return False
+    return True
+
+
+def _with_default(counts: dict[str, int]) -> dict[str, int]:
+    """signed_curve25519 is always counted (as Synapse does: some clients need it)."""
+    return {"signed_curve25519": 0, **counts}
+
+
+class E2EKeyService:
+    def __init__(self, store: E2EKeyStore, sync_store: SyncStore, members: MembershipCache,
+                 notifier: Notifier, clock: Clock, server_name: str) -> None:
+        self._store = store
+        self._sync = sync_store
+        self._members = members
+        self._notifier = notifier
+        self._clock = clock
+        self._server_name = server_name
+        # (position, user) of the device-list changes since start-up, the latest last.
+        self._recent: deque[tuple[int, str]] = deque(maxlen=RECENT_CHANGES)
+        self._start = 0
+
+    def start(self) -> None:
+        self._start = self._store.position
+        self._recent.clear()
+
+    @property
+    def position(self) -> int:
+        return self._store.position
+
+    def _is_local(self, user_id: str) -> bool:
+        try:
+            return parse_user_id(user_id).server_name == self._server_name
+        except ValueError:
+            return False
+
+    async def _changed(self, changes: Iterable[tuple[int, str]]) -> None:
+        """Device-list changes committed: remember them and wake everyone who shares a
+        room with their users."""
+        users: set[str] = set()
+        for position, user_id in changes:
+            self._recent.append((position, user_id))
+            users.add(user_id)
+        rooms: set[str] = set()
+        for user_id in users:
+            rooms |= await self._members.joined_rooms(user_id)
+        self._notifier.wake(room_ids=rooms, user_ids=users)
+
+    # -- upload ----------------------------------------------------------------------------
+
+    async def upload(self, user_id: str, device_id: str, body: Mapping[str, Any]
+                     ) -> dict[str, int]:
+        """POST /keys/upload: the one-time key counts per algorithm."""
+        keys_json = None
+        device_keys = body.get("device_keys")
+        if device_keys is not None:
+            _check_key_object(device_keys, "device_keys")
+            if device_keys.get("user_id") != user_id or device_keys.get("device_id") != device_id:
+                raise InvalidParam("device_keys must be for the requesting user and device")
+            if not isinstance(device_keys.get("keys"), dict) or not isinstance(
+                    device_keys.get("algorithms"), list):
+                raise BadJson("device_keys needs 'keys' (an object) and 'algorithms' (a list)")
+            keys_json = _canonical(device_keys)
+            old = await self._store.device_keys(user_id, device_id)
+            if old is not None:
+                if json.loads(old).get("keys") != device_keys["keys"]:
+                    raise InvalidParam("This device's identity keys are already uploaded; "
+                                       "they cannot be replaced by different ones")
+                if old == keys_json:
+                    keys_json = None  # the same again: nothing changed
+        one_time = _keys(body, "one_time_keys")
+        fallback = _keys(body, "fallback_keys")
+        if len({a for a, _, _ in fallback}) != len(fallback):
+            raise InvalidParam("At most one fallback key per algorithm")
+        try:
+            counts, position = await self._store.upload(
+                user_id, device_id, keys_json=keys_json, one_time=one_time,
+                fallback=fallback, now=self._clock.time_ms())
+        except KeyConflict as e:
+            raise InvalidParam(f"One-time key {str(e)[:300]} already exists with a "
+                               "different value") from None
+        if position is not None:
+            await self._changed([(position, user_id)])
+        return _with_default(counts)
+
+    # -- query -----------------------------------------------------------------------------
+
+    async def query(self, requester: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /keys/query"""
+        wanted = body.get("device_keys")
+        if wanted is None:
+            raise MissingParam("Missing parameter: device_keys")
+        if not isinstance(wanted, dict):
+            raise BadJson("device_keys must be an object")
+        if len(wanted) > MAX_QUERIED_USERS:
+            raise InvalidParam(f"At most {MAX_QUERIED_USERS} users at a time")
+        local: dict[str, set[str] | None] = {}
+        for user_id, device_ids in wanted.items():
+            if not isinstance(device_ids, list) or not all(isinstance(d, str)
+                                                           for d in device_ids):
+                raise BadJson(f"device_keys[{user_id[:300]!r}] must be a list of device IDs")
+            if self._is_local(user_id):
+                local[user_id] = set(device_ids) or None
+        found = await self._store.query(sorted(local))
+        out: dict[str, Any] = {"device_keys": {u: {} for u in local}, "failures": {},
+                               "master_keys": {}, "self_signing_keys": {},
+                               "user_signing_keys": {}}
+        for device in found.devices:
+            only = local.get(device.user_id)
+            if only is not None and device.device_id not in only:
+                continue
+            obj = json.loads(device.key_json)
+            self._merge_signatures(obj, found, device.user_id, device.device_id, requester)
+            unsigned = dict(obj.get("unsigned") or {})
+            if device.display_name is not None:
+                unsigned["device_display_name"] = device.display_name
+            obj["unsigned"] = unsigned
+            out["device_keys"][device.user_id][device.device_id] = obj
+        for user_id, keys in found.cross_signing.items():
+            for usage, field in ((MASTER, "master_keys"), (SELF_SIGNING, "self_signing_keys"),
+                                 (USER_SIGNING, "user_signing_keys")):
+                if usage not in keys or (usage == USER_SIGNING and user_id != requester):
+                    continue
+                obj = json.loads(keys[usage])
+                _, public = _single_key(obj, usage)
+                self._merge_signatures(obj, found, user_id, public, requester)
+                out[field][user_id] = obj
+        return out
+
+    @staticmethod
+    def _merge_signatures(obj: dict[str, Any], found: QueryResult, user_id: str,
+                          target_key_id: str, requester: str) -> None:
+        """Add the uploaded signatures over a key object (another user's signatures of it
+        only for that signer: a user-signing key's verdicts are its owner's)."""
+        for signer, signer_key, signature in found.signatures.get((user_id, target_key_id), ()):
+            if signer != user_id and signer != requester:
+                continue
+            obj.setdefault("signatures", {}).setdefault(signer, {})[signer_key] = signature
+
+    # -- claim -----------------------------------------------------------------------------
+
+    async def claim(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /keys/claim"""
+        requested = body.get("one_time_keys")
+        if requested is None:
+            raise MissingParam("Missing parameter: one_time_keys")
+        if not isinstance(requested, dict):
+            raise BadJson("one_time_keys must be an object")
+        wanted: list[Wanted] = []
+        for user_id, by_device in requested.items():
+            if not isinstance(by_device, dict) or not all(isinstance(a, str)
+                                                          for a in by_device.values()):
+                raise BadJson(f"one_time_keys[{user_id[:300]!r}] must map device IDs to "
+                              "algorithms")
+            if self._is_local(user_id):
+                wanted.extend((user_id, d, a) for d, a in by_device.items())
+        if len(wanted) > MAX_CLAIMED:
+            raise InvalidParam(f"At most {MAX_CLAIMED} keys at a time")
+        claimed = await self._store.claim(wanted)
+        out: dict[str, Any] = {}
+        for (user_id, device_id, _), key in claimed.items():
+            out.setdefault(user_id, {}).setdefault(device_id, {})[key.key_id] = \
+                json.loads(key.key_json)
+        if claimed:
+            # The devices' syncs report their counts (and a used fallback key).
+            self._notifier.wake(user_ids={u for u, _, _ in claimed})
+        return {"one_time_keys": out, "failures": {}}
+
+    async def key_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
+        """A device's one-time key counts and unused fallback key algorithms (sync)."""
+        counts, unused = await self._store.key_counts(user_id, device_id)
+        return _with_default(counts), unused
+
+    # -- device lists ----------------------------------------------------------------------
+
+    async def _users_changed(self, after: int, up_to: int) -> set[str]:
+        if after >= up_to:
+            return set()
+        if after >= self._start and (not self._recent or self._recent[0][0] <= after + 1
+                                     or len(self._recent) < RECENT_CHANGES):
+            return {u for p, u in self._recent if after < p <= up_to}
+        return await self._store.changed_users(after, up_to)
+
+    async def may_have_news(self, user_id: str, after: int, up_to: int) -> bool:
+        """Whether a user sharing a room with ``user_id`` (or the user) changed keys in
+        ``(after, up_to]`` (from memory where it can)."""
+        for other in await self._users_changed(after, up_to):
+            if await self._members.share_a_room(user_id, other):
+                return True
+        return False
+
+    async def device_list_changes(self, user_id: str, since: SyncToken, up_to: SyncToken
+                                  ) -> tuple[list[str], list[str]]:
+        """``(changed, left)`` for a sync of ``user_id`` from ``since`` to ``up_to``."""
+        changed: set[str] = set()
+        left: set[str] = set()
+        joined = await self._members.joined_rooms(user_id)
+        co_members: set[str] | None = None
+
+        async def sharing() -> set[str]:
+            nonlocal co_members
+            if co_members is None:
+                co_members = await self._sync.co_members(user_id, sorted(joined)) \
+                    if joined else set()
+                co_members.add(user_id)
+            return co_members
+
+        users = await self._users_changed(since.device_lists, up_to.device_lists)
+        if users:
+            changed |= users & await sharing()
+        if since.events < up_to.events:
+            rooms = {r for r in joined if self._notifier.room_changed_since(r, since.events)}
+            mine = []
+            if self._notifier.membership_changed_since(user_id, since.events):
+                mine = await self._sync.membership_changes(user_id, since.events,
+                                                           up_to.events)
+                rooms |= {c.room_id for c in mine}
+            last: dict[str, str] = {}
+            for room_id, member, membership in await self._store.member_changes(
+                    sorted(rooms), since.events, up_to.events):
+                if member == user_id:
+                    # Everyone in a room the user joined or left may have come or gone.
+                    for other in await self._sync.co_members(user_id, [room_id]):
+                        last.setdefault(other, "join")
+                else:
+                    last[member] = membership
+            if last:
+                now_sharing = await sharing()
+                for other in last:
+                    if other in now_sharing:
+                        changed.add(other)
+                    else:
+                        left.add(other)
+        left.discard(user_id)
+        return sorted(changed - left), sorted(left)
+
+    async def changes(self, user_id: str, from_token: str, to_token: str) -> dict[str, Any]:
+        """GET /keys/changes"""
+        since, up_to = SyncToken.parse(from_token), SyncToken.parse(to_token)
+        current = SyncToken(self._notifier.position, device_lists=self.position)
+        up_to = SyncToken(min(up_to.events, current.events),
+                          device_lists=min(up_to.device_lists, current.device_lists))
+        changed, left = await self.device_list_changes(user_id, since, up_to)
+        return {"changed": changed, "left": left}
+
+    # -- devices ---------------------------------------------------------------------------
+
+    async def devices_deleted(self, user_id: str, device_ids: list[str]) -> None:
+        """Devices are gone (their keys with them): users sharing a room hear of it."""
+        if not device_ids:
+            return
+        position = await self._store.devices_deleted(user_id, device_ids,
+                                                     self._clock.time_ms())
+        if position is not None:
+            await self._changed([(position, user_id)])
+
+    # -- cross-signing ---------------------------------------------------------------------
+
+    async def cross_signing_upload_needs_auth(self, user_id: str, body: Mapping[str, Any]
+                                              ) -> bool:
+        """Whether this /keys/device_signing/upload needs user-interactive auth: not for a
+        first master key, nor for keys all equal to those stored (a retry)."""
+        stored = await self._store.cross_signing_keys(user_id)
+        if MASTER not in stored:
+            return False
+        for usage, field in ((MASTER, "master_key"), (SELF_SIGNING, "self_signing_key"),
+                             (USER_SIGNING, "user_signing_key")):
+            if field in body and (usage not in stored
+                                  or json.loads(stored[usage]) != body[field]):
+                return True
+        return False
+
+    async def upload_cross_signing(self, user_id: str, body: Mapping[str, Any]) -> None:
+        """POST /keys/device_signing/upload (after user-interactive auth when needed)."""
+        stored = await self._store.cross_signing_keys(user_id)
+        new: dict[str, str] = {}
+        master = body.get("master_key")
+        if master is not None:
+            self._check_cross_signing_key(user_id, master, MASTER)
+            master_obj = master
+        elif MASTER in stored:
+            master_obj = json.loads(stored[MASTER])
+        else:
+            master_obj = None
+        for usage, field in ((SELF_SIGNING, "self_signing_key"),
+                             (USER_SIGNING, "user_signing_key")):
+            obj = body.get(field)
+            if obj is None:
+                continue
+            self._check_cross_signing_key(user_id, obj, usage)
+            if master_obj is None:
+                raise MissingParam("No master signing key is available")
+            master_key_id, master_public = _single_key(master_obj, MASTER)
+            if not _verify(obj, user_id, master_key_id, master_public):
+                raise MatrixError(f"The {field} is not signed by the master key", status=400,
+                                  errcode="M_INVALID_SIGNATURE")
+            new[usage] = _canonical(obj)
+        if master is not None:
+            new[MASTER] = _canonical(master)
+        if not new:
+            return
+        if all(stored.get(u) == j for u, j in new.items()):
+            return  # the same keys again
+        position = await self._store.put_cross_signing_keys(user_id, new,
+                                                            self._clock.time_ms())
+        if position is not None:
+            await self._changed([(position, user_id)])
+
+    @staticmethod
+    def _check_cross_signing_key(user_id: str, obj: Any, usage: str) -> None:
+        _check_key_object(obj, usage)
+        if obj.get("user_id") != user_id:
+            raise InvalidParam(f"The {usage} key must be for the requesting user")
+        usages = obj.get("usage")
+        if not isinstance(usages, list) or usage not in usages:
+            raise InvalidParam(f"The {usage} key's usage must include {usage!r}")
+        _single_key(obj, usage)
+
+    async def upload_signatures(self, user_id: str, body: Mapping[str, Any]
+                                ) -> dict[str, Any]:
+        """POST /keys/signatures/upload: each signature checked on its own; those that
+        fail are in ``failures``."""
+        failures: dict[str, dict[str, Any]] = {}
+
+        def fail(target: str, key_id: str, errcode: str, error: str) -> None:
+            failures.setdefault(target, {})[key_id] = {"errcode": errcode, "error": error}
+
+        targets = [u for u in body if self._is_local(u)]
+        found = await self._store.query(sorted({user_id, *targets}))
+        mine = found.cross_signing.get(user_id, {})
+        my_devices = {d.device_id: json.loads(d.key_json) for d in found.devices
+                      if d.user_id == user_id}
+        new: list[Signature] = []
+        changed: set[str] = set()
+        for target, by_key in body.items():
+            if not isinstance(by_key, dict):
+                raise BadJson("Each user's entry must map key IDs to signed objects")
+            for key_id, obj in by_key.items():
+                if not self._is_local(target):
+                    fail(target, key_id, "M_UNRECOGNIZED", "Other servers' keys cannot be "
+                         "signed here yet")
+                    continue
+                if not isinstance(obj, dict) or obj.get("user_id") != target:
+                    fail(target, key_id, "M_INVALID_PARAM", "Not a key object of this user")
+                    continue
+                stored, signer_usage = self._signed_target(found, target, key_id, user_id)
+                if stored is None:
+                    fail(target, key_id, "M_NOT_FOUND", "No such key")
+                    continue
+                signatures = (obj.get("signatures") or {}).get(user_id)
+                if not isinstance(signatures, dict):
+                    fail(target, key_id, "M_INVALID_SIGNATURE", "Not signed by the uploader")
+                    continue
+                unsigned = {k: v for k, v in obj.items() if k not in ("signatures", "unsigned")}
+                if unsigned != {k: v for k, v in stored.items()
+                                if k not in ("signatures", "unsigned")}:
+                    fail(target, key_id, "M_INVALID_PARAM",
+                         "The signed object differs from the stored key")
+                    continue
+                ok = False
+                for signer_key_id, signature in signatures.items():
+                    public = self._signer_public(mine, my_devices, signer_usage, signer_key_id)
+                    if public is None:
+                        continue
+                    if _verify({**unsigned, "signatures": {user_id: {signer_key_id: signature}}},
+                               user_id, signer_key_id, public):
+                        new.append(Signature(user_id, signer_key_id, target, key_id,
+                                             signature))
+                        ok = True
+                if not ok:
+                    fail(target, key_id, "M_INVALID_SIGNATURE", "Invalid signature")
+                else:
+                    changed.add(target if target == user_id else user_id)
+        position = await self._store.put_signatures(new, sorted(changed),
+                                                    self._clock.time_ms())
+        if position is not None:
+            await self._changed((position, u) for u in changed)
+        return {"failures": failures}
+
+    @staticmethod
+    def _signed_target(found: QueryResult, target: str, key_id: str, signer: str
+                       ) -> tuple[dict[str, Any] | None, str]:
+        """The stored object a signature upload signs, and what must sign it: a device of
+        the signer's own (self-signing key), their own master key (a device of theirs), or
+        another user's master key (the signer's user-signing key)."""
+        keys = found.cross_signing.get(target, {})
+        if MASTER in keys:
+            master = json.loads(keys[MASTER])
+            if _single_key(master, MASTER)[1] == key_id:
+                return master, ("device" if target == signer else USER_SIGNING)
+        if target == signer:
+            for device in found.devices:
+                if device.user_id == target and device.device_id == key_id:
+                    return json.loads(device.key_json), SELF_SIGNING
+        return None, ""
+
+    @staticmethod
+    def _signer_public(mine: dict[str, str], my_devices: dict[str, dict[str, Any]],
+                       usage: str, signer_key_id: str) -> str | None:
+        if usage == "device":
+            device = my_devices.get(signer_key_id.partition(":")[2])
+            public = ((device or {}).get("keys") or {}).get(signer_key_id)
+            return public if isinstance(public, str) and signer_key_id.startswith(
+                "ed25519:") else None
+        if usage not in mine:
+            return None
+        key_id, public = _single_key(json.loads(mine[usage]), usage)
+        return public if key_id == signer_key_id else None
+
