@@ -16,6 +16,7 @@ from client_api import (
     friends,
     history,
     key_backup,
+    keys,
     login,
     membership,
     presence,
@@ -32,7 +33,7 @@ from client_api import (
 
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
             directory, account_data, sync, push_rules, presence, receipts, friends,
-            search, history, to_device, key_backup)
+            search, history, to_device, key_backup, keys)
 
 
 def add_client_routes(app: web.Application) -> None:

@@ -10,6 +10,7 @@ from storage.stores.account_data import AccountDataStore
 from storage.stores.auth_chains import AuthChainStore
 from storage.stores.auth_sessions import NonceStore, RegistrationTokenStore, UiAuthStore
 from storage.stores.devices import DeviceStore
+from storage.stores.e2e_keys import E2EKeyStore
 from storage.stores.events import EventStore
 from storage.stores.federation import FederationStore
 from storage.stores.filters import FilterStore
@@ -55,6 +56,7 @@ class Database:
         self.server_keys = ServerKeyStore(self.engine)
         self.to_device = ToDeviceStore(self.engine)
         self.key_backup = KeyBackupStore(self.engine)
+        self.e2e_keys = E2EKeyStore(self.engine)
 
     @property
     def is_sqlite(self) -> bool:
@@ -67,6 +69,7 @@ class Database:
         await self.receipts.load()
         await self.presence.load()
         await self.to_device.load()
+        await self.e2e_keys.load()
 
     async def close(self) -> None:
         await self.engine.close()

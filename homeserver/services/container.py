@@ -21,6 +21,7 @@ from homeserver.services.auth import AuthService
 from homeserver.services.censor import RedactionCensor
 from homeserver.services.devices import DeviceService
 from homeserver.services.directory import DirectoryService
+from homeserver.services.e2e_keys import E2EKeyService
 from homeserver.services.filters import FilterService
 from homeserver.services.friends import FriendsService
 from homeserver.services.history import ClearedHistory, HistoryService
@@ -82,6 +83,7 @@ class Services:
     censor: RedactionCensor
     to_device: ToDeviceService
     key_backup: KeyBackupService
+    keys: E2EKeyService
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -94,6 +96,7 @@ class Services:
         self.receipts.start()
         await self.presence.start()
         self.to_device.start()
+        self.keys.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         if self.config.retention.enabled:
             self._tasks.append(asyncio.create_task(self.purge.retention_loop()))
@@ -139,7 +142,10 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     clock = clock or SystemClock()
     db = db or open_database(config)
     hasher = hasher or PasswordHasher()
-    auth = AuthService(db.devices, clock, config.auth)
+    notifier = Notifier()
+    members = MembershipCache(db.sync, notifier)
+    keys = E2EKeyService(db.e2e_keys, db.sync, members, notifier, clock, config.server_name)
+    auth = AuthService(db.devices, clock, config.auth, on_devices_deleted=keys)
     accounts = AccountService(db, auth, hasher, clock, config)
     uia = UiAuthService(db.ui_auth, db.registration_tokens, accounts, clock,
                         config.auth.ui_auth_session_timeout_ms)
@@ -151,7 +157,6 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     signing_key = signing_key or load_signing_key(config.signing_key_path)
     remote_rooms = remote.rooms if remote is not None else None
     profiles = ProfileService(db.profiles, db.users, remote=remote_rooms)
-    notifier = Notifier()
     roomserver = roomserver or RoomServer(db, clock, config.server_name, signing_key)
     roomserver.add_commit_listener(notifier)
     rooms = RoomService(roomserver, db.rooms, profiles, config.server_name,
@@ -162,7 +167,6 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     cleared = ClearedHistory(db.rooms)
     visibility = VisibilityService(db.state, db.events, cleared)
     account_data = AccountDataService(db.account_data, notifier)
-    members = MembershipCache(db.sync, notifier)
     edus = remote.edus if remote is not None else None
     typing = TypingService(notifier, members, clock, config.server_name, edus)
     roomserver.add_commit_listener(typing)
@@ -199,7 +203,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         filters=FilterService(db.filters),
         sync=SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
                          serializer, visibility, members, typing, receipts, presence, clock,
-                         to_device),
+                         to_device, keys),
         members=members,
         typing=typing,
         receipts=receipts,
@@ -217,6 +221,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                                config.redaction_retention_period),
         to_device=to_device,
         key_backup=KeyBackupService(db.key_backup),
+        keys=keys,
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
     )
