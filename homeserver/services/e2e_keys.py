@@ -289,8 +289,10 @@ class E2EKeyService:
     async def _users_changed(self, after: int, up_to: int) -> set[str]:
         if after >= up_to:
             return set()
-        if after >= self._start and (not self._recent or self._recent[0][0] <= after + 1
-                                     or len(self._recent) < RECENT_CHANGES):
+        # Memory holds every change since start-up until it overflows; then those after its
+        # oldest entry.
+        if after >= self._start and (len(self._recent) < RECENT_CHANGES
+                                     or self._recent[0][0] <= after):
             return {u for p, u in self._recent if after < p <= up_to}
         return await self._store.changed_users(after, up_to)
 

@@ -22,7 +22,7 @@ from storage.stores.state import StateKey, StateMap, StateStore
 _TOKEN_RE = re.compile(r"^t(-?[0-9]{1,19})-(-?[0-9]{1,19})$")
 _INT64 = 2**63 - 1
 # A /sync token (``SyncToken`` in services/sync.py): the events stream position comes first.
-_SYNC_TOKEN_RE = re.compile(r"^s([0-9]{1,16})(?:_[0-9]+){0,5}$")
+_SYNC_TOKEN_RE = re.compile(r"^s([0-9]{1,16})(?:_[0-9]+){0,6}$")
 # A place before every event (depths are never negative): for a sync token from before the
 # room had any event.
 _BEFORE_EVERYTHING = (-1, 0)

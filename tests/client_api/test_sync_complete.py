@@ -26,8 +26,10 @@ async def complete_syncs(services: Services, user: User, since: str) -> list[dic
         body = await services.sync.sync(user.user_id, user.device_id, since=since,
                                         timeout_ms=0, full_state=False,
                                         sync_filter=sync_filter, complete=True)
-        rooms = body["rooms"]
-        if not any(rooms[k] for k in ("join", "invite", "leave")):
+        rooms, device_lists = body["rooms"], body["device_lists"]
+        # (A response may carry only device lists: bob stops sharing a room with alice.)
+        if not any(rooms[k] for k in ("join", "invite", "leave")) and \
+                not (device_lists["changed"] or device_lists["left"]):
             return out
         out.append(body)
         since = body["next_batch"]
