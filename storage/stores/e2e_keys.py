@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, func, select, tuple_, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.dialect import insert
@@ -34,7 +35,8 @@ from storage.schema import (
 _CHUNK = 500
 # A claim whose one-time keys were taken by a concurrent claim between its look and its
 # delete tries again (PostgreSQL: the delete skips rows deleted meanwhile).
-_CLAIM_ROUNDS = 8
+_CLAIM_ROUNDS = 64
+_DEADLOCK_RETRIES = 5
 
 NewKey = tuple[str, str, str]
 """``(algorithm, key_id, key JSON)``"""
@@ -247,19 +249,32 @@ class E2EKeyStore(StreamStore):
         if not wanted:
             return {}
 
-        def write(conn: Connection) -> tuple[dict[Wanted, Claimed], None]:
+        def write(conn: Connection) -> dict[Wanted, Claimed]:
             out: dict[Wanted, Claimed] = {}
             for i in range(0, len(wanted), _CHUNK):
                 out.update(self._claim_chunk(conn, wanted[i:i + _CHUNK]))
-            return out, None
+            return out
 
-        claimed, _ = await self._write(write)
-        return claimed  # type: ignore[no-any-return]
+        # No stream position: claims run side by side (on PostgreSQL truly concurrently).
+        # Two claims deleting keys of the same devices may lock rows in opposite orders:
+        # PostgreSQL ends one as a deadlock, and it runs again.
+        for attempt in range(_DEADLOCK_RETRIES):
+            try:
+                return await self._db.run_write(write)
+            except DBAPIError as e:
+                code = getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
+                if code != "40P01" or attempt == _DEADLOCK_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def _claim_chunk(self, conn: Connection, wanted: list[Wanted]) -> dict[Wanted, Claimed]:
         otk = one_time_keys
         out: dict[Wanted, Claimed] = {}
-        missing = wanted
+        # Each round deletes the oldest key of each device still wanting one. On PostgreSQL
+        # a concurrent claim may delete a picked key first (the delete then skips it): the
+        # devices that still have keys go round again.
+        pending = wanted
+        fallback: list[Wanted] = []
         for _ in range(_CLAIM_ROUNDS):
             ranked = (select(otk.c.user_id, otk.c.device_id, otk.c.algorithm, otk.c.key_id,
                              func.row_number().over(
@@ -267,7 +282,7 @@ class E2EKeyStore(StreamStore):
                                                otk.c.algorithm),
                                  order_by=(otk.c.added_ts, otk.c.key_id)).label("n"))
                       .where(tuple_(otk.c.user_id, otk.c.device_id, otk.c.algorithm)
-                             .in_(missing))
+                             .in_(pending))
                       .subquery())
             first = select(ranked.c.user_id, ranked.c.device_id, ranked.c.algorithm,
                            ranked.c.key_id).where(ranked.c.n == 1)
@@ -277,16 +292,25 @@ class E2EKeyStore(StreamStore):
                        .in_(first))
                 .returning(otk.c.user_id, otk.c.device_id, otk.c.algorithm, otk.c.key_id,
                            otk.c.key_json)).all()
-            if not rows:
-                break
             for r in rows:
                 out[(r.user_id, r.device_id, r.algorithm)] = Claimed(
                     f"{r.algorithm}:{r.key_id}", r.key_json, False)
-            missing = [w for w in missing if w not in out]
-            if not missing:
-                return out
+            pending = [w for w in pending if w not in out]
+            if not pending:
+                break
+            has_keys = {(r.user_id, r.device_id, r.algorithm) for r in conn.execute(
+                select(otk.c.user_id, otk.c.device_id, otk.c.algorithm).distinct()
+                .where(tuple_(otk.c.user_id, otk.c.device_id, otk.c.algorithm)
+                       .in_(pending)))}
+            fallback += [w for w in pending if w not in has_keys]
+            pending = [w for w in pending if w in has_keys]
+            if not pending:
+                break
+        fallback += pending  # (contended past every round: the fallback key)
+        if not fallback:
+            return out
         fb = fallback_keys
-        where = tuple_(fb.c.user_id, fb.c.device_id, fb.c.algorithm).in_(missing)
+        where = tuple_(fb.c.user_id, fb.c.device_id, fb.c.algorithm).in_(fallback)
         rows = conn.execute(select(fb.c.user_id, fb.c.device_id, fb.c.algorithm, fb.c.key_id,
                                    fb.c.key_json).where(where)).all()
         if rows:

@@ -227,6 +227,27 @@ async def test_concurrent_claims_never_share_a_key(client: TestClient, alice: Us
     assert handed.count("signed_curve25519:F") == 15
 
 
+async def test_concurrent_claims_of_several_devices(client: TestClient, alice: User,
+                                                    bob: User, carol: User) -> None:
+    sessions = [alice] + [await device(client, alice) for _ in range(3)]
+    for session in sessions:
+        keys, signing = device_keys(session)
+        await upload(client, session, {"device_keys": keys, "one_time_keys": one_time_keys(
+            session, signing, [f"{session.device_id}-{i}" for i in range(5)])})
+    # Claims naming the devices in different orders, from two users, all at once.
+    orders = [sessions, sessions[::-1], sessions[1:] + sessions[:1]]
+    results = await asyncio.gather(*(
+        claim(client, (bob, carol)[n % 2],
+              {alice.user_id: {s.device_id: "signed_curve25519" for s in orders[n % 3]}})
+        for n in range(12)))
+    for session in sessions:
+        handed = [k for r in results
+                  for k in r["one_time_keys"].get(alice.user_id, {}).get(session.device_id, {})]
+        # 12 claims, 5 keys, no fallback: each key once, then nothing.
+        assert sorted(handed) == sorted(f"signed_curve25519:{session.device_id}-{i}"
+                                        for i in range(5))
+
+
 async def test_claim_for_many_devices_at_once(client: TestClient, alice: User, bob: User
                                               ) -> None:
     sessions = [await device(client, alice) for _ in range(3)]
