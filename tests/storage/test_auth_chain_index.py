@@ -328,7 +328,7 @@ async def test_migration_builds_the_index_of_a_database_written_before_it(
             await conn.execute(update(schema.schema_version).values(version=4))
         # Start-up on the old database runs the migration.
         assert await db.engine.migrate() == 4
-        assert migrations.LATEST == 5
+        assert migrations.LATEST >= 5  # the index came with version 5
         async with db.engine.read() as conn:
             indexed = (await conn.execute(select(func.count()).select_from(
                 schema.auth_chain_positions))).scalar()
