@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from cachetools import LRUCache
 from signedjson.key import decode_verify_key_bytes
 from signedjson.sign import SignatureVerifyException, verify_signed_json
 from unpaddedbase64 import decode_base64
@@ -51,6 +52,8 @@ MAX_QUERIED_USERS = 10_000
 MAX_CLAIMED = 10_000
 # Device-list changes remembered in memory (older positions ask the database).
 RECENT_CHANGES = 10_000
+# Devices whose key counts are kept in memory (every sync response carries them).
+COUNTED_DEVICES = 50_000
 
 
 def _canonical(value: Any) -> str:
@@ -132,6 +135,12 @@ class E2EKeyService:
         # (position, user) of the device-list changes since start-up, the latest last.
         self._recent: deque[tuple[int, str]] = deque(maxlen=RECENT_CHANGES)
         self._start = 0
+        # (user, device) -> (one-time key counts, unused fallback algorithms), as stored;
+        # dropped when a write changes them. A read that a write overtook is not kept: the
+        # generation counts the writes.
+        self._counts: LRUCache[tuple[str, str], tuple[dict[str, int], list[str]]] = \
+            LRUCache(COUNTED_DEVICES)
+        self._generation = 0
 
     def start(self) -> None:
         self._start = self._store.position
@@ -185,6 +194,7 @@ class E2EKeyService:
         fallback = _keys(body, "fallback_keys")
         if len({a for a, _, _ in fallback}) != len(fallback):
             raise InvalidParam("At most one fallback key per algorithm")
+        self._forget_counts([(user_id, device_id)])
         try:
             counts, position = await self._store.upload(
                 user_id, device_id, keys_json=keys_json, one_time=one_time,
@@ -192,6 +202,8 @@ class E2EKeyService:
         except KeyConflict as e:
             raise InvalidParam(f"One-time key {str(e)[:300]} already exists with a "
                                "different value") from None
+        finally:
+            self._forget_counts([(user_id, device_id)])
         if position is not None:
             await self._changed([(position, user_id)])
         return _with_default(counts)
@@ -269,7 +281,12 @@ class E2EKeyService:
                 wanted.extend((user_id, d, a) for d, a in by_device.items())
         if len(wanted) > MAX_CLAIMED:
             raise InvalidParam(f"At most {MAX_CLAIMED} keys at a time")
-        claimed = await self._store.claim(wanted)
+        devices = {(u, d) for u, d, _ in wanted}
+        self._forget_counts(devices)
+        try:
+            claimed = await self._store.claim(wanted)
+        finally:
+            self._forget_counts(devices)
         out: dict[str, Any] = {}
         for (user_id, device_id, _), key in claimed.items():
             out.setdefault(user_id, {}).setdefault(device_id, {})[key.key_id] = \
@@ -281,8 +298,21 @@ class E2EKeyService:
 
     async def key_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
         """A device's one-time key counts and unused fallback key algorithms (sync)."""
-        counts, unused = await self._store.key_counts(user_id, device_id)
-        return _with_default(counts), unused
+        cached = self._counts.get((user_id, device_id))
+        if cached is None:
+            generation = self._generation
+            cached = await self._store.key_counts(user_id, device_id)
+            if generation == self._generation:
+                self._counts[(user_id, device_id)] = cached
+        counts, unused = cached
+        return _with_default(counts), list(unused)
+
+    def _forget_counts(self, devices: Iterable[tuple[str, str]]) -> None:
+        """Before and after a write that changes these devices' keys (a read begun before
+        the write finished is not kept)."""
+        self._generation += 1
+        for device in devices:
+            self._counts.pop(device, None)
 
     # -- device lists ----------------------------------------------------------------------
 
@@ -324,15 +354,17 @@ class E2EKeyService:
         if users:
             changed |= users & await sharing()
         if since.events < up_to.events:
-            rooms = {r for r in joined if self._notifier.room_changed_since(r, since.events)}
+            # Only rooms with member events since (the notifier knows, no query).
+            rooms = {r for r in joined
+                     if self._notifier.members_changed_since(r, since.events)}
             mine = []
             if self._notifier.membership_changed_since(user_id, since.events):
                 mine = await self._sync.membership_changes(user_id, since.events,
                                                            up_to.events)
                 rooms |= {c.room_id for c in mine}
             last: dict[str, str] = {}
-            for room_id, member, membership in await self._store.member_changes(
-                    sorted(rooms), since.events, up_to.events):
+            for room_id, member, membership in (await self._store.member_changes(
+                    sorted(rooms), since.events, up_to.events) if rooms else []):
                 if member == user_id:
                     # Everyone in a room the user joined or left may have come or gone.
                     for other in await self._sync.co_members(user_id, [room_id]):
@@ -364,8 +396,13 @@ class E2EKeyService:
         """Devices are gone (their keys with them): users sharing a room hear of it."""
         if not device_ids:
             return
-        position = await self._store.devices_deleted(user_id, device_ids,
-                                                     self._clock.time_ms())
+        devices = [(user_id, d) for d in device_ids]
+        self._forget_counts(devices)
+        try:
+            position = await self._store.devices_deleted(user_id, device_ids,
+                                                         self._clock.time_ms())
+        finally:
+            self._forget_counts(devices)
         if position is not None:
             await self._changed([(position, user_id)])
 

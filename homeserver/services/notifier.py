@@ -31,6 +31,8 @@ class Notifier:
         # (event stream positions) and each user's latest account data change.
         self._rooms = ChangeLog()
         self._memberships = ChangeLog()
+        # Each room's latest member event (device lists: who came and went).
+        self._room_members = ChangeLog()
         self._account_data = ChangeLog()
         self._any: set[asyncio.Future[float]] = set()
         self.recent = RecentRoomEvents()
@@ -64,6 +66,7 @@ class Notifier:
         self._position = position
         self._rooms.reset(position)
         self._memberships.reset(position)
+        self._room_members.reset(position)
         self.recent.reset(position)
 
     def set_initial_account_data_position(self, position: int) -> None:
@@ -78,6 +81,11 @@ class Notifier:
     def membership_changed_since(self, user_id: str, position: int) -> bool:
         """Whether a member event about the user may have come after ``position``."""
         return self._memberships.changed_since(user_id, position)
+
+    def members_changed_since(self, room_id: str, position: int) -> bool:
+        """Whether a member event of the room came after ``position`` (since start-up; for
+        earlier positions, maybe)."""
+        return self._room_members.changed_since(room_id, position)
 
     def membership_position(self, user_id: str) -> int:
         """Stream position of the latest member event about the user since start-up."""
@@ -104,17 +112,21 @@ class Notifier:
              if e.stream_ordering is not None],
             [(e.room_id, key) for e in timeline for type_, key, _, membership in e.state_delta
              if type_ == "m.room.member" and membership != "join"],
-            [e.redacts for e in timeline if e.redacts is not None])
+            [e.redacts for e in timeline if e.redacts is not None],
+            {e.room_id for e in timeline
+             if any(type_ == "m.room.member" for type_, _, _, _ in e.state_delta)})
 
     def on_new_events(self, position: int, room_ids: Iterable[str],
                       user_ids: Iterable[str] = (),
                       events: Iterable[tuple[str, int, str]] = (),
                       left: Iterable[tuple[str, str]] = (),
-                      redacted: list[str] | None = None) -> None:
+                      redacted: list[str] | None = None,
+                      member_rooms: Iterable[str] = ()) -> None:
         """Events up to ``position`` are committed; ``user_ids`` are the users member events
         among them are about; ``events`` are the new events as (room, stream ordering, event
         ID), in stream order; ``left`` are the (room, user) memberships that ended;
-        ``redacted`` the events that redactions among them redact."""
+        ``redacted`` the events that redactions among them redact; ``member_rooms`` the
+        rooms of the member events among them."""
         if position > self._position:
             self._position = position
         for room_id, stream_ordering, event_id in events:
@@ -128,6 +140,8 @@ class Notifier:
         for room_id in room_ids:
             self._rooms.mark(room_id, position)
             self._wake(self._by_room.pop(room_id, ()))
+        for room_id in member_rooms:
+            self._room_members.mark(room_id, position)
         for user_id in user_ids:
             self._memberships.mark(user_id, position)
             self._wake(self._by_user.pop(user_id, ()))
