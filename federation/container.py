@@ -30,6 +30,7 @@ from federation.transport.client import FederationClient
 from homeserver.config import HomeserverConfig
 from homeserver.services.devices import DeviceService
 from homeserver.services.directory import DirectoryService
+from homeserver.services.e2e_keys import E2EKeyService
 from homeserver.services.membership import MembershipService
 from homeserver.services.ports import FederationPorts
 from homeserver.services.profile import ProfileService
@@ -87,6 +88,7 @@ class Served:
     membership: MembershipService
     edus: InboundEdus
     visibility: ServerVisibility
+    keys: E2EKeyService
 
 
 @dataclass

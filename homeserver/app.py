@@ -122,7 +122,7 @@ def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | N
     served = Served(services.profiles, services.rooms, services.directory, services.devices,
                     services.membership, InboundEdus(services.typing, services.receipts,
                                                      services.presence, services.to_device),
-                    ServerVisibility(roomserver))
+                    ServerVisibility(roomserver), services.keys)
     return services, build_federation(config, db, clock, signing_key, roomserver, outbound,
                                       served)
 

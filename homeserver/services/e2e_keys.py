@@ -210,8 +210,9 @@ class E2EKeyService:
 
     # -- query -----------------------------------------------------------------------------
 
-    async def query(self, requester: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """POST /keys/query"""
+    @staticmethod
+    def _wanted_devices(body: Mapping[str, Any]) -> dict[str, list[str]]:
+        """``device_keys`` of a query: user -> device IDs (none: all of them)."""
         wanted = body.get("device_keys")
         if wanted is None:
             raise MissingParam("Missing parameter: device_keys")
@@ -219,13 +220,31 @@ class E2EKeyService:
             raise BadJson("device_keys must be an object")
         if len(wanted) > MAX_QUERIED_USERS:
             raise InvalidParam(f"At most {MAX_QUERIED_USERS} users at a time")
-        local: dict[str, set[str] | None] = {}
         for user_id, device_ids in wanted.items():
             if not isinstance(device_ids, list) or not all(isinstance(d, str)
                                                            for d in device_ids):
                 raise BadJson(f"device_keys[{user_id[:300]!r}] must be a list of device IDs")
-            if self._is_local(user_id):
-                local[user_id] = set(device_ids) or None
+        return wanted
+
+    async def query(self, requester: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /keys/query"""
+        wanted = self._wanted_devices(body)
+        local = {u: set(d) or None for u, d in wanted.items() if self._is_local(u)}
+        return await self._query_local(requester, local, display_names=True)
+
+    async def query_for_server(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /_matrix/federation/v1/user/keys/query (the caller checked that every user
+        is ours): device keys, master and self-signing keys with their owners' signatures;
+        never user-signing keys, nor device display names (Synapse's default,
+        ``allow_device_name_lookup_over_federation: false``)."""
+        wanted = self._wanted_devices(body)
+        local = {u: set(d) or None for u, d in wanted.items()}
+        out = await self._query_local("", local, display_names=False)
+        return {"device_keys": out["device_keys"], "master_keys": out["master_keys"],
+                "self_signing_keys": out["self_signing_keys"]}
+
+    async def _query_local(self, requester: str, local: Mapping[str, set[str] | None], *,
+                           display_names: bool) -> dict[str, Any]:
         found = await self._store.query(sorted(local))
         out: dict[str, Any] = {"device_keys": {u: {} for u in local}, "failures": {},
                                "master_keys": {}, "self_signing_keys": {},
@@ -236,10 +255,11 @@ class E2EKeyService:
                 continue
             obj = json.loads(device.key_json)
             self._merge_signatures(obj, found, device.user_id, device.device_id, requester)
-            unsigned = dict(obj.get("unsigned") or {})
-            if device.display_name is not None:
-                unsigned["device_display_name"] = device.display_name
-            obj["unsigned"] = unsigned
+            if display_names:
+                unsigned = dict(obj.get("unsigned") or {})
+                if device.display_name is not None:
+                    unsigned["device_display_name"] = device.display_name
+                obj["unsigned"] = unsigned
             out["device_keys"][device.user_id][device.device_id] = obj
         for user_id, keys in found.cross_signing.items():
             for usage, field in ((MASTER, "master_keys"), (SELF_SIGNING, "self_signing_keys"),
@@ -250,6 +270,25 @@ class E2EKeyService:
                 _, public = _single_key(obj, usage)
                 self._merge_signatures(obj, found, user_id, public, requester)
                 out[field][user_id] = obj
+        return out
+
+    async def user_devices(self, user_id: str) -> dict[str, Any]:
+        """GET /_matrix/federation/v1/user/devices/{userId} for a local user, but for the
+        device list itself: ``stream_id``, each device's ``keys`` (device ID -> key
+        object, those with keys), ``master_key`` and ``self_signing_key`` when there are."""
+        found = await self._store.query([user_id])
+        out: dict[str, Any] = {"stream_id": await self._store.latest_change(user_id),
+                               "keys": {}}
+        for device in found.devices:
+            obj = json.loads(device.key_json)
+            self._merge_signatures(obj, found, user_id, device.device_id, "")
+            out["keys"][device.device_id] = obj
+        keys = found.cross_signing.get(user_id, {})
+        for usage, field in ((MASTER, "master_key"), (SELF_SIGNING, "self_signing_key")):
+            if usage in keys:
+                obj = json.loads(keys[usage])
+                self._merge_signatures(obj, found, user_id, _single_key(obj, usage)[1], "")
+                out[field] = obj
         return out
 
     @staticmethod
@@ -264,23 +303,37 @@ class E2EKeyService:
 
     # -- claim -----------------------------------------------------------------------------
 
-    async def claim(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """POST /keys/claim"""
+    @staticmethod
+    def _wanted_keys(body: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+        """``one_time_keys`` of a claim: user -> device -> algorithm."""
         requested = body.get("one_time_keys")
         if requested is None:
             raise MissingParam("Missing parameter: one_time_keys")
         if not isinstance(requested, dict):
             raise BadJson("one_time_keys must be an object")
-        wanted: list[Wanted] = []
         for user_id, by_device in requested.items():
             if not isinstance(by_device, dict) or not all(isinstance(a, str)
                                                           for a in by_device.values()):
                 raise BadJson(f"one_time_keys[{user_id[:300]!r}] must map device IDs to "
                               "algorithms")
-            if self._is_local(user_id):
-                wanted.extend((user_id, d, a) for d, a in by_device.items())
-        if len(wanted) > MAX_CLAIMED:
+        if sum(len(d) for d in requested.values()) > MAX_CLAIMED:
             raise InvalidParam(f"At most {MAX_CLAIMED} keys at a time")
+        return requested
+
+    async def claim(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /keys/claim"""
+        requested = self._wanted_keys(body)
+        local = {u: d for u, d in requested.items() if self._is_local(u)}
+        return {"one_time_keys": await self._claim_local(local), "failures": {}}
+
+    async def claim_for_server(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /_matrix/federation/v1/user/keys/claim (the caller checked that every user
+        is ours): as a client's claim."""
+        return {"one_time_keys": await self._claim_local(self._wanted_keys(body))}
+
+    async def _claim_local(self, requested: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+        wanted: list[Wanted] = [(u, d, a) for u, by_device in requested.items()
+                                for d, a in by_device.items()]
         devices = {(u, d) for u, d, _ in wanted}
         self._forget_counts(devices)
         try:
@@ -294,7 +347,7 @@ class E2EKeyService:
         if claimed:
             # The devices' syncs report their counts (and a used fallback key).
             self._notifier.wake(user_ids={u for u, _, _ in claimed})
-        return {"one_time_keys": out, "failures": {}}
+        return out
 
     async def key_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
         """A device's one-time key counts and unused fallback key algorithms (sync)."""

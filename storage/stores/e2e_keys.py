@@ -153,6 +153,13 @@ class E2EKeyStore(StreamStore):
                             device_list_changes.c.stream_id <= up_to)))
             return {r[0] for r in rows}
 
+    async def latest_change(self, user_id: str) -> int:
+        """The user's latest position in the device-list stream, or 0."""
+        async with self._db.read() as conn:
+            value = await conn.scalar(select(func.max(device_list_changes.c.stream_id))
+                                      .where(device_list_changes.c.user_id == user_id))
+        return int(value or 0)
+
     async def member_changes(self, room_ids: Sequence[str], after: int, up_to: int
                              ) -> list[tuple[str, str, str]]:
         """``(room, user, membership)`` of the member events of the rooms in

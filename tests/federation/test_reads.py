@@ -22,7 +22,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from jsonschema import Draft202012Validator
-from signedjson.key import generate_signing_key
+from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
+from signedjson.sign import sign_json
 from signedjson.types import SigningKey
 from yarl import URL
 
@@ -237,7 +238,7 @@ async def fed(hs: Services, aiohttp_client: Callable[..., Any]) -> AsyncIterator
                       ())
     served = Served(hs.profiles, hs.rooms, hs.directory, hs.devices, hs.membership,
                     InboundEdus(hs.typing, hs.receipts, hs.presence, hs.to_device),
-                    ServerVisibility(hs.roomserver))
+                    ServerVisibility(hs.roomserver), hs.keys)
     stub = StubFederation(config.server_name, hs.db.users, hs.clock, hs.roomserver, served, keyring,
                           StubSender())
     app = web.Application(middlewares=[error_middleware])
@@ -641,11 +642,108 @@ async def test_user_devices(hs: Services, fed: Fed, remote: FakeRemote) -> None:
         assert (status, body["errcode"]) == expected, user_id
 
 
+def _signed(obj: dict[str, Any], user_id: str, key: SigningKey) -> dict[str, Any]:
+    return sign_json(obj, user_id, key)
+
+
+def _xkey() -> SigningKey:
+    """A cross-signing key: its key ID is its public key."""
+    key = generate_signing_key("x")
+    key.version = encode_verify_key_base64(get_verify_key(key))
+    return key
+
+
+def _cross_signing(user_id: str, usage: str, key: SigningKey,
+                   signer: SigningKey) -> dict[str, Any]:
+    public = encode_verify_key_base64(get_verify_key(key))
+    return _signed({"user_id": user_id, "usage": [usage],
+                    "keys": {f"ed25519:{public}": public}}, user_id, signer)
+
+
+async def _alice_with_keys(hs: Services) -> dict[str, Any]:
+    """alice with a device PHONE (device keys, two one-time keys, a fallback key) and
+    master, self-signing and user-signing keys: what was uploaded."""
+    await hs.accounts.register("alice", None)
+    await hs.auth.create_session(ALICE, device_id="PHONE", display_name="Alice's phone",
+                                 with_refresh_token=False)
+    device_key = generate_signing_key("PHONE")
+    device = _signed({"user_id": ALICE, "device_id": "PHONE",
+                      "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+                      "keys": {"ed25519:PHONE": encode_verify_key_base64(
+                          get_verify_key(device_key)), "curve25519:PHONE": "curvekey"}},
+                     ALICE, device_key)
+    otks = {f"signed_curve25519:K{n}": _signed({"key": f"otk{n}"}, ALICE, device_key)
+            for n in range(2)}
+    fallback = {"signed_curve25519:FB": _signed({"key": "fb", "fallback": True}, ALICE,
+                                                device_key)}
+    await hs.keys.upload(ALICE, "PHONE", {"device_keys": device, "one_time_keys": otks,
+                                          "fallback_keys": fallback})
+    master_key = _xkey()
+    master = _cross_signing(ALICE, "master", master_key, device_key)
+    self_signing = _cross_signing(ALICE, "self_signing", _xkey(), master_key)
+    user_signing = _cross_signing(ALICE, "user_signing", _xkey(), master_key)
+    await hs.keys.upload_cross_signing(ALICE, {"master_key": master,
+                                               "self_signing_key": self_signing,
+                                               "user_signing_key": user_signing})
+    return {"device": device, "otks": otks, "fallback": fallback, "master": master,
+            "self_signing": self_signing}
+
+
+async def test_user_devices_with_keys(hs: Services, fed: Fed, remote: FakeRemote) -> None:
+    uploaded = await _alice_with_keys(hs)
+    await hs.auth.create_session(ALICE, device_id="LAPTOP", display_name=None,
+                                 with_refresh_token=False)
+    status, body = await fed.request("GET", f"{V1}/user/devices/{q(ALICE)}", origin=remote)
+    assert status == 200, body
+    # (A device without keys is listed without, as Synapse does: the spec wants them.)
+    assert_spec("GET", "/user/devices/{userId}", 200,
+                {**body, "devices": [d for d in body["devices"] if "keys" in d]})
+    assert body["stream_id"] == await hs.db.e2e_keys.latest_change(ALICE) > 0
+    assert sorted(body["devices"], key=lambda d: d["device_id"]) == [
+        {"device_id": "LAPTOP"}, {"device_id": "PHONE", "keys": uploaded["device"]}]
+    assert body["master_key"] == uploaded["master"]
+    assert body["self_signing_key"] == uploaded["self_signing"]
+    assert "user_signing_key" not in body
+
+
+async def test_user_keys_query_and_claim(hs: Services, fed: Fed, remote: FakeRemote) -> None:
+    uploaded = await _alice_with_keys(hs)
+    bo = f"@bo:{SERVER_NAME}"
+    for wanted in ([], ["PHONE"]):
+        status, body = await fed.request("POST", f"{V1}/user/keys/query", origin=remote,
+                                         body={"device_keys": {ALICE: wanted, bo: ["DEV"]}})
+        assert status == 200, body
+        assert_spec("POST", "/user/keys/query", 200, body)
+        # No display name over federation, no user-signing key.
+        assert body == {"device_keys": {ALICE: {"PHONE": uploaded["device"]}, bo: {}},
+                        "master_keys": {ALICE: uploaded["master"]},
+                        "self_signing_keys": {ALICE: uploaded["self_signing"]}}
+    status, body = await fed.request("POST", f"{V1}/user/keys/query", origin=remote,
+                                     body={"device_keys": {ALICE: ["OTHER"]}})
+    assert body["device_keys"] == {ALICE: {}}
+
+    claimed = []
+    for _ in range(4):
+        status, body = await fed.request(
+            "POST", f"{V1}/user/keys/claim", origin=remote,
+            body={"one_time_keys": {ALICE: {"PHONE": "signed_curve25519", "NONE": "x"}}})
+        assert status == 200, body
+        assert_spec("POST", "/user/keys/claim", 200, body)
+        assert list(body["one_time_keys"]) == [ALICE]
+        assert list(body["one_time_keys"][ALICE]) == ["PHONE"]
+        claimed.append(body["one_time_keys"][ALICE]["PHONE"])
+    # Each one-time key once, then the fallback key (marked as one).
+    assert sorted(claimed[:2], key=str) == sorted(
+        [{k: v} for k, v in uploaded["otks"].items()], key=str)
+    assert claimed[2] == claimed[3] == uploaded["fallback"]
+
+
 async def test_user_keys(fed: Fed, remote: FakeRemote) -> None:
     status, body = await fed.request("POST", f"{V1}/user/keys/query", origin=remote,
                                      body={"device_keys": {ALICE: [], f"@bo:{SERVER_NAME}":
                                                            ["DEV"]}})
-    assert (status, body) == (200, {"device_keys": {ALICE: {}, f"@bo:{SERVER_NAME}": {}}})
+    assert (status, body) == (200, {"device_keys": {ALICE: {}, f"@bo:{SERVER_NAME}": {}},
+                                    "master_keys": {}, "self_signing_keys": {}})
     assert_spec("POST", "/user/keys/query", 200, body)
     status, body = await fed.request("POST", f"{V1}/user/keys/claim", origin=remote,
                                      body={"one_time_keys": {ALICE: {"DEV": "signed_curve25519"}}})
