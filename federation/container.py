@@ -1,7 +1,8 @@
 """The federation side of one homeserver process, built by the composition root in two steps.
 
 1. :func:`build_outbound`, before the services: what services ask of other servers (joining
-   their rooms, their directories and profiles, to-device messages, backfill) and the
+   their rooms, their directories and profiles, their users' keys, to-device messages,
+   backfill) and the
    durable outbound queue. It needs only the roomserver, storage and the keys.
 2. :func:`build_federation`, after them: the server-server API's handlers, given the local
    services they answer from, one by one (never the services container).
@@ -24,6 +25,7 @@ from federation.inbound.pdus import PduHandler
 from federation.inbound.transaction import InboundEdus, TransactionHandler
 from federation.keys.keyring import Keyring
 from federation.remote_directory import RemoteDirectoryClient
+from federation.remote_keys import RemoteKeysClient
 from federation.remote_rooms import RemoteRoomsClient
 from federation.sender.queue import FederationSender
 from federation.transport.client import FederationClient
@@ -56,11 +58,13 @@ class Outbound:
     directory: RemoteDirectoryClient
     backfiller: Backfiller
     sender: FederationSender
+    keys: RemoteKeysClient
 
     def ports(self) -> FederationPorts:
         return FederationPorts(rooms=self.remote, directory=self.directory,
                                to_device=self.sender.queue_to_device,
-                               backfill=self.backfiller.backfill, edus=self.sender)
+                               backfill=self.backfiller.backfill, edus=self.sender,
+                               keys=self.keys)
 
 
 def build_outbound(config: HomeserverConfig, db: Database, clock: Clock,
@@ -74,7 +78,8 @@ def build_outbound(config: HomeserverConfig, db: Database, clock: Clock,
     return Outbound(client, keyring, pdus,
                     RemoteRoomsClient(rooms, client, pdus, clock, server_name, signing_key),
                     RemoteDirectoryClient(client),
-                    Backfiller(rooms, client, pdus, clock, server_name), sender)
+                    Backfiller(rooms, client, pdus, clock, server_name), sender,
+                    RemoteKeysClient(client))
 
 
 @dataclass(frozen=True)

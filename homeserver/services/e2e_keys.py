@@ -9,13 +9,18 @@ it wakes the syncs of everyone who shares a room with the user. A syncing user h
 (``device_lists.changed``) the users sharing a room with them whose keys changed, and of
 users who start sharing a room with them; of users who no longer share one, in ``left``.
 
-Only this server's users for now: other servers' users are left out of /keys/query and
-/keys/claim answers (as when their server cannot be reached, with no failure recorded).
-Keys are never logged.
+Other servers' users' keys are asked of their servers (``RemoteKeys``, one request per
+server, side by side, within the client's ``timeout``: 10 s unless it says otherwise, as
+Synapse) each time: no remote device list is cached yet (that comes with the
+``m.device_list_update`` EDUs). Of an answer only what was asked is kept: keys of the users of
+that server that were asked about, of the devices asked for, objects that name that user and
+device; a server that gives no answer is in ``failures``. Without federation other servers'
+users are left out. Keys are never logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import deque
@@ -32,6 +37,7 @@ from core.errors import BadJson, InvalidParam, MatrixError, MissingParam
 from core.types import parse_user_id
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
+from homeserver.services.ports import RemoteKeys, RemoteKeysFailed
 from homeserver.services.sync_token import SyncToken
 from storage.stores.e2e_keys import (
     E2EKeyStore,
@@ -54,6 +60,10 @@ MAX_CLAIMED = 10_000
 RECENT_CHANGES = 10_000
 # Devices whose key counts are kept in memory (every sync response carries them).
 COUNTED_DEVICES = 50_000
+# How long other servers get to answer a query or claim, unless the client says (Synapse's
+# default), and the longest a client may ask for.
+REMOTE_TIMEOUT_MS = 10_000
+MAX_REMOTE_TIMEOUT_MS = 60_000
 
 
 def _canonical(value: Any) -> str:
@@ -118,6 +128,24 @@ def _verify(obj: Mapping[str, Any], user_id: str, key_id: str, public: str) -> b
     return True
 
 
+def _timeout_s(body: Mapping[str, Any]) -> float:
+    value = body.get("timeout", REMOTE_TIMEOUT_MS)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise InvalidParam("timeout must be a number of milliseconds")
+    return float(min(value, MAX_REMOTE_TIMEOUT_MS)) / 1000
+
+
+def _failure(e: BaseException) -> dict[str, Any]:
+    if isinstance(e, RemoteKeysFailed):
+        return {"status": e.status, "message": e.message}
+    return {"status": 503, "message": "No answer"}
+
+
+def _key_object(obj: Any, user_id: str) -> bool:
+    return isinstance(obj, dict) and obj.get("user_id") == user_id and \
+        isinstance(obj.get("keys"), dict)
+
+
 def _with_default(counts: dict[str, int]) -> dict[str, int]:
     """signed_curve25519 is always counted (as Synapse does: some clients need it)."""
     return {"signed_curve25519": 0, **counts}
@@ -125,8 +153,10 @@ def _with_default(counts: dict[str, int]) -> dict[str, int]:
 
 class E2EKeyService:
     def __init__(self, store: E2EKeyStore, sync_store: SyncStore, members: MembershipCache,
-                 notifier: Notifier, clock: Clock, server_name: str) -> None:
+                 notifier: Notifier, clock: Clock, server_name: str, *,
+                 remote: RemoteKeys | None = None) -> None:
         self._store = store
+        self._remote = remote
         self._sync = sync_store
         self._members = members
         self._notifier = notifier
@@ -149,6 +179,20 @@ class E2EKeyService:
     @property
     def position(self) -> int:
         return self._store.position
+
+    def _by_server(self, user_ids: Iterable[str]) -> dict[str, list[str]]:
+        """Other servers' users (well-formed IDs) by server; none without federation."""
+        out: dict[str, list[str]] = {}
+        if self._remote is None:
+            return out
+        for user_id in user_ids:
+            try:
+                server = parse_user_id(user_id).server_name
+            except ValueError:
+                continue
+            if server != self._server_name:
+                out.setdefault(server, []).append(user_id)
+        return out
 
     def _is_local(self, user_id: str) -> bool:
         try:
@@ -229,8 +273,59 @@ class E2EKeyService:
     async def query(self, requester: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST /keys/query"""
         wanted = self._wanted_devices(body)
+        timeout_s = _timeout_s(body)
         local = {u: set(d) or None for u, d in wanted.items() if self._is_local(u)}
-        return await self._query_local(requester, local, display_names=True)
+        servers = self._by_server(wanted)
+        results = await asyncio.gather(
+            self._query_local(requester, local, display_names=True),
+            *(self._query_remote(server, {u: wanted[u] for u in users}, timeout_s)
+              for server, users in servers.items()),
+            return_exceptions=True)
+        if isinstance(results[0], BaseException):
+            raise results[0]
+        out: dict[str, Any] = results[0]
+        remote = results[1:]
+        for server, answer in zip(servers, remote, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, RemoteKeysFailed | TimeoutError):
+                    logger.warning("Querying %s for keys failed", server, exc_info=answer)
+                out["failures"][server] = _failure(answer)
+                continue
+            for field, by_user in answer.items():
+                out[field].update(by_user)
+        return out
+
+    async def _query_remote(self, server: str, wanted: dict[str, list[str]], timeout_s: float
+                            ) -> dict[str, dict[str, Any]]:
+        """``device_keys``, ``master_keys`` and ``self_signing_keys`` of ``server``'s users,
+        of what it answers only what was asked (its users, the devices asked for)."""
+        assert self._remote is not None
+        async with asyncio.timeout(timeout_s + 1):
+            answer = await self._remote.query(server, {"device_keys": wanted}, timeout_s)
+        if not isinstance(answer, dict):
+            raise RemoteKeysFailed(502, f"{server} answered with something else than keys")
+        out: dict[str, dict[str, Any]] = {"device_keys": {}, "master_keys": {},
+                                          "self_signing_keys": {}}
+        devices = answer.get("device_keys")
+        for user_id, device_ids in wanted.items():
+            got = devices.get(user_id) if isinstance(devices, dict) else None
+            if not isinstance(got, dict):
+                continue
+            only = set(device_ids)
+            out["device_keys"][user_id] = {
+                device_id: obj for device_id, obj in got.items()
+                if (not only or device_id in only) and _key_object(obj, user_id)
+                and obj.get("device_id") == device_id}
+        for usage, field in ((MASTER, "master_keys"), (SELF_SIGNING, "self_signing_keys")):
+            keys = answer.get(field)
+            if not isinstance(keys, dict):
+                continue
+            for user_id in wanted:
+                obj = keys.get(user_id)
+                if _key_object(obj, user_id) and isinstance(obj, dict) and \
+                        isinstance(obj.get("usage"), list) and usage in obj["usage"]:
+                    out[field][user_id] = obj
+        return out
 
     async def query_for_server(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST /_matrix/federation/v1/user/keys/query (the caller checked that every user
@@ -323,8 +418,54 @@ class E2EKeyService:
     async def claim(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST /keys/claim"""
         requested = self._wanted_keys(body)
+        timeout_s = _timeout_s(body)
         local = {u: d for u, d in requested.items() if self._is_local(u)}
-        return {"one_time_keys": await self._claim_local(local), "failures": {}}
+        servers = self._by_server(requested)
+        results = await asyncio.gather(
+            self._claim_local(local),
+            *(self._claim_remote(server, {u: requested[u] for u in users}, timeout_s)
+              for server, users in servers.items()),
+            return_exceptions=True)
+        if isinstance(results[0], BaseException):
+            raise results[0]
+        out: dict[str, Any] = results[0]
+        remote = results[1:]
+        failures: dict[str, Any] = {}
+        for server, answer in zip(servers, remote, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, RemoteKeysFailed | TimeoutError):
+                    logger.warning("Claiming keys of %s failed", server, exc_info=answer)
+                failures[server] = _failure(answer)
+            else:
+                out.update(answer)
+        return {"one_time_keys": out, "failures": failures}
+
+    async def _claim_remote(self, server: str, wanted: dict[str, dict[str, str]],
+                            timeout_s: float) -> dict[str, Any]:
+        """One key per device asked for of ``server``'s users, of the algorithm asked for;
+        anything else it answers is dropped."""
+        assert self._remote is not None
+        async with asyncio.timeout(timeout_s + 1):
+            answer = await self._remote.claim(server, {"one_time_keys": wanted}, timeout_s)
+        if not isinstance(answer, dict):
+            raise RemoteKeysFailed(502, f"{server} answered with something else than keys")
+        keys = answer.get("one_time_keys")
+        out: dict[str, Any] = {}
+        if not isinstance(keys, dict):
+            return out
+        for user_id, algorithms in wanted.items():
+            by_device = keys.get(user_id)
+            if not isinstance(by_device, dict):
+                continue
+            for device_id, algorithm in algorithms.items():
+                got = by_device.get(device_id)
+                if not isinstance(got, dict):
+                    continue
+                for key_id, key in got.items():
+                    if key_id.startswith(f"{algorithm}:") and isinstance(key, str | dict):
+                        out.setdefault(user_id, {})[device_id] = {key_id: key}
+                        break
+        return out
 
     async def claim_for_server(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST /_matrix/federation/v1/user/keys/claim (the caller checked that every user

@@ -52,6 +52,30 @@ class RemoteDirectory(Protocol):
         ...
 
 
+class RemoteKeysFailed(Exception):
+    """Another server gave no usable answer to a key query or claim: ``status`` and
+    ``message`` for the client's ``failures`` (503 when it could not be reached)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class RemoteKeys(Protocol):
+    """Other servers' users' end-to-end keys (``/_matrix/federation/v1/user/keys/query`` and
+    ``/user/keys/claim``). Answers are the remote server's JSON as it came (untrusted: the
+    caller keeps only what it asked for).
+
+    Raises:
+        RemoteKeysFailed: no answer within ``timeout_s``, or an error answer.
+    """
+
+    async def query(self, server: str, body: Mapping[str, Any], timeout_s: float) -> Any: ...
+
+    async def claim(self, server: str, body: Mapping[str, Any], timeout_s: float) -> Any: ...
+
+
 RemoteQueue = Callable[[Sequence[tuple[str, dict[str, Any]]]], Awaitable[None]]
 """Queues ``(destination, m.direct_to_device content)`` durably for other servers."""
 
@@ -87,3 +111,4 @@ class FederationPorts:
     to_device: RemoteQueue
     backfill: Backfill
     edus: LocalEdus
+    keys: RemoteKeys
