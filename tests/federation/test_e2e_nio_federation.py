@@ -1,0 +1,92 @@
+"""End-to-end encryption across two KT-Chat servers with real clients: matrix-nio with
+encryption on, alice on A and bob on B (real processes, TLS between them), in an encrypted
+room. Each finds the other's device through its own server's ``/keys/query``, which asks the
+other server (``/user/keys/query``), claims a one-time key the same way, and each decrypts
+the other's messages. No device-list EDUs yet: nio asks for the keys of an encrypted room's
+members when it first sees them, which is enough for a first conversation.
+
+bob joins a public room through A rather than by invite: after accepting an invite to a room
+on another server, bob's ``/sync`` on B gives the room without its state (only the invite
+and the join in the timeline, ``state`` empty), so nio does not know the room is encrypted
+nor that alice is in it, and never asks for her keys (a sync bug of its own, not of keys)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import nio
+import pytest
+
+from tests.helpers.federation import PASSWORD, FedPair, FedServer, q
+from tests.test_e2e_nio import receive, turn
+
+if not nio.crypto.ENCRYPTION_ENABLED:  # pragma: no cover
+    pytest.skip("matrix-nio was installed without its e2e extra", allow_module_level=True)
+
+
+async def nio_client(server: FedServer, localpart: str, store: Path) -> nio.AsyncClient:
+    await server.register(localpart)
+    client = nio.AsyncClient(server.client_url, server.user_id(localpart),
+                             store_path=str(store),
+                             config=nio.AsyncClientConfig(encryption_enabled=True,
+                                                          store_sync_tokens=False))
+    login = await client.login(PASSWORD, device_name=f"{localpart}'s nio")
+    assert isinstance(login, nio.LoginResponse), login
+    return client
+
+
+@pytest.fixture
+async def clients(fed_pair: FedPair, tmp_path: Path
+                  ) -> AsyncIterator[tuple[nio.AsyncClient, nio.AsyncClient]]:
+    tag = uuid.uuid4().hex[:8]
+    for name in ("alice", "bob"):
+        (tmp_path / name).mkdir()
+    alice = await nio_client(fed_pair.a, f"nioalice{tag}", tmp_path / "alice")
+    bob = await nio_client(fed_pair.b, f"niobob{tag}", tmp_path / "bob")
+    try:
+        yield alice, bob
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_nio_clients_on_two_servers_exchange_encrypted_messages(
+        fed_pair: FedPair, clients: tuple[nio.AsyncClient, nio.AsyncClient]) -> None:
+    alice, bob = clients
+    await turn(alice)
+    await turn(bob)
+    # A public room bob joins through A (no invite first: see the module's note).
+    created = await alice.room_create(
+        visibility=nio.RoomVisibility.public, preset=nio.RoomPreset.public_chat,
+        initial_state=[{"type": "m.room.encryption", "state_key": "",
+                        "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
+    assert isinstance(created, nio.RoomCreateResponse), created
+    room_id = created.room_id
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{bob.homeserver}/_matrix/client/v3/join/{q(room_id)}", json={},
+            params={"server_name": fed_pair.a.server_name},
+            headers={"Authorization": f"Bearer {bob.access_token}"}) as resp:
+        assert resp.status == 200, await resp.text()
+    for _ in range(20):
+        await turn(alice, 500)
+        await turn(bob, 500)
+        if bob.device_id in alice.device_store[bob.user_id] and \
+                alice.device_id in bob.device_store[alice.user_id]:
+            break
+    assert bob.device_id in alice.device_store[bob.user_id]
+    assert alice.device_id in bob.device_store[alice.user_id]
+
+    sent = await alice.room_send(room_id, "m.room.message",
+                                 {"msgtype": "m.text", "body": "hello bob, across"},
+                                 ignore_unverified_devices=True)
+    assert isinstance(sent, nio.RoomSendResponse), sent
+    await receive(bob, room_id, "hello bob, across", seconds=30)
+
+    sent = await bob.room_send(room_id, "m.room.message",
+                               {"msgtype": "m.text", "body": "hello alice, across"},
+                               ignore_unverified_devices=True)
+    assert isinstance(sent, nio.RoomSendResponse), sent
+    await receive(alice, room_id, "hello alice, across", seconds=30)
