@@ -8,7 +8,7 @@ memory where they can.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -308,9 +308,8 @@ class ResponseBuilder:
         # Work out every room's timeline and state first, then load all the state events in
         # one query, so a sync over many rooms costs a handful of queries, not a few per room.
         await self.s.state.prefetch_chains(
-            loaded[ids[-min(len(ids), self.limit)]].state_group_before
-            for ids in latest.values() if ids and self.limit
-            and ids[-min(len(ids), self.limit)] in loaded)
+            _start_group([loaded[e] for e in ids[-self.limit:] if e in loaded])
+            for ids in latest.values() if ids and self.limit)
         plans = []
         for room_id in joined:
             ids = latest.get(room_id, [])
@@ -522,7 +521,7 @@ class ResponseBuilder:
         if not initial and not limited and not senders:
             return []  # nothing new from anyone (typing, receipts): no members to send
         if timeline:
-            start_group = timeline[0].state_group_before
+            start_group = _start_group(timeline)
         else:
             last = await self.s.store.last_event_at(room_id, self.now.events)
             start_group = last[0] if last else None
@@ -615,3 +614,11 @@ def _summary(summary: RoomSummary | None) -> dict[str, Any]:
     summary = summary or RoomSummary(0, 0, [])
     return {"m.heroes": summary.heroes, "m.joined_member_count": summary.joined,
             "m.invited_member_count": summary.invited}
+
+
+def _start_group(timeline: Sequence[StoredEvent]) -> int | None:
+    """The state group at the start of a timeline: before its first event whose state is
+    known here. An invite to a room on another server arrives before this server is in the
+    room: stored without the state before it, it must not leave the joined room stateless."""
+    return next((e.state_group_before for e in timeline if e.state_group_before is not None),
+                None)

@@ -5,10 +5,9 @@ other server (``/user/keys/query``), claims a one-time key the same way, and eac
 the other's messages. No device-list EDUs yet: nio asks for the keys of an encrypted room's
 members when it first sees them, which is enough for a first conversation.
 
-bob joins a public room through A rather than by invite: after accepting an invite to a room
-on another server, bob's ``/sync`` on B gives the room without its state (only the invite
-and the join in the timeline, ``state`` empty), so nio does not know the room is encrypted
-nor that alice is in it, and never asks for her keys (a sync bug of its own, not of keys)."""
+As users start a direct chat: alice invites bob, bob accepts the invite on his own server
+(an earlier sync bug gave a room joined this way an empty state, so nio never learned the
+room was encrypted nor that alice was in it)."""
 
 from __future__ import annotations
 
@@ -16,11 +15,10 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import nio
 import pytest
 
-from tests.helpers.federation import PASSWORD, FedPair, FedServer, q
+from tests.helpers.federation import PASSWORD, FedPair, FedServer
 from tests.test_e2e_nio import receive, turn
 
 if not nio.crypto.ENCRYPTION_ENABLED:  # pragma: no cover
@@ -58,18 +56,19 @@ async def test_nio_clients_on_two_servers_exchange_encrypted_messages(
     alice, bob = clients
     await turn(alice)
     await turn(bob)
-    # A public room bob joins through A (no invite first: see the module's note).
+    # A private encrypted room; bob is invited and accepts on his own server.
     created = await alice.room_create(
-        visibility=nio.RoomVisibility.public, preset=nio.RoomPreset.public_chat,
+        preset=nio.RoomPreset.private_chat, invite=[bob.user_id],
         initial_state=[{"type": "m.room.encryption", "state_key": "",
                         "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
     assert isinstance(created, nio.RoomCreateResponse), created
     room_id = created.room_id
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{bob.homeserver}/_matrix/client/v3/join/{q(room_id)}", json={},
-            params={"server_name": fed_pair.a.server_name},
-            headers={"Authorization": f"Bearer {bob.access_token}"}) as resp:
-        assert resp.status == 200, await resp.text()
+    for _ in range(20):
+        await turn(bob, 500)
+        if room_id in bob.invited_rooms:
+            break
+    joined = await bob.join(room_id)
+    assert isinstance(joined, nio.JoinResponse), joined
     for _ in range(20):
         await turn(alice, 500)
         await turn(bob, 500)

@@ -415,3 +415,30 @@ async def test_messages_cross_with_postgres_on_one_side(fed_pair_pg: FedPair) ->
         messages = [ev["event_id"] for ev in await user.timeline(room_id)
                     if ev["type"] == "m.room.message"]
         assert messages == [from_a, from_b], user
+
+
+async def test_a_room_joined_through_a_remote_invite_syncs_with_its_state(
+        fed_pair: FedPair) -> None:
+    """The joiner's own server gives the room's state in sync (initial and incremental): a
+    client learns the room's name, encryption and members from it (found by the matrix-nio
+    test across servers: the room came with an empty state)."""
+    alice, bob = fed_pair.alice, fed_pair.bob
+    name = f"invite sync {_tag()}"
+    room_id = await alice.create_room(preset="private_chat", name=name)
+    before = (await bob.sync())["next_batch"]
+    await alice.invite(room_id, bob.user_id)
+    await bob.wait_for_invite(room_id)
+    assert await bob.join_room_id(room_id) == room_id
+    await bob.wait_for_membership(room_id, bob.user_id, "join")
+
+    def seen(room: dict) -> set[tuple[str, str]]:
+        events = [*room["state"]["events"], *room["timeline"]["events"]]
+        return {(e["type"], e["state_key"]) for e in events if "state_key" in e}
+
+    for since in (None, before):
+        response = await bob.sync(since)
+        room = response["rooms"]["join"][room_id]
+        keys = seen(room)
+        assert {("m.room.create", ""), ("m.room.name", ""), ("m.room.power_levels", ""),
+                ("m.room.member", alice.user_id), ("m.room.member", bob.user_id)} <= keys, \
+            (since, room)
