@@ -24,8 +24,8 @@ import asyncio
 import json
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from cachetools import LRUCache
 from signedjson.key import decode_verify_key_bytes
@@ -50,6 +50,9 @@ from storage.stores.e2e_keys import (
 from storage.stores.sync import SyncStore
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 MASTER, SELF_SIGNING, USER_SIGNING = "master", "self_signing", "user_signing"
 # Bounds on one request (a client uploads tens of keys at a time).
@@ -275,25 +278,38 @@ class E2EKeyService:
         wanted = self._wanted_devices(body)
         timeout_s = _timeout_s(body)
         local = {u: set(d) or None for u, d in wanted.items() if self._is_local(u)}
-        servers = self._by_server(wanted)
-        results = await asyncio.gather(
+        out, answers, failures = await self._fan_out(
             self._query_local(requester, local, display_names=True),
-            *(self._query_remote(server, {u: wanted[u] for u in users}, timeout_s)
-              for server, users in servers.items()),
-            return_exceptions=True)
-        if isinstance(results[0], BaseException):
-            raise results[0]
-        out: dict[str, Any] = results[0]
-        remote = results[1:]
-        for server, answer in zip(servers, remote, strict=True):
-            if isinstance(answer, BaseException):
-                if not isinstance(answer, RemoteKeysFailed | TimeoutError):
-                    logger.warning("Querying %s for keys failed", server, exc_info=answer)
-                out["failures"][server] = _failure(answer)
-                continue
+            lambda server, users: self._query_remote(
+                server, {u: wanted[u] for u in users}, timeout_s),
+            self._by_server(wanted), "Querying keys")
+        out["failures"].update(failures)
+        for answer in answers.values():
             for field, by_user in answer.items():
                 out[field].update(by_user)
         return out
+
+    async def _fan_out(self, local: Awaitable[T],
+                       ask: Callable[[str, list[str]], Awaitable[R]],
+                       servers: Mapping[str, list[str]], what: str
+                       ) -> tuple[T, dict[str, R], dict[str, Any]]:
+        """``local`` side by side with ``ask(server, its users)`` for each other server: the
+        local answer, each server's answer, and the failure of each that gave none (as
+        Synapse reports them in ``failures``)."""
+        remote: asyncio.Future[list[R | BaseException]] = asyncio.gather(
+            *(ask(server, users) for server, users in servers.items()),
+            return_exceptions=True)
+        mine, results = await asyncio.gather(local, remote)
+        answers: dict[str, R] = {}
+        failures: dict[str, Any] = {}
+        for server, answer in zip(servers, results, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, RemoteKeysFailed | TimeoutError):
+                    logger.warning("%s of %s failed", what, server, exc_info=answer)
+                failures[server] = _failure(answer)
+            else:
+                answers[server] = answer
+        return mine, answers, failures
 
     async def _query_remote(self, server: str, wanted: dict[str, list[str]], timeout_s: float
                             ) -> dict[str, dict[str, Any]]:
@@ -420,24 +436,13 @@ class E2EKeyService:
         requested = self._wanted_keys(body)
         timeout_s = _timeout_s(body)
         local = {u: d for u, d in requested.items() if self._is_local(u)}
-        servers = self._by_server(requested)
-        results = await asyncio.gather(
+        out, answers, failures = await self._fan_out(
             self._claim_local(local),
-            *(self._claim_remote(server, {u: requested[u] for u in users}, timeout_s)
-              for server, users in servers.items()),
-            return_exceptions=True)
-        if isinstance(results[0], BaseException):
-            raise results[0]
-        out: dict[str, Any] = results[0]
-        remote = results[1:]
-        failures: dict[str, Any] = {}
-        for server, answer in zip(servers, remote, strict=True):
-            if isinstance(answer, BaseException):
-                if not isinstance(answer, RemoteKeysFailed | TimeoutError):
-                    logger.warning("Claiming keys of %s failed", server, exc_info=answer)
-                failures[server] = _failure(answer)
-            else:
-                out.update(answer)
+            lambda server, users: self._claim_remote(
+                server, {u: requested[u] for u in users}, timeout_s),
+            self._by_server(requested), "Claiming keys")
+        for answer in answers.values():
+            out.update(answer)
         return {"one_time_keys": out, "failures": failures}
 
     async def _claim_remote(self, server: str, wanted: dict[str, dict[str, str]],
