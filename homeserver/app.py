@@ -40,6 +40,9 @@ SHUTDOWN_GRACE_S = 10.0
 # the server reads and drops what keeps coming for at most this long before it closes the
 # connection, so the client can read the answer rather than meet a reset (aiohttp: 10 s).
 LINGERING_S = 1.0
+# Connections the kernel holds for us while the loop is busy (aiohttp's default is 128: a
+# burst of new connections beyond it was reset under load).
+LISTEN_BACKLOG = 1024
 
 
 def build_app(services: Services, resources: Iterable[str] = ("client", "federation"),
@@ -97,7 +100,7 @@ async def _start_listener(services: Services, listener: ListenerConfig,
     host = None if listener.bind == "*" else listener.bind
     site = web.TCPSite(runner, host, listener.port,
                        ssl_context=_ssl_context(services.config) if listener.tls else None,
-                       reuse_address=True)
+                       reuse_address=True, backlog=LISTEN_BACKLOG)
     await site.start()
     scheme = "https" if listener.tls else "http"
     logger.info("Listening on %s://%s:%d (%s)", scheme, listener.bind, listener.port,
