@@ -64,7 +64,7 @@ class Outbound:
         return FederationPorts(rooms=self.remote, directory=self.directory,
                                to_device=self.sender.queue_to_device,
                                backfill=self.backfiller.backfill, edus=self.sender,
-                               keys=self.keys)
+                               keys=self.keys, device_lists=self.sender)
 
 
 def build_outbound(config: HomeserverConfig, db: Database, clock: Clock,

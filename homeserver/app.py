@@ -124,7 +124,8 @@ def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | N
                               roomserver=roomserver, remote=outbound.ports())
     served = Served(services.profiles, services.rooms, services.directory, services.devices,
                     services.membership, InboundEdus(services.typing, services.receipts,
-                                                     services.presence, services.to_device),
+                                                     services.presence, services.to_device,
+                                                     services.keys),
                     ServerVisibility(roomserver), services.keys)
     return services, build_federation(config, db, clock, signing_key, roomserver, outbound,
                                       served)

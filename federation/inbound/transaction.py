@@ -24,6 +24,7 @@ from core.types import MAX_IDENTIFIER_BYTES, InvalidIdentifier, byte_length, par
 from federation.inbound.pdus import MAX_PDU_NESTING, InvalidPdu, PduHandler
 from homeserver.http.json import nesting_exceeds
 from homeserver.http.nul import NUL, contains_nul
+from homeserver.services.e2e_keys import E2EKeyService
 from homeserver.services.presence import PresenceService
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.to_device import ToDeviceService
@@ -78,6 +79,7 @@ class InboundEdus:
     receipts: ReceiptService
     presence: PresenceService
     to_device: ToDeviceService
+    keys: E2EKeyService
 
 
 class TransactionHandler:
@@ -302,5 +304,25 @@ class TransactionHandler:
                     ago if isinstance(ago, int) and not isinstance(ago, bool) else 0)
         elif edu_type == "m.direct_to_device":
             await edus.to_device.receive_remote(origin, content)
-        # m.device_list_update, m.signing_key_update: this server keeps no end-to-end keys
-        # yet; they are accepted and dropped.
+        elif edu_type in ("m.device_list_update", "m.signing_key_update"):
+            await self._device_list_update(origin, edu_type, content)
+
+    async def _device_list_update(self, origin: str, edu_type: str,
+                                  content: Mapping[str, Any]) -> None:
+        """A user of ``origin`` changed devices or cross-signing keys: local users sharing a
+        room with them hear of it in their syncs. No remote device list is cached yet (every
+        /keys/query asks their server), so nothing is resynced and the keys carried are not
+        kept."""
+        user_id = content.get("user_id")
+        if _server_of(user_id) != origin:
+            logger.info("Ignored a %s EDU from %s about a user not of it", edu_type, origin)
+            return
+        device_id = None
+        if edu_type == "m.device_list_update":
+            device_id = content.get("device_id")
+            if not isinstance(device_id, str) or not device_id or \
+                    byte_length(device_id) > MAX_IDENTIFIER_BYTES:
+                logger.info("Ignored an m.device_list_update EDU from %s without a valid "
+                            "device_id", origin)
+                return
+        await self._edus.keys.remote_device_list_changed(origin, str(user_id), device_id)

@@ -373,6 +373,20 @@ class FederationSender:
                 continue
             self.wake({s for s, _ in entries})
 
+    async def device_list_changed(self, user_id: str,
+                                  edus: Sequence[Mapping[str, Any]]) -> None:
+        """DeviceListEdus: a local user's devices or cross-signing keys changed; ``edus``
+        (``m.device_list_update``, ``m.signing_key_update``) are queued durably for every
+        other server sharing a room with the user (the rooms' servers are read from the
+        roomserver's in-memory snapshots), and those are woken."""
+        rooms = await self.rooms.joined_rooms(user_id)
+        servers = sorted(await self._servers_in_rooms(rooms))
+        entries = [(server, dict(edu)) for server in servers for edu in edus]
+        if not entries:
+            return
+        await self.store.queue_edus(entries, self.now_ms())
+        self.wake(servers)
+
     async def queue_to_device(self, edus: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Queue ``(destination, m.direct_to_device content)`` durably (the client's 200
         waits for it), and wake those destinations."""

@@ -145,7 +145,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     notifier = Notifier()
     members = MembershipCache(db.sync, notifier)
     keys = E2EKeyService(db.e2e_keys, db.sync, members, notifier, clock, config.server_name,
-                         remote=remote.keys if remote is not None else None)
+                         remote=remote.keys if remote is not None else None,
+                         device_lists=remote.device_lists if remote is not None else None)
     auth = AuthService(db.devices, clock, config.auth, on_devices_deleted=keys)
     accounts = AccountService(db, auth, hasher, clock, config)
     uia = UiAuthService(db.ui_auth, db.registration_tokens, accounts, clock,

@@ -11,11 +11,16 @@ users who start sharing a room with them; of users who no longer share one, in `
 
 Other servers' users' keys are asked of their servers (``RemoteKeys``, one request per
 server, side by side, within the client's ``timeout``: 10 s unless it says otherwise, as
-Synapse) each time: no remote device list is cached yet (that comes with the
-``m.device_list_update`` EDUs). Of an answer only what was asked is kept: keys of the users of
-that server that were asked about, of the devices asked for, objects that name that user and
-device; a server that gives no answer is in ``failures``. Without federation other servers'
-users are left out. Keys are never logged.
+Synapse) each time: no remote device list is cached yet. Of an answer only what was asked
+is kept: keys of the users of that server that were asked about, of the devices asked for,
+objects that name that user and device; a server that gives no answer is in ``failures``.
+Without federation other servers' users are left out. Keys are never logged.
+
+Other servers sharing a room with a local user are told of each change of theirs
+(``DeviceListEdus``): an ``m.device_list_update`` per new, changed or deleted device
+(``prev_id``: the user's device change before it in the stream), an ``m.signing_key_update``
+for new master or self-signing keys. Their servers' EDUs about their users are changes in our
+stream (``remote_device_list_changed``).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from core.errors import BadJson, InvalidParam, MatrixError, MissingParam
 from core.types import parse_user_id
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
-from homeserver.services.ports import RemoteKeys, RemoteKeysFailed
+from homeserver.services.ports import DeviceListEdus, RemoteKeys, RemoteKeysFailed
 from homeserver.services.sync_token import SyncToken
 from storage.stores.e2e_keys import (
     E2EKeyStore,
@@ -157,9 +162,11 @@ def _with_default(counts: dict[str, int]) -> dict[str, int]:
 class E2EKeyService:
     def __init__(self, store: E2EKeyStore, sync_store: SyncStore, members: MembershipCache,
                  notifier: Notifier, clock: Clock, server_name: str, *,
-                 remote: RemoteKeys | None = None) -> None:
+                 remote: RemoteKeys | None = None,
+                 device_lists: DeviceListEdus | None = None) -> None:
         self._store = store
         self._remote = remote
+        self._device_lists = device_lists
         self._sync = sync_store
         self._members = members
         self._notifier = notifier
@@ -215,6 +222,55 @@ class E2EKeyService:
             rooms |= await self._members.joined_rooms(user_id)
         self._notifier.wake(room_ids=rooms, user_ids=users)
 
+    async def remote_device_list_changed(self, origin: str, user_id: str,
+                                         device_id: str | None) -> None:
+        """Another server (``origin``, the user's: the caller checked) says its user's
+        devices or cross-signing keys changed (an ``m.device_list_update`` or
+        ``m.signing_key_update`` EDU; ``device_id`` None for cross-signing keys): a change in
+        the device-list stream, so the syncs of local users sharing a room with them report
+        them in ``device_lists.changed``. Of a user who shares no room here nothing is kept.
+        (No remote device list is cached: nothing to resync.)"""
+        if not await self._members.joined_rooms(user_id):
+            logger.info("%s sent a device-list update for %s, who shares no room here",
+                        origin, user_id)
+            return
+        position = await self._store.record_changes([(user_id, device_id)],
+                                                    self._clock.time_ms())
+        if position is not None:
+            await self._changed([(position, user_id)])
+
+    # -- telling other servers ---------------------------------------------------------------
+
+    async def _announce(self, user_id: str, edus: list[dict[str, Any]]) -> None:
+        """Queue EDUs about a local user's keys for the servers sharing a room with them (the
+        change is committed already: a failure to queue is logged, not the client's)."""
+        if self._device_lists is None or not edus:
+            return
+        try:
+            await self._device_lists.device_list_changed(user_id, edus)
+        except Exception:
+            logger.exception("Queueing %d device-list EDUs for %s failed", len(edus), user_id)
+
+    async def _device_updates(self, user_id: str, changes: list[tuple[int, str, str | None]],
+                              *, deleted: bool = False) -> list[dict[str, Any]]:
+        """``m.device_list_update`` EDUs for ``(position, device, device keys JSON or None)``
+        in order: each names the position before it of the user's devices as ``prev_id``."""
+        if self._device_lists is None or not changes:
+            return []
+        prev = await self._store.previous_device_change(user_id, changes[0][0])
+        out = []
+        for position, device_id, keys_json in changes:
+            content: dict[str, Any] = {"user_id": user_id, "device_id": device_id,
+                                       "stream_id": position,
+                                       "prev_id": [prev] if prev is not None else []}
+            if deleted:
+                content["deleted"] = True
+            if keys_json is not None:
+                content["keys"] = json.loads(keys_json)
+            out.append({"edu_type": "m.device_list_update", "content": content})
+            prev = position
+        return out
+
     # -- upload ----------------------------------------------------------------------------
 
     async def upload(self, user_id: str, device_id: str, body: Mapping[str, Any]
@@ -253,6 +309,8 @@ class E2EKeyService:
             self._forget_counts([(user_id, device_id)])
         if position is not None:
             await self._changed([(position, user_id)])
+            await self._announce(user_id, await self._device_updates(
+                user_id, [(position, device_id, keys_json)]))
         return _with_default(counts)
 
     # -- query -----------------------------------------------------------------------------
@@ -598,12 +656,15 @@ class E2EKeyService:
         devices = [(user_id, d) for d in device_ids]
         self._forget_counts(devices)
         try:
-            position = await self._store.devices_deleted(user_id, device_ids,
-                                                         self._clock.time_ms())
+            positions = await self._store.devices_deleted(user_id, device_ids,
+                                                          self._clock.time_ms())
         finally:
             self._forget_counts(devices)
-        if position is not None:
-            await self._changed([(position, user_id)])
+        if positions:
+            await self._changed([(positions[-1], user_id)])
+            await self._announce(user_id, await self._device_updates(
+                user_id, [(p, d, None) for p, d in zip(positions, device_ids, strict=True)],
+                deleted=True))
 
     # -- cross-signing ---------------------------------------------------------------------
 
@@ -656,6 +717,16 @@ class E2EKeyService:
                                                             self._clock.time_ms())
         if position is not None:
             await self._changed([(position, user_id)])
+            if MASTER in new or SELF_SIGNING in new:
+                # The user-signing key is its owner's alone: other servers never get it.
+                now = {**stored, **new}
+                content: dict[str, Any] = {"user_id": user_id}
+                for usage, field in ((MASTER, "master_key"),
+                                     (SELF_SIGNING, "self_signing_key")):
+                    if usage in now:
+                        content[field] = json.loads(now[usage])
+                await self._announce(user_id, [{"edu_type": "m.signing_key_update",
+                                                "content": content}])
 
     @staticmethod
     def _check_cross_signing_key(user_id: str, obj: Any, usage: str) -> None:

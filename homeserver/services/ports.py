@@ -102,6 +102,15 @@ class LocalEdus(Protocol):
         ...
 
 
+class DeviceListEdus(Protocol):
+    """Told when a local user's devices or cross-signing keys changed: queues the EDUs
+    (``m.device_list_update``, ``m.signing_key_update``; whole EDUs, built by the caller)
+    durably for every other server that shares a room with the user."""
+
+    async def device_list_changed(self, user_id: str,
+                                  edus: Sequence[Mapping[str, Any]]) -> None: ...
+
+
 @dataclass(frozen=True)
 class FederationPorts:
     """What the services ask of other servers, built by federation before the services."""
@@ -112,3 +121,4 @@ class FederationPorts:
     backfill: Backfill
     edus: LocalEdus
     keys: RemoteKeys
+    device_lists: DeviceListEdus

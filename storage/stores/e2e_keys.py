@@ -160,6 +160,17 @@ class E2EKeyStore(StreamStore):
                                       .where(device_list_changes.c.user_id == user_id))
         return int(value or 0)
 
+    async def previous_device_change(self, user_id: str, before: int) -> int | None:
+        """The user's latest position before ``before`` that changed a device (not
+        cross-signing keys), or None: the ``prev_id`` of an ``m.device_list_update``."""
+        async with self._db.read() as conn:
+            value = await conn.scalar(
+                select(func.max(device_list_changes.c.stream_id))
+                .where(and_(device_list_changes.c.user_id == user_id,
+                            device_list_changes.c.device_id.is_not(None),
+                            device_list_changes.c.stream_id < before)))
+        return int(value) if value is not None else None
+
     async def member_changes(self, room_ids: Sequence[str], after: int, up_to: int
                              ) -> list[tuple[str, str, str]]:
         """``(room, user, membership)`` of the member events of the rooms in
@@ -402,10 +413,19 @@ class E2EKeyStore(StreamStore):
     # -- devices going away -----------------------------------------------------------------
 
     async def devices_deleted(self, user_id: str, device_ids: Sequence[str], now: int
-                              ) -> int | None:
+                              ) -> list[int]:
         """The devices are gone (``DeviceStore`` deleted their keys with them): a change
-        for each in the device-list stream."""
-        return await self.record_changes([(user_id, d) for d in device_ids], now)
+        for each in the device-list stream; their positions, in the devices' order."""
+        if not device_ids:
+            return []
+
+        def write(conn: Connection) -> tuple[list[int], int | None]:
+            positions = [self._record(conn, [(user_id, d)], now) for d in device_ids]
+            out = [p for p in positions if p is not None]
+            return out, out[-1]
+
+        positions, _ = await self._write(write)
+        return positions  # type: ignore[no-any-return]
 
 
 def _p(name: str) -> Any:

@@ -237,7 +237,7 @@ async def fed(hs: Services, aiohttp_client: Callable[..., Any]) -> AsyncIterator
     keyring = Keyring(hs.db.server_keys, client, hs.clock, config.server_name, hs.signing_key,
                       ())
     served = Served(hs.profiles, hs.rooms, hs.directory, hs.devices, hs.membership,
-                    InboundEdus(hs.typing, hs.receipts, hs.presence, hs.to_device),
+                    InboundEdus(hs.typing, hs.receipts, hs.presence, hs.to_device, hs.keys),
                     ServerVisibility(hs.roomserver), hs.keys)
     stub = StubFederation(config.server_name, hs.db.users, hs.clock, hs.roomserver, served, keyring,
                           StubSender())

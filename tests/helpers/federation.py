@@ -645,7 +645,9 @@ def _has_content(response: JsonDict) -> bool:
     rooms = response.get("rooms", {})
     return any(rooms.get(s) for s in ("join", "invite", "leave", "knock")) or bool(
         response.get("presence", {}).get("events")) or bool(
-        response.get("account_data", {}).get("events"))
+        response.get("account_data", {}).get("events")) or bool(
+        response.get("device_lists", {}).get("changed")) or bool(
+        response.get("device_lists", {}).get("left"))
 
 
 def _describe(fn: Any) -> str:
