@@ -18,8 +18,10 @@ Without federation other servers' users are left out. Keys are never logged.
 
 Other servers sharing a room with a local user are told of each change of theirs
 (``DeviceListEdus``): an ``m.device_list_update`` per new, changed or deleted device
-(``prev_id``: the user's device change before it in the stream), an ``m.signing_key_update``
-for new master or self-signing keys. Their servers' EDUs about their users are changes in our
+(``prev_id``: the user's device change before it in the stream; a device signed by its
+owner's self-signing key is a change too), an ``m.signing_key_update`` for new master or
+self-signing keys or a new signature of the master key; objects as other servers get them
+from ``/user/keys/query``. Their servers' EDUs about their users are changes in our
 stream (``remote_device_list_changed``).
 """
 
@@ -251,25 +253,46 @@ class E2EKeyService:
         except Exception:
             logger.exception("Queueing %d device-list EDUs for %s failed", len(edus), user_id)
 
-    async def _device_updates(self, user_id: str, changes: list[tuple[int, str, str | None]],
-                              *, deleted: bool = False) -> list[dict[str, Any]]:
-        """``m.device_list_update`` EDUs for ``(position, device, device keys JSON or None)``
-        in order: each names the position before it of the user's devices as ``prev_id``."""
+    async def _device_updates(self, user_id: str, changes: list[tuple[int, str]], *,
+                              deleted: bool = False) -> list[dict[str, Any]]:
+        """``m.device_list_update`` EDUs for ``(position, device)`` in order: each names the
+        position before it of the user's devices as ``prev_id``, and carries the device's
+        keys as other servers get them (with their owner's signatures) unless deleted."""
         if self._device_lists is None or not changes:
             return []
+        keys: dict[str, Any] = {}
+        if not deleted:
+            found = await self._query_local("", {user_id: {d for _, d in changes}},
+                                            display_names=False)
+            keys = found["device_keys"].get(user_id, {})
         prev = await self._store.previous_device_change(user_id, changes[0][0])
         out = []
-        for position, device_id, keys_json in changes:
+        for position, device_id in changes:
             content: dict[str, Any] = {"user_id": user_id, "device_id": device_id,
                                        "stream_id": position,
                                        "prev_id": [prev] if prev is not None else []}
             if deleted:
                 content["deleted"] = True
-            if keys_json is not None:
-                content["keys"] = json.loads(keys_json)
+            elif device_id in keys:
+                content["keys"] = keys[device_id]
             out.append({"edu_type": "m.device_list_update", "content": content})
             prev = position
         return out
+
+    async def _signing_key_update(self, user_id: str) -> list[dict[str, Any]]:
+        """An ``m.signing_key_update`` EDU with the user's master and self-signing keys as
+        other servers get them (the user-signing key is its owner's alone)."""
+        if self._device_lists is None:
+            return []
+        found = await self._query_local("", {user_id: set()}, display_names=False)
+        content: dict[str, Any] = {"user_id": user_id}
+        for field, name in (("master_keys", "master_key"),
+                            ("self_signing_keys", "self_signing_key")):
+            if user_id in found[field]:
+                content[name] = found[field][user_id]
+        if len(content) == 1:
+            return []
+        return [{"edu_type": "m.signing_key_update", "content": content}]
 
     # -- upload ----------------------------------------------------------------------------
 
@@ -310,7 +333,7 @@ class E2EKeyService:
         if position is not None:
             await self._changed([(position, user_id)])
             await self._announce(user_id, await self._device_updates(
-                user_id, [(position, device_id, keys_json)]))
+                user_id, [(position, device_id)]))
         return _with_default(counts)
 
     # -- query -----------------------------------------------------------------------------
@@ -663,8 +686,7 @@ class E2EKeyService:
         if positions:
             await self._changed([(positions[-1], user_id)])
             await self._announce(user_id, await self._device_updates(
-                user_id, [(p, d, None) for p, d in zip(positions, device_ids, strict=True)],
-                deleted=True))
+                user_id, list(zip(positions, device_ids, strict=True)), deleted=True))
 
     # -- cross-signing ---------------------------------------------------------------------
 
@@ -719,14 +741,7 @@ class E2EKeyService:
             await self._changed([(position, user_id)])
             if MASTER in new or SELF_SIGNING in new:
                 # The user-signing key is its owner's alone: other servers never get it.
-                now = {**stored, **new}
-                content: dict[str, Any] = {"user_id": user_id}
-                for usage, field in ((MASTER, "master_key"),
-                                     (SELF_SIGNING, "self_signing_key")):
-                    if usage in now:
-                        content[field] = json.loads(now[usage])
-                await self._announce(user_id, [{"edu_type": "m.signing_key_update",
-                                                "content": content}])
+                await self._announce(user_id, await self._signing_key_update(user_id))
 
     @staticmethod
     def _check_cross_signing_key(user_id: str, obj: Any, usage: str) -> None:
@@ -754,6 +769,10 @@ class E2EKeyService:
                       if d.user_id == user_id}
         new: list[Signature] = []
         changed: set[str] = set()
+        # What other servers hear of: the user's devices signed by their self-signing key,
+        # and whether their master key was signed by a device of theirs.
+        own_devices: list[str] = []
+        own_master = False
         for target, by_key in body.items():
             if not isinstance(by_key, dict):
                 raise BadJson("Each user's entry must map key IDs to signed objects")
@@ -793,10 +812,21 @@ class E2EKeyService:
                     fail(target, key_id, "M_INVALID_SIGNATURE", "Invalid signature")
                 else:
                     changed.add(target if target == user_id else user_id)
-        position = await self._store.put_signatures(new, sorted(changed),
-                                                    self._clock.time_ms())
+                    if target == user_id and signer_usage == SELF_SIGNING:
+                        if key_id not in own_devices:
+                            own_devices.append(key_id)
+                    elif target == user_id:
+                        own_master = True
+        position, device_positions = await self._store.put_signatures(
+            new, sorted(changed), self._clock.time_ms(),
+            devices=[(user_id, d) for d in own_devices] if new else [])
         if position is not None:
             await self._changed((position, u) for u in changed)
+            edus = await self._device_updates(
+                user_id, list(zip(device_positions, own_devices, strict=True)))
+            if own_master:
+                edus += await self._signing_key_update(user_id)
+            await self._announce(user_id, edus)
         return {"failures": failures}
 
     @staticmethod

@@ -119,13 +119,18 @@ class E2EKeyStore(StreamStore):
 
     def _record(self, conn: Connection, changes: Iterable[tuple[str, str | None]],
                 now: int) -> int | None:
+        positions = self._record_each(conn, changes, now)
+        return positions[-1] if positions else None
+
+    def _record_each(self, conn: Connection, changes: Iterable[tuple[str, str | None]],
+                     now: int) -> list[int]:
+        """The changes' positions, in their order."""
         rows: list[dict[str, Any]] = [
             dict(stream_id=self._stream.next(), user_id=u, device_id=d, changed_ts=now)
             for u, d in changes]
-        if not rows:
-            return None
-        conn.execute(self._change, rows)
-        return int(rows[-1]["stream_id"])
+        if rows:
+            conn.execute(self._change, rows)
+        return [int(r["stream_id"]) for r in rows]
 
     async def _write(self, fn: Any) -> Any:
         """Run ``fn(conn) -> (result, position or None)`` as one ordered write."""
@@ -395,20 +400,25 @@ class E2EKeyStore(StreamStore):
         return position  # type: ignore[no-any-return]
 
     async def put_signatures(self, signatures: Sequence[Signature], changed: Sequence[str],
-                             now: int) -> int | None:
-        """Store signatures; ``changed``: the users whose keys they are news about."""
+                             now: int, *, devices: Sequence[tuple[str, str]] = ()
+                             ) -> tuple[int | None, list[int]]:
+        """Store signatures; ``changed``: the users whose keys they are news about,
+        ``devices``: the ``(user, device)`` whose device keys gained a signature (a change
+        each). The last position, and those of ``devices`` in their order."""
         if not signatures:
-            return None
+            return None, []
 
-        def write(conn: Connection) -> tuple[None, int | None]:
+        def write(conn: Connection) -> tuple[list[int], int | None]:
             conn.execute(self._put_signature, [
                 dict(signer_user_id=s.signer_user_id, signer_key_id=s.signer_key_id,
                      target_user_id=s.target_user_id, target_key_id=s.target_key_id,
                      signature=s.signature) for s in signatures])
-            return None, self._record(conn, [(u, None) for u in changed], now)
+            last = self._record(conn, [(u, None) for u in changed], now)
+            each = self._record_each(conn, devices, now)
+            return each, each[-1] if each else last
 
-        _, position = await self._write(write)
-        return position  # type: ignore[no-any-return]
+        each, position = await self._write(write)
+        return position, each
 
     # -- devices going away -----------------------------------------------------------------
 
@@ -420,9 +430,8 @@ class E2EKeyStore(StreamStore):
             return []
 
         def write(conn: Connection) -> tuple[list[int], int | None]:
-            positions = [self._record(conn, [(user_id, d)], now) for d in device_ids]
-            out = [p for p in positions if p is not None]
-            return out, out[-1]
+            positions = self._record_each(conn, [(user_id, d) for d in device_ids], now)
+            return positions, positions[-1]
 
         positions, _ = await self._write(write)
         return positions  # type: ignore[no-any-return]

@@ -24,7 +24,7 @@ from signedjson.sign import sign_json
 from signedjson.types import SigningKey
 
 from tests.helpers.fake_peer import FakePeer
-from tests.helpers.federation import FedServer, User
+from tests.helpers.federation import PASSWORD, FedServer, User
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -224,3 +224,84 @@ async def test_peer_sharing_a_room_gets_chained_updates_even_after_being_down(en
     assert gone["prev_id"] == [sent["stream_id"]]
     assert gone["stream_id"] > sent["stream_id"]
     assert "keys" not in gone
+
+
+async def test_cross_signing_and_signatures_reach_a_peer_sharing_a_room(env: Env) -> None:
+    alice, peer, a = env.alice, env.peer, env.a
+
+    def of_alice(edu_type: str) -> list[dict[str, Any]]:
+        return [c for c in peer_edus(peer, edu_type) if c.get("user_id") == alice.user_id]
+
+    async def until(predicate: Any) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while not predicate():
+            assert loop.time() < deadline, peer.received[-5:]
+            await asyncio.sleep(0.1)
+
+    device = await a.login(alice.localpart)
+    device_key = generate_signing_key(device.device_id)
+    keys = sign_json({"user_id": alice.user_id, "device_id": device.device_id,
+                      "algorithms": [ALGORITHM],
+                      "keys": {f"ed25519:{device.device_id}":
+                               encode_verify_key_base64(get_verify_key(device_key)),
+                               f"curve25519:{device.device_id}": uuid.uuid4().hex}},
+                     alice.user_id, device_key)
+    await device.request("POST", "/keys/upload", {"device_keys": keys})
+    master_key, self_signing_key = _xkey(), _xkey()
+    master = _cross_signing(alice.user_id, "master", master_key, device_key)
+    self_signing = _cross_signing(alice.user_id, "self_signing", self_signing_key, master_key)
+    before = len(of_alice("m.signing_key_update"))
+    await device.request("POST", "/keys/device_signing/upload", {
+        "master_key": master, "self_signing_key": self_signing,
+        "user_signing_key": _cross_signing(alice.user_id, "user_signing", _xkey(),
+                                           master_key)})
+    await until(lambda: len(of_alice("m.signing_key_update")) > before)
+    update = of_alice("m.signing_key_update")[-1]
+    assert update["master_key"]["keys"] == master["keys"]
+    assert update["self_signing_key"]["keys"] == self_signing["keys"]
+    assert "user_signing_key" not in update
+
+    # alice's self-signing key signs her device: the peer gets the device's keys with it.
+    ssk_id = f"ed25519:{self_signing_key.version}"
+    signed = sign_json(dict(keys), alice.user_id, self_signing_key)
+    answer = await device.request("POST", "/keys/signatures/upload",
+                                  {alice.user_id: {device.device_id: signed}})
+    assert answer["failures"] == {}
+
+    def signed_device() -> bool:
+        return any(c.get("device_id") == device.device_id
+                   and ssk_id in c.get("keys", {}).get("signatures", {}).get(alice.user_id, {})
+                   for c in of_alice("m.device_list_update"))
+
+    await until(signed_device)
+
+    # bob's own signature over his device puts him in alice's device_lists.changed.
+    bob = env.bob
+    bob_device_key = generate_signing_key(bob.device_id)
+    bob_keys = sign_json({"user_id": bob.user_id, "device_id": bob.device_id,
+                          "algorithms": [ALGORITHM],
+                          "keys": {f"ed25519:{bob.device_id}":
+                                   encode_verify_key_base64(get_verify_key(bob_device_key)),
+                                   f"curve25519:{bob.device_id}": uuid.uuid4().hex}},
+                         bob.user_id, bob_device_key)
+    await bob.request("POST", "/keys/upload", {"device_keys": bob_keys})
+    bob_master, bob_ssk = _xkey(), _xkey()
+    # bob's first upload was in the first test: replacing keys needs user-interactive auth.
+    body = {"master_key": _cross_signing(bob.user_id, "master", bob_master, bob_device_key),
+            "self_signing_key": _cross_signing(bob.user_id, "self_signing", bob_ssk,
+                                               bob_master)}
+    status, challenge = await bob.raw("POST", "/keys/device_signing/upload", body)
+    if status == 401:
+        body["auth"] = {"type": "m.login.password", "session": challenge["session"],
+                        "identifier": {"type": "m.id.user", "user": bob.localpart},
+                        "password": PASSWORD}
+        await bob.request("POST", "/keys/device_signing/upload", body)
+    # Those changes' EDUs reach A first (B sends them in order), then alice waits afresh.
+    await alice.wait_for(changed(bob.user_id))
+    await asyncio.sleep(1)
+    await alice.catch_up()
+    answer = await bob.request("POST", "/keys/signatures/upload", {
+        bob.user_id: {bob.device_id: sign_json(dict(bob_keys), bob.user_id, bob_ssk)}})
+    assert answer["failures"] == {}
+    await alice.wait_for(changed(bob.user_id))
