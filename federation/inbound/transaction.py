@@ -319,10 +319,11 @@ class TransactionHandler:
             return
         device_id = None
         if edu_type == "m.device_list_update":
-            device_id = content.get("device_id")
+            device_id, stream_id = content.get("device_id"), content.get("stream_id")
             if not isinstance(device_id, str) or not device_id or \
-                    byte_length(device_id) > MAX_IDENTIFIER_BYTES:
+                    byte_length(device_id) > MAX_IDENTIFIER_BYTES or \
+                    not isinstance(stream_id, int) or isinstance(stream_id, bool):
                 logger.info("Ignored an m.device_list_update EDU from %s without a valid "
-                            "device_id", origin)
+                            "device_id and stream_id", origin)
                 return
         await self._edus.keys.remote_device_list_changed(origin, str(user_id), device_id)

@@ -157,12 +157,18 @@ async def test_edu_about_a_user_not_of_its_origin_is_ignored(env: Env) -> None:
         # Malformed: ignored, never an error.
         {"edu_type": "m.device_list_update", "content": {"user_id": env.mallory}},
         {"edu_type": "m.device_list_update", "content": {"user_id": env.mallory,
+                                                         "device_id": "NOSTREAM"}},
+        {"edu_type": "m.device_list_update", "content": {"user_id": env.mallory,
                                                          "device_id": ["no"]}},
         {"edu_type": "m.signing_key_update", "content": "nope"},
         {"edu_type": "m.device_list_update", "content": {"user_id": 7, "device_id": "D"}},
     ]
     status, answer = await peer.send_transaction(env.a, [], forged)
     assert status == 200, answer
+    # The answer comes once the EDUs are applied: nothing changed for alice's sync.
+    quiet = await alice.sync(alice.next_batch, 0)
+    assert not {env.bob.user_id, env.alice.user_id, env.mallory} & set(
+        quiet.get("device_lists", {}).get("changed", [])), quiet.get("device_lists")
     # Then a genuine one, about the peer's own user who shares a room with alice.
     genuine = {"edu_type": "m.device_list_update",
                "content": {"user_id": env.mallory, "device_id": "MALLORYDEV", "stream_id": 1,
