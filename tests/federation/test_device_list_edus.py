@@ -1,12 +1,13 @@
 """Device-list and cross-signing changes travel between servers as EDUs
 (``m.device_list_update``, ``m.signing_key_update``).
 
-Two of our servers as real processes (alice on A, bob on B, sharing a room) and a fake peer
-(``FakePeer``: mallory, in a room of alice's only, none of bob's). bob's new device, deleted
-device and cross-signing keys put bob in alice's ``device_lists.changed``; an EDU about a user
-not of the server that sends it changes nothing; the fake peer, sharing no room with bob,
-hears nothing of him but hears of alice's devices (``stream_id``/``prev_id`` chained), also
-after being down for a while (the durable queue).
+Two of our servers as real processes (alice on A, bob on B, sharing a room; on SQLite, then
+both on PostgreSQL) and a fake peer (``FakePeer``: mallory, in a room of alice's only, none of
+bob's). bob's new device, deleted device, cross-signing keys and signature over his device put
+bob in alice's ``device_lists.changed``; an EDU about a user not of the server that sends it,
+or malformed, changes nothing; the fake peer, sharing no room with bob, hears nothing of him
+but hears of alice's devices (``stream_id``/``prev_id`` chained), also after being down for a
+while (the durable queue), and of her cross-signing keys and signatures.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from signedjson.key import encode_verify_key_base64, generate_signing_key, get_v
 from signedjson.sign import sign_json
 from signedjson.types import SigningKey
 
+from tests.conftest import postgres_url
 from tests.helpers.fake_peer import FakePeer
-from tests.helpers.federation import PASSWORD, FedServer, User
+from tests.helpers.federation import PASSWORD, FedServer, PostgresDatabase, User
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -41,10 +43,22 @@ class Env:
     mallory: str
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
+async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> AsyncIterator[Env]:
     root = tmp_path_factory.mktemp("devicelists")
-    a, b = FedServer(root, "A"), FedServer(root, "B")
+    databases: list[PostgresDatabase] = []
+    urls: list[str | None] = [None, None]
+    if request.param == "postgres":  # both servers on PostgreSQL
+        url = postgres_url()
+        assert url is not None
+        for i in range(2):
+            db = PostgresDatabase(url)
+            await db.create()
+            databases.append(db)
+            urls[i] = db.url
+    a = FedServer(root, "A", database_url=urls[0])
+    b = FedServer(root, "B", database_url=urls[1])
     peer = FakePeer(root / "fake")
     await peer.start()
     a.start()
@@ -65,6 +79,8 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
         a.stop()
         b.stop()
         await peer.close()
+        for db in databases:
+            await db.drop()
 
 
 def device_keys(user: User) -> dict[str, Any]:
