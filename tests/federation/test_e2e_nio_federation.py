@@ -2,8 +2,8 @@
 encryption on, alice on A and bob on B (real processes, TLS between them), in an encrypted
 room. Each finds the other's device through its own server's ``/keys/query``, which asks the
 other server (``/user/keys/query``), claims a one-time key the same way, and each decrypts
-the other's messages. No device-list EDUs yet: nio asks for the keys of an encrypted room's
-members when it first sees them, which is enough for a first conversation.
+the other's messages (nio asks for the keys of an encrypted room's members when it first
+sees them; later changes come as device-list EDUs, tests/federation/test_device_list_edus.py).
 
 The same between our server and Synapse, each inviting the other's user.
 
