@@ -42,7 +42,13 @@ run: $(VENV)/.installed $(DATA)/homeserver.yaml
 	@echo "  $(BIN)/ktchat register-user -c $(DATA)/homeserver.yaml --user alice --password 'a long password'"
 	$(BIN)/ktchat run -c $(DATA)/homeserver.yaml
 
-test: $(VENV)/.installed-test .venv-synapse/.installed
+# matrix-js-sdk (Node), for tests/test_e2e_js.py; without npm that test skips.
+tests/js/node_modules/.installed: tests/js/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix tests/js --no-audit --no-fund && touch $@; \
+	else echo "npm not found: not installing tests/js (its matrix-js-sdk test will skip)"; fi
+
+test: $(VENV)/.installed-test .venv-synapse/.installed tests/js/node_modules/.installed
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test
