@@ -74,8 +74,14 @@ def _v6_end_to_end_encryption(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v7_remote_device_lists(conn: Connection) -> None:
+    for table in (schema.remote_device_lists, schema.remote_devices):
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [_v2_receipts_and_presence, _v3_history, _v4_federation,
-                               _v5_auth_chain_index, _v6_end_to_end_encryption]
+                               _v5_auth_chain_index, _v6_end_to_end_encryption,
+                               _v7_remote_device_lists]
 LATEST = 1 + len(MIGRATIONS)
 
 

@@ -568,3 +568,27 @@ room_keys = Table(
 
 E2E_TABLES = (device_keys, one_time_keys, fallback_keys, cross_signing_keys,
               cross_signing_signatures, device_list_changes, room_key_versions, room_keys)
+
+# -- other servers' users' device lists (version 7), cached while they share a room here ----
+
+# A cached user: the position in their server's device-list stream the cache is at, and
+# their master and self-signing keys (JSON as their server sent them; None: none).
+remote_device_lists = Table(
+    "remote_device_lists",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("stream_id", BigInteger, nullable=False),
+    Column("master_key_json", Text, nullable=True),
+    Column("self_signing_key_json", Text, nullable=True),
+    Column("synced_ts", BigInteger, nullable=False),
+)
+
+# A cached user's devices with their keys (as their server sent them).
+remote_devices = Table(
+    "remote_devices",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("device_id", Text, nullable=False),
+    Column("key_json", Text, nullable=False),
+    PrimaryKeyConstraint("user_id", "device_id"),
+)

@@ -309,10 +309,8 @@ class TransactionHandler:
 
     async def _device_list_update(self, origin: str, edu_type: str,
                                   content: Mapping[str, Any]) -> None:
-        """A user of ``origin`` changed devices or cross-signing keys: local users sharing a
-        room with them hear of it in their syncs. No remote device list is cached yet (every
-        /keys/query asks their server), so nothing is resynced and the keys carried are not
-        kept."""
+        """A user of ``origin`` changed devices or cross-signing keys: their cached device
+        list follows, and local users sharing a room with them hear of it in their syncs."""
         user_id = content.get("user_id")
         if _server_of(user_id) != origin:
             logger.info("Ignored a %s EDU from %s about a user not of it", edu_type, origin)
@@ -326,4 +324,5 @@ class TransactionHandler:
                 logger.info("Ignored an m.device_list_update EDU from %s without a valid "
                             "device_id and stream_id", origin)
                 return
-        await self._edus.keys.remote_device_list_changed(origin, str(user_id), device_id)
+        await self._edus.keys.remote_device_list_changed(origin, str(user_id), device_id,
+                                                         content)

@@ -35,6 +35,7 @@ from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
 from homeserver.services.purge import PurgeService
 from homeserver.services.receipts import ReceiptService
+from homeserver.services.remote_device_lists import RemoteDeviceLists
 from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 from homeserver.services.serialize import EventSerializer
@@ -108,6 +109,7 @@ class Services:
                 await task
         self._tasks.clear()
         self.typing.stop_all()
+        await self.keys.stop()
         await self.purge.stop()
         await self.censor.stop()
         await self.presence.stop()
@@ -144,8 +146,15 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     hasher = hasher or PasswordHasher()
     notifier = Notifier()
     members = MembershipCache(db.sync, notifier)
+    signing_key = signing_key or load_signing_key(config.signing_key_path)
+    roomserver = roomserver or RoomServer(db, clock, config.server_name, signing_key)
+    roomserver.add_commit_listener(notifier)
+    remote_lists = RemoteDeviceLists(db.remote_device_lists, members, roomserver, remote.keys,
+                                     notifier, clock, config.server_name) \
+        if remote is not None else None
     keys = E2EKeyService(db.e2e_keys, db.sync, members, notifier, clock, config.server_name,
                          remote=remote.keys if remote is not None else None,
+                         remote_lists=remote_lists,
                          device_lists=remote.device_lists if remote is not None else None)
     auth = AuthService(db.devices, clock, config.auth, on_devices_deleted=keys)
     accounts = AccountService(db, auth, hasher, clock, config)
@@ -156,11 +165,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     def limiter(limit: RateLimit) -> RateLimiter:
         return RateLimiter(clock, limit.per_second, limit.burst_count, enabled=rl.enabled)
 
-    signing_key = signing_key or load_signing_key(config.signing_key_path)
     remote_rooms = remote.rooms if remote is not None else None
     profiles = ProfileService(db.profiles, db.users, remote=remote_rooms)
-    roomserver = roomserver or RoomServer(db, clock, config.server_name, signing_key)
-    roomserver.add_commit_listener(notifier)
     rooms = RoomService(roomserver, db.rooms, profiles, config.server_name,
                         limiter(rl.message_per_user),
                         default_room_version=KNOWN_ROOM_VERSIONS[config.default_room_version],

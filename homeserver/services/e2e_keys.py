@@ -9,11 +9,10 @@ it wakes the syncs of everyone who shares a room with the user. A syncing user h
 (``device_lists.changed``) the users sharing a room with them whose keys changed, and of
 users who start sharing a room with them; of users who no longer share one, in ``left``.
 
-Other servers' users' keys are asked of their servers (``RemoteKeys``, one request per
-server, side by side, within the client's ``timeout``: 10 s unless it says otherwise, as
-Synapse) each time: no remote device list is cached yet. Of an answer only what was asked
-is kept: keys of the users of that server that were asked about, of the devices asked for,
-objects that name that user and device; a server that gives no answer is in ``failures``.
+Other servers' users' keys come from ``RemoteDeviceLists``: cached for users who share a
+room here, asked of their servers for the others (one request per server, side by side,
+within the client's ``timeout``: 10 s unless it says otherwise, as Synapse); a server that
+gives no answer is in ``failures``. One-time keys are always claimed from their servers.
 Without federation other servers' users are left out. Keys are never logged.
 
 Other servers sharing a room with a local user are told of each change of theirs
@@ -22,7 +21,7 @@ Other servers sharing a room with a local user are told of each change of theirs
 owner's self-signing key is a change too), an ``m.signing_key_update`` for new master or
 self-signing keys or a new signature of the master key; objects as other servers get them
 from ``/user/keys/query``. Their servers' EDUs about their users are changes in our
-stream (``remote_device_list_changed``).
+stream (``remote_device_list_changed``), and keep their cached lists current.
 """
 
 from __future__ import annotations
@@ -45,6 +44,7 @@ from core.types import parse_user_id
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
 from homeserver.services.ports import DeviceListEdus, RemoteKeys, RemoteKeysFailed
+from homeserver.services.remote_device_lists import RemoteDeviceLists
 from homeserver.services.sync_token import SyncToken
 from storage.stores.e2e_keys import (
     E2EKeyStore,
@@ -151,11 +151,6 @@ def _failure(e: BaseException) -> dict[str, Any]:
     return {"status": 503, "message": "No answer"}
 
 
-def _key_object(obj: Any, user_id: str) -> bool:
-    return isinstance(obj, dict) and obj.get("user_id") == user_id and \
-        isinstance(obj.get("keys"), dict)
-
-
 def _with_default(counts: dict[str, int]) -> dict[str, int]:
     """signed_curve25519 is always counted (as Synapse does: some clients need it)."""
     return {"signed_curve25519": 0, **counts}
@@ -165,9 +160,11 @@ class E2EKeyService:
     def __init__(self, store: E2EKeyStore, sync_store: SyncStore, members: MembershipCache,
                  notifier: Notifier, clock: Clock, server_name: str, *,
                  remote: RemoteKeys | None = None,
+                 remote_lists: RemoteDeviceLists | None = None,
                  device_lists: DeviceListEdus | None = None) -> None:
         self._store = store
         self._remote = remote
+        self._remote_lists = remote_lists
         self._device_lists = device_lists
         self._sync = sync_store
         self._members = members
@@ -187,6 +184,12 @@ class E2EKeyService:
     def start(self) -> None:
         self._start = self._store.position
         self._recent.clear()
+        if self._remote_lists is not None:
+            self._remote_lists.start()
+
+    async def stop(self) -> None:
+        if self._remote_lists is not None:
+            await self._remote_lists.stop()
 
     @property
     def position(self) -> int:
@@ -195,7 +198,7 @@ class E2EKeyService:
     def _by_server(self, user_ids: Iterable[str]) -> dict[str, list[str]]:
         """Other servers' users (well-formed IDs) by server; none without federation."""
         out: dict[str, list[str]] = {}
-        if self._remote is None:
+        if self._remote is None or self._remote_lists is None:
             return out
         for user_id in user_ids:
             try:
@@ -225,17 +228,25 @@ class E2EKeyService:
         self._notifier.wake(room_ids=rooms, user_ids=users)
 
     async def remote_device_list_changed(self, origin: str, user_id: str,
-                                         device_id: str | None) -> None:
+                                         device_id: str | None,
+                                         content: Mapping[str, Any]) -> None:
         """Another server (``origin``, the user's: the caller checked) says its user's
         devices or cross-signing keys changed (an ``m.device_list_update`` or
-        ``m.signing_key_update`` EDU; ``device_id`` None for cross-signing keys): a change in
-        the device-list stream, so the syncs of local users sharing a room with them report
-        them in ``device_lists.changed``. Of a user who shares no room here nothing is kept.
-        (No remote device list is cached: nothing to resync.)"""
-        if not await self._members.joined_rooms(user_id):
+        ``m.signing_key_update`` EDU, ``content``; ``device_id`` None for cross-signing
+        keys): their cached list follows, and it is a change in the device-list stream, so
+        the syncs of local users sharing a room with them report them in
+        ``device_lists.changed``. Of a user who shares no room here nothing is kept."""
+        if self._remote_lists is None:
+            return
+        if not await self._remote_lists.tracked(user_id):
             logger.info("%s sent a device-list update for %s, who shares no room here",
                         origin, user_id)
+            await self._remote_lists.forget(user_id)
             return
+        if device_id is None:
+            await self._remote_lists.signing_keys_updated(user_id, content)
+        else:
+            await self._remote_lists.device_updated(user_id, content)
         position = await self._store.record_changes([(user_id, device_id)],
                                                     self._clock.time_ms())
         if position is not None:
@@ -359,13 +370,20 @@ class E2EKeyService:
         wanted = self._wanted_devices(body)
         timeout_s = _timeout_s(body)
         local = {u: set(d) or None for u, d in wanted.items() if self._is_local(u)}
+
+        async def ask(server: str, users: list[str]
+                      ) -> tuple[dict[str, dict[str, Any]], Exception | None]:
+            assert self._remote_lists is not None
+            return await self._remote_lists.query(server, {u: wanted[u] for u in users},
+                                                  timeout_s)
+
         out, answers, failures = await self._fan_out(
-            self._query_local(requester, local, display_names=True),
-            lambda server, users: self._query_remote(
-                server, {u: wanted[u] for u in users}, timeout_s),
+            self._query_local(requester, local, display_names=True), ask,
             self._by_server(wanted), "Querying keys")
         out["failures"].update(failures)
-        for answer in answers.values():
+        for server, (answer, failure) in answers.items():
+            if failure is not None:
+                out["failures"][server] = _failure(failure)
             for field, by_user in answer.items():
                 out[field].update(by_user)
         return out
@@ -391,38 +409,6 @@ class E2EKeyService:
             else:
                 answers[server] = answer
         return mine, answers, failures
-
-    async def _query_remote(self, server: str, wanted: dict[str, list[str]], timeout_s: float
-                            ) -> dict[str, dict[str, Any]]:
-        """``device_keys``, ``master_keys`` and ``self_signing_keys`` of ``server``'s users,
-        of what it answers only what was asked (its users, the devices asked for)."""
-        assert self._remote is not None
-        async with asyncio.timeout(timeout_s + 1):
-            answer = await self._remote.query(server, {"device_keys": wanted}, timeout_s)
-        if not isinstance(answer, dict):
-            raise RemoteKeysFailed(502, f"{server} answered with something else than keys")
-        out: dict[str, dict[str, Any]] = {"device_keys": {}, "master_keys": {},
-                                          "self_signing_keys": {}}
-        devices = answer.get("device_keys")
-        for user_id, device_ids in wanted.items():
-            got = devices.get(user_id) if isinstance(devices, dict) else None
-            if not isinstance(got, dict):
-                continue
-            only = set(device_ids)
-            out["device_keys"][user_id] = {
-                device_id: obj for device_id, obj in got.items()
-                if (not only or device_id in only) and _key_object(obj, user_id)
-                and obj.get("device_id") == device_id}
-        for usage, field in ((MASTER, "master_keys"), (SELF_SIGNING, "self_signing_keys")):
-            keys = answer.get(field)
-            if not isinstance(keys, dict):
-                continue
-            for user_id in wanted:
-                obj = keys.get(user_id)
-                if _key_object(obj, user_id) and isinstance(obj, dict) and \
-                        isinstance(obj.get("usage"), list) and usage in obj["usage"]:
-                    out[field][user_id] = obj
-        return out
 
     async def query_for_server(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST /_matrix/federation/v1/user/keys/query (the caller checked that every user
@@ -468,9 +454,12 @@ class E2EKeyService:
         """GET /_matrix/federation/v1/user/devices/{userId} for a local user, but for the
         device list itself: ``stream_id``, each device's ``keys`` (device ID -> key
         object, those with keys), ``master_key`` and ``self_signing_key`` when there are."""
+        # The position first: a change between the two reads is then in the devices and
+        # also comes as an EDU after this position (applying it twice is harmless; the other
+        # order would hide it behind a position the cache already has).
+        stream_id = await self._store.latest_device_change(user_id)
         found = await self._store.query([user_id])
-        out: dict[str, Any] = {"stream_id": await self._store.latest_change(user_id),
-                               "keys": {}}
+        out: dict[str, Any] = {"stream_id": stream_id, "keys": {}}
         for device in found.devices:
             obj = json.loads(device.key_json)
             self._merge_signatures(obj, found, user_id, device.device_id, "")

@@ -63,9 +63,9 @@ class RemoteKeysFailed(Exception):
 
 
 class RemoteKeys(Protocol):
-    """Other servers' users' end-to-end keys (``/_matrix/federation/v1/user/keys/query`` and
-    ``/user/keys/claim``). Answers are the remote server's JSON as it came (untrusted: the
-    caller keeps only what it asked for).
+    """Other servers' users' end-to-end keys (``/_matrix/federation/v1/user/keys/query``,
+    ``/user/keys/claim`` and ``/user/devices/{userId}``). Answers are the remote server's
+    JSON as it came (untrusted: the caller keeps only what it asked for).
 
     Raises:
         RemoteKeysFailed: no answer within ``timeout_s``, or an error answer.
@@ -74,6 +74,8 @@ class RemoteKeys(Protocol):
     async def query(self, server: str, body: Mapping[str, Any], timeout_s: float) -> Any: ...
 
     async def claim(self, server: str, body: Mapping[str, Any], timeout_s: float) -> Any: ...
+
+    async def devices(self, server: str, user_id: str, timeout_s: float) -> Any: ...
 
 
 RemoteQueue = Callable[[Sequence[tuple[str, dict[str, Any]]]], Awaitable[None]]

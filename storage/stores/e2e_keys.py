@@ -158,11 +158,13 @@ class E2EKeyStore(StreamStore):
                             device_list_changes.c.stream_id <= up_to)))
             return {r[0] for r in rows}
 
-    async def latest_change(self, user_id: str) -> int:
-        """The user's latest position in the device-list stream, or 0."""
+    async def latest_device_change(self, user_id: str) -> int:
+        """The user's latest position in the device-list stream that changed a device (the
+        ``stream_id`` of ``/user/devices``: the head of the ``prev_id`` chain), or 0."""
         async with self._db.read() as conn:
             value = await conn.scalar(select(func.max(device_list_changes.c.stream_id))
-                                      .where(device_list_changes.c.user_id == user_id))
+                                      .where(device_list_changes.c.user_id == user_id,
+                                             device_list_changes.c.device_id.is_not(None)))
         return int(value or 0)
 
     async def previous_device_change(self, user_id: str, before: int) -> int | None:

@@ -19,6 +19,7 @@ from signedjson.types import SigningKey
 from homeserver.services.container import Services
 from homeserver.services.e2e_keys import E2EKeyService
 from homeserver.services.ports import RemoteKeysFailed
+from homeserver.services.remote_device_lists import RemoteDeviceLists
 from tests.helpers.federation import FedPair, User
 from tests.helpers.processes import free_port
 
@@ -161,11 +162,17 @@ class FakeRemoteKeys:
     async def claim(self, server: str, body: Mapping[str, Any], timeout_s: float) -> Any:
         return await self._answer("claim", server, body, timeout_s)
 
+    async def devices(self, server: str, user_id: str, timeout_s: float) -> Any:
+        return await self._answer("devices", server, {"user_id": user_id}, timeout_s)
+
 
 def _service(services: Services, remote: FakeRemoteKeys) -> E2EKeyService:
+    lists = RemoteDeviceLists(services.db.remote_device_lists, services.members,
+                              services.roomserver, remote, services.notifier, services.clock,
+                              services.config.server_name)
     return E2EKeyService(services.db.e2e_keys, services.db.sync, services.members,
                          services.notifier, services.clock, services.config.server_name,
-                         remote=remote)
+                         remote=remote, remote_lists=lists)
 
 
 def _device(user_id: str, device_id: str) -> dict[str, Any]:

@@ -698,7 +698,7 @@ async def test_user_devices_with_keys(hs: Services, fed: Fed, remote: FakeRemote
     # (A device without keys is listed without, as Synapse does: the spec wants them.)
     assert_spec("GET", "/user/devices/{userId}", 200,
                 {**body, "devices": [d for d in body["devices"] if "keys" in d]})
-    assert body["stream_id"] == await hs.db.e2e_keys.latest_change(ALICE) > 0
+    assert body["stream_id"] == await hs.db.e2e_keys.latest_device_change(ALICE) > 0
     assert sorted(body["devices"], key=lambda d: d["device_id"]) == [
         {"device_id": "LAPTOP"}, {"device_id": "PHONE", "keys": uploaded["device"]}]
     assert body["master_key"] == uploaded["master"]

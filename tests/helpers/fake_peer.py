@@ -155,6 +155,10 @@ class FakePeer:
         # (status, body) answered to ``GET``/``POST /publicRooms`` by method; a method not
         # here is unknown (404 M_UNRECOGNIZED). A ``bytes`` body is sent as it is.
         self.public_rooms: dict[str, tuple[int, Any]] = {}
+        # Its users' device lists: ``GET /user/devices/{userId}`` answers the entry as it is;
+        # ``POST /user/keys/query`` answers ``keys_query`` (unknown: 404 for both).
+        self.user_devices: dict[str, JsonDict] = {}
+        self.keys_query: JsonDict | None = None
         self._runner: web.AppRunner | None = None
 
     def user_id(self, localpart: str) -> str:
@@ -193,6 +197,8 @@ class FakePeer:
         app.router.add_get(fed + "/v1/query/profile", self._query_profile)
         app.router.add_put(fed + "/v2/invite/{room_id}/{event_id}", self._invite)
         app.router.add_route("*", fed + "/v1/publicRooms", self._public_rooms)
+        app.router.add_get(fed + "/v1/user/devices/{user_id}", self._devices)
+        app.router.add_post(fed + "/v1/user/keys/query", self._query_keys)
         app.router.add_route("*", "/{tail:.*}", self._anything)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -241,6 +247,19 @@ class FakePeer:
                 if event.event_id not in room.events:
                     room.accept(event)
         return web.json_response({"pdus": {}})
+
+    async def _devices(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        answer = self.user_devices.get(request.match_info["user_id"])
+        if answer is None:
+            return self._error(404, "M_NOT_FOUND", "fake peer: unknown user")
+        return web.json_response(answer)
+
+    async def _query_keys(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if self.keys_query is None:
+            return self._error(404, "M_UNRECOGNIZED", "fake peer")
+        return web.json_response(self.keys_query)
 
     async def _anything(self, request: web.Request) -> web.Response:
         await self._record(request)
