@@ -583,6 +583,17 @@ remote_device_lists = Table(
     Column("synced_ts", BigInteger, nullable=False),
 )
 
+# A user's dehydrated device (MSC3814): a device with no session whose encrypted account
+# (device_data, opaque to the server) a new login of the user can take over.
+dehydrated_devices = Table(
+    "dehydrated_devices",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("device_id", Text, nullable=False),
+    Column("device_data_json", Text, nullable=False),
+    Column("created_ts", BigInteger, nullable=False),
+)
+
 # A cached user's devices with their keys (as their server sent them).
 remote_devices = Table(
     "remote_devices",

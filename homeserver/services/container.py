@@ -19,6 +19,7 @@ from homeserver.services.account_data import AccountDataService
 from homeserver.services.accounts import AccountService
 from homeserver.services.auth import AuthService
 from homeserver.services.censor import RedactionCensor
+from homeserver.services.dehydrated_devices import DehydratedDeviceService
 from homeserver.services.devices import DeviceService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.e2e_keys import E2EKeyService
@@ -85,6 +86,7 @@ class Services:
     to_device: ToDeviceService
     key_backup: KeyBackupService
     keys: E2EKeyService
+    dehydrated_devices: DehydratedDeviceService
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -230,6 +232,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         to_device=to_device,
         key_backup=KeyBackupService(db.key_backup),
         keys=keys,
+        dehydrated_devices=DehydratedDeviceService(db.devices, auth, keys, to_device, clock),
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
     )
