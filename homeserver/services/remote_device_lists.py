@@ -121,10 +121,21 @@ class RemoteDeviceLists:
 
     async def tracked(self, user_id: str) -> bool:
         """Whether the user is joined to a room a local user is joined to."""
-        for room_id in await self._members.joined_rooms(user_id):
-            if self._server_name in await self._rooms.joined_servers(room_id):
-                return True
-        return False
+        return bool(await self._tracked_of([user_id]))
+
+    async def _tracked_of(self, user_ids: list[str]) -> set[str]:
+        """Those of the users who are tracked (their memberships in one query at most)."""
+        ours: dict[str, bool] = {}
+        out = set()
+        for user_id, rooms in (await self._members.joined_rooms_of(user_ids)).items():
+            for room_id in rooms:
+                if room_id not in ours:
+                    ours[room_id] = self._server_name in \
+                        await self._rooms.joined_servers(room_id)
+                if ours[room_id]:
+                    out.add(user_id)
+                    break
+        return out
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -134,8 +145,9 @@ class RemoteDeviceLists:
         users' from the cache, the others' asked of ``server``. Returns what is known and,
         if ``server`` gave no answer, the failure (the cached part still counts)."""
         users = list(wanted)
+        tracked = await self._tracked_of(users)
         cached = await self._store.get(users)
-        untracked = [u for u in cached if not await self.tracked(u)]
+        untracked = [u for u in cached if u not in tracked]
         if untracked:
             await self._store.drop(untracked)
             for user_id in untracked:
@@ -145,7 +157,7 @@ class RemoteDeviceLists:
             self._from_cache(out, user_id, entry, set(wanted[user_id]))
         rest = {u: wanted[u] for u in users if u not in cached}
         for user_id in rest:
-            if await self.tracked(user_id):
+            if user_id in tracked:
                 self.resync_soon(user_id)
         if not rest:
             return out, None
@@ -309,7 +321,8 @@ class RemoteDeviceLists:
 
     async def _drop_if_untracked(self, user_ids: list[str]) -> None:
         try:
-            gone = [u for u in user_ids if not await self.tracked(u)]
+            tracked = await self._tracked_of(user_ids)
+            gone = [u for u in user_ids if u not in tracked]
             if gone:
                 await self._store.drop(gone)
         except Exception:
