@@ -19,6 +19,8 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    text,
+    true,
 )
 
 metadata = MetaData()
@@ -528,7 +530,9 @@ cross_signing_signatures = Table(
 )
 
 # The device-list stream: a row per change of a user's devices or cross-signing keys, which
-# sync's device_lists.changed and /keys/changes read "after N" of.
+# sync's device_lists.changed and /keys/changes read "after N" of. announced: a local user's
+# change whose EDUs are queued for other servers (version 9; changes of other servers' users
+# are born announced), so those a crash left out are queued at start-up.
 device_list_changes = Table(
     "device_list_changes",
     metadata,
@@ -536,7 +540,10 @@ device_list_changes = Table(
     Column("user_id", Text, nullable=False),
     Column("device_id", Text, nullable=True),  # None: cross-signing keys changed
     Column("changed_ts", BigInteger, nullable=False),
+    Column("announced", Boolean, nullable=False, server_default=true()),
     Index("device_list_changes_user", "user_id", "stream_id"),
+    Index("device_list_changes_unannounced", "stream_id",
+          sqlite_where=text("NOT announced"), postgresql_where=text("NOT announced")),
 )
 
 # Server-side key backup (room_keys): versions, and the session keys in each.
