@@ -94,6 +94,9 @@ class RemoteDeviceLists:
         self._server_name = server_name
         # Resyncs in flight by user (a second ask for one joins it).
         self._resyncing: dict[str, asyncio.Task[None]] = {}
+        # Users whose resync in flight must be followed by another.
+        self._again: set[str] = set()
+        self._stopping = False
         self._limit = asyncio.Semaphore(MAX_RESYNCS)
         self._tasks: set[asyncio.Task[None]] = set()
         notifier.on_left.append(self._left)
@@ -108,6 +111,7 @@ class RemoteDeviceLists:
         self._spawn(self.sweep())
 
     async def stop(self) -> None:
+        self._stopping = True
         tasks = [*self._tasks, *self._resyncing.values()]
         for task in tasks:
             task.cancel()
@@ -204,11 +208,22 @@ class RemoteDeviceLists:
     # -- resync ----------------------------------------------------------------------------
 
     def resync_soon(self, user_id: str) -> None:
-        """Fetch the user's whole device list in the background (unless already)."""
-        if user_id not in self._resyncing:
-            task = asyncio.get_running_loop().create_task(self._resync(user_id))
-            self._resyncing[user_id] = task
-            task.add_done_callback(lambda _: self._resyncing.pop(user_id, None))
+        """Fetch the user's whole device list in the background. If a resync is in flight
+        already, another follows it: its answer may predate the change that asks."""
+        if self._stopping:
+            return
+        if user_id in self._resyncing:
+            self._again.add(user_id)
+            return
+        task = asyncio.get_running_loop().create_task(self._resync(user_id))
+        self._resyncing[user_id] = task
+        task.add_done_callback(lambda _: self._resync_done(user_id))
+
+    def _resync_done(self, user_id: str) -> None:
+        self._resyncing.pop(user_id, None)
+        if user_id in self._again:
+            self._again.discard(user_id)
+            self.resync_soon(user_id)
 
     async def resynced(self, user_id: str) -> None:
         """Wait for the user's resync in flight, if any (tests, and a caller that must see
