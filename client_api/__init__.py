@@ -24,6 +24,7 @@ from client_api import (
     push_rules,
     receipts,
     register,
+    relations,
     rooms,
     search,
     sync,
@@ -33,7 +34,7 @@ from client_api import (
 
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
             directory, account_data, sync, push_rules, presence, receipts, friends,
-            search, history, to_device, key_backup, keys)
+            search, history, to_device, key_backup, keys, relations)
 
 
 def add_client_routes(app: web.Application) -> None:
