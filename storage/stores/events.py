@@ -226,10 +226,12 @@ class EventStore:
     CACHE_SIZE = 20_000
 
     def __init__(self, engine: DatabaseEngine, cache_size: int = CACHE_SIZE, *,
-                 relations_changed: Callable[[list[str], bool], None] | None = None) -> None:
+                 relations_changed: Callable[[list[str], list[str], bool], None] | None = None
+                 ) -> None:
         self._db = engine
-        # Told after each write that indexed relations (their parents' IDs) or applied
-        # redactions (which may have removed some): the relations' read cache.
+        # Told after each write of the new events nothing relates to yet, those that gained
+        # relations (the parents' IDs), and whether redactions were applied (which may have
+        # removed some): the relations' read cache.
         self._relations_changed = relations_changed
         self._cache: LRUCache[str, StoredEvent] = LRUCache(cache_size)
         self._evictions = 0
@@ -266,8 +268,11 @@ class EventStore:
                     and i.redaction_requires is None] + already
         if redacted:
             self.forget_cached(redacted)
-        if self._relations_changed is not None and (related or redacted):
-            self._relations_changed([r["relates_to_id"] for r in related], bool(redacted))
+        if self._relations_changed is not None:
+            # Nothing can relate to an event built here before it is written (its ID is
+            # its hash), except later in this batch.
+            self._relations_changed([i.event_id for i in items if i.built_here],
+                                    [r["relates_to_id"] for r in related], bool(redacted))
         self._remember(StoredEvent(
             i.event_id, i.room_id, i.room_version, i.pdu, i.stream_ordering, i.depth,
             i.state_group_before, i.state_group_after, i.device_id, i.txn_id, None, None,

@@ -68,18 +68,24 @@ class RelationStore:
         self._cache: LRUCache[str, RelationSummary] = LRUCache(cache_size)
         self._changes = 0
 
-    def changed(self, parent_ids: Sequence[str], redacted: bool) -> None:
-        """New relations of ``parent_ids`` were written; ``redacted``: redactions were
-        applied (which may have removed any relation: the whole cache goes)."""
-        self._changes += 1
+    def changed(self, fresh: Sequence[str], parent_ids: Sequence[str], redacted: bool) -> None:
+        """A write: ``fresh`` events nothing relates to yet (known at once, so that sync
+        fanning a new event out asks nothing), new relations of ``parent_ids``; ``redacted``:
+        redactions were applied (which may have removed any relation: the whole cache
+        goes)."""
         if redacted:
+            self._changes += 1
             self._cache.clear()
-        for parent_id in parent_ids:
-            self._cache.pop(parent_id, None)
+        for event_id in fresh:
+            self._cache[event_id] = _EMPTY
+        if parent_ids:
+            self._changes += 1
+            for parent_id in parent_ids:
+                self._cache.pop(parent_id, None)
 
     def clear(self) -> None:
         """Events were deleted (a purge)."""
-        self.changed((), True)
+        self.changed((), (), True)
 
     async def summaries(self, parent_ids: Iterable[str]) -> dict[str, RelationSummary]:
         """What relates to each of the events (in its room), in a few queries for all of
