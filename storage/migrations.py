@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, inspect, select, text
 
-from storage import auth_chain_index, schema, search_index
+from storage import auth_chain_index, relations_index, schema, search_index
 from storage.search_text import INDEXED
 
 Migration = Callable[[Connection], None]
@@ -94,10 +94,15 @@ def _v9_device_list_announced(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _v10_relations(conn: Connection) -> None:
+    schema.event_relations.create(conn, checkfirst=True)
+    relations_index.index_stored(conn)
+
+
 MIGRATIONS: list[Migration] = [_v2_receipts_and_presence, _v3_history, _v4_federation,
                                _v5_auth_chain_index, _v6_end_to_end_encryption,
                                _v7_remote_device_lists, _v8_dehydrated_devices,
-                               _v9_device_list_announced]
+                               _v9_device_list_announced, _v10_relations]
 LATEST = 1 + len(MIGRATIONS)
 
 

@@ -610,3 +610,26 @@ remote_devices = Table(
     Column("key_json", Text, nullable=False),
     PrimaryKeyConstraint("user_id", "device_id"),
 )
+
+# -- relations (version 10): the index of events' ``m.relates_to`` ----------------------------
+
+# One row per timeline event that relates to another (``content["m.relates_to"]`` with a
+# ``rel_type`` and an ``event_id``), written with the event; a redaction of the event deletes
+# its row. ``thread_id``: the thread root the event belongs to (its parent for ``m.thread``,
+# else its parent's thread), if any.
+event_relations = Table(
+    "event_relations",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("relates_to_id", Text, nullable=False),
+    Column("rel_type", Text, nullable=False),
+    Column("room_id", Text, nullable=False),
+    Column("sender", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("depth", BigInteger, nullable=False),
+    Column("stream_ordering", BigInteger, nullable=False),
+    Column("origin_server_ts", BigInteger, nullable=False),
+    Column("thread_id", Text, nullable=True),
+    Index("event_relations_parent", "relates_to_id", "rel_type", "depth", "stream_ordering"),
+    Index("event_relations_threads", "room_id", "rel_type", "relates_to_id"),
+)
