@@ -27,13 +27,15 @@ from client_api import (
     rooms,
     search,
     sync,
+    threepid,
     to_device,
     versions,
+    voip,
 )
 
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
             directory, account_data, sync, push_rules, presence, receipts, friends,
-            search, history, to_device, key_backup, keys)
+            search, history, to_device, key_backup, keys, voip, threepid)
 
 
 def add_client_routes(app: web.Application) -> None:

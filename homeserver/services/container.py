@@ -44,6 +44,7 @@ from homeserver.services.to_device import ToDeviceService
 from homeserver.services.typing import TypingService
 from homeserver.services.uia import UiAuthService
 from homeserver.services.visibility import VisibilityService
+from homeserver.services.voip import TurnService
 from roomserver.server import RoomServer
 from storage import Database
 
@@ -85,6 +86,7 @@ class Services:
     to_device: ToDeviceService
     key_backup: KeyBackupService
     keys: E2EKeyService
+    turn: TurnService
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -230,6 +232,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         to_device=to_device,
         key_backup=KeyBackupService(db.key_backup),
         keys=keys,
+        turn=TurnService(config.turn, clock),
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
     )
