@@ -24,6 +24,7 @@ from client_api import (
     push_rules,
     receipts,
     register,
+    reports,
     rooms,
     search,
     sync,
@@ -35,7 +36,8 @@ from client_api import (
 
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
             directory, account_data, sync, push_rules, presence, receipts, friends,
-            search, history, to_device, key_backup, keys, voip, threepid)
+            search, history, to_device, key_backup, keys, voip, threepid,
+            reports)
 
 
 def add_client_routes(app: web.Application) -> None:

@@ -36,6 +36,7 @@ from homeserver.services.profile import ProfileService
 from homeserver.services.purge import PurgeService
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.remote_device_lists import RemoteDeviceLists
+from homeserver.services.reports import ReportService
 from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 from homeserver.services.serialize import EventSerializer
@@ -87,6 +88,7 @@ class Services:
     key_backup: KeyBackupService
     keys: E2EKeyService
     turn: TurnService
+    reports: ReportService
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -233,6 +235,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         key_backup=KeyBackupService(db.key_backup),
         keys=keys,
         turn=TurnService(config.turn, clock),
+        reports=ReportService(db.reports, messages, db.events, db.state, clock),
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
     )
