@@ -29,6 +29,7 @@ from client_api import (
     search,
     sync,
     threepid,
+    timestamp_to_event,
     to_device,
     versions,
     voip,
@@ -37,7 +38,7 @@ from client_api import (
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
             directory, account_data, sync, push_rules, presence, receipts, friends,
             search, history, to_device, key_backup, keys, voip, threepid,
-            reports)
+            reports, timestamp_to_event)
 
 
 def add_client_routes(app: web.Application) -> None:

@@ -28,6 +28,7 @@ _SYNC_TOKEN_RE = re.compile(r"^s([0-9]{1,16})(?:_[0-9]+){0,6}$")
 _BEFORE_EVERYTHING = (-1, 0)
 MAX_PAGE = 1000
 _SCAN_ROUNDS = 10
+_TS_PAGE = 50
 
 
 def make_token(depth: int, stream: int) -> str:
@@ -145,6 +146,31 @@ class MessageService:
         if not await self._visibility.filter_for_user(reader.user_id, [stored]):
             raise NotFound("Event not found.")
         return (await self._serialize(reader, [stored]))[0]
+
+    async def timestamp_to_event(self, reader: Reader, room_id: str, ts: int,
+                                 forwards: bool) -> dict[str, Any]:
+        """GET /rooms/{roomId}/timestamp_to_event: the event the reader may see closest to
+        ``ts`` (by ``origin_server_ts``), at or after it (``forwards``) or at or before it.
+
+        Raises:
+            Forbidden: the reader may not read the room.
+            NotFound: no such event.
+        """
+        await self.access(reader.user_id, room_id)
+        after: tuple[int, int] | None = None
+        for _ in range(_SCAN_ROUNDS):
+            page = await self._events.by_timestamp(room_id, ts, forwards=forwards,
+                                                   after=after, limit=_TS_PAGE)
+            visible = await self._visibility.filter_for_user(reader.user_id, page)
+            if visible:
+                return {"event_id": visible[0].event_id,
+                        "origin_server_ts": int(visible[0].pdu["origin_server_ts"])}
+            if len(page) < _TS_PAGE:
+                break
+            last = page[-1]
+            after = (int(last.pdu["origin_server_ts"]), last.stream_ordering or 0)
+        raise NotFound(f"Unable to find event from {ts} in direction "
+                       f"{'f' if forwards else 'b'}")
 
     async def messages(self, reader: Reader, room_id: str, *, from_token: str | None,
                        to_token: str | None, backwards: bool, limit: int,
