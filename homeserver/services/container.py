@@ -25,6 +25,7 @@ from homeserver.services.e2e_keys import E2EKeyService
 from homeserver.services.filters import FilterService
 from homeserver.services.friends import FriendsService
 from homeserver.services.history import ClearedHistory, HistoryService
+from homeserver.services.ignored_users import IgnoredUsers
 from homeserver.services.key_backup import KeyBackupService
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.membership import MembershipService
@@ -178,7 +179,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     serializer = EventSerializer(db.events)
     cleared = ClearedHistory(db.rooms)
     visibility = VisibilityService(db.state, db.events, cleared)
-    account_data = AccountDataService(db.account_data, notifier)
+    ignored = IgnoredUsers(db.account_data)
+    account_data = AccountDataService(db.account_data, notifier, ignored)
     edus = remote.edus if remote is not None else None
     typing = TypingService(notifier, members, clock, config.server_name, edus)
     roomserver.add_commit_listener(typing)
@@ -189,6 +191,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     to_device = ToDeviceService(db.to_device, notifier, clock, config.server_name,
                                 remote_queue=remote.to_device if remote is not None else None)
     messages = MessageService(db.events, db.state, visibility, serializer, db.rooms, clock,
+                              ignored=ignored,
                               backfill=remote.backfill if remote is not None else None)
     membership = MembershipService(roomserver, rooms, db.rooms, db.state, db.users,
                                    config.server_name, limiter(rl.joins_per_user),
@@ -215,7 +218,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         filters=FilterService(db.filters),
         sync=SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
                          serializer, visibility, members, typing, receipts, presence, clock,
-                         to_device, keys),
+                         to_device, keys, ignored),
         members=members,
         typing=typing,
         receipts=receipts,

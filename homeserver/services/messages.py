@@ -11,6 +11,7 @@ from typing import Any
 from core.clock import Clock
 from core.errors import Forbidden, InvalidParam, NotFound
 from homeserver.services.filtering import RoomEventFilter
+from homeserver.services.ignored_users import IgnoredUsers, hidden_by
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.visibility import HISTORY_VISIBILITY, VisibilityService
 from storage.stores.events import EventStore, StoredEvent
@@ -70,8 +71,10 @@ class RoomAccess:
 class MessageService:
     def __init__(self, events: EventStore, state: StateStore, visibility: VisibilityService,
                  serializer: EventSerializer, rooms: RoomStore, clock: Clock, *,
+                 ignored: IgnoredUsers,
                  backfill: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self._events = events
+        self._ignored = ignored
         self._rooms = rooms
         self._state = state
         self._visibility = visibility
@@ -223,7 +226,9 @@ class MessageService:
                     ) -> tuple[tuple[int, int] | None, bool]:
         """Add to ``chunk`` the events after ``cursor`` (in the direction of reading) the
         reader may see and the filter takes, up to ``limit`` in all; returns where it
-        stopped and whether the room has no more in that direction."""
+        stopped and whether the room has no more in that direction. Events of users the
+        reader ignores are left out (their state events aside)."""
+        ignored = await self._ignored.of(reader.user_id)
         for _ in range(_SCAN_ROUNDS):
             if len(chunk) >= limit:
                 break
@@ -237,7 +242,8 @@ class MessageService:
                                                    backwards=False, limit=fetch)
             if not page:
                 return cursor, True
-            wanted = [e for e in page if event_filter.matches(e.pdu)]
+            wanted = [e for e in page if event_filter.matches(e.pdu)
+                      and not hidden_by(ignored, e.pdu)]
             visible = await self._visibility.filter_for_user(reader.user_id, wanted)
             room = limit - len(chunk)
             chunk += visible[:room]
