@@ -26,17 +26,21 @@ from client_api import (
     receipts,
     register,
     relations,
+    reports,
     rooms,
     search,
     sync,
+    threepid,
+    timestamp_to_event,
     to_device,
     versions,
+    voip,
 )
 
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
             directory, account_data, sync, push_rules, presence, receipts, friends,
             search, history, to_device, key_backup, keys, dehydrated_devices,
-            relations)
+            relations, voip, threepid, reports, timestamp_to_event)
 
 
 def add_client_routes(app: web.Application) -> None:

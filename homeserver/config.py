@@ -156,6 +156,19 @@ class PresenceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnConfig:
+    """TURN servers handed to clients for VoIP (Synapse's ``turn_*`` keys): with
+    ``shared_secret``, time-limited credentials in coturn's REST API scheme; else the static
+    ``username``/``password``; with neither (or no ``uris``), clients get none."""
+
+    uris: tuple[str, ...] = ()
+    shared_secret: str | None = None
+    username: str | None = None
+    password: str | None = None
+    user_lifetime_ms: int = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
 class RetentionConfig:
     """Message retention (Synapse's ``retention`` section): rooms' ``m.room.retention``
     policies and a server default, enforced by a purge job."""
@@ -200,6 +213,7 @@ class HomeserverConfig:
     http: HttpConfig = HttpConfig()
     presence: PresenceConfig = PresenceConfig()
     retention: RetentionConfig = RetentionConfig()
+    turn: TurnConfig = TurnConfig()
     logging: LoggingConfig = LoggingConfig()
     config_dir: Path = field(default=Path("."))
     # The version of rooms created without one (createRoom's room_version, DM rooms of the
@@ -221,6 +235,22 @@ def _rate_limit(reader: ConfigReader, name: str, default: RateLimit) -> RateLimi
         sub.problem("burst_count", "must be at least 1")
         burst = default.burst_count
     return RateLimit(float(per_second), burst)
+
+
+def _turn(reader: ConfigReader) -> TurnConfig:
+    uris = []
+    for i, uri in enumerate(reader.get("uris", list, [])):
+        if isinstance(uri, str) and uri:
+            uris.append(uri)
+        else:
+            reader.problem(f"uris[{i}]", "must be a non-empty string")
+    return TurnConfig(
+        tuple(uris),
+        reader.get("shared_secret", str, None) or None,
+        reader.get("username", str, None) or None,
+        reader.get("password", str, None) or None,
+        reader.positive("user_lifetime_ms", TurnConfig().user_lifetime_ms),
+    )
 
 
 def _listeners(reader: ConfigReader) -> tuple[ListenerConfig, ...]:
@@ -410,6 +440,7 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
     )
 
     logging_config = _logging(r.section("logging"), config_dir)
+    turn = _turn(r.section("turn"))
 
     room_version = r.raw("default_room_version", DEFAULT_ROOM_VERSION.identifier)
     if isinstance(room_version, int) and not isinstance(room_version, bool):
@@ -460,6 +491,7 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         http=http,
         presence=presence,
         retention=retention,
+        turn=turn,
         logging=logging_config,
         config_dir=config_dir,
         default_room_version=str(room_version),

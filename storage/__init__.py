@@ -20,6 +20,7 @@ from storage.stores.purge import PurgeStore
 from storage.stores.receipts import ReceiptStore
 from storage.stores.relations import RelationStore
 from storage.stores.remote_device_lists import RemoteDeviceListStore
+from storage.stores.reports import ReportStore
 from storage.stores.rooms import RoomStore
 from storage.stores.search import SearchStore
 from storage.stores.server_keys import ServerKeyStore
@@ -61,6 +62,7 @@ class Database:
         self.key_backup = KeyBackupStore(self.engine)
         self.e2e_keys = E2EKeyStore(self.engine)
         self.remote_device_lists = RemoteDeviceListStore(self.engine)
+        self.reports = ReportStore(self.engine)
 
     @property
     def is_sqlite(self) -> bool:

@@ -633,3 +633,19 @@ event_relations = Table(
     Index("event_relations_parent", "relates_to_id", "rel_type", "depth", "stream_ordering"),
     Index("event_relations_threads", "room_id", "rel_type", "relates_to_id"),
 )
+
+# -- content reports (version 11), for server admins ------------------------------------------
+
+# A user's report of an event (event_id set) or of a whole room (event_id None).
+reports = Table(
+    "reports",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("room_id", Text, nullable=False),
+    Column("event_id", Text, nullable=True),
+    Column("user_id", Text, nullable=False),  # who reported it
+    Column("event_sender", Text, nullable=True),  # who sent the reported event
+    Column("reason", Text, nullable=True),
+    Column("score", BigInteger, nullable=True),
+    Column("received_ts", BigInteger, nullable=False),
+)

@@ -19,6 +19,7 @@ from typing import Any
 
 from core.errors import BadJson, Forbidden, MatrixError, NotFound, TooLarge
 from homeserver.services.filters import encoded_size
+from homeserver.services.ignored_users import IGNORED_USER_LIST, IgnoredUsers, check_content
 from homeserver.services.notifier import Notifier
 from storage.stores.account_data import GLOBAL, AccountDataStore
 
@@ -32,9 +33,11 @@ MAX_TOTAL_BYTES = 4 * 1024 * 1024
 
 
 class AccountDataService:
-    def __init__(self, store: AccountDataStore, notifier: Notifier) -> None:
+    def __init__(self, store: AccountDataStore, notifier: Notifier,
+                 ignored: IgnoredUsers) -> None:
         self._store = store
         self._notifier = notifier
+        self._ignored = ignored
 
     async def _put(self, user_id: str, room_id: str, type_: str, content: dict[str, Any],
                    *, shrinking: bool = False) -> None:
@@ -45,6 +48,8 @@ class AccountDataService:
         if position is None:
             raise TooLarge(f"A user's account data is limited to {MAX_TOTAL_BYTES} bytes "
                            "in all")
+        if room_id == GLOBAL and type_ == IGNORED_USER_LIST:
+            self._ignored.changed(user_id, content)
         self._notifier.on_account_data(user_id, position)
 
     def _check_type(self, type_: str) -> None:
@@ -61,6 +66,8 @@ class AccountDataService:
                 data over ``MAX_TOTAL_BYTES``.
         """
         self._check_type(type_)
+        if type_ == IGNORED_USER_LIST and not room_id:
+            check_content(content)
         await self._put(user_id, room_id or GLOBAL, type_, content)
 
     async def set_managed(self, user_id: str, room_id: str, type_: str,

@@ -26,6 +26,7 @@ from homeserver.services.e2e_keys import E2EKeyService
 from homeserver.services.filters import FilterService
 from homeserver.services.friends import FriendsService
 from homeserver.services.history import ClearedHistory, HistoryService
+from homeserver.services.ignored_users import IgnoredUsers
 from homeserver.services.key_backup import KeyBackupService
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.membership import MembershipService
@@ -38,6 +39,7 @@ from homeserver.services.purge import PurgeService
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.relations import RelationAggregator, RelationService
 from homeserver.services.remote_device_lists import RemoteDeviceLists
+from homeserver.services.reports import ReportService
 from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 from homeserver.services.serialize import EventSerializer
@@ -46,6 +48,7 @@ from homeserver.services.to_device import ToDeviceService
 from homeserver.services.typing import TypingService
 from homeserver.services.uia import UiAuthService
 from homeserver.services.visibility import VisibilityService
+from homeserver.services.voip import TurnService
 from roomserver.server import RoomServer
 from storage import Database
 
@@ -89,6 +92,8 @@ class Services:
     key_backup: KeyBackupService
     keys: E2EKeyService
     dehydrated_devices: DehydratedDeviceService
+    turn: TurnService
+    reports: ReportService
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -179,7 +184,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     visibility = VisibilityService(db.state, db.events, cleared)
     serializer = EventSerializer(
         db.events, aggregations=RelationAggregator(db.relations, db.events, visibility))
-    account_data = AccountDataService(db.account_data, notifier)
+    ignored = IgnoredUsers(db.account_data)
+    account_data = AccountDataService(db.account_data, notifier, ignored)
     edus = remote.edus if remote is not None else None
     typing = TypingService(notifier, members, clock, config.server_name, edus)
     roomserver.add_commit_listener(typing)
@@ -190,6 +196,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     to_device = ToDeviceService(db.to_device, notifier, clock, config.server_name,
                                 remote_queue=remote.to_device if remote is not None else None)
     messages = MessageService(db.events, db.state, visibility, serializer, db.rooms, clock,
+                              ignored=ignored,
                               backfill=remote.backfill if remote is not None else None)
     relations = RelationService(db.relations, db.events, messages, visibility, serializer,
                                 clock)
@@ -219,7 +226,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         filters=FilterService(db.filters),
         sync=SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
                          serializer, visibility, members, typing, receipts, presence, clock,
-                         to_device, keys),
+                         to_device, keys, ignored),
         members=members,
         typing=typing,
         receipts=receipts,
@@ -239,6 +246,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         key_backup=KeyBackupService(db.key_backup),
         keys=keys,
         dehydrated_devices=DehydratedDeviceService(db.devices, auth, keys, to_device, clock),
+        turn=TurnService(config.turn, clock),
+        reports=ReportService(db.reports, messages, db.events, db.state, clock),
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
     )

@@ -11,6 +11,7 @@ from typing import Any
 from core.clock import Clock
 from core.errors import Forbidden, InvalidParam, NotFound
 from homeserver.services.filtering import RoomEventFilter
+from homeserver.services.ignored_users import IgnoredUsers, hidden_by
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.visibility import HISTORY_VISIBILITY, VisibilityService
 from storage.stores.events import EventStore, StoredEvent
@@ -28,6 +29,7 @@ _SYNC_TOKEN_RE = re.compile(r"^s([0-9]{1,16})(?:_[0-9]+){0,6}$")
 _BEFORE_EVERYTHING = (-1, 0)
 MAX_PAGE = 1000
 _SCAN_ROUNDS = 10
+_TS_PAGE = 50
 
 
 def make_token(depth: int, stream: int) -> str:
@@ -69,8 +71,10 @@ class RoomAccess:
 class MessageService:
     def __init__(self, events: EventStore, state: StateStore, visibility: VisibilityService,
                  serializer: EventSerializer, rooms: RoomStore, clock: Clock, *,
+                 ignored: IgnoredUsers,
                  backfill: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self._events = events
+        self._ignored = ignored
         self._rooms = rooms
         self._state = state
         self._visibility = visibility
@@ -146,6 +150,31 @@ class MessageService:
             raise NotFound("Event not found.")
         return (await self._serialize(reader, [stored]))[0]
 
+    async def timestamp_to_event(self, reader: Reader, room_id: str, ts: int,
+                                 forwards: bool) -> dict[str, Any]:
+        """GET /rooms/{roomId}/timestamp_to_event: the event the reader may see closest to
+        ``ts`` (by ``origin_server_ts``), at or after it (``forwards``) or at or before it.
+
+        Raises:
+            Forbidden: the reader may not read the room.
+            NotFound: no such event.
+        """
+        await self.access(reader.user_id, room_id)
+        after: tuple[int, int] | None = None
+        for _ in range(_SCAN_ROUNDS):
+            page = await self._events.by_timestamp(room_id, ts, forwards=forwards,
+                                                   after=after, limit=_TS_PAGE)
+            visible = await self._visibility.filter_for_user(reader.user_id, page)
+            if visible:
+                return {"event_id": visible[0].event_id,
+                        "origin_server_ts": int(visible[0].pdu["origin_server_ts"])}
+            if len(page) < _TS_PAGE:
+                break
+            last = page[-1]
+            after = (int(last.pdu["origin_server_ts"]), last.stream_ordering or 0)
+        raise NotFound(f"Unable to find event from {ts} in direction "
+                       f"{'f' if forwards else 'b'}")
+
     async def messages(self, reader: Reader, room_id: str, *, from_token: str | None,
                        to_token: str | None, backwards: bool, limit: int,
                        event_filter: RoomEventFilter) -> dict[str, Any]:
@@ -197,7 +226,9 @@ class MessageService:
                     ) -> tuple[tuple[int, int] | None, bool]:
         """Add to ``chunk`` the events after ``cursor`` (in the direction of reading) the
         reader may see and the filter takes, up to ``limit`` in all; returns where it
-        stopped and whether the room has no more in that direction."""
+        stopped and whether the room has no more in that direction. Events of users the
+        reader ignores are left out (their state events aside)."""
+        ignored = await self._ignored.of(reader.user_id)
         for _ in range(_SCAN_ROUNDS):
             if len(chunk) >= limit:
                 break
@@ -211,7 +242,8 @@ class MessageService:
                                                    backwards=False, limit=fetch)
             if not page:
                 return cursor, True
-            wanted = [e for e in page if event_filter.matches(e.pdu)]
+            wanted = [e for e in page if event_filter.matches(e.pdu)
+                      and not hidden_by(ignored, e.pdu)]
             visible = await self._visibility.filter_for_user(reader.user_id, wanted)
             room = limit - len(chunk)
             chunk += visible[:room]

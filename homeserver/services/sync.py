@@ -22,6 +22,7 @@ from cachetools import LRUCache
 from core.clock import Clock
 from homeserver.services.e2e_keys import E2EKeyService
 from homeserver.services.filtering import SyncFilter
+from homeserver.services.ignored_users import IgnoredUsers
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
 from homeserver.services.presence import PresenceService
@@ -69,7 +70,7 @@ class SyncService:
                  serializer: EventSerializer, visibility: VisibilityService,
                  members: MembershipCache, typing: TypingService, receipts: ReceiptService,
                  presence: PresenceService, clock: Clock, to_device: ToDeviceService,
-                 keys: E2EKeyService) -> None:
+                 keys: E2EKeyService, ignored: IgnoredUsers) -> None:
         self._notifier = notifier
         self._members = members
         self._typing = typing
@@ -81,7 +82,7 @@ class SyncService:
             sync_store, events, state, account_data, rooms, notifier, serializer, visibility,
             members, typing, receipts, presence, clock, to_device, keys,
             UnreadCounter(sync_store, events, notifier.recent), SentMembers(),
-            LRUCache(200_000))
+            LRUCache(200_000), ignored)
         # The running average of how late woken waiters run (seconds).
         self._lag = 0.0
         # (user, device) -> when its last non-empty incremental response was built.

@@ -18,6 +18,12 @@ from core.clock import Clock
 from core.events.stripped import STRIPPED_STATE_TYPES, stripped
 from homeserver.services.e2e_keys import E2EKeyService
 from homeserver.services.filtering import SyncFilter
+from homeserver.services.ignored_users import (
+    IGNORED_USER_LIST,
+    NOBODY,
+    IgnoredUsers,
+    hidden_by,
+)
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.messages import make_token
 from homeserver.services.notifier import Notifier
@@ -91,6 +97,7 @@ class SyncSources:
     sent_members: SentMembers
     # Member event -> position of the join it continues (a profile change is a join event).
     join_starts: LRUCache[str, int]
+    ignored: IgnoredUsers
 
     def followed(self, memberships: dict[str, tuple[str, str]], sync_filter: SyncFilter
                  ) -> tuple[list[str], list[str]]:
@@ -124,12 +131,16 @@ class ResponseBuilder:
         self.display_names: dict[str, str | None] = {}
         # Joined rooms the client gets whole in this response (new to it).
         self.initial_rooms: set[str] = set()
+        # Whom the user ignores, and whether that changed since ``since``.
+        self.ignored = NOBODY
+        self.ignore_changed = False
 
     async def build(self) -> tuple[dict[str, Any], list[str], list[str]]:
         if self.since is None or self.full_state:
             # The client starts over: whatever it was sent before is gone with its cache.
             self.s.sent_members.reset(self.user_id, self.device_id)
         memberships = await self.s.members.memberships(self.user_id)
+        self.ignored = await self.s.ignored.of(self.user_id)
         if self.complete and self.since is not None and self.limit:
             memberships = await self._cut_where_complete(memberships)
         changes: list[MembershipChange] = []
@@ -150,11 +161,12 @@ class ResponseBuilder:
             {r: joins[memberships[r][1]] for r in joined if memberships[r][1] in joins})
         self.display_names = {r: _display_name(joins.get(memberships[r][1])) for r in joined}
         rooms["join"] = await self._joined_rooms(joined, changes, account["rooms"])
+        inviters = await self._ignored_inviters(memberships, changed)
         for room_id, (membership, event_id) in memberships.items():
             if not self.filter.room_allowed(room_id):
                 continue
             is_new = self.since is None or room_id in changed
-            if membership == "invite" and is_new:
+            if membership == "invite" and is_new and event_id not in inviters:
                 rooms["invite"][room_id] = {"invite_state": {
                     "events": await self._stripped_state(room_id, event_id)}}
             elif membership == "knock" and is_new:
@@ -179,6 +191,17 @@ class ResponseBuilder:
             "device_unused_fallback_key_types": [],
         }
         return response, *self.s.followed(memberships, self.filter)
+
+    async def _ignored_inviters(self, memberships: dict[str, tuple[str, str]],
+                                changed: dict[str, MembershipChange]) -> set[str]:
+        """The invites this response would carry that come from users this one ignores
+        (left out, as in Synapse)."""
+        if not self.ignored:
+            return set()
+        invites = await self.s.events.get_events(
+            e for r, (m, e) in memberships.items()
+            if m == "invite" and (self.since is None or r in changed))
+        return {e for e, event in invites.items() if event.pdu.get("sender") in self.ignored}
 
     async def _cut_where_complete(self, memberships: dict[str, tuple[str, str]]
                                   ) -> dict[str, tuple[str, str]]:
@@ -255,6 +278,7 @@ class ResponseBuilder:
                 not self.s.notifier.account_data_changed_since(self.user_id, after):
             return {"global": [], "rooms": {}}
         entries = await self.s.account_data.since(self.user_id, after)
+        self.ignore_changed = any(not r and t == IGNORED_USER_LIST for r, t, _ in entries)
         global_events = [{"type": t, "content": c} for r, t, c in entries
                          if not r and self.filter.account_data.matches({"type": t})]
         per_room: dict[str, list[dict[str, Any]]] = {}
@@ -276,6 +300,10 @@ class ResponseBuilder:
         else:
             initial = {r for r in joined if r in newly_joined
                        and not await self._was_joined_at_since(r)}
+            if self.ignore_changed and not self.complete:
+                # Whom the user ignores changed: every room comes again whole, so events of
+                # users no longer ignored show (Synapse sends the rooms again too).
+                initial = set(joined)
             # full_state: every room's whole state, but the timeline still starts at since.
             incremental = [r for r in joined if r not in initial and (
                 self.full_state or self.s.notifier.room_changed_since(r, self.since.events))]
@@ -333,9 +361,14 @@ class ResponseBuilder:
         out: dict[str, Any] = {}
         for room_id, timeline_events, limited, summary, state_ids, account in plans:
             visible = await self._visible(room_id, timeline_events)
-            timeline = [e for e in visible if self.filter.timeline.matches(e.pdu)]
+            timeline = [e for e in visible if self.filter.timeline.matches(e.pdu)
+                        and not hidden_by(self.ignored, e.pdu)]
             state = [state_events[e] for e in state_ids if e in state_events
                      and self.filter.state.matches(state_events[e].pdu)]
+            if not timeline and not state and not account and room_id not in initial \
+                    and not self.full_state and room_id not in ephemeral and visible and \
+                    all(hidden_by(self.ignored, e.pdu) for e in visible):
+                continue  # only events of ignored users: nothing to tell the client
             self._sent_members(room_id, state, timeline)
             out[room_id] = {
                 "timeline": {
@@ -598,7 +631,8 @@ class ResponseBuilder:
         state = await self._room_state(room_id, timeline_events, self.since is None, limited)
         return {
             "timeline": {"events": await self._client_events(
-                [e for e in visible if self.filter.timeline.matches(e.pdu)]),
+                [e for e in visible if self.filter.timeline.matches(e.pdu)
+                 and not hidden_by(self.ignored, e.pdu)]),
                 "limited": limited, "prev_batch": self._prev_batch(timeline_events)},
             "state": {"events": await self._client_events(state)},
             "account_data": {"events": []},

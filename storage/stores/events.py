@@ -534,6 +534,31 @@ class EventStore:
             rows = await conn.execute(query.limit(limit))
             return [_stored(r) for r in rows]
 
+    async def by_timestamp(self, room_id: str, ts: int, *, forwards: bool,
+                           after: tuple[int, int] | None = None, limit: int = 20
+                           ) -> list[StoredEvent]:
+        """The room's timeline events (neither outliers nor rejected) closest to ``ts``:
+        at or after it, oldest first (``forwards``), or at or before it, newest first, in
+        ``(origin_server_ts, stream_ordering)`` order, beyond ``after`` (such a pair) when
+        given."""
+        key = tuple_(events.c.origin_server_ts, events.c.stream_ordering)
+        query = _event_select().where(and_(events.c.room_id == room_id,
+                                           events.c.stream_ordering.is_not(None),
+                                           events.c.rejected_reason.is_(None)))
+        if forwards:
+            query = query.where(events.c.origin_server_ts >= ts).order_by(
+                events.c.origin_server_ts.asc(), events.c.stream_ordering.asc())
+            if after is not None:
+                query = query.where(key > tuple_(*after))
+        else:
+            query = query.where(events.c.origin_server_ts <= ts).order_by(
+                events.c.origin_server_ts.desc(), events.c.stream_ordering.desc())
+            if after is not None:
+                query = query.where(key < tuple_(*after))
+        async with self._db.read() as conn:
+            rows = await conn.execute(query.limit(limit))
+            return [_stored(r) for r in rows]
+
     async def position_at_stream(self, room_id: str, stream: int) -> tuple[int, int] | None:
         """The topologically last ``(depth, stream_ordering)`` of the room's timeline events
         at or before stream position ``stream`` (None if it had none yet)."""

@@ -332,6 +332,12 @@ def _without_deliberate_deviations(operation: Operation, status: int, answer: An
             if isinstance(device, dict) and "display_name" in device and \
                     device["display_name"] is None:
                 del device["display_name"]
+    # TURN_UNCONFIGURED_EMPTY: GET /voip/turnServer answers {} when no TURN server is
+    # configured, as Synapse does (and clients expect), where the spec's schema requires
+    # the credentials (issue 17, item 6). A configured server's answer is checked.
+    if operation.method == "GET" and status == 200 and answer == {} and \
+            operation.template == "/voip/turnServer":
+        return None
     return answer
 
 
@@ -366,6 +372,7 @@ async def test_spec_generated_requests(fuzz_world: FuzzWorld, operation: Operati
             and answer["errcode"].startswith("M_") and isinstance(answer.get("error"), str), \
             (request.describe(), resp.status, text)
     elif resp.status < 300:
-        assert_matches_operation(operation.file, dict(operation.op), resp.status,
-                                 _without_deliberate_deviations(operation, resp.status, answer),
-                                 request.describe())
+        checked = _without_deliberate_deviations(operation, resp.status, answer)
+        if checked is not None:
+            assert_matches_operation(operation.file, dict(operation.op), resp.status,
+                                     checked, request.describe())
