@@ -28,6 +28,7 @@ from pathlib import Path
 
 from core.clock import Clock
 from core.errors import LimitExceeded, MatrixError, NotFound, TooLarge
+from core.types import is_valid_server_name
 from homeserver.config import MediaConfig, ThumbnailSize
 from homeserver.services import thumbnailer
 from homeserver.services.ports import RemoteMedia
@@ -199,7 +200,7 @@ class MediaService:
         if not is_valid_media_id(media_id):
             raise NotFound("Unknown media ID")
         if not self.is_mine(server_name):
-            if not allow_remote:
+            if not allow_remote or not is_valid_server_name(server_name):
                 raise NotFound("Unknown media ID")
             return await self._remote_record(server_name, media_id)
         record = await self._store.get(server_name, media_id)
