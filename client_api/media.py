@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from client_api._routing import ClientRoutes
-from client_api.auth import require_requester
+from client_api.auth import require_admin, require_requester
 from core.errors import InvalidParam, MatrixError, MissingParam, NotFound, TooLarge
 from homeserver.appkeys import SERVICES
 from homeserver.http.json import json_response
@@ -182,3 +182,59 @@ async def get_legacy_thumbnail(request: web.Request) -> web.StreamResponse:
     """GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId} (legacy)"""
     _require_legacy(request)
     return await _thumbnail(request)
+
+
+# -- admin (Synapse's media admin API) -----------------------------------------------------------
+
+ADMIN_V1 = ("/_synapse/admin/v1",)
+
+
+@routes.post("/media/quarantine/{server_name}/{media_id}", versions=ADMIN_V1)
+async def post_quarantine(request: web.Request) -> web.Response:
+    """POST /_synapse/admin/v1/media/quarantine/{serverName}/{mediaId}: nobody can download
+    or thumbnail it any more (404), here or over federation."""
+    admin = await require_admin(request)
+    await request.app[SERVICES].media.quarantine(
+        request.match_info["server_name"], request.match_info["media_id"], admin.user_id)
+    return json_response({})
+
+
+@routes.post("/media/unquarantine/{server_name}/{media_id}", versions=ADMIN_V1)
+async def post_unquarantine(request: web.Request) -> web.Response:
+    """POST /_synapse/admin/v1/media/unquarantine/{serverName}/{mediaId}"""
+    await require_admin(request)
+    await request.app[SERVICES].media.quarantine(
+        request.match_info["server_name"], request.match_info["media_id"], None)
+    return json_response({})
+
+
+@routes.delete("/media/{server_name}/{media_id}", versions=ADMIN_V1)
+async def delete_media(request: web.Request) -> web.Response:
+    """DELETE /_synapse/admin/v1/media/{serverName}/{mediaId}: this server's media, its
+    file (when nothing else has the same content) and its thumbnails."""
+    await require_admin(request)
+    media = request.app[SERVICES].media
+    server_name, media_id = request.match_info["server_name"], request.match_info["media_id"]
+    if not media.is_mine(server_name):
+        raise InvalidParam("Can only delete local media")
+    await media.delete(server_name, media_id)
+    return json_response({"deleted_media": [media_id], "total": 1})
+
+
+@routes.post("/media/delete", versions=ADMIN_V1)
+@routes.post("/media/{server_name}/delete", versions=ADMIN_V1)
+async def post_delete_old_media(request: web.Request) -> web.Response:
+    """POST /_synapse/admin/v1/media/delete?before_ts=&size_gt=: this server's media uploaded
+    before ``before_ts`` (ms), larger than ``size_gt`` bytes."""
+    await require_admin(request)
+    media = request.app[SERVICES].media
+    server_name = request.match_info.get("server_name")
+    if server_name is not None and not media.is_mine(server_name):
+        raise InvalidParam("Can only delete local media")
+    before_ts = query_int(request, "before_ts")
+    if before_ts is None:
+        raise MissingParam("Missing integer query parameter 'before_ts'")
+    size_gt = query_int(request, "size_gt", 0)
+    deleted = await media.delete_local_before(before_ts, larger_than=size_gt + 1
+                                              if size_gt else 0)
+    return json_response({"deleted_media": deleted, "total": len(deleted)})

@@ -472,3 +472,96 @@ async def test_media_resource_alone_serves_media(services: Services, alice: User
 
 def test_store_path_is_under_tmp(services: Services, tmp_path: Path) -> None:
     assert services.config.media.store_path.is_relative_to(tmp_path)
+
+
+# -- admin --------------------------------------------------------------------------------------
+
+ADMIN = "/_synapse/admin/v1"
+
+
+@pytest.fixture
+async def admin(client: TestClient) -> User:
+    from tests.client_api.test_admin import admin_token
+    token = await admin_token(client)
+    return User("@admin:test.local", token, "")
+
+
+async def admin_call(client: TestClient, user: User, method: str, path: str,
+                     **query: str) -> tuple[int, Any]:
+    resp = await client.request(method, ADMIN + path, params=query or None,
+                                headers=bearer(user.token))
+    return resp.status, await resp.json()
+
+
+async def test_quarantine(client: TestClient, alice: User, admin: User) -> None:
+    data = jpeg(100, 100)
+    media_id = await upload(client, alice, data)
+    status, body = await admin_call(client, alice, "POST",
+                                    f"/media/quarantine/{SERVER}/{media_id}")
+    assert_error(status, body, 403, "M_FORBIDDEN")
+    status, body = await admin_call(client, admin, "POST",
+                                    f"/media/quarantine/{SERVER}/{media_id}")
+    assert (status, body) == (200, {})
+    status, raw, _ = await download(client, alice, media_id)
+    assert_error(status, error_of(raw), 404, "M_NOT_FOUND")
+    status, raw, _ = await thumbnail(client, alice, media_id, width=32, height=32)
+    assert_error(status, error_of(raw), 404, "M_NOT_FOUND")
+    status, body = await admin_call(client, admin, "POST",
+                                    f"/media/unquarantine/{SERVER}/{media_id}")
+    assert (status, body) == (200, {})
+    status, body_bytes, _ = await download(client, alice, media_id)
+    assert (status, body_bytes) == (200, data)
+    status, body = await admin_call(client, admin, "POST", f"/media/quarantine/{SERVER}/nope")
+    assert_error(status, body, 404, "M_NOT_FOUND")
+
+
+async def test_delete_by_id(client: TestClient, alice: User, bob: User, admin: User,
+                            services: Services) -> None:
+    shared = b"shared content"
+    first = await upload(client, alice, shared, "text/plain")
+    second = await upload(client, bob, shared, "text/plain")
+    own = await upload(client, alice, jpeg(300, 300))
+    await thumbnail(client, alice, own, width=32, height=32)
+    store = services.config.media.store_path
+    status, body = await admin_call(client, bob, "DELETE", f"/media/{SERVER}/{first}")
+    assert_error(status, body, 403, "M_FORBIDDEN")
+    status, body = await admin_call(client, admin, "DELETE", f"/media/{SERVER}/{first}")
+    assert (status, body) == (200, {"deleted_media": [first], "total": 1})
+    status, raw, _ = await download(client, alice, first)
+    assert_error(status, error_of(raw), 404, "M_NOT_FOUND")
+    # The same content under another ID stays.
+    status, data, _ = await download(client, bob, second)
+    assert (status, data) == (200, shared)
+    # Its file and thumbnails go with the last ID naming them.
+    status, body = await admin_call(client, admin, "DELETE", f"/media/{SERVER}/{own}")
+    assert status == 200
+    assert not list((store / "thumbnails").rglob("*.jpeg"))
+    status, body = await admin_call(client, admin, "DELETE", f"/media/{SERVER}/{own}")
+    assert_error(status, body, 404, "M_NOT_FOUND")
+    status, body = await admin_call(client, admin, "DELETE", f"/media/other.example/{own}")
+    assert_error(status, body, 400, "M_INVALID_PARAM")
+
+
+async def test_delete_older_than(client: TestClient, alice: User, admin: User,
+                                 services: Services) -> None:
+    old_small = await upload(client, alice, b"small", "text/plain")
+    old_big = await upload(client, alice, b"b" * 5000, "text/plain")
+    cutoff = services.clock.time_ms() + 1
+    await asyncio.sleep(0.01)
+    new = await upload(client, alice, b"new" * 5000, "text/plain")
+    status, body = await admin_call(client, admin, "POST", "/media/delete")
+    assert_error(status, body, 400, "M_MISSING_PARAM")
+    status, body = await admin_call(client, admin, "POST", "/media/delete",
+                                    before_ts="soon")
+    assert_error(status, body, 400, "M_INVALID_PARAM")
+    status, body = await admin_call(client, admin, "POST", "/media/delete",
+                                    before_ts=str(cutoff), size_gt="100")
+    assert (status, body) == (200, {"deleted_media": [old_big], "total": 1})
+    status, body = await admin_call(client, admin, "POST", f"/media/{SERVER}/delete",
+                                    before_ts=str(cutoff))
+    assert (status, body) == (200, {"deleted_media": [old_small], "total": 1})
+    status, _data, _ = await download(client, alice, new)
+    assert status == 200
+    status, body = await admin_call(client, alice, "POST", "/media/delete",
+                                    before_ts=str(cutoff))
+    assert_error(status, body, 403, "M_FORBIDDEN")
