@@ -18,6 +18,7 @@ from client_api._routing import ClientRoutes
 from client_api.auth import require_admin, require_requester
 from core.errors import InvalidParam, MatrixError, MissingParam, NotFound, TooLarge
 from homeserver.appkeys import SERVICES
+from homeserver.http.disconnect import CLIENT_CLOSED_REQUEST
 from homeserver.http.json import json_response
 from homeserver.http.media import media_headers
 from homeserver.http.middleware import error_response
@@ -48,12 +49,21 @@ async def post_create(request: web.Request) -> web.Response:
 
 
 async def _body(request: web.Request) -> AsyncIterator[bytes]:
-    timeout_s = request.app[SERVICES].config.http.request_body_timeout_ms / 1000
+    """The body as it comes, under the request-body middleware's deadline: its grace
+    (``http.request_body_timeout_ms``) plus a second per ``request_body_min_bytes_per_second``
+    bytes received (``TimeoutError`` past it)."""
+    http = request.app[SERVICES].config.http
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    received = 0
     while True:
-        async with asyncio.timeout(timeout_s):
+        deadline = (started + http.request_body_timeout_ms / 1000
+                    + received / http.request_body_min_bytes_per_second)
+        async with asyncio.timeout_at(deadline):
             chunk = await request.content.read(CHUNK_BYTES)
         if not chunk:
             return
+        received += len(chunk)
         yield chunk
 
 
@@ -62,7 +72,10 @@ async def _upload(request: web.Request, media_id: str | None) -> web.Response:
     media = request.app[SERVICES].media
     if media_id is not None:
         server_name = request.match_info["server_name"]
-        await media.check_upload_to(requester.user_id, server_name, media_id)
+        try:
+            await media.check_upload_to(requester.user_id, server_name, media_id)
+        except MatrixError as e:
+            return _closing(e)  # the body is not read
     limit = media.max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
         return _closing(TooLarge(f"Upload over the limit of {limit} bytes"))
@@ -75,6 +88,9 @@ async def _upload(request: web.Request, media_id: str | None) -> web.Response:
         return _closing(e)
     except TimeoutError:
         return _closing(MatrixError("Request body not received in time", status=408))
+    except ConnectionError:
+        # The client went away mid-body (the disconnect middleware logs the 499).
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     return json_response({"content_uri": uri} if media_id is None else {})
 
 

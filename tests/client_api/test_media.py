@@ -33,7 +33,9 @@ SERVER = "test.local"
 
 @pytest.fixture
 def config_overrides() -> dict[str, Any]:
-    return {"media": {"max_upload_bytes": MAX_UPLOAD, "max_pending_uploads": 3}}
+    # The JSON body limit of other endpoints is far below the upload limit: uploads stream.
+    return {"media": {"max_upload_bytes": MAX_UPLOAD, "max_pending_uploads": 3},
+            "http": {"max_request_body_bytes": 100_000}}
 
 
 @pytest.fixture
@@ -565,3 +567,18 @@ async def test_delete_older_than(client: TestClient, alice: User, admin: User,
     status, body = await admin_call(client, alice, "POST", "/media/delete",
                                     before_ts=str(cutoff))
     assert_error(status, body, 403, "M_FORBIDDEN")
+
+
+@pytest.mark.parametrize("config_overrides", [
+    {"http": {"request_body_timeout_ms": 300, "request_body_min_bytes_per_second": 1_000_000}}])
+async def test_a_dribbled_upload_is_given_up(client: TestClient, alice: User,
+                                             services: Services) -> None:
+    async def dribble() -> Any:
+        yield b"x" * 10
+        await asyncio.sleep(2)
+        yield b"y" * 10
+
+    resp = await client.post(f"{LEGACY}/upload", data=dribble(),
+                             headers={**bearer(alice.token), "Content-Type": "text/plain"})
+    assert resp.status == 408
+    assert not list((services.config.media.store_path / "tmp").iterdir())
