@@ -209,3 +209,33 @@ def test_multipart_with_preamble_and_quoted_boundary() -> None:
     parts = parse_multipart('multipart/mixed; boundary="a b"', body)
     assert parts == [({"content-type": "application/json"}, b"{}"),
                      ({"content-type": "text/plain"}, b"hello")]
+
+
+async def test_media_with_synapse_both_ways(interop: FedPair) -> None:
+    """KT-Chat (A, alice) and Synapse (B, sam): each reads the other's media over
+    federation, the bytes, type and name intact."""
+    ktchat_user, synapse_user = interop.alice, interop.bob
+    theirs = jpeg(300, 200)
+    server, media_id = split_mxc(await upload(synapse_user, theirs, "image/jpeg", "syn.jpg"))
+    status, body, headers = await get(ktchat_user,
+                                      f"{AUTHED}/download/{quote(server)}/{media_id}")
+    assert status == 200, body
+    assert body == theirs
+    assert headers["Content-Type"] == "image/jpeg"
+    assert "syn.jpg" in headers["Content-Disposition"]
+    status, body, _ = await get(ktchat_user, f"{AUTHED}/thumbnail/{quote(server)}/{media_id}",
+                                width="32", height="32", method="crop")
+    assert status == 200
+    assert Image.open(io.BytesIO(body)).size == (32, 32)
+
+    ours = jpeg(400, 300)
+    server, media_id = split_mxc(await upload(ktchat_user, ours, "image/jpeg", "kt.jpg"))
+    status, body, headers = await get(synapse_user,
+                                      f"{AUTHED}/download/{quote(server)}/{media_id}")
+    assert status == 200, body
+    assert body == ours
+    assert headers["Content-Type"] == "image/jpeg"
+    status, body, _ = await get(synapse_user, f"{AUTHED}/thumbnail/{quote(server)}/{media_id}",
+                                width="96", height="96", method="crop")
+    assert status == 200, body
+    assert Image.open(io.BytesIO(body)).size == (96, 96)
