@@ -44,6 +44,9 @@ _ID_LENGTH = 24
 DEFAULT_WAIT_MS = 20_000
 MAX_WAIT_MS = 60_000
 REMOTE_TIMEOUT_S = 60.0
+# Other servers' media is fetched into memory (bounded by media.max_upload_bytes): this many
+# fetches at once at most, so many clients asking for many remote files cannot add up.
+REMOTE_FETCHES_AT_ONCE = 4
 THUMBNAIL_THREADS = 2
 _THUMBNAIL_TYPES = {".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
                     ".webp": "image/webp"}
@@ -83,6 +86,7 @@ class MediaService:
         # One fetch per remote media and one generation per thumbnail at a time.
         self._fetching: dict[tuple[str, str], asyncio.Future[MediaRecord]] = {}
         self._thumbnailing: dict[Path, asyncio.Future[Path]] = {}
+        self._remote_slots = asyncio.Semaphore(REMOTE_FETCHES_AT_ONCE)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -268,15 +272,13 @@ class MediaService:
     async def _fetch(self, server_name: str, media_id: str) -> MediaRecord:
         if self._remote is None:
             raise NotFound("Unknown media ID")
-        fetched = await self._remote.download(
-            server_name, media_id, max_bytes=self._config.max_upload_bytes,
-            timeout_s=REMOTE_TIMEOUT_S)
-
-        async def chunks() -> AsyncIterator[bytes]:
-            yield fetched.data
-
-        sha256, size = await self._receive(chunks())
-        record = MediaRecord(server_name, media_id, fetched.content_type, fetched.filename,
+        async with self._remote_slots:
+            fetched = await self._remote.download(
+                server_name, media_id, max_bytes=self._config.max_upload_bytes,
+                timeout_s=REMOTE_TIMEOUT_S)
+            sha256, size = await self._receive(_one_chunk(fetched.data))
+            content_type, filename = fetched.content_type, fetched.filename
+        record = MediaRecord(server_name, media_id, content_type, filename,
                              size, sha256, None, self._clock.time_ms(), None, None)
         if not await self._store.add(record):
             stored = await self._store.get(server_name, media_id)
@@ -396,6 +398,14 @@ class MediaService:
 
     async def expire_reservations(self) -> None:
         await self._store.delete_expired_reservations(self._clock.time_ms())
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    """``data`` a slice at a time (the loop gets a turn between slices)."""
+    view = memoryview(data)
+    for start in range(0, len(data), 1024 * 1024):
+        yield bytes(view[start:start + 1024 * 1024])
+        await asyncio.sleep(0)
 
 
 def _flush_and_sync(f: object) -> None:
