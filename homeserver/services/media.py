@@ -81,8 +81,8 @@ class MediaService:
         self._root = config.store_path
         self._tmp = self._root / "tmp"
         self._executor = ThreadPoolExecutor(THUMBNAIL_THREADS, thread_name_prefix="thumbnail")
-        # Uploads to reserved IDs that downloads wait for.
-        self._uploaded: dict[tuple[str, str], asyncio.Event] = {}
+        # Downloads waiting for the upload to a reserved ID.
+        self._waiters: dict[tuple[str, str], set[asyncio.Future[None]]] = {}
         # One fetch per remote media and one generation per thumbnail at a time.
         self._fetching: dict[tuple[str, str], asyncio.Future[MediaRecord]] = {}
         self._thumbnailing: dict[Path, asyncio.Future[Path]] = {}
@@ -156,9 +156,9 @@ class MediaService:
                 # Raced with another upload to the same ID: the same answers as before.
                 await self.check_upload_to(user_id, self._server_name, media_id)
                 raise NotFound("Unknown media ID")
-            event = self._uploaded.pop((self._server_name, media_id), None)
-            if event is not None:
-                event.set()
+            for waiter in self._waiters.pop((self._server_name, media_id), ()):
+                if not waiter.done():
+                    waiter.set_result(None)
         logger.info("Stored media %s (%d bytes) from %s", media_id, size, user_id)
         return f"mxc://{self._server_name}/{media_id}"
 
@@ -223,10 +223,18 @@ class MediaService:
             return None
         wait_ms = min(DEFAULT_WAIT_MS if timeout_ms is None else timeout_ms, MAX_WAIT_MS)
         key = (record.origin, record.media_id)
-        event = self._uploaded.setdefault(key, asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(wait_ms, 0) / 1000):
-                await event.wait()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, set()).add(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(wait_ms, 0) / 1000):
+                    await waiter
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[key]
         fresh = await self._store.get(record.origin, record.media_id)
         if fresh is not None and fresh.sha256 is None:
             raise MatrixError("Content has not been uploaded yet", status=504,
@@ -248,10 +256,12 @@ class MediaService:
     def _file_of(self, record: MediaRecord) -> MediaFile:
         assert record.sha256 is not None
         path = self._content_path(record.sha256)
-        if not path.exists():
-            raise NotFound("Media is unavailable")
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise NotFound("Media is unavailable") from None
         return MediaFile(path, record.content_type or "application/octet-stream",
-                         record.upload_name, record.size or 0)
+                         record.upload_name, size)
 
     # -- other servers' media ---------------------------------------------------------------
 
