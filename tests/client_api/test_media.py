@@ -582,3 +582,24 @@ async def test_a_dribbled_upload_is_given_up(client: TestClient, alice: User,
                              headers={**bearer(alice.token), "Content-Type": "text/plain"})
     assert resp.status == 408
     assert not list((services.config.media.store_path / "tmp").iterdir())
+
+
+async def test_media_survives_a_restart(harness: Harness, client: TestClient, alice: User,
+                                        aiohttp_client: Any) -> None:
+    import hashlib
+    data = jpeg(120, 90)
+    media_id = await upload(client, alice, data, filename="kept.jpg")
+    reserved, _ = await create(client, alice)
+    store = harness.services.config.media.store_path if harness.services else None
+    assert store is not None
+    # Content is named by its hash; nothing half-written is left in tmp/.
+    digest = hashlib.sha256(data).hexdigest()
+    assert (store / "content" / digest[:2] / digest[2:4] / digest).read_bytes() == data
+    assert not list((store / "tmp").iterdir())
+    services = await harness.restart()
+    again = await aiohttp_client(build_app(services))
+    status, body, headers = await download(again, alice, media_id)
+    assert (status, body) == (200, data)
+    assert headers["Content-Disposition"] == "inline; filename=kept.jpg"
+    status, answer = await put_upload(again, alice, reserved, b"after the restart")
+    assert status == 200, answer
