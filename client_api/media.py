@@ -254,3 +254,15 @@ async def post_delete_old_media(request: web.Request) -> web.Response:
     deleted = await media.delete_local_before(before_ts, larger_than=size_gt + 1
                                               if size_gt else 0)
     return json_response({"deleted_media": deleted, "total": len(deleted)})
+
+
+@routes.post("/purge_media_cache", versions=ADMIN_V1)
+async def post_purge_media_cache(request: web.Request) -> web.Response:
+    """POST /_synapse/admin/v1/purge_media_cache?before_ts=: forget other servers' media
+    fetched before ``before_ts`` (ms; it is fetched again when next asked for)."""
+    await require_admin(request)
+    before_ts = query_int(request, "before_ts")
+    if before_ts is None:
+        raise MissingParam("Missing integer query parameter 'before_ts'")
+    return json_response({"deleted": await request.app[SERVICES].media.purge_remote_before(
+        before_ts)})

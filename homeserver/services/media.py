@@ -395,6 +395,19 @@ class MediaService:
                     await self.delete(self._server_name, media_id)
                     deleted.append(media_id)
 
+    async def purge_remote_before(self, before_ts: int) -> int:
+        """Forget other servers' media cached before ``before_ts`` (fetched again when
+        asked for); how many."""
+        purged = 0
+        while True:
+            keys = await self._store.remote_before(self._server_name, before_ts)
+            if not keys:
+                return purged
+            for origin, media_id in keys:
+                with contextlib.suppress(NotFound):
+                    await self.delete(origin, media_id)
+                    purged += 1
+
     def _remove_content(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._content_path(sha256).unlink()

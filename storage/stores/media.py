@@ -139,6 +139,15 @@ class MediaStore:
                 _m.size >= larger_than)).order_by(_m.created_ts).limit(limit))).all()
         return [r[0] for r in rows]
 
+    async def remote_before(self, local_origin: str, before_ts: int, *, limit: int = 1000
+                            ) -> list[tuple[str, str]]:
+        """(origin, media_id) of other servers' media cached here before ``before_ts``."""
+        async with self._db.read() as conn:
+            rows = (await conn.execute(select(_m.origin, _m.media_id).where(and_(
+                _m.origin != local_origin, _m.created_ts < before_ts))
+                .order_by(_m.created_ts).limit(limit))).all()
+        return [(r[0], r[1]) for r in rows]
+
     async def delete_expired_reservations(self, now_ms: int) -> int:
         async with self._db.write() as conn:
             result = await conn.execute(delete(media).where(and_(

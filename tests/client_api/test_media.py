@@ -603,3 +603,18 @@ async def test_media_survives_a_restart(harness: Harness, client: TestClient, al
     assert headers["Content-Disposition"] == "inline; filename=kept.jpg"
     status, answer = await put_upload(again, alice, reserved, b"after the restart")
     assert status == 200, answer
+
+
+async def test_purge_media_cache_needs_an_admin_and_a_date(client: TestClient, alice: User,
+                                                           admin: User) -> None:
+    status, body = await admin_call(client, alice, "POST", "/purge_media_cache",
+                                    before_ts="1")
+    assert_error(status, body, 403, "M_FORBIDDEN")
+    status, body = await admin_call(client, admin, "POST", "/purge_media_cache")
+    assert_error(status, body, 400, "M_MISSING_PARAM")
+    local = await upload(client, alice, b"mine", "text/plain")
+    status, body = await admin_call(client, admin, "POST", "/purge_media_cache",
+                                    before_ts=str(2**50))
+    assert (status, body) == (200, {"deleted": 0})
+    status, data, _ = await download(client, alice, local)
+    assert (status, data) == (200, b"mine")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -94,6 +95,18 @@ async def _remote_download(pair: FedPair) -> None:
     # Unknown on B: 404.
     status, raw, _ = await get(pair.alice, f"{AUTHED}/download/{quote(server)}/nosuchmedia")
     assert status == 404, raw
+    # An admin on A purges the cache: the next download asks B again.
+    admin = await pair.a.register("mediaadmin", admin=True)
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{pair.a.client_url}/_synapse/admin/v1/purge_media_cache",
+            params={"before_ts": str(int(time.time() * 1000) + 1000)},
+            headers={"Authorization": f"Bearer {admin.access_token}"}) as resp:
+        answer = await resp.json()
+        assert resp.status == 200, answer
+        assert answer["deleted"] >= 1
+    status, body, _ = await get(pair.alice, path)
+    assert (status, body) == (200, data)
+    assert pair.b.log().count(fed_path) == 2
     # allow_remote=false: A does not ask.
     uri = await upload(pair.bob, b"later", "text/plain", "later.txt")
     _, other_id = split_mxc(uri)
