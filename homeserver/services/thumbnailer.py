@@ -1,7 +1,9 @@
 """Making thumbnails with Pillow: blocking code, run in a thread pool by the media service.
 
-``scale`` keeps the picture's aspect ratio within the box and never enlarges it; ``crop``
-fills the box exactly (scaled to cover it, the middle kept). The output is JPEG, or PNG when
+``scale`` keeps the picture's aspect ratio within the box; ``crop`` fills the box exactly
+(scaled to cover it, the middle kept). Neither ever enlarges a picture (the spec: "homeservers
+must never upscale images"): a picture smaller than the box is cropped to the box's aspect
+ratio at its own size. The output is JPEG, or PNG when
 the picture has transparency; an animated GIF or WebP asked for ``animated`` stays animated
 (same format). A picture with more pixels than the limit is refused before it is decoded
 (Pillow reads the size from the header), so a small file declaring a huge picture (a
@@ -49,9 +51,16 @@ def scaled_size(width: int, height: int, box_w: int, box_h: int) -> tuple[int, i
 def _crop(image: Image.Image, box_w: int, box_h: int) -> Image.Image:
     width, height = image.size
     ratio = max(box_w / width, box_h / height)
-    cover_w = max(box_w, math.ceil(width * ratio))
-    cover_h = max(box_h, math.ceil(height * ratio))
-    image = image.resize((cover_w, cover_h), Image.Resampling.LANCZOS)
+    if ratio > 1:
+        # Never enlarged (the spec: "homeservers must never upscale images"): the largest
+        # middle part of the box's aspect ratio the picture holds.
+        fit = min(width / box_w, height / box_h)
+        box_w, box_h = max(1, round(box_w * fit)), max(1, round(box_h * fit))
+        ratio = 1.0
+    cover_w = min(width, max(box_w, math.ceil(width * ratio)))
+    cover_h = min(height, max(box_h, math.ceil(height * ratio)))
+    if (cover_w, cover_h) != image.size:
+        image = image.resize((cover_w, cover_h), Image.Resampling.LANCZOS)
     left, top = (cover_w - box_w) // 2, (cover_h - box_h) // 2
     return image.crop((left, top, left + box_w, top + box_h))
 

@@ -85,7 +85,7 @@ def test_other_modes(tmp_path: Path, mode: str) -> None:
 def test_a_single_pixel(tmp_path: Path) -> None:
     path = write(tmp_path, Image.new("RGB", (1, 1)), "PNG")
     assert decoded(make_thumbnail(path, 96, 96, "crop", animated=False,
-                                  max_pixels=LIMIT).data).size == (96, 96)
+                                  max_pixels=LIMIT).data).size == (1, 1)
     assert decoded(make_thumbnail(path, 96, 96, "scale", animated=False,
                                   max_pixels=LIMIT).data).size == (1, 1)
 
@@ -114,3 +114,17 @@ def test_truncated_jpeg(tmp_path: Path) -> None:
     path.write_bytes(out.getvalue()[: len(out.getvalue()) // 2])
     with pytest.raises(ThumbnailError):
         make_thumbnail(path, 32, 32, "crop", animated=False, max_pixels=LIMIT)
+
+
+@pytest.mark.parametrize(("size", "box", "expected"), [
+    ((1600, 1200), (96, 96), (96, 96)),
+    ((1000, 250), (96, 96), (96, 96)),
+    ((60, 40), (96, 96), (40, 40)),  # never enlarged: the box's aspect at the picture's size
+    ((200, 50), (320, 240), (67, 50)),
+    ((90, 300), (96, 96), (90, 90)),
+])
+def test_crop_never_enlarges(tmp_path: Path, size: tuple[int, int], box: tuple[int, int],
+                             expected: tuple[int, int]) -> None:
+    path = write(tmp_path, Image.new("RGB", size, (50, 60, 70)), "PNG")
+    thumb = make_thumbnail(path, *box, "crop", animated=False, max_pixels=LIMIT)
+    assert decoded(thumb.data).size == expected
