@@ -162,7 +162,7 @@ async def _thumbnail(request: web.Request) -> web.StreamResponse:
     file = await request.app[SERVICES].media.thumbnail(
         request.match_info["server_name"], request.match_info["media_id"], sizes[0], sizes[1],
         method, animated=animated, timeout_ms=timeout_ms, allow_remote=allow_remote)
-    return _file_response(file, None)
+    return _file_response(file, file.upload_name)  # "thumbnail.jpeg": the spec's SHOULD
 
 
 @routes.get("/download/{server_name}/{media_id}", versions=AUTHED)

@@ -327,7 +327,8 @@ class MediaService:
         name = f"{size.width}x{size.height}-{size.method}{'-animated' if animated else ''}"
         path = self._root / "thumbnails" / record.sha256 / name
         final = await self._cached_thumbnail(path, original.path, size, animated)
-        return MediaFile(final, _THUMBNAIL_TYPES[final.suffix], None, final.stat().st_size)
+        return MediaFile(final, _THUMBNAIL_TYPES[final.suffix], f"thumbnail{final.suffix}",
+                         final.stat().st_size)
 
     async def _cached_thumbnail(self, path: Path, source: Path, size: ThumbnailSize,
                                 animated: bool) -> Path:

@@ -353,6 +353,8 @@ async def test_thumbnail_sizes(client: TestClient, alice: User, query: dict[str,
     status, body, headers = await thumbnail(client, alice, media_id, **query)
     assert status == 200, body
     assert headers["Content-Type"] == "image/jpeg"
+    assert headers["Content-Disposition"] == "inline; filename=thumbnail.jpeg"
+    assert headers["X-Content-Type-Options"] == "nosniff"
     image = Image.open(io.BytesIO(body))
     assert image.format == "JPEG"
     assert image.size == expected
