@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import string
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ REMOTE_TIMEOUT_S = 60.0
 # fetches at once at most, so many clients asking for many remote files cannot add up.
 REMOTE_FETCHES_AT_ONCE = 4
 THUMBNAIL_THREADS = 2
+UNTHUMBNAILABLE_REMEMBERED = 10_000
 _THUMBNAIL_TYPES = {".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
                     ".webp": "image/webp"}
 _SUFFIXES = {v: k for k, v in _THUMBNAIL_TYPES.items()}
@@ -86,6 +88,8 @@ class MediaService:
         # One fetch per remote media and one generation per thumbnail at a time.
         self._fetching: dict[tuple[str, str], asyncio.Future[MediaRecord]] = {}
         self._thumbnailing: dict[Path, asyncio.Future[Path]] = {}
+        # Content found not to be thumbnailable (not decoded again), oldest first.
+        self._unthumbnailable: OrderedDict[Path, bool] = OrderedDict()  # True: too large
         self._remote_slots = asyncio.Semaphore(REMOTE_FETCHES_AT_ONCE)
 
     @property
@@ -336,6 +340,9 @@ class MediaService:
         for suffix in _THUMBNAIL_TYPES:
             if path.with_suffix(suffix).exists():
                 return path.with_suffix(suffix)
+        too_large = self._unthumbnailable.get(source)
+        if too_large is not None:
+            raise _unthumbnailable(too_large)
         making = self._thumbnailing.get(path)
         if making is None:
             making = asyncio.get_running_loop().run_in_executor(
@@ -344,12 +351,12 @@ class MediaService:
             making.add_done_callback(lambda _: self._thumbnailing.pop(path, None))
         try:
             return await asyncio.shield(making)
-        except thumbnailer.TooManyPixels:
-            raise MatrixError("The image is too large to thumbnail", status=400,
-                              errcode="M_TOO_LARGE") from None
-        except thumbnailer.ThumbnailError:
-            raise MatrixError("Cannot generate thumbnails for the requested content",
-                              status=400, errcode="M_UNKNOWN") from None
+        except thumbnailer.ThumbnailError as e:
+            too_large = isinstance(e, thumbnailer.TooManyPixels)
+            self._unthumbnailable[source] = too_large
+            while len(self._unthumbnailable) > UNTHUMBNAILABLE_REMEMBERED:
+                self._unthumbnailable.popitem(last=False)
+            raise _unthumbnailable(too_large) from None
 
     def _make_thumbnail(self, path: Path, source: Path, size: ThumbnailSize,
                         animated: bool) -> Path:
@@ -422,6 +429,14 @@ class MediaService:
 
     async def expire_reservations(self) -> None:
         await self._store.delete_expired_reservations(self._clock.time_ms())
+
+
+def _unthumbnailable(too_large: bool) -> MatrixError:
+    if too_large:
+        return MatrixError("The image is too large to thumbnail", status=400,
+                           errcode="M_TOO_LARGE")
+    return MatrixError("Cannot generate thumbnails for the requested content", status=400,
+                       errcode="M_UNKNOWN")
 
 
 async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:

@@ -415,6 +415,10 @@ async def test_decompression_bomb_is_refused(client: TestClient, alice: User) ->
     status, raw, _ = await thumbnail(client, alice, media_id, width=32, height=32)
     assert status == 400
     assert_matches_spec(CS, "GET", f"/media/thumbnail/{SERVER}/x", 400, error_of(raw))
+    # Asked again (another size too): the same answer, from memory.
+    for width in (32, 800):
+        status, again, _ = await thumbnail(client, alice, media_id, width=width, height=32)
+        assert (status, again) == (400, raw)
     # The server is fine, and the upload still downloads as it is.
     status, body, _ = await download(client, alice, media_id)
     assert (status, body) == (200, bomb)
