@@ -624,3 +624,17 @@ async def test_purge_media_cache_needs_an_admin_and_a_date(client: TestClient, a
     assert (status, body) == (200, {"deleted": 0})
     status, data, _ = await download(client, alice, local)
     assert (status, data) == (200, b"mine")
+
+
+async def test_an_empty_upload(client: TestClient, alice: User) -> None:
+    media_id = await upload(client, alice, b"", "application/octet-stream")
+    status, body, headers = await download(client, alice, media_id)
+    assert (status, body) == (200, b"")
+    assert headers["Content-Disposition"] == "attachment"
+    # No Content-Type: kept as unknown, served as application/octet-stream.
+    resp = await client.post(f"{LEGACY}/upload", data=b"raw", skip_auto_headers=["Content-Type"],
+                             headers=bearer(alice.token))
+    uri = (await resp.json())["content_uri"]
+    status, body, headers = await download(client, alice, uri.rsplit("/", 1)[1])
+    assert (status, body) == (200, b"raw")
+    assert headers["Content-Type"] == "application/octet-stream"
