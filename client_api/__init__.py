@@ -11,6 +11,7 @@ from client_api import (
     account,
     account_data,
     admin,
+    dehydrated_devices,
     devices,
     directory,
     friends,
@@ -25,6 +26,7 @@ from client_api import (
     push_rules,
     receipts,
     register,
+    relations,
     rooms,
     search,
     sync,
@@ -34,7 +36,8 @@ from client_api import (
 
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
             directory, account_data, sync, push_rules, presence, receipts, friends,
-            search, history, to_device, key_backup, keys)
+            search, history, to_device, key_backup, keys, dehydrated_devices,
+            relations)
 
 
 def add_client_routes(app: web.Application) -> None:

@@ -23,6 +23,8 @@ UNSTABLE_FEATURES = {
     "org.ktchat.sse": True,
     "org.ktchat.friends": True,
     "org.ktchat.history": True,
+    # Dehydrated devices (client_api/dehydrated_devices.py).
+    "org.matrix.msc3814": True,
 }
 
 ROOM_VERSIONS = {version: "stable" for version in KNOWN_ROOM_VERSIONS}

@@ -19,6 +19,7 @@ from storage.stores.media import MediaStore
 from storage.stores.presence import PresenceStore
 from storage.stores.purge import PurgeStore
 from storage.stores.receipts import ReceiptStore
+from storage.stores.relations import RelationStore
 from storage.stores.remote_device_lists import RemoteDeviceListStore
 from storage.stores.rooms import RoomStore
 from storage.stores.search import SearchStore
@@ -43,7 +44,8 @@ class Database:
         self.ui_auth = UiAuthStore(self.engine)
         self.registration_tokens = RegistrationTokenStore(self.engine)
         self.nonces = NonceStore(self.engine)
-        self.events = EventStore(self.engine)
+        self.relations = RelationStore(self.engine)
+        self.events = EventStore(self.engine, relations_changed=self.relations.changed)
         self.auth_chains = AuthChainStore(self.engine)
         self.state = StateStore(self.engine)
         self.rooms = RoomStore(self.engine)
@@ -53,7 +55,7 @@ class Database:
         self.receipts = ReceiptStore(self.engine)
         self.presence = PresenceStore(self.engine)
         self.search = SearchStore(self.engine)
-        self.purge = PurgeStore(self.engine)
+        self.purge = PurgeStore(self.engine, on_delete=self.relations.clear)
         self.federation = FederationStore(self.engine)
         self.server_keys = ServerKeyStore(self.engine)
         self.to_device = ToDeviceStore(self.engine)

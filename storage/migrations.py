@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, inspect, select, text
 
-from storage import auth_chain_index, schema, search_index
+from storage import auth_chain_index, relations_index, schema, search_index
 from storage.search_text import INDEXED
 
 Migration = Callable[[Connection], None]
@@ -79,13 +79,34 @@ def _v7_remote_device_lists(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
-def _v8_media(conn: Connection) -> None:
+def _v8_dehydrated_devices(conn: Connection) -> None:
+    schema.dehydrated_devices.create(conn, checkfirst=True)
+
+
+def _v9_device_list_announced(conn: Connection) -> None:
+    columns = {c["name"] for c in inspect(conn).get_columns("device_list_changes")}
+    if "announced" not in columns:
+        default = "1" if conn.dialect.name == "sqlite" else "true"
+        conn.execute(text("ALTER TABLE device_list_changes ADD COLUMN announced BOOLEAN "
+                          f"NOT NULL DEFAULT {default}"))
+    for index in schema.device_list_changes.indexes:
+        if index.name == "device_list_changes_unannounced":
+            index.create(conn, checkfirst=True)
+
+
+def _v10_relations(conn: Connection) -> None:
+    schema.event_relations.create(conn, checkfirst=True)
+    relations_index.index_stored(conn)
+
+
+def _v11_media(conn: Connection) -> None:
     schema.media.create(conn, checkfirst=True)
 
 
 MIGRATIONS: list[Migration] = [_v2_receipts_and_presence, _v3_history, _v4_federation,
                                _v5_auth_chain_index, _v6_end_to_end_encryption,
-                               _v7_remote_device_lists, _v8_media]
+                               _v7_remote_device_lists, _v8_dehydrated_devices,
+                               _v9_device_list_announced, _v10_relations, _v11_media]
 LATEST = 1 + len(MIGRATIONS)
 
 

@@ -19,6 +19,8 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    text,
+    true,
 )
 
 metadata = MetaData()
@@ -528,7 +530,9 @@ cross_signing_signatures = Table(
 )
 
 # The device-list stream: a row per change of a user's devices or cross-signing keys, which
-# sync's device_lists.changed and /keys/changes read "after N" of.
+# sync's device_lists.changed and /keys/changes read "after N" of. announced: a local user's
+# change whose EDUs are queued for other servers (version 9; changes of other servers' users
+# are born announced), so those a crash left out are queued at start-up.
 device_list_changes = Table(
     "device_list_changes",
     metadata,
@@ -536,7 +540,10 @@ device_list_changes = Table(
     Column("user_id", Text, nullable=False),
     Column("device_id", Text, nullable=True),  # None: cross-signing keys changed
     Column("changed_ts", BigInteger, nullable=False),
+    Column("announced", Boolean, nullable=False, server_default=true()),
     Index("device_list_changes_user", "user_id", "stream_id"),
+    Index("device_list_changes_unannounced", "stream_id",
+          sqlite_where=text("NOT announced"), postgresql_where=text("NOT announced")),
 )
 
 # Server-side key backup (room_keys): versions, and the session keys in each.
@@ -583,6 +590,17 @@ remote_device_lists = Table(
     Column("synced_ts", BigInteger, nullable=False),
 )
 
+# A user's dehydrated device (MSC3814): a device with no session whose encrypted account
+# (device_data, opaque to the server) a new login of the user can take over.
+dehydrated_devices = Table(
+    "dehydrated_devices",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("device_id", Text, nullable=False),
+    Column("device_data_json", Text, nullable=False),
+    Column("created_ts", BigInteger, nullable=False),
+)
+
 # A cached user's devices with their keys (as their server sent them).
 remote_devices = Table(
     "remote_devices",
@@ -593,7 +611,30 @@ remote_devices = Table(
     PrimaryKeyConstraint("user_id", "device_id"),
 )
 
-# -- the media repository (version 8) ------------------------------------------------------
+# -- relations (version 10): the index of events' ``m.relates_to`` ----------------------------
+
+# One row per timeline event that relates to another (``content["m.relates_to"]`` with a
+# ``rel_type`` and an ``event_id``), written with the event; a redaction of the event deletes
+# its row. ``thread_id``: the thread root the event belongs to (its parent for ``m.thread``,
+# else its parent's thread), if any.
+event_relations = Table(
+    "event_relations",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("relates_to_id", Text, nullable=False),
+    Column("rel_type", Text, nullable=False),
+    Column("room_id", Text, nullable=False),
+    Column("sender", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("depth", BigInteger, nullable=False),
+    Column("stream_ordering", BigInteger, nullable=False),
+    Column("origin_server_ts", BigInteger, nullable=False),
+    Column("thread_id", Text, nullable=True),
+    Index("event_relations_parent", "relates_to_id", "rel_type", "depth", "stream_ordering"),
+    Index("event_relations_threads", "room_id", "rel_type", "relates_to_id"),
+)
+
+# -- the media repository (version 11) -----------------------------------------------------
 
 # One piece of media, local (origin: our server name) or another server's cached here. A
 # local ID reserved by /create and not yet uploaded to has no sha256 (and an

@@ -79,34 +79,53 @@ async def receive(client: nio.AsyncClient, room_id: str, body: str, seconds: flo
                          f"({undecrypted} undecryptable events)")
 
 
-async def test_two_nio_clients_exchange_encrypted_messages(
-        pair: tuple[nio.AsyncClient, nio.AsyncClient]) -> None:
-    alice, bob = pair
+async def send_text(client: nio.AsyncClient, room_id: str, body: str) -> str:
+    sent = await client.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": body},
+                                  ignore_unverified_devices=True)
+    assert isinstance(sent, nio.RoomSendResponse), sent
+    return str(sent.event_id)
+
+
+async def knows_devices(client: nio.AsyncClient, others: list[nio.AsyncClient],
+                        turns: int = 20) -> None:
+    """Syncs (and queries keys) until ``client`` knows every device of ``others``."""
+    for _ in range(turns):
+        if all(o.device_id in client.device_store[o.user_id] for o in others):
+            return
+        await turn(client, 500)
+    missing = [(o.user_id, o.device_id) for o in others
+               if o.device_id not in client.device_store[o.user_id]]
+    raise AssertionError(f"{client.user_id} never learned of {missing}")
+
+
+async def encrypted_chat(alice: nio.AsyncClient, bob: nio.AsyncClient, seconds: float = 30
+                         ) -> str:
+    """As users start a direct chat: alice invites bob to a new encrypted room, bob accepts
+    (on his own server), each finds the other's device and decrypts a message of the
+    other's; returns the room ID."""
     await turn(alice)
     await turn(bob)
     created = await alice.room_create(
-        invite=[bob.user_id],
+        preset=nio.RoomPreset.private_chat, invite=[bob.user_id],
         initial_state=[{"type": "m.room.encryption", "state_key": "",
                         "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
     assert isinstance(created, nio.RoomCreateResponse), created
     room_id = created.room_id
-    await turn(bob)
-    assert isinstance(await bob.join(room_id), nio.JoinResponse)
-    # Each learns of the other's device through device_lists and /keys/query.
-    for _ in range(3):
-        await turn(alice)
-        await turn(bob)
-    assert bob.device_id in alice.device_store[bob.user_id]
-    assert alice.device_id in bob.device_store[alice.user_id]
+    for _ in range(20):
+        if room_id in bob.invited_rooms:
+            break
+        await turn(bob, 500)
+    joined = await bob.join(room_id)
+    assert isinstance(joined, nio.JoinResponse), joined
+    await knows_devices(alice, [bob])
+    await knows_devices(bob, [alice])
+    await send_text(alice, room_id, "hello bob, secretly")
+    await receive(bob, room_id, "hello bob, secretly", seconds)
+    await send_text(bob, room_id, "hello alice, secretly")
+    await receive(alice, room_id, "hello alice, secretly", seconds)
+    return str(room_id)
 
-    sent = await alice.room_send(room_id, "m.room.message",
-                                 {"msgtype": "m.text", "body": "hello bob, secretly"},
-                                 ignore_unverified_devices=True)
-    assert isinstance(sent, nio.RoomSendResponse), sent
-    await receive(bob, room_id, "hello bob, secretly")
 
-    sent = await bob.room_send(room_id, "m.room.message",
-                               {"msgtype": "m.text", "body": "hello alice, secretly"},
-                               ignore_unverified_devices=True)
-    assert isinstance(sent, nio.RoomSendResponse), sent
-    await receive(alice, room_id, "hello alice, secretly")
+async def test_two_nio_clients_exchange_encrypted_messages(
+        pair: tuple[nio.AsyncClient, nio.AsyncClient]) -> None:
+    await encrypted_chat(*pair)

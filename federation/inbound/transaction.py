@@ -69,6 +69,8 @@ class _RoomPdus:
 # EDUs whose repeat changes nothing: a typing or presence state set again, a receipt that
 # never goes back. (To-device messages are not: they are recorded with their transaction.)
 IDEMPOTENT_EDUS = frozenset({"m.typing", "m.presence", "m.receipt"})
+# EDUs that events of the same transaction may need already applied when they are synced.
+KEY_EDUS = frozenset({"m.direct_to_device", "m.device_list_update", "m.signing_key_update"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +147,14 @@ class TransactionHandler:
         done = await seen
         if done is not None:
             return done
+        # Keys first: a room key (to-device) or a new device often comes with the first
+        # message that needs it, and a client that decrypts an event once, as it arrives,
+        # must have the key by then. The other EDUs (receipts of these events) after.
+        first = [e for e in edus if isinstance(e, Mapping) and e.get("edu_type") in KEY_EDUS]
+        await self._process_edus(origin, first)
         response = {"pdus": await self._process_pdus(origin, rooms)}
-        await self._process_edus(origin, edus)
+        await self._process_edus(origin, [e for e in edus if not (
+            isinstance(e, Mapping) and e.get("edu_type") in KEY_EDUS)])
         await store.remember_txn(origin, txn_id, response, self._clock.time_ms())
         return response
 

@@ -19,6 +19,7 @@ from homeserver.services.account_data import AccountDataService
 from homeserver.services.accounts import AccountService
 from homeserver.services.auth import AuthService
 from homeserver.services.censor import RedactionCensor
+from homeserver.services.dehydrated_devices import DehydratedDeviceService
 from homeserver.services.devices import DeviceService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.e2e_keys import E2EKeyService
@@ -36,6 +37,7 @@ from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
 from homeserver.services.purge import PurgeService
 from homeserver.services.receipts import ReceiptService
+from homeserver.services.relations import RelationAggregator, RelationService
 from homeserver.services.remote_device_lists import RemoteDeviceLists
 from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
@@ -70,6 +72,7 @@ class Services:
     rooms: RoomService
     membership: MembershipService
     messages: MessageService
+    relations: RelationService
     directory: DirectoryService
     account_data: AccountDataService
     filters: FilterService
@@ -86,6 +89,7 @@ class Services:
     to_device: ToDeviceService
     key_backup: KeyBackupService
     keys: E2EKeyService
+    dehydrated_devices: DehydratedDeviceService
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
     media: MediaService
@@ -175,9 +179,10 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                         limiter(rl.message_per_user),
                         default_room_version=KNOWN_ROOM_VERSIONS[config.default_room_version],
                         remote=remote_rooms)
-    serializer = EventSerializer(db.events)
     cleared = ClearedHistory(db.rooms)
     visibility = VisibilityService(db.state, db.events, cleared)
+    serializer = EventSerializer(
+        db.events, aggregations=RelationAggregator(db.relations, db.events, visibility))
     account_data = AccountDataService(db.account_data, notifier)
     edus = remote.edus if remote is not None else None
     typing = TypingService(notifier, members, clock, config.server_name, edus)
@@ -190,6 +195,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                                 remote_queue=remote.to_device if remote is not None else None)
     messages = MessageService(db.events, db.state, visibility, serializer, db.rooms, clock,
                               backfill=remote.backfill if remote is not None else None)
+    relations = RelationService(db.relations, db.events, messages, visibility, serializer,
+                                clock)
     membership = MembershipService(roomserver, rooms, db.rooms, db.state, db.users,
                                    config.server_name, limiter(rl.joins_per_user),
                                    limiter(rl.invites_per_user), remote=remote_rooms)
@@ -209,6 +216,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         rooms=rooms,
         membership=membership,
         messages=messages,
+        relations=relations,
         directory=DirectoryService(roomserver, db.rooms, db.state, clock, config.server_name,
                                    remote=remote.directory if remote is not None else None),
         account_data=account_data,
@@ -234,6 +242,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         to_device=to_device,
         key_backup=KeyBackupService(db.key_backup),
         keys=keys,
+        dehydrated_devices=DehydratedDeviceService(db.devices, auth, keys, to_device, clock),
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
         media=MediaService(db.media, clock, config.media, config.server_name,

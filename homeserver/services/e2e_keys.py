@@ -27,6 +27,7 @@ stream (``remote_device_list_changed``), and keep their cached lists current.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
@@ -180,14 +181,20 @@ class E2EKeyService:
         self._counts: LRUCache[tuple[str, str], tuple[dict[str, int], list[str]]] = \
             LRUCache(COUNTED_DEVICES)
         self._generation = 0
+        self._left_over: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._start = self._store.position
         self._recent.clear()
+        self._left_over = asyncio.get_running_loop().create_task(self._announce_left_over())
         if self._remote_lists is not None:
             self._remote_lists.start()
 
     async def stop(self) -> None:
+        if self._left_over is not None:
+            self._left_over.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._left_over
         if self._remote_lists is not None:
             await self._remote_lists.stop()
 
@@ -254,15 +261,45 @@ class E2EKeyService:
 
     # -- telling other servers ---------------------------------------------------------------
 
-    async def _announce(self, user_id: str, edus: list[dict[str, Any]]) -> None:
-        """Queue EDUs about a local user's keys for the servers sharing a room with them (the
-        change is committed already: a failure to queue is logged, not the client's)."""
-        if self._device_lists is None or not edus:
-            return
+    async def _announce(self, user_id: str, edus: list[dict[str, Any]],
+                        positions: list[int]) -> None:
+        """Queue EDUs about a local user's keys (their changes at ``positions``) for the
+        servers sharing a room with them, then mark the changes announced. The change is
+        committed already: a failure to queue is logged, not the client's, and the changes
+        are announced again at the next start-up (``_announce_left_over``)."""
+        if self._device_lists is not None and edus:
+            try:
+                await self._device_lists.device_list_changed(user_id, edus)
+            except Exception:
+                logger.exception("Queueing %d device-list EDUs for %s failed", len(edus),
+                                 user_id)
+                return
+        await self._store.mark_announced(positions)
+
+    async def _announce_left_over(self) -> None:
+        """At start-up: the local changes whose EDUs a crash (or a failure) kept from the
+        queue are announced now (an EDU sent twice changes nothing for its receiver)."""
         try:
-            await self._device_lists.device_list_changed(user_id, edus)
+            left = await self._store.unannounced()
+            if self._device_lists is None:
+                await self._store.mark_announced([p for p, _, _ in left])
+                return
+            by_user: dict[str, list[tuple[int, str | None]]] = {}
+            for position, user_id, device_id in left:
+                by_user.setdefault(user_id, []).append((position, device_id))
+            for user_id, changes in by_user.items():
+                devices = [(p, d) for p, d in changes if d is not None]
+                edus = await self._device_updates(user_id, devices)
+                if len(devices) < len(changes):
+                    edus += await self._signing_key_update(user_id)
+                await self._announce(user_id, edus, [p for p, _ in changes])
+            if left:
+                logger.info("Announced %d device-list changes left over from before",
+                            len(left))
+        except asyncio.CancelledError:
+            raise
         except Exception:
-            logger.exception("Queueing %d device-list EDUs for %s failed", len(edus), user_id)
+            logger.exception("Announcing left-over device-list changes failed")
 
     async def _device_updates(self, user_id: str, changes: list[tuple[int, str]], *,
                               deleted: bool = False) -> list[dict[str, Any]]:
@@ -282,9 +319,10 @@ class E2EKeyService:
             content: dict[str, Any] = {"user_id": user_id, "device_id": device_id,
                                        "stream_id": position,
                                        "prev_id": [prev] if prev is not None else []}
-            if deleted:
+            if deleted or device_id not in keys:
+                # (a device without keys now was deleted since: its own change says so too)
                 content["deleted"] = True
-            elif device_id in keys:
+            else:
                 content["keys"] = keys[device_id]
             out.append({"edu_type": "m.device_list_update", "content": content})
             prev = position
@@ -344,7 +382,7 @@ class E2EKeyService:
         if position is not None:
             await self._changed([(position, user_id)])
             await self._announce(user_id, await self._device_updates(
-                user_id, [(position, device_id)]))
+                user_id, [(position, device_id)]), [position])
         return _with_default(counts)
 
     # -- query -----------------------------------------------------------------------------
@@ -675,7 +713,8 @@ class E2EKeyService:
         if positions:
             await self._changed([(positions[-1], user_id)])
             await self._announce(user_id, await self._device_updates(
-                user_id, list(zip(positions, device_ids, strict=True)), deleted=True))
+                user_id, list(zip(positions, device_ids, strict=True)), deleted=True),
+                positions)
 
     # -- cross-signing ---------------------------------------------------------------------
 
@@ -728,9 +767,9 @@ class E2EKeyService:
                                                             self._clock.time_ms())
         if position is not None:
             await self._changed([(position, user_id)])
-            if MASTER in new or SELF_SIGNING in new:
-                # The user-signing key is its owner's alone: other servers never get it.
-                await self._announce(user_id, await self._signing_key_update(user_id))
+            # The user-signing key is its owner's alone: other servers never get it.
+            await self._announce(user_id, await self._signing_key_update(user_id)
+                                 if MASTER in new or SELF_SIGNING in new else [], [position])
 
     @staticmethod
     def _check_cross_signing_key(user_id: str, obj: Any, usage: str) -> None:
@@ -815,7 +854,7 @@ class E2EKeyService:
                 user_id, list(zip(device_positions, own_devices, strict=True)))
             if own_master:
                 edus += await self._signing_key_update(user_id)
-            await self._announce(user_id, edus)
+            await self._announce(user_id, edus, [position, *device_positions])
         return {"failures": failures}
 
     @staticmethod

@@ -7,6 +7,7 @@ the position it was read at (the notifier records those positions)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 from cachetools import LRUCache
 
@@ -40,6 +41,25 @@ class MembershipCache:
 
     async def joined_rooms(self, user_id: str) -> frozenset[str]:
         return (await self._entry(user_id))[2]
+
+    async def joined_rooms_of(self, user_ids: Iterable[str]) -> dict[str, frozenset[str]]:
+        """``joined_rooms`` of many users: those not cached read in one query."""
+        out: dict[str, frozenset[str]] = {}
+        missing = []
+        for user_id in user_ids:
+            cached = self._entries.get(user_id)
+            if cached is not None and \
+                    cached[0] >= self._notifier.membership_position(user_id):
+                out[user_id] = cached[2]
+            else:
+                missing.append(user_id)
+        if missing:
+            at = self._notifier.position
+            for user_id, found in (await self._store.memberships_of(missing)).items():
+                entry = (at, found, frozenset(r for r, (m, _) in found.items() if m == "join"))
+                self._entries[user_id] = entry
+                out[user_id] = entry[2]
+        return out
 
     async def share_a_room(self, user_id: str, other_id: str) -> bool:
         if user_id == other_id:

@@ -94,6 +94,9 @@ class RemoteDeviceLists:
         self._server_name = server_name
         # Resyncs in flight by user (a second ask for one joins it).
         self._resyncing: dict[str, asyncio.Task[None]] = {}
+        # Users whose resync in flight must be followed by another.
+        self._again: set[str] = set()
+        self._stopping = False
         self._limit = asyncio.Semaphore(MAX_RESYNCS)
         self._tasks: set[asyncio.Task[None]] = set()
         notifier.on_left.append(self._left)
@@ -108,6 +111,7 @@ class RemoteDeviceLists:
         self._spawn(self.sweep())
 
     async def stop(self) -> None:
+        self._stopping = True
         tasks = [*self._tasks, *self._resyncing.values()]
         for task in tasks:
             task.cancel()
@@ -121,10 +125,21 @@ class RemoteDeviceLists:
 
     async def tracked(self, user_id: str) -> bool:
         """Whether the user is joined to a room a local user is joined to."""
-        for room_id in await self._members.joined_rooms(user_id):
-            if self._server_name in await self._rooms.joined_servers(room_id):
-                return True
-        return False
+        return bool(await self._tracked_of([user_id]))
+
+    async def _tracked_of(self, user_ids: list[str]) -> set[str]:
+        """Those of the users who are tracked (their memberships in one query at most)."""
+        ours: dict[str, bool] = {}
+        out = set()
+        for user_id, rooms in (await self._members.joined_rooms_of(user_ids)).items():
+            for room_id in rooms:
+                if room_id not in ours:
+                    ours[room_id] = self._server_name in \
+                        await self._rooms.joined_servers(room_id)
+                if ours[room_id]:
+                    out.add(user_id)
+                    break
+        return out
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -134,8 +149,9 @@ class RemoteDeviceLists:
         users' from the cache, the others' asked of ``server``. Returns what is known and,
         if ``server`` gave no answer, the failure (the cached part still counts)."""
         users = list(wanted)
+        tracked = await self._tracked_of(users)
         cached = await self._store.get(users)
-        untracked = [u for u in cached if not await self.tracked(u)]
+        untracked = [u for u in cached if u not in tracked]
         if untracked:
             await self._store.drop(untracked)
             for user_id in untracked:
@@ -145,7 +161,7 @@ class RemoteDeviceLists:
             self._from_cache(out, user_id, entry, set(wanted[user_id]))
         rest = {u: wanted[u] for u in users if u not in cached}
         for user_id in rest:
-            if await self.tracked(user_id):
+            if user_id in tracked:
                 self.resync_soon(user_id)
         if not rest:
             return out, None
@@ -192,11 +208,22 @@ class RemoteDeviceLists:
     # -- resync ----------------------------------------------------------------------------
 
     def resync_soon(self, user_id: str) -> None:
-        """Fetch the user's whole device list in the background (unless already)."""
-        if user_id not in self._resyncing:
-            task = asyncio.get_running_loop().create_task(self._resync(user_id))
-            self._resyncing[user_id] = task
-            task.add_done_callback(lambda _: self._resyncing.pop(user_id, None))
+        """Fetch the user's whole device list in the background. If a resync is in flight
+        already, another follows it: its answer may predate the change that asks."""
+        if self._stopping:
+            return
+        if user_id in self._resyncing:
+            self._again.add(user_id)
+            return
+        task = asyncio.get_running_loop().create_task(self._resync(user_id))
+        self._resyncing[user_id] = task
+        task.add_done_callback(lambda _: self._resync_done(user_id))
+
+    def _resync_done(self, user_id: str) -> None:
+        self._resyncing.pop(user_id, None)
+        if user_id in self._again:
+            self._again.discard(user_id)
+            self.resync_soon(user_id)
 
     async def resynced(self, user_id: str) -> None:
         """Wait for the user's resync in flight, if any (tests, and a caller that must see
@@ -309,7 +336,8 @@ class RemoteDeviceLists:
 
     async def _drop_if_untracked(self, user_ids: list[str]) -> None:
         try:
-            gone = [u for u in user_ids if not await self.tracked(u)]
+            tracked = await self._tracked_of(user_ids)
+            gone = [u for u in user_ids if u not in tracked]
             if gone:
                 await self._store.drop(gone)
         except Exception:

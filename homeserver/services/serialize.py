@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from cachetools import LRUCache
 
@@ -19,14 +19,44 @@ _FEDERATION_ONLY_KEYS = ("auth_events", "prev_events", "hashes", "signatures", "
                          "origin", "membership", "prev_state")
 
 
+class ThreadAggregation(Protocol):
+    @property
+    def latest(self) -> StoredEvent: ...
+    @property
+    def latest_edit(self) -> StoredEvent | None: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def participated(self) -> bool: ...
+
+
+class Aggregation(Protocol):
+    """What relates to one event, as one reader may see it (``services.relations``)."""
+
+    @property
+    def thread(self) -> ThreadAggregation | None: ...
+    @property
+    def edit(self) -> StoredEvent | None: ...
+    @property
+    def references(self) -> Sequence[str]: ...
+
+
+class Aggregations(Protocol):
+    async def bundles(self, events: Sequence[StoredEvent], user_id: str
+                      ) -> Mapping[str, Aggregation]: ...
+
+
 class EventSerializer:
     """Client format. The part of an unredacted event that is the same for every reader is
-    built once and kept (sync sends each new event to every member's devices)."""
+    built once and kept (sync sends each new event to every member's devices). With
+    ``aggregations``, what a reader is shown carries its bundled aggregations
+    (``unsigned["m.relations"]``), computed for the whole page at once."""
 
     CACHE_SIZE = 20_000
 
-    def __init__(self, events: EventStore) -> None:
+    def __init__(self, events: EventStore, aggregations: Aggregations | None = None) -> None:
         self._events = events
+        self._aggregations = aggregations
         self._bodies: LRUCache[str, dict[str, Any]] = LRUCache(self.CACHE_SIZE)
 
     def forget(self, event_ids: Iterable[str]) -> None:
@@ -37,12 +67,42 @@ class EventSerializer:
     async def serialize(self, stored: Sequence[StoredEvent], *, requester_device: str | None,
                         requester_user: str | None, now: int) -> list[dict[str, Any]]:
         """Client format for each event: redacted if redacted, with ``unsigned`` filled in."""
+        bundles: Mapping[str, Aggregation] = {}
+        if self._aggregations is not None and requester_user is not None and stored:
+            bundles = await self._aggregations.bundles(stored, requester_user)
+        bundled = [e for b in bundles.values() for e in (
+            (b.edit,) + ((b.thread.latest, b.thread.latest_edit) if b.thread else ()))
+            if e is not None]
         redactions = await self._events.get_events(
-            {s.redacted_by for s in stored if s.redacted_by is not None})
+            {s.redacted_by for s in [*stored, *bundled] if s.redacted_by is not None})
         prev = await self._prev_state(s for s in stored if "state_key" in s.pdu)
         out = []
         for event in stored:
-            out.append(self._one(event, redactions, prev, requester_device, requester_user, now))
+            body = self._one(event, redactions, prev, requester_device, requester_user, now)
+            bundle = bundles.get(event.event_id)
+            if bundle is not None:
+                body["unsigned"]["m.relations"] = self._relations(
+                    bundle, redactions, requester_device, requester_user, now)
+            out.append(body)
+        return out
+
+    def _relations(self, bundle: Aggregation, redactions: dict[str, StoredEvent],
+                   device: str | None, user: str | None, now: int) -> dict[str, Any]:
+        """``unsigned["m.relations"]``: the thread (its latest event as the reader sees it,
+        with its own edit), the edit that applies (the whole event, as Synapse), and the
+        references."""
+        out: dict[str, Any] = {}
+        if bundle.thread is not None:
+            latest = self._one(bundle.thread.latest, redactions, {}, device, user, now)
+            if bundle.thread.latest_edit is not None:
+                latest["unsigned"]["m.relations"] = {"m.replace": self._one(
+                    bundle.thread.latest_edit, redactions, {}, device, user, now)}
+            out["m.thread"] = {"latest_event": latest, "count": bundle.thread.count,
+                               "current_user_participated": bundle.thread.participated}
+        if bundle.edit is not None:
+            out["m.replace"] = self._one(bundle.edit, redactions, {}, device, user, now)
+        if bundle.references:
+            out["m.reference"] = {"chunk": [{"event_id": e} for e in bundle.references]}
         return out
 
     def _one(self, event: StoredEvent, redactions: dict[str, StoredEvent],

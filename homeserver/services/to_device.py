@@ -208,6 +208,17 @@ class ToDeviceService:
             return [m for _, m in rows], rows[-1][0]  # the rest in the next sync
         return [m for _, m in rows], up_to
 
+    async def page(self, user_id: str, device_id: str, *, after: int, limit: int
+                   ) -> tuple[list[dict[str, Any]], int]:
+        """Up to ``limit`` of the device's messages after ``after`` (a device that does not
+        sync: a dehydrated one), and the position they go up to."""
+        up_to = self.position
+        rows = await self._store.for_device(user_id, device_id, after=after, up_to=up_to,
+                                            limit=limit)
+        if len(rows) == limit:
+            return [m for _, m in rows], rows[-1][0]
+        return [m for _, m in rows], max(up_to, after)
+
     async def acknowledge(self, user_id: str, device_id: str, up_to: int) -> None:
         """The device has every message up to ``up_to`` (it synced from there): delete
         them (no query when nothing can be left to delete)."""

@@ -15,6 +15,7 @@ from storage.dialect import insert
 from storage.engine import DatabaseEngine
 from storage.schema import (
     access_tokens,
+    dehydrated_devices,
     device_inbox,
     device_keys,
     devices,
@@ -24,8 +25,10 @@ from storage.schema import (
     users,
 )
 
-# What goes with a device: its inbox and its end-to-end encryption keys.
-_DEVICE_TABLES = (devices, device_inbox, device_keys, one_time_keys, fallback_keys)
+# What goes with a device: its inbox, its end-to-end encryption keys, and its dehydrated
+# account if it is the user's dehydrated device.
+_DEVICE_TABLES = (devices, device_inbox, device_keys, one_time_keys, fallback_keys,
+                  dehydrated_devices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +232,32 @@ class DeviceStore:
                     await conn.execute(delete(table).where(and_(
                         table.c.user_id == user_id, table.c.device_id.in_(device_ids))))
         return device_ids
+
+    async def create_dehydrated(self, user_id: str, device_id: str, display_name: str | None,
+                                device_data_json: str, now: int) -> bool:
+        """A device with no session, and the user's dehydrated device (their only one: the
+        caller deleted the one before); False if the user has a device of that ID."""
+        async with self._db.write() as conn:
+            taken = await conn.scalar(select(devices.c.device_id).where(and_(
+                devices.c.user_id == user_id, devices.c.device_id == device_id)))
+            if taken is not None:
+                return False
+            await conn.execute(devices.insert().values(
+                user_id=user_id, device_id=device_id, display_name=display_name,
+                created_ts=now, last_seen_ts=None, last_seen_ip=None,
+                last_seen_user_agent=None))
+            await conn.execute(dehydrated_devices.insert().values(
+                user_id=user_id, device_id=device_id, device_data_json=device_data_json,
+                created_ts=now))
+        return True
+
+    async def get_dehydrated(self, user_id: str) -> tuple[str, str] | None:
+        """``(device ID, device data JSON)`` of the user's dehydrated device, if any."""
+        async with self._db.read() as conn:
+            row = (await conn.execute(
+                select(dehydrated_devices.c.device_id, dehydrated_devices.c.device_data_json)
+                .where(dehydrated_devices.c.user_id == user_id))).first()
+        return (row.device_id, row.device_data_json) if row is not None else None
 
     async def get_devices(self, user_id: str) -> list[Device]:
         async with self._db.read() as conn:

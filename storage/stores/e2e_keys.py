@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, func, select, tuple_, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, select, text, tuple_, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -123,10 +123,12 @@ class E2EKeyStore(StreamStore):
         return positions[-1] if positions else None
 
     def _record_each(self, conn: Connection, changes: Iterable[tuple[str, str | None]],
-                     now: int) -> list[int]:
-        """The changes' positions, in their order."""
+                     now: int, *, announced: bool = False) -> list[int]:
+        """The changes' positions, in their order (local users' changes are not announced
+        until ``mark_announced``)."""
         rows: list[dict[str, Any]] = [
-            dict(stream_id=self._stream.next(), user_id=u, device_id=d, changed_ts=now)
+            dict(stream_id=self._stream.next(), user_id=u, device_id=d, changed_ts=now,
+                 announced=announced)
             for u, d in changes]
         if rows:
             conn.execute(self._change, rows)
@@ -142,10 +144,38 @@ class E2EKeyStore(StreamStore):
 
     async def record_changes(self, changes: Sequence[tuple[str, str | None]], now: int
                              ) -> int | None:
-        """Note changes of ``(user, device or None for cross-signing keys)``; the last
-        position, or None when there were none."""
-        _, position = await self._write(lambda conn: (None, self._record(conn, changes, now)))
+        """Note changes other servers told us of, of ``(their user, device or None for
+        cross-signing keys)`` (nothing to announce); the last position, or None when there
+        were none."""
+
+        def run(conn: Connection) -> tuple[None, int | None]:
+            positions = self._record_each(conn, changes, now, announced=True)
+            return None, positions[-1] if positions else None
+
+        _, position = await self._write(run)
         return position  # type: ignore[no-any-return]
+
+    async def unannounced(self) -> list[tuple[int, str, str | None]]:
+        """``(position, user, device or None)`` of the local changes not yet announced to
+        other servers, in order."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(device_list_changes.c.stream_id, device_list_changes.c.user_id,
+                       device_list_changes.c.device_id)
+                .where(text("NOT announced"))  # as the partial index says it
+                .order_by(device_list_changes.c.stream_id))
+            return [(int(r.stream_id), r.user_id, r.device_id) for r in rows]
+
+    async def mark_announced(self, positions: Sequence[int]) -> None:
+        """These changes' EDUs are queued for other servers (or there is nobody to tell)."""
+        if not positions:
+            return
+        async with self._db.write() as conn:
+            for i in range(0, len(positions), _CHUNK):
+                await conn.execute(update(device_list_changes)
+                                   .where(device_list_changes.c.stream_id.in_(
+                                       list(positions[i:i + _CHUNK])))
+                                   .values(announced=True))
 
     async def changed_users(self, after: int, up_to: int) -> set[str]:
         """Users with a change in ``(after, up_to]``."""

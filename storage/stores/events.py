@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cachetools import LRUCache
 from sqlalchemy import Connection, and_, bindparam, delete, func, select, tuple_, update
 
-from storage import auth_chain_index, search_index
+from storage import auth_chain_index, relations_index, search_index
 from storage.dialect import greatest, insert
 from storage.engine import DatabaseEngine
 from storage.schema import (
@@ -225,8 +225,14 @@ class EventStore:
 
     CACHE_SIZE = 20_000
 
-    def __init__(self, engine: DatabaseEngine, cache_size: int = CACHE_SIZE) -> None:
+    def __init__(self, engine: DatabaseEngine, cache_size: int = CACHE_SIZE, *,
+                 relations_changed: Callable[[list[str], list[str], bool], None] | None = None
+                 ) -> None:
         self._db = engine
+        # Told after each write of the new events nothing relates to yet, those that gained
+        # relations (the parents' IDs), and whether redactions were applied (which may have
+        # removed some): the relations' read cache.
+        self._relations_changed = relations_changed
         self._cache: LRUCache[str, StoredEvent] = LRUCache(cache_size)
         self._evictions = 0
 
@@ -250,11 +256,23 @@ class EventStore:
         indexed = search_index.index_rows((i.nid, i.pdu if i.pdu is not None
                                            else json.loads(i.pdu_json)) for i in items
                                           if i.type in INDEXED and not i.outlier)
-        already = await self._db.run_write(lambda conn: self._persist(conn, items, indexed))
+        related = [r for r in (
+            relations_index.row(i.event_id, i.pdu if i.pdu is not None
+                                else json.loads(i.pdu_json), depth=i.depth,
+                                stream_ordering=i.stream_ordering)
+            for i in items if not i.outlier and i.stream_ordering is not None
+            and relations_index.may_relate(i.pdu_json)) if r is not None]
+        already = await self._db.run_write(
+            lambda conn: self._persist(conn, items, indexed, related))
         redacted = [i.redacts for i in items if i.redacts is not None
                     and i.redaction_requires is None] + already
         if redacted:
             self.forget_cached(redacted)
+        if self._relations_changed is not None:
+            # Nothing can relate to an event built here before it is written (its ID is
+            # its hash), except later in this batch.
+            self._relations_changed([i.event_id for i in items if i.built_here],
+                                    [r["relates_to_id"] for r in related], bool(redacted))
         self._remember(StoredEvent(
             i.event_id, i.room_id, i.room_version, i.pdu, i.stream_ordering, i.depth,
             i.state_group_before, i.state_group_after, i.device_id, i.txn_id, None, None,
@@ -264,7 +282,8 @@ class EventStore:
         return redacted
 
     def _persist(self, conn: Connection, items: Sequence[PersistItem],
-                 indexed: Sequence[dict[str, Any]]) -> list[str]:
+                 indexed: Sequence[dict[str, Any]], related: list[dict[str, Any]]
+                 ) -> list[str]:
         """The write itself; returns the new events that redactions received before them
         redact (so they are not cached unredacted)."""
         is_sqlite = self._db.is_sqlite
@@ -323,6 +342,12 @@ class EventStore:
         applied = [str(r["redacts"]) for r in redacted if r["requires_server"] is None]
         if applied:
             search_index.remove_events(conn, applied)
+        # Relations, except those already redacted (as the search index).
+        if already:
+            related[:] = [r for r in related if r["event_id"] not in set(already)]
+        relations_index.add(conn, related)
+        if applied:
+            relations_index.remove_events(conn, applied)
 
         # Current state changes (later items win); each room's head is written once.
         changed: dict[tuple[str, str, str], dict[str, Any] | None] = {}

@@ -9,13 +9,13 @@ transaction, so a big purge never holds the SQLite writer for long.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 from sqlalchemy import Connection, and_, delete, or_, select
 
-from storage import search_index
+from storage import relations_index, search_index
 from storage.engine import DatabaseEngine
 from storage.schema import (
     account_data,
@@ -47,8 +47,10 @@ class PurgePoint:
 
 
 class PurgeStore:
-    def __init__(self, engine: DatabaseEngine) -> None:
+    def __init__(self, engine: DatabaseEngine,
+                 on_delete: Callable[[], None] | None = None) -> None:
         self._db = engine
+        self._on_delete = on_delete  # told after events are deleted (read caches)
 
     async def history_to_purge(self, room_id: str, point: PurgePoint, *,
                                local_suffix: str | None) -> list[tuple[int, str]]:
@@ -89,6 +91,8 @@ class PurgeStore:
         """Delete events with their edges, redaction records and index entries."""
         for i in range(0, len(nids_and_ids), BATCH):
             await self._db.run_write(partial(_delete_events, chunk=nids_and_ids[i:i + BATCH]))
+        if nids_and_ids and self._on_delete is not None:
+            self._on_delete()
 
     async def delete_room(self, room_id: str) -> list[str]:
         """Delete everything stored about a room; returns the IDs of its deleted events."""
@@ -131,6 +135,7 @@ def _delete_events(conn: Connection, chunk: Sequence[tuple[int, str]]) -> None:
     nids = [n for n, _ in chunk]
     event_ids = [e for _, e in chunk]
     search_index.remove(conn, nids)
+    relations_index.remove_events(conn, event_ids)
     conn.execute(delete(event_edges).where(event_edges.c.event_id.in_(event_ids)))
     conn.execute(delete(redactions).where(or_(redactions.c.event_id.in_(event_ids),
                                               redactions.c.redacts.in_(event_ids))))

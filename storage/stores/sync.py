@@ -68,6 +68,21 @@ class SyncStore:
                             current_state.c.state_key == user_id)))
             return {r.room_id: (r.membership, r.event_id) for r in rows}
 
+    async def memberships_of(self, user_ids: Sequence[str]
+                             ) -> dict[str, dict[str, tuple[str, str]]]:
+        """``memberships`` of many users at once (each user asked for is in the answer)."""
+        out: dict[str, dict[str, tuple[str, str]]] = {u: {} for u in user_ids}
+        async with self._db.read() as conn:
+            for i in range(0, len(user_ids), 500):
+                rows = await conn.execute(
+                    select(current_state.c.state_key, current_state.c.room_id,
+                           current_state.c.membership, current_state.c.event_id)
+                    .where(and_(current_state.c.type == "m.room.member",
+                                current_state.c.state_key.in_(list(user_ids[i:i + 500])))))
+                for r in rows:
+                    out[r.state_key][r.room_id] = (r.membership, r.event_id)
+        return out
+
     async def membership_changes(self, user_id: str, after: int, up_to: int
                                  ) -> list[MembershipChange]:
         """The user's member events with ``after < stream_ordering <= up_to``, in order."""

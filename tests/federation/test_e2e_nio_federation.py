@@ -21,19 +21,25 @@ import nio
 import pytest
 
 from tests.helpers.federation import PASSWORD, FedPair
-from tests.test_e2e_nio import receive, turn
+from tests.test_e2e_nio import encrypted_chat
 
 if not nio.crypto.ENCRYPTION_ENABLED:  # pragma: no cover
     pytest.skip("matrix-nio was installed without its e2e extra", allow_module_level=True)
 
 
 async def nio_client(server: Any, localpart: str, store: Path) -> nio.AsyncClient:
+    """A new user of ``server``, logged in with encryption on."""
     await server.register(localpart)
-    client = nio.AsyncClient(server.client_url, server.user_id(localpart),
-                             store_path=str(store),
+    return await nio_login(server, server.user_id(localpart), store, f"{localpart}'s nio")
+
+
+async def nio_login(server: Any, user_id: str, store: Path, device_name: str
+                    ) -> nio.AsyncClient:
+    """A new device of a user of ``server``, encryption on (``store``: its keys)."""
+    client = nio.AsyncClient(server.client_url, user_id, store_path=str(store),
                              config=nio.AsyncClientConfig(encryption_enabled=True,
                                                           store_sync_tokens=False))
-    login = await client.login(PASSWORD, device_name=f"{localpart}'s nio")
+    login = await client.login(PASSWORD, device_name=device_name)
     assert isinstance(login, nio.LoginResponse), login
     return client
 
@@ -52,7 +58,7 @@ async def _encrypted_chat(host: Any, guest: Any, tmp_path: Path) -> None:
     other's message."""
     alice, bob = await _clients(host, guest, tmp_path)
     try:
-        await _chat(alice, bob)
+        await encrypted_chat(alice, bob)
     finally:
         await alice.close()
         await bob.close()
@@ -69,41 +75,3 @@ async def test_nio_clients_on_our_server_and_synapse_exchange_encrypted_messages
     ours, synapse = interop.a, interop.b
     host, guest = (ours, synapse) if direction == "ours_invites_synapse" else (synapse, ours)
     await _encrypted_chat(host, guest, tmp_path)
-
-
-async def _chat(alice: nio.AsyncClient, bob: nio.AsyncClient) -> None:
-    await turn(alice)
-    await turn(bob)
-    # A private encrypted room; bob is invited and accepts on his own server.
-    created = await alice.room_create(
-        preset=nio.RoomPreset.private_chat, invite=[bob.user_id],
-        initial_state=[{"type": "m.room.encryption", "state_key": "",
-                        "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
-    assert isinstance(created, nio.RoomCreateResponse), created
-    room_id = created.room_id
-    for _ in range(20):
-        await turn(bob, 500)
-        if room_id in bob.invited_rooms:
-            break
-    joined = await bob.join(room_id)
-    assert isinstance(joined, nio.JoinResponse), joined
-    for _ in range(20):
-        await turn(alice, 500)
-        await turn(bob, 500)
-        if bob.device_id in alice.device_store[bob.user_id] and \
-                alice.device_id in bob.device_store[alice.user_id]:
-            break
-    assert bob.device_id in alice.device_store[bob.user_id]
-    assert alice.device_id in bob.device_store[alice.user_id]
-
-    sent = await alice.room_send(room_id, "m.room.message",
-                                 {"msgtype": "m.text", "body": "hello bob, across"},
-                                 ignore_unverified_devices=True)
-    assert isinstance(sent, nio.RoomSendResponse), sent
-    await receive(bob, room_id, "hello bob, across", seconds=30)
-
-    sent = await bob.room_send(room_id, "m.room.message",
-                               {"msgtype": "m.text", "body": "hello alice, across"},
-                               ignore_unverified_devices=True)
-    assert isinstance(sent, nio.RoomSendResponse), sent
-    await receive(alice, room_id, "hello alice, across", seconds=30)

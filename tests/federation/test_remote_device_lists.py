@@ -171,13 +171,39 @@ async def test_cache_follows_updates_and_is_dropped_when_no_room_is_shared(env: 
     assert asked(peer, "devices") == resyncs
 
 
-async def _cached(env: Env, devices: dict[str, Any]) -> bool:
-    """Whether alice's query answers exactly these devices of mallory without asking the
-    peer."""
+async def _cached(env: Env, devices: dict[str, Any], user_id: str | None = None) -> bool:
+    """Whether alice's query answers exactly these devices of mallory (or ``user_id``)
+    without asking the peer."""
+    user_id = user_id or env.mallory
     before = asked(env.peer, "query")
-    body = await query(env.alice, env.mallory)
+    body = await query(env.alice, user_id)
     return asked(env.peer, "query") == before and \
-        body["device_keys"].get(env.mallory) == devices
+        body["device_keys"].get(user_id) == devices
+
+
+async def test_a_change_during_a_resync_is_not_lost(env: Env) -> None:
+    """An update that comes while a resync is in flight (its answer may be from before the
+    update) is followed by another resync."""
+    peer = env.peer
+    trudy = peer.user_id("trudy")
+    await peer.join(env.a, env.room, trudy)
+    t1, t2 = device(trudy, "T1"), device(trudy, "T2")
+    peer.user_devices[trudy] = devices_answer(trudy, 1, t1)
+    peer.devices_delay = 1.0
+    try:
+        resyncs = asked(peer, "devices")
+        await send(env, update(trudy, 1, [], "T1", t1))  # nothing cached: a resync starts
+
+        async def in_flight() -> bool:
+            return asked(peer, "devices") > resyncs
+        await eventually(in_flight, "no resync started")
+        # While it waits (holding the list at 1), T2 comes.
+        peer.user_devices[trudy] = devices_answer(trudy, 2, t1, t2)
+        await send(env, update(trudy, 2, [1], "T2", t2))
+    finally:
+        peer.devices_delay = 0.0
+    await eventually(lambda: _cached(env, {"T1": t1, "T2": t2}, trudy),
+                     "the change during the resync was lost")
 
 
 async def _master_is(env: Env, key: dict[str, Any]) -> bool:

@@ -23,6 +23,7 @@ PDUs slipped into the ``send_join`` answer's state; ``make_join_error``: answer 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import time
@@ -159,6 +160,8 @@ class FakePeer:
         # ``POST /user/keys/query`` answers ``keys_query`` (unknown: 404 for both).
         self.user_devices: dict[str, JsonDict] = {}
         self.keys_query: JsonDict | None = None
+        # Seconds ``/user/devices`` waits before answering what it held when asked.
+        self.devices_delay = 0.0
         self._runner: web.AppRunner | None = None
 
     def user_id(self, localpart: str) -> str:
@@ -251,6 +254,8 @@ class FakePeer:
     async def _devices(self, request: web.Request) -> web.Response:
         await self._record(request)
         answer = self.user_devices.get(request.match_info["user_id"])
+        if self.devices_delay:
+            await asyncio.sleep(self.devices_delay)
         if answer is None:
             return self._error(404, "M_NOT_FOUND", "fake peer: unknown user")
         return web.json_response(answer)

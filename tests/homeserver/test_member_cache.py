@@ -64,3 +64,21 @@ async def test_a_failed_load_is_not_shared_forever(client: TestClient, services:
     assert isinstance(results[0], RuntimeError)
     assert results[1] == frozenset()  # the waiter loaded again on its own
     assert await cache.joined_rooms(alice.user_id) == frozenset()
+
+
+async def test_many_users_at_once(client: TestClient, services: Services) -> None:
+    """joined_rooms_of: cached users from the cache, the others in one read, then cached; a
+    member event about one of them invalidates that one."""
+    alice, bob, carol = [await new_user(client, n) for n in ("alice", "bob", "carol")]
+    room_id = await create_room(client, alice, preset="public_chat")
+    await join(client, bob, room_id)
+    cache = type(services.members)(services.db.sync, services.notifier)
+    await cache.joined_rooms(alice.user_id)  # cached before
+    found = await cache.joined_rooms_of([alice.user_id, bob.user_id, carol.user_id,
+                                         "@nobody:test.local"])
+    assert found == {alice.user_id: frozenset({room_id}), bob.user_id: frozenset({room_id}),
+                     carol.user_id: frozenset(), "@nobody:test.local": frozenset()}
+    await join(client, carol, room_id)
+    assert (await cache.joined_rooms_of([carol.user_id]))[carol.user_id] == \
+        frozenset({room_id})
+    assert await cache.joined_rooms(bob.user_id) == frozenset({room_id})
