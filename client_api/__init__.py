@@ -19,6 +19,7 @@ from client_api import (
     key_backup,
     keys,
     login,
+    media,
     membership,
     presence,
     profile,
@@ -46,3 +47,8 @@ _MODULES = (versions, login, register, account, devices, profile, admin, rooms, 
 def add_client_routes(app: web.Application) -> None:
     for module in _MODULES:
         module.routes.add_to(app.router)
+
+
+def add_media_routes(app: web.Application) -> None:
+    """The media repository (the ``media`` listener resource; ``client`` serves it too)."""
+    media.routes.add_to(app.router)

@@ -26,6 +26,7 @@ from federation.inbound.transaction import InboundEdus, TransactionHandler
 from federation.keys.keyring import Keyring
 from federation.remote_directory import RemoteDirectoryClient
 from federation.remote_keys import RemoteKeysClient
+from federation.remote_media import RemoteMediaClient
 from federation.remote_rooms import RemoteRoomsClient
 from federation.sender.queue import FederationSender
 from federation.transport.client import FederationClient
@@ -33,6 +34,7 @@ from homeserver.config import HomeserverConfig
 from homeserver.services.devices import DeviceService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.e2e_keys import E2EKeyService
+from homeserver.services.media import MediaService
 from homeserver.services.membership import MembershipService
 from homeserver.services.ports import FederationPorts
 from homeserver.services.profile import ProfileService
@@ -59,12 +61,13 @@ class Outbound:
     backfiller: Backfiller
     sender: FederationSender
     keys: RemoteKeysClient
+    media: RemoteMediaClient
 
     def ports(self) -> FederationPorts:
         return FederationPorts(rooms=self.remote, directory=self.directory,
                                to_device=self.sender.queue_to_device,
                                backfill=self.backfiller.backfill, edus=self.sender,
-                               keys=self.keys, device_lists=self.sender)
+                               keys=self.keys, device_lists=self.sender, media=self.media)
 
 
 def build_outbound(config: HomeserverConfig, db: Database, clock: Clock,
@@ -79,7 +82,7 @@ def build_outbound(config: HomeserverConfig, db: Database, clock: Clock,
                     RemoteRoomsClient(rooms, client, pdus, clock, server_name, signing_key),
                     RemoteDirectoryClient(client),
                     Backfiller(rooms, client, pdus, clock, server_name), sender,
-                    RemoteKeysClient(client))
+                    RemoteKeysClient(client), RemoteMediaClient(client))
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class Served:
     edus: InboundEdus
     visibility: ServerVisibility
     keys: E2EKeyService
+    media: MediaService | None = None
 
 
 @dataclass

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from client_api import add_client_routes
+from client_api import add_client_routes, add_media_routes
 from core.clock import SystemClock
 from core.crypto.signing_keys import load_signing_key
 from federation import Federation, Served, add_federation_routes, build_federation, build_outbound
@@ -69,6 +69,8 @@ def build_app(services: Services, resources: Iterable[str] = ("client", "federat
     resources = set(resources)
     if "client" in resources:
         add_client_routes(app)
+    if "client" in resources or "media" in resources:
+        add_media_routes(app)
     if "federation" in resources and services.config.federation.enabled:
         add_federation_routes(app, federation)
     return app
@@ -126,7 +128,7 @@ def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | N
                     services.membership, InboundEdus(services.typing, services.receipts,
                                                      services.presence, services.to_device,
                                                      services.keys),
-                    ServerVisibility(roomserver), services.keys)
+                    ServerVisibility(roomserver), services.keys, services.media)
     return services, build_federation(config, db, clock, signing_key, roomserver, outbound,
                                       served)
 

@@ -141,9 +141,32 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ThumbnailSize:
+    width: int
+    height: int
+    method: str  # "crop" or "scale"
+
+
+# Synapse's default ``thumbnail_sizes``.
+DEFAULT_THUMBNAIL_SIZES = (ThumbnailSize(32, 32, "crop"), ThumbnailSize(96, 96, "crop"),
+                           ThumbnailSize(320, 240, "scale"), ThumbnailSize(640, 480, "scale"),
+                           ThumbnailSize(800, 600, "scale"))
+
+
+@dataclass(frozen=True, slots=True)
 class MediaConfig:
     store_path: Path
     max_upload_bytes: int = 50 * 1024 * 1024
+    # The legacy unauthenticated /_matrix/media/v3/download|thumbnail (off: 404, as Synapse
+    # with authenticated media).
+    legacy_unauthenticated: bool = False
+    thumbnail_sizes: tuple[ThumbnailSize, ...] = DEFAULT_THUMBNAIL_SIZES
+    # Images with more pixels than this are not thumbnailed (decompression bombs).
+    max_image_pixels: int = 32_000_000
+    # A media ID from /create that is not uploaded to within this long is forgotten.
+    unused_expiration_ms: int = 24 * 3600 * 1000
+    # Media IDs a user may hold from /create without having uploaded to them.
+    max_pending_uploads: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +325,19 @@ def _logging(reader: ConfigReader, config_dir: Path) -> LoggingConfig:
     )
 
 
+def _thumbnail_sizes(media_r: ConfigReader) -> tuple[ThumbnailSize, ...]:
+    if not media_r.has("thumbnail_sizes"):
+        return DEFAULT_THUMBNAIL_SIZES
+    sizes = []
+    for item in media_r.items("thumbnail_sizes"):
+        width, height = item.positive("width", 1), item.positive("height", 1)
+        sizes.append(ThumbnailSize(width, height, item.choice("method", ("crop", "scale"),
+                                                              "scale")))
+    if not sizes:
+        media_r.problem("thumbnail_sizes", "must list at least one size")
+        return DEFAULT_THUMBNAIL_SIZES
+    return tuple(sizes)
+
 def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
     """Build the config tree from parsed YAML, or raise ``ConfigError`` with every problem."""
     problems: list[str] = []
@@ -429,7 +465,12 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
     media_r = r.section("media")
     store_path = media_r.path("store_path", config_dir, config_dir / "media")
     assert store_path is not None
-    media = MediaConfig(store_path, media_r.positive("max_upload_bytes", 50 * 1024 * 1024))
+    media = MediaConfig(store_path, media_r.positive("max_upload_bytes", 50 * 1024 * 1024),
+                        media_r.get("legacy_unauthenticated", bool, False),
+                        _thumbnail_sizes(media_r),
+                        media_r.positive("max_image_pixels", 32_000_000),
+                        media_r.positive("unused_expiration_ms", 24 * 3600 * 1000),
+                        media_r.positive("max_pending_uploads", 5))
 
     presence_r = r.section("presence")
     presence_defaults = PresenceConfig()

@@ -15,6 +15,7 @@ from storage.stores.events import EventStore
 from storage.stores.federation import FederationStore
 from storage.stores.filters import FilterStore
 from storage.stores.key_backup import KeyBackupStore
+from storage.stores.media import MediaStore
 from storage.stores.presence import PresenceStore
 from storage.stores.purge import PurgeStore
 from storage.stores.receipts import ReceiptStore
@@ -63,6 +64,7 @@ class Database:
         self.e2e_keys = E2EKeyStore(self.engine)
         self.remote_device_lists = RemoteDeviceListStore(self.engine)
         self.reports = ReportStore(self.engine)
+        self.media = MediaStore(self.engine)
 
     @property
     def is_sqlite(self) -> bool:

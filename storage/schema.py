@@ -649,3 +649,28 @@ reports = Table(
     Column("score", BigInteger, nullable=True),
     Column("received_ts", BigInteger, nullable=False),
 )
+
+# -- the media repository (version 12) -----------------------------------------------------
+
+# One piece of media, local (origin: our server name) or another server's cached here. A
+# local ID reserved by /create and not yet uploaded to has no sha256 (and an
+# unused_expires_ts); the content is a file named by its sha256 under media.store_path,
+# shared by every row with the same content.
+media = Table(
+    "media",
+    metadata,
+    Column("origin", Text, nullable=False),
+    Column("media_id", Text, nullable=False),
+    Column("content_type", Text, nullable=True),
+    Column("upload_name", Text, nullable=True),
+    Column("size", BigInteger, nullable=True),
+    Column("sha256", Text, nullable=True),
+    Column("user_id", Text, nullable=True),  # the uploader (local media)
+    Column("created_ts", BigInteger, nullable=False),
+    Column("unused_expires_ts", BigInteger, nullable=True),
+    Column("quarantined_by", Text, nullable=True),
+    PrimaryKeyConstraint("origin", "media_id"),
+)
+Index("media_sha256", media.c.sha256)
+Index("media_created", media.c.origin, media.c.created_ts)
+Index("media_pending", media.c.user_id, media.c.unused_expires_ts)

@@ -20,6 +20,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -70,6 +71,18 @@ class FederationRequestError(FederationClientError):
         self.errcode = errcode
         self.error = error
         self.body = body
+
+
+class ResponseTooLarge(RemoteUnreachable):
+    """The answer was over the size accepted."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawResponse:
+    """A 2xx answer that is not JSON (media)."""
+
+    content_type: str | None
+    body: bytes
 
 
 class AddressRefused(OSError):
@@ -184,8 +197,10 @@ class FederationClient:
         signed: bool = True,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        raw: bool = False,
     ) -> Any:
-        """Send one request to ``destination`` and return its parsed JSON response.
+        """Send one request to ``destination`` and return its parsed JSON response (with
+        ``raw``: a ``RawResponse``, the body unparsed).
 
         Args:
             destination: the server name of the remote server (our own is fine too).
@@ -218,7 +233,7 @@ class FederationClient:
         try:
             async with asyncio.timeout(timeout_s):
                 status, answer = await _send(self._http, self._resolver, destination, method,
-                                             uri, headers, data, max_response_bytes)
+                                             uri, headers, data, max_response_bytes, raw)
             outcome = str(status)
             return answer
         except FederationRequestError as e:
@@ -238,6 +253,43 @@ class FederationClient:
         """GET; see ``request``."""
         return await self.request(destination, "GET", path, query=query, signed=signed,
                                   timeout_s=timeout_s, max_response_bytes=max_response_bytes)
+
+    async def get_raw(self, destination: str, path: str, *, query: Query | None = None,
+                      timeout_s: float = DEFAULT_TIMEOUT_S,
+                      max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> RawResponse:
+        """GET a response that is not JSON (media); see ``request``."""
+        answer = await self.request(destination, "GET", path, query=query, timeout_s=timeout_s,
+                                    max_response_bytes=max_response_bytes, raw=True)
+        assert isinstance(answer, RawResponse)
+        return answer
+
+    async def get_url(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                      max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> RawResponse:
+        """GET a plain URL (no signature, no server discovery) through the same connection
+        policy (``federation.ip_range_denylist``): where another server's media answer
+        redirects to.
+
+        Raises:
+            FederationRequestError: a non-2xx answer.
+            RemoteUnreachable: no usable answer.
+        """
+        if self._http is None:
+            raise RuntimeError("FederationClient.start() has not been called")
+        parsed = URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise RemoteUnreachable("not an http(s) URL")
+        try:
+            async with asyncio.timeout(timeout_s), self._http.get(
+                    parsed, allow_redirects=False) as response:
+                answer = (await _read_response(parsed.host, response, max_response_bytes,
+                                               True))[1]
+                assert isinstance(answer, RawResponse)
+                return answer
+        except TimeoutError:
+            raise RemoteUnreachable(f"{parsed.host}: no response within {timeout_s:g} s"
+                                    ) from None
+        except aiohttp.ClientError as e:
+            raise RemoteUnreachable(f"{parsed.host}: {type(e).__name__}: {e}") from e
 
     async def put_json(self, destination: str, path: str, body: Any, *,
                        query: Query | None = None, signed: bool = True,
@@ -260,7 +312,7 @@ class FederationClient:
 
 async def _send(http: aiohttp.ClientSession, resolver: ServerResolver, destination: str,
                 method: str, uri: str, headers: dict[str, str], data: bytes | None,
-                max_response_bytes: int) -> tuple[int, Any]:
+                max_response_bytes: int, raw: bool = False) -> tuple[int, Any]:
     """Resolve ``destination`` and send to its targets in turn until one connects; the
     status and JSON of its 2xx answer."""
     try:
@@ -275,7 +327,7 @@ async def _send(http: aiohttp.ClientSession, resolver: ServerResolver, destinati
                 method, url, data=data, headers={**headers, hdrs.HOST: target.host_header},
                 server_hostname=target.tls_server_name, allow_redirects=False,
             ) as response:
-                return await _read_response(destination, response, max_response_bytes)
+                return await _read_response(destination, response, max_response_bytes, raw)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
             # Not connected (DNS, refused, TLS): the next SRV target may do better.
             logger.info("Could not connect to %s at %s:%d: %s", destination,
@@ -288,12 +340,15 @@ async def _send(http: aiohttp.ClientSession, resolver: ServerResolver, destinati
 
 
 async def _read_response(destination: str, response: aiohttp.ClientResponse,
-                         max_bytes: int) -> tuple[int, Any]:
-    """The status and JSON of a 2xx response; raises for anything else."""
+                         max_bytes: int, unparsed: bool = False) -> tuple[int, Any]:
+    """The status and JSON (``unparsed``: a ``RawResponse``) of a 2xx response; raises for
+    anything else."""
     try:
         raw = await read_body_limited(response, max_bytes)
     except BodyTooLarge as e:
-        raise RemoteUnreachable(f"{destination}: {e}") from None
+        raise ResponseTooLarge(f"{destination}: {e}") from None
+    if 200 <= response.status < 300 and unparsed:
+        return response.status, RawResponse(response.headers.get(hdrs.CONTENT_TYPE), raw)
     if 200 <= response.status < 300:
         try:
             return response.status, _decode_json(raw)

@@ -18,8 +18,8 @@ So this middleware, before any route runs:
 
 Either refusal closes the connection (``Connection: close``): the rest of that body is never
 read. Every body here is a JSON document under the size limit, so reading it before the route
-costs nothing more than the route's own read would; an endpoint that streams a larger body
-(media uploads) must be exempted here when it comes.
+costs nothing more than the route's own read would; media uploads (``STREAMED_BODY_PREFIXES``)
+are left to their route, which streams them to disk under its own limits.
 
 A client that goes away half-way through its body is what it is, not a server error: the
 request ends with the disconnect middleware's 499 access-log line and no traceback.
@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REQUEST_TIMEOUT = 408
+# Paths whose bodies their routes stream themselves (media uploads).
+STREAMED_BODY_PREFIXES = ("/_matrix/media/v3/upload", "/_matrix/media/r0/upload")
 
 
 class _TooSlow(Exception):
@@ -57,7 +59,7 @@ def request_body_middleware(*, max_bytes: int, timeout_s: float,
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.can_read_body:
+        if not request.can_read_body or request.path.startswith(STREAMED_BODY_PREFIXES):
             return await handler(request)
         announced = request.content_length
         if announced is not None and announced > max_bytes:

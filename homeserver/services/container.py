@@ -28,6 +28,7 @@ from homeserver.services.friends import FriendsService
 from homeserver.services.history import ClearedHistory, HistoryService
 from homeserver.services.ignored_users import IgnoredUsers
 from homeserver.services.key_backup import KeyBackupService
+from homeserver.services.media import MediaService
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
@@ -96,6 +97,7 @@ class Services:
     reports: ReportService
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
+    media: MediaService
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -126,6 +128,7 @@ class Services:
         await self.auth.flush_last_seen()
         await self.db.close()
         self.hasher.close()
+        self.media.close()
 
     async def _housekeeping(self) -> None:
         while True:
@@ -135,6 +138,7 @@ class Services:
                 await self.censor.run()
                 await self.db.ui_auth.delete_expired(
                     self.clock.time_ms() - self.config.auth.ui_auth_session_timeout_ms)
+                await self.media.expire_reservations()
             except Exception:
                 logger.exception("Housekeeping failed")
 
@@ -250,4 +254,6 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         reports=ReportService(db.reports, messages, db.events, db.state, clock),
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
+        media=MediaService(db.media, clock, config.media, config.server_name,
+                           remote=remote.media if remote is not None else None),
     )

@@ -113,6 +113,28 @@ class DeviceListEdus(Protocol):
                                   edus: Sequence[Mapping[str, Any]]) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteMediaFile:
+    """Media as another server sent it (untrusted: its type and name are only labels)."""
+
+    content_type: str | None
+    filename: str | None
+    data: bytes
+
+
+class RemoteMedia(Protocol):
+    """Other servers' media (``/_matrix/federation/v1/media/download/{mediaId}``)."""
+
+    async def download(self, server: str, media_id: str, *, max_bytes: int,
+                       timeout_s: float) -> RemoteMediaFile:
+        """
+        Raises:
+            MatrixError: for the client: 404 when the server has no such media, 502 when it
+                cannot be reached, answers badly or sends more than ``max_bytes``.
+        """
+        ...
+
+
 @dataclass(frozen=True)
 class FederationPorts:
     """What the services ask of other servers, built by federation before the services."""
@@ -124,3 +146,4 @@ class FederationPorts:
     edus: LocalEdus
     keys: RemoteKeys
     device_lists: DeviceListEdus
+    media: RemoteMedia | None = None
