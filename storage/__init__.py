@@ -17,6 +17,7 @@ from storage.stores.filters import FilterStore
 from storage.stores.key_backup import KeyBackupStore
 from storage.stores.presence import PresenceStore
 from storage.stores.purge import PurgeStore
+from storage.stores.push import PushStore
 from storage.stores.receipts import ReceiptStore
 from storage.stores.remote_device_lists import RemoteDeviceListStore
 from storage.stores.rooms import RoomStore
@@ -59,6 +60,7 @@ class Database:
         self.key_backup = KeyBackupStore(self.engine)
         self.e2e_keys = E2EKeyStore(self.engine)
         self.remote_device_lists = RemoteDeviceListStore(self.engine)
+        self.push = PushStore(self.engine)
 
     @property
     def is_sqlite(self) -> bool:

@@ -79,9 +79,14 @@ def _v7_remote_device_lists(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v8_push(conn: Connection) -> None:
+    for table in schema.PUSH_TABLES:
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [_v2_receipts_and_presence, _v3_history, _v4_federation,
                                _v5_auth_chain_index, _v6_end_to_end_encryption,
-                               _v7_remote_device_lists]
+                               _v7_remote_device_lists, _v8_push]
 LATEST = 1 + len(MIGRATIONS)
 
 

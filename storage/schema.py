@@ -592,3 +592,85 @@ remote_devices = Table(
     Column("key_json", Text, nullable=False),
     PrimaryKeyConstraint("user_id", "device_id"),
 )
+
+# -- push (version 8): rules, per-user notifications, pushers and their queue ----------------
+
+# A user's own push rules, and their changes to server-default rules (``is_default``: only
+# ``enabled``/``actions`` are kept, None where unchanged). ``priority``: higher goes first
+# within its kind.
+push_rules = Table(
+    "push_rules",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("rule_id", Text, nullable=False),
+    Column("is_default", Boolean, nullable=False),
+    Column("priority", BigInteger, nullable=False),
+    Column("conditions_json", Text, nullable=True),
+    Column("pattern", Text, nullable=True),
+    Column("actions_json", Text, nullable=True),
+    Column("enabled", Boolean, nullable=True),
+    PrimaryKeyConstraint("user_id", "kind", "rule_id"),
+)
+
+# The events that notify each local user (push rules' verdict, written per commit batch).
+push_actions = Table(
+    "push_actions",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("room_id", Text, nullable=False),
+    Column("stream_ordering", BigInteger, nullable=False),
+    # "main", or the thread root's event ID.
+    Column("thread_id", Text, nullable=False),
+    Column("highlight", Boolean, nullable=False),
+    Column("actions_json", Text, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "event_id"),
+    Index("push_actions_user_room", "user_id", "room_id", "stream_ordering"),
+    Index("push_actions_user_stream", "user_id", "stream_ordering"),
+)
+
+# How far the push rule evaluation has got in the event stream (one row, name "events").
+push_positions = Table(
+    "push_positions",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("stream_ordering", BigInteger, nullable=False),
+)
+
+pushers = Table(
+    "pushers",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("app_id", Text, nullable=False),
+    Column("pushkey", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("app_display_name", Text, nullable=False),
+    Column("device_display_name", Text, nullable=False),
+    Column("profile_tag", Text, nullable=True),
+    Column("lang", Text, nullable=False),
+    Column("data_json", Text, nullable=False),
+    Column("pushkey_ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("app_id", "pushkey", "user_id"),
+    Index("pushers_user", "user_id"),
+)
+
+# Notifications waiting for a push gateway (retried with backoff; kept across restarts).
+push_queue = Table(
+    "push_queue",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("app_id", Text, nullable=False),
+    Column("pushkey", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("room_id", Text, nullable=False),
+    Column("actions_json", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_try_ts", BigInteger, nullable=False),
+    Column("created_ts", BigInteger, nullable=False),
+    Index("push_queue_due", "next_try_ts"),
+)
+
+PUSH_TABLES = (push_rules, push_actions, push_positions, pushers, push_queue)

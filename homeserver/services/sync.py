@@ -25,6 +25,7 @@ from homeserver.services.filtering import SyncFilter
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
 from homeserver.services.presence import PresenceService
+from homeserver.services.push import UnreadCounts
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.sync_response import (
@@ -35,7 +36,6 @@ from homeserver.services.sync_response import (
 from homeserver.services.sync_token import SyncToken, empty_response, is_empty
 from homeserver.services.to_device import ToDeviceService
 from homeserver.services.typing import TypingService
-from homeserver.services.unread import UnreadCounter
 from homeserver.services.visibility import VisibilityService
 from storage.stores.account_data import AccountDataStore
 from storage.stores.events import EventStore
@@ -69,7 +69,7 @@ class SyncService:
                  serializer: EventSerializer, visibility: VisibilityService,
                  members: MembershipCache, typing: TypingService, receipts: ReceiptService,
                  presence: PresenceService, clock: Clock, to_device: ToDeviceService,
-                 keys: E2EKeyService) -> None:
+                 keys: E2EKeyService, unread: UnreadCounts) -> None:
         self._notifier = notifier
         self._members = members
         self._typing = typing
@@ -80,7 +80,7 @@ class SyncService:
         self._sources = SyncSources(
             sync_store, events, state, account_data, rooms, notifier, serializer, visibility,
             members, typing, receipts, presence, clock, to_device, keys,
-            UnreadCounter(sync_store, events, notifier.recent), SentMembers(),
+            unread, SentMembers(),
             LRUCache(200_000))
         # The running average of how late woken waiters run (seconds).
         self._lag = 0.0
