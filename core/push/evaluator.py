@@ -23,6 +23,10 @@ from core.push.rules import KINDS, LOCALPART, USER_ID
 
 Scalar = str | int | bool | None
 
+# Skipped for events with ``m.mentions`` (https://spec.matrix.org/v1.19/client-server-api/#user-and-room-mentions).
+LEGACY_MENTION_RULES = frozenset((".m.rule.contains_display_name", ".m.rule.contains_user_name",
+                                  ".m.rule.roomnotif"))
+
 
 def _escape(key: str) -> str:
     return key.replace("\\", "\\\\").replace(".", "\\.")
@@ -68,13 +72,18 @@ class UserFacts:
 class EventFacts:
     """What the conditions read of one event in its room."""
 
-    __slots__ = ("body", "flat", "member_count", "notification_levels", "sender_level")
+    __slots__ = ("body", "flat", "has_mentions", "member_count", "notification_levels",
+                 "sender_level")
 
     def __init__(self, pdu: Mapping[str, Any], member_count: int, sender_level: float,
                  notification_levels: Mapping[str, Any] | None = None) -> None:
         self.flat = flatten(pdu)
         body = self.flat.get("content.body")
         self.body = body if isinstance(body, str) else None
+        content = pdu.get("content")
+        # Intentional mentions: with m.mentions the legacy mention rules do not apply.
+        self.has_mentions = isinstance(content, Mapping) and \
+            isinstance(content.get("m.mentions"), Mapping)
         self.member_count = member_count
         self.sender_level = sender_level
         self.notification_levels = notification_levels or {}
@@ -298,6 +307,8 @@ class Ruleset:
     def plan(self, event: EventFacts) -> Plan:
         steps: list[tuple[CompiledRule, tuple[Condition, ...]]] = []
         for rule in self.rules:
+            if event.has_mentions and rule.outcome.rule_id in LEGACY_MENTION_RULES:
+                continue
             pending = []
             for condition in rule.conditions:
                 if condition.user_dependent:

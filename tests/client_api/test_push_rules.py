@@ -137,7 +137,7 @@ async def test_enabled_and_actions_of_default_rules_are_kept(client, alice: User
 
 
 async def test_the_full_default_set(client, alice: User) -> None:
-    status, body = await api(client, "GET", "/pushrules/", alice)
+    _, body = await api(client, "GET", "/pushrules/", alice)
     rules = body["global"]
     assert [r["rule_id"] for r in rules["override"]] == [
         ".m.rule.master", ".m.rule.suppress_notices", ".m.rule.invite_for_me",
