@@ -138,6 +138,11 @@ class PushEvaluator:
                 pass
             self._task = None
 
+    @property
+    def head(self) -> int:
+        """The newest event position committed (evaluated or not)."""
+        return self._head
+
     async def wait_for(self, position: int, timeout_s: float = SYNC_WAIT_S) -> None:
         """Until evaluation has reached ``position`` (or the timeout)."""
         if self.position >= position or self._task is None:
@@ -365,6 +370,7 @@ class UnreadCounts:
                             only_highlight: bool) -> dict[str, Any]:
         """GET /notifications: the user's notifications, newest first; ``before`` is the
         ``from`` token (a stream position)."""
+        await self._evaluator.wait_for(self._evaluator.head)
         rows = await self._store.notifications(user_id, before, limit + 1, only_highlight)
         more = len(rows) > limit
         rows = rows[:limit]
