@@ -59,10 +59,16 @@ class Gateway:
         return f"http://127.0.0.1:{self.server.port}/_matrix/push/v1/notify"
 
     async def wait_for(self, count: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-        async with asyncio.timeout(timeout_s):
-            while len(self.received) < count:
-                await asyncio.sleep(0.05)
+        await until(lambda: len(self.received) >= count, timeout_s)
         return self.received
+
+
+async def until(done: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if done():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("timed out")
 
 
 @pytest.fixture
@@ -133,6 +139,7 @@ async def test_messages_reach_the_gateway_as_the_spec_says(
     room_id = await shared_room(client, alice, bob)
     status, _ = await api(client, "PUT", f"/rooms/{room_id}/state/m.room.name", alice,
                           {"name": "The Room"})
+    assert status == 200
     await set_pusher(client, bob, gateway.url)
     await send_text(client, bob, room_id, "bob's own: no push")
     first = await send_text(client, alice, room_id, "hello bob")
@@ -194,9 +201,7 @@ async def test_retried_after_the_gateway_was_down_also_across_a_restart(
     # Down while the server stops: the push waits in the database for the next life.
     gateway.failures = 1
     second = await send_text(client, alice, room_id, "two")
-    async with asyncio.timeout(5):
-        while gateway.failures:
-            await asyncio.sleep(0.05)
+    await until(lambda: not gateway.failures)
     await hs.restart()
     received = await gateway.wait_for(2)
     assert received[1]["notification"]["event_id"] == second
@@ -212,9 +217,11 @@ async def test_a_rejected_pushkey_removes_the_pusher(web_client: TestClient, gat
     gateway.rejected = ["gone"]
     await send_text(client, alice, room_id, "one")
     await gateway.wait_for(1)
-    async with asyncio.timeout(5):
-        while (await api(client, "GET", "/pushers", bob))[1]["pushers"]:
-            await asyncio.sleep(0.05)
+    for _ in range(100):
+        if not (await api(client, "GET", "/pushers", bob))[1]["pushers"]:
+            break
+        await asyncio.sleep(0.05)
+    assert not (await api(client, "GET", "/pushers", bob))[1]["pushers"]
     await send_text(client, alice, room_id, "two")
     await asyncio.sleep(0.5)
     assert len(gateway.received) == 1
