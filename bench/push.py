@@ -30,14 +30,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, machine, percentiles  # noqa: E402
+from _common import emit, machine, percentiles
 
-from core.crypto.signing_keys import generate_key_file  # noqa: E402
-from homeserver.config import parse_config  # noqa: E402
-from homeserver.services.container import Services, build_services  # noqa: E402
-from homeserver.services.rooms import CreateRoomRequest  # noqa: E402
-from roomserver.api import NewEvent  # noqa: E402
-from storage import Database  # noqa: E402
+from core.crypto.signing_keys import generate_key_file
+from homeserver.config import parse_config
+from homeserver.services.container import Services, build_services
+from homeserver.services.rooms import CreateRoomRequest
+from roomserver.api import NewEvent
+from storage import Database
 
 SERVER_NAME = "bench.local"
 ALICE = f"@alice:{SERVER_NAME}"
