@@ -613,7 +613,26 @@ push_rules = Table(
     PrimaryKeyConstraint("user_id", "kind", "rule_id"),
 )
 
-# The events that notify each local user (push rules' verdict, written per commit batch).
+# Push rules' verdict on an event for its room's local members (written per commit batch):
+# one row per event that notifies most of them (``push_events``: what the members sharing
+# the default rules get, the sender aside), and a row per user whose verdict differs
+# (``push_actions``: mentions, their own rules, an invitee). So a message to a room of a
+# thousand members is one row, not a thousand.
+push_events = Table(
+    "push_events",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("room_id", Text, nullable=False),
+    Column("stream_ordering", BigInteger, nullable=False),
+    Column("sender", Text, nullable=False),
+    # "main", or the thread root's event ID.
+    Column("thread_id", Text, nullable=False),
+    Column("highlight", Boolean, nullable=False),
+    Column("actions_json", Text, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Index("push_events_room", "room_id", "stream_ordering"),
+)
+
 push_actions = Table(
     "push_actions",
     metadata,
@@ -621,8 +640,8 @@ push_actions = Table(
     Column("event_id", Text, nullable=False),
     Column("room_id", Text, nullable=False),
     Column("stream_ordering", BigInteger, nullable=False),
-    # "main", or the thread root's event ID.
     Column("thread_id", Text, nullable=False),
+    Column("notify", Boolean, nullable=False),
     Column("highlight", Boolean, nullable=False),
     Column("actions_json", Text, nullable=False),
     Column("ts", BigInteger, nullable=False),
@@ -673,4 +692,4 @@ push_queue = Table(
     Index("push_queue_due", "next_try_ts"),
 )
 
-PUSH_TABLES = (push_rules, push_actions, push_positions, pushers, push_queue)
+PUSH_TABLES = (push_rules, push_events, push_actions, push_positions, pushers, push_queue)

@@ -271,10 +271,21 @@ class Plan:
         self.event = event
         self._steps = steps
 
+    @property
+    def base(self) -> Outcome | None:
+        """The outcome for a user for whom no user-dependent condition holds."""
+        if self._steps and not self._steps[-1][1]:
+            return self._steps[-1][0].outcome
+        return None
+
     def pick(self, user: UserFacts) -> Outcome | None:
         """The outcome of the first rule that matches for ``user`` (None: no rule does)."""
+        event = self.event
         for rule, pending in self._steps:
-            if all(c.test(self.event, user) for c in pending):
+            for condition in pending:
+                if not condition.test(event, user):
+                    break
+            else:
                 return rule.outcome
         return None
 

@@ -228,14 +228,24 @@ class PushEvaluator:
                         rulesets: dict[str, Ruleset], rows: list[NotificationRow],
                         queued: list[tuple[str, str, str, str, str, list[Any]]],
                         now: int) -> None:
+        """One row for what the members sharing the default rules get (when it notifies),
+        one per user whose verdict differs, and the pushes for those it notifies."""
         pdu = event.pdu
-        sender = pdu.get("sender")
-        event_facts = EventFacts(pdu, facts.member_count,
-                                 facts.sender_level(str(sender)),
+        sender = str(pdu.get("sender"))
+        event_facts = EventFacts(pdu, facts.member_count, facts.sender_level(sender),
                                  facts.notification_levels())
-        plans: dict[int, Plan] = {}
+        default = self._rules.default_ruleset
+        base_plan = default.plan(event_facts)
+        base = base_plan.base
+        plans: dict[int, Plan] = {id(default): base_plan}
         thread_id = thread_of(pdu)
+        ts = int(pdu.get("origin_server_ts") or now)
         assert event.stream_ordering is not None
+        if base is not None and base.notify:
+            rows.append(NotificationRow(None, event.event_id, event.room_id,
+                                        event.stream_ordering, thread_id, True, base.highlight,
+                                        list(base.actions), ts, sender))
+        base_actions = list(base.actions) if base is not None else []
         for user in users:
             if user.user_id == sender:
                 continue
@@ -244,12 +254,17 @@ class PushEvaluator:
             if plan is None:
                 plan = plans[id(ruleset)] = ruleset.plan(event_facts)
             outcome: Outcome | None = plan.pick(user)
+            if outcome is not base and outcome != base:
+                rows.append(NotificationRow(
+                    user.user_id, event.event_id, event.room_id, event.stream_ordering,
+                    thread_id, outcome is not None and outcome.notify,
+                    outcome is not None and outcome.highlight,
+                    list(outcome.actions) if outcome is not None else [], ts))
+                actions = list(outcome.actions) if outcome is not None else []
+            else:
+                actions = base_actions
             if outcome is None or not outcome.notify:
                 continue
-            actions = list(outcome.actions)
-            rows.append(NotificationRow(user.user_id, event.event_id, event.room_id,
-                                        event.stream_ordering, thread_id, outcome.highlight,
-                                        actions, int(pdu.get("origin_server_ts") or now)))
             for pusher in self._pushers.pushers_of(user.user_id):
                 queued.append((user.user_id, pusher.app_id, pusher.pushkey, event.event_id,
                                event.room_id, actions))
@@ -371,7 +386,10 @@ class UnreadCounts:
         """GET /notifications: the user's notifications, newest first; ``before`` is the
         ``from`` token (a stream position)."""
         await self._evaluator.wait_for(self._evaluator.head)
-        rows = await self._store.notifications(user_id, before, limit + 1, only_highlight)
+        joined = sorted(await self._members.joined_rooms(user_id))
+        joined_since = await self._events.last_join_positions(user_id, joined)
+        rows = await self._store.notifications(user_id, joined_since, before, limit + 1,
+                                               only_highlight)
         more = len(rows) > limit
         rows = rows[:limit]
         read = await self._receipts.read_positions(user_id, sorted({r.room_id for r in rows}))

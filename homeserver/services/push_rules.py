@@ -57,6 +57,11 @@ class PushRuleService:
         self._compiled: LRUCache[str, Ruleset] = LRUCache(self.CACHE_SIZE)
         self._changes = 0
 
+    @property
+    def default_ruleset(self) -> Ruleset:
+        """The ruleset of everyone who keeps the defaults (one object, shared)."""
+        return self._default
+
     # -- reading ----------------------------------------------------------------------------
 
     async def _stored(self, user_id: str) -> list[StoredRule]:

@@ -17,6 +17,7 @@ from storage.schema import (
     current_state,
     events,
     push_actions,
+    push_events,
     push_positions,
     push_queue,
     push_rules,
@@ -45,16 +46,20 @@ class StoredRule:
 
 @dataclass(frozen=True, slots=True)
 class NotificationRow:
-    """One event that notifies one user."""
+    """Push rules' verdict on one event: for its room's members (``user_id`` None: the
+    verdict of most members, stored only when it notifies), or for one user whose verdict
+    differs."""
 
-    user_id: str
+    user_id: str | None
     event_id: str
     room_id: str
     stream_ordering: int
     thread_id: str
+    notify: bool
     highlight: bool
     actions: list[Any]
     ts: int
+    sender: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,13 +186,29 @@ class PushStore:
         pushkey, event, room, actions) and the position evaluation is up to: one
         transaction."""
         def write(conn: Connection) -> None:
-            if rows:
+            dumped: dict[int, str] = {}  # rows share their actions' lists: encoded once
+
+            def encoded(actions: list[Any]) -> str:
+                text = dumped.get(id(actions))
+                if text is None:
+                    text = dumped[id(actions)] = json.dumps(actions)
+                return text
+            room_rows = [r for r in rows if r.user_id is None]
+            user_rows = [r for r in rows if r.user_id is not None]
+            if room_rows:
+                stmt = insert(self._db.is_sqlite, push_events).on_conflict_do_nothing()
+                conn.execute(stmt, [{
+                    "event_id": r.event_id, "room_id": r.room_id,
+                    "stream_ordering": r.stream_ordering, "sender": r.sender,
+                    "thread_id": r.thread_id, "highlight": r.highlight,
+                    "actions_json": encoded(r.actions), "ts": r.ts} for r in room_rows])
+            if user_rows:
                 stmt = insert(self._db.is_sqlite, push_actions).on_conflict_do_nothing()
                 conn.execute(stmt, [{
                     "user_id": r.user_id, "event_id": r.event_id, "room_id": r.room_id,
                     "stream_ordering": r.stream_ordering, "thread_id": r.thread_id,
-                    "highlight": r.highlight, "actions_json": json.dumps(r.actions),
-                    "ts": r.ts} for r in rows])
+                    "notify": r.notify, "highlight": r.highlight,
+                    "actions_json": encoded(r.actions), "ts": r.ts} for r in user_rows])
             if queued:
                 conn.execute(push_queue.insert(), [{
                     "user_id": u, "app_id": a, "pushkey": k, "event_id": e, "room_id": r,
@@ -203,17 +224,42 @@ class PushStore:
 
     async def unread(self, user_id: str, room_ids: Sequence[str], after: int
                      ) -> list[tuple[str, int, str, bool]]:
-        """(room, stream ordering, thread, highlight) of the user's notifications after
-        ``after`` in those rooms."""
-        out: list[tuple[str, int, str, bool]] = []
+        """(room, stream ordering, thread, highlight) of what notifies the user after
+        ``after`` in those rooms (rooms they were joined to since: the caller counts from
+        their join): the rooms' notifying events, the user's own verdicts overriding."""
+        return [(r.room_id, r.stream_ordering, r.thread_id, r.highlight)
+                for r in await self._for_user(user_id, room_ids, after)]
+
+    async def _for_user(self, user_id: str, room_ids: Sequence[str], after: int,
+                        extra_rooms: bool = False, before: int | None = None
+                        ) -> list[NotificationRow]:
+        """What notifies the user: the rooms' notifying events after ``after`` that the
+        user did not send, with the user's own verdicts in their place (and, with
+        ``extra_rooms``, the user's notifying verdicts in other rooms too)."""
+        found: dict[str, NotificationRow] = {}
+        e = push_events.c
         async with self._db.read() as conn:
             for i in range(0, len(room_ids), _CHUNK):
-                rows = await conn.execute(select(
-                    _a.room_id, _a.stream_ordering, _a.thread_id, _a.highlight).where(and_(
-                        _a.user_id == user_id, _a.room_id.in_(list(room_ids[i:i + _CHUNK])),
-                        _a.stream_ordering > after)))
-                out.extend((r[0], int(r[1]), r[2], bool(r[3])) for r in rows)
-        return out
+                chunk = list(room_ids[i:i + _CHUNK])
+                events_query = select(push_events).where(and_(
+                    e.room_id.in_(chunk), e.stream_ordering > after, e.sender != user_id))
+                if before is not None:
+                    events_query = events_query.where(e.stream_ordering < before)
+                for r in await conn.execute(events_query):
+                    found[r.event_id] = NotificationRow(
+                        None, r.event_id, r.room_id, int(r.stream_ordering), r.thread_id,
+                        True, bool(r.highlight), json.loads(r.actions_json), int(r.ts))
+            query = select(push_actions).where(and_(_a.user_id == user_id,
+                                                    _a.stream_ordering > after))
+            if not extra_rooms:
+                query = query.where(_a.room_id.in_(list(room_ids)))
+            if before is not None:
+                query = query.where(_a.stream_ordering < before)
+            for r in await conn.execute(query):
+                found[r.event_id] = NotificationRow(
+                    user_id, r.event_id, r.room_id, int(r.stream_ordering), r.thread_id,
+                    bool(r.notify), bool(r.highlight), json.loads(r.actions_json), int(r.ts))
+        return [r for r in found.values() if r.notify]
 
     async def thread_receipts(self, user_id: str, room_ids: Sequence[str]
                               ) -> dict[tuple[str, str], int]:
@@ -233,18 +279,19 @@ class PushStore:
                     out[key] = max(out.get(key, 0), int(position))
         return out
 
-    async def notifications(self, user_id: str, before: int | None, limit: int,
-                            only_highlight: bool) -> list[NotificationRow]:
-        query = select(push_actions).where(_a.user_id == user_id)
-        if before is not None:
-            query = query.where(_a.stream_ordering < before)
-        if only_highlight:
-            query = query.where(_a.highlight.is_(True))
-        async with self._db.read() as conn:
-            rows = await conn.execute(query.order_by(_a.stream_ordering.desc()).limit(limit))
-            return [NotificationRow(r.user_id, r.event_id, r.room_id, int(r.stream_ordering),
-                                    r.thread_id, bool(r.highlight), json.loads(r.actions_json),
-                                    int(r.ts)) for r in rows]
+    async def notifications(self, user_id: str, joined_since: dict[str, int],
+                            before: int | None, limit: int, only_highlight: bool
+                            ) -> list[NotificationRow]:
+        """The user's notifications, newest first: in the rooms they are joined to (room ->
+        the position of their join), and their own verdicts anywhere (invites)."""
+        rows = await self._for_user(user_id, list(joined_since),
+                                    min(joined_since.values(), default=0), extra_rooms=True,
+                                    before=before)
+        rows = [r for r in rows if (before is None or r.stream_ordering < before)
+                and (not only_highlight or r.highlight)
+                and (r.user_id is not None or r.stream_ordering > joined_since[r.room_id])]
+        rows.sort(key=lambda r: -r.stream_ordering)
+        return rows[:limit]
 
     # -- pushers ----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from sqlalchemy import delete
 
 from homeserver.app import build_app
 from homeserver.services.container import Services
-from storage.schema import push_actions
+from storage.schema import push_actions, push_events
 from tests.client_api.test_receipts_typing import read, send, shared_room, unread
 from tests.client_api.test_sync import joined, sync
 from tests.helpers.harness import Harness
@@ -158,7 +158,8 @@ async def test_evaluation_catches_up_after_a_restart(
     assert unread(await sync(client, bob), room_id) == (4, 0)
     # As if the server had died after the events' commit, before their evaluation's.
     async with services.db.engine.write() as conn:
-        await conn.execute(delete(push_actions).where(push_actions.c.stream_ordering > position))
+        for table in (push_events, push_actions):
+            await conn.execute(delete(table).where(table.c.stream_ordering > position))
     await services.db.push.record([], [], position, 0)
     client = await aiohttp_client(build_app(await harness.restart()))
     assert unread(await sync(client, bob), room_id) == (4, 0)
