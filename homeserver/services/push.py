@@ -352,7 +352,7 @@ class UnreadCounts:
         by_thread: dict[str, dict[str, tuple[int, int]]] = {}
         if not starts:
             return out, by_thread
-        rows = await self._store.unread(user_id, list(starts), min(starts.values()))
+        rows = await self._store.unread(user_id, starts)
         thread_reads = await self._store.thread_receipts(user_id, list(starts)) \
             if threads and any(t != "main" for _, _, t, _ in rows) else {}
         for room_id, position, thread_id, highlight in rows:

@@ -5,7 +5,7 @@ waiting for a push gateway."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from storage.schema import (
 )
 
 _CHUNK = 500
+_ROOMS_PER_QUERY = 100
 _r = push_rules.c
 _a = push_actions.c
 _p = pushers.c
@@ -222,27 +223,30 @@ class PushStore:
 
     # -- counts and /notifications ----------------------------------------------------------
 
-    async def unread(self, user_id: str, room_ids: Sequence[str], after: int
+    async def unread(self, user_id: str, starts: Mapping[str, int]
                      ) -> list[tuple[str, int, str, bool]]:
-        """(room, stream ordering, thread, highlight) of what notifies the user after
-        ``after`` in those rooms (rooms they were joined to since: the caller counts from
-        their join): the rooms' notifying events, the user's own verdicts overriding."""
+        """(room, stream ordering, thread, highlight) of what notifies the user in each room
+        after its start (read receipt or join; the user was joined since): the rooms'
+        notifying events, the user's own verdicts overriding. One query per 100 rooms."""
         return [(r.room_id, r.stream_ordering, r.thread_id, r.highlight)
-                for r in await self._for_user(user_id, room_ids, after)]
+                for r in await self._for_user(user_id, starts)]
 
-    async def _for_user(self, user_id: str, room_ids: Sequence[str], after: int,
+    async def _for_user(self, user_id: str, starts: Mapping[str, int],
                         extra_rooms: bool = False, before: int | None = None
                         ) -> list[NotificationRow]:
-        """What notifies the user: the rooms' notifying events after ``after`` that the
+        """What notifies the user: each room's notifying events after its start that the
         user did not send, with the user's own verdicts in their place (and, with
-        ``extra_rooms``, the user's notifying verdicts in other rooms too)."""
+        ``extra_rooms``, the user's notifying verdicts in other rooms too: invites)."""
         found: dict[str, NotificationRow] = {}
         e = push_events.c
+        room_ids = list(starts)
+        after = 0 if extra_rooms else min(starts.values(), default=0)
         async with self._db.read() as conn:
-            for i in range(0, len(room_ids), _CHUNK):
-                chunk = list(room_ids[i:i + _CHUNK])
+            for i in range(0, len(room_ids), _ROOMS_PER_QUERY):
+                chunk = room_ids[i:i + _ROOMS_PER_QUERY]
                 events_query = select(push_events).where(and_(
-                    e.room_id.in_(chunk), e.stream_ordering > after, e.sender != user_id))
+                    or_(*(and_(e.room_id == r, e.stream_ordering > starts[r]) for r in chunk)),
+                    e.sender != user_id))
                 if before is not None:
                     events_query = events_query.where(e.stream_ordering < before)
                 for r in await conn.execute(events_query):
@@ -256,6 +260,8 @@ class PushStore:
             if before is not None:
                 query = query.where(_a.stream_ordering < before)
             for r in await conn.execute(query):
+                if r.room_id in starts and r.stream_ordering <= starts[r.room_id]:
+                    continue
                 found[r.event_id] = NotificationRow(
                     user_id, r.event_id, r.room_id, int(r.stream_ordering), r.thread_id,
                     bool(r.notify), bool(r.highlight), json.loads(r.actions_json), int(r.ts))
@@ -284,12 +290,8 @@ class PushStore:
                             ) -> list[NotificationRow]:
         """The user's notifications, newest first: in the rooms they are joined to (room ->
         the position of their join), and their own verdicts anywhere (invites)."""
-        rows = await self._for_user(user_id, list(joined_since),
-                                    min(joined_since.values(), default=0), extra_rooms=True,
-                                    before=before)
-        rows = [r for r in rows if (before is None or r.stream_ordering < before)
-                and (not only_highlight or r.highlight)
-                and (r.user_id is not None or r.stream_ordering > joined_since[r.room_id])]
+        rows = await self._for_user(user_id, joined_since, extra_rooms=True, before=before)
+        rows = [r for r in rows if not only_highlight or r.highlight]
         rows.sort(key=lambda r: -r.stream_ordering)
         return rows[:limit]
 
