@@ -241,3 +241,38 @@ class TestDeniedAddresses:
         await send_text(client, alice, room_id, "one")
         await asyncio.sleep(1.5)
         assert gateway.received == []
+
+
+class TestPushOff:
+    @pytest.fixture
+    def overrides(self) -> dict[str, Any]:
+        return {**LOOPBACK, "push": {"enabled": False}}
+
+    async def test_nothing_is_sent(self, web_client: TestClient, gateway: Gateway) -> None:
+        client = web_client
+        alice, bob = await new_user(client, "alice"), await new_user(client, "bob")
+        room_id = await shared_room(client, alice, bob)
+        await set_pusher(client, bob, gateway.url)
+        await send_text(client, alice, room_id, "one")
+        await asyncio.sleep(1.0)
+        assert gateway.received == []
+        # Counts do not depend on it.
+        status, body = await api(client, "GET", "/notifications", bob)
+        assert status == 200 and len(body["notifications"]) == 1
+
+
+class TestWithoutContent:
+    @pytest.fixture
+    def overrides(self) -> dict[str, Any]:
+        return {**LOOPBACK, "push": {"include_content": False}}
+
+    async def test_content_is_left_out(self, web_client: TestClient, gateway: Gateway) -> None:
+        client = web_client
+        alice, bob = await new_user(client, "alice"), await new_user(client, "bob")
+        room_id = await shared_room(client, alice, bob)
+        await set_pusher(client, bob, gateway.url)
+        await send_text(client, alice, room_id, "private words")
+        (body,) = await gateway.wait_for(1)
+        assert_notify_body_matches_spec(body)
+        assert "content" not in body["notification"]
+        assert body["notification"]["sender"] == alice.user_id

@@ -121,7 +121,6 @@ class ResponseBuilder:
                          else sync_filter.timeline.limit, MAX_TIMELINE_LIMIT)
         # Room -> stream position of the user's current join there.
         self.joined_at: dict[str, int] = {}
-        self.display_names: dict[str, str | None] = {}
         # Joined rooms the client gets whole in this response (new to it).
         self.initial_rooms: set[str] = set()
 
@@ -148,7 +147,6 @@ class ResponseBuilder:
         joins = await self.s.events.get_events([memberships[r][1] for r in joined])
         self.joined_at = await self._join_starts(
             {r: joins[memberships[r][1]] for r in joined if memberships[r][1] in joins})
-        self.display_names = {r: _display_name(joins.get(memberships[r][1])) for r in joined}
         rooms["join"] = await self._joined_rooms(joined, changes, account["rooms"])
         for room_id, (membership, event_id) in memberships.items():
             if not self.filter.room_allowed(room_id):
@@ -610,11 +608,6 @@ class ResponseBuilder:
             "state": {"events": await self._client_events(state)},
             "account_data": {"events": []},
         }
-
-
-def _display_name(member: StoredEvent | None) -> str | None:
-    name = ((member.pdu.get("content") or {}) if member else {}).get("displayname")
-    return name if isinstance(name, str) and name else None
 
 
 def _summary(summary: RoomSummary | None) -> dict[str, Any]:
