@@ -25,6 +25,7 @@ from tests.helpers.harness import Harness
 from tests.helpers.room_api import User, api, new_user, send_text
 from tests.helpers.spec import SPEC_DIR, _load
 
+SERVER = "test.local"
 LOOPBACK = {"federation": {"ip_range_allowlist": ["127.0.0.0/8"]}, "presence": {"enabled": False}}
 
 
@@ -140,6 +141,12 @@ async def test_messages_reach_the_gateway_as_the_spec_says(
     status, _ = await api(client, "PUT", f"/rooms/{room_id}/state/m.room.name", alice,
                           {"name": "The Room"})
     assert status == 200
+    status, _ = await api(client, "PUT", f"/directory/room/#the-room:{SERVER}", alice,
+                          {"room_id": room_id})
+    assert status == 200
+    status, _ = await api(client, "PUT", f"/rooms/{room_id}/state/m.room.canonical_alias",
+                          alice, {"alias": f"#the-room:{SERVER}"})
+    assert status == 200
     await set_pusher(client, bob, gateway.url)
     await send_text(client, bob, room_id, "bob's own: no push")
     first = await send_text(client, alice, room_id, "hello bob")
@@ -155,6 +162,7 @@ async def test_messages_reach_the_gateway_as_the_spec_says(
     assert note == {
         "event_id": first, "room_id": room_id, "type": "m.room.message",
         "sender": alice.user_id, "sender_display_name": "Alice A", "room_name": "The Room",
+        "room_alias": f"#the-room:{SERVER}",
         "content": {"msgtype": "m.text", "body": "hello bob"},
         "prio": "high",  # "bob" in the body: sound and highlight
         "devices": [{"app_id": "org.example.app", "pushkey": "pk",

@@ -178,7 +178,9 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                          remote_lists=remote_lists,
                          device_lists=remote.device_lists if remote is not None else None)
     auth = AuthService(db.devices, clock, config.auth, on_devices_deleted=keys)
-    accounts = AccountService(db, auth, hasher, clock, config)
+    delivers = config.push.enabled and push_gateway is not None
+    pushers = PusherService(db.push, clock, delivers=delivers)
+    accounts = AccountService(db, auth, hasher, clock, config, pushers)
     uia = UiAuthService(db.ui_auth, db.registration_tokens, accounts, clock,
                         config.auth.ui_auth_session_timeout_ms)
     rl = config.rate_limits
@@ -206,8 +208,6 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     to_device = ToDeviceService(db.to_device, notifier, clock, config.server_name,
                                 remote_queue=remote.to_device if remote is not None else None)
     push_rules = PushRuleService(db.push)
-    delivers = config.push.enabled and push_gateway is not None
-    pushers = PusherService(db.push, clock, delivers=delivers)
     push = PushEvaluator(db.push, db.events, push_rules, pushers, clock, config.server_name)
     roomserver.add_commit_listener(push)
     unread = UnreadCounts(db.push, receipts, members, push, db.events, serializer, clock)

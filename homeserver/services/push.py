@@ -59,6 +59,7 @@ class _RoomFacts:
     privileged_creators: bool
     room_name: str | None
     display_names: dict[str, str]
+    room_alias: str | None = None
 
     def sender_level(self, sender: str) -> float:
         if self.privileged_creators and sender in self.creators:
@@ -293,6 +294,8 @@ class PushEvaluator:
                 else set()
         pl = loaded.get(special.get("m.room.power_levels", ""))
         name = loaded.get(special.get("m.room.name", ""))
+        alias_event = loaded.get(special.get("m.room.canonical_alias", ""))
+        alias = (alias_event.pdu.get("content") or {}).get("alias") if alias_event else None
         display_names: dict[str, str] = {}
         users = []
         for user_id in local:
@@ -306,16 +309,19 @@ class PushEvaluator:
         facts = _RoomFacts(len(members), users,
                            dict((pl.pdu.get("content") or {}) if pl else {}), pl is not None,
                            frozenset(creators), privileged,
-                           room_name if isinstance(room_name, str) else None, display_names)
+                           room_name if isinstance(room_name, str) else None, display_names,
+                           alias if isinstance(alias, str) else None)
         if len(self._rooms) >= self.ROOM_CACHE:
             self._rooms.pop(next(iter(self._rooms)))
         self._rooms[room_id] = facts
         return facts
 
-    async def room_details(self, room_id: str) -> tuple[str | None, dict[str, str]]:
-        """(room name, local member -> display name) for push notifications."""
+    async def room_details(self, room_id: str
+                           ) -> tuple[str | None, str | None, dict[str, str]]:
+        """(room name, canonical alias, local member -> display name) for pushes."""
         facts = await self._room(room_id)
-        return (facts.room_name, facts.display_names) if facts else (None, {})
+        return (facts.room_name, facts.room_alias, facts.display_names) if facts \
+            else (None, None, {})
 
 
 class UnreadCounts:

@@ -48,8 +48,8 @@ class PushGateway(Protocol):
     async def close(self) -> None: ...
 
 
-# Room -> (room name, local member -> display name), and user -> unread badge.
-RoomDetails = Callable[[str], Awaitable[tuple[str | None, dict[str, str]]]]
+# Room -> (room name, canonical alias, local member -> display name); user -> unread badge.
+RoomDetails = Callable[[str], Awaitable[tuple[str | None, str | None, dict[str, str]]]]
 Badge = Callable[[str], Awaitable[int]]
 
 
@@ -272,13 +272,15 @@ class PushDelivery:
         notification: dict[str, Any] = {"event_id": push.event_id, "room_id": push.room_id,
                                         "counts": counts, "devices": [device], "prio": prio}
         if pusher.data.get("format") != "event_id_only":
-            room_name, names = await self._room_details(push.room_id)
+            room_name, room_alias, names = await self._room_details(push.room_id)
             sender = str(pdu.get("sender"))
             notification.update({"type": pdu.get("type"), "sender": sender})
             if sender in names:
                 notification["sender_display_name"] = names[sender]
             if room_name:
                 notification["room_name"] = room_name
+            if room_alias:
+                notification["room_alias"] = room_alias
             if pdu.get("type") == "m.room.member":
                 notification["user_is_target"] = pdu.get("state_key") == push.user_id
             if self._include_content and isinstance(pdu.get("content"), dict):

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from homeserver.appkeys import SERVICES
 from tests.helpers.room_api import User, api, assert_error
 
 URL = "https://push.example.org/_matrix/push/v1/notify"
@@ -75,3 +76,15 @@ async def test_pusher_errors(client: TestClient, alice: User) -> None:
     assert await pushers(client, alice) == []
     resp = await client.get("/_matrix/client/v3/pushers")
     assert resp.status == 401
+
+
+async def test_deactivation_removes_the_users_pushers(client: TestClient, alice: User) -> None:
+    status, _ = await api(client, "POST", "/pushers/set", alice, pusher())
+    assert status == 200
+    status, body = await api(client, "POST", "/account/deactivate", alice, {
+        "auth": {"type": "m.login.password", "password": "correct horse",
+                 "identifier": {"type": "m.id.user", "user": alice.user_id}}})
+    assert status == 200, body
+    services = client.app[SERVICES]
+    assert services.pushers.get_pushers(alice.user_id) == []
+    assert await services.db.push.all_pushers() == []
