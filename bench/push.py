@@ -63,12 +63,12 @@ class EvaluationClock:
 
     def __init__(self, hs: Services) -> None:
         self.cpu = 0.0
-        inner: Callable[[Sequence[str]], Awaitable[None]] = hs.push._evaluate
+        inner: Callable[[Sequence[str], int], Awaitable[None]] = hs.push._evaluate
 
-        async def timed(event_ids: Sequence[str]) -> None:
+        async def timed(event_ids: Sequence[str], up_to: int) -> None:
             started = time.process_time()
             try:
-                await inner(event_ids)
+                await inner(event_ids, up_to)
             finally:
                 self.cpu += time.process_time() - started
 

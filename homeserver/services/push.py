@@ -163,10 +163,10 @@ class PushEvaluator:
                 await self._wake.wait()
                 self._wake.clear()
                 batches, self._pending = self._pending, []
-                ids = [e.event_id for b in batches for e in b.events
+                new = [(e.event_id, e.stream_ordering) for b in batches for e in b.events
                        if e.stream_ordering is not None and e.stream_ordering > self.position]
-                if ids:
-                    await self._evaluate(ids)
+                if new:
+                    await self._evaluate([i for i, _ in new], max(p for _, p in new))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -177,11 +177,11 @@ class PushEvaluator:
 
     async def _catch_up(self) -> None:
         while self.position < self._head:
-            ids = await self._store.events_after(self.position, self._head, CATCH_UP_BATCH)
-            if not ids:
+            found = await self._store.events_after(self.position, self._head, CATCH_UP_BATCH)
+            if not found:
                 await self._advance(self._head, [], [])
                 return
-            await self._evaluate(ids)
+            await self._evaluate([i for i, _ in found], found[-1][1])
 
     async def _advance(self, position: int, rows: list[NotificationRow],
                        queued: list[tuple[str, str, str, str, str, list[Any]]]) -> None:
@@ -194,14 +194,14 @@ class PushEvaluator:
 
     # -- evaluation -------------------------------------------------------------------------
 
-    async def _evaluate(self, event_ids: Sequence[str]) -> None:
+    async def _evaluate(self, event_ids: Sequence[str], up_to: int) -> None:
+        """Evaluate these events and record the results with ``up_to`` (the position of the
+        newest of them, loaded or not) as the position reached."""
         loaded = await self._events.get_events(event_ids)
         todo = sorted((e for e in loaded.values() if e.stream_ordering is not None
                        and e.stream_ordering > self.position and not e.outlier
                        and e.rejected_reason is None),
                       key=lambda e: e.stream_ordering or 0)
-        position = max((loaded[e].stream_ordering or 0 for e in event_ids if e in loaded),
-                       default=self.position)
         rows: list[NotificationRow] = []
         queued: list[tuple[str, str, str, str, str, list[Any]]] = []
         now = self._clock.time_ms()
@@ -223,7 +223,7 @@ class PushEvaluator:
                 users = [*users, UserFacts(invitee)]  # an invite notifies its invitee
             self._evaluate_event(event, facts, users, await self._rules.compiled(
                 [u.user_id for u in users]), rows, queued, now)
-        await self._advance(max(position, self.position), rows, queued)
+        await self._advance(max(up_to, self.position), rows, queued)
 
     def _evaluate_event(self, event: StoredEvent, facts: _RoomFacts, users: list[UserFacts],
                         rulesets: dict[str, Ruleset], rows: list[NotificationRow],

@@ -153,13 +153,15 @@ class PushStore:
                 push_positions.c.name == self.POSITION))).scalar()
         return None if found is None else int(found)
 
-    async def events_after(self, after: int, up_to: int, limit: int) -> list[str]:
-        """IDs of the timeline events in ``(after, up_to]``, in stream order."""
+    async def events_after(self, after: int, up_to: int, limit: int
+                           ) -> list[tuple[str, int]]:
+        """(ID, stream ordering) of the timeline events in ``(after, up_to]``, in order."""
         async with self._db.read() as conn:
-            rows = await conn.execute(select(events.c.event_id).where(and_(
-                events.c.stream_ordering > after, events.c.stream_ordering <= up_to,
-                events.c.outlier.is_(False))).order_by(events.c.stream_ordering).limit(limit))
-            return [r[0] for r in rows]
+            rows = await conn.execute(select(events.c.event_id, events.c.stream_ordering).where(
+                and_(events.c.stream_ordering > after, events.c.stream_ordering <= up_to,
+                     events.c.outlier.is_(False))).order_by(events.c.stream_ordering)
+                .limit(limit))
+            return [(r[0], int(r[1])) for r in rows]
 
     async def joined_members(self, room_id: str) -> tuple[dict[str, str], dict[str, str]]:
         """(joined user -> member event ID, state type -> event ID of the room's create,
