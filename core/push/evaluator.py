@@ -72,14 +72,15 @@ class UserFacts:
 class EventFacts:
     """What the conditions read of one event in its room."""
 
-    __slots__ = ("body", "flat", "has_mentions", "member_count", "notification_levels",
-                 "sender_level")
+    __slots__ = ("body", "body_lower", "flat", "has_mentions", "member_count",
+                 "notification_levels", "sender_level")
 
     def __init__(self, pdu: Mapping[str, Any], member_count: int, sender_level: float,
                  notification_levels: Mapping[str, Any] | None = None) -> None:
         self.flat = flatten(pdu)
         body = self.flat.get("content.body")
         self.body = body if isinstance(body, str) else None
+        self.body_lower = self.body.lower() if self.body is not None else None
         content = pdu.get("content")
         # Intentional mentions: with m.mentions the legacy mention rules do not apply.
         self.has_mentions = isinstance(content, Mapping) and \
@@ -127,7 +128,8 @@ class _EventMatch(Condition):
         wanted = user.user_id if self.who == USER_ID else user.localpart
         if not self.words:
             return value.lower() == wanted.lower()
-        if wanted.lower() not in value.lower():  # the cheap test first
+        lowered = event.body_lower if value is event.body else value.lower()
+        if lowered is None or wanted.lower() not in lowered:  # the cheap test first
             return False
         return glob_regex(wanted, True).search(value) is not None
 
@@ -174,9 +176,10 @@ class _DisplayName(Condition):
 
     def test(self, event: EventFacts, user: UserFacts | None) -> bool:
         name = user.display_name if user is not None else None
-        if not name or event.body is None or name.lower() not in event.body.lower():
+        body = event.body
+        if not name or body is None or name.lower() not in (event.body_lower or ""):
             return False
-        return re.search(rf"(?:^|\W){re.escape(name)}(?:\W|$)", event.body,
+        return re.search(rf"(?:^|\W){re.escape(name)}(?:\W|$)", body,
                          re.IGNORECASE) is not None
 
 

@@ -205,6 +205,7 @@ class PushEvaluator:
         rows: list[NotificationRow] = []
         queued: list[tuple[str, str, str, str, str, list[Any]]] = []
         now = self._clock.time_ms()
+        room_rulesets: dict[str, dict[str, Ruleset]] = {}
         for event in todo:
             if event.redacted_by is not None:
                 continue
@@ -214,6 +215,7 @@ class PushEvaluator:
             # State events change what later events of the batch see.
             if "state_key" in event.pdu:
                 self._rooms.pop(event.room_id, None)
+                room_rulesets.pop(event.room_id, None)
             users = facts.local_members
             invitee = event.pdu.get("state_key")
             if event.pdu.get("type") == "m.room.member" and isinstance(invitee, str) \
@@ -221,8 +223,13 @@ class PushEvaluator:
                     and (event.pdu.get("content") or {}).get("membership") == "invite" \
                     and all(u.user_id != invitee for u in users):
                 users = [*users, UserFacts(invitee)]  # an invite notifies its invitee
-            self._evaluate_event(event, facts, users, await self._rules.compiled(
-                [u.user_id for u in users]), rows, queued, now)
+            rulesets = room_rulesets.get(event.room_id)
+            if rulesets is None or len(users) != len(facts.local_members):
+                # Once per room per batch (and for an invitee), not per event.
+                rulesets = await self._rules.compiled([u.user_id for u in users])
+                if len(users) == len(facts.local_members):
+                    room_rulesets[event.room_id] = rulesets
+            self._evaluate_event(event, facts, users, rulesets, rows, queued, now)
         await self._advance(max(up_to, self.position), rows, queued)
 
     def _evaluate_event(self, event: StoredEvent, facts: _RoomFacts, users: list[UserFacts],
