@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.push.rules import KINDS, LOCALPART, USER_ID
@@ -63,10 +63,10 @@ def glob_regex(pattern: str, words: bool) -> re.Pattern[str]:
 class UserFacts:
     user_id: str
     display_name: str | None = None
+    localpart: str = field(init=False, compare=False)
 
-    @property
-    def localpart(self) -> str:
-        return self.user_id[1:].split(":", 1)[0]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "localpart", self.user_id[1:].split(":", 1)[0])
 
 
 class EventFacts:

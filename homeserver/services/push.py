@@ -254,13 +254,17 @@ class PushEvaluator:
                                         event.stream_ordering, thread_id, True, base.highlight,
                                         list(base.actions), ts, sender))
         base_actions = list(base.actions) if base is not None else []
+        pushers_of = self._pushers.pushers_of
         for user in users:
             if user.user_id == sender:
                 continue
             ruleset = rulesets[user.user_id]
-            plan = plans.get(id(ruleset))
-            if plan is None:
-                plan = plans[id(ruleset)] = ruleset.plan(event_facts)
+            if ruleset is default:
+                plan = base_plan
+            else:
+                found = plans.get(id(ruleset))
+                plan = found if found is not None else \
+                    plans.setdefault(id(ruleset), ruleset.plan(event_facts))
             outcome: Outcome | None = plan.pick(user)
             if outcome is not base and outcome != base:
                 rows.append(NotificationRow(
@@ -273,7 +277,7 @@ class PushEvaluator:
                 actions = base_actions
             if outcome is None or not outcome.notify:
                 continue
-            for pusher in self._pushers.pushers_of(user.user_id):
+            for pusher in pushers_of(user.user_id):
                 queued.append((user.user_id, pusher.app_id, pusher.pushkey, event.event_id,
                                event.room_id, actions))
 

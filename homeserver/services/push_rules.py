@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cachetools import LRUCache
-
 from core.errors import BadRequest, InvalidParam, MissingParam, NotFound
 from core.push.evaluator import Ruleset, ordered
 from core.push.rules import DEFAULT_RULE_KINDS, DEFAULT_RULES, KINDS, for_user
@@ -54,7 +52,9 @@ class PushRuleService:
         self._store = store
         self._default = Ruleset(ordered(DEFAULT_RULES))
         # User -> their compiled ruleset (the shared default one when they changed nothing).
-        self._compiled: LRUCache[str, Ruleset] = LRUCache(self.CACHE_SIZE)
+        # A plain dict (evaluation looks up every member of a room per batch; an LRU's
+        # bookkeeping costs more than the lookups), emptied when full.
+        self._compiled: dict[str, Ruleset] = {}
         self._changes = 0
 
     @property
@@ -133,6 +133,8 @@ class PushRuleService:
                     Ruleset(ordered(self._merge(None, rows)))
                 out[user_id] = ruleset
                 if changes == self._changes:  # no rule changed while loading
+                    if len(self._compiled) >= self.CACHE_SIZE:
+                        self._compiled.clear()
                     self._compiled[user_id] = ruleset
         return out
 
