@@ -198,21 +198,20 @@ class PushDelivery:
 
     async def _deliver_loop(self) -> None:
         while True:
+            # Cleared before looking at the queue: a push queued meanwhile wakes the wait.
+            self._pushers.wake.clear()
             try:
                 delivered = await self.deliver_due()
+                next_due = None if delivered else await self._store.next_due()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("Push delivery failed")
-                delivered = 0
+                delivered, next_due = 0, self._clock.time_ms() + int(RETRY_INITIAL_S * 1000)
             if delivered:
                 continue
-            next_due = await self._store.next_due()
             wait = RETRY_MAX_S if next_due is None else \
-                max(0.0, (next_due - self._clock.time_ms()) / 1000)
-            if wait <= 0:
-                wait = 0.05
-            self._pushers.wake.clear()
+                max(0.05, (next_due - self._clock.time_ms()) / 1000)
             try:
                 async with asyncio.timeout(wait):
                     await self._pushers.wake.wait()
