@@ -398,13 +398,34 @@ class UnreadCounts:
         counts, _ = await self.counts(user_id, await self.room_starts(user_id), threads=False)
         return sum(n for n, _ in counts.values())
 
+    async def _join_starts(self, user_id: str) -> dict[str, int]:
+        """Joined room -> position of the join that began the user's membership (a new
+        display name or avatar is a join event, not a new join: walked back over)."""
+        memberships = await self._members.memberships(user_id)
+        current = await self._events.get_events(
+            [e for m, e in memberships.values() if m == "join"])
+        walking = {r: current[e] for r, (m, e) in memberships.items()
+                   if m == "join" and e in current}
+        out: dict[str, int] = {}
+        while walking:
+            previous = await self._events.get_events(
+                [e.replaces_state for e in walking.values() if e.replaces_state])
+            for room_id, event in list(walking.items()):
+                before = previous.get(event.replaces_state or "")
+                if before is not None and (before.pdu.get("content") or {}).get(
+                        "membership") == "join":
+                    walking[room_id] = before
+                    continue
+                out[room_id] = event.stream_ordering or 0
+                del walking[room_id]
+        return out
+
     async def notifications(self, user_id: str, before: int | None, limit: int,
                             only_highlight: bool) -> dict[str, Any]:
         """GET /notifications: the user's notifications, newest first; ``before`` is the
         ``from`` token (a stream position)."""
         await self._evaluator.wait_for(self._evaluator.head)
-        joined = sorted(await self._members.joined_rooms(user_id))
-        joined_since = await self._events.last_join_positions(user_id, joined)
+        joined_since = await self._join_starts(user_id)
         rows = await self._store.notifications(user_id, joined_since, before, limit + 1,
                                                only_highlight)
         more = len(rows) > limit

@@ -164,3 +164,16 @@ async def test_evaluation_catches_up_after_a_restart(
     client = await aiohttp_client(build_app(await harness.restart()))
     assert unread(await sync(client, bob), room_id) == (4, 0)
     assert len((await notifications(client, bob))["notifications"]) == 4
+
+
+async def test_a_new_display_name_keeps_earlier_notifications(
+        client: TestClient, alice: User, bob: User) -> None:
+    room_id = await shared_room(client, alice, bob)
+    first = await send_text(client, alice, room_id, "before the name change")
+    status, _ = await api(client, "PUT", f"/profile/{bob.user_id}/displayname", bob,
+                          {"displayname": "Robert"})
+    assert status == 200
+    second = await send_text(client, alice, room_id, "after")
+    body = await notifications(client, bob)
+    assert [n["event"]["event_id"] for n in body["notifications"]] == [second, first]
+    assert unread(await sync(client, bob), room_id) == (2, 0)
