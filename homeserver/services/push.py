@@ -99,6 +99,8 @@ class PushEvaluator:
         self._clock = clock
         self._suffix = ":" + server_name
         self._rooms: dict[str, _RoomFacts] = {}
+        # Room -> how many state changes it has had (facts loaded across one are not kept).
+        self._state_changes: dict[str, int] = {}
         self._pending: list[CommittedBatch] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -116,6 +118,8 @@ class PushEvaluator:
         for event in timeline:
             if event.state_delta:
                 self._rooms.pop(event.room_id, None)
+                self._state_changes[event.room_id] = \
+                    self._state_changes.get(event.room_id, 0) + 1
         self._head = max(self._head, max(e.stream_ordering or 0 for e in timeline))
         self._pending.append(batch)
         self._wake.set()
@@ -285,6 +289,7 @@ class PushEvaluator:
         facts = self._rooms.get(room_id)
         if facts is not None:
             return facts
+        changes = self._state_changes.get(room_id, 0)
         members, special = await self._store.joined_members(room_id)
         local = [u for u in members if u.endswith(self._suffix)]
         loaded = await self._events.get_events(
@@ -322,9 +327,10 @@ class PushEvaluator:
                            frozenset(creators), privileged,
                            room_name if isinstance(room_name, str) else None, display_names,
                            alias if isinstance(alias, str) else None)
-        if len(self._rooms) >= self.ROOM_CACHE:
-            self._rooms.pop(next(iter(self._rooms)))
-        self._rooms[room_id] = facts
+        if changes == self._state_changes.get(room_id, 0):  # not stale already
+            if len(self._rooms) >= self.ROOM_CACHE:
+                self._rooms.pop(next(iter(self._rooms)))
+            self._rooms[room_id] = facts
         return facts
 
     async def room_details(self, room_id: str
