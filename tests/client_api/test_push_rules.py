@@ -1,9 +1,22 @@
-"""The default push rules that SDK clients fetch before their first sync."""
+"""Push rules: the defaults SDK clients fetch before their first sync, and editing them
+(PUT with before/after, DELETE, enabled, actions) with the errors. SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import pytest
+
+from homeserver.services.container import Services
 from tests.conftest import bearer, register_user
+from tests.helpers.harness import Harness
+from tests.helpers.room_api import User, api, assert_error
 from tests.helpers.spec import assert_matches_spec
+
+
+@pytest.fixture
+def services(harness: Harness) -> Services:
+    """SQLite and PostgreSQL (the harness's services)."""
+    assert harness.services is not None
+    return harness.services
 
 
 async def test_default_rules_match_the_spec_and_name_the_user(client) -> None:
@@ -42,7 +55,6 @@ async def test_push_rules_need_auth(client) -> None:
 
 # -- editing rules ------------------------------------------------------------------------------
 
-from tests.helpers.room_api import User, api, assert_error  # noqa: E402
 
 
 async def _ids(client, user: User, kind: str) -> list[str]:
