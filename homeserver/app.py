@@ -19,6 +19,7 @@ from core.clock import SystemClock
 from core.crypto.signing_keys import load_signing_key
 from federation import Federation, Served, add_federation_routes, build_federation, build_outbound
 from federation.inbound.transaction import InboundEdus
+from federation.transport.push_gateway import PushGatewayClient
 from homeserver.appkeys import SERVICES
 from homeserver.config import HomeserverConfig, ListenerConfig
 from homeserver.http.access_log import AccessLogger
@@ -114,8 +115,9 @@ def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | N
     """The composition root: storage and the roomserver, federation's clients, the
     services (given what federation offers them), then the federation API (given the services
     it answers from). Every part gets what it uses through its constructor."""
+    push_gateway = PushGatewayClient(config.federation)
     if not config.federation.enabled:
-        return build_services(config), None
+        return build_services(config, push_gateway=push_gateway), None
     db = open_database(config)
     clock = SystemClock()
     signing_key = load_signing_key(config.signing_key_path)
@@ -123,7 +125,8 @@ def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | N
     outbound = build_outbound(config, db, clock, signing_key, roomserver)
     roomserver.add_commit_listener(outbound.sender)
     services = build_services(config, clock=clock, db=db, signing_key=signing_key,
-                              roomserver=roomserver, remote=outbound.ports())
+                              roomserver=roomserver, remote=outbound.ports(),
+                              push_gateway=push_gateway)
     served = Served(services.profiles, services.rooms, services.directory, services.devices,
                     services.membership, InboundEdus(services.typing, services.receipts,
                                                      services.presence, services.to_device,

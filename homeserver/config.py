@@ -192,6 +192,14 @@ class TurnConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PushConfig:
+    # Deliver notifications to users' http pushers (push gateways).
+    enabled: bool = True
+    # Send the event's content to the gateway (pushers with format event_id_only never get it).
+    include_content: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class RetentionConfig:
     """Message retention (Synapse's ``retention`` section): rooms' ``m.room.retention``
     policies and a server default, enforced by a purge job."""
@@ -237,6 +245,7 @@ class HomeserverConfig:
     presence: PresenceConfig = PresenceConfig()
     retention: RetentionConfig = RetentionConfig()
     turn: TurnConfig = TurnConfig()
+    push: PushConfig = PushConfig()
     logging: LoggingConfig = LoggingConfig()
     config_dir: Path = field(default=Path("."))
     # The version of rooms created without one (createRoom's room_version, DM rooms of the
@@ -480,6 +489,10 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         presence_r.positive("offline_timeout_ms", presence_defaults.offline_timeout_ms),
     )
 
+    push_r = r.section("push")
+    push = PushConfig(push_r.get("enabled", bool, True),
+                      push_r.get("include_content", bool, True))
+
     logging_config = _logging(r.section("logging"), config_dir)
     turn = _turn(r.section("turn"))
 
@@ -533,6 +546,7 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         presence=presence,
         retention=retention,
         turn=turn,
+        push=push,
         logging=logging_config,
         config_dir=config_dir,
         default_room_version=str(room_version),

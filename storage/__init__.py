@@ -18,6 +18,7 @@ from storage.stores.key_backup import KeyBackupStore
 from storage.stores.media import MediaStore
 from storage.stores.presence import PresenceStore
 from storage.stores.purge import PurgeStore
+from storage.stores.push import PushStore
 from storage.stores.receipts import ReceiptStore
 from storage.stores.relations import RelationStore
 from storage.stores.remote_device_lists import RemoteDeviceListStore
@@ -65,6 +66,7 @@ class Database:
         self.remote_device_lists = RemoteDeviceListStore(self.engine)
         self.reports = ReportStore(self.engine)
         self.media = MediaStore(self.engine)
+        self.push = PushStore(self.engine)
 
     @property
     def is_sqlite(self) -> bool:

@@ -107,11 +107,16 @@ def _v12_media(conn: Connection) -> None:
     schema.media.create(conn, checkfirst=True)
 
 
+def _v13_push(conn: Connection) -> None:
+    for table in schema.PUSH_TABLES:
+        table.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [_v2_receipts_and_presence, _v3_history, _v4_federation,
                                _v5_auth_chain_index, _v6_end_to_end_encryption,
                                _v7_remote_device_lists, _v8_dehydrated_devices,
                                _v9_device_list_announced, _v10_relations, _v11_reports,
-                               _v12_media]
+                               _v12_media, _v13_push]
 LATEST = 1 + len(MIGRATIONS)
 
 

@@ -24,6 +24,7 @@ from core.types import MAX_USER_ID_LENGTH, is_valid_localpart, parse_user_id
 from homeserver.config import HomeserverConfig
 from homeserver.ratelimit import RateLimiter
 from homeserver.services.auth import AuthService, IssuedTokens
+from homeserver.services.pushers import PusherService
 from storage import Database
 from storage.stores.auth_sessions import RegistrationToken as RegistrationToken
 
@@ -43,8 +44,9 @@ class Session:
 
 class AccountService:
     def __init__(self, db: Database, auth: AuthService, hasher: PasswordHasher, clock: Clock,
-                 config: HomeserverConfig) -> None:
+                 config: HomeserverConfig, pushers: PusherService | None = None) -> None:
         self._db = db
+        self._pushers = pushers
         self._auth = auth
         self._hasher = hasher
         self._clock = clock
@@ -207,6 +209,8 @@ class AccountService:
     async def deactivate(self, user_id: str, *, erase: bool) -> None:
         await self._db.users.deactivate(user_id, erase=erase)
         self._auth.forget_user(user_id)
+        if self._pushers is not None:
+            await self._pushers.delete_all(user_id)  # no more pushes for them
         logger.info("Deactivated %s", user_id)
 
     # -- shared-secret registration (/_synapse/admin/v1/register) ---------------------------

@@ -37,6 +37,9 @@ from homeserver.services.ports import FederationPorts
 from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
 from homeserver.services.purge import PurgeService
+from homeserver.services.push import PushEvaluator, UnreadCounts
+from homeserver.services.push_rules import PushRuleService
+from homeserver.services.pushers import PushDelivery, PusherService, PushGateway
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.relations import RelationAggregator, RelationService
 from homeserver.services.remote_device_lists import RemoteDeviceLists
@@ -98,12 +101,23 @@ class Services:
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
     media: MediaService
+    push_rules: PushRuleService
+    pushers: PusherService
+    push: PushEvaluator
+    unread: UnreadCounts
+    push_delivery: PushDelivery | None
+    push_gateway: PushGateway | None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         """Open the database (migrating it) and start background housekeeping."""
         await self.db.open()
-        self.notifier.set_initial_position(await self.roomserver.start())
+        position = await self.roomserver.start()
+        self.notifier.set_initial_position(position)
+        await self.pushers.start()
+        await self.push.start(position)
+        if self.push_delivery is not None:
+            self.push_delivery.start()
         self.notifier.set_initial_account_data_position(self.db.account_data.position)
         self.receipts.start()
         await self.presence.start()
@@ -120,6 +134,11 @@ class Services:
                 await task
         self._tasks.clear()
         self.typing.stop_all()
+        if self.push_delivery is not None:
+            await self.push_delivery.stop()
+        if self.push_gateway is not None:
+            await self.push_gateway.close()
+        await self.push.stop()
         await self.keys.stop()
         await self.purge.stop()
         await self.censor.stop()
@@ -151,9 +170,11 @@ def open_database(config: HomeserverConfig) -> Database:
 def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                    db: Database | None = None, hasher: PasswordHasher | None = None,
                    signing_key: SigningKey | None = None, roomserver: RoomServer | None = None,
-                   remote: FederationPorts | None = None) -> Services:
+                   remote: FederationPorts | None = None,
+                   push_gateway: PushGateway | None = None) -> Services:
     """The services of one process; ``remote``: what federation offers them (None when
-    federation is off). Pieces not given are built here (tests give none)."""
+    federation is off); ``push_gateway``: the HTTP client for push gateways (None: pushes
+    are not sent). Pieces not given are built here (tests give none)."""
     clock = clock or SystemClock()
     db = db or open_database(config)
     hasher = hasher or PasswordHasher()
@@ -170,7 +191,9 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                          remote_lists=remote_lists,
                          device_lists=remote.device_lists if remote is not None else None)
     auth = AuthService(db.devices, clock, config.auth, on_devices_deleted=keys)
-    accounts = AccountService(db, auth, hasher, clock, config)
+    delivers = config.push.enabled and push_gateway is not None
+    pushers = PusherService(db.push, clock, delivers=delivers)
+    accounts = AccountService(db, auth, hasher, clock, config, pushers)
     uia = UiAuthService(db.ui_auth, db.registration_tokens, accounts, clock,
                         config.auth.ui_auth_session_timeout_ms)
     rl = config.rate_limits
@@ -199,6 +222,14 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                                config.server_name, edus)
     to_device = ToDeviceService(db.to_device, notifier, clock, config.server_name,
                                 remote_queue=remote.to_device if remote is not None else None)
+    push_rules = PushRuleService(db.push)
+    push = PushEvaluator(db.push, db.events, push_rules, pushers, clock, config.server_name)
+    roomserver.add_commit_listener(push)
+    unread = UnreadCounts(db.push, receipts, members, push, db.events, serializer, clock)
+    push_delivery = PushDelivery(db.push, db.events, pushers, push_gateway, push.room_details,
+                                 unread.badge, clock,
+                                 include_content=config.push.include_content) \
+        if delivers and push_gateway is not None else None
     messages = MessageService(db.events, db.state, visibility, serializer, db.rooms, clock,
                               ignored=ignored,
                               backfill=remote.backfill if remote is not None else None)
@@ -230,7 +261,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         filters=FilterService(db.filters),
         sync=SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
                          serializer, visibility, members, typing, receipts, presence, clock,
-                         to_device, keys, ignored),
+                         to_device, keys, ignored, unread),
         members=members,
         typing=typing,
         receipts=receipts,
@@ -256,4 +287,10 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         registration_ip_limiter=limiter(rl.registration_per_ip),
         media=MediaService(db.media, clock, config.media, config.server_name,
                            remote=remote.media if remote is not None else None),
+        push_rules=push_rules,
+        pushers=pushers,
+        push=push,
+        unread=unread,
+        push_delivery=push_delivery,
+        push_gateway=push_gateway,
     )

@@ -291,6 +291,8 @@ class SyncFilter:
     include_leave: bool = False
     event_fields: tuple[str, ...] | None = None
     event_format: str = "client"
+    # Counts per thread (room.timeline.unread_thread_notifications).
+    unread_thread_notifications: bool = False
     # Compiled by __post_init__.
     _rooms: frozenset[str] | None = field(init=False, repr=False, compare=False)
     _not_rooms: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -314,7 +316,11 @@ class SyncFilter:
         event_format = body.get("event_format", "client")
         if event_format not in ("client", "federation"):
             raise BadJson("filter 'event_format' must be client or federation")
+        threads = (_sub(room, "timeline") or {}).get("unread_thread_notifications", False)
+        if not isinstance(threads, bool):
+            raise BadJson("filter 'unread_thread_notifications' must be a boolean")
         return cls(
+            unread_thread_notifications=threads,
             timeline=RoomEventFilter.from_json(_sub(room, "timeline")),
             state=RoomEventFilter.from_json(_sub(room, "state")),
             ephemeral=RoomEventFilter.from_json(_sub(room, "ephemeral")),

@@ -26,6 +26,7 @@ from homeserver.services.ignored_users import IgnoredUsers
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
 from homeserver.services.presence import PresenceService
+from homeserver.services.push import UnreadCounts
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.sync_response import (
@@ -36,7 +37,6 @@ from homeserver.services.sync_response import (
 from homeserver.services.sync_token import SyncToken, empty_response, is_empty
 from homeserver.services.to_device import ToDeviceService
 from homeserver.services.typing import TypingService
-from homeserver.services.unread import UnreadCounter
 from homeserver.services.visibility import VisibilityService
 from storage.stores.account_data import AccountDataStore
 from storage.stores.events import EventStore
@@ -70,7 +70,8 @@ class SyncService:
                  serializer: EventSerializer, visibility: VisibilityService,
                  members: MembershipCache, typing: TypingService, receipts: ReceiptService,
                  presence: PresenceService, clock: Clock, to_device: ToDeviceService,
-                 keys: E2EKeyService, ignored: IgnoredUsers) -> None:
+                 keys: E2EKeyService, ignored: IgnoredUsers, unread: UnreadCounts
+                 ) -> None:
         self._notifier = notifier
         self._members = members
         self._typing = typing
@@ -81,8 +82,7 @@ class SyncService:
         self._sources = SyncSources(
             sync_store, events, state, account_data, rooms, notifier, serializer, visibility,
             members, typing, receipts, presence, clock, to_device, keys,
-            UnreadCounter(sync_store, events, notifier.recent), SentMembers(),
-            LRUCache(200_000), ignored)
+            unread, SentMembers(), LRUCache(200_000), ignored)
         # The running average of how late woken waiters run (seconds).
         self._lag = 0.0
         # (user, device) -> when its last non-empty incremental response was built.

@@ -28,12 +28,12 @@ from homeserver.services.member_cache import MembershipCache
 from homeserver.services.messages import make_token
 from homeserver.services.notifier import Notifier
 from homeserver.services.presence import PresenceService
+from homeserver.services.push import UnreadCounts
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.sync_token import SyncToken
 from homeserver.services.to_device import ToDeviceService
 from homeserver.services.typing import TypingService
-from homeserver.services.unread import UnreadCounter
 from homeserver.services.visibility import VisibilityService
 from storage.stores.account_data import AccountDataStore
 from storage.stores.events import EventStore, StoredEvent
@@ -93,7 +93,7 @@ class SyncSources:
     clock: Clock
     to_device: ToDeviceService
     keys: E2EKeyService
-    unread: UnreadCounter
+    unread: UnreadCounts
     sent_members: SentMembers
     # Member event -> position of the join it continues (a profile change is a join event).
     join_starts: LRUCache[str, int]
@@ -128,7 +128,6 @@ class ResponseBuilder:
                          else sync_filter.timeline.limit, MAX_TIMELINE_LIMIT)
         # Room -> stream position of the user's current join there.
         self.joined_at: dict[str, int] = {}
-        self.display_names: dict[str, str | None] = {}
         # Joined rooms the client gets whole in this response (new to it).
         self.initial_rooms: set[str] = set()
         # Whom the user ignores, and whether that changed since ``since``.
@@ -159,7 +158,6 @@ class ResponseBuilder:
         joins = await self.s.events.get_events([memberships[r][1] for r in joined])
         self.joined_at = await self._join_starts(
             {r: joins[memberships[r][1]] for r in joined if memberships[r][1] in joins})
-        self.display_names = {r: _display_name(joins.get(memberships[r][1])) for r in joined}
         rooms["join"] = await self._joined_rooms(joined, changes, account["rooms"])
         inviters = await self._ignored_inviters(memberships, changed)
         for room_id, (membership, event_id) in memberships.items():
@@ -357,7 +355,7 @@ class ResponseBuilder:
             plans.append((room_id, timeline_events, limited, summary, state_ids, account))
         state_events = await self.s.events.get_events(
             [e for plan in plans for e in plan[4]])
-        unread = await self._unread_counts([plan[0] for plan in plans])
+        unread, unread_threads = await self._unread_counts([plan[0] for plan in plans])
         out: dict[str, Any] = {}
         for room_id, timeline_events, limited, summary, state_ids, account in plans:
             visible = await self._visible(room_id, timeline_events)
@@ -382,6 +380,10 @@ class ResponseBuilder:
                 "unread_notifications": {"notification_count": unread[room_id][0],
                                          "highlight_count": unread[room_id][1]},
             }
+            if self.filter.unread_thread_notifications:
+                out[room_id]["unread_thread_notifications"] = {
+                    thread: {"notification_count": n, "highlight_count": h}
+                    for thread, (n, h) in unread_threads.get(room_id, {}).items()}
             if summary is not None:
                 out[room_id]["summary"] = _summary(summary)
         return out
@@ -417,11 +419,14 @@ class ResponseBuilder:
                 out.setdefault(room_id, []).append({"type": "m.receipt", "content": content})
         return out
 
-    async def _unread_counts(self, room_ids: list[str]) -> dict[str, tuple[int, int]]:
+    async def _unread_counts(self, room_ids: list[str]
+                             ) -> tuple[dict[str, tuple[int, int]],
+                                        dict[str, dict[str, tuple[int, int]]]]:
+        """Room -> (notifications, highlights), and per thread when the filter asks."""
         read = await self.s.receipts.read_positions(self.user_id, room_ids)
         starts = {r: max(read.get(r, 0), self.joined_at.get(r, 0)) for r in room_ids}
-        return await self.s.unread.counts(self.user_id, starts, self.now.events,
-                                           display_names=self.display_names)
+        return await self.s.unread.counts(self.user_id, starts, up_to=self.now.events,
+                                          threads=self.filter.unread_thread_notifications)
 
     async def _presence(self, joined: list[str]) -> list[dict[str, Any]]:
         """Presence of the users who share a room with this one: everyone's on an initial
@@ -637,11 +642,6 @@ class ResponseBuilder:
             "state": {"events": await self._client_events(state)},
             "account_data": {"events": []},
         }
-
-
-def _display_name(member: StoredEvent | None) -> str | None:
-    name = ((member.pdu.get("content") or {}) if member else {}).get("displayname")
-    return name if isinstance(name, str) and name else None
 
 
 def _summary(summary: RoomSummary | None) -> dict[str, Any]:

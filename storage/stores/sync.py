@@ -8,21 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, func, not_, or_, select
+from sqlalchemy import and_, case, func, select
 
 from storage.engine import DatabaseEngine
 from storage.schema import current_state, events, invite_state
 
 _CHUNK = 500
-
-
-def _like_term(text: str) -> str:
-    """A LIKE pattern for ``text`` in lower-cased event JSON: encoded as the JSON encodes it
-    (quotes, backslashes), with any non-ASCII character a wildcard (SQLite's lower() changes
-    ASCII only); what it lets through, the caller checks exactly."""
-    encoded = json.dumps(text.lower(), ensure_ascii=False)[1:-1]
-    return "%" + "".join("_" if ord(c) > 127 else "\\" + c if c in "%_\\" else c
-                         for c in encoded) + "%"
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,44 +192,6 @@ class SyncStore:
             for room_id, found in candidates.items():
                 present = [u for k, u in found if k < 2]
                 out[room_id].heroes.extend(present or [u for _, u in found])
-        return out
-
-    async def unread_events(self, user_id: str, starts: dict[str, int], up_to: int,
-                            types: Sequence[str], names: Sequence[str], *,
-                            candidates: int = 200) -> dict[str, tuple[int, list[dict[str, Any]]]]:
-        """For each room, how many events of ``types`` from others (edits excepted) came in
-        ``(start, up_to]``, and the newest ``candidates`` of them whose JSON mentions the
-        user's ID, localpart, one of ``names`` or a room mention (to check for highlights)."""
-        out: dict[str, tuple[int, list[dict[str, Any]]]] = {}
-        rooms = list(starts)
-        localpart = user_id[1:].split(":", 1)[0]
-        terms = {_like_term(t) for t in (user_id, localpart, *names, "@room") if t}
-        terms.add('%"room":true%')
-        for i in range(0, len(rooms), 100):
-            chunk = rooms[i:i + 100]
-            where = and_(
-                or_(*(and_(events.c.room_id == r, events.c.stream_ordering > starts[r])
-                      for r in chunk)),
-                events.c.stream_ordering <= up_to, events.c.sender != user_id,
-                events.c.type.in_(list(types)), events.c.rejected_reason.is_(None),
-                not_(events.c.json.contains('"rel_type":"m.replace"', autoescape=True)))
-            async with self._db.read() as conn:
-                counts: dict[str, int] = dict((await conn.execute(
-                    select(events.c.room_id, func.count()).where(where)
-                    .group_by(events.c.room_id))).all())
-                mentioned = or_(*(func.lower(events.c.json).like(t, escape="\\")
-                                  for t in terms))
-                rank = func.row_number().over(partition_by=events.c.room_id,
-                                              order_by=events.c.stream_ordering.desc())
-                ranked = select(events.c.room_id, events.c.json, rank.label("rank")).where(
-                    and_(where, mentioned)).subquery()
-                rows = await conn.execute(select(ranked.c.room_id, ranked.c.json)
-                                          .where(ranked.c.rank <= candidates))
-                found: dict[str, list[dict[str, Any]]] = {}
-                for row in rows:
-                    found.setdefault(row.room_id, []).append(json.loads(row.json))
-            for room_id in chunk:
-                out[room_id] = (int(counts.get(room_id, 0)), found.get(room_id, []))
         return out
 
     async def co_members(self, user_id: str, room_ids: Sequence[str]) -> set[str]:

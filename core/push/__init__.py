@@ -1,0 +1,1 @@
+"""Push rules: the spec's predefined rules and their evaluation (pure code)."""
