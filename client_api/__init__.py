@@ -28,12 +28,13 @@ from client_api import (
     search,
     sync,
     to_device,
+    user_directory,
     versions,
 )
 
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
             directory, account_data, sync, push_rules, presence, receipts, friends,
-            search, history, to_device, key_backup, keys)
+            search, history, to_device, key_backup, keys, user_directory)
 
 
 def add_client_routes(app: web.Application) -> None:

@@ -25,6 +25,7 @@ from storage.stores.server_keys import ServerKeyStore
 from storage.stores.state import StateStore
 from storage.stores.sync import SyncStore
 from storage.stores.to_device import ToDeviceStore
+from storage.stores.user_directory import UserDirectoryStore
 from storage.stores.users import ProfileStore, UserStore
 
 
@@ -59,6 +60,7 @@ class Database:
         self.key_backup = KeyBackupStore(self.engine)
         self.e2e_keys = E2EKeyStore(self.engine)
         self.remote_device_lists = RemoteDeviceListStore(self.engine)
+        self.user_directory = UserDirectoryStore(self.engine)
 
     @property
     def is_sqlite(self) -> bool:

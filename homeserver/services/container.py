@@ -43,6 +43,7 @@ from homeserver.services.sync import SyncService
 from homeserver.services.to_device import ToDeviceService
 from homeserver.services.typing import TypingService
 from homeserver.services.uia import UiAuthService
+from homeserver.services.user_directory import UserDirectoryService
 from homeserver.services.visibility import VisibilityService
 from roomserver.server import RoomServer
 from storage import Database
@@ -87,6 +88,7 @@ class Services:
     keys: E2EKeyService
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
+    user_directory: UserDirectoryService
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -114,6 +116,7 @@ class Services:
         await self.censor.stop()
         await self.presence.stop()
         await self.roomserver.stop()
+        await self.user_directory.stop()
         await self.auth.flush_last_seen()
         await self.db.close()
         self.hasher.close()
@@ -178,6 +181,9 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     edus = remote.edus if remote is not None else None
     typing = TypingService(notifier, members, clock, config.server_name, edus)
     roomserver.add_commit_listener(typing)
+    user_directory = UserDirectoryService(db.user_directory, roomserver, config.user_directory,
+                                          config.server_name)
+    roomserver.add_commit_listener(user_directory)
     receipts = ReceiptService(db.receipts, db.events, members, account_data, notifier, clock,
                               edus)
     presence = PresenceService(db.presence, notifier, members, clock, config.presence,
@@ -232,4 +238,5 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         keys=keys,
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
+        user_directory=user_directory,
     )

@@ -1,0 +1,109 @@
+"""The user directory: searching it, and the room changes that keep it current (local
+users' profiles are kept by ``UserStore`` and ``ProfileStore`` in their own transactions).
+The tables and how they are written: ``storage.user_directory_index``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Float, and_, case, cast, exists, func, literal, select
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import FromClause
+
+from storage import user_directory_index
+from storage.engine import DatabaseEngine
+from storage.schema import (
+    user_directory,
+    user_directory_public_rooms,
+    user_directory_rooms,
+    user_directory_search,
+)
+from storage.search_text import tokens
+
+MAX_SEARCH_WORDS = 8
+# Above every character a token can hold: the end of a prefix range.
+_PREFIX_END = "\U0010ffff"
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryEntry:
+    user_id: str
+    display_name: str | None
+    avatar_url: str | None
+
+
+def search_words(search_term: str) -> list[str]:
+    """The words of a search term, each to be matched as a token prefix."""
+    return list(dict.fromkeys(tokens(search_term)))[:MAX_SEARCH_WORDS]
+
+
+class UserDirectoryStore:
+    def __init__(self, engine: DatabaseEngine) -> None:
+        self._db = engine
+
+    async def apply_room_changes(self, memberships: Mapping[tuple[str, str], bool],
+                                 remote_profiles: Sequence[user_directory_index.UserRow],
+                                 public: Mapping[str, bool]) -> None:
+        """One transaction: see ``user_directory_index.apply_room_changes``."""
+        if not memberships and not remote_profiles and not public:
+            return
+        await self._db.run_write(lambda conn: user_directory_index.apply_room_changes(
+            conn, memberships, remote_profiles, public))
+
+    async def rebuild(self) -> None:
+        await self._db.run_write(user_directory_index.rebuild)
+
+    async def search(self, searcher: str, search_term: str, limit: int, *,
+                     search_all_users: bool) -> tuple[list[DirectoryEntry], bool]:
+        """Users matching every word of ``search_term`` (prefixes of their display name's or
+        user ID's words), best first, and whether there were more than ``limit``.
+
+        Visible: with ``search_all_users`` everyone in the directory but the searcher; else
+        users in a public room here and users sharing a room with the searcher. Ranked as
+        Synapse does: sharing a room counts four times, a display name and an avatar 1.2 each,
+        times three per word matched whole plus one per word matched as a prefix; then users
+        with a display name and an avatar first.
+        """
+        words = search_words(search_term)
+        if not words or limit <= 0:
+            return [], False
+        d = user_directory
+        matched = []
+        for word in words:
+            s = user_directory_search
+            matched.append(
+                select(s.c.user_id,
+                       func.max(case((s.c.token == word, 1), else_=0)).label("exact"))
+                .where(s.c.token >= word, s.c.token < word + _PREFIX_END)
+                .group_by(s.c.user_id).subquery())
+        joined: FromClause = d
+        for sub in matched:
+            joined = joined.join(sub, sub.c.user_id == d.c.user_id)
+        mine = user_directory_rooms.alias("mine")
+        theirs = user_directory_rooms.alias("theirs")
+        shared = exists().where(theirs.c.user_id == d.c.user_id, mine.c.user_id == searcher,
+                                mine.c.room_id == theirs.c.room_id,
+                                d.c.user_id != searcher)
+        in_public = exists().where(
+            theirs.c.user_id == d.c.user_id,
+            user_directory_public_rooms.c.room_id == theirs.c.room_id)
+        visible: ColumnElement[bool] = (d.c.user_id != searcher) if search_all_users \
+            else (shared | in_public)
+        exact: ColumnElement[float] = cast(literal(0), Float)
+        for sub in matched:
+            exact = exact + sub.c.exact
+        rank = (case((shared, 4.0), else_=1.0)
+                * case((d.c.display_name.is_not(None), 1.2), else_=1.0)
+                * case((d.c.avatar_url.is_not(None), 1.2), else_=1.0)
+                * (3 * exact + len(words)))
+        query = (select(d.c.user_id, d.c.display_name, d.c.avatar_url)
+                 .select_from(joined)
+                 .where(and_(visible))
+                 .order_by(rank.desc(), d.c.display_name.is_(None), d.c.avatar_url.is_(None),
+                           d.c.user_id)
+                 .limit(limit + 1))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        entries = [DirectoryEntry(u, n, a) for u, n, a in rows[:limit]]
+        return entries, len(rows) > limit
