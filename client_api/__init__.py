@@ -26,6 +26,7 @@ from client_api import (
     register,
     rooms,
     search,
+    spaces,
     sync,
     to_device,
     user_directory,
@@ -34,7 +35,8 @@ from client_api import (
 
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
             directory, account_data, sync, push_rules, presence, receipts, friends,
-            search, history, to_device, key_backup, keys, user_directory)
+            search, history, to_device, key_backup, keys, user_directory,
+            spaces)
 
 
 def add_client_routes(app: web.Application) -> None:

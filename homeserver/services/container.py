@@ -39,6 +39,7 @@ from homeserver.services.remote_device_lists import RemoteDeviceLists
 from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 from homeserver.services.serialize import EventSerializer
+from homeserver.services.spaces import SpaceHierarchyService
 from homeserver.services.sync import SyncService
 from homeserver.services.to_device import ToDeviceService
 from homeserver.services.typing import TypingService
@@ -89,6 +90,7 @@ class Services:
     login_ip_limiter: RateLimiter
     registration_ip_limiter: RateLimiter
     user_directory: UserDirectoryService
+    spaces: SpaceHierarchyService
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -239,4 +241,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
         user_directory=user_directory,
+        spaces=SpaceHierarchyService(
+            roomserver, clock, config.server_name,
+            remote=remote.hierarchy if remote is not None else None),
     )

@@ -113,6 +113,16 @@ class DeviceListEdus(Protocol):
                                   edus: Sequence[Mapping[str, Any]]) -> None: ...
 
 
+class RemoteHierarchy(Protocol):
+    """Other servers' space hierarchies (``/_matrix/federation/v1/hierarchy/{roomId}``)."""
+
+    async def hierarchy(self, servers: Sequence[str], room_id: str,
+                        suggested_only: bool) -> Any:
+        """The answer of the first of ``servers`` that gives one, as it came (untrusted
+        JSON); None when none does."""
+        ...
+
+
 @dataclass(frozen=True)
 class FederationPorts:
     """What the services ask of other servers, built by federation before the services."""
@@ -124,3 +134,4 @@ class FederationPorts:
     edus: LocalEdus
     keys: RemoteKeys
     device_lists: DeviceListEdus
+    hierarchy: RemoteHierarchy | None = None
