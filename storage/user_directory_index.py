@@ -16,7 +16,7 @@ their write transaction, the migration builds the directory with them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, exists, select
@@ -92,10 +92,11 @@ def remove_users(conn: Connection, user_ids: Sequence[str]) -> None:
 
 def apply_room_changes(conn: Connection, memberships: Mapping[tuple[str, str], bool],
                        remote_profiles: Sequence[UserRow],
-                       public: Mapping[str, bool]) -> None:
+                       public: Mapping[str, bool], rooms_gone: Collection[str] = ()) -> None:
     """Apply what commits changed: ``memberships`` ``(user, room) -> joined``, the profiles of
-    other servers' users from their new member events, rooms that became public or not.
-    Other servers' users joined to no room here any more leave the directory."""
+    other servers' users from their new member events, rooms that became public or not, and
+    ``rooms_gone``, rooms this server left (their members are forgotten). Other servers'
+    users joined to no room here any more leave the directory."""
     joined = [{"u": u, "r": r} for (u, r), is_joined in memberships.items() if is_joined]
     left = [{"u": u, "r": r} for (u, r), is_joined in memberships.items() if not is_joined]
     if left:
@@ -112,7 +113,15 @@ def apply_room_changes(conn: Connection, memberships: Mapping[tuple[str, str], b
         if is_room_public:
             conn.execute(user_directory_public_rooms.insert().values(room_id=room_id))
     upsert_users(conn, remote_profiles)
-    _drop_roomless_remote_users(conn, sorted({row["u"] for row in left}))
+    left_users = {row["u"] for row in left}
+    for room_id in rooms_gone:
+        left_users.update(conn.execute(select(user_directory_rooms.c.user_id).where(
+            user_directory_rooms.c.room_id == room_id)).scalars())
+        conn.execute(delete(user_directory_rooms)
+                     .where(user_directory_rooms.c.room_id == room_id))
+        conn.execute(delete(user_directory_public_rooms)
+                     .where(user_directory_public_rooms.c.room_id == room_id))
+    _drop_roomless_remote_users(conn, sorted(left_users))
 
 
 def _drop_roomless_remote_users(conn: Connection, user_ids: Sequence[str]) -> None:

@@ -114,6 +114,7 @@ class UserDirectoryService:
         memberships: dict[tuple[str, str], bool] = {}
         profile_events: dict[str, str] = {}  # other servers' joined users: member event
         rooms_to_check: set[str] = set()
+        local_leaves: set[str] = set()  # rooms a local user left
         for batch in batches:
             for event in batch.events:
                 for type_, key, event_id, membership in event.state_delta:
@@ -122,6 +123,8 @@ class UserDirectoryService:
                         memberships[(key, event.room_id)] = joined
                         if joined and not self._is_mine(key):
                             profile_events[key] = event_id
+                        elif not joined and self._is_mine(key):
+                            local_leaves.add(event.room_id)
                     elif type_ in _PUBLICITY and key == "":
                         rooms_to_check.add(event.room_id)
         loaded = await self._rooms.get_events(list(profile_events.values()))
@@ -139,4 +142,12 @@ class UserDirectoryService:
             public[room_id] = user_directory_index.is_public(
                 (join_rules or {}).get("join_rule"),
                 (visibility or {}).get("history_visibility"))
-        await self._store.apply_room_changes(memberships, remote_profiles, public)
+        # A room none of our users is in any more: this server hears no more of it, so its
+        # members are no longer known to be there (as Synapse, the room leaves the directory).
+        gone = set()
+        for room_id in local_leaves:
+            head = await self._rooms.room_head(room_id)
+            if head is None or not any(self._is_mine(user) for user in head.joined):
+                gone.add(room_id)
+        await self._store.apply_room_changes(memberships, remote_profiles, public,
+                                             rooms_gone=gone)

@@ -4,7 +4,7 @@ The tables and how they are written: ``storage.user_directory_index``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Float, and_, case, cast, exists, func, literal, select
@@ -44,12 +44,13 @@ class UserDirectoryStore:
 
     async def apply_room_changes(self, memberships: Mapping[tuple[str, str], bool],
                                  remote_profiles: Sequence[user_directory_index.UserRow],
-                                 public: Mapping[str, bool]) -> None:
+                                 public: Mapping[str, bool], *,
+                                 rooms_gone: Collection[str] = ()) -> None:
         """One transaction: see ``user_directory_index.apply_room_changes``."""
-        if not memberships and not remote_profiles and not public:
+        if not memberships and not remote_profiles and not public and not rooms_gone:
             return
         await self._db.run_write(lambda conn: user_directory_index.apply_room_changes(
-            conn, memberships, remote_profiles, public))
+            conn, memberships, remote_profiles, public, rooms_gone))
 
     async def rebuild(self) -> None:
         await self._db.run_write(user_directory_index.rebuild)
