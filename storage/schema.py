@@ -639,5 +639,14 @@ user_directory_public_rooms = Table(
     Column("room_id", Text, primary_key=True),
 )
 
+# The stream position up to which commits are applied to the directory (one row): at
+# start-up, rooms changed after it are synced again (updates lost to a crash).
+user_directory_stream = Table(
+    "user_directory_stream",
+    metadata,
+    Column("lock", Integer, primary_key=True, default=1),
+    Column("stream_ordering", BigInteger, nullable=False),
+)
+
 USER_DIRECTORY_TABLES = (user_directory, user_directory_search, user_directory_rooms,
-                         user_directory_public_rooms)
+                         user_directory_public_rooms, user_directory_stream)

@@ -19,7 +19,7 @@ import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, exists, select
+from sqlalchemy import Connection, bindparam, delete, exists, func, select, update
 
 from storage.dialect import insert
 from storage.schema import (
@@ -30,6 +30,7 @@ from storage.schema import (
     user_directory_public_rooms,
     user_directory_rooms,
     user_directory_search,
+    user_directory_stream,
     users,
 )
 from storage.search_text import tokens
@@ -92,7 +93,8 @@ def remove_users(conn: Connection, user_ids: Sequence[str]) -> None:
 
 def apply_room_changes(conn: Connection, memberships: Mapping[tuple[str, str], bool],
                        remote_profiles: Sequence[UserRow],
-                       public: Mapping[str, bool], rooms_gone: Collection[str] = ()) -> None:
+                       public: Mapping[str, bool], rooms_gone: Collection[str] = (),
+                       position: int | None = None) -> None:
     """Apply what commits changed: ``memberships`` ``(user, room) -> joined``, the profiles of
     other servers' users from their new member events, rooms that became public or not, and
     ``rooms_gone``, rooms this server left (their members are forgotten). Other servers'
@@ -122,6 +124,8 @@ def apply_room_changes(conn: Connection, memberships: Mapping[tuple[str, str], b
         conn.execute(delete(user_directory_public_rooms)
                      .where(user_directory_public_rooms.c.room_id == room_id))
     _drop_roomless_remote_users(conn, sorted(left_users))
+    if position is not None:
+        set_position(conn, position)
 
 
 def _drop_roomless_remote_users(conn: Connection, user_ids: Sequence[str]) -> None:
@@ -137,10 +141,9 @@ def _drop_roomless_remote_users(conn: Connection, user_ids: Sequence[str]) -> No
 
 def rebuild(conn: Connection) -> None:
     """Build the directory from what is stored: local users (not deactivated) from their
-    profiles, memberships and public rooms from rooms' current state, other servers' joined
-    users from their member events. Replaces whatever the tables held."""
+    profiles, then every room (``sync_rooms``). Replaces whatever the tables held."""
     for table in (user_directory_search, user_directory, user_directory_rooms,
-                  user_directory_public_rooms):
+                  user_directory_public_rooms, user_directory_stream):
         conn.execute(delete(table))
     local = conn.execute(
         select(users.c.user_id, profiles.c.displayname, profiles.c.avatar_url)
@@ -149,33 +152,93 @@ def rebuild(conn: Connection) -> None:
     for chunk in _chunks(local):
         upsert_users(conn, [(u, (n or None) and n[:MAX_NAME_CHARS],
                              (a or None) and a[:MAX_AVATAR_CHARS]) for u, n, a in chunk])
-    members = conn.execute(
-        select(current_state.c.state_key, current_state.c.room_id, current_state.c.event_id)
-        .where(current_state.c.type == "m.room.member",
-               current_state.c.membership == "join")).all()
-    for chunk in _chunks(members):
-        conn.execute(user_directory_rooms.insert(),
-                     [{"user_id": u, "room_id": r} for u, r, _ in chunk])
-    known = {u for u, _, _ in local}
-    remote_events = {u: e for u, _, e in members if u not in known}
-    for chunk in _chunks(sorted(remote_events.items())):
-        contents = _contents(conn, [e for _, e in chunk])
-        upsert_users(conn, [(u, *profile_of(contents.get(e, {}))) for u, e in chunk])
-    rules = conn.execute(
-        select(current_state.c.room_id, current_state.c.type, current_state.c.event_id)
-        .where(and_(current_state.c.type.in_(["m.room.join_rules",
-                                              "m.room.history_visibility"]),
-                    current_state.c.state_key == ""))).all()
-    state: dict[str, dict[str, Mapping[str, Any]]] = {}
-    for chunk in _chunks(rules):
-        contents = _contents(conn, [e for _, _, e in chunk])
-        for room_id, type_, event_id in chunk:
-            state.setdefault(room_id, {})[type_] = contents.get(event_id, {})
-    public = [room_id for room_id, found in state.items() if is_public(
-        found.get("m.room.join_rules", {}).get("join_rule"),
-        found.get("m.room.history_visibility", {}).get("history_visibility"))]
-    for chunk in _chunks(public):
-        conn.execute(user_directory_public_rooms.insert(), [{"room_id": r} for r in chunk])
+    sync_rooms(conn, None)
+    set_position(conn, _stream_head(conn))
+
+
+def sync_rooms(conn: Connection, room_ids: Sequence[str] | None) -> None:
+    """Make what the directory holds of these rooms (every room: None) their current state:
+    the joined members of rooms a local user is joined to (other servers' users with the
+    profile of their member event) and which of them are public. Other servers' users left
+    in no room leave the directory."""
+    cs = current_state
+    for chunk in [None] if room_ids is None else list(_chunks(room_ids)):
+        before: set[str] = set()
+        if chunk is not None:
+            before = set(conn.execute(select(user_directory_rooms.c.user_id).where(
+                user_directory_rooms.c.room_id.in_(chunk))).scalars())
+            for table in (user_directory_rooms, user_directory_public_rooms):
+                conn.execute(delete(table).where(table.c.room_id.in_(chunk)))
+        where = [] if chunk is None else [cs.c.room_id.in_(chunk)]
+        members = conn.execute(
+            select(cs.c.state_key, cs.c.room_id, cs.c.event_id)
+            .where(cs.c.type == "m.room.member", cs.c.membership == "join", *where)).all()
+        candidates = sorted({u for u, _, _ in members})
+        local: set[str] = set()
+        for ids in _chunks(candidates):
+            local.update(conn.execute(select(users.c.user_id)
+                                      .where(users.c.user_id.in_(ids))).scalars())
+        ours = {r for u, r, _ in members if u in local}
+        members = [m for m in members if m[1] in ours]
+        for rows in _chunks(members):
+            conn.execute(user_directory_rooms.insert(),
+                         [{"user_id": u, "room_id": r} for u, r, _ in rows])
+        remote_events = {u: e for u, _, e in members if u not in local}
+        for rows in _chunks(sorted(remote_events.items())):
+            contents = _contents(conn, [e for _, e in rows])
+            upsert_users(conn, [(u, *profile_of(contents.get(e, {}))) for u, e in rows])
+        rules = conn.execute(
+            select(cs.c.room_id, cs.c.type, cs.c.event_id)
+            .where(cs.c.type.in_(["m.room.join_rules", "m.room.history_visibility"]),
+                   cs.c.state_key == "", *where)).all()
+        state: dict[str, dict[str, Mapping[str, Any]]] = {}
+        for rows in _chunks([r for r in rules if r[0] in ours]):
+            contents = _contents(conn, [e for _, _, e in rows])
+            for room_id, type_, event_id in rows:
+                state.setdefault(room_id, {})[type_] = contents.get(event_id, {})
+        public = [room_id for room_id, found in state.items() if is_public(
+            found.get("m.room.join_rules", {}).get("join_rule"),
+            found.get("m.room.history_visibility", {}).get("history_visibility"))]
+        for rows in _chunks(public):
+            conn.execute(user_directory_public_rooms.insert(), [{"room_id": r} for r in rows])
+        _drop_roomless_remote_users(conn, sorted(before))
+
+
+# -- where the directory stands in the event stream ----------------------------------------
+
+_CHANGES = ("m.room.member", "m.room.join_rules", "m.room.history_visibility")
+
+
+def _stream_head(conn: Connection) -> int:
+    return int(conn.execute(select(func.coalesce(func.max(events.c.stream_ordering), 0)))
+               .scalar_one())
+
+
+def set_position(conn: Connection, position: int) -> None:
+    """The directory holds every commit up to ``position`` (never moves back)."""
+    current = conn.execute(select(user_directory_stream.c.stream_ordering)).scalar()
+    if current is None:
+        conn.execute(user_directory_stream.insert().values(lock=1, stream_ordering=position))
+    elif position > current:
+        conn.execute(update(user_directory_stream).values(stream_ordering=position))
+
+
+def catch_up(conn: Connection) -> int:
+    """Apply what commits made after the directory's position (those whose updates a stop
+    or crash lost before they were applied): the rooms whose members, join rules or history
+    visibility changed since are synced from their current state. Returns how many."""
+    position = conn.execute(select(user_directory_stream.c.stream_ordering)).scalar()
+    head = _stream_head(conn)
+    if position is None:  # a new database: nothing was missed
+        set_position(conn, head)
+        return 0
+    rooms = sorted(conn.execute(
+        select(events.c.room_id).distinct()
+        .where(events.c.stream_ordering > position, events.c.type.in_(_CHANGES),
+               events.c.state_key.is_not(None))).scalars())
+    sync_rooms(conn, rooms)
+    set_position(conn, head)
+    return len(rooms)
 
 
 def _contents(conn: Connection, event_ids: list[str]) -> dict[str, Mapping[str, Any]]:

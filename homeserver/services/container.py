@@ -97,6 +97,7 @@ class Services:
         """Open the database (migrating it) and start background housekeeping."""
         await self.db.open()
         self.notifier.set_initial_position(await self.roomserver.start())
+        await self.user_directory.start()
         self.notifier.set_initial_account_data_position(self.db.account_data.position)
         self.receipts.start()
         await self.presence.start()

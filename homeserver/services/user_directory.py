@@ -90,6 +90,14 @@ class UserDirectoryService:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain())
 
+    async def start(self) -> None:
+        """Apply what commits made while no one listened (a crash between a commit and its
+        update here): the rooms changed since the directory's stream position."""
+        synced = await self._store.catch_up()
+        if synced:
+            logger.info("User directory: %d rooms changed while it was not kept; synced",
+                        synced)
+
     async def stop(self) -> None:
         if self._task is not None:
             with contextlib.suppress(Exception):
@@ -149,5 +157,8 @@ class UserDirectoryService:
             head = await self._rooms.room_head(room_id)
             if head is None or not any(self._is_mine(user) for user in head.joined):
                 gone.add(room_id)
+        positions = [e.stream_ordering for b in batches for e in b.events
+                     if e.stream_ordering is not None and e.stream_ordering > 0]
         await self._store.apply_room_changes(memberships, remote_profiles, public,
-                                             rooms_gone=gone)
+                                             rooms_gone=gone,
+                                             position=max(positions, default=None))

@@ -45,12 +45,15 @@ class UserDirectoryStore:
     async def apply_room_changes(self, memberships: Mapping[tuple[str, str], bool],
                                  remote_profiles: Sequence[user_directory_index.UserRow],
                                  public: Mapping[str, bool], *,
-                                 rooms_gone: Collection[str] = ()) -> None:
+                                 rooms_gone: Collection[str] = (),
+                                 position: int | None = None) -> None:
         """One transaction: see ``user_directory_index.apply_room_changes``."""
-        if not memberships and not remote_profiles and not public and not rooms_gone:
-            return
         await self._db.run_write(lambda conn: user_directory_index.apply_room_changes(
-            conn, memberships, remote_profiles, public, rooms_gone))
+            conn, memberships, remote_profiles, public, rooms_gone, position))
+
+    async def catch_up(self) -> int:
+        """See ``user_directory_index.catch_up``."""
+        return await self._db.run_write(user_directory_index.catch_up)
 
     async def rebuild(self) -> None:
         await self._db.run_write(user_directory_index.rebuild)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import text, update
+from sqlalchemy import delete, select, text, update
 
 from homeserver.services.container import Services
 from storage import migrations, schema
@@ -265,3 +265,38 @@ async def test_errors(client: TestClient) -> None:
     assert resp.status == 401 and (await resp.json())["errcode"] == "M_MISSING_TOKEN"
     # A huge term is cut, not an error.
     assert await found(client, alice, "a" * 100_000) == []
+
+
+async def test_updates_lost_to_a_crash_are_made_at_start(client: TestClient,
+                                                         services: Services) -> None:
+    """Commits whose directory update never ran (the process died between them) are found
+    from the directory's stream position at the next start."""
+    alice = await new_user(client, "alice")
+    bob = await new_user(client, "bob")
+    carol = await new_user(client, "carol")
+    room = await create_room(client, alice, preset="private_chat", invite=[bob.user_id])
+    await join(client, bob, room)
+    assert await found(client, alice, "bob") == [bob.user_id]
+    stream = schema.user_directory_stream
+    async with services.db.engine.read() as conn:
+        position = (await conn.execute(select(stream.c.stream_ordering))).scalar_one()
+        saved = (await conn.execute(select(schema.user_directory_rooms))).all()
+    # Bob leaves and Carol makes a public room; then the directory is put back as it was
+    # before (as if those updates were lost).
+    await leave(client, bob, room)
+    await create_room(client, carol, preset="public_chat")
+    assert await found(client, alice, "bob") == []
+    assert await found(client, alice, "carol") == [carol.user_id]
+    async with services.db.engine.write() as conn:
+        await conn.execute(delete(schema.user_directory_rooms))
+        await conn.execute(delete(schema.user_directory_public_rooms))
+        await conn.execute(schema.user_directory_rooms.insert(),
+                           [dict(row._mapping) for row in saved])
+        await conn.execute(update(stream).values(stream_ordering=position))
+    assert await found(client, alice, "bob") == [bob.user_id]
+    assert await found(client, alice, "carol") == []
+    await services.user_directory.start()
+    assert await found(client, alice, "bob") == []
+    assert await found(client, alice, "carol") == [carol.user_id]
+    async with services.db.engine.read() as conn:
+        assert (await conn.execute(select(stream.c.stream_ordering))).scalar_one() > position
