@@ -44,9 +44,12 @@ UserRow = tuple[str, str | None, str | None]
 """``(user_id, display_name, avatar_url)``"""
 
 
-def user_tokens(user_id: str, display_name: str | None) -> list[str]:
-    """The distinct tokens a user is found by: their display name's, then their user ID's."""
-    found = dict.fromkeys(tokens(display_name or "") + tokens(user_id))
+def user_tokens(user_id: str, display_name: str | None, *, remote: bool) -> list[str]:
+    """The distinct tokens a user is found by: their display name's, then their user ID's
+    (of a local user, the localpart's: our own server name would make every local user a
+    match of its prefixes, and a search drops its words, ``UserDirectoryStore.search``)."""
+    user_part = user_id if remote else user_id.split(":", 1)[0]
+    found = dict.fromkeys(tokens(display_name or "") + tokens(user_part))
     return list(found)[:MAX_TOKENS_PER_USER]
 
 
@@ -70,18 +73,20 @@ def _chunks(items: Sequence[Any]) -> Iterable[list[Any]]:
         yield list(items[i:i + _CHUNK])
 
 
-def upsert_users(conn: Connection, rows: Sequence[UserRow]) -> None:
-    """Add or update users (the last row of a user wins), with their tokens."""
+def upsert_users(conn: Connection, rows: Sequence[UserRow], *, remote: bool = False) -> None:
+    """Add or update users (the last row of a user wins), with their tokens; ``remote``:
+    other servers' users."""
     latest = {user_id: (user_id, name, avatar) for user_id, name, avatar in rows}
     if not latest:
         return
     remove_users(conn, list(latest))
     conn.execute(user_directory.insert(), [
         {"user_id": u, "display_name": n, "avatar_url": a,
-         "search_text": " ".join(user_tokens(u, n))} for u, n, a in latest.values()])
+         "search_text": " ".join(user_tokens(u, n, remote=remote))}
+        for u, n, a in latest.values()])
     conn.execute(user_directory_search.insert(), [
         {"token": token, "user_id": u} for u, n, _ in latest.values()
-        for token in user_tokens(u, n)])
+        for token in user_tokens(u, n, remote=remote)])
 
 
 def remove_users(conn: Connection, user_ids: Sequence[str]) -> None:
@@ -114,7 +119,7 @@ def apply_room_changes(conn: Connection, memberships: Mapping[tuple[str, str], b
                      .where(user_directory_public_rooms.c.room_id == room_id))
         if is_room_public:
             conn.execute(user_directory_public_rooms.insert().values(room_id=room_id))
-    upsert_users(conn, remote_profiles)
+    upsert_users(conn, remote_profiles, remote=True)
     left_users = {row["u"] for row in left}
     for room_id in rooms_gone:
         left_users.update(conn.execute(select(user_directory_rooms.c.user_id).where(
@@ -186,7 +191,8 @@ def sync_rooms(conn: Connection, room_ids: Sequence[str] | None) -> None:
         remote_events = {u: e for u, _, e in members if u not in local}
         for rows in _chunks(sorted(remote_events.items())):
             contents = _contents(conn, [e for _, e in rows])
-            upsert_users(conn, [(u, *profile_of(contents.get(e, {}))) for u, e in rows])
+            upsert_users(conn, [(u, *profile_of(contents.get(e, {}))) for u, e in rows],
+                         remote=True)
         rules = conn.execute(
             select(cs.c.room_id, cs.c.type, cs.c.event_id)
             .where(cs.c.type.in_(["m.room.join_rules", "m.room.history_visibility"]),

@@ -40,6 +40,7 @@ class UserDirectoryService:
         self._store = store
         self._rooms = rooms
         self._config = config
+        self._server_name = server_name
         self._server_suffix = ":" + server_name
         self._pending: list[CommittedBatch] = []
         self._task: asyncio.Task[None] | None = None
@@ -60,7 +61,7 @@ class UserDirectoryService:
         await self.caught_up()
         found, limited = await self._store.search(
             user_id, term[:MAX_SEARCH_TERM_CHARS], limit,
-            search_all_users=self._config.search_all_users)
+            search_all_users=self._config.search_all_users, server_name=self._server_name)
         results = []
         for entry in found:
             result: dict[str, Any] = {"user_id": entry.user_id}

@@ -33,9 +33,12 @@ class DirectoryEntry:
     avatar_url: str | None
 
 
-def search_words(search_term: str) -> list[str]:
-    """The words of a search term, each to be matched as a token prefix."""
-    return list(dict.fromkeys(tokens(search_term)))[:MAX_SEARCH_WORDS]
+def search_words(search_term: str, server_name: str) -> list[str]:
+    """The words of a search term, each to be matched as a token prefix; the words of our
+    own server name are dropped (local users are not indexed by it: "@bob:our.server" is a
+    search for bob)."""
+    ours = set(tokens(server_name))
+    return [w for w in dict.fromkeys(tokens(search_term)) if w not in ours][:MAX_SEARCH_WORDS]
 
 
 class UserDirectoryStore:
@@ -59,7 +62,8 @@ class UserDirectoryStore:
         await self._db.run_write(user_directory_index.rebuild)
 
     async def search(self, searcher: str, search_term: str, limit: int, *,
-                     search_all_users: bool) -> tuple[list[DirectoryEntry], bool]:
+                     search_all_users: bool, server_name: str
+                     ) -> tuple[list[DirectoryEntry], bool]:
         """Users matching every word of ``search_term`` (prefixes of their display name's or
         user ID's words), best first, and whether there were more than ``limit``.
 
@@ -69,7 +73,7 @@ class UserDirectoryStore:
         times three per word matched whole plus one per word matched as a prefix; then users
         with a display name and an avatar first.
         """
-        words = search_words(search_term)
+        words = search_words(search_term, server_name)
         if not words or limit <= 0:
             return [], False
         d = user_directory
