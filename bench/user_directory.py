@@ -87,9 +87,10 @@ async def fill(backend: Backend, args: argparse.Namespace, names: list[str],
 
     def rooms(conn: Connection) -> None:
         memberships = [{"user_id": users[(r * args.per_room + j) % len(users)],
-                        "room_id": f"!r{r}:{SERVER}"}
+                        "room_id": f"!r{r}:{SERVER}", "public": r % 10 == 0}
                        for r in range(args.rooms) for j in range(args.per_room)]
-        memberships += [{"user_id": SEARCHER, "room_id": f"!r{r}:{SERVER}"}
+        memberships += [{"user_id": SEARCHER, "room_id": f"!r{r}:{SERVER}",
+                         "public": r % 10 == 0}
                         for r in rng.sample(range(args.rooms), args.searcher_rooms)]
         for i in range(0, len(memberships), 5000):
             conn.execute(user_directory_rooms.insert(), memberships[i:i + 5000])

@@ -19,6 +19,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -629,8 +630,13 @@ user_directory_rooms = Table(
     metadata,
     Column("user_id", Text, nullable=False),
     Column("room_id", Text, nullable=False),
+    # The room's publicity (user_directory_public_rooms), copied so that "is in a public
+    # room" is one index range of the user's own rows.
+    Column("public", Boolean, nullable=False, default=False),
     PrimaryKeyConstraint("user_id", "room_id"),
     Index("user_directory_rooms_room", "room_id"),
+    Index("user_directory_rooms_public", "user_id",
+          postgresql_where=text("public"), sqlite_where=text("public")),
 )
 
 user_directory_public_rooms = Table(

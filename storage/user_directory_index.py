@@ -104,21 +104,27 @@ def apply_room_changes(conn: Connection, memberships: Mapping[tuple[str, str], b
     other servers' users from their new member events, rooms that became public or not, and
     ``rooms_gone``, rooms this server left (their members are forgotten). Other servers'
     users joined to no room here any more leave the directory."""
-    joined = [{"u": u, "r": r} for (u, r), is_joined in memberships.items() if is_joined]
+    for room_id, is_room_public in public.items():
+        conn.execute(delete(user_directory_public_rooms)
+                     .where(user_directory_public_rooms.c.room_id == room_id))
+        if is_room_public:
+            conn.execute(user_directory_public_rooms.insert().values(room_id=room_id))
+        conn.execute(update(user_directory_rooms)
+                     .where(user_directory_rooms.c.room_id == room_id)
+                     .values(public=is_room_public))
+    joined = [(u, r) for (u, r), is_joined in memberships.items() if is_joined]
     left = [{"u": u, "r": r} for (u, r), is_joined in memberships.items() if not is_joined]
     if left:
         conn.execute(delete(user_directory_rooms).where(
             user_directory_rooms.c.user_id == bindparam("u"),
             user_directory_rooms.c.room_id == bindparam("r")), left)
     if joined:
+        public_rooms = _public_among(conn, sorted({r for _, r in joined}))
         conn.execute(insert(conn.dialect.name == "sqlite", user_directory_rooms)
-                     .values(user_id=bindparam("u"), room_id=bindparam("r"))
-                     .on_conflict_do_nothing(index_elements=["user_id", "room_id"]), joined)
-    for room_id, is_room_public in public.items():
-        conn.execute(delete(user_directory_public_rooms)
-                     .where(user_directory_public_rooms.c.room_id == room_id))
-        if is_room_public:
-            conn.execute(user_directory_public_rooms.insert().values(room_id=room_id))
+                     .values(user_id=bindparam("u"), room_id=bindparam("r"),
+                             public=bindparam("p"))
+                     .on_conflict_do_nothing(index_elements=["user_id", "room_id"]),
+                     [{"u": u, "r": r, "p": r in public_rooms} for u, r in joined])
     upsert_users(conn, remote_profiles, remote=True)
     left_users = {row["u"] for row in left}
     for room_id in rooms_gone:
@@ -131,6 +137,14 @@ def apply_room_changes(conn: Connection, memberships: Mapping[tuple[str, str], b
     _drop_roomless_remote_users(conn, sorted(left_users))
     if position is not None:
         set_position(conn, position)
+
+
+def _public_among(conn: Connection, room_ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(room_ids):
+        found.update(conn.execute(select(user_directory_public_rooms.c.room_id).where(
+            user_directory_public_rooms.c.room_id.in_(chunk))).scalars())
+    return found
 
 
 def _drop_roomless_remote_users(conn: Connection, user_ids: Sequence[str]) -> None:
@@ -185,9 +199,6 @@ def sync_rooms(conn: Connection, room_ids: Sequence[str] | None) -> None:
                                       .where(users.c.user_id.in_(ids))).scalars())
         ours = {r for u, r, _ in members if u in local}
         members = [m for m in members if m[1] in ours]
-        for rows in _chunks(members):
-            conn.execute(user_directory_rooms.insert(),
-                         [{"user_id": u, "room_id": r} for u, r, _ in rows])
         remote_events = {u: e for u, _, e in members if u not in local}
         for rows in _chunks(sorted(remote_events.items())):
             contents = _contents(conn, [e for _, e in rows])
@@ -207,6 +218,11 @@ def sync_rooms(conn: Connection, room_ids: Sequence[str] | None) -> None:
             found.get("m.room.history_visibility", {}).get("history_visibility"))]
         for rows in _chunks(public):
             conn.execute(user_directory_public_rooms.insert(), [{"room_id": r} for r in rows])
+        public_set = set(public)
+        for rows in _chunks(members):
+            conn.execute(user_directory_rooms.insert(),
+                         [{"user_id": u, "room_id": r, "public": r in public_set}
+                          for u, r, _ in rows])
         _drop_roomless_remote_users(conn, sorted(before))
 
 

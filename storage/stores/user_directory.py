@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, exists, func, literal, select
+from sqlalchemy import Float, Select, and_, case, cast, func, literal, select, text
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import FromClause
 
@@ -15,7 +16,6 @@ from storage import user_directory_index
 from storage.engine import DatabaseEngine
 from storage.schema import (
     user_directory,
-    user_directory_public_rooms,
     user_directory_rooms,
     user_directory_search,
 )
@@ -39,6 +39,52 @@ def search_words(search_term: str, server_name: str) -> list[str]:
     search for bob)."""
     ours = set(tokens(server_name))
     return [w for w in dict.fromkeys(tokens(search_term)) if w not in ours][:MAX_SEARCH_WORDS]
+
+
+def search_query(searcher: str, words: list[str], limit: int, *,
+                 search_all_users: bool) -> Select[Any]:
+    """The search (see ``UserDirectoryStore.search``): ``limit`` rows at most."""
+    d = user_directory
+    matched = []
+    for word in words:
+        s = user_directory_search
+        matched.append(
+            select(s.c.user_id,
+                   func.max(case((s.c.token == word, 1), else_=0)).label("exact"))
+            .where(s.c.token >= word, s.c.token < word + _PREFIX_END)
+            .group_by(s.c.user_id).subquery())
+    joined: FromClause = d
+    for sub in matched:
+        joined = joined.join(sub, sub.c.user_id == d.c.user_id)
+    mine = user_directory_rooms.alias("mine")
+    theirs = user_directory_rooms.alias("theirs")
+    # The searcher's room mates: one set per query (uncorrelated), usually small.
+    room_mates = (select(theirs.c.user_id)
+                  .join(mine, mine.c.room_id == theirs.c.room_id)
+                  .where(mine.c.user_id == searcher, theirs.c.user_id != searcher)
+                  .cte("room_mates"))
+    # Who is visible is asked of the first word's matches (the candidates), before the
+    # directory is joined: the planner then joins only those who remain.
+    candidate = matched[0].c.user_id
+    shared = candidate.in_(select(room_mates.c.user_id))
+    # Users in a public room (a partial index of those rows).
+    in_public = candidate.in_(select(theirs.c.user_id).where(theirs.c.public.is_(True)))
+    visible: ColumnElement[bool] = (candidate != searcher) if search_all_users \
+        else (shared | in_public)
+    exact: ColumnElement[float] = cast(literal(0), Float)
+    for sub in matched:
+        exact = exact + sub.c.exact
+    rank = (case((shared, 4.0), else_=1.0)
+            * case((d.c.display_name.is_not(None), 1.2), else_=1.0)
+            * case((d.c.avatar_url.is_not(None), 1.2), else_=1.0)
+            * (3 * exact + len(words)))
+    query = (select(d.c.user_id, d.c.display_name, d.c.avatar_url)
+             .select_from(joined)
+             .where(and_(visible))
+             .order_by(rank.desc(), d.c.display_name.is_(None), d.c.avatar_url.is_(None),
+                       d.c.user_id)
+             .limit(limit))
+    return query
 
 
 class UserDirectoryStore:
@@ -76,42 +122,12 @@ class UserDirectoryStore:
         words = search_words(search_term, server_name)
         if not words or limit <= 0:
             return [], False
-        d = user_directory
-        matched = []
-        for word in words:
-            s = user_directory_search
-            matched.append(
-                select(s.c.user_id,
-                       func.max(case((s.c.token == word, 1), else_=0)).label("exact"))
-                .where(s.c.token >= word, s.c.token < word + _PREFIX_END)
-                .group_by(s.c.user_id).subquery())
-        joined: FromClause = d
-        for sub in matched:
-            joined = joined.join(sub, sub.c.user_id == d.c.user_id)
-        mine = user_directory_rooms.alias("mine")
-        theirs = user_directory_rooms.alias("theirs")
-        shared = exists().where(theirs.c.user_id == d.c.user_id, mine.c.user_id == searcher,
-                                mine.c.room_id == theirs.c.room_id,
-                                d.c.user_id != searcher)
-        in_public = exists().where(
-            theirs.c.user_id == d.c.user_id,
-            user_directory_public_rooms.c.room_id == theirs.c.room_id)
-        visible: ColumnElement[bool] = (d.c.user_id != searcher) if search_all_users \
-            else (shared | in_public)
-        exact: ColumnElement[float] = cast(literal(0), Float)
-        for sub in matched:
-            exact = exact + sub.c.exact
-        rank = (case((shared, 4.0), else_=1.0)
-                * case((d.c.display_name.is_not(None), 1.2), else_=1.0)
-                * case((d.c.avatar_url.is_not(None), 1.2), else_=1.0)
-                * (3 * exact + len(words)))
-        query = (select(d.c.user_id, d.c.display_name, d.c.avatar_url)
-                 .select_from(joined)
-                 .where(and_(visible))
-                 .order_by(rank.desc(), d.c.display_name.is_(None), d.c.avatar_url.is_(None),
-                           d.c.user_id)
-                 .limit(limit + 1))
+        query = search_query(searcher, words, limit + 1, search_all_users=search_all_users)
         async with self._db.read() as conn:
+            if not self._db.is_sqlite:
+                # Compiling the plan (PostgreSQL's JIT, for its cost estimate) takes longer
+                # than running it.
+                await conn.execute(text("SET LOCAL jit = off"))
             rows = (await conn.execute(query)).all()
         entries = [DirectoryEntry(u, n, a) for u, n, a in rows[:limit]]
         return entries, len(rows) > limit

@@ -11,7 +11,22 @@ from typing import Any
 
 import pytest
 
+from homeserver.services.container import Services
+from homeserver.services.rooms import CreateRoomRequest
 from homeserver.services.spaces import checked_answer
+from roomserver.api import NewEvent
+from tests.conftest import SERVER_NAME
+from tests.federation.test_reads import (  # noqa: F401 (fixtures)
+    ALICE,
+    V1,
+    FakeRemote,
+    Fed,
+    fed,
+    hs,
+    remote,
+    remote_member,
+    stranger,
+)
 from tests.helpers.federation import FedPair, User, poll_until, q
 from tests.helpers.spec import assert_matches_spec
 
@@ -128,3 +143,55 @@ def test_malformed_remote_answers_are_checked() -> None:
     for bad in (None, [], {"room": None}, {"room": {**room, "room_id": "!other:b"}},
                 {"room": {**room, "num_joined_members": -1}}):
         assert checked_answer(bad, "!r:b") is None
+
+
+# -- the federation endpoint, in process (signed requests from fake servers) ---------------
+
+async def _room(hs: Services, preset: str, space: bool = False) -> str:  # noqa: F811
+    if await hs.db.users.get_user(ALICE) is None:
+        await hs.accounts.register("alice", None)
+    room_id, _ = await hs.rooms.create_room(CreateRoomRequest(
+        creator=ALICE, preset=preset,
+        creation_content={"type": "m.space"} if space else {}))
+    return room_id
+
+
+async def test_served_to_other_servers(hs: Services, fed: Fed, remote: FakeRemote,  # noqa: F811
+                                       stranger: FakeRemote) -> None:  # noqa: F811
+    root = await _room(hs, "public_chat", space=True)
+    public = await _room(hs, "public_chat")
+    private = await _room(hs, "private_chat")
+    hidden_space = await _room(hs, "private_chat", space=True)
+    for child in (public, private):
+        await hs.roomserver.send(root, NewEvent("m.space.child", ALICE, {"via": [SERVER_NAME]},
+                                                state_key=child))
+    # The remote server has a user in the private room; the stranger has none anywhere.
+    await hs.roomserver.send(private, NewEvent("m.room.member", ALICE, {"membership": "invite"},
+                                               state_key=remote.user("bob")))
+    await remote_member(hs, private, remote.user("bob"))
+    path = f"{V1}/hierarchy/{q(root)}"
+
+    status, body = await fed.request("GET", path, origin=remote)
+    assert status == 200, body
+    assert_matches_spec("server-server", "GET", f"/hierarchy/{root}", 200, body)
+    assert body["room"]["room_id"] == root
+    assert [c["state_key"] for c in body["room"]["children_state"]] == [public, private]
+    assert [c["room_id"] for c in body["children"]] == [public, private]
+    assert body["inaccessible_children"] == []
+    status, body = await fed.request("GET", path, origin=stranger)
+    assert status == 200, body
+    assert [c["room_id"] for c in body["children"]] == [public]
+    assert body["inaccessible_children"] == [private]
+    status, body = await fed.request("GET", path, origin=stranger,
+                                     params={"suggested_only": "true"})
+    assert status == 200 and body["children"] == [] and body["room"]["children_state"] == []
+
+    for room_id in (hidden_space, f"!nowhere:{SERVER_NAME}"):
+        status, body = await fed.request("GET", f"{V1}/hierarchy/{q(room_id)}", origin=remote)
+        assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
+    for bad_path, params in ((path, {"suggested_only": "maybe"}),
+                             (f"{V1}/hierarchy/not-a-room", None)):
+        status, body = await fed.request("GET", bad_path, origin=remote, params=params)
+        assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")
+    status, body = await fed.request("GET", path, origin=None)
+    assert status == 401
