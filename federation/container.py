@@ -97,7 +97,7 @@ class Served:
     edus: InboundEdus
     visibility: ServerVisibility
     keys: E2EKeyService
-    spaces: SpaceHierarchyService
+    spaces: SpaceHierarchyService | None = None
 
 
 @dataclass

@@ -126,7 +126,7 @@ def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | N
                     services.membership, InboundEdus(services.typing, services.receipts,
                                                      services.presence, services.to_device,
                                                      services.keys),
-                    ServerVisibility(roomserver), services.keys, services.spaces)
+                    ServerVisibility(roomserver), services.keys, spaces=services.spaces)
     return services, build_federation(config, db, clock, signing_key, roomserver, outbound,
                                       served)
 

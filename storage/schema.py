@@ -636,7 +636,7 @@ user_directory_rooms = Table(
     PrimaryKeyConstraint("user_id", "room_id"),
     Index("user_directory_rooms_room", "room_id"),
     Index("user_directory_rooms_public", "user_id",
-          postgresql_where=text("public"), sqlite_where=text("public")),
+          postgresql_where=text("public"), sqlite_where=text("public = 1")),
 )
 
 user_directory_public_rooms = Table(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from core.errors import InvalidParam
+from core.errors import InvalidParam, NotFound
 from core.types import InvalidIdentifier, check_room_id
 from federation.routes._base import federation_route
 from homeserver.http.json import json_response
@@ -32,5 +32,7 @@ async def get_hierarchy(request: web.Request, fed: Federation, origin: str, _bod
     suggested_only = request.query.get("suggested_only", "false")
     if suggested_only not in ("true", "false"):
         raise InvalidParam("'suggested_only' must be true or false")
+    if fed.served.spaces is None:
+        raise NotFound(f"Unknown room: {room_id}")
     return json_response(await fed.served.spaces.federation_hierarchy(
         origin, room_id, suggested_only=suggested_only == "true"))

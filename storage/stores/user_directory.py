@@ -68,7 +68,8 @@ def search_query(searcher: str, words: list[str], limit: int, *,
     candidate = matched[0].c.user_id
     shared = candidate.in_(select(room_mates.c.user_id))
     # Users in a public room (a partial index of those rows).
-    in_public = candidate.in_(select(theirs.c.user_id).where(theirs.c.public.is_(True)))
+    in_public = candidate.in_(select(theirs.c.user_id).where(
+        theirs.c.public == True))  # noqa: E712 (as the partial index's condition reads)
     visible: ColumnElement[bool] = (candidate != searcher) if search_all_users \
         else (shared | in_public)
     exact: ColumnElement[float] = cast(literal(0), Float)

@@ -31,7 +31,8 @@ from tests.helpers.room_api import (
 services = test_sync_fanout.services  # every test here runs on SQLite and on PostgreSQL
 PATH = "/user_directory/search"
 # The schema version just before the directory's tables.
-before_directory = migrations.MIGRATIONS.index(migrations._v8_directory) + 1
+before_directory = next(i for i, m in enumerate(migrations.MIGRATIONS)
+                        if m.__name__.endswith("_directory")) + 1
 
 
 async def search_raw(client: TestClient, user: User, body: Any) -> tuple[int, Any]:

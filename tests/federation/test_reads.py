@@ -238,7 +238,7 @@ async def fed(hs: Services, aiohttp_client: Callable[..., Any]) -> AsyncIterator
                       ())
     served = Served(hs.profiles, hs.rooms, hs.directory, hs.devices, hs.membership,
                     InboundEdus(hs.typing, hs.receipts, hs.presence, hs.to_device, hs.keys),
-                    ServerVisibility(hs.roomserver), hs.keys, hs.spaces)
+                    ServerVisibility(hs.roomserver), hs.keys, spaces=hs.spaces)
     stub = StubFederation(config.server_name, hs.db.users, hs.clock, hs.roomserver, served, keyring,
                           StubSender())
     app = web.Application(middlewares=[error_middleware])
