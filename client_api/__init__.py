@@ -30,10 +30,12 @@ from client_api import (
     reports,
     rooms,
     search,
+    spaces,
     sync,
     threepid,
     timestamp_to_event,
     to_device,
+    user_directory,
     versions,
     voip,
 )
@@ -41,7 +43,7 @@ from client_api import (
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
             directory, account_data, sync, push_rules, presence, receipts, friends,
             search, history, to_device, key_backup, keys, dehydrated_devices,
-            relations, voip, threepid, reports, timestamp_to_event)
+            relations, voip, threepid, reports, timestamp_to_event, user_directory, spaces)
 
 
 def add_client_routes(app: web.Application) -> None:

@@ -7,7 +7,7 @@ from aiohttp import web
 from federation.container import Federation, Served, build_federation, build_outbound
 from federation.keys import notary
 from federation.keys import server as key_server
-from federation.routes import devices, events, media, membership, query, transactions
+from federation.routes import devices, events, media, membership, query, spaces, transactions
 from federation.routes._base import FEDERATION
 
 __all__ = [
@@ -26,5 +26,5 @@ def add_federation_routes(app: web.Application, federation: Federation | None) -
         return
     app[FEDERATION] = federation
     app[notary.KEYRING] = federation.keyring
-    for module in (notary, transactions, membership, events, query, devices, media):
+    for module in (notary, transactions, membership, events, query, devices, media, spaces):
         app.router.add_routes(module.routes)

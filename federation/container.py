@@ -25,6 +25,7 @@ from federation.inbound.pdus import PduHandler
 from federation.inbound.transaction import InboundEdus, TransactionHandler
 from federation.keys.keyring import Keyring
 from federation.remote_directory import RemoteDirectoryClient
+from federation.remote_hierarchy import RemoteHierarchyClient
 from federation.remote_keys import RemoteKeysClient
 from federation.remote_media import RemoteMediaClient
 from federation.remote_rooms import RemoteRoomsClient
@@ -40,6 +41,7 @@ from homeserver.services.ports import FederationPorts
 from homeserver.services.profile import ProfileService
 from homeserver.services.rooms import RoomService
 from homeserver.services.server_visibility import ServerVisibility
+from homeserver.services.spaces import SpaceHierarchyService
 from roomserver.api import FederatedRooms
 from storage import Database
 from storage.stores.users import UserStore
@@ -67,7 +69,8 @@ class Outbound:
         return FederationPorts(rooms=self.remote, directory=self.directory,
                                to_device=self.sender.queue_to_device,
                                backfill=self.backfiller.backfill, edus=self.sender,
-                               keys=self.keys, device_lists=self.sender, media=self.media)
+                               keys=self.keys, device_lists=self.sender, media=self.media,
+                               hierarchy=RemoteHierarchyClient(self.client))
 
 
 def build_outbound(config: HomeserverConfig, db: Database, clock: Clock,
@@ -98,6 +101,7 @@ class Served:
     visibility: ServerVisibility
     keys: E2EKeyService
     media: MediaService | None = None
+    spaces: SpaceHierarchyService | None = None
 
 
 @dataclass

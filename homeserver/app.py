@@ -131,7 +131,8 @@ def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | N
                     services.membership, InboundEdus(services.typing, services.receipts,
                                                      services.presence, services.to_device,
                                                      services.keys),
-                    ServerVisibility(roomserver), services.keys, services.media)
+                    ServerVisibility(roomserver), services.keys, services.media,
+                    spaces=services.spaces)
     return services, build_federation(config, db, clock, signing_key, roomserver, outbound,
                                       served)
 

@@ -200,6 +200,13 @@ class PushConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UserDirectoryConfig:
+    # True: a search finds every local user (and remote users seen in rooms here); False
+    # (as Synapse): only users who share a room with the searcher or are in a public room.
+    search_all_users: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RetentionConfig:
     """Message retention (Synapse's ``retention`` section): rooms' ``m.room.retention``
     policies and a server default, enforced by a purge job."""
@@ -246,6 +253,7 @@ class HomeserverConfig:
     retention: RetentionConfig = RetentionConfig()
     turn: TurnConfig = TurnConfig()
     push: PushConfig = PushConfig()
+    user_directory: UserDirectoryConfig = UserDirectoryConfig()
     logging: LoggingConfig = LoggingConfig()
     config_dir: Path = field(default=Path("."))
     # The version of rooms created without one (createRoom's room_version, DM rooms of the
@@ -496,6 +504,9 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
     logging_config = _logging(r.section("logging"), config_dir)
     turn = _turn(r.section("turn"))
 
+    user_directory = UserDirectoryConfig(
+        r.section("user_directory").get("search_all_users", bool, False))
+
     room_version = r.raw("default_room_version", DEFAULT_ROOM_VERSION.identifier)
     if isinstance(room_version, int) and not isinstance(room_version, bool):
         room_version = str(room_version)  # default_room_version: 10
@@ -547,6 +558,7 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         retention=retention,
         turn=turn,
         push=push,
+        user_directory=user_directory,
         logging=logging_config,
         config_dir=config_dir,
         default_room_version=str(room_version),

@@ -29,6 +29,7 @@ from storage.stores.server_keys import ServerKeyStore
 from storage.stores.state import StateStore
 from storage.stores.sync import SyncStore
 from storage.stores.to_device import ToDeviceStore
+from storage.stores.user_directory import UserDirectoryStore
 from storage.stores.users import ProfileStore, UserStore
 
 
@@ -67,6 +68,7 @@ class Database:
         self.reports = ReportStore(self.engine)
         self.media = MediaStore(self.engine)
         self.push = PushStore(self.engine)
+        self.user_directory = UserDirectoryStore(self.engine)
 
     @property
     def is_sqlite(self) -> bool:

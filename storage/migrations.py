@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, inspect, select, text
 
-from storage import auth_chain_index, relations_index, schema, search_index
+from storage import auth_chain_index, relations_index, schema, search_index, user_directory_index
 from storage.search_text import INDEXED
 
 Migration = Callable[[Connection], None]
@@ -112,11 +112,18 @@ def _v13_push(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v14_directory(conn: Connection) -> None:
+    for table in schema.USER_DIRECTORY_TABLES:
+        table.create(conn, checkfirst=True)
+    # The directory of what is stored: local users' profiles, rooms' current members.
+    user_directory_index.rebuild(conn)
+
+
 MIGRATIONS: list[Migration] = [_v2_receipts_and_presence, _v3_history, _v4_federation,
                                _v5_auth_chain_index, _v6_end_to_end_encryption,
                                _v7_remote_device_lists, _v8_dehydrated_devices,
                                _v9_device_list_announced, _v10_relations, _v11_reports,
-                               _v12_media, _v13_push]
+                               _v12_media, _v13_push, _v14_directory]
 LATEST = 1 + len(MIGRATIONS)
 
 

@@ -47,10 +47,12 @@ from homeserver.services.reports import ReportService
 from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 from homeserver.services.serialize import EventSerializer
+from homeserver.services.spaces import SpaceHierarchyService
 from homeserver.services.sync import SyncService
 from homeserver.services.to_device import ToDeviceService
 from homeserver.services.typing import TypingService
 from homeserver.services.uia import UiAuthService
+from homeserver.services.user_directory import UserDirectoryService
 from homeserver.services.visibility import VisibilityService
 from homeserver.services.voip import TurnService
 from roomserver.server import RoomServer
@@ -107,6 +109,8 @@ class Services:
     unread: UnreadCounts
     push_delivery: PushDelivery | None
     push_gateway: PushGateway | None
+    user_directory: UserDirectoryService
+    spaces: SpaceHierarchyService
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -118,6 +122,7 @@ class Services:
         await self.push.start(position)
         if self.push_delivery is not None:
             self.push_delivery.start()
+        await self.user_directory.start()
         self.notifier.set_initial_account_data_position(self.db.account_data.position)
         self.receipts.start()
         await self.presence.start()
@@ -144,6 +149,7 @@ class Services:
         await self.censor.stop()
         await self.presence.stop()
         await self.roomserver.stop()
+        await self.user_directory.stop()
         await self.auth.flush_last_seen()
         await self.db.close()
         self.hasher.close()
@@ -216,6 +222,9 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     edus = remote.edus if remote is not None else None
     typing = TypingService(notifier, members, clock, config.server_name, edus)
     roomserver.add_commit_listener(typing)
+    user_directory = UserDirectoryService(db.user_directory, roomserver, config.user_directory,
+                                          config.server_name)
+    roomserver.add_commit_listener(user_directory)
     receipts = ReceiptService(db.receipts, db.events, members, account_data, notifier, clock,
                               edus)
     presence = PresenceService(db.presence, notifier, members, clock, config.presence,
@@ -293,4 +302,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         unread=unread,
         push_delivery=push_delivery,
         push_gateway=push_gateway,
+        user_directory=user_directory,
+        spaces=SpaceHierarchyService(
+            roomserver, clock, config.server_name,
+            remote=remote.hierarchy if remote is not None else None),
     )

@@ -132,6 +132,15 @@ class RemoteMedia(Protocol):
             MatrixError: for the client: 404 when the server has no such media, 502 when it
                 cannot be reached, answers badly or sends more than ``max_bytes``.
         """
+
+
+class RemoteHierarchy(Protocol):
+    """Other servers' space hierarchies (``/_matrix/federation/v1/hierarchy/{roomId}``)."""
+
+    async def hierarchy(self, servers: Sequence[str], room_id: str,
+                        suggested_only: bool) -> Any:
+        """The answer of the first of ``servers`` that gives one, as it came (untrusted
+        JSON); None when none does."""
         ...
 
 
@@ -147,3 +156,4 @@ class FederationPorts:
     keys: RemoteKeys
     device_lists: DeviceListEdus
     media: RemoteMedia | None = None
+    hierarchy: RemoteHierarchy | None = None

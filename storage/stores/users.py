@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, update
 
+from storage import user_directory_index
 from storage.dialect import insert
 from storage.engine import DatabaseEngine
 from storage.schema import access_tokens, devices, profiles, refresh_tokens, users
@@ -54,6 +55,8 @@ class UserStore:
             await conn.execute(
                 profiles.insert().values(user_id=user_id, displayname=displayname)
             )
+            await conn.run_sync(user_directory_index.upsert_users,
+                                [(user_id, displayname, None)])
             return True
 
     async def get_user(self, user_id: str) -> UserRecord | None:
@@ -90,6 +93,8 @@ class UserStore:
             await conn.execute(delete(access_tokens).where(access_tokens.c.user_id == user_id))
             await conn.execute(delete(refresh_tokens).where(refresh_tokens.c.user_id == user_id))
             await conn.execute(delete(devices).where(devices.c.user_id == user_id))
+            # Deactivated users are never found in the user directory.
+            await conn.run_sync(user_directory_index.remove_users, [user_id])
             if erase:
                 await conn.execute(
                     update(profiles).where(profiles.c.user_id == user_id)
@@ -118,6 +123,13 @@ class ProfileStore:
         if field not in ("displayname", "avatar_url"):
             raise ValueError(field)
         async with self._db.write() as conn:
-            await conn.execute(
+            row = (await conn.execute(
                 update(profiles).where(profiles.c.user_id == user_id).values({field: value})
-            )
+                .returning(profiles.c.displayname, profiles.c.avatar_url)
+            )).first()
+            # The user directory follows the profile (not a deactivated user's).
+            active = (await conn.execute(select(users.c.user_id).where(
+                users.c.user_id == user_id, users.c.deactivated.is_(False)))).first()
+            if row is not None and active is not None:
+                await conn.run_sync(user_directory_index.upsert_users,
+                                    [(user_id, row.displayname, row.avatar_url)])

@@ -36,7 +36,7 @@ from federation.inbound.limits import OriginLimiter
 from federation.inbound.transaction import InboundEdus
 from federation.keys.keyring import Keyring
 from federation.keys.server import signed_key_response
-from federation.routes import devices, events, query
+from federation.routes import devices, events, query, spaces
 from federation.routes._base import FEDERATION
 from federation.transport.client import FederationClient
 from federation.transport.x_matrix import sign_request
@@ -238,12 +238,12 @@ async def fed(hs: Services, aiohttp_client: Callable[..., Any]) -> AsyncIterator
                       ())
     served = Served(hs.profiles, hs.rooms, hs.directory, hs.devices, hs.membership,
                     InboundEdus(hs.typing, hs.receipts, hs.presence, hs.to_device, hs.keys),
-                    ServerVisibility(hs.roomserver), hs.keys)
+                    ServerVisibility(hs.roomserver), hs.keys, spaces=hs.spaces)
     stub = StubFederation(config.server_name, hs.db.users, hs.clock, hs.roomserver, served, keyring,
                           StubSender())
     app = web.Application(middlewares=[error_middleware])
     app[FEDERATION] = cast(Federation, stub)
-    for module in (events, query, devices):
+    for module in (events, query, devices, spaces):
         app.router.add_routes(module.routes)
     try:
         yield Fed(await aiohttp_client(app), stub)
