@@ -232,7 +232,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     to_device = ToDeviceService(db.to_device, notifier, clock, config.server_name,
                                 remote_queue=remote.to_device if remote is not None else None)
     push_rules = PushRuleService(db.push)
-    push = PushEvaluator(db.push, db.events, push_rules, pushers, clock, config.server_name)
+    push = PushEvaluator(db.push, db.events, push_rules, pushers, ignored, clock,
+                         config.server_name)
     roomserver.add_commit_listener(push)
     unread = UnreadCounts(db.push, receipts, members, push, db.events, serializer, clock)
     push_delivery = PushDelivery(db.push, db.events, pushers, push_gateway, push.room_details,

@@ -30,6 +30,7 @@ from typing import Any
 from core.clock import Clock
 from core.events.room_versions import KNOWN_ROOM_VERSIONS
 from core.push.evaluator import EventFacts, Outcome, Plan, Ruleset, UserFacts
+from homeserver.services.ignored_users import IgnoredUsers
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.push_rules import PushRuleService
 from homeserver.services.pushers import PusherService
@@ -91,8 +92,10 @@ class PushEvaluator:
     ROOM_CACHE = 2_000
 
     def __init__(self, store: PushStore, events: EventStore, rules: PushRuleService,
-                 pushers: PusherService, clock: Clock, server_name: str) -> None:
+                 pushers: PusherService, ignored: IgnoredUsers, clock: Clock,
+                 server_name: str) -> None:
         self._store = store
+        self._ignored = ignored
         self._events = events
         self._rules = rules
         self._pushers = pushers
@@ -210,6 +213,7 @@ class PushEvaluator:
         queued: list[tuple[str, str, str, str, str, list[Any]]] = []
         now = self._clock.time_ms()
         room_rulesets: dict[str, dict[str, Ruleset]] = {}
+        ignorers = await self._ignored.ignorers()
         for event in todo:
             if event.redacted_by is not None:
                 continue
@@ -233,15 +237,17 @@ class PushEvaluator:
                 rulesets = await self._rules.compiled([u.user_id for u in users])
                 if len(users) == len(facts.local_members):
                     room_rulesets[event.room_id] = rulesets
-            self._evaluate_event(event, facts, users, rulesets, rows, queued, now)
+            self._evaluate_event(event, facts, users, rulesets, rows, queued, now,
+                                 ignorers(str(event.pdu.get("sender"))))
         await self._advance(max(up_to, self.position), rows, queued)
 
     def _evaluate_event(self, event: StoredEvent, facts: _RoomFacts, users: list[UserFacts],
                         rulesets: dict[str, Ruleset], rows: list[NotificationRow],
                         queued: list[tuple[str, str, str, str, str, list[Any]]],
-                        now: int) -> None:
+                        now: int, ignoring: frozenset[str] | set[str]) -> None:
         """One row for what the members sharing the default rules get (when it notifies),
-        one per user whose verdict differs, and the pushes for those it notifies."""
+        one per user whose verdict differs, and the pushes for those it notifies. Those
+        ``ignoring`` the sender get nothing (as in Synapse)."""
         pdu = event.pdu
         sender = str(pdu.get("sender"))
         event_facts = EventFacts(pdu, facts.member_count, facts.sender_level(sender),
@@ -261,6 +267,12 @@ class PushEvaluator:
         pushers_of = self._pushers.pushers_of
         for user in users:
             if user.user_id == sender:
+                continue
+            if user.user_id in ignoring:
+                if base is not None and base.notify:  # the row for everyone is not theirs
+                    rows.append(NotificationRow(
+                        user.user_id, event.event_id, event.room_id, event.stream_ordering,
+                        thread_id, False, False, [], ts))
                 continue
             ruleset = rulesets[user.user_id]
             if ruleset is default:

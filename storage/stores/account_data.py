@@ -72,6 +72,14 @@ class AccountDataStore(StreamStore):
                 account_data.c.type == type_)))).scalar()
         return json.loads(value) if value is not None else None
 
+    async def of_type(self, type_: str) -> list[tuple[str, dict[str, Any]]]:
+        """``(user_id, content)`` of every user's global account data of this type."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(select(account_data.c.user_id, account_data.c.content)
+                                      .where(and_(account_data.c.room_id == GLOBAL,
+                                                  account_data.c.type == type_)))
+            return [(r.user_id, json.loads(r.content)) for r in rows]
+
     async def since(self, user_id: str, stream_id: int) -> list[tuple[str, str, dict[str, Any]]]:
         """``(room_id, type, content)`` changed after ``stream_id``."""
         async with self._db.read() as conn:

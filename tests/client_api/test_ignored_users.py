@@ -198,3 +198,26 @@ async def test_ignore_list_survives_a_restart(harness: Harness, client: TestClie
     status, page = await messages(client, alice, room_id, limit=50)
     assert status == 200, page
     assert message_bodies(page["chunk"]) == ["carol"]
+
+
+async def test_ignored_users_messages_do_not_notify(client: TestClient, alice: User,
+                                                   bob: User, carol: User) -> None:
+    """Push rules give the ignorer nothing for an ignored user's messages (as Synapse): no
+    unread count, no notification; others' still count, and bob's count for the others."""
+    room_id = await shared_room(client, alice, bob, carol)
+    await ignore(client, alice, bob)
+    for i in range(3):
+        await send_text(client, bob, room_id, f"bob {i}")
+    await send_text(client, carol, room_id, f"hey {alice.user_id}")  # a mention
+    room = joined(await sync(client, alice), room_id)
+    assert room["unread_notifications"] == {"notification_count": 1, "highlight_count": 1}
+    status, body = await api(client, "GET", "/notifications", alice)
+    assert status == 200, body
+    assert [n["event"]["sender"] for n in body["notifications"]] == [carol.user_id]
+    assert joined(await sync(client, carol), room_id)["unread_notifications"][
+        "notification_count"] == 3
+    # Un-ignored, bob notifies again.
+    await put_account_data(client, alice, IGNORED, {"ignored_users": {}})
+    await send_text(client, bob, room_id, "bob again")
+    room = joined(await sync(client, alice), room_id)
+    assert room["unread_notifications"]["notification_count"] == 2
