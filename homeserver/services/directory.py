@@ -27,6 +27,7 @@ from core.errors import BadJson, Forbidden, InvalidParam, MatrixError, NotFound
 from core.rooms.power_levels import PowerLevels
 from core.types import is_valid_server_name
 from homeserver.services.ports import RemoteDirectory, RemoteFilterUnsupported
+from homeserver.services.remote_rooms import checked_summary, is_count, short_str
 from roomserver.api import LocalRooms
 from storage.stores.rooms import RoomStore
 from storage.stores.state import StateStore
@@ -48,11 +49,7 @@ REMOTE_CACHE_TTL_S = 30.0  # as Synapse's remote_response_cache
 REMOTE_CACHE_ENTRIES = 100
 # The longest pagination token passed on either way; identifiers are at most 255 bytes.
 MAX_TOKEN_CHARS = 1024
-_MAX_ID_CHARS = 255
 _OFFSET = re.compile(r"[0-9]{1,16}")  # a 'since' token's number
-# Free text of a remote entry is cut to this length rather than dropped.
-_MAX_TEXT_CHARS = {"name": 255, "topic": 1024}
-_MAX_COUNT = 2**53 - 1
 _MAX_ROOM_TYPES = 100
 
 
@@ -77,7 +74,7 @@ class RoomFilter:
         types = value.get("room_types")
         if types is not None and (
                 not isinstance(types, list) or len(types) > _MAX_ROOM_TYPES
-                or not all(t is None or _short_str(t) for t in types)):
+                or not all(t is None or short_str(t) for t in types)):
             raise InvalidParam("'room_types' must be a list of room types (strings or null)")
         return cls(term, None if types is None else tuple(types))
 
@@ -282,7 +279,7 @@ def checked_room_list(answer: Any, max_rooms: int) -> dict[str, Any] | None:
     that are well-formed. None when it is not a room list at all."""
     if not isinstance(answer, Mapping) or not isinstance(answer.get("chunk"), list):
         return None
-    chunk = [e for e in (_checked_entry(raw) for raw in answer["chunk"][:max_rooms])
+    chunk = [e for e in (checked_summary(raw) for raw in answer["chunk"][:max_rooms])
              if e is not None]
     page: dict[str, Any] = {"chunk": chunk}
     for key in ("next_batch", "prev_batch"):
@@ -290,35 +287,6 @@ def checked_room_list(answer: Any, max_rooms: int) -> dict[str, Any] | None:
         if isinstance(token, str) and 0 < len(token) <= MAX_TOKEN_CHARS:
             page[key] = token
     estimate = answer.get("total_room_count_estimate")
-    if _is_count(estimate):
+    if is_count(estimate):
         page["total_room_count_estimate"] = estimate
     return page
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_COUNT
-
-
-def _short_str(value: Any, prefix: str = "") -> bool:
-    return isinstance(value, str) and value.startswith(prefix) and \
-        len(prefix) < len(value) <= _MAX_ID_CHARS
-
-
-def _checked_entry(raw: Any) -> dict[str, Any] | None:
-    """One entry of a remote room list: None without a required field of the right type;
-    an optional field of the wrong type or form is left out, free text cut short."""
-    if not isinstance(raw, Mapping) or not _short_str(raw.get("room_id"), "!") \
-            or not _is_count(raw.get("num_joined_members")) \
-            or not isinstance(raw.get("world_readable"), bool) \
-            or not isinstance(raw.get("guest_can_join"), bool):
-        return None
-    entry = {k: raw[k] for k in ("room_id", "num_joined_members", "world_readable",
-                                 "guest_can_join")}
-    for key, limit in _MAX_TEXT_CHARS.items():
-        if isinstance(raw.get(key), str):
-            entry[key] = raw[key][:limit]
-    for key, prefix in (("canonical_alias", "#"), ("avatar_url", "mxc://"),
-                        ("join_rule", ""), ("room_type", "")):
-        if _short_str(raw.get(key), prefix):
-            entry[key] = raw[key]
-    return entry

@@ -27,6 +27,7 @@ from core.clock import Clock
 from core.errors import Forbidden, InvalidParam, NotFound
 from core.events.model import Event
 from homeserver.services.ports import RemoteHierarchy
+from homeserver.services.remote_rooms import MAX_ID_CHARS, checked_summary, is_count, short_str
 from roomserver.api import RoomReader
 
 logger = logging.getLogger(__name__)
@@ -41,9 +42,6 @@ SESSIONS = 1000
 REMOTE_CACHE_TTL_S = 60.0
 REMOTE_CACHE_ENTRIES = 500
 _MAX_ORDER_CHARS = 50
-_MAX_ID_CHARS = 255
-_MAX_TEXT_CHARS = {"name": 255, "topic": 1024}
-_MAX_COUNT = 2**53 - 1
 _ACCESSIBLE_RULES = ("public", "knock", "knock_restricted")
 _SUMMARY_STATE = {
     ("m.room.name", ""): ("name", "name"),
@@ -361,7 +359,7 @@ class SpaceHierarchyService:
 def _usable_via(content: Mapping[str, Any]) -> bool:
     via = content.get("via")
     return isinstance(via, list) and bool(via) and all(
-        isinstance(s, str) and 0 < len(s) <= _MAX_ID_CHARS for s in via)
+        isinstance(s, str) and 0 < len(s) <= MAX_ID_CHARS for s in via)
 
 
 def _valid_order(order: Any) -> str | None:
@@ -378,47 +376,27 @@ def _child_order(event: Event) -> tuple[bool, str, int, str]:
 
 # -- another server's answer ---------------------------------------------------------------
 
-def _short_str(value: Any, prefix: str = "") -> bool:
-    return isinstance(value, str) and value.startswith(prefix) and \
-        len(prefix) < len(value) <= _MAX_ID_CHARS
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_COUNT
-
-
 def checked_entry(raw: Any) -> dict[str, Any] | None:
     """A room summary from another server with the spec's fields alone (None without a
     required one; a malformed optional one is left out, free text cut short)."""
-    if not isinstance(raw, Mapping) or not _short_str(raw.get("room_id"), "!") \
-            or not _is_count(raw.get("num_joined_members")) \
-            or not isinstance(raw.get("world_readable"), bool) \
-            or not isinstance(raw.get("guest_can_join"), bool):
+    entry = checked_summary(raw, (("room_version", ""),))
+    if entry is None:
         return None
-    entry = {k: raw[k] for k in ("room_id", "num_joined_members", "world_readable",
-                                 "guest_can_join")}
-    for key, limit in _MAX_TEXT_CHARS.items():
-        if isinstance(raw.get(key), str):
-            entry[key] = raw[key][:limit]
-    for key, prefix in (("canonical_alias", "#"), ("avatar_url", "mxc://"), ("join_rule", ""),
-                        ("room_type", ""), ("room_version", "")):
-        if _short_str(raw.get(key), prefix):
-            entry[key] = raw[key]
     if raw.get("encryption") == "m.megolm.v1.aes-sha2":
         entry["encryption"] = "m.megolm.v1.aes-sha2"
     allowed = raw.get("allowed_room_ids")
     if isinstance(allowed, list):
         entry["allowed_room_ids"] = [r for r in allowed[:MAX_CHILDREN_PER_SPACE]
-                                     if _short_str(r, "!")]
+                                     if short_str(r, "!")]
     return entry
 
 
 def _checked_child_event(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, Mapping) or raw.get("type") != "m.space.child" \
-            or not _short_str(raw.get("state_key"), "!") \
+            or not short_str(raw.get("state_key"), "!") \
             or not isinstance(raw.get("content"), Mapping) \
-            or not _usable_via(raw["content"]) or not _short_str(raw.get("sender"), "@") \
-            or not _is_count(raw.get("origin_server_ts")):
+            or not _usable_via(raw["content"]) or not short_str(raw.get("sender"), "@") \
+            or not is_count(raw.get("origin_server_ts")):
         return None
     content: dict[str, Any] = {"via": list(raw["content"]["via"])}
     if _valid_order(raw["content"].get("order")) is not None:
@@ -450,7 +428,7 @@ def checked_answer(raw: Any, room_id: str) -> dict[str, Any] | None:
         "children": [c for c in (checked_entry(c) for c in children[:MAX_CHILDREN_PER_SPACE])
                      if c is not None] if isinstance(children, list) else [],
         "inaccessible_children": [r for r in inaccessible[:MAX_CHILDREN_PER_SPACE]
-                                  if _short_str(r, "!")]
+                                  if short_str(r, "!")]
         if isinstance(inaccessible, list) else [],
     }
 

@@ -11,10 +11,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from homeserver.app import build_app
-from homeserver.services.container import Services
 from tests.client_api.test_e2e_keys import device_keys, one_time_keys, shared_room, upload
 from tests.client_api.test_sync import sync
-from tests.helpers.harness import Harness
+from tests.helpers.harness import Harness, harness_services
 from tests.helpers.room_api import User, api
 
 
@@ -23,11 +22,7 @@ def config_overrides() -> dict[str, Any]:
     return {"presence": {"enabled": False}}
 
 
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    """The restartable server; ``client`` talks to its first life."""
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
 
 async def test_changes_and_counts_from_before_a_restart(

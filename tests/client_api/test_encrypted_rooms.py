@@ -3,13 +3,11 @@ heroes, and unread counts of ``m.room.encrypted`` messages, on SQLite and Postgr
 
 from __future__ import annotations
 
-import pytest
 from aiohttp.test_utils import TestClient
 
-from homeserver.services.container import Services
 from tests.client_api.test_sync import joined, sync
-from tests.helpers.harness import Harness
-from tests.helpers.room_api import User, api, create_room, join, new_user, txn
+from tests.helpers.harness import harness_services
+from tests.helpers.room_api import User, api, create_room, join, txn
 
 ENCRYPTION = {"type": "m.room.encryption", "state_key": "",
               "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
@@ -17,20 +15,9 @@ CIPHERTEXT = {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgAEnAc...",
               "sender_key": "sender+key", "device_id": "DEVICE", "session_id": "session"}
 
 
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
 
-@pytest.fixture
-async def alice(client: TestClient) -> User:
-    return await new_user(client, "alice")
-
-
-@pytest.fixture
-async def bob(client: TestClient) -> User:
-    return await new_user(client, "bob")
 
 
 async def test_encrypted_room_summary_heroes_and_unread(client: TestClient, alice: User,

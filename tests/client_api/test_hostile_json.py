@@ -26,7 +26,7 @@ from homeserver.services.container import Services
 from storage.schema import events as events_table
 from storage.schema import rooms as rooms_table
 from tests.conftest import bearer
-from tests.helpers.harness import Harness
+from tests.helpers.harness import harness_services
 from tests.helpers.room_api import (
     V3,
     User,
@@ -41,11 +41,7 @@ from tests.helpers.room_api import (
 MAX_INT = 2**53 - 1
 
 
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    """Replaces the conftest's (SQLite only) server; ``client`` talks to this one."""
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
 
 @dataclass

@@ -27,18 +27,14 @@ from aiohttp.test_utils import TestClient
 from homeserver.services.container import Services
 from storage import schema
 from tests.conftest import SERVER_NAME, bearer
-from tests.helpers.harness import Harness
+from tests.helpers.harness import harness_services
 from tests.helpers.room_api import V3, User, api, create_room, join, new_user, send_text
 
 # Lengths in bytes of the over-long identifiers: just over the limit, and two the issue tried.
 LENGTHS = (256, 1000, 8000)
 
 
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    """Replaces the conftest's (SQLite only) server; ``client`` talks to this one."""
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
 
 @dataclass

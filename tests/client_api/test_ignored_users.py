@@ -11,7 +11,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from homeserver.app import build_app
-from homeserver.services.container import Services
 from tests.client_api.test_sync import (
     invite,
     joined,
@@ -20,7 +19,7 @@ from tests.client_api.test_sync import (
     sync,
     timeline_bodies,
 )
-from tests.helpers.harness import Harness
+from tests.helpers.harness import Harness, harness_services
 from tests.helpers.room_api import (
     User,
     api,
@@ -28,7 +27,6 @@ from tests.helpers.room_api import (
     create_room,
     join,
     messages,
-    new_user,
     put_state,
     send_text,
 )
@@ -36,25 +34,10 @@ from tests.helpers.room_api import (
 IGNORED = "m.ignored_user_list"
 
 
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
 
-@pytest.fixture
-async def alice(client: TestClient) -> User:
-    return await new_user(client, "alice")
 
-
-@pytest.fixture
-async def bob(client: TestClient) -> User:
-    return await new_user(client, "bob")
-
-
-@pytest.fixture
-async def carol(client: TestClient) -> User:
-    return await new_user(client, "carol")
 
 
 async def ignore(client: TestClient, user: User, *others: User) -> None:

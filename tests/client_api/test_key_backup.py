@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from homeserver.services.container import Services
-from tests.helpers.harness import Harness
+from tests.helpers.harness import harness_services
 from tests.helpers.room_api import User, api, assert_error, new_user
 from tests.helpers.spec import assert_matches_spec
 
@@ -25,16 +25,8 @@ def config_overrides() -> dict[str, Any]:
     return {"http": {"max_request_body_bytes": MAX_BODY}}
 
 
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    """Replaces the conftest's (SQLite only) server; ``client`` talks to this one."""
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
-
-@pytest.fixture
-async def alice(client: TestClient) -> User:
-    return await new_user(client, "alice")
 
 
 def auth_data(public_key: str = "abcdefg") -> dict[str, Any]:

@@ -20,8 +20,8 @@ from PIL import Image
 from homeserver.app import build_app
 from homeserver.services.container import Services
 from tests.conftest import bearer
-from tests.helpers.harness import Harness
-from tests.helpers.room_api import User, assert_error, new_user
+from tests.helpers.harness import Harness, harness_services
+from tests.helpers.room_api import User, assert_error
 from tests.helpers.spec import assert_matches_spec
 
 MAX_UPLOAD = 2 * 1024 * 1024
@@ -38,21 +38,9 @@ def config_overrides() -> dict[str, Any]:
             "http": {"max_request_body_bytes": 100_000}}
 
 
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    """Replaces the conftest's (SQLite only) server; ``client`` talks to this one."""
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
 
-@pytest.fixture
-async def alice(client: TestClient) -> User:
-    return await new_user(client, "alice")
-
-
-@pytest.fixture
-async def bob(client: TestClient) -> User:
-    return await new_user(client, "bob")
 
 
 def jpeg(width: int, height: int, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:

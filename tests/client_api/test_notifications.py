@@ -12,11 +12,10 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import delete
 
 from homeserver.app import build_app
-from homeserver.services.container import Services
 from storage.schema import push_actions, push_events
 from tests.client_api.test_receipts_typing import read, send, shared_room, unread
 from tests.client_api.test_sync import joined, sync
-from tests.helpers.harness import Harness
+from tests.helpers.harness import Harness, harness_services
 from tests.helpers.room_api import User, api, assert_error, send_text
 
 THREADS = {"room": {"timeline": {"unread_thread_notifications": True}}}
@@ -27,10 +26,7 @@ def config_overrides() -> dict[str, Any]:
     return {"presence": {"enabled": False}}
 
 
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
 
 async def notifications(client: TestClient, user: User, **query: str) -> dict[str, Any]:

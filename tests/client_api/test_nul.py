@@ -16,9 +16,8 @@ from urllib.parse import quote
 import pytest
 from aiohttp.test_utils import TestClient
 
-from homeserver.services.container import Services
 from tests.conftest import bearer
-from tests.helpers.harness import Harness
+from tests.helpers.harness import harness_services
 from tests.helpers.room_api import (
     V3,
     User,
@@ -33,11 +32,7 @@ NUL = "\u0000"
 ESCAPED = quote(NUL)  # %00
 
 
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    """Replaces the conftest's (SQLite only) server; ``client`` talks to this one."""
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
 
 @dataclass

@@ -19,11 +19,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from homeserver.app import build_app
-from homeserver.services.container import Services
 from tests.client_api.test_sse import open_stream
 from tests.client_api.test_sync import leave, sync
 from tests.conftest import bearer
-from tests.helpers.harness import Harness
+from tests.helpers.harness import Harness, harness_services
 from tests.helpers.room_api import (
     V3,
     User,
@@ -55,11 +54,7 @@ def config_overrides() -> dict[str, Any]:
     return QUIET
 
 
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    """Replaces the conftest's (SQLite only) server; ``client`` talks to this one."""
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
 
 @pytest.fixture

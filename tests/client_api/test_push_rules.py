@@ -3,20 +3,12 @@
 
 from __future__ import annotations
 
-import pytest
-
-from homeserver.services.container import Services
 from tests.conftest import bearer, register_user
-from tests.helpers.harness import Harness
+from tests.helpers.harness import harness_services
 from tests.helpers.room_api import User, api, assert_error
 from tests.helpers.spec import assert_matches_spec
 
-
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    """SQLite and PostgreSQL (the harness's services)."""
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
 
 async def test_default_rules_match_the_spec_and_name_the_user(client) -> None:

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient
 
 from homeserver.appkeys import SERVICES
-from homeserver.services.container import Services
-from tests.helpers.harness import Harness
+from tests.helpers.harness import harness_services
 from tests.helpers.room_api import User, api, assert_error
 
-
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    """SQLite and PostgreSQL (the harness's services)."""
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
 
 URL = "https://push.example.org/_matrix/push/v1/notify"

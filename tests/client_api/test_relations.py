@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-import pytest
 from aiohttp.test_utils import TestClient
 
 from homeserver.services.container import Services
@@ -17,7 +16,7 @@ from storage import relations_index
 from storage.schema import event_relations
 from tests.client_api.test_sync import sync
 from tests.conftest import bearer
-from tests.helpers.harness import Harness
+from tests.helpers.harness import harness_services
 from tests.helpers.room_api import (
     User,
     api,
@@ -34,10 +33,7 @@ from tests.helpers.spec import assert_matches_spec
 V1 = "/_matrix/client/v1"
 
 
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
 
 # -- helpers ----------------------------------------------------------------------------------

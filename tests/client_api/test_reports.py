@@ -9,17 +9,15 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from homeserver.services.container import Services
 from tests.client_api.test_admin import admin_token
 from tests.conftest import bearer
-from tests.helpers.harness import Harness
+from tests.helpers.harness import harness_services
 from tests.helpers.room_api import (
     User,
     api,
     assert_error,
     create_room,
     join,
-    new_user,
     put_state,
     send_text,
     txn,
@@ -28,20 +26,9 @@ from tests.helpers.room_api import (
 ADMIN = "/_synapse/admin/v1"
 
 
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
 
-@pytest.fixture
-async def alice(client: TestClient) -> User:
-    return await new_user(client, "alice")
-
-
-@pytest.fixture
-async def bob(client: TestClient) -> User:
-    return await new_user(client, "bob")
 
 
 async def admin_get(client: TestClient, token: str, path: str, **query: str

@@ -17,24 +17,14 @@ from homeserver.services.account_data import (
     MAX_TAGS_PER_ROOM,
     MAX_TOTAL_BYTES,
 )
-from homeserver.services.container import Services
 from homeserver.services.filtering import MAX_FILTER_BYTES, MAX_FILTER_LIST
 from storage import Database
 from tests.client_api.test_sync import sync
-from tests.helpers.harness import Harness
-from tests.helpers.room_api import User, api, assert_error, create_room, new_user
+from tests.helpers.harness import harness_services
+from tests.helpers.room_api import User, api, assert_error, create_room
 
+services = harness_services
 
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    """Replaces the conftest's (SQLite only) server; ``client`` talks to this one."""
-    assert harness.services is not None
-    return harness.services
-
-
-@pytest.fixture
-async def alice(client: TestClient) -> User:
-    return await new_user(client, "alice")
 
 
 def sized(n: int, **extra: Any) -> dict[str, Any]:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient
 
-from homeserver.services.container import Services
 from tests.client_api.test_relations import (
     bundle,
     edit,
@@ -22,7 +20,7 @@ from tests.client_api.test_relations import (
     v1,
 )
 from tests.client_api.test_sync import sync
-from tests.helpers.harness import Harness
+from tests.helpers.harness import harness_services
 from tests.helpers.room_api import (
     User,
     api,
@@ -35,11 +33,7 @@ from tests.helpers.room_api import (
     txn,
 )
 
-
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
 
 async def reply(client: TestClient, user: User, room: str, root: str, text: str) -> str:

@@ -9,16 +9,14 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from homeserver.services.container import Services
 from tests.conftest import bearer
-from tests.helpers.harness import Harness
+from tests.helpers.harness import harness_services
 from tests.helpers.room_api import (
     User,
     api,
     assert_error,
     create_room,
     join,
-    new_user,
     put_state,
     send_text,
 )
@@ -29,20 +27,9 @@ V1 = "/_matrix/client/v1"
 _PAGE_AND_MORE = 55
 
 
-@pytest.fixture
-def services(harness: Harness) -> Services:
-    assert harness.services is not None
-    return harness.services
+services = harness_services
 
 
-@pytest.fixture
-async def alice(client: TestClient) -> User:
-    return await new_user(client, "alice")
-
-
-@pytest.fixture
-async def bob(client: TestClient) -> User:
-    return await new_user(client, "bob")
 
 
 async def closest(client: TestClient, user: User, room_id: str, ts: Any, direction: Any,

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from homeserver.services.container import Services, build_services
 from storage import Database
 from tests.conftest import PostgresSchema, make_config, postgres_url
@@ -57,3 +59,11 @@ class Harness:
         await self.stop()
         if self.schema is not None:
             await self.schema.drop()
+
+
+@pytest.fixture
+def harness_services(harness: Harness) -> Services:
+    """The services of ``harness`` (once on SQLite, once on PostgreSQL). A test module whose
+    tests run on both says ``services = harness_services``: its ``client`` then talks to them."""
+    assert harness.services is not None
+    return harness.services
