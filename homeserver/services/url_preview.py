@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 CACHE_TTL_MS = 3600 * 1000
 CACHE_ENTRIES = 1000
+# Pages and images are read into memory (up to max_spider_bytes each): this many previews are
+# made at once at most, so many clients asking for many URLs cannot add up.
+FETCHES_AT_ONCE = 4
 MAX_URL_CHARS = 4096
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 IMAGE_PREFIX = "image/"
@@ -96,6 +99,7 @@ class UrlPreviewService:
         self._config = config
         self._cache: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._slots = asyncio.Semaphore(FETCHES_AT_ONCE)
 
     @property
     def enabled(self) -> bool:
@@ -143,6 +147,10 @@ class UrlPreviewService:
             self._cache.popitem(last=False)
 
     async def _generate(self, user_id: str, url: str) -> dict[str, Any]:
+        async with self._slots:
+            return await self._make(user_id, url)
+
+    async def _make(self, user_id: str, url: str) -> dict[str, Any]:
         assert self._fetcher is not None
         fetched = await self._fetcher.fetch(url, max_bytes=self._max_bytes,
                                             content_types=(*HTML_TYPES, IMAGE_PREFIX))
@@ -152,8 +160,9 @@ class UrlPreviewService:
         if content_type not in HTML_TYPES:
             logger.info("URL preview of a %s: nothing to show", content_type or "typeless body")
             return {}
-        og: dict[str, Any] = parse_html_to_open_graph(
-            fetched.body, fetched.content_type_header, fetched.url)
+        # html.parser is pure Python: megabytes of markup take a while, off the event loop.
+        og: dict[str, Any] = await asyncio.to_thread(
+            parse_html_to_open_graph, fetched.body, fetched.content_type_header, fetched.url)
         image_url = og.pop("og:image", None)
         for name in [k for k in og if k.startswith("og:image:")]:
             del og[name]  # the page's word; the image's own are given below

@@ -23,6 +23,7 @@ from PIL import Image
 from core.url_preview import parse_html_to_open_graph
 from federation.transport.url_fetch import MAX_REDIRECTS, UrlFetchClient
 from homeserver.app import build_app
+from homeserver.config import ConfigError, UrlPreviewConfig
 from homeserver.services.container import Services, build_services
 from storage import Database
 from tests.conftest import make_config, postgres_url
@@ -414,3 +415,16 @@ def test_parser_edge_cases() -> None:
                                                "text/html; charset=bogus", "http://x/"), dict)
     many = b"".join(b'<meta property="og:p%d" content="v">' % i for i in range(100))
     assert len(parse_html_to_open_graph(many, None, "http://x/")) == 50
+
+
+def test_the_config_keys(tmp_path: Path) -> None:
+    assert make_config(tmp_path).media.url_preview == UrlPreviewConfig(
+        enabled=False, max_spider_bytes=10 * 1024 * 1024)
+    assert make_config(tmp_path, **ENABLED).media.url_preview == UrlPreviewConfig(
+        enabled=True, max_spider_bytes=SPIDER_BYTES)
+    for bad, key in [({"enabeld": True}, "media.url_preview.enabeld"),
+                     ({"enabled": "yes"}, "media.url_preview.enabled"),
+                     ({"max_spider_bytes": 0}, "media.url_preview.max_spider_bytes")]:
+        with pytest.raises(ConfigError) as excinfo:
+            make_config(tmp_path, media={"url_preview": bad})
+        assert any(p.startswith(key) for p in excinfo.value.problems), excinfo.value.problems
