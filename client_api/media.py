@@ -16,7 +16,14 @@ from aiohttp import web
 
 from client_api._routing import ClientRoutes
 from client_api.auth import require_admin, require_requester
-from core.errors import InvalidParam, MatrixError, MissingParam, NotFound, TooLarge
+from core.errors import (
+    InvalidParam,
+    MatrixError,
+    MissingParam,
+    NotFound,
+    TooLarge,
+    Unrecognized,
+)
 from homeserver.appkeys import SERVICES
 from homeserver.http.disconnect import CLIENT_CLOSED_REQUEST
 from homeserver.http.json import json_response
@@ -198,6 +205,37 @@ async def get_legacy_thumbnail(request: web.Request) -> web.StreamResponse:
     """GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId} (legacy)"""
     _require_legacy(request)
     return await _thumbnail(request)
+
+
+# -- URL previews ---------------------------------------------------------------------------
+
+
+async def _preview(request: web.Request, user_id: str) -> web.Response:
+    previews = request.app[SERVICES].url_previews
+    if not previews.enabled:
+        raise Unrecognized("Unrecognized request")
+    url = request.query.get("url")
+    if not url:
+        raise MissingParam("Missing string query parameter 'url'")
+    ts = query_int(request, "ts")
+    return json_response(await previews.preview(user_id, url, ts))
+
+
+@routes.get("/preview_url", versions=AUTHED)
+async def get_preview_url(request: web.Request) -> web.Response:
+    """GET /_matrix/client/v1/media/preview_url?url=&ts= (404 M_UNRECOGNIZED when
+    ``media.url_preview.enabled`` is off)"""
+    requester = await require_requester(request)
+    return await _preview(request, requester.user_id)
+
+
+@routes.get("/preview_url", versions=LEGACY)
+async def get_legacy_preview_url(request: web.Request) -> web.Response:
+    """GET /_matrix/media/v3/preview_url (legacy: only with ``media.legacy_unauthenticated``;
+    it still takes an access token, as the spec says)"""
+    _require_legacy(request)
+    requester = await require_requester(request)
+    return await _preview(request, requester.user_id)
 
 
 # -- admin (Synapse's media admin API) -----------------------------------------------------------

@@ -20,6 +20,7 @@ from core.crypto.signing_keys import load_signing_key
 from federation import Federation, Served, add_federation_routes, build_federation, build_outbound
 from federation.inbound.transaction import InboundEdus
 from federation.transport.push_gateway import PushGatewayClient
+from federation.transport.url_fetch import UrlFetchClient
 from homeserver.appkeys import SERVICES
 from homeserver.config import HomeserverConfig, ListenerConfig
 from homeserver.http.access_log import AccessLogger
@@ -116,8 +117,9 @@ def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | N
     services (given what federation offers them), then the federation API (given the services
     it answers from). Every part gets what it uses through its constructor."""
     push_gateway = PushGatewayClient(config.federation)
+    url_fetcher = UrlFetchClient(config.federation) if config.media.url_preview.enabled else None
     if not config.federation.enabled:
-        return build_services(config, push_gateway=push_gateway), None
+        return build_services(config, push_gateway=push_gateway, url_fetcher=url_fetcher), None
     db = open_database(config)
     clock = SystemClock()
     signing_key = load_signing_key(config.signing_key_path)
@@ -126,7 +128,7 @@ def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | N
     roomserver.add_commit_listener(outbound.sender)
     services = build_services(config, clock=clock, db=db, signing_key=signing_key,
                               roomserver=roomserver, remote=outbound.ports(),
-                              push_gateway=push_gateway)
+                              push_gateway=push_gateway, url_fetcher=url_fetcher)
     served = Served(services.profiles, services.rooms, services.directory, services.devices,
                     services.membership, InboundEdus(services.typing, services.receipts,
                                                      services.presence, services.to_device,

@@ -154,6 +154,16 @@ DEFAULT_THUMBNAIL_SIZES = (ThumbnailSize(32, 32, "crop"), ThumbnailSize(96, 96, 
 
 
 @dataclass(frozen=True, slots=True)
+class UrlPreviewConfig:
+    """``media.url_preview``: GET .../preview_url (off: 404 M_UNRECOGNIZED, as Synapse without
+    ``url_preview_enabled``). Pages are fetched under ``federation.ip_range_denylist``."""
+
+    enabled: bool = False
+    # At most this much of a page or an image is read (larger: 502 M_TOO_LARGE).
+    max_spider_bytes: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class MediaConfig:
     store_path: Path
     max_upload_bytes: int = 50 * 1024 * 1024
@@ -167,6 +177,7 @@ class MediaConfig:
     unused_expiration_ms: int = 24 * 3600 * 1000
     # Media IDs a user may hold from /create without having uploaded to them.
     max_pending_uploads: int = 5
+    url_preview: UrlPreviewConfig = UrlPreviewConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +353,12 @@ def _logging(reader: ConfigReader, config_dir: Path) -> LoggingConfig:
     )
 
 
+def _url_preview(r: ConfigReader) -> UrlPreviewConfig:
+    defaults = UrlPreviewConfig()
+    return UrlPreviewConfig(r.get("enabled", bool, defaults.enabled),
+                            r.positive("max_spider_bytes", defaults.max_spider_bytes))
+
+
 def _thumbnail_sizes(media_r: ConfigReader) -> tuple[ThumbnailSize, ...]:
     if not media_r.has("thumbnail_sizes"):
         return DEFAULT_THUMBNAIL_SIZES
@@ -487,7 +504,8 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
                         _thumbnail_sizes(media_r),
                         media_r.positive("max_image_pixels", 32_000_000),
                         media_r.positive("unused_expiration_ms", 24 * 3600 * 1000),
-                        media_r.positive("max_pending_uploads", 5))
+                        media_r.positive("max_pending_uploads", 5),
+                        _url_preview(media_r.section("url_preview")))
 
     presence_r = r.section("presence")
     presence_defaults = PresenceConfig()

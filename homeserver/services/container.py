@@ -52,6 +52,7 @@ from homeserver.services.sync import SyncService
 from homeserver.services.to_device import ToDeviceService
 from homeserver.services.typing import TypingService
 from homeserver.services.uia import UiAuthService
+from homeserver.services.url_preview import UrlFetcher, UrlPreviewService
 from homeserver.services.user_directory import UserDirectoryService
 from homeserver.services.visibility import VisibilityService
 from homeserver.services.voip import TurnService
@@ -111,6 +112,7 @@ class Services:
     push_gateway: PushGateway | None
     user_directory: UserDirectoryService
     spaces: SpaceHierarchyService
+    url_previews: UrlPreviewService
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -143,6 +145,7 @@ class Services:
             await self.push_delivery.stop()
         if self.push_gateway is not None:
             await self.push_gateway.close()
+        await self.url_previews.close()
         await self.push.stop()
         await self.keys.stop()
         await self.purge.stop()
@@ -177,10 +180,12 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                    db: Database | None = None, hasher: PasswordHasher | None = None,
                    signing_key: SigningKey | None = None, roomserver: RoomServer | None = None,
                    remote: FederationPorts | None = None,
-                   push_gateway: PushGateway | None = None) -> Services:
+                   push_gateway: PushGateway | None = None,
+                   url_fetcher: UrlFetcher | None = None) -> Services:
     """The services of one process; ``remote``: what federation offers them (None when
     federation is off); ``push_gateway``: the HTTP client for push gateways (None: pushes
-    are not sent). Pieces not given are built here (tests give none)."""
+    are not sent); ``url_fetcher``: the HTTP client for URL previews (None: no previews).
+    Pieces not given are built here (tests give none)."""
     clock = clock or SystemClock()
     db = db or open_database(config)
     hasher = hasher or PasswordHasher()
@@ -248,6 +253,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     membership = MembershipService(roomserver, rooms, db.rooms, db.state, db.users,
                                    config.server_name, limiter(rl.joins_per_user),
                                    limiter(rl.invites_per_user), remote=remote_rooms)
+    media = MediaService(db.media, clock, config.media, config.server_name,
+                         remote=remote.media if remote is not None else None)
     return Services(
         config=config,
         clock=clock,
@@ -295,8 +302,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         reports=ReportService(db.reports, messages, db.events, db.state, clock),
         login_ip_limiter=limiter(rl.login_per_ip),
         registration_ip_limiter=limiter(rl.registration_per_ip),
-        media=MediaService(db.media, clock, config.media, config.server_name,
-                           remote=remote.media if remote is not None else None),
+        media=media,
         push_rules=push_rules,
         pushers=pushers,
         push=push,
@@ -307,4 +313,5 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         spaces=SpaceHierarchyService(
             roomserver, clock, config.server_name,
             remote=remote.hierarchy if remote is not None else None),
+        url_previews=UrlPreviewService(url_fetcher, media, clock, config.media.url_preview),
     )
