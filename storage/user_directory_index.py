@@ -55,11 +55,14 @@ def user_tokens(user_id: str, display_name: str | None, *, remote: bool) -> list
 
 def profile_of(content: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """The display name and avatar URL of a member event's content (wrong types ignored,
-    text cut short)."""
+    text cut short, U+0000 left out: another server's event may hold it, and PostgreSQL's
+    text cannot)."""
     name = content.get("displayname")
     avatar = content.get("avatar_url")
-    return (name[:MAX_NAME_CHARS] if isinstance(name, str) and name else None,
-            avatar[:MAX_AVATAR_CHARS] if isinstance(avatar, str) and avatar else None)
+    name = name.replace("\x00", "")[:MAX_NAME_CHARS] if isinstance(name, str) else None
+    avatar = avatar.replace("\x00", "")[:MAX_AVATAR_CHARS] if isinstance(avatar, str) \
+        else None
+    return name or None, avatar or None
 
 
 def is_public(join_rule: Any, history_visibility: Any) -> bool:
