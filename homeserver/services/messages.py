@@ -146,7 +146,8 @@ class MessageService:
         stored = await self._events.get_event(event_id)
         if stored is None or stored.room_id != room_id or stored.rejected_reason is not None:
             raise NotFound("Event not found.")
-        if not await self._visibility.filter_for_user(reader.user_id, [stored]):
+        if not await self._visibility.filter_for_user(reader.user_id, [stored]) or \
+                hidden_by(await self._ignored.of(reader.user_id), stored.pdu):
             raise NotFound("Event not found.")
         return (await self._serialize(reader, [stored]))[0]
 
@@ -278,7 +279,8 @@ class MessageService:
         await self.access(reader.user_id, room_id)
         stored = await self._events.get_event(event_id)
         if stored is None or stored.room_id != room_id or stored.stream_ordering is None or \
-                not await self._visibility.filter_for_user(reader.user_id, [stored]):
+                not await self._visibility.filter_for_user(reader.user_id, [stored]) or \
+                hidden_by(await self._ignored.of(reader.user_id), stored.pdu):
             raise NotFound("Event not found.")
         limit = max(0, min(limit, MAX_PAGE))
         around = await self.around(reader, stored, limit // 2, limit - limit // 2,

@@ -119,7 +119,7 @@ async def test_context_leaves_ignored_users_out(client: TestClient, alice: User,
                                                 carol: User) -> None:
     room_id = await shared_room(client, alice, bob, carol)
     await send_text(client, carol, room_id, "c1")
-    await send_text(client, bob, room_id, "b1")
+    b1 = await send_text(client, bob, room_id, "b1")
     middle = await send_text(client, carol, room_id, "c2")
     await send_text(client, bob, room_id, "b2")
     await send_text(client, carol, room_id, "c3")
@@ -129,6 +129,13 @@ async def test_context_leaves_ignored_users_out(client: TestClient, alice: User,
     assert status == 200, body
     assert message_bodies(body["events_before"]) == ["c1"]
     assert message_bodies(body["events_after"]) == ["c3"]
+    # An ignored user's event itself is not found for the ignorer (as Synapse's
+    # filter_events_for_client), neither alone nor as the centre of a context; others see it.
+    for path in (f"/rooms/{room_id}/event/{b1}", f"/rooms/{room_id}/context/{b1}"):
+        status, body = await api(client, "GET", path, alice)
+        assert_error(status, body, 404, "M_NOT_FOUND")
+        status, body = await api(client, "GET", path, carol)
+        assert status == 200, body
 
 
 async def test_invites_from_ignored_users_are_not_shown(client: TestClient, alice: User,
