@@ -17,10 +17,9 @@ from jsonschema import Draft202012Validator
 
 from federation.transport.push_gateway import PushGatewayClient
 from homeserver.app import build_app
-from homeserver.services.container import Services, build_services
-from storage import Database
+from homeserver.config import HomeserverConfig
 from tests.client_api.test_receipts_typing import read, shared_room
-from tests.conftest import make_config, postgres_url
+from tests.conftest import postgres_url
 from tests.helpers.harness import Harness
 from tests.helpers.room_api import User, api, new_user, send_text
 from tests.helpers.spec import SPEC_DIR, _load
@@ -88,14 +87,8 @@ async def gateway() -> AsyncIterator[Gateway]:
 class GatewayHarness(Harness):
     """Services with the real push gateway client."""
 
-    def _build(self) -> Services:
-        if self.schema is None:
-            config = make_config(self.tmp_path, **self.overrides)
-            return build_services(config, push_gateway=PushGatewayClient(config.federation))
-        config = make_config(self.tmp_path,
-                             **{**self.overrides, "database": {"url": self.schema.url}})
-        db = Database(self.schema.url, postgres_search_path=self.schema.name)
-        return build_services(config, db=db, push_gateway=PushGatewayClient(config.federation))
+    def extras(self, config: HomeserverConfig) -> dict[str, Any]:
+        return {"push_gateway": PushGatewayClient(config.federation)}
 
 
 @pytest.fixture

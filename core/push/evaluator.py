@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,7 +91,7 @@ class EventFacts:
         self.notification_levels = notification_levels or {}
 
 
-class Condition:
+class Condition(ABC):
     """One compiled condition; ``user_dependent`` ones are decided per user."""
 
     __slots__ = ("user_dependent",)
@@ -98,8 +99,8 @@ class Condition:
     def __init__(self, user_dependent: bool = False) -> None:
         self.user_dependent = user_dependent
 
-    def test(self, event: EventFacts, user: UserFacts | None) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def test(self, event: EventFacts, user: UserFacts | None) -> bool: ...
 
 
 class _Never(Condition):

@@ -23,9 +23,7 @@ from PIL import Image
 from core.url_preview import parse_html_to_open_graph
 from federation.transport.url_fetch import MAX_REDIRECTS, UrlFetchClient
 from homeserver.app import build_app
-from homeserver.config import ConfigError, UrlPreviewConfig
-from homeserver.services.container import Services, build_services
-from storage import Database
+from homeserver.config import ConfigError, HomeserverConfig, UrlPreviewConfig
 from tests.conftest import make_config, postgres_url
 from tests.helpers.harness import Harness
 from tests.helpers.room_api import User, bearer, new_user
@@ -152,14 +150,8 @@ async def site() -> AsyncIterator[Site]:
 class PreviewHarness(Harness):
     """Services with the real URL fetcher."""
 
-    def _build(self) -> Services:
-        if self.schema is None:
-            config = make_config(self.tmp_path, **self.overrides)
-            return build_services(config, url_fetcher=UrlFetchClient(config.federation))
-        config = make_config(self.tmp_path,
-                             **{**self.overrides, "database": {"url": self.schema.url}})
-        db = Database(self.schema.url, postgres_search_path=self.schema.name)
-        return build_services(config, db=db, url_fetcher=UrlFetchClient(config.federation))
+    def extras(self, config: HomeserverConfig) -> dict[str, Any]:
+        return {"url_fetcher": UrlFetchClient(config.federation)}
 
 
 @pytest.fixture

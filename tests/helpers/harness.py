@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from homeserver.config import HomeserverConfig
 from homeserver.services.container import Services, build_services
 from storage import Database
 from tests.conftest import PostgresSchema, make_config, postgres_url
@@ -33,13 +34,18 @@ class Harness:
             await self.schema.create()
         return await self.start()
 
+    def extras(self, config: HomeserverConfig) -> dict[str, Any]:
+        """More keyword arguments of ``build_services`` (a subclass's real outbound clients)."""
+        return {}
+
     def _build(self) -> Services:
         if self.schema is None:
-            return build_services(make_config(self.tmp_path, **self.overrides))
+            config = make_config(self.tmp_path, **self.overrides)
+            return build_services(config, **self.extras(config))
         config = make_config(self.tmp_path,
                              **{**self.overrides, "database": {"url": self.schema.url}})
         db = Database(self.schema.url, postgres_search_path=self.schema.name)
-        return build_services(config, db=db)
+        return build_services(config, db=db, **self.extras(config))
 
     async def start(self) -> Services:
         self.services = self._build()
