@@ -35,13 +35,21 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from cachetools import LRUCache
-from signedjson.key import decode_verify_key_bytes
-from signedjson.sign import SignatureVerifyException, verify_signed_json
-from unpaddedbase64 import decode_base64
 
 from core.clock import Clock
 from core.errors import BadJson, InvalidParam, MatrixError, MissingParam
 from core.types import parse_user_id
+from homeserver.services.key_requests import (
+    canonical,
+    check_key_object,
+    failure_of,
+    new_keys,
+    remote_timeout_s,
+    single_key,
+    verify,
+    wanted_devices,
+    wanted_keys,
+)
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
 from homeserver.services.ports import DeviceListEdus, RemoteKeys, RemoteKeysFailed
@@ -50,7 +58,6 @@ from homeserver.services.sync_token import SyncToken
 from storage.stores.e2e_keys import (
     E2EKeyStore,
     KeyConflict,
-    NewKey,
     QueryResult,
     Signature,
     Wanted,
@@ -63,93 +70,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MASTER, SELF_SIGNING, USER_SIGNING = "master", "self_signing", "user_signing"
-# Bounds on one request (a client uploads tens of keys at a time).
-MAX_ONE_TIME_KEYS = 1000
-MAX_QUERIED_USERS = 10_000
-MAX_CLAIMED = 10_000
 # Device-list changes remembered in memory (older positions ask the database).
 RECENT_CHANGES = 10_000
 # Devices whose key counts are kept in memory (every sync response carries them).
 COUNTED_DEVICES = 50_000
-# How long other servers get to answer a query or claim, unless the client says (Synapse's
-# default), and the longest a client may ask for.
-REMOTE_TIMEOUT_MS = 10_000
-MAX_REMOTE_TIMEOUT_MS = 60_000
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _check_key_object(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise BadJson(f"{what} must be an object")
-    signatures = value.get("signatures")
-    if signatures is not None and not (isinstance(signatures, dict) and all(
-            isinstance(v, dict) and all(isinstance(s, str) for s in v.values())
-            for v in signatures.values())):
-        raise BadJson(f"{what}.signatures must map user IDs to key IDs to signatures")
-    return value
-
-
-def _split_key_name(name: str, what: str) -> tuple[str, str]:
-    algorithm, sep, key_id = name.partition(":")
-    if not sep or not algorithm or not key_id:
-        raise InvalidParam(f"{what} key names must be '<algorithm>:<key_id>'")
-    return algorithm, key_id
-
-
-def _keys(body: Mapping[str, Any], field: str) -> list[NewKey]:
-    value = body.get(field)
-    if value is None:
-        return []
-    if not isinstance(value, dict):
-        raise BadJson(f"{field} must be an object")
-    if len(value) > MAX_ONE_TIME_KEYS:
-        raise InvalidParam(f"At most {MAX_ONE_TIME_KEYS} {field} at a time")
-    out = []
-    for name, key in value.items():
-        algorithm, key_id = _split_key_name(name, field)
-        if not isinstance(key, str):
-            _check_key_object(key, f"{field}[{name!r}]")
-        out.append((algorithm, key_id, _canonical(key)))
-    return out
-
-
-def _single_key(obj: Mapping[str, Any], what: str) -> tuple[str, str]:
-    """The ``(key ID, public key)`` of a cross-signing key object: one ed25519 key."""
-    keys = obj.get("keys")
-    if not isinstance(keys, dict) or len(keys) != 1:
-        raise InvalidParam(f"{what}.keys must hold exactly one key")
-    ((key_id, public),) = keys.items()
-    if not isinstance(key_id, str) or not key_id.startswith("ed25519:") or \
-            not isinstance(public, str) or key_id[len("ed25519:"):] != public:
-        raise InvalidParam(f"{what}.keys must be {{'ed25519:<public key>': <public key>}}")
-    return key_id, public
-
-
-def _verify(obj: Mapping[str, Any], user_id: str, key_id: str, public: str) -> bool:
-    try:
-        verify_key = decode_verify_key_bytes(key_id, decode_base64(public))
-        verify_signed_json(dict(obj), user_id, verify_key)
-    except (SignatureVerifyException, ValueError, TypeError, KeyError):
-        return False
-    except Exception:  # nacl raises errors of its own for malformed keys
-        return False
-    return True
-
-
-def _timeout_s(body: Mapping[str, Any]) -> float:
-    value = body.get("timeout", REMOTE_TIMEOUT_MS)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise InvalidParam("timeout must be a number of milliseconds")
-    return float(min(value, MAX_REMOTE_TIMEOUT_MS)) / 1000
-
-
-def _failure(e: BaseException) -> dict[str, Any]:
-    if isinstance(e, RemoteKeysFailed):
-        return {"status": e.status, "message": e.message}
-    return {"status": 503, "message": "No answer"}
 
 
 def _with_default(counts: dict[str, int]) -> dict[str, int]:
@@ -351,13 +275,13 @@ class E2EKeyService:
         keys_json = None
         device_keys = body.get("device_keys")
         if device_keys is not None:
-            _check_key_object(device_keys, "device_keys")
+            check_key_object(device_keys, "device_keys")
             if device_keys.get("user_id") != user_id or device_keys.get("device_id") != device_id:
                 raise InvalidParam("device_keys must be for the requesting user and device")
             if not isinstance(device_keys.get("keys"), dict) or not isinstance(
                     device_keys.get("algorithms"), list):
                 raise BadJson("device_keys needs 'keys' (an object) and 'algorithms' (a list)")
-            keys_json = _canonical(device_keys)
+            keys_json = canonical(device_keys)
             old = await self._store.device_keys(user_id, device_id)
             if old is not None:
                 if json.loads(old).get("keys") != device_keys["keys"]:
@@ -365,8 +289,8 @@ class E2EKeyService:
                                        "they cannot be replaced by different ones")
                 if old == keys_json:
                     keys_json = None  # the same again: nothing changed
-        one_time = _keys(body, "one_time_keys")
-        fallback = _keys(body, "fallback_keys")
+        one_time = new_keys(body, "one_time_keys")
+        fallback = new_keys(body, "fallback_keys")
         if len({a for a, _, _ in fallback}) != len(fallback):
             raise InvalidParam("At most one fallback key per algorithm")
         self._forget_counts([(user_id, device_id)])
@@ -387,26 +311,10 @@ class E2EKeyService:
 
     # -- query -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _wanted_devices(body: Mapping[str, Any]) -> dict[str, list[str]]:
-        """``device_keys`` of a query: user -> device IDs (none: all of them)."""
-        wanted = body.get("device_keys")
-        if wanted is None:
-            raise MissingParam("Missing parameter: device_keys")
-        if not isinstance(wanted, dict):
-            raise BadJson("device_keys must be an object")
-        if len(wanted) > MAX_QUERIED_USERS:
-            raise InvalidParam(f"At most {MAX_QUERIED_USERS} users at a time")
-        for user_id, device_ids in wanted.items():
-            if not isinstance(device_ids, list) or not all(isinstance(d, str)
-                                                           for d in device_ids):
-                raise BadJson(f"device_keys[{user_id[:300]!r}] must be a list of device IDs")
-        return wanted
-
     async def query(self, requester: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST /keys/query"""
-        wanted = self._wanted_devices(body)
-        timeout_s = _timeout_s(body)
+        wanted = wanted_devices(body)
+        timeout_s = remote_timeout_s(body)
         local = {u: set(d) or None for u, d in wanted.items() if self._is_local(u)}
 
         async def ask(server: str, users: list[str]
@@ -421,7 +329,7 @@ class E2EKeyService:
         out["failures"].update(failures)
         for server, (answer, failure) in answers.items():
             if failure is not None:
-                out["failures"][server] = _failure(failure)
+                out["failures"][server] = failure_of(failure)
             for field, by_user in answer.items():
                 out[field].update(by_user)
         return out
@@ -443,7 +351,7 @@ class E2EKeyService:
             if isinstance(answer, BaseException):
                 if not isinstance(answer, RemoteKeysFailed | TimeoutError):
                     logger.warning("%s of %s failed", what, server, exc_info=answer)
-                failures[server] = _failure(answer)
+                failures[server] = failure_of(answer)
             else:
                 answers[server] = answer
         return mine, answers, failures
@@ -453,7 +361,7 @@ class E2EKeyService:
         is ours): device keys, master and self-signing keys with their owners' signatures;
         never user-signing keys, nor device display names (Synapse's default,
         ``allow_device_name_lookup_over_federation: false``)."""
-        wanted = self._wanted_devices(body)
+        wanted = wanted_devices(body)
         local = {u: set(d) or None for u, d in wanted.items()}
         out = await self._query_local("", local, display_names=False)
         return {"device_keys": out["device_keys"], "master_keys": out["master_keys"],
@@ -483,7 +391,7 @@ class E2EKeyService:
                 if usage not in keys or (usage == USER_SIGNING and user_id != requester):
                     continue
                 obj = json.loads(keys[usage])
-                _, public = _single_key(obj, usage)
+                _, public = single_key(obj, usage)
                 self._merge_signatures(obj, found, user_id, public, requester)
                 out[field][user_id] = obj
         return out
@@ -506,7 +414,7 @@ class E2EKeyService:
         for usage, field in ((MASTER, "master_key"), (SELF_SIGNING, "self_signing_key")):
             if usage in keys:
                 obj = json.loads(keys[usage])
-                self._merge_signatures(obj, found, user_id, _single_key(obj, usage)[1], "")
+                self._merge_signatures(obj, found, user_id, single_key(obj, usage)[1], "")
                 out[field] = obj
         return out
 
@@ -522,27 +430,10 @@ class E2EKeyService:
 
     # -- claim -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _wanted_keys(body: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-        """``one_time_keys`` of a claim: user -> device -> algorithm."""
-        requested = body.get("one_time_keys")
-        if requested is None:
-            raise MissingParam("Missing parameter: one_time_keys")
-        if not isinstance(requested, dict):
-            raise BadJson("one_time_keys must be an object")
-        for user_id, by_device in requested.items():
-            if not isinstance(by_device, dict) or not all(isinstance(a, str)
-                                                          for a in by_device.values()):
-                raise BadJson(f"one_time_keys[{user_id[:300]!r}] must map device IDs to "
-                              "algorithms")
-        if sum(len(d) for d in requested.values()) > MAX_CLAIMED:
-            raise InvalidParam(f"At most {MAX_CLAIMED} keys at a time")
-        return requested
-
     async def claim(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST /keys/claim"""
-        requested = self._wanted_keys(body)
-        timeout_s = _timeout_s(body)
+        requested = wanted_keys(body)
+        timeout_s = remote_timeout_s(body)
         local = {u: d for u, d in requested.items() if self._is_local(u)}
         out, answers, failures = await self._fan_out(
             self._claim_local(local),
@@ -583,7 +474,7 @@ class E2EKeyService:
     async def claim_for_server(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST /_matrix/federation/v1/user/keys/claim (the caller checked that every user
         is ours): as a client's claim."""
-        return {"one_time_keys": await self._claim_local(self._wanted_keys(body))}
+        return {"one_time_keys": await self._claim_local(wanted_keys(body))}
 
     async def _claim_local(self, requested: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
         wanted: list[Wanted] = [(u, d, a) for u, by_device in requested.items()
@@ -752,13 +643,13 @@ class E2EKeyService:
             self._check_cross_signing_key(user_id, obj, usage)
             if master_obj is None:
                 raise MissingParam("No master signing key is available")
-            master_key_id, master_public = _single_key(master_obj, MASTER)
-            if not _verify(obj, user_id, master_key_id, master_public):
+            master_key_id, master_public = single_key(master_obj, MASTER)
+            if not verify(obj, user_id, master_key_id, master_public):
                 raise MatrixError(f"The {field} is not signed by the master key", status=400,
                                   errcode="M_INVALID_SIGNATURE")
-            new[usage] = _canonical(obj)
+            new[usage] = canonical(obj)
         if master is not None:
-            new[MASTER] = _canonical(master)
+            new[MASTER] = canonical(master)
         if not new:
             return
         if all(stored.get(u) == j for u, j in new.items()):
@@ -773,13 +664,13 @@ class E2EKeyService:
 
     @staticmethod
     def _check_cross_signing_key(user_id: str, obj: Any, usage: str) -> None:
-        _check_key_object(obj, usage)
+        check_key_object(obj, usage)
         if obj.get("user_id") != user_id:
             raise InvalidParam(f"The {usage} key must be for the requesting user")
         usages = obj.get("usage")
         if not isinstance(usages, list) or usage not in usages:
             raise InvalidParam(f"The {usage} key's usage must include {usage!r}")
-        _single_key(obj, usage)
+        single_key(obj, usage)
 
     async def upload_signatures(self, user_id: str, body: Mapping[str, Any]
                                 ) -> dict[str, Any]:
@@ -831,7 +722,7 @@ class E2EKeyService:
                     public = self._signer_public(mine, my_devices, signer_usage, signer_key_id)
                     if public is None:
                         continue
-                    if _verify({**unsigned, "signatures": {user_id: {signer_key_id: signature}}},
+                    if verify({**unsigned, "signatures": {user_id: {signer_key_id: signature}}},
                                user_id, signer_key_id, public):
                         new.append(Signature(user_id, signer_key_id, target, key_id,
                                              signature))
@@ -866,7 +757,7 @@ class E2EKeyService:
         keys = found.cross_signing.get(target, {})
         if MASTER in keys:
             master = json.loads(keys[MASTER])
-            if _single_key(master, MASTER)[1] == key_id:
+            if single_key(master, MASTER)[1] == key_id:
                 return master, ("device" if target == signer else USER_SIGNING)
         if target == signer:
             for device in found.devices:
@@ -884,6 +775,6 @@ class E2EKeyService:
                 "ed25519:") else None
         if usage not in mine:
             return None
-        key_id, public = _single_key(json.loads(mine[usage]), usage)
+        key_id, public = single_key(json.loads(mine[usage]), usage)
         return public if key_id == signer_key_id else None
 
