@@ -20,6 +20,7 @@ from homeserver.services.accounts import AccountService
 from homeserver.services.auth import AuthService
 from homeserver.services.censor import RedactionCensor
 from homeserver.services.dehydrated_devices import DehydratedDeviceService
+from homeserver.services.device_list_announcer import DeviceListAnnouncer
 from homeserver.services.devices import DeviceService
 from homeserver.services.directory import DirectoryService
 from homeserver.services.e2e_keys import E2EKeyService
@@ -28,6 +29,7 @@ from homeserver.services.friends import FriendsService
 from homeserver.services.history import ClearedHistory, HistoryService
 from homeserver.services.ignored_users import IgnoredUsers
 from homeserver.services.key_backup import KeyBackupService
+from homeserver.services.local_keys import LocalKeys
 from homeserver.services.media import MediaService
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.membership import MembershipService
@@ -197,10 +199,13 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     remote_lists = RemoteDeviceLists(db.remote_device_lists, members, roomserver, remote.keys,
                                      notifier, clock, config.server_name) \
         if remote is not None else None
+    local_keys = LocalKeys(db.e2e_keys)
+    announcer = DeviceListAnnouncer(db.e2e_keys, local_keys,
+                                    remote.device_lists if remote is not None else None)
     keys = E2EKeyService(db.e2e_keys, db.sync, members, notifier, clock, config.server_name,
+                         local_keys, announcer,
                          remote=remote.keys if remote is not None else None,
-                         remote_lists=remote_lists,
-                         device_lists=remote.device_lists if remote is not None else None)
+                         remote_lists=remote_lists)
     auth = AuthService(db.devices, clock, config.auth, on_devices_deleted=keys)
     delivers = config.push.enabled and push_gateway is not None
     pushers = PusherService(db.push, clock, delivers=delivers)

@@ -15,19 +15,15 @@ within the client's ``timeout``: 10 s unless it says otherwise, as Synapse); a s
 gives no answer is in ``failures``. One-time keys are always claimed from their servers.
 Without federation other servers' users are left out. Keys are never logged.
 
-Other servers sharing a room with a local user are told of each change of theirs
-(``DeviceListEdus``): an ``m.device_list_update`` per new, changed or deleted device
-(``prev_id``: the user's device change before it in the stream; a device signed by its
-owner's self-signing key is a change too), an ``m.signing_key_update`` for new master or
-self-signing keys or a new signature of the master key; objects as other servers get them
-from ``/user/keys/query``. Their servers' EDUs about their users are changes in our
-stream (``remote_device_list_changed``), and keep their cached lists current.
+Other servers sharing a room with a local user are told of each change of theirs by the
+``DeviceListAnnouncer``; local keys are read as others see them by ``LocalKeys``. Other
+servers' EDUs about their users are changes in our stream (``remote_device_list_changed``),
+and keep their cached lists current.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import deque
@@ -39,6 +35,7 @@ from cachetools import LRUCache
 from core.clock import Clock
 from core.errors import BadJson, InvalidParam, MatrixError, MissingParam
 from core.types import parse_user_id
+from homeserver.services.device_list_announcer import DeviceListAnnouncer
 from homeserver.services.key_requests import (
     canonical,
     check_key_object,
@@ -50,9 +47,10 @@ from homeserver.services.key_requests import (
     wanted_devices,
     wanted_keys,
 )
+from homeserver.services.local_keys import MASTER, SELF_SIGNING, USER_SIGNING, LocalKeys
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
-from homeserver.services.ports import DeviceListEdus, RemoteKeys, RemoteKeysFailed
+from homeserver.services.ports import RemoteKeys, RemoteKeysFailed
 from homeserver.services.remote_device_lists import RemoteDeviceLists
 from homeserver.services.sync_token import SyncToken
 from storage.stores.e2e_keys import (
@@ -69,7 +67,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-MASTER, SELF_SIGNING, USER_SIGNING = "master", "self_signing", "user_signing"
 # Device-list changes remembered in memory (older positions ask the database).
 RECENT_CHANGES = 10_000
 # Devices whose key counts are kept in memory (every sync response carries them).
@@ -83,14 +80,15 @@ def _with_default(counts: dict[str, int]) -> dict[str, int]:
 
 class E2EKeyService:
     def __init__(self, store: E2EKeyStore, sync_store: SyncStore, members: MembershipCache,
-                 notifier: Notifier, clock: Clock, server_name: str, *,
+                 notifier: Notifier, clock: Clock, server_name: str, local_keys: LocalKeys,
+                 announcer: DeviceListAnnouncer, *,
                  remote: RemoteKeys | None = None,
-                 remote_lists: RemoteDeviceLists | None = None,
-                 device_lists: DeviceListEdus | None = None) -> None:
+                 remote_lists: RemoteDeviceLists | None = None) -> None:
         self._store = store
         self._remote = remote
         self._remote_lists = remote_lists
-        self._device_lists = device_lists
+        self._keys = local_keys
+        self._announcer = announcer
         self._sync = sync_store
         self._members = members
         self._notifier = notifier
@@ -105,20 +103,16 @@ class E2EKeyService:
         self._counts: LRUCache[tuple[str, str], tuple[dict[str, int], list[str]]] = \
             LRUCache(COUNTED_DEVICES)
         self._generation = 0
-        self._left_over: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._start = self._store.position
         self._recent.clear()
-        self._left_over = asyncio.get_running_loop().create_task(self._announce_left_over())
+        self._announcer.start()
         if self._remote_lists is not None:
             self._remote_lists.start()
 
     async def stop(self) -> None:
-        if self._left_over is not None:
-            self._left_over.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._left_over
+        await self._announcer.stop()
         if self._remote_lists is not None:
             await self._remote_lists.stop()
 
@@ -183,90 +177,6 @@ class E2EKeyService:
         if position is not None:
             await self._changed([(position, user_id)])
 
-    # -- telling other servers ---------------------------------------------------------------
-
-    async def _announce(self, user_id: str, edus: list[dict[str, Any]],
-                        positions: list[int]) -> None:
-        """Queue EDUs about a local user's keys (their changes at ``positions``) for the
-        servers sharing a room with them, then mark the changes announced. The change is
-        committed already: a failure to queue is logged, not the client's, and the changes
-        are announced again at the next start-up (``_announce_left_over``)."""
-        if self._device_lists is not None and edus:
-            try:
-                await self._device_lists.device_list_changed(user_id, edus)
-            except Exception:
-                logger.exception("Queueing %d device-list EDUs for %s failed", len(edus),
-                                 user_id)
-                return
-        await self._store.mark_announced(positions)
-
-    async def _announce_left_over(self) -> None:
-        """At start-up: the local changes whose EDUs a crash (or a failure) kept from the
-        queue are announced now (an EDU sent twice changes nothing for its receiver)."""
-        try:
-            left = await self._store.unannounced()
-            if self._device_lists is None:
-                await self._store.mark_announced([p for p, _, _ in left])
-                return
-            by_user: dict[str, list[tuple[int, str | None]]] = {}
-            for position, user_id, device_id in left:
-                by_user.setdefault(user_id, []).append((position, device_id))
-            for user_id, changes in by_user.items():
-                devices = [(p, d) for p, d in changes if d is not None]
-                edus = await self._device_updates(user_id, devices)
-                if len(devices) < len(changes):
-                    edus += await self._signing_key_update(user_id)
-                await self._announce(user_id, edus, [p for p, _ in changes])
-            if left:
-                logger.info("Announced %d device-list changes left over from before",
-                            len(left))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("Announcing left-over device-list changes failed")
-
-    async def _device_updates(self, user_id: str, changes: list[tuple[int, str]], *,
-                              deleted: bool = False) -> list[dict[str, Any]]:
-        """``m.device_list_update`` EDUs for ``(position, device)`` in order: each names the
-        position before it of the user's devices as ``prev_id``, and carries the device's
-        keys as other servers get them (with their owner's signatures) unless deleted."""
-        if self._device_lists is None or not changes:
-            return []
-        keys: dict[str, Any] = {}
-        if not deleted:
-            found = await self._query_local("", {user_id: {d for _, d in changes}},
-                                            display_names=False)
-            keys = found["device_keys"].get(user_id, {})
-        prev = await self._store.previous_device_change(user_id, changes[0][0])
-        out = []
-        for position, device_id in changes:
-            content: dict[str, Any] = {"user_id": user_id, "device_id": device_id,
-                                       "stream_id": position,
-                                       "prev_id": [prev] if prev is not None else []}
-            if deleted or device_id not in keys:
-                # (a device without keys now was deleted since: its own change says so too)
-                content["deleted"] = True
-            else:
-                content["keys"] = keys[device_id]
-            out.append({"edu_type": "m.device_list_update", "content": content})
-            prev = position
-        return out
-
-    async def _signing_key_update(self, user_id: str) -> list[dict[str, Any]]:
-        """An ``m.signing_key_update`` EDU with the user's master and self-signing keys as
-        other servers get them (the user-signing key is its owner's alone)."""
-        if self._device_lists is None:
-            return []
-        found = await self._query_local("", {user_id: set()}, display_names=False)
-        content: dict[str, Any] = {"user_id": user_id}
-        for field, name in (("master_keys", "master_key"),
-                            ("self_signing_keys", "self_signing_key")):
-            if user_id in found[field]:
-                content[name] = found[field][user_id]
-        if len(content) == 1:
-            return []
-        return [{"edu_type": "m.signing_key_update", "content": content}]
-
     # -- upload ----------------------------------------------------------------------------
 
     async def upload(self, user_id: str, device_id: str, body: Mapping[str, Any]
@@ -305,8 +215,7 @@ class E2EKeyService:
             self._forget_counts([(user_id, device_id)])
         if position is not None:
             await self._changed([(position, user_id)])
-            await self._announce(user_id, await self._device_updates(
-                user_id, [(position, device_id)]), [position])
+            await self._announcer.announce(user_id, [position], [(position, device_id)])
         return _with_default(counts)
 
     # -- query -----------------------------------------------------------------------------
@@ -324,7 +233,7 @@ class E2EKeyService:
                                                   timeout_s)
 
         out, answers, failures = await self._fan_out(
-            self._query_local(requester, local, display_names=True), ask,
+            self._keys.query(requester, local, display_names=True), ask,
             self._by_server(wanted), "Querying keys")
         out["failures"].update(failures)
         for server, (answer, failure) in answers.items():
@@ -363,70 +272,13 @@ class E2EKeyService:
         ``allow_device_name_lookup_over_federation: false``)."""
         wanted = wanted_devices(body)
         local = {u: set(d) or None for u, d in wanted.items()}
-        out = await self._query_local("", local, display_names=False)
+        out = await self._keys.query("", local, display_names=False)
         return {"device_keys": out["device_keys"], "master_keys": out["master_keys"],
                 "self_signing_keys": out["self_signing_keys"]}
 
-    async def _query_local(self, requester: str, local: Mapping[str, set[str] | None], *,
-                           display_names: bool) -> dict[str, Any]:
-        found = await self._store.query(sorted(local))
-        out: dict[str, Any] = {"device_keys": {u: {} for u in local}, "failures": {},
-                               "master_keys": {}, "self_signing_keys": {},
-                               "user_signing_keys": {}}
-        for device in found.devices:
-            only = local.get(device.user_id)
-            if only is not None and device.device_id not in only:
-                continue
-            obj = json.loads(device.key_json)
-            self._merge_signatures(obj, found, device.user_id, device.device_id, requester)
-            if display_names:
-                unsigned = dict(obj.get("unsigned") or {})
-                if device.display_name is not None:
-                    unsigned["device_display_name"] = device.display_name
-                obj["unsigned"] = unsigned
-            out["device_keys"][device.user_id][device.device_id] = obj
-        for user_id, keys in found.cross_signing.items():
-            for usage, field in ((MASTER, "master_keys"), (SELF_SIGNING, "self_signing_keys"),
-                                 (USER_SIGNING, "user_signing_keys")):
-                if usage not in keys or (usage == USER_SIGNING and user_id != requester):
-                    continue
-                obj = json.loads(keys[usage])
-                _, public = single_key(obj, usage)
-                self._merge_signatures(obj, found, user_id, public, requester)
-                out[field][user_id] = obj
-        return out
-
     async def user_devices(self, user_id: str) -> dict[str, Any]:
-        """GET /_matrix/federation/v1/user/devices/{userId} for a local user, but for the
-        device list itself: ``stream_id``, each device's ``keys`` (device ID -> key
-        object, those with keys), ``master_key`` and ``self_signing_key`` when there are."""
-        # The position first: a change between the two reads is then in the devices and
-        # also comes as an EDU after this position (applying it twice is harmless; the other
-        # order would hide it behind a position the cache already has).
-        stream_id = await self._store.latest_device_change(user_id)
-        found = await self._store.query([user_id])
-        out: dict[str, Any] = {"stream_id": stream_id, "keys": {}}
-        for device in found.devices:
-            obj = json.loads(device.key_json)
-            self._merge_signatures(obj, found, user_id, device.device_id, "")
-            out["keys"][device.device_id] = obj
-        keys = found.cross_signing.get(user_id, {})
-        for usage, field in ((MASTER, "master_key"), (SELF_SIGNING, "self_signing_key")):
-            if usage in keys:
-                obj = json.loads(keys[usage])
-                self._merge_signatures(obj, found, user_id, single_key(obj, usage)[1], "")
-                out[field] = obj
-        return out
-
-    @staticmethod
-    def _merge_signatures(obj: dict[str, Any], found: QueryResult, user_id: str,
-                          target_key_id: str, requester: str) -> None:
-        """Add the uploaded signatures over a key object (another user's signatures of it
-        only for that signer: a user-signing key's verdicts are its owner's)."""
-        for signer, signer_key, signature in found.signatures.get((user_id, target_key_id), ()):
-            if signer != user_id and signer != requester:
-                continue
-            obj.setdefault("signatures", {}).setdefault(signer, {})[signer_key] = signature
+        """GET /_matrix/federation/v1/user/devices/{userId} for a local user (``LocalKeys``)."""
+        return await self._keys.user_devices(user_id)
 
     # -- claim -----------------------------------------------------------------------------
 
@@ -603,9 +455,9 @@ class E2EKeyService:
             self._forget_counts(devices)
         if positions:
             await self._changed([(positions[-1], user_id)])
-            await self._announce(user_id, await self._device_updates(
-                user_id, list(zip(positions, device_ids, strict=True)), deleted=True),
-                positions)
+            await self._announcer.announce(
+                user_id, positions, list(zip(positions, device_ids, strict=True)),
+                deleted=True)
 
     # -- cross-signing ---------------------------------------------------------------------
 
@@ -659,8 +511,8 @@ class E2EKeyService:
         if position is not None:
             await self._changed([(position, user_id)])
             # The user-signing key is its owner's alone: other servers never get it.
-            await self._announce(user_id, await self._signing_key_update(user_id)
-                                 if MASTER in new or SELF_SIGNING in new else [], [position])
+            await self._announcer.announce(
+                user_id, [position], signing_keys=MASTER in new or SELF_SIGNING in new)
 
     @staticmethod
     def _check_cross_signing_key(user_id: str, obj: Any, usage: str) -> None:
@@ -741,11 +593,9 @@ class E2EKeyService:
             devices=[(user_id, d) for d in own_devices] if new else [])
         if position is not None:
             await self._changed((position, u) for u in changed)
-            edus = await self._device_updates(
-                user_id, list(zip(device_positions, own_devices, strict=True)))
-            if own_master:
-                edus += await self._signing_key_update(user_id)
-            await self._announce(user_id, edus, [position, *device_positions])
+            await self._announcer.announce(
+                user_id, [position, *device_positions],
+                list(zip(device_positions, own_devices, strict=True)), signing_keys=own_master)
         return {"failures": failures}
 
     @staticmethod

@@ -17,7 +17,9 @@ from signedjson.sign import sign_json
 from signedjson.types import SigningKey
 
 from homeserver.services.container import Services
+from homeserver.services.device_list_announcer import DeviceListAnnouncer
 from homeserver.services.e2e_keys import E2EKeyService
+from homeserver.services.local_keys import LocalKeys
 from homeserver.services.ports import RemoteKeysFailed
 from homeserver.services.remote_device_lists import RemoteDeviceLists
 from tests.helpers.federation import FedPair, User
@@ -170,8 +172,10 @@ def _service(services: Services, remote: FakeRemoteKeys) -> E2EKeyService:
     lists = RemoteDeviceLists(services.db.remote_device_lists, services.members,
                               services.roomserver, remote, services.notifier, services.clock,
                               services.config.server_name)
+    local = LocalKeys(services.db.e2e_keys)
     return E2EKeyService(services.db.e2e_keys, services.db.sync, services.members,
                          services.notifier, services.clock, services.config.server_name,
+                         local, DeviceListAnnouncer(services.db.e2e_keys, local, None),
                          remote=remote, remote_lists=lists)
 
 

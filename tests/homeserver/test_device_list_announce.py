@@ -15,7 +15,9 @@ from signedjson.key import encode_verify_key_base64, generate_signing_key, get_v
 from signedjson.sign import sign_json
 
 from homeserver.services.container import Services
+from homeserver.services.device_list_announcer import DeviceListAnnouncer
 from homeserver.services.e2e_keys import E2EKeyService
+from homeserver.services.local_keys import LocalKeys
 from tests.client_api import test_sync_fanout
 from tests.client_api.test_to_device import device
 from tests.helpers.room_api import new_user
@@ -38,9 +40,10 @@ class Queue:
 
 
 def keys_service(services: Services, queue: Queue | None) -> E2EKeyService:
+    local = LocalKeys(services.db.e2e_keys)
     return E2EKeyService(services.db.e2e_keys, services.db.sync, services.members,
                          services.notifier, services.clock, services.config.server_name,
-                         device_lists=queue)
+                         local, DeviceListAnnouncer(services.db.e2e_keys, local, queue))
 
 
 def device_keys(user_id: str, device_id: str) -> dict[str, Any]:
