@@ -46,16 +46,31 @@ to a restricted join before checking it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final, TypeAlias
-
-from nacl.exceptions import BadSignatureError
-from signedjson.key import decode_verify_key_bytes
-from signedjson.sign import SignatureVerifyException, verify_signed_json
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from typing import Any
 
 from core.events.model import Event
 from core.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from core.events.unpadded_base64 import decode_base64
+from core.rooms.auth_common import (
+    AUTHORISING_USER,
+    BAN,
+    INVITE,
+    JOIN,
+    JOIN_RULES,
+    KNOCK,
+    LEAVE,
+    MEMBER,
+    REDACTION,
+    THIRD_PARTY_INVITE,
+    AuthError,
+    StateMap,
+    ThirdPartyInviteVerifier,
+    is_user_id,
+    membership_of,
+    server_of,
+    third_party_invite_token,
+)
+from core.rooms.member_rules import check_member_event
 from core.rooms.power_levels import (
     CREATE,
     INTEGER_FIELDS,
@@ -65,43 +80,32 @@ from core.rooms.power_levels import (
     parse_level,
     room_creators,
 )
-from core.types import parse_user_id
+from core.rooms.third_party_invites import (
+    third_party_invite_public_keys,
+    verify_third_party_invite_signature,
+)
 
-MEMBER: Final = "m.room.member"
-JOIN_RULES: Final = "m.room.join_rules"
-THIRD_PARTY_INVITE: Final = "m.room.third_party_invite"
-REDACTION: Final = "m.room.redaction"
-
-JOIN: Final = "join"
-INVITE: Final = "invite"
-LEAVE: Final = "leave"
-BAN: Final = "ban"
-KNOCK: Final = "knock"
-
-PUBLIC: Final = "public"
-RESTRICTED: Final = "restricted"
-KNOCK_RESTRICTED: Final = "knock_restricted"
-
-AUTHORISING_USER: Final = "join_authorised_via_users_server"
-
-StateMap: TypeAlias = Mapping[tuple[str, str], Event]
-"""State keyed by ``(type, state_key)``: an event's auth events, or the room state."""
-
-ThirdPartyInviteVerifier: TypeAlias = Callable[[Mapping[str, Any], Sequence[str]], bool]
-"""``(signed, public_keys) -> bool``: whether any signature in the ``signed`` object of a
-``third_party_invite`` verifies with any of the unpadded-Base64 ed25519 ``public_keys``."""
-
-
-class AuthError(Exception):
-    """The event fails the authorization rules (the caller maps this to 403 M_FORBIDDEN).
-
-    Attributes:
-        message: Why, for logs and for the ``error`` field of a client response.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+__all__ = [
+    "BAN",
+    "INVITE",
+    "JOIN",
+    "JOIN_RULES",
+    "KNOCK",
+    "LEAVE",
+    "MEMBER",
+    "REDACTION",
+    "THIRD_PARTY_INVITE",
+    "AuthError",
+    "StateMap",
+    "ThirdPartyInviteVerifier",
+    "auth_types_for_event",
+    "check_auth_events",
+    "check_auth_rules",
+    "create_event_id_for_room",
+    "redaction_is_allowed",
+    "third_party_invite_public_keys",
+    "verify_third_party_invite_signature",
+]
 
 
 # -- Auth events --------------------------------------------------------------------------------
@@ -145,7 +149,7 @@ def auth_types_for_event(
     if membership in (JOIN, INVITE, KNOCK):
         types.add((JOIN_RULES, ""))
     if membership == INVITE:
-        token = _third_party_invite_token(content)
+        token = third_party_invite_token(content)
         if token is not None:
             types.add((THIRD_PARTY_INVITE, token))
     if membership == JOIN and room_version.restricted_join_rule:
@@ -258,7 +262,7 @@ def check_auth_rules(
     _check_federation(event, create)  # 4
     levels = _power_levels(event.room_version, auth_events, create)
     if event.type == MEMBER:
-        _check_member_event(
+        check_member_event(
             event,
             auth_events,
             create,
@@ -267,7 +271,7 @@ def check_auth_rules(
         )
         return
     # 6: the sender must be joined.
-    if _membership(auth_events, event.sender) != JOIN:
+    if membership_of(auth_events, event.sender) != JOIN:
         raise AuthError(f"{event.sender} is not in the room")
     sender_level = levels.user_level(event.sender)
     # 7: m.room.third_party_invite needs the invite level (and nothing else).
@@ -310,7 +314,7 @@ def _check_create_event(event: Event) -> None:
             raise AuthError("The create event has a room_id")
     else:
         room_id = event.pdu.get("room_id")
-        if not isinstance(room_id, str) or _server_of(room_id) != _server_of(event.sender):
+        if not isinstance(room_id, str) or server_of(room_id) != server_of(event.sender):
             raise AuthError("The create event's room_id is not on the sender's server")
     # 1.3
     if "room_version" in content:
@@ -323,7 +327,7 @@ def _check_create_event(event: Event) -> None:
     # 1.4 (v12)
     if version.privileged_creators and "additional_creators" in content:
         additional = content["additional_creators"]
-        if not isinstance(additional, list) or not all(_is_user_id(u) for u in additional):
+        if not isinstance(additional, list) or not all(is_user_id(u) for u in additional):
             raise AuthError("additional_creators must be an array of user IDs")
     # 1.5: otherwise, allow.
 
@@ -357,7 +361,7 @@ def _find_create_event(event: Event, auth_events: StateMap, given: Event | None)
 def _check_federation(event: Event, create: Event) -> None:
     """Rule 4: ``m.federate: false`` keeps out senders from other servers than the creator's."""
     federates = create.content.get("m.federate") is not False
-    if not federates and _server_of(event.sender) != _server_of(create.sender):
+    if not federates and server_of(event.sender) != server_of(create.sender):
         raise AuthError("The room does not federate")
 
 
@@ -368,206 +372,6 @@ def _power_levels(room_version: RoomVersion, state: StateMap, create: Event) -> 
         content=power_levels_event.content if power_levels_event is not None else None,
         creators=room_creators(create),
     )
-
-
-# -- Rule 5: m.room.member ----------------------------------------------------------------------
-
-
-def _check_member_event(
-    event: Event,
-    state: StateMap,
-    create: Event,
-    levels: PowerLevels,
-    verify_third_party_invite: ThirdPartyInviteVerifier,
-) -> None:
-    """Rule 5: ``m.room.member``; allows or raises, never falls through to rule 6."""
-    target = event.state_key
-    membership = event.membership
-    # 5.1
-    if target is None or membership is None:
-        raise AuthError("A membership event needs a state_key and content.membership")
-    # Not a numbered rule, but the m.room.member schema's, and Synapse and ruma reject such
-    # events while authorising them: the state_key is a user ID.
-    if not target.startswith("@") or ":" not in target:
-        raise AuthError(f"Membership state_key {target!r} is not a user ID")
-    # 5.2
-    if event.room_version.restricted_join_rule and AUTHORISING_USER in event.content:
-        authoriser = event.content[AUTHORISING_USER]
-        if not _is_user_id(authoriser) or not _has_signature_from(event, _server_of(authoriser)):
-            raise AuthError(f"The event is not signed by the server of {authoriser!r}")
-    if membership == JOIN:
-        _check_join(event, state, create, levels)  # 5.3
-    elif membership == INVITE:
-        _check_invite(event, state, levels, verify_third_party_invite)  # 5.4
-    elif membership == LEAVE:
-        _check_leave(event, state, levels)  # 5.5
-    elif membership == BAN:
-        _check_ban(event, state, levels)  # 5.6
-    elif membership == KNOCK and event.room_version.knock_join_rule:
-        _check_knock(event, state)  # 5.7
-    else:
-        # 5.8
-        raise AuthError(f"Unknown membership {membership!r}")
-
-
-def _check_join(event: Event, state: StateMap, create: Event, levels: PowerLevels) -> None:
-    """Rule 5.3: ``membership: join``."""
-    sender, target = event.sender, event.state_key
-    # 5.3.1: the creator's own first join (v10: content.creator; v11+: the create's sender).
-    if event.prev_event_ids == [create.event_id] and target == _original_creator(create):
-        return
-    # 5.3.2
-    if sender != target:
-        raise AuthError(f"{sender} may not join {target} to the room")
-    membership = _membership(state, sender)
-    # 5.3.3
-    if membership == BAN:
-        raise AuthError(f"{sender} is banned from the room")
-    join_rule = _join_rule(event.room_version, state)
-    # 5.3.4
-    if join_rule in (INVITE, KNOCK):
-        if membership in (INVITE, JOIN):
-            return
-        raise AuthError(f"{sender} is not invited to the room")
-    # 5.3.5
-    if join_rule in (RESTRICTED, KNOCK_RESTRICTED):
-        if membership in (JOIN, INVITE):
-            return
-        authoriser = event.content.get(AUTHORISING_USER)
-        if not isinstance(authoriser, str):
-            raise AuthError("A restricted join needs join_authorised_via_users_server")
-        # "A user with sufficient permission to invite": joined (5.4.2), invite level (5.4.4).
-        if _membership(state, authoriser) != JOIN:
-            raise AuthError(f"Authorising user {authoriser} is not in the room")
-        if levels.user_level(authoriser) < levels.invite_level:
-            raise AuthError(f"Authorising user {authoriser} may not invite users")
-        return
-    # 5.3.6
-    if join_rule == PUBLIC:
-        return
-    # 5.3.7
-    raise AuthError(f"Join rule {join_rule!r} does not let {sender} join")
-
-
-def _check_invite(
-    event: Event,
-    state: StateMap,
-    levels: PowerLevels,
-    verify_third_party_invite: ThirdPartyInviteVerifier,
-) -> None:
-    """Rule 5.4: ``membership: invite``."""
-    sender, target = event.sender, event.state_key
-    assert target is not None  # 5.1
-    target_membership = _membership(state, target)
-    # 5.4.1
-    if "third_party_invite" in event.content:
-        _check_third_party_signed_invite(event, state, target_membership, verify_third_party_invite)
-        return
-    # 5.4.2
-    if _membership(state, sender) != JOIN:
-        raise AuthError(f"{sender} is not in the room")
-    # 5.4.3
-    if target_membership == JOIN:
-        raise AuthError(f"{target} is already in the room")
-    if target_membership == BAN:
-        raise AuthError(f"{target} is banned from the room")
-    # 5.4.4
-    if levels.user_level(sender) >= levels.invite_level:
-        return
-    # 5.4.5
-    raise AuthError(f"{sender} may not invite users")
-
-
-def _check_third_party_signed_invite(
-    event: Event,
-    state: StateMap,
-    target_membership: str | None,
-    verify: ThirdPartyInviteVerifier,
-) -> None:
-    """Rule 5.4.1: an invite made from an ``m.room.third_party_invite``."""
-    # 5.4.1.1
-    if target_membership == BAN:
-        raise AuthError(f"{event.state_key} is banned from the room")
-    third_party_invite = event.content["third_party_invite"]
-    # 5.4.1.2
-    signed = third_party_invite.get("signed") if isinstance(third_party_invite, Mapping) else None
-    if not isinstance(signed, Mapping):
-        raise AuthError("third_party_invite has no signed object")
-    # 5.4.1.3
-    mxid, token = signed.get("mxid"), signed.get("token")
-    if not isinstance(mxid, str) or not isinstance(token, str):
-        raise AuthError("third_party_invite.signed needs mxid and token")
-    # 5.4.1.4
-    if mxid != event.state_key:
-        raise AuthError("third_party_invite.signed.mxid is not the invited user")
-    # 5.4.1.5
-    invite = state.get((THIRD_PARTY_INVITE, token))
-    if invite is None:
-        raise AuthError("No m.room.third_party_invite matches the token")
-    # 5.4.1.6
-    if invite.sender != event.sender:
-        raise AuthError("Only the sender of the third-party invite may use it")
-    # 5.4.1.7
-    if verify(signed, third_party_invite_public_keys(invite)):
-        return
-    # 5.4.1.8
-    raise AuthError("third_party_invite.signed is not signed by the invite's keys")
-
-
-def _check_leave(event: Event, state: StateMap, levels: PowerLevels) -> None:
-    """Rule 5.5: ``membership: leave`` (leaving, rejecting, retracting, kicking, unbanning)."""
-    sender, target = event.sender, event.state_key
-    assert target is not None  # 5.1
-    sender_membership = _membership(state, sender)
-    # 5.5.1
-    if sender == target:
-        if sender_membership in (INVITE, JOIN, KNOCK):
-            return
-        raise AuthError(f"{sender} is not in, invited to or knocking on the room")
-    # 5.5.2
-    if sender_membership != JOIN:
-        raise AuthError(f"{sender} is not in the room")
-    sender_level = levels.user_level(sender)
-    # 5.5.3
-    if _membership(state, target) == BAN and sender_level < levels.ban_level:
-        raise AuthError(f"{sender} may not unban users")
-    # 5.5.4
-    if sender_level >= levels.kick_level and levels.user_level(target) < sender_level:
-        return
-    # 5.5.5
-    raise AuthError(f"{sender} may not kick {target}")
-
-
-def _check_ban(event: Event, state: StateMap, levels: PowerLevels) -> None:
-    """Rule 5.6: ``membership: ban``."""
-    sender, target = event.sender, event.state_key
-    assert target is not None  # 5.1
-    # 5.6.1
-    if _membership(state, sender) != JOIN:
-        raise AuthError(f"{sender} is not in the room")
-    sender_level = levels.user_level(sender)
-    # 5.6.2
-    if sender_level >= levels.ban_level and levels.user_level(target) < sender_level:
-        return
-    # 5.6.3
-    raise AuthError(f"{sender} may not ban {target}")
-
-
-def _check_knock(event: Event, state: StateMap) -> None:
-    """Rule 5.7: ``membership: knock``."""
-    sender = event.sender
-    # 5.7.1
-    if _join_rule(event.room_version, state) not in (KNOCK, KNOCK_RESTRICTED):
-        raise AuthError("The room does not allow knocking")
-    # 5.7.2
-    if sender != event.state_key:
-        raise AuthError(f"{sender} may not knock for another user")
-    # 5.7.3
-    membership = _membership(state, sender)
-    if membership not in (BAN, INVITE, JOIN):
-        return
-    # 5.7.4
-    raise AuthError(f"{sender} may not knock while their membership is {membership}")
 
 
 # -- Rule 10: m.room.power_levels ---------------------------------------------------------------
@@ -690,132 +494,6 @@ def redaction_is_allowed(
     levels = _power_levels(redaction.room_version, state, create)
     if levels.user_level(redaction.sender) >= levels.redact_level:
         return True
-    return redacted is not None and _server_of(redacted.sender) == _server_of(redaction.sender)
+    return redacted is not None and server_of(redacted.sender) == server_of(redaction.sender)
 
 
-# -- Third-party invites ------------------------------------------------------------------------
-
-
-def third_party_invite_public_keys(invite_event: Event) -> list[str]:
-    """The public keys of an ``m.room.third_party_invite`` (rule 5.4.1.7).
-
-    Returns:
-        ``content.public_key`` then each ``content.public_keys[].public_key`` (unpadded
-        Base64 strings; malformed entries are skipped).
-    """
-    content = invite_event.content
-    keys: list[str] = []
-    public_key = content.get("public_key")
-    if isinstance(public_key, str):
-        keys.append(public_key)
-    public_keys = content.get("public_keys")
-    if isinstance(public_keys, list):
-        for entry in public_keys:
-            if isinstance(entry, Mapping) and isinstance(entry.get("public_key"), str):
-                keys.append(entry["public_key"])
-    return keys
-
-
-def verify_third_party_invite_signature(
-    signed: Mapping[str, Any], public_keys: Sequence[str]
-) -> bool:
-    """Rule 5.4.1.7: does any ed25519 signature in ``signed`` verify with any public key?
-
-    The identity server's public keys are in the ``m.room.third_party_invite`` event, so any
-    signing server name and key ID in ``signed.signatures`` is accepted if the signature
-    verifies (as in Synapse; whether the identity server has since revoked the key is the
-    caller's business).
-
-    Args:
-        signed: ``content.third_party_invite.signed`` of the invite.
-        public_keys: Unpadded-Base64 ed25519 public keys (:func:`third_party_invite_public_keys`).
-
-    Returns:
-        True if one signature verifies.
-    """
-    signatures = signed.get("signatures")
-    if not isinstance(signatures, Mapping):
-        return False
-    for public_key in public_keys:
-        try:
-            key_bytes = decode_base64(public_key)
-        except ValueError:
-            continue
-        for server_name, server_signatures in signatures.items():
-            if not isinstance(server_signatures, Mapping):
-                continue
-            for key_id in server_signatures:
-                if not isinstance(key_id, str) or not key_id.startswith("ed25519:"):
-                    continue
-                try:
-                    verify_key = decode_verify_key_bytes(key_id, key_bytes)
-                    verify_signed_json(dict(signed), server_name, verify_key)
-                except (SignatureVerifyException, BadSignatureError, ValueError, TypeError):
-                    continue
-                return True
-    return False
-
-
-# -- Small helpers ------------------------------------------------------------------------------
-
-
-def _membership(state: StateMap, user_id: str) -> str | None:
-    """The user's current membership (None: no membership event, i.e. effectively leave)."""
-    member = state.get((MEMBER, user_id))
-    return member.membership if member is not None else None
-
-
-def _join_rule(room_version: RoomVersion, state: StateMap) -> str:
-    """The current join rule; ``invite`` when there is no join rules event (as in Synapse)."""
-    join_rules = state.get((JOIN_RULES, ""))
-    rule = join_rules.content.get("join_rule", INVITE) if join_rules is not None else INVITE
-    if not isinstance(rule, str):
-        return ""
-    enabled = {
-        KNOCK: room_version.knock_join_rule,
-        RESTRICTED: room_version.restricted_join_rule,
-        KNOCK_RESTRICTED: room_version.knock_restricted_join_rule,
-    }
-    return rule if enabled.get(rule, True) else ""
-
-
-def _original_creator(create: Event) -> str | None:
-    """The user whose first join rule 5.3.1 allows: v10 ``content.creator``, v11+ ``sender``."""
-    if create.room_version.implicit_room_creator:
-        return create.sender
-    creator = create.content.get("creator")
-    return creator if isinstance(creator, str) else None
-
-
-def _third_party_invite_token(content: Mapping[str, Any]) -> str | None:
-    third_party_invite = content.get("third_party_invite")
-    if not isinstance(third_party_invite, Mapping):
-        return None
-    signed = third_party_invite.get("signed")
-    if not isinstance(signed, Mapping):
-        return None
-    token = signed.get("token")
-    return token if isinstance(token, str) else None
-
-
-def _has_signature_from(event: Event, server_name: str) -> bool:
-    signatures = event.pdu.get("signatures")
-    if not isinstance(signatures, Mapping):
-        return False
-    server_signatures = signatures.get(server_name)
-    return isinstance(server_signatures, Mapping) and len(server_signatures) > 0
-
-
-def _is_user_id(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        parse_user_id(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _server_of(identifier: str) -> str:
-    """The server name of a user or (pre-v12) room ID: everything after the first ``:``."""
-    return identifier.split(":", 1)[1] if ":" in identifier else ""
