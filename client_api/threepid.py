@@ -8,6 +8,7 @@ deleting or unbinding one (there is none) succeeds with ``no-support``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from aiohttp import web
@@ -113,41 +114,32 @@ async def post_threepid_unbind(request: web.Request) -> web.Response:
     return json_response({"id_server_unbind_result": "no-support"})
 
 
-@routes.post("/account/3pid/email/requestToken")
-async def post_threepid_email_token(request: web.Request) -> web.Response:
-    """POST /_matrix/client/v3/account/3pid/email/requestToken"""
-    raise _changes_disabled()
+# The requestToken endpoints: no email or SMS is ever sent from here. A phone number's
+# body is checked first (as Synapse does), an email's is not.
+_REQUEST_TOKEN_REFUSALS: tuple[tuple[str, bool, Callable[[], MatrixError]], ...] = (
+    ("/account/3pid/email/requestToken", False, _changes_disabled),
+    ("/account/3pid/msisdn/requestToken", True, lambda: _medium_not_supported(
+        "Adding phone numbers to user account is not supported by this homeserver")),
+    ("/register/email/requestToken", False,
+     lambda: BadRequest("Email-based registration has been disabled on this server")),
+    ("/register/msisdn/requestToken", True,
+     lambda: BadRequest("Registration by phone number is not supported on this homeserver")),
+    ("/account/password/email/requestToken", False,
+     lambda: BadRequest("Email-based password resets have been disabled on this server")),
+    ("/account/password/msisdn/requestToken", True,
+     lambda: BadRequest("Password resets by phone number are not supported on this server")),
+)
 
 
-@routes.post("/account/3pid/msisdn/requestToken")
-async def post_threepid_msisdn_token(request: web.Request) -> web.Response:
-    """POST /_matrix/client/v3/account/3pid/msisdn/requestToken"""
-    parse_body(_MsisdnTokenBody, await read_json_object(request))
-    raise _medium_not_supported(
-        "Adding phone numbers to user account is not supported by this homeserver")
+def _refuse_token_requests(path: str, msisdn: bool, error: Callable[[], MatrixError]) -> None:
+    async def request_token(request: web.Request) -> web.Response:
+        if msisdn:
+            parse_body(_MsisdnTokenBody, await read_json_object(request))
+        raise error()
+
+    request_token.__doc__ = f"POST /_matrix/client/v3{path}"
+    routes.post(path)(request_token)
 
 
-@routes.post("/register/email/requestToken")
-async def post_register_email_token(request: web.Request) -> web.Response:
-    """POST /_matrix/client/v3/register/email/requestToken"""
-    raise BadRequest("Email-based registration has been disabled on this server")
-
-
-@routes.post("/register/msisdn/requestToken")
-async def post_register_msisdn_token(request: web.Request) -> web.Response:
-    """POST /_matrix/client/v3/register/msisdn/requestToken"""
-    parse_body(_MsisdnTokenBody, await read_json_object(request))
-    raise BadRequest("Registration by phone number is not supported on this homeserver")
-
-
-@routes.post("/account/password/email/requestToken")
-async def post_password_email_token(request: web.Request) -> web.Response:
-    """POST /_matrix/client/v3/account/password/email/requestToken"""
-    raise BadRequest("Email-based password resets have been disabled on this server")
-
-
-@routes.post("/account/password/msisdn/requestToken")
-async def post_password_msisdn_token(request: web.Request) -> web.Response:
-    """POST /_matrix/client/v3/account/password/msisdn/requestToken"""
-    parse_body(_MsisdnTokenBody, await read_json_object(request))
-    raise BadRequest("Password resets by phone number are not supported on this server")
+for _path, _msisdn, _error in _REQUEST_TOKEN_REFUSALS:
+    _refuse_token_requests(_path, _msisdn, _error)

@@ -21,9 +21,22 @@ from homeserver.app import build_app
 from homeserver.config import HomeserverConfig, parse_config
 from homeserver.services.container import Services, build_services
 from storage import Database
+from tests.helpers.scheduling import FileTimings, slow_first
 
 SERVER_NAME = "test.local"
 POSTGRES_URL_ENV = "KTCHAT_TEST_POSTGRES_URL"
+TIMINGS_ENV = "KTCHAT_TEST_TIMINGS"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    timings = os.environ.get(TIMINGS_ENV)
+    # Only the controlling process (or a run without xdist) records: workers' reports reach it.
+    if timings and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(FileTimings(Path(timings)), "ktchat-file-timings")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    slow_first(items)
 
 
 def postgres_url() -> str | None:
