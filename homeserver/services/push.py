@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from cachetools import LRUCache
 
 from core.clock import Clock
 from core.events.room_versions import KNOWN_ROOM_VERSIONS
@@ -45,6 +48,8 @@ logger = logging.getLogger(__name__)
 CATCH_UP_BATCH = 500
 # How long a sync waits for evaluation to reach its position before answering anyway.
 SYNC_WAIT_S = 2.0
+# Notifications remembered per room, for counts (PushEvaluator.notifications_after).
+RECENT_PER_ROOM = 64
 INFINITE_LEVEL = float("inf")
 
 
@@ -86,6 +91,15 @@ def thread_of(pdu: dict[str, Any]) -> str:
     return "main"
 
 
+@dataclass(slots=True)
+class _Logged:
+    """The notifications recorded for one event (``PushEvaluator._recent``)."""
+
+    position: int
+    room_row: NotificationRow | None
+    user_rows: dict[str, NotificationRow]
+
+
 class PushEvaluator:
     """The commit listener that evaluates push rules (see the module docstring)."""
 
@@ -110,6 +124,15 @@ class PushEvaluator:
         self.position = 0
         self._head = 0
         self._position_changed = asyncio.Condition()
+        # Room -> the newest position of a notification recorded for it by this process:
+        # what counted up to a position after it is still the count (UnreadCounts).
+        self.notified_at: dict[str, int] = {}
+        # Room -> its latest notifications recorded here, oldest first: (position, the row
+        # for the room's members, user -> their own row); complete after _logged_after[room]
+        # (or after where evaluation started, for a room never cut).
+        self._recent: dict[str, deque[_Logged]] = {}
+        self._logged_after: dict[str, int] = {}
+        self._log_start = 0
 
     # -- the listener -----------------------------------------------------------------------
 
@@ -132,6 +155,7 @@ class PushEvaluator:
         that never evaluated starts at the head."""
         stored = await self._store.position()
         self.position = head if stored is None else stored
+        self._log_start = self.position
         if stored is None:
             await self._store.record([], [], head, self._clock.time_ms())
         self._head = max(self._head, head)
@@ -193,11 +217,49 @@ class PushEvaluator:
     async def _advance(self, position: int, rows: list[NotificationRow],
                        queued: list[tuple[str, str, str, str, str, list[Any]]]) -> None:
         await self._store.record(rows, queued, position, self._clock.time_ms())
+        # What was recorded, and the position that says so, change together (no await
+        # between): UnreadCounts reads both.
+        self._log(rows)
+        self.position = max(self.position, position)
         async with self._position_changed:
-            self.position = max(self.position, position)
             self._position_changed.notify_all()
         if queued:
             self._pushers.queued()
+
+    def _log(self, rows: list[NotificationRow]) -> None:
+        for row in rows:
+            room_id = row.room_id
+            if row.stream_ordering > self.notified_at.get(room_id, 0):
+                self.notified_at[room_id] = row.stream_ordering
+            log = self._recent.get(room_id)
+            if log is None:
+                log = self._recent[room_id] = deque()
+            if not log or log[-1].position != row.stream_ordering:
+                if len(log) >= RECENT_PER_ROOM:
+                    self._logged_after[room_id] = log.popleft().position
+                log.append(_Logged(row.stream_ordering, None, {}))
+            if row.user_id is None:
+                log[-1].room_row = row
+            else:
+                log[-1].user_rows[row.user_id] = row
+
+    def notifications_after(self, room_id: str, after: int, user_id: str
+                            ) -> list[NotificationRow] | None:
+        """What notifies ``user_id`` in the room after position ``after`` up to
+        ``position``, as the database would answer (``PushStore.unread``): from memory, or
+        None when what is remembered does not reach back that far."""
+        if after < max(self._log_start, self._logged_after.get(room_id, 0)):
+            return None
+        out: list[NotificationRow] = []
+        for logged in reversed(self._recent.get(room_id, ())):
+            if logged.position <= after:
+                break
+            own = logged.user_rows.get(user_id)
+            row = own if own is not None else logged.room_row
+            if row is not None and row.notify and (own is not None or row.sender != user_id):
+                out.append(row)
+        out.reverse()
+        return out
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -355,7 +417,18 @@ class PushEvaluator:
 
 class UnreadCounts:
     """``unread_notifications`` (and per thread) for /sync, the badge for pushes, and
-    GET /notifications, from ``push_actions`` and the user's read receipts."""
+    GET /notifications, from ``push_actions`` and the user's read receipts.
+
+    What notifies a user in a room after a start is remembered (``_known``) with the
+    evaluated position it was read at: it is still all there is while the evaluator has
+    recorded nothing newer for the room, and for a later start (a read receipt) it is the
+    part after that start. So a sync asks the database only about rooms with new
+    notifications, not about every room it answers for on every response.
+    """
+
+    # (user, room) entries remembered, and the most notifying events one may hold.
+    KNOWN = 50_000
+    KNOWN_ROWS = 1_000
 
     def __init__(self, store: PushStore, receipts: ReceiptService, members: MembershipCache,
                  evaluator: PushEvaluator, events: EventStore, serializer: EventSerializer,
@@ -367,6 +440,10 @@ class UnreadCounts:
         self._events = events
         self._serializer = serializer
         self._clock = clock
+        # (user, room) -> (start, evaluated position it was read at, what notifies after
+        # the start: (position, thread, highlight)).
+        self._known: LRUCache[tuple[str, str], tuple[int, int, tuple[tuple[int, str, bool], ...]]] \
+            = LRUCache(self.KNOWN)
 
     async def counts(self, user_id: str, starts: dict[str, int], *, threads: bool,
                      up_to: int | None = None) -> tuple[dict[str, tuple[int, int]],
@@ -387,7 +464,7 @@ class UnreadCounts:
         by_thread: dict[str, dict[str, tuple[int, int]]] = {}
         if not starts:
             return out, by_thread
-        rows = await self._store.unread(user_id, starts)
+        rows = await self._unread(user_id, starts)
         thread_reads = await self._store.thread_receipts(user_id, list(starts)) \
             if threads and any(t != "main" for _, _, t, _ in rows) else {}
         for room_id, position, thread_id, highlight in rows:
@@ -404,6 +481,47 @@ class UnreadCounts:
             n, h = out[room_id]
             out[room_id] = (n + 1, h + highlight)
         return out, by_thread
+
+    async def _unread(self, user_id: str, starts: dict[str, int]
+                      ) -> list[tuple[str, int, str, bool]]:
+        """(room, position, thread, highlight) of what notifies the user after each room's
+        start: remembered where nothing newer was recorded, read for the other rooms."""
+        out: list[tuple[str, int, str, bool]] = []
+        ask: dict[str, int] = {}
+        evaluator = self._evaluator
+        now = evaluator.position
+        for room_id, start in starts.items():
+            key = (user_id, room_id)
+            known = self._known.get(key)
+            if known is None or start < known[0]:
+                ask[room_id] = start
+                continue
+            rows = known[2]
+            if evaluator.notified_at.get(room_id, 0) > known[1]:
+                news = evaluator.notifications_after(room_id, known[1], user_id)
+                if news is None:
+                    ask[room_id] = start
+                    continue
+                # (a read of the database may have held some of them already)
+                seen = rows[-1][0] if rows else 0
+                rows = (*rows, *((r.stream_ordering, r.thread_id, r.highlight) for r in news
+                                 if r.stream_ordering > seen))
+                if len(rows) > self.KNOWN_ROWS:
+                    ask[room_id] = start
+                    continue
+                self._known[key] = (known[0], now, rows)
+            out.extend((room_id, p, t, h) for p, t, h in rows if p > start)
+        if not ask:
+            return out
+        read_at = self._evaluator.position  # (before the read: what it holds is at least this)
+        found: dict[str, list[tuple[int, str, bool]]] = {r: [] for r in ask}
+        for room_id, position, thread_id, highlight in await self._store.unread(user_id, ask):
+            found[room_id].append((position, thread_id, highlight))
+            out.append((room_id, position, thread_id, highlight))
+        for room_id, read in found.items():
+            if len(read) <= self.KNOWN_ROWS:
+                self._known[(user_id, room_id)] = (ask[room_id], read_at, tuple(sorted(read)))
+        return out
 
     async def room_starts(self, user_id: str) -> dict[str, int]:
         """Joined room -> its read position (counting starts after it)."""

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import delete
 
 from homeserver.app import build_app
+from homeserver.services.push import RECENT_PER_ROOM
 from storage.schema import push_actions, push_events
 from tests.client_api.test_receipts_typing import read, send, shared_room, unread
 from tests.client_api.test_sync import joined, sync
@@ -173,3 +174,60 @@ async def test_a_new_display_name_keeps_earlier_notifications(
     body = await notifications(client, bob)
     assert [n["event"]["event_id"] for n in body["notifications"]] == [second, first]
     assert unread(await sync(client, bob), room_id) == (2, 0)
+
+
+async def test_counts_stay_right_as_syncs_reuse_what_they_counted(
+        client: TestClient, alice: User, bob: User) -> None:
+    """Counts are remembered between syncs (per user and room) and only read again for rooms
+    with new notifications: every step below must still show the true counts, initial and
+    incremental, through receipts, mentions, other rooms' messages and a thread."""
+    room = await shared_room(client, alice, bob)
+    other = await shared_room(client, alice, bob)
+    first = await send_text(client, alice, room, "one")
+    await send_text(client, alice, room, "two")
+    body = await sync(client, bob)
+    assert unread(body, room) == (2, 0) and unread(body, other) == (0, 0)
+    since = body["next_batch"]
+    mention = await send(client, alice, room, {
+        "msgtype": "m.text", "body": "bob!", "m.mentions": {"user_ids": [bob.user_id]}})
+    body = await sync(client, bob, since=since)
+    assert unread(body, room) == (3, 1)
+    since = body["next_batch"]
+    await read(client, bob, room, first)  # a later start: the part after it
+    body = await sync(client, bob, since=since)
+    assert unread(body, room) == (2, 1)
+    since = body["next_batch"]
+    await send_text(client, alice, other, "elsewhere")
+    body = await sync(client, bob, since=since)
+    assert unread(body, other) == (1, 0)
+    assert unread(await sync(client, bob), room) == (2, 1)  # untouched by the other room
+    await read(client, bob, room, mention)
+    await send(client, alice, room, {"msgtype": "m.text", "body": "in a thread",
+                                     "m.relates_to": {"rel_type": "m.thread",
+                                                      "event_id": mention}})
+    body = await sync(client, bob, since=since)
+    assert unread(body, room) == (1, 0) and unread(body, other) == (1, 0)
+    room_view = joined(await sync(client, bob, sync_filter=THREADS), room)
+    assert room_view["unread_notifications"] == {"notification_count": 0,
+                                                 "highlight_count": 0}
+    assert room_view["unread_thread_notifications"] == {
+        mention: {"notification_count": 1, "highlight_count": 0}}
+    await send_text(client, bob, room, "my own")  # the sender's own: nothing for them
+    assert unread(await sync(client, bob), room) == (1, 0)
+
+
+async def test_counts_after_more_messages_than_are_remembered(
+        client: TestClient, alice: User, bob: User) -> None:
+    """More notifications between two syncs than the evaluator remembers per room: the
+    count is read from the database again, and is right."""
+    room = await shared_room(client, alice, bob)
+    await send_text(client, alice, room, "first")
+    body = await sync(client, bob)
+    assert unread(body, room) == (1, 0)
+    for i in range(RECENT_PER_ROOM + 6):
+        await send_text(client, alice, room, f"message {i}")
+    body = await sync(client, bob, since=body["next_batch"])
+    assert unread(body, room) == (RECENT_PER_ROOM + 7, 0)
+    await send_text(client, alice, room, "one more")
+    assert unread(await sync(client, bob, since=body["next_batch"]), room) == (
+        RECENT_PER_ROOM + 8, 0)
