@@ -79,6 +79,16 @@ def add(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
                  .on_conflict_do_nothing(), list(rows))
 
 
+def related_among(conn: Connection, event_ids: Sequence[str]) -> set[str]:
+    """Which of these events something relates to (one indexed read per 500)."""
+    rel = event_relations.c
+    out: set[str] = set()
+    for start in range(0, len(event_ids), _CHUNK):
+        out.update(conn.execute(select(rel.relates_to_id).distinct().where(
+            rel.relates_to_id.in_(event_ids[start:start + _CHUNK]))).scalars())
+    return out
+
+
 def remove_events(conn: Connection, event_ids: Iterable[str]) -> None:
     """Delete the rows of events (redacted or purged)."""
     ids = list(event_ids)

@@ -262,7 +262,7 @@ class EventStore:
                                 stream_ordering=i.stream_ordering)
             for i in items if not i.outlier and i.stream_ordering is not None
             and relations_index.may_relate(i.pdu_json)) if r is not None]
-        already = await self._db.run_write(
+        already, unrelated = await self._db.run_write(
             lambda conn: self._persist(conn, items, indexed, related))
         redacted = [i.redacts for i in items if i.redacts is not None
                     and i.redaction_requires is None] + already
@@ -270,8 +270,8 @@ class EventStore:
             self.forget_cached(redacted)
         if self._relations_changed is not None:
             # Nothing can relate to an event built here before it is written (its ID is
-            # its hash), except later in this batch.
-            self._relations_changed([i.event_id for i in items if i.built_here],
+            # its hash), except later in this batch; of the received ones the write looked.
+            self._relations_changed([i.event_id for i in items if i.built_here] + unrelated,
                                     [r["relates_to_id"] for r in related], bool(redacted))
         self._remember(StoredEvent(
             i.event_id, i.room_id, i.room_version, i.pdu, i.stream_ordering, i.depth,
@@ -283,9 +283,10 @@ class EventStore:
 
     def _persist(self, conn: Connection, items: Sequence[PersistItem],
                  indexed: Sequence[dict[str, Any]], related: list[dict[str, Any]]
-                 ) -> list[str]:
+                 ) -> tuple[list[str], list[str]]:
         """The write itself; returns the new events that redactions received before them
-        redact (so they are not cached unredacted)."""
+        redact (so they are not cached unredacted), and the received events nothing relates
+        to (so readers need not ask)."""
         is_sqlite = self._db.is_sqlite
         statements = _write_statements(is_sqlite)
         new_rooms = [dict(room_id=i.room_id, room_version=i.new_room[0], creator=i.new_room[1],
@@ -348,6 +349,9 @@ class EventStore:
         relations_index.add(conn, related)
         if applied:
             relations_index.remove_events(conn, applied)
+        timeline = [i.event_id for i in received if not i.outlier]
+        targets = relations_index.related_among(conn, timeline) if timeline else set()
+        unrelated = [e for e in timeline if e not in targets]
 
         # Current state changes (later items win); each room's head is written once.
         changed: dict[tuple[str, str, str], dict[str, Any] | None] = {}
@@ -385,7 +389,7 @@ class EventStore:
                 else item.state_group_after
         if heads:
             conn.execute(statements["heads"], list(heads.values()))
-        return already
+        return already, unrelated
 
     # -- reads ------------------------------------------------------------------------------
 
