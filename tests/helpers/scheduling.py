@@ -39,8 +39,13 @@ class FileTimings:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self._seconds[report.nodeid.split("::", 1)[0]] += report.duration
+        if report.when == "teardown":
+            self._write()  # as it goes: a run cut short still tells
 
     def pytest_sessionfinish(self) -> None:
+        self._write()
+
+    def _write(self) -> None:
         if not self._seconds:
             return
         ranked = sorted(self._seconds.items(), key=lambda kv: -kv[1])
