@@ -6,10 +6,14 @@ Files under ``media.store_path``:
   stored once (rows in the ``media`` table name them);
 - ``thumbnails/abcd…/WxH-method[-animated]`` — thumbnails of that content, made on first
   request (in a thread pool, off the event loop) and kept;
-- ``tmp/`` — uploads and thumbnails being written.
+- ``remote_thumbnails/{sha256 of server/mediaId}/WxH-method[-animated].{type}`` — thumbnails other
+  servers made of their media (asked of them first; made here from the original when they
+  give none);
+- ``tmp/`` — uploads, fetched media and thumbnails being written.
 
-Every file is written to ``tmp/``, fsynced and renamed into place: a file under ``content/``
-or ``thumbnails/`` is always complete, whatever crashed when.
+Every file is written to ``tmp/`` (other servers' media too, streamed as it comes, never
+held whole in memory), fsynced and renamed into place (``media_files``): a file under
+``content/`` or ``thumbnails/`` is always complete, whatever crashed when.
 """
 
 from __future__ import annotations
@@ -18,21 +22,25 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import secrets
 import string
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from core.clock import Clock
 from core.errors import LimitExceeded, MatrixError, NotFound, TooLarge
 from core.types import is_valid_server_name
 from homeserver.config import MediaConfig, ThumbnailSize
 from homeserver.services import thumbnailer
+from homeserver.services.media_files import (
+    ContentWriter,
+    flush_and_sync,
+    place,
+    remove_tree,
+)
 from homeserver.services.ports import RemoteMedia
 from storage.stores.media import Completion, MediaRecord, MediaStore
 
@@ -182,26 +190,17 @@ class MediaService:
             return await writer.finish(None)
 
     @contextlib.asynccontextmanager
-    async def _writing(self) -> AsyncIterator[_ContentWriter]:
+    async def _writing(self) -> AsyncIterator[ContentWriter]:
         """A file under ``tmp/`` to write content to, hashed as it is written; removed
-        unless :meth:`_ContentWriter.finish` moved it into place."""
+        unless :meth:`ContentWriter.finish` moved it into place."""
         self._tmp.mkdir(parents=True, exist_ok=True)
-        writer = _ContentWriter(self._tmp / f"upload-{secrets.token_hex(8)}", self._content_path)
+        writer = ContentWriter(self._tmp / f"upload-{secrets.token_hex(8)}", self._content_path)
         try:
             yield writer
         finally:
             writer.close()
             with contextlib.suppress(FileNotFoundError):
                 writer.tmp.unlink()
-
-    @staticmethod
-    def _place(tmp: Path, final: Path) -> None:
-        """Move a complete, synced file into place (already there: the same bytes)."""
-        if final.exists():
-            return
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
-        _sync_dir(final.parent)
 
     # -- downloads --------------------------------------------------------------------------
 
@@ -345,7 +344,12 @@ class MediaService:
                                animated: bool) -> Path:
         """Where the thumbnail another server made is kept (its type's suffix added)."""
         name = f"{size.width}x{size.height}-{size.method}{'-animated' if animated else ''}"
-        return self._root / "remote_thumbnails" / server_name / media_id / name
+        return self._remote_thumbnail_dir(server_name, media_id) / name
+
+    def _remote_thumbnail_dir(self, server_name: str, media_id: str) -> Path:
+        # Named by a hash: a server name or media ID such as ".." names no other directory.
+        key = hashlib.sha256(f"{server_name}/{media_id}".encode()).hexdigest()
+        return self._root / "remote_thumbnails" / key
 
     async def _remote_thumbnail(self, server_name: str, media_id: str, size: ThumbnailSize,
                                 animated: bool) -> MediaFile | None:
@@ -441,8 +445,8 @@ class MediaService:
         try:
             with tmp.open("wb") as f:
                 f.write(thumb.data)
-                _flush_and_sync(f)
-            self._place(tmp, final)
+                flush_and_sync(f)
+            place(tmp, final)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -456,10 +460,9 @@ class MediaService:
 
     async def delete(self, server_name: str, media_id: str) -> None:
         existed, unused_sha = await self._store.delete(server_name, media_id)
-        if not self.is_mine(server_name) and is_valid_server_name(server_name) \
-                and is_valid_media_id(media_id):
-            await asyncio.to_thread(
-                _remove_tree, self._root / "remote_thumbnails" / server_name / media_id)
+        if not self.is_mine(server_name):
+            await asyncio.to_thread(remove_tree,
+                                    self._remote_thumbnail_dir(server_name, media_id))
         if not existed:
             raise NotFound("Unknown media ID")
         if unused_sha is not None:
@@ -497,27 +500,18 @@ class MediaService:
         root = self._root / "remote_thumbnails"
         if not root.is_dir():
             return
-        for origin in root.iterdir():
-            for media in origin.iterdir():
-                for thumb in media.iterdir():
-                    with contextlib.suppress(FileNotFoundError):
-                        if thumb.stat().st_mtime * 1000 < before_ts:
-                            thumb.unlink()
-                with contextlib.suppress(OSError):
-                    media.rmdir()  # only when empty
+        for media in root.iterdir():
+            for thumb in media.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if thumb.stat().st_mtime * 1000 < before_ts:
+                        thumb.unlink()
             with contextlib.suppress(OSError):
-                origin.rmdir()
+                media.rmdir()  # only when empty
 
     def _remove_content(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._content_path(sha256).unlink()
-        thumbs = self._root / "thumbnails" / sha256
-        if thumbs.is_dir():
-            for child in thumbs.iterdir():
-                with contextlib.suppress(FileNotFoundError):
-                    child.unlink()
-            with contextlib.suppress(OSError):
-                thumbs.rmdir()
+        remove_tree(self._root / "thumbnails" / sha256)
 
     async def expire_reservations(self) -> None:
         await self._store.delete_expired_reservations(self._clock.time_ms())
@@ -529,61 +523,3 @@ def _unthumbnailable(too_large: bool) -> MatrixError:
                            errcode="M_TOO_LARGE")
     return MatrixError("Cannot generate thumbnails for the requested content", status=400,
                        errcode="M_UNKNOWN")
-
-
-class _ContentWriter:
-    """A file being written under ``tmp/`` (a ``MediaSink``): hashed and counted as it is
-    written; :meth:`finish` syncs it and moves it into place."""
-
-    def __init__(self, tmp: Path, content_path: Callable[[str], Path]) -> None:
-        self.tmp = tmp
-        self.size = 0
-        self._content_path = content_path
-        self._digest = hashlib.sha256()
-        self._file: BinaryIO | None = tmp.open("wb")
-
-    async def write(self, chunk: bytes) -> None:
-        assert self._file is not None, "written after finish"
-        self._digest.update(chunk)
-        self._file.write(chunk)
-        self.size += len(chunk)
-
-    async def finish(self, final: Path | None) -> tuple[str, int]:
-        """Sync and move the file to ``final`` (None: ``content/`` by its hash); the hash
-        and size."""
-        assert self._file is not None
-        sha256 = self._digest.hexdigest()
-        await asyncio.to_thread(_flush_and_sync, self._file)
-        self.close()
-        await asyncio.to_thread(MediaService._place, self.tmp,
-                                final or self._content_path(sha256))
-        return sha256, self.size
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove a directory of files (none: nothing to do)."""
-    if not path.is_dir():
-        return
-    for child in path.iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            child.unlink()
-    with contextlib.suppress(OSError):
-        path.rmdir()
-
-
-def _flush_and_sync(f: object) -> None:
-    f.flush()  # type: ignore[attr-defined]
-    os.fsync(f.fileno())  # type: ignore[attr-defined]
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -162,6 +162,10 @@ async def _remote_download(pair: FedPair) -> None:
     status, body, _ = await get(pair.alice, path)
     assert (status, body) == (200, data)
     assert pair.b.log().count(fed_path) == 2
+    # The thumbnails B made were purged too: asked again.
+    status, body, _ = await get(pair.alice, thumb_path, width="96", height="96", method="crop")
+    assert status == 200
+    assert pair.b.log().count(thumb_fed_path) == 2
     # allow_remote=false: A does not ask.
     uri = await upload(pair.bob, b"later", "text/plain", "later.txt")
     _, other_id = split_mxc(uri)
