@@ -10,11 +10,11 @@ alone), bounded by ``media.max_upload_bytes`` as they are read.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from client_api._routing import ClientRoutes
+from client_api._routing import ClientRoutes, Handler
 from client_api.auth import require_admin, require_requester
 from core.errors import (
     InvalidParam,
@@ -29,7 +29,7 @@ from homeserver.http.disconnect import CLIENT_CLOSED_REQUEST
 from homeserver.http.json import json_response
 from homeserver.http.media import media_headers
 from homeserver.http.middleware import error_response
-from homeserver.http.params import parse_int, query_int
+from homeserver.http.params import query_bool, query_int, thumbnail_params
 from homeserver.services.media import MediaFile
 
 routes = ClientRoutes()
@@ -127,18 +127,9 @@ def _common_params(request: web.Request) -> tuple[int | None, bool]:
     """``timeout_ms`` and ``allow_remote`` (``allow_redirect`` is accepted and unused: we
     never redirect)."""
     timeout_ms = query_int(request, "timeout_ms")
-    allow_remote = _bool(request, "allow_remote", True)
-    _bool(request, "allow_redirect", False)
+    allow_remote = query_bool(request, "allow_remote", True)
+    query_bool(request, "allow_redirect", False)
     return timeout_ms, allow_remote
-
-
-def _bool(request: web.Request, name: str, default: bool) -> bool:
-    value = request.query.get(name)
-    if value is None:
-        return default
-    if value not in ("true", "false"):
-        raise InvalidParam(f"'{name}' must be true or false")
-    return value == "true"
 
 
 def _file_response(file: MediaFile, filename: str | None) -> web.FileResponse:
@@ -156,31 +147,31 @@ async def _download(request: web.Request) -> web.StreamResponse:
 
 async def _thumbnail(request: web.Request) -> web.StreamResponse:
     timeout_ms, allow_remote = _common_params(request)
-    sizes = []
-    for name in ("width", "height"):
-        text = request.query.get(name)
-        if text is None:
-            raise MissingParam(f"Missing integer query parameter '{name}'")
-        sizes.append(parse_int(text, name, minimum=1, maximum=100_000))
-    method = request.query.get("method", "scale")
-    if method not in ("crop", "scale"):
-        raise InvalidParam("'method' must be crop or scale")
-    animated = _bool(request, "animated", False)
+    params = thumbnail_params(request)
     file = await request.app[SERVICES].media.thumbnail(
-        request.match_info["server_name"], request.match_info["media_id"], sizes[0], sizes[1],
-        method, animated=animated, timeout_ms=timeout_ms, allow_remote=allow_remote)
+        request.match_info["server_name"], request.match_info["media_id"], params.width,
+        params.height, params.method, animated=params.animated, timeout_ms=timeout_ms,
+        allow_remote=allow_remote)
     return _file_response(file, file.upload_name)  # "thumbnail.jpeg": the spec's SHOULD
 
 
-@routes.get("/download/{server_name}/{media_id}", versions=AUTHED)
-@routes.get("/download/{server_name}/{media_id}/{file_name}", versions=AUTHED)
+def _get_and_head(path: str, versions: tuple[str, ...]
+                  ) -> Callable[[Handler], Handler]:
+    """GET and HEAD (the same headers, no body: aiohttp's responses send none for HEAD)."""
+    def decorate(handler: Handler) -> Handler:
+        return routes.route("HEAD", path, versions)(routes.get(path, versions)(handler))
+    return decorate
+
+
+@_get_and_head("/download/{server_name}/{media_id}", versions=AUTHED)
+@_get_and_head("/download/{server_name}/{media_id}/{file_name}", versions=AUTHED)
 async def get_download(request: web.Request) -> web.StreamResponse:
     """GET /_matrix/client/v1/media/download/{serverName}/{mediaId}[/{fileName}]"""
     await require_requester(request)
     return await _download(request)
 
 
-@routes.get("/thumbnail/{server_name}/{media_id}", versions=AUTHED)
+@_get_and_head("/thumbnail/{server_name}/{media_id}", versions=AUTHED)
 async def get_thumbnail(request: web.Request) -> web.StreamResponse:
     """GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}"""
     await require_requester(request)
@@ -192,15 +183,15 @@ def _require_legacy(request: web.Request) -> None:
         raise NotFound("Not found")
 
 
-@routes.get("/download/{server_name}/{media_id}", versions=LEGACY)
-@routes.get("/download/{server_name}/{media_id}/{file_name}", versions=LEGACY)
+@_get_and_head("/download/{server_name}/{media_id}", versions=LEGACY)
+@_get_and_head("/download/{server_name}/{media_id}/{file_name}", versions=LEGACY)
 async def get_legacy_download(request: web.Request) -> web.StreamResponse:
     """GET /_matrix/media/v3/download/{serverName}/{mediaId}[/{fileName}] (legacy)"""
     _require_legacy(request)
     return await _download(request)
 
 
-@routes.get("/thumbnail/{server_name}/{media_id}", versions=LEGACY)
+@_get_and_head("/thumbnail/{server_name}/{media_id}", versions=LEGACY)
 async def get_legacy_thumbnail(request: web.Request) -> web.StreamResponse:
     """GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId} (legacy)"""
     _require_legacy(request)

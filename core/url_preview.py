@@ -3,15 +3,18 @@
 (or the start of the page's text) and the page's largest (or first) ``<img>``.
 
 Pure: bytes in, a dict of strings out; parsed with the standard library's ``html.parser``.
-Relative ``og:image`` URLs are resolved against the page's URL.
+Relative ``og:image`` URLs are resolved against the page's URL. Also the page's oEmbed link
+(discovery) and ``is_url_blocked``, Synapse's ``url_preview_url_blacklist`` check.
 """
 
 from __future__ import annotations
 
 import codecs
+import fnmatch
 import re
+from collections.abc import Mapping, Sequence
 from html.parser import HTMLParser
-from urllib.parse import urljoin
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 # At most this many og:* properties are kept (Synapse: 50), each cut to this many characters.
 MAX_PROPERTIES = 50
@@ -66,6 +69,7 @@ class _PageParser(HTMLParser):
         self.heading: str | None = None
         self.images: list[tuple[str, int, int]] = []  # src, width, height (0: not given)
         self.icon: str | None = None
+        self.oembed: str | None = None
         self.text: list[str] = []
         self._text_chars = 0
         self._stack: list[str] = []
@@ -79,8 +83,14 @@ class _PageParser(HTMLParser):
         elif tag == "img" and a.get("src"):
             self.images.append((a["src"], _dimension(a.get("width")),
                                 _dimension(a.get("height"))))
-        elif tag == "link" and a.get("href") and "icon" in a.get("rel", "").lower().split():
-            self.icon = self.icon or a["href"]
+        elif tag == "link" and a.get("href"):
+            rels = a.get("rel", "").lower().split()
+            if "icon" in rels:
+                self.icon = self.icon or a["href"]
+            # oEmbed discovery (some sites, Flickr, say "alternative").
+            if ("alternate" in rels or "alternative" in rels) \
+                    and a.get("type", "").lower() == "application/json+oembed":
+                self.oembed = self.oembed or a["href"].strip()
         elif tag == "title" and self.title is None and self._capture is None:
             self._capture, self._captured = "title", []
         elif tag in ("h1", "h2", "h3") and self.heading is None and self._capture is None:
@@ -157,6 +167,13 @@ def _summary(texts: list[str]) -> str | None:
 def parse_html_to_open_graph(body: bytes, content_type: str | None,
                              page_url: str) -> dict[str, str]:
     """The OpenGraph properties of a page (strings; ``og:image`` an absolute URL)."""
+    return parse_html(body, content_type, page_url)[0]
+
+
+def parse_html(body: bytes, content_type: str | None,
+               page_url: str) -> tuple[dict[str, str], str | None]:
+    """The OpenGraph properties of a page (as ``parse_html_to_open_graph``) and the absolute
+    URL of its oEmbed JSON (``<link rel="alternate" type="application/json+oembed">``)."""
     parser = _PageParser()
     try:
         parser.feed(decode_html(body, content_type))
@@ -180,7 +197,36 @@ def parse_html_to_open_graph(body: bytes, content_type: str | None,
             og["og:description"] = _SPACES.sub(" ", description).strip()[:MAX_VALUE_CHARS]
     if og.get("og:image"):
         og["og:image"] = urljoin(page_url, og["og:image"].strip())
-    return {k: v for k, v in og.items() if v}
+    oembed = urljoin(page_url, parser.oembed) if parser.oembed else None
+    return {k: v for k, v in og.items() if v}, oembed
+
+
+# The parts of a URL a ``media.url_preview.url_blacklist`` entry may name (urlsplit's).
+URL_PARTS = ("scheme", "netloc", "path", "query", "fragment", "username", "password",
+             "hostname", "port")
+
+
+def is_url_blocked(url: str, blocklist: Sequence[Mapping[str, str]]) -> bool:
+    """Whether an entry of ``blocklist`` matches ``url``, as Synapse's
+    ``url_preview_url_blacklist``: an entry matches when every part it names does, a
+    pattern starting with ``^`` a regular expression (``re.match``), else a glob."""
+    parts = urlsplit(url)
+    for entry in blocklist:
+        if all(_part_matches(parts, name, pattern) for name, pattern in entry.items()):
+            return True
+    return False
+
+
+def _part_matches(parts: SplitResult, name: str, pattern: str) -> bool:
+    try:
+        value = getattr(parts, name)
+    except ValueError:  # a port that is no number
+        return False
+    if value is None:
+        return False
+    if pattern.startswith("^"):
+        return re.match(pattern, str(value)) is not None
+    return fnmatch.fnmatch(str(value), pattern)
 
 
 def _best_image(images: list[tuple[str, int, int]]) -> str | None:

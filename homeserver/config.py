@@ -9,6 +9,7 @@ any depth, never silently replaced by its default (``config_reader.py``).
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ import yaml
 
 from core.crypto.signing_keys import load_signing_key
 from core.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
+from core.oembed import OEmbedEndpoint, parse_providers
 from core.types import is_valid_server_name
+from core.url_preview import URL_PARTS
 from homeserver.config_reader import ConfigReader
 
 RESOURCES = ("client", "federation", "media")
@@ -161,6 +164,11 @@ class UrlPreviewConfig:
     enabled: bool = False
     # At most this much of a page or an image is read (larger: 502 M_TOO_LARGE).
     max_spider_bytes: int = 10 * 1024 * 1024
+    # Synapse's url_preview_url_blacklist: entries of (URL part, glob or ^regex) pairs; a URL
+    # (or a redirect) matching every pair of an entry is refused (403).
+    url_blacklist: tuple[tuple[tuple[str, str], ...], ...] = ()
+    # oEmbed providers beyond the built-in ones (core.oembed), oembed.com's providers.json form.
+    oembed_providers: tuple[OEmbedEndpoint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,8 +363,44 @@ def _logging(reader: ConfigReader, config_dir: Path) -> LoggingConfig:
 
 def _url_preview(r: ConfigReader) -> UrlPreviewConfig:
     defaults = UrlPreviewConfig()
+    providers: tuple[OEmbedEndpoint, ...] = ()
+    raw_providers = r.get("oembed_providers", list, [])
+    try:
+        providers = parse_providers(raw_providers)
+    except ValueError as e:
+        r.problem("oembed_providers", str(e))
     return UrlPreviewConfig(r.get("enabled", bool, defaults.enabled),
-                            r.positive("max_spider_bytes", defaults.max_spider_bytes))
+                            r.positive("max_spider_bytes", defaults.max_spider_bytes),
+                            _url_blacklist(r), providers)
+
+
+def _url_blacklist(r: ConfigReader) -> tuple[tuple[tuple[str, str], ...], ...]:
+    entries = []
+    for i, entry in enumerate(r.get("url_blacklist", list, [])):
+        key = f"url_blacklist[{i}]"
+        if not isinstance(entry, dict) or not entry:
+            r.problem(key, "must be a mapping of URL parts to globs or ^regular expressions")
+            continue
+        pairs = []
+        for part, pattern in entry.items():
+            if part not in URL_PARTS:
+                r.problem(f"{key}.{part}", f"must be one of {', '.join(URL_PARTS)}")
+                continue
+            if isinstance(pattern, int) and not isinstance(pattern, bool):
+                pattern = str(pattern)  # port: 8080
+            if not isinstance(pattern, str):
+                r.problem(f"{key}.{part}", "must be a string")
+                continue
+            if pattern.startswith("^"):
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    r.problem(f"{key}.{part}", f"not a regular expression: {e}")
+                    continue
+            pairs.append((part, pattern))
+        if len(pairs) == len(entry):
+            entries.append(tuple(pairs))
+    return tuple(entries)
 
 
 def _thumbnail_sizes(media_r: ConfigReader) -> tuple[ThumbnailSize, ...]:

@@ -29,6 +29,7 @@ from storage.stores.server_keys import ServerKeyStore
 from storage.stores.state import StateStore
 from storage.stores.sync import SyncStore
 from storage.stores.to_device import ToDeviceStore
+from storage.stores.url_previews import UrlPreviewStore
 from storage.stores.user_directory import UserDirectoryStore
 from storage.stores.users import ProfileStore, UserStore
 
@@ -67,6 +68,7 @@ class Database:
         self.remote_device_lists = RemoteDeviceListStore(self.engine)
         self.reports = ReportStore(self.engine)
         self.media = MediaStore(self.engine)
+        self.url_previews = UrlPreviewStore(self.engine)
         self.push = PushStore(self.engine)
         self.user_directory = UserDirectoryStore(self.engine)
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from core.errors import InvalidParam, MissingParam, NotFound
+from core.errors import NotFound
 from federation.routes._base import federation_route
 from homeserver.http.media import content_disposition, served_content_type
-from homeserver.http.params import parse_int, query_int
+from homeserver.http.params import query_int, thumbnail_params
 from homeserver.services.media import MediaFile
 
 if TYPE_CHECKING:
@@ -81,20 +81,9 @@ async def get_download(request: web.Request, fed: Federation, _origin: str, _bod
 async def get_thumbnail(request: web.Request, fed: Federation, _origin: str, _body: Any
                         ) -> web.StreamResponse:
     """GET /_matrix/federation/v1/media/thumbnail/{mediaId}"""
-    sizes = []
-    for name in ("width", "height"):
-        text = request.query.get(name)
-        if text is None:
-            raise MissingParam(f"Missing integer query parameter '{name}'")
-        sizes.append(parse_int(text, name, minimum=1, maximum=100_000))
-    method = request.query.get("method", "scale")
-    if method not in ("crop", "scale"):
-        raise InvalidParam("'method' must be crop or scale")
-    animated = request.query.get("animated", "false")
-    if animated not in ("true", "false"):
-        raise InvalidParam("'animated' must be true or false")
+    params = thumbnail_params(request)
     file = await _media(fed).thumbnail(
-        fed.server_name, request.match_info["media_id"], sizes[0], sizes[1], method,
-        animated=animated == "true", timeout_ms=query_int(request, "timeout_ms"),
+        fed.server_name, request.match_info["media_id"], params.width, params.height,
+        params.method, animated=params.animated, timeout_ms=query_int(request, "timeout_ms"),
         allow_remote=False)
     return await _multipart(request, file)

@@ -19,7 +19,7 @@ import json
 import logging
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -39,11 +39,15 @@ from homeserver.http.json import encode_json
 logger = logging.getLogger(__name__)
 
 Query = Mapping[str, str | list[str]]
+# Reads a 2xx answer's body as it comes (see ``FederationClient.request``).
+Consumer = Callable[[aiohttp.ClientResponse], Awaitable[Any]]
 
 DEFAULT_TIMEOUT_S = 60.0
 # Per connection attempt (TCP and TLS handshake); a request may try several SRV targets.
 CONNECT_TIMEOUT_S = 10.0
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# The error answer of a request whose 2xx body is streamed (see ``request``'s ``consume``).
+ERROR_BODY_BYTES = 64 * 1024
 
 
 class FederationClientError(Exception):
@@ -198,6 +202,7 @@ class FederationClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         raw: bool = False,
+        consume: Consumer | None = None,
     ) -> Any:
         """Send one request to ``destination`` and return its parsed JSON response (with
         ``raw``: a ``RawResponse``, the body unparsed).
@@ -211,6 +216,8 @@ class FederationClient:
             signed: add the X-Matrix Authorization header (the key API needs none).
             timeout_s: the whole request, from resolution to the last byte of the response.
             max_response_bytes: the largest response body accepted.
+            consume: reads a 2xx answer's body as it comes (its result is returned);
+                ``max_response_bytes`` then bounds only error answers.
 
         Raises:
             FederationRequestError: the server answered with a non-2xx status.
@@ -233,7 +240,8 @@ class FederationClient:
         try:
             async with asyncio.timeout(timeout_s):
                 status, answer = await _send(self._http, self._resolver, destination, method,
-                                             uri, headers, data, max_response_bytes, raw)
+                                             uri, headers, data, max_response_bytes, raw,
+                                             consume)
             outcome = str(status)
             return answer
         except FederationRequestError as e:
@@ -263,11 +271,21 @@ class FederationClient:
         assert isinstance(answer, RawResponse)
         return answer
 
+    async def get_streamed(self, destination: str, path: str, consume: Consumer, *,
+                           query: Query | None = None,
+                           timeout_s: float = DEFAULT_TIMEOUT_S) -> Any:
+        """GET, the 2xx answer read by ``consume`` as it comes (its result is returned);
+        non-2xx answers raise as ``request`` does."""
+        return await self.request(destination, "GET", path, query=query, timeout_s=timeout_s,
+                                  max_response_bytes=ERROR_BODY_BYTES, consume=consume)
+
     async def get_url(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                      max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> RawResponse:
+                      max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                      consume: Consumer | None = None) -> Any:
         """GET a plain URL (no signature, no server discovery) through the same connection
         policy (``federation.ip_range_denylist``): where another server's media answer
-        redirects to.
+        redirects to. A ``RawResponse``, or with ``consume`` what it returns (see
+        ``request``).
 
         Raises:
             FederationRequestError: a non-2xx answer.
@@ -281,10 +299,8 @@ class FederationClient:
         try:
             async with asyncio.timeout(timeout_s), self._http.get(
                     parsed, allow_redirects=False) as response:
-                answer = (await _read_response(parsed.host, response, max_response_bytes,
-                                               True))[1]
-                assert isinstance(answer, RawResponse)
-                return answer
+                return (await _read_response(parsed.host, response, max_response_bytes,
+                                             True, consume))[1]
         except TimeoutError:
             raise RemoteUnreachable(f"{parsed.host}: no response within {timeout_s:g} s"
                                     ) from None
@@ -312,7 +328,8 @@ class FederationClient:
 
 async def _send(http: aiohttp.ClientSession, resolver: ServerResolver, destination: str,
                 method: str, uri: str, headers: dict[str, str], data: bytes | None,
-                max_response_bytes: int, raw: bool = False) -> tuple[int, Any]:
+                max_response_bytes: int, raw: bool = False,
+                consume: Consumer | None = None) -> tuple[int, Any]:
     """Resolve ``destination`` and send to its targets in turn until one connects; the
     status and JSON of its 2xx answer."""
     try:
@@ -327,7 +344,8 @@ async def _send(http: aiohttp.ClientSession, resolver: ServerResolver, destinati
                 method, url, data=data, headers={**headers, hdrs.HOST: target.host_header},
                 server_hostname=target.tls_server_name, allow_redirects=False,
             ) as response:
-                return await _read_response(destination, response, max_response_bytes, raw)
+                return await _read_response(destination, response, max_response_bytes, raw,
+                                            consume)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
             # Not connected (DNS, refused, TLS): the next SRV target may do better.
             logger.info("Could not connect to %s at %s:%d: %s", destination,
@@ -340,9 +358,12 @@ async def _send(http: aiohttp.ClientSession, resolver: ServerResolver, destinati
 
 
 async def _read_response(destination: str, response: aiohttp.ClientResponse,
-                         max_bytes: int, unparsed: bool = False) -> tuple[int, Any]:
-    """The status and JSON (``unparsed``: a ``RawResponse``) of a 2xx response; raises for
-    anything else."""
+                         max_bytes: int, unparsed: bool = False,
+                         consume: Consumer | None = None) -> tuple[int, Any]:
+    """The status and JSON (``unparsed``: a ``RawResponse``; ``consume``: what it makes of
+    the response) of a 2xx response; raises for anything else."""
+    if 200 <= response.status < 300 and consume is not None:
+        return response.status, await consume(response)
     try:
         raw = await read_body_limited(response, max_bytes)
     except BodyTooLarge as e:

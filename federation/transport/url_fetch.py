@@ -1,6 +1,7 @@
 """The HTTP client for URL previews: plain GETs of the URLs users give, through the same socket
 factory as federation, so ``federation.ip_range_denylist``/``ip_range_allowlist`` refuse
-denied addresses after DNS, for the URL and for every redirect (followed here one by one,
+denied addresses after DNS (and ``media.url_preview.url_blacklist`` refuses URLs), for the URL
+and for every redirect (followed here one by one,
 at most ``MAX_REDIRECTS``). Bounded: a timeout for the whole fetch, at most ``max_bytes``
 read (streamed, stopped past it), bodies read only for the content types asked for.
 Errors are the client's (Synapse's): 403 for a denied address, 502 otherwise."""
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import aiohttp
 from aiohttp import hdrs
@@ -71,11 +72,12 @@ class UrlFetchClient:
             await self._http.close()
             self._http = None
 
-    async def fetch(self, url: str, *, max_bytes: int,
-                    content_types: Sequence[str]) -> FetchedUrl:
+    async def fetch(self, url: str, *, max_bytes: int, content_types: Sequence[str],
+                    blocked: Callable[[str], bool] | None = None) -> FetchedUrl:
         try:
             async with asyncio.timeout(TIMEOUT_S):
-                return await self._fetch(URL(url, encoded=False), max_bytes, content_types)
+                return await self._fetch(URL(url, encoded=False), max_bytes, content_types,
+                                         blocked)
         except MatrixError:
             raise
         except TimeoutError:
@@ -86,11 +88,13 @@ class UrlFetchClient:
             logger.info("URL preview fetch failed: %s", type(e).__name__)
             raise _bad_gateway(f"Failed to download content: {type(e).__name__}") from None
 
-    async def _fetch(self, url: URL, max_bytes: int,
-                     content_types: Sequence[str]) -> FetchedUrl:
+    async def _fetch(self, url: URL, max_bytes: int, content_types: Sequence[str],
+                     blocked: Callable[[str], bool] | None) -> FetchedUrl:
         for _ in range(MAX_REDIRECTS + 1):
             if url.scheme not in ("http", "https") or not url.host:
                 raise _bad_gateway("Redirected to a URL that is not http(s)")
+            if blocked is not None and blocked(str(url)):
+                raise MatrixError("URL blocked by url pattern blocklist entry", status=403)
             async with self._session().get(url, allow_redirects=False) as response:
                 if response.status in _REDIRECTS:
                     location = response.headers.get(hdrs.LOCATION)

@@ -169,6 +169,7 @@ class Services:
                 await self.db.ui_auth.delete_expired(
                     self.clock.time_ms() - self.config.auth.ui_auth_session_timeout_ms)
                 await self.media.expire_reservations()
+                await self.url_previews.prune()
             except Exception:
                 logger.exception("Housekeeping failed")
 
@@ -318,5 +319,6 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         spaces=SpaceHierarchyService(
             roomserver, clock, config.server_name,
             remote=remote.hierarchy if remote is not None else None),
-        url_previews=UrlPreviewService(url_fetcher, media, clock, config.media.url_preview),
+        url_previews=UrlPreviewService(url_fetcher, media, db.url_previews, clock,
+                                       config.media.url_preview),
     )

@@ -6,10 +6,14 @@ Files under ``media.store_path``:
   stored once (rows in the ``media`` table name them);
 - ``thumbnails/abcd…/WxH-method[-animated]`` — thumbnails of that content, made on first
   request (in a thread pool, off the event loop) and kept;
-- ``tmp/`` — uploads and thumbnails being written.
+- ``remote_thumbnails/{sha256 of server/mediaId}/WxH-method[-animated].{type}`` — thumbnails other
+  servers made of their media (asked of them first; made here from the original when they
+  give none);
+- ``tmp/`` — uploads, fetched media and thumbnails being written.
 
-Every file is written to ``tmp/``, fsynced and renamed into place: a file under ``content/``
-or ``thumbnails/`` is always complete, whatever crashed when.
+Every file is written to ``tmp/`` (other servers' media too, streamed as it comes, never
+held whole in memory), fsynced and renamed into place (``media_files``): a file under
+``content/`` or ``thumbnails/`` is always complete, whatever crashed when.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import secrets
 import string
 from collections import OrderedDict
@@ -32,6 +35,12 @@ from core.errors import LimitExceeded, MatrixError, NotFound, TooLarge
 from core.types import is_valid_server_name
 from homeserver.config import MediaConfig, ThumbnailSize
 from homeserver.services import thumbnailer
+from homeserver.services.media_files import (
+    ContentWriter,
+    flush_and_sync,
+    place,
+    remove_tree,
+)
 from homeserver.services.ports import RemoteMedia
 from storage.stores.media import Completion, MediaRecord, MediaStore
 
@@ -45,8 +54,8 @@ _ID_LENGTH = 24
 DEFAULT_WAIT_MS = 20_000
 MAX_WAIT_MS = 60_000
 REMOTE_TIMEOUT_S = 60.0
-# Other servers' media is fetched into memory (bounded by media.max_upload_bytes): this many
-# fetches at once at most, so many clients asking for many remote files cannot add up.
+# Other servers' media is streamed to disk as it comes (bounded by media.max_upload_bytes):
+# this many fetches at once at most, so many clients asking cannot tie up every connection.
 REMOTE_FETCHES_AT_ONCE = 4
 THUMBNAIL_THREADS = 2
 UNTHUMBNAILABLE_REMEMBERED = 10_000
@@ -88,6 +97,7 @@ class MediaService:
         # One fetch per remote media and one generation per thumbnail at a time.
         self._fetching: dict[tuple[str, str], asyncio.Future[MediaRecord]] = {}
         self._thumbnailing: dict[Path, asyncio.Future[Path]] = {}
+        self._remote_thumbnailing: dict[Path, asyncio.Future[MediaFile | None]] = {}
         # Content found not to be thumbnailable (not decoded again), oldest first.
         self._unthumbnailable: OrderedDict[Path, bool] = OrderedDict()  # True: too large
         self._remote_slots = asyncio.Semaphore(REMOTE_FETCHES_AT_ONCE)
@@ -172,34 +182,25 @@ class MediaService:
     async def _receive(self, body: AsyncIterator[bytes]) -> tuple[str, int]:
         """Write ``body`` to a file under ``content/`` (hash and size)."""
         limit = self._config.max_upload_bytes
-        self._tmp.mkdir(parents=True, exist_ok=True)
-        tmp = self._tmp / f"upload-{secrets.token_hex(8)}"
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with tmp.open("wb") as f:
-                async for chunk in body:
-                    size += len(chunk)
-                    if size > limit:
-                        raise TooLarge(f"Upload over the limit of {limit} bytes")
-                    digest.update(chunk)
-                    f.write(chunk)
-                sha256 = digest.hexdigest()
-                await asyncio.to_thread(_flush_and_sync, f)
-            await asyncio.to_thread(self._place, tmp, self._content_path(sha256))
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        return sha256, size
+        async with self._writing() as writer:
+            async for chunk in body:
+                if writer.size + len(chunk) > limit:
+                    raise TooLarge(f"Upload over the limit of {limit} bytes")
+                await writer.write(chunk)
+            return await writer.finish(None)
 
-    @staticmethod
-    def _place(tmp: Path, final: Path) -> None:
-        """Move a complete, synced file into place (already there: the same bytes)."""
-        if final.exists():
-            return
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
-        _sync_dir(final.parent)
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[ContentWriter]:
+        """A file under ``tmp/`` to write content to, hashed as it is written; removed
+        unless :meth:`ContentWriter.finish` moved it into place."""
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        writer = ContentWriter(self._tmp / f"upload-{secrets.token_hex(8)}", self._content_path)
+        try:
+            yield writer
+        finally:
+            writer.close()
+            with contextlib.suppress(FileNotFoundError):
+                writer.tmp.unlink()
 
     # -- downloads --------------------------------------------------------------------------
 
@@ -286,11 +287,11 @@ class MediaService:
     async def _fetch(self, server_name: str, media_id: str) -> MediaRecord:
         if self._remote is None:
             raise NotFound("Unknown media ID")
-        async with self._remote_slots:
+        async with self._remote_slots, self._writing() as writer:
             fetched = await self._remote.download(
-                server_name, media_id, max_bytes=self._config.max_upload_bytes,
+                server_name, media_id, sink=writer, max_bytes=self._config.max_upload_bytes,
                 timeout_s=REMOTE_TIMEOUT_S)
-            sha256, size = await self._receive(_one_chunk(fetched.data))
+            sha256, size = await writer.finish(None)
             content_type, filename = fetched.content_type, fetched.filename
         record = MediaRecord(server_name, media_id, content_type, filename,
                              size, sha256, None, self._clock.time_ms(), None, None)
@@ -323,16 +324,90 @@ class MediaService:
             MatrixError: 400 when the content cannot be thumbnailed (not a picture we decode,
                 or over ``media.max_image_pixels``).
         """
+        size = self.choose_size(width, height, method)
+        if (allow_remote and self._remote is not None and not self.is_mine(server_name)
+                and is_valid_server_name(server_name) and is_valid_media_id(media_id)):
+            remote = await self._remote_thumbnail(server_name, media_id, size, animated)
+            if remote is not None:
+                return remote
         record = await self._record(server_name, media_id, timeout_ms=timeout_ms,
                                     allow_remote=allow_remote)
         original = self._file_of(record)
-        size = self.choose_size(width, height, method)
         assert record.sha256 is not None
         name = f"{size.width}x{size.height}-{size.method}{'-animated' if animated else ''}"
         path = self._root / "thumbnails" / record.sha256 / name
         final = await self._cached_thumbnail(path, original.path, size, animated)
         return MediaFile(final, _THUMBNAIL_TYPES[final.suffix], f"thumbnail{final.suffix}",
                          final.stat().st_size)
+
+    def _remote_thumbnail_path(self, server_name: str, media_id: str, size: ThumbnailSize,
+                               animated: bool) -> Path:
+        """Where the thumbnail another server made is kept (its type's suffix added)."""
+        name = f"{size.width}x{size.height}-{size.method}{'-animated' if animated else ''}"
+        return self._remote_thumbnail_dir(server_name, media_id) / name
+
+    def _remote_thumbnail_dir(self, server_name: str, media_id: str) -> Path:
+        # Named by a hash: a server name or media ID such as ".." names no other directory.
+        key = hashlib.sha256(f"{server_name}/{media_id}".encode()).hexdigest()
+        return self._root / "remote_thumbnails" / key
+
+    async def _remote_thumbnail(self, server_name: str, media_id: str, size: ThumbnailSize,
+                                animated: bool) -> MediaFile | None:
+        """The thumbnail ``server_name`` makes of its media for ``size`` (asked once, kept
+        per media, size, method and type); None when it gives none (we then make one of the
+        original).
+
+        Raises:
+            NotFound: the media is quarantined here, or the server has no such media and we
+                do not have it either.
+        """
+        record = await self._store.get(server_name, media_id)
+        if record is not None and record.quarantined_by is not None:
+            raise NotFound("Media is unavailable")
+        path = self._remote_thumbnail_path(server_name, media_id, size, animated)
+        for suffix, content_type in _THUMBNAIL_TYPES.items():
+            with contextlib.suppress(FileNotFoundError):
+                found = path.with_suffix(suffix)
+                return MediaFile(found, content_type, f"thumbnail{suffix}",
+                                 found.stat().st_size)
+        fetching = self._remote_thumbnailing.get(path)
+        if fetching is None:
+            fetching = asyncio.ensure_future(
+                self._fetch_thumbnail(server_name, media_id, size, animated, path))
+            self._remote_thumbnailing[path] = fetching
+            fetching.add_done_callback(lambda _: self._remote_thumbnailing.pop(path, None))
+        try:
+            return await asyncio.shield(fetching)
+        except NotFound:
+            if record is None:
+                raise
+            return None  # we have the original: a thumbnail of it is made here
+
+    async def _fetch_thumbnail(self, server_name: str, media_id: str, size: ThumbnailSize,
+                               animated: bool, path: Path) -> MediaFile | None:
+        assert self._remote is not None
+        try:
+            async with self._remote_slots, self._writing() as writer:
+                fetched = await self._remote.thumbnail(
+                    server_name, media_id, width=size.width, height=size.height,
+                    method=size.method, animated=animated, sink=writer,
+                    max_bytes=self._config.max_upload_bytes, timeout_s=REMOTE_TIMEOUT_S)
+                content_type = (fetched.content_type or "").split(";", 1)[0].strip().lower()
+                suffix = _SUFFIXES.get(content_type)
+                if suffix is None:
+                    logger.info("Thumbnail of %s from %s is a %r: made here instead",
+                                media_id, server_name, content_type)
+                    return None
+                final = path.with_suffix(suffix)
+                await writer.finish(final)
+        except NotFound:
+            raise
+        except MatrixError as e:
+            logger.info("No thumbnail of %s from %s (%s): made here instead", media_id,
+                        server_name, e.message)
+            return None
+        logger.info("Fetched a thumbnail of %s from %s", media_id, server_name)
+        return MediaFile(final, content_type, f"thumbnail{suffix}", final.stat().st_size)
 
     async def _cached_thumbnail(self, path: Path, source: Path, size: ThumbnailSize,
                                 animated: bool) -> Path:
@@ -370,8 +445,8 @@ class MediaService:
         try:
             with tmp.open("wb") as f:
                 f.write(thumb.data)
-                _flush_and_sync(f)
-            self._place(tmp, final)
+                flush_and_sync(f)
+            place(tmp, final)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -385,6 +460,9 @@ class MediaService:
 
     async def delete(self, server_name: str, media_id: str) -> None:
         existed, unused_sha = await self._store.delete(server_name, media_id)
+        if not self.is_mine(server_name):
+            await asyncio.to_thread(remove_tree,
+                                    self._remote_thumbnail_dir(server_name, media_id))
         if not existed:
             raise NotFound("Unknown media ID")
         if unused_sha is not None:
@@ -407,6 +485,7 @@ class MediaService:
         """Forget other servers' media cached before ``before_ts`` (fetched again when
         asked for); how many."""
         purged = 0
+        await asyncio.to_thread(self._purge_remote_thumbnails, before_ts)
         while True:
             keys = await self._store.remote_before(self._server_name, before_ts)
             if not keys:
@@ -416,16 +495,23 @@ class MediaService:
                     await self.delete(origin, media_id)
                     purged += 1
 
+    def _purge_remote_thumbnails(self, before_ts: int) -> None:
+        """Remove thumbnails other servers made that were fetched before ``before_ts``."""
+        root = self._root / "remote_thumbnails"
+        if not root.is_dir():
+            return
+        for media in root.iterdir():
+            for thumb in media.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if thumb.stat().st_mtime * 1000 < before_ts:
+                        thumb.unlink()
+            with contextlib.suppress(OSError):
+                media.rmdir()  # only when empty
+
     def _remove_content(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._content_path(sha256).unlink()
-        thumbs = self._root / "thumbnails" / sha256
-        if thumbs.is_dir():
-            for child in thumbs.iterdir():
-                with contextlib.suppress(FileNotFoundError):
-                    child.unlink()
-            with contextlib.suppress(OSError):
-                thumbs.rmdir()
+        remove_tree(self._root / "thumbnails" / sha256)
 
     async def expire_reservations(self) -> None:
         await self._store.delete_expired_reservations(self._clock.time_ms())
@@ -437,24 +523,3 @@ def _unthumbnailable(too_large: bool) -> MatrixError:
                            errcode="M_TOO_LARGE")
     return MatrixError("Cannot generate thumbnails for the requested content", status=400,
                        errcode="M_UNKNOWN")
-
-
-async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
-    """``data`` a slice at a time (the loop gets a turn between slices)."""
-    view = memoryview(data)
-    for start in range(0, len(data), 1024 * 1024):
-        yield bytes(view[start:start + 1024 * 1024])
-        await asyncio.sleep(0)
-
-
-def _flush_and_sync(f: object) -> None:
-    f.flush()  # type: ignore[attr-defined]
-    os.fsync(f.fileno())  # type: ignore[attr-defined]
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

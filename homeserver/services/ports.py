@@ -114,24 +114,44 @@ class DeviceListEdus(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class RemoteMediaFile:
-    """Media as another server sent it (untrusted: its type and name are only labels)."""
+class RemoteMediaInfo:
+    """Labels of media as another server sent it (untrusted: its type and name are only
+    labels)."""
 
     content_type: str | None
     filename: str | None
-    data: bytes
+
+
+class MediaSink(Protocol):
+    """Where fetched content goes as it comes (a file being written)."""
+
+    async def write(self, chunk: bytes) -> None: ...
 
 
 class RemoteMedia(Protocol):
-    """Other servers' media (``/_matrix/federation/v1/media/download/{mediaId}``)."""
+    """Other servers' media (``/_matrix/federation/v1/media/download|thumbnail/{mediaId}``),
+    streamed into a sink: never held whole in memory."""
 
-    async def download(self, server: str, media_id: str, *, max_bytes: int,
-                       timeout_s: float) -> RemoteMediaFile:
-        """
+    async def download(self, server: str, media_id: str, *, sink: MediaSink, max_bytes: int,
+                       timeout_s: float) -> RemoteMediaInfo:
+        """Write the content to ``sink``; its labels.
+
         Raises:
             MatrixError: for the client: 404 when the server has no such media, 502 when it
-                cannot be reached, answers badly or sends more than ``max_bytes``.
+                cannot be reached or answers badly, 502 ``M_TOO_LARGE`` when it sends more
+                than ``max_bytes`` (what ``sink`` got is then to be thrown away).
         """
+        ...
+
+    async def thumbnail(self, server: str, media_id: str, *, width: int, height: int,
+                        method: str, animated: bool, sink: MediaSink, max_bytes: int,
+                        timeout_s: float) -> RemoteMediaInfo:
+        """Write a thumbnail the server makes of its media to ``sink``; its labels.
+
+        Raises:
+            MatrixError: as :meth:`download` (400 when it cannot thumbnail it).
+        """
+        ...
 
 
 class RemoteHierarchy(Protocol):

@@ -23,6 +23,7 @@ from storage.schema.content import (
     event_relations,
     media,
     reports,
+    url_previews,
 )
 from storage.schema.directory import (
     USER_DIRECTORY_TABLES,
@@ -144,6 +145,7 @@ __all__ = [
     "state_groups",
     "state_keys",
     "ui_auth_sessions",
+    "url_previews",
     "user_directory",
     "user_directory_public_rooms",
     "user_directory_rooms",

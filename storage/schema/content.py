@@ -1,4 +1,5 @@
-"""Relations (version 10), content reports (version 11) and the media repository (version 12)."""
+"""Relations (version 10), content reports (version 11), the media repository (version 12)
+and URL previews (version 15)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,18 @@ media = Table(
 Index("media_sha256", media.c.sha256)
 Index("media_created", media.c.origin, media.c.created_ts)
 Index("media_pending", media.c.user_id, media.c.unused_expires_ts)
+
+
+# -- URL previews (version 15) -------------------------------------------------------------
+
+# A URL's preview (the JSON answered to clients), as Synapse's
+# local_media_repository_url_cache: reused by every process until expires_ts, then pruned.
+url_previews = Table(
+    "url_previews",
+    metadata,
+    Column("url", Text, primary_key=True),
+    Column("og", Text, nullable=False),
+    Column("created_ts", BigInteger, nullable=False),
+    Column("expires_ts", BigInteger, nullable=False),
+)
+Index("url_previews_expires", url_previews.c.expires_ts)

@@ -626,3 +626,54 @@ async def test_an_empty_upload(client: TestClient, alice: User) -> None:
     status, body, headers = await download(client, alice, uri.rsplit("/", 1)[1])
     assert (status, body) == (200, b"raw")
     assert headers["Content-Type"] == "application/octet-stream"
+
+
+# -- HEAD -------------------------------------------------------------------------------------
+
+
+async def test_head_answers_the_headers_of_get_without_a_body(client: TestClient,
+                                                              alice: User) -> None:
+    data = jpeg(120, 90)
+    media_id = await upload(client, alice, data, "image/jpeg", filename="head.jpg")
+    for path, params in ((f"{AUTHED}/download/{SERVER}/{media_id}", None),
+                         (f"{AUTHED}/download/{SERVER}/{media_id}/other.jpg", None),
+                         (f"{AUTHED}/thumbnail/{SERVER}/{media_id}",
+                          {"width": "32", "height": "32", "method": "crop"})):
+        got = await client.get(path, params=params, headers=bearer(alice.token))
+        body = await got.read()
+        assert got.status == 200
+        head = await client.head(path, params=params, headers=bearer(alice.token))
+        assert head.status == 200
+        assert await head.read() == b""
+        for name in ("Content-Type", "Content-Disposition", "Content-Security-Policy",
+                     "X-Content-Type-Options"):
+            assert head.headers[name] == got.headers[name], name
+        assert int(head.headers["Content-Length"]) == len(body)
+    # Errors are the same: 401 without a token, 404 for unknown media, 400 for bad sizes.
+    head = await client.head(f"{AUTHED}/download/{SERVER}/{media_id}")
+    assert head.status == 401
+    head = await client.head(f"{AUTHED}/download/{SERVER}/nosuchmedia",
+                             headers=bearer(alice.token))
+    assert head.status == 404
+    head = await client.head(f"{AUTHED}/thumbnail/{SERVER}/{media_id}",
+                             params={"width": "0", "height": "3"}, headers=bearer(alice.token))
+    assert head.status == 400
+    # The legacy routes are off by default, for HEAD too.
+    head = await client.head(f"{LEGACY}/download/{SERVER}/{media_id}")
+    assert head.status == 404
+
+
+@pytest.mark.parametrize("config_overrides", [
+    {"media": {"legacy_unauthenticated": True, "max_upload_bytes": MAX_UPLOAD}}])
+async def test_head_on_legacy_routes_when_enabled(client: TestClient, alice: User) -> None:
+    data = jpeg(50, 50)
+    media_id = await upload(client, alice, data)
+    head = await client.head(f"{LEGACY}/download/{SERVER}/{media_id}/x.jpg")
+    assert head.status == 200
+    assert head.headers["Content-Type"] == "image/jpeg"
+    assert int(head.headers["Content-Length"]) == len(data)
+    assert await head.read() == b""
+    head = await client.head(f"{LEGACY}/thumbnail/{SERVER}/{media_id}",
+                             params={"width": "20", "height": "20", "method": "crop"})
+    assert head.status == 200
+    assert head.headers["Content-Type"] == "image/jpeg"

@@ -11,20 +11,26 @@ PostgreSQL with ``fed_pair_pg``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import os
 import time
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import pytest
+import pytest_asyncio
+from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
 from PIL import Image
 
 from core.crypto.signing_keys import load_signing_key
 from core.errors import MatrixError
-from federation.remote_media import BadMultipart, RemoteMediaClient, parse_multipart
+from federation.remote_media import BadMultipart, RemoteMediaClient, read_multipart_media
 from federation.transport.client import FederationClient
 from homeserver.config import DEFAULT_IP_RANGE_DENYLIST, FederationConfig
+from tests.helpers.fake_peer import FakePeer
 from tests.helpers.federation import FedPair, FedServer, User
 from tests.helpers.spec import assert_matches_spec
 
@@ -56,6 +62,37 @@ async def get(user: User, path: str, **params: str) -> tuple[int, bytes, Any]:
         return resp.status, await resp.read(), resp.headers
 
 
+class ListSink:
+    """A ``MediaSink`` keeping what it is given (and how it came)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    async def write(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+def stream_of(body: bytes) -> aiohttp.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = aiohttp.StreamReader(BaseProtocol(loop), 2 ** 22, loop=loop)
+    reader.feed_data(body)
+    reader.feed_eof()
+    return reader
+
+
+async def parse_answer(content_type: str | None, body: bytes, max_bytes: int = 10_000_000
+                       ) -> tuple[Any, str | None, bytes]:
+    """A federation media answer through the streaming parser: labels, Location, content."""
+    sink = ListSink()
+    headers = {"Content-Type": content_type} if content_type is not None else {}
+    info, location = await read_multipart_media(headers, stream_of(body), sink, max_bytes)
+    return info, location, sink.data
+
+
 def split_mxc(uri: str) -> tuple[str, str]:
     server, media_id = uri.removeprefix("mxc://").rsplit("/", 1)
     return server, media_id
@@ -77,16 +114,34 @@ async def _remote_download(pair: FedPair) -> None:
         assert headers["X-Content-Type-Options"] == "nosniff"
     fed_path = f"/_matrix/federation/v1/media/download/{media_id}"
     assert pair.b.log().count(fed_path) == 1, pair.b.log_tail(50)
-    # A thumbnail of it, made on A.
-    status, body, headers = await get(pair.alice, f"{AUTHED}/thumbnail/{quote(server)}/"
-                                      f"{media_id}", width="96", height="96", method="crop")
-    assert status == 200, body
-    assert Image.open(io.BytesIO(body)).size == (96, 96)
+    # A thumbnail of it, asked of B (several at once: once) and kept.
+    thumb_path = f"{AUTHED}/thumbnail/{quote(server)}/{media_id}"
+    thumb_fed_path = f"/_matrix/federation/v1/media/thumbnail/{media_id}"
+    answers = await asyncio.gather(*(get(pair.alice, thumb_path, width="96", height="96",
+                                         method="crop") for _ in range(4)))
+    for status, body, headers in answers:
+        assert status == 200, body
+        assert Image.open(io.BytesIO(body)).size == (96, 96)
+        assert headers["Content-Type"] == "image/jpeg"
+    assert pair.b.log().count(thumb_fed_path) == 1, pair.b.log_tail(50)
+    status, body, _ = await get(pair.alice, thumb_path, width="90", height="90",
+                                method="crop")  # the same configured size: kept
+    assert status == 200
+    assert pair.b.log().count(thumb_fed_path) == 1
+    thumb96 = body
     # Cached: A answers with B down.
     pair.b.stop()
     try:
         status, body, _ = await get(pair.alice, path)
         assert (status, body) == (200, data)
+        status, body, _ = await get(pair.alice, thumb_path, width="96", height="96",
+                                    method="crop")
+        assert (status, body) == (200, thumb96)
+        # A size B never made, B down: made on A from the original it keeps.
+        status, body, _ = await get(pair.alice, thumb_path, width="32", height="32",
+                                    method="crop")
+        assert status == 200, body
+        assert Image.open(io.BytesIO(body)).size == (32, 32)
         # Something A never fetched, with B down: 502.
         status, raw, _ = await get(pair.alice, f"{AUTHED}/download/{quote(server)}/notfetched")
         assert status == 502, raw
@@ -107,6 +162,10 @@ async def _remote_download(pair: FedPair) -> None:
     status, body, _ = await get(pair.alice, path)
     assert (status, body) == (200, data)
     assert pair.b.log().count(fed_path) == 2
+    # The thumbnails B made were purged too: asked again.
+    status, body, _ = await get(pair.alice, thumb_path, width="96", height="96", method="crop")
+    assert status == 200
+    assert pair.b.log().count(thumb_fed_path) == 2
     # allow_remote=false: A does not ask.
     uri = await upload(pair.bob, b"later", "text/plain", "later.txt")
     _, other_id = split_mxc(uri)
@@ -141,19 +200,19 @@ async def test_federation_media_endpoints_answer_multipart(fed_pair: FedPair) ->
                                       f"/_matrix/federation/v1/media/download/{media_id}")
         assert answer.content_type is not None
         assert answer.content_type.startswith("multipart/mixed; boundary=")
-        parts = parse_multipart(answer.content_type, answer.body)
-        assert len(parts) == 2
-        assert parts[0] == ({"content-type": "application/json"}, b"{}")
-        assert parts[1][0]["content-type"] == "image/jpeg"
-        assert parts[1][0]["content-disposition"] == "inline; filename=wide.jpg"
-        assert parts[1][1] == data
+        assert answer.body.startswith(b"--")
+        assert b"Content-Type: application/json\r\n\r\n{}\r\n" in answer.body
+        info, location, content = await parse_answer(answer.content_type, answer.body)
+        assert (info.content_type, info.filename, location) == ("image/jpeg", "wide.jpg", None)
+        assert b"Content-Disposition: inline; filename=wide.jpg" in answer.body
+        assert content == data
         # (The spec gives the 200 no JSON schema: multipart/mixed as checked above.)
         assert_matches_spec("server-server", "GET", f"/media/download/{media_id}", 200, None)
         answer = await client.get_raw(
             b.server_name, f"/_matrix/federation/v1/media/thumbnail/{media_id}",
             query={"width": "320", "height": "240", "method": "scale"})
-        parts = parse_multipart(answer.content_type, answer.body)
-        assert Image.open(io.BytesIO(parts[1][1])).size == (320, 160)
+        _, _, content = await parse_answer(answer.content_type, answer.body)
+        assert Image.open(io.BytesIO(content)).size == (320, 160)
         # Errors are Matrix errors of the spec's statuses.
         for path, query, status in (
                 ("/_matrix/federation/v1/media/download/unknownmedia", None, 404),
@@ -166,15 +225,34 @@ async def test_federation_media_endpoints_answer_multipart(fed_pair: FedPair) ->
             else:
                 raise AssertionError(f"{path} answered 200")
         # Through RemoteMediaClient: the same bytes, type and name.
-        fetched = await RemoteMediaClient(client).download(b.server_name, media_id,
-                                                           max_bytes=10_000_000, timeout_s=30)
-        assert (fetched.content_type, fetched.filename, fetched.data) == \
+        sink = ListSink()
+        fetched = await RemoteMediaClient(client).download(
+            b.server_name, media_id, sink=sink, max_bytes=10_000_000, timeout_s=30)
+        assert (fetched.content_type, fetched.filename, sink.data) == \
             ("image/jpeg", "wide.jpg", data)
-        # Over our limit: 502 M_TOO_LARGE.
+        # Streamed: written as it came, in pieces.
+        noise = os.urandom(300_000)
+        _, noise_id = split_mxc(await upload(fed_pair.bob, noise, "application/octet-stream",
+                                             "noise.bin"))
+        sink = ListSink()
+        await RemoteMediaClient(client).download(b.server_name, noise_id, sink=sink,
+                                                 max_bytes=10_000_000, timeout_s=30)
+        assert sink.data == noise
+        assert len(sink.chunks) >= 300_000 // 65_536
+        # A thumbnail B makes, the same way.
+        sink = ListSink()
+        fetched = await RemoteMediaClient(client).thumbnail(
+            b.server_name, media_id, width=96, height=96, method="crop", animated=False,
+            sink=sink, max_bytes=10_000_000, timeout_s=30)
+        assert fetched.content_type == "image/jpeg"
+        assert Image.open(io.BytesIO(sink.data)).size == (96, 96)
+        # Over our limit: 502 M_TOO_LARGE, having written no more than the limit.
+        sink = ListSink()
         with pytest.raises(MatrixError) as refused:
-            await RemoteMediaClient(client).download(b.server_name, media_id, max_bytes=100,
-                                                     timeout_s=30)
+            await RemoteMediaClient(client).download(b.server_name, media_id, sink=sink,
+                                                     max_bytes=100, timeout_s=30)
         assert (refused.value.status, refused.value.errcode) == (502, "M_TOO_LARGE")
+        assert len(sink.data) <= 100
     finally:
         await client.close()
     # Unsigned: refused.
@@ -195,7 +273,8 @@ async def test_denied_addresses_are_never_asked(fed_pair: FedPair) -> None:
     try:
         with pytest.raises(MatrixError) as refused:
             await RemoteMediaClient(client).download(fed_pair.b.server_name, "anything",
-                                                     max_bytes=1000, timeout_s=10)
+                                                     sink=ListSink(), max_bytes=1000,
+                                                     timeout_s=10)
         assert refused.value.status == 502
     finally:
         await client.close()
@@ -210,18 +289,43 @@ async def test_denied_addresses_are_never_asked(fed_pair: FedPair) -> None:
     ("multipart/mixed; boundary=x", b"--x\r\nContent-Type: application/json\r\n\r\n{}"),
     ("multipart/mixed; boundary=x", b"--x\r\nbroken header line\r\n\r\n{}\r\n--x--"),
     ("multipart/mixed; boundary=x", b"--x\r\nno blank line\r\n--x--"),
+    # One part only.
+    ("multipart/mixed; boundary=x", b"--x\r\nContent-Type: application/json\r\n\r\n{}"
+                                    b"\r\n--x--\r\n"),
+    # Truncated: the content never ends with the closing delimiter.
+    ("multipart/mixed; boundary=x", b"--x\r\nContent-Type: application/json\r\n\r\n{}"
+                                    b"\r\n--x\r\nContent-Type: text/plain\r\n\r\nhel"),
+    # A JSON part far over what metadata can be.
+    ("multipart/mixed; boundary=x", b"--x\r\nContent-Type: application/json\r\n\r\n"
+                                    + b"x" * 200_000 + b"\r\n--x--\r\n"),
 ])
-def test_malformed_multipart_is_refused(content_type: str | None, body: bytes) -> None:
+async def test_malformed_multipart_is_refused(content_type: str | None, body: bytes) -> None:
     with pytest.raises(BadMultipart):
-        parse_multipart(content_type, body)
+        await parse_answer(content_type, body)
 
 
-def test_multipart_with_preamble_and_quoted_boundary() -> None:
+async def test_multipart_with_preamble_and_quoted_boundary() -> None:
     body = (b"preamble\r\n--a b\r\nContent-Type: application/json\r\n\r\n{}\r\n"
-            b"--a b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--a b--\r\nepilogue")
-    parts = parse_multipart('multipart/mixed; boundary="a b"', body)
-    assert parts == [({"content-type": "application/json"}, b"{}"),
-                     ({"content-type": "text/plain"}, b"hello")]
+            b"--a b\r\nContent-Type: text/plain\r\n"
+            b"Content-Disposition: attachment; filename=\"h.txt\"\r\n\r\nhello\r\n"
+            b"--a b--\r\nepilogue")
+    info, location, content = await parse_answer('multipart/mixed; boundary="a b"', body)
+    assert (info.content_type, info.filename, location, content) == \
+        ("text/plain", "h.txt", None, b"hello")
+
+
+async def test_multipart_over_the_limit_stops_early() -> None:
+    big = b"y" * 300_000
+    body = (b"--x\r\nContent-Type: application/json\r\n\r\n{}\r\n--x\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n" + big + b"\r\n--x--\r\n")
+    from federation.transport.client import ResponseTooLarge
+    sink = ListSink()
+    with pytest.raises(ResponseTooLarge):
+        await read_multipart_media({"Content-Type": "multipart/mixed; boundary=x"},
+                                   stream_of(body), sink, 100_000)
+    assert len(sink.data) <= 100_000
+    _, _, content = await parse_answer("multipart/mixed; boundary=x", body, 300_000)
+    assert content == big
 
 
 async def test_media_with_synapse_both_ways(interop: FedPair) -> None:
@@ -252,3 +356,127 @@ async def test_media_with_synapse_both_ways(interop: FedPair) -> None:
                                 width="96", height="96", method="crop")
     assert status == 200, body
     assert Image.open(io.BytesIO(body)).size == (96, 96)
+
+
+# -- a server of the old kind (a fake peer on loopback) ----------------------------------------
+
+
+@pytest_asyncio.fixture
+async def media_peer(tmp_path: Any) -> Any:
+    """A server without the federation media endpoints (404 M_UNRECOGNIZED, as before
+    Matrix 1.11) that serves the legacy ``/_matrix/media/v3`` ones, plus a multipart answer
+    pointing elsewhere (``Location``) and an endless body."""
+    peer = FakePeer(tmp_path / "peer")
+    picture = jpeg(200, 100)
+
+    async def legacy_download(request: web.Request) -> web.StreamResponse:
+        if request.match_info["media_id"] == "endless":
+            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            await response.prepare(request)
+            with contextlib.suppress(ConnectionError):
+                for _ in range(1_000):  # 64 MiB
+                    await response.write(b"z" * 65_536)
+            return response
+        return web.Response(body=picture, headers={
+            "Content-Type": "image/jpeg", "Content-Disposition": "inline; filename=old.jpg"})
+
+    async def legacy_thumbnail(request: web.Request) -> web.Response:
+        out = io.BytesIO()
+        Image.new("RGB", (int(request.query["width"]), int(request.query["height"])),
+                  (1, 2, 3)).save(out, "PNG")
+        return web.Response(body=out.getvalue(), content_type="image/png")
+
+    async def redirected(request: web.Request) -> web.Response:
+        boundary = "b0und"
+        body = (f"--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n"
+                f"--{boundary}\r\nLocation: https://{peer.server_name}/elsewhere/pic\r\n\r\n"
+                f"\r\n--{boundary}--\r\n").encode()
+        return web.Response(body=body, headers={
+            "Content-Type": f"multipart/mixed; boundary={boundary}"})
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        return web.Response(body=picture, content_type="image/jpeg")
+
+    peer.extra_routes += [
+        ("GET", "/_matrix/media/v3/download/{server}/{media_id}", legacy_download),
+        ("GET", "/_matrix/media/v3/thumbnail/{server}/{media_id}", legacy_thumbnail),
+        ("GET", "/_matrix/federation/v1/media/download/redirected", redirected),
+        ("GET", "/elsewhere/pic", elsewhere)]
+    await peer.start()
+    peer.picture = picture  # type: ignore[attr-defined]
+    try:
+        yield peer
+    finally:
+        await peer.close()
+
+
+async def test_legacy_endpoints_and_location_of_an_old_server(fed_pair: FedPair,
+                                                              media_peer: Any) -> None:
+    import ipaddress
+    client = _signing_client(fed_pair.a, ip_range_allowlist=(
+        ipaddress.ip_network("127.0.0.0/8"),))
+    await client.start()
+    remote = RemoteMediaClient(client)
+    peer_name = media_peer.server_name
+    try:
+        sink = ListSink()
+        info = await remote.download(peer_name, "oldpic", sink=sink, max_bytes=1_000_000,
+                                     timeout_s=30)
+        assert (info.content_type, info.filename, sink.data) == \
+            ("image/jpeg", "old.jpg", media_peer.picture)
+        sink = ListSink()
+        info = await remote.thumbnail(peer_name, "oldpic", width=40, height=30,
+                                      method="scale", animated=False, sink=sink,
+                                      max_bytes=1_000_000, timeout_s=30)
+        assert info.content_type == "image/png"
+        assert Image.open(io.BytesIO(sink.data)).size == (40, 30)
+        # Asked first on the federation endpoint, then on the legacy one with
+        # allow_remote=false.
+        paths = [r.path for r in media_peer.requests]
+        assert any(p.startswith("/_matrix/federation/v1/media/download/oldpic") for p in paths)
+        assert any(p.startswith("/_matrix/federation/v1/media/thumbnail/oldpic")
+                   for p in paths)
+        # (Only unknown routes are recorded: the legacy ones were answered.)
+        # A multipart answer pointing elsewhere: fetched from there.
+        sink = ListSink()
+        info = await remote.download(peer_name, "redirected", sink=sink,
+                                     max_bytes=1_000_000, timeout_s=30)
+        assert (info.content_type, sink.data) == ("image/jpeg", media_peer.picture)
+        # An endless body: cut at the limit, 502 M_TOO_LARGE, no more written.
+        sink = ListSink()
+        with pytest.raises(MatrixError) as refused:
+            await remote.download(peer_name, "endless", sink=sink, max_bytes=500_000,
+                                  timeout_s=30)
+        assert (refused.value.status, refused.value.errcode) == (502, "M_TOO_LARGE")
+        assert len(sink.data) <= 500_000
+    finally:
+        await client.close()
+
+
+async def test_a_thumbnail_from_an_old_server_through_a(fed_pair: FedPair,
+                                                        media_peer: Any) -> None:
+    """alice on A asks for a thumbnail of the old server's media: A gets it from its
+    legacy endpoint, keeps it, and downloads the original only when asked for it."""
+    peer_name = media_peer.server_name
+    thumb_path = f"{AUTHED}/thumbnail/{quote(peer_name)}/oldpic"
+    # Endless media: cut at A's limit (media.max_upload_bytes, 50 MiB by default), 502
+    # M_TOO_LARGE, and nothing of it is left in A's store.
+    status, raw, _ = await get(fed_pair.alice,
+                               f"{AUTHED}/download/{quote(peer_name)}/endless")
+    assert status == 502, raw
+    assert b"M_TOO_LARGE" in raw
+    tmp = fed_pair.a.dir / "media" / "tmp"
+    assert not tmp.exists() or list(tmp.iterdir()) == []
+    status, body, headers = await get(fed_pair.alice, thumb_path, width="320", height="240",
+                                      method="scale")
+    assert status == 200, body
+    assert headers["Content-Type"] == "image/png"
+    assert Image.open(io.BytesIO(body)).size == (320, 240)  # the peer's own (scaled up)
+    # Kept: asked once.
+    await media_peer.close()
+    status, again, _ = await get(fed_pair.alice, thumb_path, width="320", height="240",
+                                 method="scale")
+    assert (status, again) == (200, body)
+    # The original was never fetched: with the peer gone, 502.
+    status, raw, _ = await get(fed_pair.alice, f"{AUTHED}/download/{quote(peer_name)}/oldpic")
+    assert status == 502, raw

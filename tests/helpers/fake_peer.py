@@ -162,6 +162,8 @@ class FakePeer:
         self.keys_query: JsonDict | None = None
         # Seconds ``/user/devices`` waits before answering what it held when asked.
         self.devices_delay = 0.0
+        # More routes (method, path, handler) a test adds before ``start()``.
+        self.extra_routes: list[tuple[str, str, Any]] = []
         self._runner: web.AppRunner | None = None
 
     def user_id(self, localpart: str) -> str:
@@ -202,6 +204,8 @@ class FakePeer:
         app.router.add_route("*", fed + "/v1/publicRooms", self._public_rooms)
         app.router.add_get(fed + "/v1/user/devices/{user_id}", self._devices)
         app.router.add_post(fed + "/v1/user/keys/query", self._query_keys)
+        for method, path, handler in self.extra_routes:
+            app.router.add_route(method, path, handler)
         app.router.add_route("*", "/{tail:.*}", self._anything)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
