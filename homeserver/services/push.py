@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from core.clock import Clock
 from core.events.room_versions import KNOWN_ROOM_VERSIONS
@@ -41,6 +41,7 @@ from storage.stores.events import EventStore, StoredEvent
 from storage.stores.push import NotificationRow, PushStore
 
 logger = logging.getLogger(__name__)
+K = TypeVar("K", bound=Hashable)
 
 CATCH_UP_BATCH = 500
 # How long a sync waits for evaluation to reach its position before answering anyway.
@@ -76,6 +77,25 @@ class _RoomFacts:
     def notification_levels(self) -> dict[str, Any]:
         levels = self.power_levels.get("notifications")
         return levels if isinstance(levels, dict) else {}
+
+
+async def join_positions(events: EventStore, current: Mapping[K, StoredEvent]) -> dict[K, int]:
+    """Key -> position of the join that began a membership, from its current join event (a
+    new display name or avatar is a join event, not a new join: walked back over)."""
+    walking = dict(current)
+    out: dict[K, int] = {}
+    while walking:
+        previous = await events.get_events(
+            [e.replaces_state for e in walking.values() if e.replaces_state])
+        for key, event in list(walking.items()):
+            before = previous.get(event.replaces_state or "")
+            if before is not None and (before.pdu.get("content") or {}).get(
+                    "membership") == "join":
+                walking[key] = before
+                continue
+            out[key] = event.stream_ordering or 0
+            del walking[key]
+    return out
 
 
 def thread_of(pdu: dict[str, Any]) -> str:
@@ -387,9 +407,10 @@ class UnreadCounts:
         by_thread: dict[str, dict[str, tuple[int, int]]] = {}
         if not starts:
             return out, by_thread
-        rows = await self._store.unread(user_id, starts)
+        rows, summaries = await self._store.unread(user_id, starts)
         thread_reads = await self._store.thread_receipts(user_id, list(starts)) \
-            if threads and any(t != "main" for _, _, t, _ in rows) else {}
+            if threads and (any(t != "main" for _, _, t, _ in rows)
+                            or any(s.thread_id != "main" for s in summaries)) else {}
         for room_id, position, thread_id, highlight in rows:
             start = starts[room_id]
             if threads and thread_id != "main":
@@ -403,6 +424,21 @@ class UnreadCounts:
                 continue
             n, h = out[room_id]
             out[room_id] = (n + 1, h + highlight)
+        for summary in summaries:
+            # Rotation's counts, while the user's start is still the one they count from.
+            room_id, thread_id = summary.room_id, summary.thread_id
+            start = starts[room_id]
+            if summary.start != start:
+                continue
+            if threads and thread_id != "main":
+                if summary.thread_notif and summary.thread_start == max(
+                        start, thread_reads.get((room_id, thread_id), 0)):
+                    room_threads = by_thread.setdefault(room_id, {})
+                    n, h = room_threads.get(thread_id, (0, 0))
+                    room_threads[thread_id] = (n + summary.thread_notif, h)
+                continue
+            n, h = out[room_id]
+            out[room_id] = (n + summary.notif, h)
         return out, by_thread
 
     async def room_starts(self, user_id: str) -> dict[str, int]:
@@ -422,21 +458,8 @@ class UnreadCounts:
         memberships = await self._members.memberships(user_id)
         current = await self._events.get_events(
             [e for m, e in memberships.values() if m == "join"])
-        walking = {r: current[e] for r, (m, e) in memberships.items()
-                   if m == "join" and e in current}
-        out: dict[str, int] = {}
-        while walking:
-            previous = await self._events.get_events(
-                [e.replaces_state for e in walking.values() if e.replaces_state])
-            for room_id, event in list(walking.items()):
-                before = previous.get(event.replaces_state or "")
-                if before is not None and (before.pdu.get("content") or {}).get(
-                        "membership") == "join":
-                    walking[room_id] = before
-                    continue
-                out[room_id] = event.stream_ordering or 0
-                del walking[room_id]
-        return out
+        return await join_positions(self._events, {
+            r: current[e] for r, (m, e) in memberships.items() if m == "join" and e in current})
 
     async def notifications(self, user_id: str, before: int | None, limit: int,
                             only_highlight: bool) -> dict[str, Any]:
