@@ -173,3 +173,42 @@ async def test_a_new_display_name_keeps_earlier_notifications(
     body = await notifications(client, bob)
     assert [n["event"]["event_id"] for n in body["notifications"]] == [second, first]
     assert unread(await sync(client, bob), room_id) == (2, 0)
+
+
+async def all_pages(client: TestClient, user: User, **query: str) -> list[str]:
+    """Every notification's event ID, page by page (``next_token`` until there is none)."""
+    out: list[str] = []
+    token: str | None = None
+    while True:
+        page = await notifications(client, user, **query,
+                                   **({"from": token} if token is not None else {}))
+        out += [n["event"]["event_id"] for n in page["notifications"]]
+        token = page.get("next_token")
+        if token is None:
+            return out
+
+
+async def test_pages_across_rooms_joins_and_invites(client: TestClient, alice: User,
+                                                    bob: User, carol: User) -> None:
+    first_room = await shared_room(client, alice, bob)
+    late_room = await shared_room(client, alice, carol)
+    early = await send_text(client, alice, late_room, "before bob joined")
+    expected = [await send_text(client, alice, first_room, "a1")]
+    status, _ = await api(client, "POST", f"/join/{late_room}", bob, {})
+    assert status == 200
+    expected.append(await send(client, carol, late_room, {
+        "msgtype": "m.text", "body": "b1", "m.mentions": {"user_ids": [bob.user_id]}}))
+    expected.append(await send_text(client, alice, first_room, "a2"))
+    invite_room = await shared_room(client, carol)
+    status, _ = await api(client, "POST", f"/rooms/{invite_room}/invite", carol,
+                          {"user_id": bob.user_id})
+    assert status == 200
+    expected.append((await notifications(client, bob))["notifications"][0]["event"][
+        "event_id"])
+    expected.append(await send_text(client, carol, late_room, "b2"))
+    expected.reverse()
+    whole = await all_pages(client, bob)
+    assert whole == expected and early not in whole
+    for limit in ("1", "2", "3"):
+        assert await all_pages(client, bob, limit=limit) == expected
+    assert await all_pages(client, bob, limit="1", only="highlight") == [expected[3]]
