@@ -14,6 +14,14 @@ before anything new (a crash between an event's commit and its counts loses noth
 chose this over writing counts in the event's transaction to keep the roomserver's write path
 free of push work (a 1,000-member room's evaluation does not hold the room's lock).
 
+Events from before push evaluation existed (a database upgraded from schema 12, which had
+no push tables) are not evaluated: with no position stored, evaluation starts at the head,
+and their rooms count from zero. As in Synapse, which computes push actions when it persists
+an event and has never backfilled them when it added push features (its ``unread_count``
+migration, schema delta 58/15, left earlier events uncounted too): evaluating history now
+would apply today's rules, members and display names rather than those of the time, and
+would queue pushes for old messages.
+
 Sync reads counts with :class:`UnreadCounts` after waiting (briefly) until evaluation has
 caught up with the position it answers at, so a response never shows an event without its
 count.

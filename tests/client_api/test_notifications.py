@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import delete
 
 from homeserver.app import build_app
-from storage.schema import push_actions, push_events
+from storage.schema import push_actions, push_events, push_positions
 from tests.client_api.test_receipts_typing import read, send, shared_room, unread
 from tests.client_api.test_sync import joined, sync
 from tests.helpers.harness import Harness, harness_services
@@ -212,3 +212,24 @@ async def test_pages_across_rooms_joins_and_invites(client: TestClient, alice: U
     for limit in ("1", "2", "3"):
         assert await all_pages(client, bob, limit=limit) == expected
     assert await all_pages(client, bob, limit="1", only="highlight") == [expected[3]]
+
+
+async def test_events_from_before_push_existed_are_not_counted(
+        harness: Harness, client: TestClient, alice: User, bob: User,
+        aiohttp_client: Callable[..., Any]) -> None:
+    """A database upgraded from before the push tables (no evaluation position, no rows):
+    evaluation starts at the head, as in Synapse, which never backfilled push actions."""
+    room_id = await shared_room(client, alice, bob)
+    await send_text(client, alice, room_id, "before the upgrade")
+    services = harness.services
+    assert services is not None
+    await services.push.wait_for(services.push.head)
+    async with services.db.engine.write() as conn:
+        for table in (push_events, push_actions, push_positions):
+            await conn.execute(delete(table))
+    client = await aiohttp_client(build_app(await harness.restart()))
+    assert unread(await sync(client, bob), room_id) == (0, 0)
+    after = await send_text(client, alice, room_id, "after the upgrade")
+    assert unread(await sync(client, bob), room_id) == (1, 0)
+    assert [n["event"]["event_id"] for n in (await notifications(client, bob))[
+        "notifications"]] == [after]
