@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from homeserver.services.container import Services
 from homeserver.services.push_rotation import PushRotation
-from storage.schema import push_actions, push_events, push_summaries
+from storage.schema import events, push_actions, push_events, push_summaries
 from tests.client_api.test_notifications import THREADS, notifications
 from tests.client_api.test_receipts_typing import read, send, shared_room, unread
 from tests.client_api.test_sync import joined, sync
@@ -150,3 +150,26 @@ async def test_rotation_waits_for_the_horizon_and_goes_in_batches(
     assert await small.rotate(up_to=services.push.position) == 5
     assert await services.push_rotation.rotate(up_to=services.push.position) == 0
     assert unread(await sync(client, bob), room_id) == (5, 0)
+
+
+async def test_the_horizon_is_a_day_by_received_time(
+        harness: Harness, client: TestClient, alice: User, bob: User) -> None:
+    services = harness.services
+    assert services is not None
+    room_id = await shared_room(client, alice, bob)
+    old = [await send_text(client, alice, room_id, f"old {i}") for i in range(3)]
+    new = [await send_text(client, alice, room_id, f"new {i}") for i in range(2)]
+    await services.push.wait_for(services.push.head)
+    last_old = await services.db.events.get_event(old[-1])
+    assert last_old is not None and last_old.stream_ordering is not None
+    two_days_ago = services.clock.time_ms() - 2 * 24 * 60 * 60 * 1000
+    async with services.db.engine.write() as conn:
+        await conn.execute(update(events).where(
+            events.c.stream_ordering <= last_old.stream_ordering).values(
+                received_ts=two_days_ago))
+    assert await services.push_rotation.rotate() == 3
+    assert await services.db.push_rotation.position() == last_old.stream_ordering
+    assert (await rows(services))[0] == 2
+    assert unread(await sync(client, bob), room_id) == (5, 0)
+    assert [n["event"]["event_id"] for n in (await notifications(client, bob))[
+        "notifications"]] == new[::-1]
