@@ -1,6 +1,7 @@
 """Push rule evaluation: what a message costs in a 1,000-member room against a 10-member room
 (issue 17). Every member is a local user with the default push rules, so every message is
-evaluated for each of them and writes a notification row for each (``push_actions``).
+evaluated for each of them; what most of them get is one row per message (``push_events``),
+a member whose verdict differs gets their own (``push_actions``).
 
 In process, on SQLite (``--postgres URL`` for PostgreSQL instead): Alice creates two public
 rooms, ``--members`` local users join the large one and ``--small`` of them the small one.
@@ -9,7 +10,8 @@ alternating rooms (the same machine load for both), each waiting until push rule
 has written its results. Figures per room size: the process CPU time per message (send,
 commit, evaluation and its write: the server's whole cost), the CPU time inside the
 evaluation alone (rules, per-room facts, the batched write), and the latency p50/p99; then
-``ratio`` = large / small for both CPU figures (the target: within 2x).
+``ratio`` = large / small for both CPU figures (the target: within 2x). Last, the rotation
+of every result (push_rotation.py, as if a day had passed): rows deleted, CPU and wall time.
 
     python bench/push.py [--members 1000] [--small 10] [--messages 100] [--rounds 3]
                          [--postgres URL]
@@ -134,6 +136,13 @@ async def run(args: argparse.Namespace) -> None:
         figures["evaluation_cpu_ratio"] = round(
             figures["large_evaluation_cpu_ms_per_msg"]
             / max(figures["small_evaluation_cpu_ms_per_msg"], 1e-6), 2)
+        # Rotation of everything sent (as if a day had passed): the summaries of every
+        # member of both rooms, the rows deleted.
+        started, wall = time.process_time(), time.perf_counter()
+        figures["rotation_rows_deleted"] = await hs.push_rotation.rotate(
+            up_to=hs.push.position)
+        figures["rotation_cpu_ms"] = round((time.process_time() - started) * 1000, 1)
+        figures["rotation_wall_ms"] = round((time.perf_counter() - wall) * 1000, 1)
         figures["machine"] = machine()
         emit(figures)
     finally:

@@ -19,6 +19,7 @@ from storage.stores.media import MediaStore
 from storage.stores.presence import PresenceStore
 from storage.stores.purge import PurgeStore
 from storage.stores.push import PushStore
+from storage.stores.push_rotation import PushRotationStore
 from storage.stores.receipts import ReceiptStore
 from storage.stores.relations import RelationStore
 from storage.stores.remote_device_lists import RemoteDeviceListStore
@@ -70,6 +71,7 @@ class Database:
         self.media = MediaStore(self.engine)
         self.url_previews = UrlPreviewStore(self.engine)
         self.push = PushStore(self.engine)
+        self.push_rotation = PushRotationStore(self.engine)
         self.user_directory = UserDirectoryStore(self.engine)
 
     @property

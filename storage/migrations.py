@@ -123,12 +123,21 @@ def _v15_url_cache(conn: Connection) -> None:
     schema.url_previews.create(conn, checkfirst=True)
 
 
+def _v16_push_rotation(conn: Connection) -> None:
+    for table in schema.PUSH_ROTATION_TABLES:
+        table.create(conn, checkfirst=True)
+    for table in (schema.push_events, schema.push_actions):
+        for index in table.indexes:
+            if index.name in schema.PUSH_ROTATION_INDEXES:
+                index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [_v2_receipts_and_presence, _v3_history, _v4_federation,
                                _v5_auth_chain_index, _v6_end_to_end_encryption,
                                _v7_remote_device_lists, _v8_dehydrated_devices,
                                _v9_device_list_announced, _v10_relations, _v11_reports,
                                _v12_media, _v13_push, _v14_directory,
-                               _v15_url_cache]
+                               _v15_url_cache, _v16_push_rotation]
 LATEST = 1 + len(MIGRATIONS)
 
 

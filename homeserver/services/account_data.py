@@ -49,7 +49,7 @@ class AccountDataService:
             raise TooLarge(f"A user's account data is limited to {MAX_TOTAL_BYTES} bytes "
                            "in all")
         if room_id == GLOBAL and type_ == IGNORED_USER_LIST:
-            self._ignored.changed(user_id, content)
+            self._ignored.changed(user_id, content, position)
         self._notifier.on_account_data(user_id, position)
 
     def _check_type(self, type_: str) -> None:

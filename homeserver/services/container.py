@@ -40,6 +40,7 @@ from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
 from homeserver.services.purge import PurgeService
 from homeserver.services.push import PushEvaluator, UnreadCounts
+from homeserver.services.push_rotation import PushRotation
 from homeserver.services.push_rules import PushRuleService
 from homeserver.services.pushers import PushDelivery, PusherService, PushGateway
 from homeserver.services.receipts import ReceiptService
@@ -110,6 +111,7 @@ class Services:
     pushers: PusherService
     push: PushEvaluator
     unread: UnreadCounts
+    push_rotation: PushRotation
     push_delivery: PushDelivery | None
     push_gateway: PushGateway | None
     user_directory: UserDirectoryService
@@ -133,6 +135,7 @@ class Services:
         self.to_device.start()
         self.keys.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        self._tasks.append(asyncio.create_task(self.push_rotation.loop()))
         if self.config.retention.enabled:
             self._tasks.append(asyncio.create_task(self.purge.retention_loop()))
 
@@ -247,6 +250,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                          config.server_name)
     roomserver.add_commit_listener(push)
     unread = UnreadCounts(db.push, receipts, members, push, db.events, serializer, clock)
+    push_rotation = PushRotation(db.push_rotation, db.push, db.events, push, clock,
+                                 config.server_name)
     push_delivery = PushDelivery(db.push, db.events, pushers, push_gateway, push.room_details,
                                  unread.badge, clock,
                                  include_content=config.push.include_content) \
@@ -313,6 +318,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         pushers=pushers,
         push=push,
         unread=unread,
+        push_rotation=push_rotation,
         push_delivery=push_delivery,
         push_gateway=push_gateway,
         user_directory=user_directory,

@@ -16,6 +16,8 @@ from storage.stores.account_data import AccountDataStore
 
 IGNORED_USER_LIST = "m.ignored_user_list"
 NOBODY: frozenset[str] = frozenset()
+# Changes remembered per user (whom each write started or stopped ignoring), for sync.
+HISTORY = 20
 
 
 def check_content(content: dict[str, Any]) -> None:
@@ -43,6 +45,11 @@ class IgnoredUsers:
         self._loading: asyncio.Lock = asyncio.Lock()
         # Users whose list was written while the lists were being loaded.
         self._written: set[str] = set()
+        # User -> (account data position, whom that write started or stopped ignoring);
+        # nothing before ``_known_from`` (this process's start), nor before ``_floor[user]``.
+        self._changes: dict[str, list[tuple[int, frozenset[str]]]] = {}
+        self._known_from: int | None = None
+        self._floor: dict[str, int] = {}
 
     async def _load(self) -> None:
         if self._loaded:
@@ -54,6 +61,9 @@ class IgnoredUsers:
                         self._set(user_id, ignored_in(content))
                 self._loaded = True
                 self._written.clear()
+                # Writes before this point (or during the load) were not compared with the
+                # list before them: their changes are unknown.
+                self._known_from = max(self._known_from or 0, self._store.position)
 
     @property
     def loaded(self) -> bool:
@@ -69,11 +79,30 @@ class IgnoredUsers:
         await self._load()
         return lambda sender: self._ignorers.get(sender, NOBODY)
 
-    def changed(self, user_id: str, content: dict[str, Any]) -> None:
-        """The user's list was written (after the write is committed)."""
+    def changed(self, user_id: str, content: dict[str, Any], position: int) -> None:
+        """The user's list was written (after the write is committed, at ``position`` in
+        the account data stream)."""
+        ignored = ignored_in(content)
         if not self._loaded:
             self._written.add(user_id)
-        self._set(user_id, ignored_in(content))
+            self._known_from = max(self._known_from or 0, position)
+        else:
+            changes = self._changes.setdefault(user_id, [])
+            changes.append((position, ignored ^ self._lists.get(user_id, NOBODY)))
+            if len(changes) > HISTORY:
+                self._floor[user_id] = changes.pop(0)[0]
+        self._set(user_id, ignored)
+
+    async def changed_since(self, user_id: str, position: int) -> frozenset[str] | None:
+        """Whom the user started or stopped ignoring after ``position`` in the account
+        data stream, or None when that is not known (an older position than this process
+        remembers)."""
+        await self._load()
+        assert self._known_from is not None
+        if position < max(self._known_from, self._floor.get(user_id, 0)):
+            return None
+        return frozenset().union(*(users for at, users in self._changes.get(user_id, ())
+                                   if at > position))
 
     def _set(self, user_id: str, ignored: frozenset[str]) -> None:
         for sender in self._lists.get(user_id, NOBODY) - ignored:

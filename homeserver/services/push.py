@@ -14,6 +14,14 @@ before anything new (a crash between an event's commit and its counts loses noth
 chose this over writing counts in the event's transaction to keep the roomserver's write path
 free of push work (a 1,000-member room's evaluation does not hold the room's lock).
 
+Events from before push evaluation existed (a database upgraded from schema 12, which had
+no push tables) are not evaluated: with no position stored, evaluation starts at the head,
+and their rooms count from zero. As in Synapse, which computes push actions when it persists
+an event and has never backfilled them when it added push features (its ``unread_count``
+migration, schema delta 58/15, left earlier events uncounted too): evaluating history now
+would apply today's rules, members and display names rather than those of the time, and
+would queue pushes for old messages.
+
 Sync reads counts with :class:`UnreadCounts` after waiting (briefly) until evaluation has
 caught up with the position it answers at, so a response never shows an event without its
 count.
@@ -24,9 +32,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cachetools import LRUCache
 
@@ -41,9 +49,10 @@ from homeserver.services.receipts import ReceiptService
 from homeserver.services.serialize import EventSerializer
 from roomserver.api import CommittedBatch
 from storage.stores.events import EventStore, StoredEvent
-from storage.stores.push import NotificationRow, PushStore
+from storage.stores.push import NotificationRow, PushStore, PushSummary
 
 logger = logging.getLogger(__name__)
+K = TypeVar("K", bound=Hashable)
 
 CATCH_UP_BATCH = 500
 # How long a sync waits for evaluation to reach its position before answering anyway.
@@ -83,12 +92,43 @@ class _RoomFacts:
         return levels if isinstance(levels, dict) else {}
 
 
+async def join_positions(events: EventStore, current: Mapping[K, StoredEvent]) -> dict[K, int]:
+    """Key -> position of the join that began a membership, from its current join event (a
+    new display name or avatar is a join event, not a new join: walked back over)."""
+    walking = dict(current)
+    out: dict[K, int] = {}
+    while walking:
+        previous = await events.get_events(
+            [e.replaces_state for e in walking.values() if e.replaces_state])
+        for key, event in list(walking.items()):
+            before = previous.get(event.replaces_state or "")
+            if before is not None and (before.pdu.get("content") or {}).get(
+                    "membership") == "join":
+                walking[key] = before
+                continue
+            out[key] = event.stream_ordering or 0
+            del walking[key]
+    return out
+
+
 def thread_of(pdu: dict[str, Any]) -> str:
     relates = (pdu.get("content") or {}).get("m.relates_to")
     if isinstance(relates, dict) and relates.get("rel_type") == "m.thread" \
             and isinstance(relates.get("event_id"), str):
         return str(relates["event_id"])
     return "main"
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """What notifies a user in a room after ``start`` (``UnreadCounts._known``), as read at
+    evaluated position ``read_at`` with ``rotations`` rotations done."""
+
+    start: int
+    read_at: int
+    rotations: int
+    rows: tuple[tuple[int, str, bool], ...]  # (position, thread, highlight), in order
+    summaries: tuple[PushSummary, ...]
 
 
 @dataclass(slots=True)
@@ -133,6 +173,8 @@ class PushEvaluator:
         self._recent: dict[str, deque[_Logged]] = {}
         self._logged_after: dict[str, int] = {}
         self._log_start = 0
+        # Rotations of results into summaries so far (what was remembered is stale after).
+        self.rotations = 0
 
     # -- the listener -----------------------------------------------------------------------
 
@@ -242,6 +284,10 @@ class PushEvaluator:
                 log[-1].room_row = row
             else:
                 log[-1].user_rows[row.user_id] = row
+
+    def rotated(self) -> None:
+        """Results were rotated into summaries and deleted (``PushRotation``)."""
+        self.rotations += 1
 
     def notifications_after(self, room_id: str, after: int, user_id: str
                             ) -> list[NotificationRow] | None:
@@ -440,10 +486,7 @@ class UnreadCounts:
         self._events = events
         self._serializer = serializer
         self._clock = clock
-        # (user, room) -> (start, evaluated position it was read at, what notifies after
-        # the start: (position, thread, highlight)).
-        self._known: LRUCache[tuple[str, str], tuple[int, int, tuple[tuple[int, str, bool], ...]]] \
-            = LRUCache(self.KNOWN)
+        self._known: LRUCache[tuple[str, str], _Known] = LRUCache(self.KNOWN)
 
     async def counts(self, user_id: str, starts: dict[str, int], *, threads: bool,
                      up_to: int | None = None) -> tuple[dict[str, tuple[int, int]],
@@ -464,9 +507,10 @@ class UnreadCounts:
         by_thread: dict[str, dict[str, tuple[int, int]]] = {}
         if not starts:
             return out, by_thread
-        rows = await self._unread(user_id, starts)
+        rows, summaries = await self._unread(user_id, starts)
         thread_reads = await self._store.thread_receipts(user_id, list(starts)) \
-            if threads and any(t != "main" for _, _, t, _ in rows) else {}
+            if threads and (any(t != "main" for _, _, t, _ in rows)
+                            or any(s.thread_id != "main" for s in summaries)) else {}
         for room_id, position, thread_id, highlight in rows:
             start = starts[room_id]
             if threads and thread_id != "main":
@@ -480,25 +524,42 @@ class UnreadCounts:
                 continue
             n, h = out[room_id]
             out[room_id] = (n + 1, h + highlight)
+        for summary in summaries:
+            # Rotation's counts, while the user's start is still the one they count from.
+            room_id, thread_id = summary.room_id, summary.thread_id
+            start = starts[room_id]
+            if summary.start != start:
+                continue
+            if threads and thread_id != "main":
+                if summary.thread_notif and summary.thread_start == max(
+                        start, thread_reads.get((room_id, thread_id), 0)):
+                    room_threads = by_thread.setdefault(room_id, {})
+                    n, h = room_threads.get(thread_id, (0, 0))
+                    room_threads[thread_id] = (n + summary.thread_notif, h)
+                continue
+            n, h = out[room_id]
+            out[room_id] = (n + summary.notif, h)
         return out, by_thread
 
     async def _unread(self, user_id: str, starts: dict[str, int]
-                      ) -> list[tuple[str, int, str, bool]]:
+                      ) -> tuple[list[tuple[str, int, str, bool]], list[PushSummary]]:
         """(room, position, thread, highlight) of what notifies the user after each room's
-        start: remembered where nothing newer was recorded, read for the other rooms."""
+        start, and the user's rotation summaries of those rooms (``PushStore.unread``):
+        remembered where nothing newer was recorded nor rotated, read for the other rooms."""
         out: list[tuple[str, int, str, bool]] = []
+        summaries: list[PushSummary] = []
         ask: dict[str, int] = {}
         evaluator = self._evaluator
-        now = evaluator.position
+        now, rotations = evaluator.position, evaluator.rotations
         for room_id, start in starts.items():
             key = (user_id, room_id)
             known = self._known.get(key)
-            if known is None or start < known[0]:
+            if known is None or start < known.start or known.rotations != rotations:
                 ask[room_id] = start
                 continue
-            rows = known[2]
-            if evaluator.notified_at.get(room_id, 0) > known[1]:
-                news = evaluator.notifications_after(room_id, known[1], user_id)
+            rows = known.rows
+            if evaluator.notified_at.get(room_id, 0) > known.read_at:
+                news = evaluator.notifications_after(room_id, known.read_at, user_id)
                 if news is None:
                     ask[room_id] = start
                     continue
@@ -509,19 +570,28 @@ class UnreadCounts:
                 if len(rows) > self.KNOWN_ROWS:
                     ask[room_id] = start
                     continue
-                self._known[key] = (known[0], now, rows)
+                self._known[key] = _Known(known.start, now, rotations, rows, known.summaries)
             out.extend((room_id, p, t, h) for p, t, h in rows if p > start)
+            summaries.extend(known.summaries)
         if not ask:
-            return out
-        read_at = self._evaluator.position  # (before the read: what it holds is at least this)
+            return out, summaries
+        # (read before the database: what it holds is at least this)
+        read_at, rotations = evaluator.position, evaluator.rotations
         found: dict[str, list[tuple[int, str, bool]]] = {r: [] for r in ask}
-        for room_id, position, thread_id, highlight in await self._store.unread(user_id, ask):
+        rows_read, summaries_read = await self._store.unread(user_id, ask)
+        for room_id, position, thread_id, highlight in rows_read:
             found[room_id].append((position, thread_id, highlight))
             out.append((room_id, position, thread_id, highlight))
+        summaries.extend(summaries_read)
+        by_room: dict[str, list[PushSummary]] = {}
+        for summary in summaries_read:
+            by_room.setdefault(summary.room_id, []).append(summary)
         for room_id, read in found.items():
             if len(read) <= self.KNOWN_ROWS:
-                self._known[(user_id, room_id)] = (ask[room_id], read_at, tuple(sorted(read)))
-        return out
+                self._known[(user_id, room_id)] = _Known(
+                    ask[room_id], read_at, rotations, tuple(sorted(read)),
+                    tuple(by_room.get(room_id, ())))
+        return out, summaries
 
     async def room_starts(self, user_id: str) -> dict[str, int]:
         """Joined room -> its read position (counting starts after it)."""
@@ -540,21 +610,8 @@ class UnreadCounts:
         memberships = await self._members.memberships(user_id)
         current = await self._events.get_events(
             [e for m, e in memberships.values() if m == "join"])
-        walking = {r: current[e] for r, (m, e) in memberships.items()
-                   if m == "join" and e in current}
-        out: dict[str, int] = {}
-        while walking:
-            previous = await self._events.get_events(
-                [e.replaces_state for e in walking.values() if e.replaces_state])
-            for room_id, event in list(walking.items()):
-                before = previous.get(event.replaces_state or "")
-                if before is not None and (before.pdu.get("content") or {}).get(
-                        "membership") == "join":
-                    walking[room_id] = before
-                    continue
-                out[room_id] = event.stream_ordering or 0
-                del walking[room_id]
-        return out
+        return await join_positions(self._events, {
+            r: current[e] for r, (m, e) in memberships.items() if m == "join" and e in current})
 
     async def notifications(self, user_id: str, before: int | None, limit: int,
                             only_highlight: bool) -> dict[str, Any]:

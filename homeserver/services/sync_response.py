@@ -299,9 +299,7 @@ class ResponseBuilder:
             initial = {r for r in joined if r in newly_joined
                        and not await self._was_joined_at_since(r)}
             if self.ignore_changed and not self.complete:
-                # Whom the user ignores changed: every room comes again whole, so events of
-                # users no longer ignored show (Synapse sends the rooms again too).
-                initial = set(joined)
+                initial |= await self._rooms_of_changed_ignores(joined)
             # full_state: every room's whole state, but the timeline still starts at since.
             incremental = [r for r in joined if r not in initial and (
                 self.full_state or self.s.notifier.room_changed_since(r, self.since.events))]
@@ -510,6 +508,21 @@ class ResponseBuilder:
                 out[room_id] = cache[members[room_id].event_id] = start
                 del walking[room_id]
         return out
+
+    async def _rooms_of_changed_ignores(self, joined: list[str]) -> set[str]:
+        """Whom the user ignores changed since ``since``: the joined rooms of those who
+        were ignored or un-ignored come again whole, so the client sees what was hidden
+        (or stops seeing what now is); every joined room when who changed is not known
+        (a ``since`` from before this process started). Synapse sends nothing again (its
+        clients start over after an un-ignore); this spares them that."""
+        assert self.since is not None
+        changed = await self.s.ignored.changed_since(self.user_id, self.since.account_data)
+        if changed is None:
+            return set(joined)
+        rooms: set[str] = set()
+        for found in (await self.s.members.joined_rooms_of(sorted(changed))).values():
+            rooms |= found
+        return rooms.intersection(joined)
 
     async def _was_joined_at_since(self, room_id: str) -> bool:
         assert self.since is not None

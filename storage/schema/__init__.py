@@ -60,12 +60,15 @@ from storage.schema.federation import (
     server_keys,
 )
 from storage.schema.push import (
+    PUSH_ROTATION_INDEXES,
+    PUSH_ROTATION_TABLES,
     PUSH_TABLES,
     push_actions,
     push_events,
     push_positions,
     push_queue,
     push_rules,
+    push_summaries,
     pushers,
 )
 from storage.schema.rooms import (
@@ -89,6 +92,8 @@ from storage.schema.rooms import (
 
 __all__ = [
     "E2E_TABLES",
+    "PUSH_ROTATION_INDEXES",
+    "PUSH_ROTATION_TABLES",
     "PUSH_TABLES",
     "USER_DIRECTORY_TABLES",
     "access_tokens",
@@ -126,6 +131,7 @@ __all__ = [
     "push_positions",
     "push_queue",
     "push_rules",
+    "push_summaries",
     "pushers",
     "receipts",
     "redactions",

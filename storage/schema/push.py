@@ -54,6 +54,8 @@ push_events = Table(
     Column("actions_json", Text, nullable=False),
     Column("ts", BigInteger, nullable=False),
     Index("push_events_room", "room_id", "stream_ordering"),
+    # Rotation's batches, in stream order.
+    Index("push_events_stream", "stream_ordering"),
 )
 
 push_actions = Table(
@@ -71,6 +73,26 @@ push_actions = Table(
     PrimaryKeyConstraint("user_id", "event_id"),
     Index("push_actions_user_room", "user_id", "room_id", "stream_ordering"),
     Index("push_actions_user_stream", "user_id", "stream_ordering"),
+    Index("push_actions_stream", "stream_ordering"),
+)
+
+# Rotation (homeserver/services/push_rotation.py): per user, room and thread ("main" too),
+# the non-highlight notifications rotation counted before deleting them (as Synapse's
+# ``event_push_summary``): ``notif`` after ``start`` (the user's read receipt or join then),
+# ``thread_notif`` after ``thread_start`` (the thread's own receipt when later), both up to
+# the rotation's position (``push_positions`` "rotated").
+push_summaries = Table(
+    "push_summaries",
+    metadata,
+    Column("user_id", Text, nullable=False),
+    Column("room_id", Text, nullable=False),
+    Column("thread_id", Text, nullable=False),
+    Column("start", BigInteger, nullable=False),
+    Column("thread_start", BigInteger, nullable=False),
+    Column("notif", BigInteger, nullable=False),
+    Column("thread_notif", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "room_id", "thread_id"),
+    Index("push_summaries_room", "room_id"),
 )
 
 # How far the push rule evaluation has got in the event stream (one row, name "events").
@@ -116,3 +138,6 @@ push_queue = Table(
 )
 
 PUSH_TABLES = (push_rules, push_events, push_actions, push_positions, pushers, push_queue)
+# Version 15: what rotation keeps of the notifications it deletes.
+PUSH_ROTATION_TABLES = (push_summaries,)
+PUSH_ROTATION_INDEXES = ("push_events_stream", "push_actions_stream")

@@ -9,7 +9,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    case,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+    update,
+)
 
 from storage.dialect import insert
 from storage.engine import DatabaseEngine
@@ -21,6 +32,7 @@ from storage.schema import (
     push_positions,
     push_queue,
     push_rules,
+    push_summaries,
     pushers,
     receipts,
 )
@@ -61,6 +73,24 @@ class NotificationRow:
     actions: list[Any]
     ts: int
     sender: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PushSummary:
+    """What rotation counted for a user in a room's thread ("main" too) before deleting the
+    rows: the non-highlight notifications after ``start`` (the user's read receipt or join
+    then) up to the rotation's position, and after ``thread_start`` (``start`` or the
+    thread's own receipt, when later) for counts kept per thread. Valid only while the
+    user's start is still ``start`` (and ``thread_start``): once they read on, what they
+    read up to decides, and for what rotation deleted before it the count is lost (zero,
+    as in Synapse, whose summaries are reset by a receipt the same way)."""
+
+    room_id: str
+    thread_id: str
+    start: int
+    thread_start: int
+    notif: int
+    thread_notif: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +135,9 @@ def _pusher(row: Any) -> Pusher:
 
 class PushStore:
     POSITION = "events"
+    # The rotation's position (rotation.py): the non-highlight notifications up to it are
+    # counted in ``push_summaries`` and deleted.
+    ROTATED = "rotated"
 
     def __init__(self, engine: DatabaseEngine) -> None:
         self._db = engine
@@ -226,48 +259,55 @@ class PushStore:
     # -- counts and /notifications ----------------------------------------------------------
 
     async def unread(self, user_id: str, starts: Mapping[str, int]
-                     ) -> list[tuple[str, int, str, bool]]:
-        """(room, stream ordering, thread, highlight) of what notifies the user in each room
-        after its start (read receipt or join; the user was joined since): the rooms'
-        notifying events, the user's own verdicts overriding. One query per 100 rooms."""
-        return [(r.room_id, r.stream_ordering, r.thread_id, r.highlight)
-                for r in await self._for_user(user_id, starts)]
-
-    async def _for_user(self, user_id: str, starts: Mapping[str, int],
-                        extra_rooms: bool = False, before: int | None = None
-                        ) -> list[NotificationRow]:
-        """What notifies the user: each room's notifying events after its start that the
-        user did not send, with the user's own verdicts in their place (and, with
-        ``extra_rooms``, the user's notifying verdicts in other rooms too: invites)."""
-        found: dict[str, NotificationRow] = {}
+                     ) -> tuple[list[tuple[str, int, str, bool]], list[PushSummary]]:
+        """What notifies the user in each room after its start (read receipt or join; the
+        user was joined since): (room, stream ordering, thread, highlight) of the rooms'
+        notifying events, the user's own verdicts overriding, less the non-highlights that
+        rotation summarised; and the user's summaries of those rooms (what they count is
+        the caller's to check: see :class:`PushSummary`). One query per 100 rooms, and two
+        more."""
+        found: dict[str, tuple[str, int, str, bool, bool]] = {}
         e = push_events.c
         room_ids = list(starts)
-        after = 0 if extra_rooms else min(starts.values(), default=0)
+        after = min(starts.values(), default=0)
+        summaries: list[PushSummary] = []
         async with self._db.read() as conn:
+            rotated = int((await conn.execute(select(push_positions.c.stream_ordering).where(
+                push_positions.c.name == self.ROTATED))).scalar() or 0)
             for i in range(0, len(room_ids), _ROOMS_PER_QUERY):
                 chunk = room_ids[i:i + _ROOMS_PER_QUERY]
-                events_query = select(push_events).where(and_(
+                events_query = select(e.event_id, e.room_id, e.stream_ordering, e.thread_id,
+                                      e.highlight).where(and_(
                     or_(*(and_(e.room_id == r, e.stream_ordering > starts[r]) for r in chunk)),
                     e.sender != user_id))
-                if before is not None:
-                    events_query = events_query.where(e.stream_ordering < before)
+                if rotated:
+                    events_query = events_query.where(or_(e.stream_ordering > rotated,
+                                                          e.highlight.is_(True)))
                 for r in await conn.execute(events_query):
-                    found[r.event_id] = NotificationRow(
-                        None, r.event_id, r.room_id, int(r.stream_ordering), r.thread_id,
-                        True, bool(r.highlight), json.loads(r.actions_json), int(r.ts))
-            query = select(push_actions).where(and_(_a.user_id == user_id,
-                                                    _a.stream_ordering > after))
-            if not extra_rooms:
-                query = query.where(_a.room_id.in_(list(room_ids)))
-            if before is not None:
-                query = query.where(_a.stream_ordering < before)
-            for r in await conn.execute(query):
-                if r.room_id in starts and r.stream_ordering <= starts[r.room_id]:
+                    found[r.event_id] = (r.room_id, int(r.stream_ordering), r.thread_id,
+                                         bool(r.highlight), True)
+            query = select(_a.event_id, _a.room_id, _a.stream_ordering, _a.thread_id,
+                           _a.highlight, _a.notify).where(and_(
+                               _a.user_id == user_id, _a.stream_ordering > after,
+                               _a.room_id.in_(room_ids)))
+            for v in await conn.execute(query):
+                if v.stream_ordering <= starts[v.room_id]:
                     continue
-                found[r.event_id] = NotificationRow(
-                    user_id, r.event_id, r.room_id, int(r.stream_ordering), r.thread_id,
-                    bool(r.notify), bool(r.highlight), json.loads(r.actions_json), int(r.ts))
-        return [r for r in found.values() if r.notify]
+                found[v.event_id] = (v.room_id, int(v.stream_ordering), v.thread_id,
+                                     bool(v.highlight), bool(v.notify))
+            if rotated:
+                s = push_summaries.c
+                for i in range(0, len(room_ids), _CHUNK):
+                    rows = await conn.execute(select(push_summaries).where(and_(
+                        s.user_id == user_id, s.room_id.in_(room_ids[i:i + _CHUNK]))))
+                    summaries.extend(PushSummary(
+                        r.room_id, r.thread_id, int(r.start), int(r.thread_start),
+                        int(r.notif), int(r.thread_notif)) for r in rows)
+        # A verdict of the user's own on a room-wide highlight outlives rotation; counted
+        # here only when it is a highlight or newer than the rotation.
+        return [(room, position, thread, highlight)
+                for room, position, thread, highlight, notify in found.values()
+                if notify and (highlight or position > rotated)], summaries
 
     async def thread_receipts(self, user_id: str, room_ids: Sequence[str]
                               ) -> dict[tuple[str, str], int]:
@@ -287,15 +327,49 @@ class PushStore:
                     out[key] = max(out.get(key, 0), int(position))
         return out
 
-    async def notifications(self, user_id: str, joined_since: dict[str, int],
+    async def notifications(self, user_id: str, joined_since: Mapping[str, int],
                             before: int | None, limit: int, only_highlight: bool
                             ) -> list[NotificationRow]:
         """The user's notifications, newest first: in the rooms they are joined to (room ->
-        the position of their join), and their own verdicts anywhere (invites)."""
-        rows = await self._for_user(user_id, joined_since, extra_rooms=True, before=before)
-        rows = [r for r in rows if not only_highlight or r.highlight]
-        rows.sort(key=lambda r: -r.stream_ordering)
-        return rows[:limit]
+        the position of their join), and their own verdicts anywhere (invites). One query
+        per page: the rooms' notifying events the user did not send and has no verdict of
+        their own on (index ``push_events_room``), with the user's notifying verdicts
+        (index ``push_actions_user_stream``), merged and cut by the database."""
+        e, rooms = push_events.c, list(joined_since)
+        queries = []
+        if rooms:
+            # The position each room's notifications start after, by room.
+            start = case(dict(joined_since), value=e.room_id, else_=-1)
+            verdict = select(_a.event_id).where(and_(_a.user_id == user_id,
+                                                     _a.event_id == e.event_id))
+            room_wide = select(
+                literal(None).label("user_id"), e.event_id, e.room_id, e.stream_ordering,
+                e.thread_id, e.highlight, e.actions_json, e.ts).where(and_(
+                    e.room_id.in_(rooms), e.stream_ordering > start, e.sender != user_id,
+                    ~verdict.exists()))
+            if before is not None:
+                room_wide = room_wide.where(e.stream_ordering < before)
+            if only_highlight:
+                room_wide = room_wide.where(e.highlight.is_(True))
+            queries.append(room_wide)
+        own = select(_a.user_id, _a.event_id, _a.room_id, _a.stream_ordering, _a.thread_id,
+                     _a.highlight, _a.actions_json, _a.ts).where(and_(
+                         _a.user_id == user_id, _a.notify.is_(True)))
+        if rooms:
+            own = own.where(_a.stream_ordering > case(dict(joined_since), value=_a.room_id,
+                                                      else_=-1))
+        if before is not None:
+            own = own.where(_a.stream_ordering < before)
+        if only_highlight:
+            own = own.where(_a.highlight.is_(True))
+        queries.append(own)
+        page = union_all(*queries).subquery()
+        async with self._db.read() as conn:
+            rows = await conn.execute(select(page).order_by(
+                page.c.stream_ordering.desc()).limit(limit))
+            return [NotificationRow(r.user_id, r.event_id, r.room_id, int(r.stream_ordering),
+                                    r.thread_id, True, bool(r.highlight),
+                                    json.loads(r.actions_json), int(r.ts)) for r in rows]
 
     # -- pushers ----------------------------------------------------------------------------
 

@@ -211,3 +211,34 @@ async def test_ignored_users_messages_do_not_notify(client: TestClient, alice: U
     await send_text(client, bob, room_id, "bob again")
     room = joined(await sync(client, alice), room_id)
     assert room["unread_notifications"]["notification_count"] == 2
+
+
+async def test_a_changed_list_sends_again_only_the_rooms_it_concerns(
+        harness: Harness, client: TestClient, alice: User, bob: User, carol: User,
+        aiohttp_client: Callable[..., Any]) -> None:
+    with_bob = await shared_room(client, alice, bob)
+    without_bob = await shared_room(client, alice, carol)
+    await ignore(client, alice, bob)
+    await send_text(client, bob, with_bob, "while ignored")
+    await send_text(client, carol, without_bob, "carol")
+    first = await sync(client, alice, sync_filter=limit_filter(20))
+    assert timeline_bodies(joined(first, with_bob)) == []
+    await ignore(client, alice)  # nobody
+    second = await sync(client, alice, since=first["next_batch"],
+                        sync_filter=limit_filter(20))
+    # Bob's room comes again whole, with what was hidden; carol's room has nothing new.
+    assert timeline_bodies(joined(second, with_bob)) == ["while ignored"]
+    assert without_bob not in second["rooms"]["join"]
+    # Ignoring carol: her room only.
+    await ignore(client, alice, carol)
+    third = await sync(client, alice, since=second["next_batch"],
+                       sync_filter=limit_filter(20))
+    assert list(third["rooms"]["join"]) == [without_bob]
+    assert timeline_bodies(joined(third, without_bob)) == []
+    # After a restart the server no longer knows whom a change concerned: every room.
+    client = await aiohttp_client(build_app(await harness.restart()))
+    await ignore(client, alice)
+    fourth = await sync(client, alice, since=third["next_batch"],
+                        sync_filter=limit_filter(20))
+    assert set(fourth["rooms"]["join"]) == {with_bob, without_bob}
+    assert timeline_bodies(joined(fourth, without_bob)) == ["carol"]

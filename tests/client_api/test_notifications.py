@@ -13,7 +13,7 @@ from sqlalchemy import delete
 
 from homeserver.app import build_app
 from homeserver.services.push import RECENT_PER_ROOM
-from storage.schema import push_actions, push_events
+from storage.schema import push_actions, push_events, push_positions
 from tests.client_api.test_receipts_typing import read, send, shared_room, unread
 from tests.client_api.test_sync import joined, sync
 from tests.helpers.harness import Harness, harness_services
@@ -231,3 +231,63 @@ async def test_counts_after_more_messages_than_are_remembered(
     await send_text(client, alice, room, "one more")
     assert unread(await sync(client, bob, since=body["next_batch"]), room) == (
         RECENT_PER_ROOM + 8, 0)
+
+
+async def all_pages(client: TestClient, user: User, **query: str) -> list[str]:
+    """Every notification's event ID, page by page (``next_token`` until there is none)."""
+    out: list[str] = []
+    token: str | None = None
+    while True:
+        page = await notifications(client, user, **query,
+                                   **({"from": token} if token is not None else {}))
+        out += [n["event"]["event_id"] for n in page["notifications"]]
+        token = page.get("next_token")
+        if token is None:
+            return out
+
+
+async def test_pages_across_rooms_joins_and_invites(client: TestClient, alice: User,
+                                                    bob: User, carol: User) -> None:
+    first_room = await shared_room(client, alice, bob)
+    late_room = await shared_room(client, alice, carol)
+    early = await send_text(client, alice, late_room, "before bob joined")
+    expected = [await send_text(client, alice, first_room, "a1")]
+    status, _ = await api(client, "POST", f"/join/{late_room}", bob, {})
+    assert status == 200
+    expected.append(await send(client, carol, late_room, {
+        "msgtype": "m.text", "body": "b1", "m.mentions": {"user_ids": [bob.user_id]}}))
+    expected.append(await send_text(client, alice, first_room, "a2"))
+    invite_room = await shared_room(client, carol)
+    status, _ = await api(client, "POST", f"/rooms/{invite_room}/invite", carol,
+                          {"user_id": bob.user_id})
+    assert status == 200
+    expected.append((await notifications(client, bob))["notifications"][0]["event"][
+        "event_id"])
+    expected.append(await send_text(client, carol, late_room, "b2"))
+    expected.reverse()
+    whole = await all_pages(client, bob)
+    assert whole == expected and early not in whole
+    for limit in ("1", "2", "3"):
+        assert await all_pages(client, bob, limit=limit) == expected
+    assert await all_pages(client, bob, limit="1", only="highlight") == [expected[3]]
+
+
+async def test_events_from_before_push_existed_are_not_counted(
+        harness: Harness, client: TestClient, alice: User, bob: User,
+        aiohttp_client: Callable[..., Any]) -> None:
+    """A database upgraded from before the push tables (no evaluation position, no rows):
+    evaluation starts at the head, as in Synapse, which never backfilled push actions."""
+    room_id = await shared_room(client, alice, bob)
+    await send_text(client, alice, room_id, "before the upgrade")
+    services = harness.services
+    assert services is not None
+    await services.push.wait_for(services.push.head)
+    async with services.db.engine.write() as conn:
+        for table in (push_events, push_actions, push_positions):
+            await conn.execute(delete(table))
+    client = await aiohttp_client(build_app(await harness.restart()))
+    assert unread(await sync(client, bob), room_id) == (0, 0)
+    after = await send_text(client, alice, room_id, "after the upgrade")
+    assert unread(await sync(client, bob), room_id) == (1, 0)
+    assert [n["event"]["event_id"] for n in (await notifications(client, bob))[
+        "notifications"]] == [after]
