@@ -20,7 +20,7 @@ from core.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
 from core.types import is_valid_server_name
 from homeserver.config_reader import ConfigReader
 
-RESOURCES = ("client", "federation", "media")
+RESOURCES = ("client", "federation", "media", "metrics")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 
