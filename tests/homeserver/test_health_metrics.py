@@ -4,6 +4,8 @@ real ``ktchat run`` on loopback (client, federation over TLS, and metrics listen
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers.processes import ServerProcess, free_port, ktchat, wait_for_port
+from tests.helpers.processes import REPO, ServerProcess, free_port, ktchat, wait_for_port
 
 SEND_ROUTE = "/_matrix/client/v3/rooms/{room_id}/send/{event_type}/{txn_id}"
 STATE_ROUTE = "/_matrix/client/v3/rooms/{room_id}/state"
@@ -255,3 +257,16 @@ async def test_refused_federation_transaction_is_counted(server: Server,
     assert value(after, "ktchat_http_request_duration_seconds_count",
                  route="/_matrix/federation/v1/send/{txn_id}", method="PUT",
                  status="401") == 1
+
+
+async def test_the_grafana_dashboard_uses_metrics_the_server_serves(
+        server: Server, http: aiohttp.ClientSession) -> None:
+    dashboard = json.loads((REPO / "docs" / "grafana" / "ktchat.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) > 20
+    used = {m for e in exprs for m in re.findall(r"\b(?:ktchat|process|python)_[a-z_]+", e)}
+    async with http.get(server.metrics + "/metrics") as resp:
+        served = {f.name for f in text_string_to_metric_families(await resp.text())}
+    samples = await scrape(http, server)
+    served |= {name for name, _ in samples}
+    assert used - served == set()
