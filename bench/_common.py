@@ -74,6 +74,9 @@ class BenchServer:
         else:
             config["registration"]["shared_secret"] = "bench-secret"
         config["logging"] = {"level": "WARNING"}
+        if os.environ.get("KTCHAT_BENCH_METRICS"):
+            # KTCHAT_BENCH_METRICS=1: with a metrics listener (requests, events... counted).
+            config["listeners"].append({"port": free_port(), "resources": ["metrics"]})
         if database_url:
             config["database"] = {"url": database_url}
         else:

@@ -80,7 +80,9 @@ async def _stream(request: web.Request, requester: Requester, since: str | None,
                                      sync_filter=sync_filter)
     # aiohttp-sse writes the ": ping" comment every 15 s on its own.
     stream = sse_response(request, headers={"X-Accel-Buffering": "no"})
+    notifier = services.notifier
     async with stream as response:
+        notifier.streams_open += 1  # (metrics)
         try:
             await response.send(encode_json(first).decode(), id=first["next_batch"],
                                 event="sync")
@@ -96,6 +98,8 @@ async def _stream(request: web.Request, requester: Requester, since: str | None,
                     await response.send(encode_json(body).decode(), id=since, event="sync")
         except ConnectionError:
             pass  # the client went away while we wrote: the stream just ends
+        finally:
+            notifier.streams_open -= 1
     return response
 
 

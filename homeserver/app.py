@@ -29,6 +29,8 @@ from homeserver.http.disconnect import disconnect_middleware
 from homeserver.http.middleware import add_cors_headers, cors_middleware, error_middleware
 from homeserver.http.nul import reject_nul_middleware
 from homeserver.http.request_body import request_body_middleware
+from homeserver.http.request_stats import request_stats_middleware
+from homeserver.metrics import ServerMetrics, add_metrics_routes
 from homeserver.services.container import Services, build_services, open_database
 from homeserver.services.server_visibility import ServerVisibility
 from roomserver.server import RoomServer
@@ -47,11 +49,17 @@ LINGERING_S = 1.0
 LISTEN_BACKLOG = 1024
 
 
+async def health(_request: web.Request) -> web.Response:
+    """GET /health on every listener (as Synapse): the process is up and serving."""
+    return web.Response(text="OK")
+
+
 def build_app(services: Services, resources: Iterable[str] = ("client", "federation"),
-              federation: Federation | None = None, *, x_forwarded: bool = False
-              ) -> web.Application:
-    """The web application serving ``resources`` (client, federation, media);
-    ``x_forwarded``: it is behind a reverse proxy whose X-Forwarded-For it trusts."""
+              federation: Federation | None = None, *, x_forwarded: bool = False,
+              metrics: ServerMetrics | None = None) -> web.Application:
+    """The web application serving ``resources`` (client, federation, media, metrics);
+    ``x_forwarded``: it is behind a reverse proxy whose X-Forwarded-For it trusts;
+    ``metrics``: requests are counted there (and served, with the metrics resource)."""
     http = services.config.http
     app = web.Application(
         middlewares=[disconnect_middleware(logging.getLogger(ACCESS_LOGGER)), cors_middleware,
@@ -67,8 +75,14 @@ def build_app(services: Services, resources: Iterable[str] = ("client", "federat
     if x_forwarded:
         # First of all: every other middleware and the access log see the forwarded address.
         app.middlewares.insert(0, x_forwarded_middleware)
+    if metrics is not None:
+        # Outermost: every answer is counted with the status the client gets.
+        app.middlewares.insert(0, request_stats_middleware(metrics.requests))
     app[SERVICES] = services
     resources = set(resources)
+    app.router.add_get("/health", health)
+    if "metrics" in resources and metrics is not None:
+        add_metrics_routes(app, metrics)
     if "client" in resources:
         add_client_routes(app)
     if "client" in resources or "media" in resources:
@@ -86,9 +100,10 @@ def _ssl_context(config: HomeserverConfig) -> ssl.SSLContext:
 
 
 async def _start_listener(services: Services, listener: ListenerConfig,
-                          federation: Federation | None) -> web.AppRunner:
+                          federation: Federation | None, metrics: ServerMetrics | None
+                          ) -> web.AppRunner:
     runner = web.AppRunner(build_app(services, listener.resources, federation,
-                                     x_forwarded=listener.x_forwarded),
+                                     x_forwarded=listener.x_forwarded, metrics=metrics),
                            access_log_class=AccessLogger,
                            access_log=logging.getLogger(ACCESS_LOGGER),
                            shutdown_timeout=SHUTDOWN_GRACE_S,
@@ -139,6 +154,16 @@ def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | N
                                       served)
 
 
+def build_metrics(config: HomeserverConfig, services: Services,
+                  federation: Federation | None) -> ServerMetrics | None:
+    """The metrics, when a listener serves them (otherwise nothing is counted)."""
+    if not any("metrics" in listener.resources for listener in config.listeners):
+        return None
+    if federation is None:
+        return ServerMetrics(services)
+    return ServerMetrics(services, sender=federation.sender, inbound=federation.transactions)
+
+
 def _freeze_start_up_objects() -> None:
     """Leave what start-up built (modules, routes, configuration, the services: about 110,000
     objects) out of the garbage collector's full collections, which otherwise walk it all on
@@ -166,10 +191,11 @@ async def serve(config: HomeserverConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runners: list[web.AppRunner] = []
+    metrics = build_metrics(config, services, federation)
     _freeze_start_up_objects()  # before the first request: a full collection takes a while
     try:
         for listener in config.listeners:
-            runners.append(await _start_listener(services, listener, federation))
+            runners.append(await _start_listener(services, listener, federation, metrics))
         logger.info("KT-Chat %s is serving %s", config.server_name, config.public_baseurl)
         await stop.wait()
         logger.info("Shutting down")

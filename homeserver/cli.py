@@ -1,4 +1,5 @@
-"""The ``ktchat`` command: generate-config, run, show-listeners, register-user (DESIGN.md)."""
+"""The ``ktchat`` command: generate-config, run, show-listeners, register-user, port-db
+(DESIGN.md)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from core.crypto.signing_keys import generate_key_file
 from core.crypto.tls import generate_self_signed
 from core.errors import MatrixError
 from core.types import is_valid_server_name
+from homeserver import port_db
 from homeserver.config import ConfigError, HomeserverConfig, load_config
 from storage.migrations import SchemaTooNewError
 
@@ -203,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--password")
     reg.add_argument("--admin", action="store_true")
     reg.set_defaults(func=register_user)
+
+    port_db.add_parser(sub)
     return parser
 
 

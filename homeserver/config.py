@@ -23,7 +23,7 @@ from core.types import is_valid_server_name
 from core.url_preview import URL_PARTS
 from homeserver.config_reader import ConfigReader
 
-RESOURCES = ("client", "federation", "media")
+RESOURCES = ("client", "federation", "media", "metrics")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 

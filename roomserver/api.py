@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from core.events.model import Event
 from core.events.room_versions import RoomVersion
+from core.stats import Histogram, HitCounter
 
 T = TypeVar("T")
 
@@ -105,6 +106,16 @@ class CommittedBatch:
     """Events that one commit made durable, in the order they were queued."""
 
     events: Sequence[CommittedEvent] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteStats:
+    """What the write path has done since start-up (read by the metrics at scrape time)."""
+
+    events_persisted: int
+    batch_sizes: Histogram
+    commit_seconds: Histogram
+    event_cache: HitCounter
 
 
 class CommitListener(Protocol):

@@ -12,7 +12,15 @@ from signedjson.types import SigningKey
 from core.clock import Clock
 from core.events.model import Event
 from core.events.room_versions import RoomVersion
-from roomserver.api import CommitListener, NewEvent, Outcome, RoomHead, StateKey, StoredPdu
+from roomserver.api import (
+    CommitListener,
+    NewEvent,
+    Outcome,
+    RoomHead,
+    StateKey,
+    StoredPdu,
+    WriteStats,
+)
 from roomserver.extremities import ExtremityMerger
 from roomserver.local import LocalEvents
 from roomserver.placement import Placer
@@ -42,6 +50,11 @@ class RoomServer:
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._writer.add_listener(listener)
+
+    def write_stats(self) -> WriteStats:
+        writer = self._writer
+        return WriteStats(writer.events_persisted, writer.batch_sizes, writer.commit_seconds,
+                          self._store.cache_stats)
 
     async def start(self) -> int:
         """Start the commit loop; returns the last stream position written."""

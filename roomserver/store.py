@@ -19,6 +19,7 @@ from core.events.canonical import encode_canonical
 from core.events.model import Event
 from core.events.redaction import redact
 from core.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from core.stats import HitCounter
 from roomserver.api import StateKey
 from roomserver.snapshot import RoomSnapshot
 from storage import Database
@@ -47,6 +48,7 @@ class GraphStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._events: OrderedDict[str, Event] = OrderedDict()
+        self.cache_stats = HitCounter()  # lookups of the event cache (metrics)
         # Bumped by every forgetting: a load that overlapped one does not cache what it read
         # (it may be what was just erased).
         self._evictions = 0
@@ -75,7 +77,10 @@ class GraphStore:
         wanted = list(event_ids)
         out = {e: self._events[e] for e in wanted if e in self._events}
         missing = [e for e in wanted if e not in out]
+        stats = self.cache_stats
+        stats.hits += len(out)
         if missing:
+            stats.misses += len(missing)
             evictions = self._evictions
             for event_id, stored in (await self.db.events.get_events(missing)).items():
                 if stored.rejected_reason is None:

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from core.clock import Clock
 from core.errors import MatrixError
+from core.stats import SIZE_BUCKETS, Histogram
 from roomserver.api import CommitListener, CommittedBatch, CommittedEvent
 from roomserver.snapshot import RoomSnapshot, TxnIndex
 from roomserver.store import GraphStore
@@ -49,6 +50,10 @@ class Writer:
         self._in_flight: dict[str, int] = {}  # room ID -> its queued events
         # Room ID -> the future of its last queued event (events commit in queue order).
         self._room_tail: dict[str, asyncio.Future[None]] = {}
+        # Metrics: events committed, events per commit, seconds per commit.
+        self.events_persisted = 0
+        self.batch_sizes = Histogram(SIZE_BUCKETS)
+        self.commit_seconds = Histogram()
 
     def add_listener(self, listener: CommitListener) -> None:
         """Hear of every commit from now on (the composition root subscribes the notifier
@@ -192,10 +197,13 @@ class Writer:
                 if not future.done():
                     future.set_exception(e)
             return
+        elapsed = self.clock.monotonic() - started
+        self.events_persisted += len(items)
+        self.batch_sizes.observe(len(items))
+        self.commit_seconds.observe(elapsed)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Committed %d events in %d rooms in %.1f ms", len(items),
-                         len({i.room_id for i in items}),
-                         (self.clock.monotonic() - started) * 1000)
+                         len({i.room_id for i in items}), elapsed * 1000)
         for _, future in batch:
             if not future.done():
                 future.set_result(None)

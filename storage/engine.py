@@ -104,6 +104,21 @@ class DatabaseEngine:
                 connect_args=connect_args)
             self._read_engine = self._write_engine
 
+    def pool_stats(self) -> list[tuple[str, int, int]]:
+        """``(pool, size, connections checked out now)`` for each connection pool: read
+        from the pools' counters, no query (metrics, at scrape time)."""
+        pools = [("write", self._write_engine)]
+        if self._read_engine is not self._write_engine:
+            pools.append(("read", self._read_engine))
+        out = []
+        for name, engine in pools:
+            pool = engine.sync_engine.pool
+            size = getattr(pool, "size", None)
+            checked_out = getattr(pool, "checkedout", None)
+            out.append((name, int(size()) if callable(size) else 0,
+                        int(checked_out()) if callable(checked_out) else 0))
+        return out
+
     async def migrate(self) -> int:
         async with self.write() as conn:
             return await conn.run_sync(migrations.migrate)

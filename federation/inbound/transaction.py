@@ -84,6 +84,11 @@ class InboundEdus:
     keys: E2EKeyService
 
 
+# How an inbound transaction ended: every PDU accepted (or EDUs only), some PDUs refused in
+# the answer, the transaction refused as a whole (a Matrix error), or an unexpected failure.
+TXN_OUTCOMES = ("accepted", "some_pdus_refused", "refused", "failed")
+
+
 class TransactionHandler:
     def __init__(self, rooms: FederatedRooms, txns: FederationStore, clock: Clock,
                  pdus: PduHandler, edus: InboundEdus) -> None:
@@ -94,6 +99,8 @@ class TransactionHandler:
         self._edus = edus
         # (origin, txn ID) being processed now: a repeat waits for the first.
         self._running: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+        # Transactions received since start-up, by outcome (metrics; see ``_count``).
+        self.outcomes: dict[str, int] = dict.fromkeys(TXN_OUTCOMES, 0)
 
     async def forget_answers_before(self, ts: int) -> None:
         """Forget the answers to transactions received before ``ts`` (ms)."""
@@ -101,6 +108,24 @@ class TransactionHandler:
 
     async def on_send(self, origin: str, txn_id: str, body: Mapping[str, Any]
                       ) -> dict[str, Any]:
+        try:
+            response = await self._on_send(origin, txn_id, body)
+        except MatrixError:
+            self.outcomes["refused"] += 1
+            raise
+        except Exception:
+            self.outcomes["failed"] += 1
+            raise
+        pdu_results = response.get("pdus")
+        if isinstance(pdu_results, Mapping) and any(
+                isinstance(r, Mapping) and "error" in r for r in pdu_results.values()):
+            self.outcomes["some_pdus_refused"] += 1
+        else:
+            self.outcomes["accepted"] += 1
+        return response
+
+    async def _on_send(self, origin: str, txn_id: str, body: Mapping[str, Any]
+                       ) -> dict[str, Any]:
         pdus = body.get("pdus", [])
         edus = body.get("edus", [])
         if not isinstance(pdus, list) or not isinstance(edus, list):

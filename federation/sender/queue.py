@@ -208,6 +208,17 @@ class FederationSender:
     def now_ms(self) -> int:
         return self._clock.time_ms()
 
+    def queue_stats(self) -> list[tuple[str, int, bool, int | None]]:
+        """Per destination (metrics, read at scrape time from memory): ``(name, items held
+        in memory to send, whether its durable queue may hold more, backoff interval in ms
+        or None when it is up)``; destinations backing off since before start-up too."""
+        out: list[tuple[str, int, bool, int | None]] = [
+            (d.name, len(d.fresh) + len(d.receipts) + len(d.ephemeral), d.durable,
+             d.backoff.retry_interval_ms if d.backoff is not None else None)
+            for d in self._destinations.values()]
+        out += [(name, 0, True, b.retry_interval_ms) for name, b in self._backoffs.items()]
+        return out
+
     def next_txn_id(self) -> str:
         self._txn_counter += 1
         return f"{self._txn_prefix}.{self._txn_counter}"

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from core.clock import Clock
 from core.errors import UnknownToken, UserDeactivated
+from core.stats import HitCounter
 from homeserver.config import AuthConfig
 from storage.stores.devices import AccessTokenInfo, DeviceStore, NewTokens
 
@@ -65,6 +66,7 @@ class AuthService:
         self._clock = clock
         self._config = config
         self._cache: OrderedDict[str, AccessTokenInfo] = OrderedDict()
+        self.cache_stats = HitCounter()  # lookups of the token cache (metrics)
         self._cached_by_user: dict[str, set[str]] = {}
         # (user_id, device_id) -> (ts, ip, user agent), flushed in batches.
         self._last_seen: dict[tuple[str, str], tuple[int, str | None, str | None]] = {}
@@ -111,7 +113,9 @@ class AuthService:
         info = self._cache.get(token_hash)
         if info is not None:
             self._cache.move_to_end(token_hash)
+            self.cache_stats.hits += 1
         else:
+            self.cache_stats.misses += 1
             info = await self._devices.get_access_token(token_hash)
             if info is None:
                 raise UnknownToken("Unknown access token")

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from cachetools import LRUCache
 
+from core.stats import HitCounter
 from homeserver.services.notifier import Notifier
 from storage.stores.sync import SyncStore
 
@@ -26,6 +27,7 @@ class MembershipCache:
         self._notifier = notifier
         # User -> (position read at, memberships, joined rooms).
         self._entries: LRUCache[str, _Entry] = LRUCache(self.SIZE)
+        self.cache_stats = HitCounter()  # lookups (metrics)
         # Loads in flight: concurrent misses for one user share one query.
         self._loading: dict[str, asyncio.Future[_Entry]] = {}
 
@@ -53,7 +55,9 @@ class MembershipCache:
                 out[user_id] = cached[2]
             else:
                 missing.append(user_id)
+        self.cache_stats.hits += len(out)
         if missing:
+            self.cache_stats.misses += len(missing)
             at = self._notifier.position
             for user_id, found in (await self._store.memberships_of(missing)).items():
                 entry = (at, found, frozenset(r for r, (m, _) in found.items() if m == "join"))
@@ -70,7 +74,9 @@ class MembershipCache:
     async def _entry(self, user_id: str) -> _Entry:
         cached = self._entries.get(user_id)
         if cached is not None and cached[0] >= self._notifier.membership_position(user_id):
+            self.cache_stats.hits += 1
             return cached
+        self.cache_stats.misses += 1
         loading = self._loading.get(user_id)
         if loading is not None:
             try:

@@ -43,6 +43,11 @@ class Notifier:
         # Set when the process shuts down: long polls answer at once instead of holding the
         # shutdown for their whole timeout.
         self.closing = False
+        # Metrics: requests waiting now (long polls, SSE streams between messages), waiters
+        # woken by a change since start-up, SSE streams open.
+        self.waiting = 0
+        self.wakeups = 0
+        self.streams_open = 0
 
     def close(self) -> None:
         """Shutting down: wake every waiter, and wait no more."""
@@ -166,12 +171,14 @@ class Notifier:
         self._account_data.mark(user_id, position)
         self._wake(self._by_user.pop(user_id, ()))
 
-    @staticmethod
-    def _wake(futures: Iterable[asyncio.Future[float]]) -> None:
+    def _wake(self, futures: Iterable[asyncio.Future[float]]) -> None:
         now = time.monotonic()
+        woken = 0
         for future in futures:
             if not future.done():
                 future.set_result(now)
+                woken += 1
+        self.wakeups += woken
 
     async def wait_for_change(self, wait_s: float) -> bool:
         """Wait for the next new events anywhere (tests, tools); True if woken."""
@@ -212,6 +219,7 @@ class Notifier:
 
         if until is not None:
             until.add_done_callback(gone)
+        self.waiting += 1
         try:
             return await future
         except asyncio.CancelledError:
@@ -219,6 +227,7 @@ class Notifier:
                 return None  # timed out, or the client left
             raise
         finally:
+            self.waiting -= 1
             timer.cancel()
             if until is not None:
                 until.remove_done_callback(gone)
