@@ -16,15 +16,17 @@ Otherwise:
 * ``full_load``: what Element X does next, the range grown by 100 rooms a request until all
   the rooms are loaded: requests and total ms;
 * ``incremental``: the reader long-polls (``pos``, ``timeout`` 30 s, the whole range) while
-  the talker sends ``--samples`` (100) messages round the talker rooms at ``--rate`` (10) a
-  second; a sample is the time from the start of a send request to the moment the reader has
-  parsed the sliding sync response carrying that message: p50/p99/max.
+  the talker sends ``--samples`` (100) messages round the talker rooms, one at a time (the
+  next ``--pause`` (0.1) s after the previous was delivered: with ``timeline_limit`` 1 a
+  second message into a room would replace an undelivered first); a sample is the time from
+  the start of a send request to the moment the reader has parsed the sliding sync response
+  carrying that message: p50/p99/max.
 
 Printed: one JSON line with both implementations' figures, KT-Chat / Synapse ratios, and each
 server's CPU seconds and peak RSS.
 
     python bench/sliding_sync.py [--implementations ktchat,synapse] [--rooms 500]
-                                 [--messages 2] [--samples 100] [--rate 10] [--repeat 5]
+                                 [--messages 2] [--samples 100] [--pause 0.1] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ async def _first_responses(client: ElementXClient, rooms: int, repeat: int
 
 async def _incremental(client: ElementXClient, talker: Client, rooms: list[str],
                        args: argparse.Namespace, deadline: float) -> dict[str, Any]:
-    """The reader long-polls; the talker sends on a fixed schedule; send -> delivery."""
+    """The reader long-polls; the talker sends one message at a time; send -> delivery."""
     arrived: dict[str, float] = {}
     waiters: dict[str, asyncio.Future[float]] = {}
     duplicates = 0
@@ -167,17 +169,13 @@ async def _incremental(client: ElementXClient, talker: Client, rooms: list[str],
     poller = asyncio.create_task(poll())
     try:
         await asyncio.sleep(0.5)  # the first long poll is in flight
-        interval = 1 / args.rate
-        first = time.perf_counter()
-        sends = []
         for n in range(args.samples):
-            wait = first + n * interval - time.perf_counter()
-            if wait > 0:
-                await asyncio.sleep(wait)
             if time.monotonic() > deadline:
                 break
-            sends.append(asyncio.create_task(send_one(n)))
-        await asyncio.gather(*sends)
+            await send_one(n)
+            # Not on a schedule: with timeline_limit 1 a second message into a room before
+            # the first was delivered would replace it (limited), so one at a time.
+            await asyncio.sleep(args.pause)
     finally:
         poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -242,7 +240,8 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=8, help="concurrent set-up requests")
     parser.add_argument("--repeat", type=int, default=5, help="first responses measured")
     parser.add_argument("--samples", type=int, default=100, help="incremental messages")
-    parser.add_argument("--rate", type=float, default=10.0, help="incremental messages/s")
+    parser.add_argument("--pause", type=float, default=0.1,
+                        help="seconds between a delivery and the next incremental message")
     parser.add_argument("--seconds", type=float, default=1200.0, help="bound on the run")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     args = parser.parse_args()
