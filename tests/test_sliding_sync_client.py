@@ -27,6 +27,9 @@ from tests.helpers.sliding_sync_client import (
 )
 from tests.helpers.sliding_sync_servers import PASSWORD, SERVERS, Target, start_target
 
+# A Synapse start and a few hundred requests on a loaded two-core machine.
+pytestmark = pytest.mark.timeout(300)
+
 
 @pytest.fixture(scope="module", params=SERVERS)
 def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

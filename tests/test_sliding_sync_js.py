@@ -19,6 +19,9 @@ from tests.helpers.sliding_sync_client import Peer
 from tests.helpers.sliding_sync_servers import PASSWORD, SERVERS, Target, start_target
 from tests.test_e2e_js import JS_DIR, node_or_skip
 
+# A Synapse start and a few hundred requests on a loaded two-core machine.
+pytestmark = pytest.mark.timeout(300)
+
 JS_TIMEOUT_SECONDS = 90
 
 
