@@ -47,8 +47,8 @@ from homeserver.services.reports import ReportService
 from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 from homeserver.services.serialize import EventSerializer
-from homeserver.services.spaces import SpaceHierarchyService
 from homeserver.services.sliding_sync import SlidingSyncDeps, SlidingSyncService
+from homeserver.services.spaces import SpaceHierarchyService
 from homeserver.services.sync import SyncService
 from homeserver.services.to_device import ToDeviceService
 from homeserver.services.typing import TypingService
@@ -284,7 +284,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         sync=sync,
         sliding_sync=SlidingSyncService(SlidingSyncDeps(
             db.sliding_sync, db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
-            members, visibility, serializer, unread, receipts, typing, to_device, keys,
+            members, visibility, serializer, unread, push, receipts, typing, to_device, keys,
             ignored, clock, sync.current_token)),
         members=members,
         typing=typing,

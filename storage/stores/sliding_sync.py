@@ -41,6 +41,20 @@ class SlidingSyncStore:
                 out.update({r[0]: int(r[1]) for r in rows if r[1] is not None})
         return out
 
+    async def memberships(self, user_id: str) -> dict[str, tuple[str, str, int, str]]:
+        """Room -> (membership, member event ID, its stream ordering, its sender) of every
+        room the user has a member event in (no event JSON read)."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(current_state.c.room_id, current_state.c.membership,
+                       current_state.c.event_id, events.c.stream_ordering, events.c.sender)
+                .select_from(current_state.join(
+                    events, events.c.event_id == current_state.c.event_id))
+                .where(and_(current_state.c.type == "m.room.member",
+                            current_state.c.state_key == user_id)))
+            return {r.room_id: (r.membership, r.event_id, int(r.stream_ordering or 0),
+                                r.sender) for r in rows}
+
     async def state_contents(self, room_ids: Sequence[str], types: Sequence[str]
                              ) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
         """Room -> (type, state_key) -> content of the rooms' current state events of these

@@ -17,7 +17,7 @@ from core.clock import Clock
 from core.events.stripped import STRIPPED_STATE_TYPES, stripped
 from homeserver.services.ignored_users import hidden_by
 from homeserver.services.messages import make_token
-from homeserver.services.push import UnreadCounts
+from homeserver.services.push import PushEvaluator, UnreadCounts
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.sliding_sync.connection import (
@@ -34,6 +34,7 @@ from storage.stores.state import StateStore
 from storage.stores.sync import SyncStore
 
 MAX_HEROES = 5
+UNREAD_WAIT_S = 0.05
 MEMBER = "m.room.member"
 NAME = ("m.room.name", "")
 AVATAR = ("m.room.avatar", "")
@@ -49,6 +50,7 @@ class RoomDataSources:
     visibility: VisibilityService
     serializer: EventSerializer
     unread: UnreadCounts
+    push: PushEvaluator
     receipts: ReceiptService
     clock: Clock
 
@@ -164,10 +166,10 @@ class RoomDataBuilder:
             return set()
         recent = [m for m in joined if m.position > self.since]
         before = await self.s.events.get_events(
-            m.event.replaces_state for m in recent if m.event.replaces_state)
+            m.event.replaces_state for m in recent if m.event and m.event.replaces_state)
         out = set()
         for m in recent:
-            prev = before.get(m.event.replaces_state or "")
+            prev = before.get((m.event.replaces_state if m.event else None) or "")
             if prev is None or (prev.pdu.get("content") or {}).get("membership") != "join" \
                     or (prev.stream_ordering or 0) > self.since:
                 out.add(m.room_id)
@@ -260,7 +262,7 @@ class RoomDataBuilder:
         for plan, everything, types, pairs in fetch:
             if plan.member.membership in ("leave", "ban"):
                 # A room left: its state as it was at the leave.
-                group = plan.member.event.state_group_after
+                group = plan.member.event.state_group_after if plan.member.event else None
                 state = await self.s.state.state_at_group(group) if group is not None else {}
                 self._take(plan, dict(state), everything, types, pairs)
 
@@ -404,12 +406,15 @@ class RoomDataBuilder:
         rooms = [p.room_id for p in plans]
         read = await self.s.receipts.read_positions(self.user_id, rooms)
         starts = {p.room_id: max(read.get(p.room_id, 0), p.member.position) for p in plans}
-        counts, _ = await self.s.unread.counts(self.user_id, starts, threads=False,
-                                               up_to=self.up_to)
+        # Counts wait a moment for push rule evaluation to reach the response's position,
+        # not the seconds a catch-up after a restart can take (the room list must be fast).
+        await self.s.push.wait_for(self.up_to, UNREAD_WAIT_S, quiet=True)
+        counts, _ = await self.s.unread.counts(self.user_id, starts, threads=False)
         return counts
 
     async def _stripped_state(self, plan: _Room) -> list[dict[str, Any]]:
         member = plan.member.event
+        assert member is not None
         remote = await self.s.sync.invite_state(member.event_id)
         if remote is not None:  # a room on another server: what its invite came with
             return [*remote, stripped(member.pdu)]

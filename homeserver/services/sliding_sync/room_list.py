@@ -25,15 +25,15 @@ CREATE = ("m.room.create", "")
 
 @dataclass(frozen=True, slots=True)
 class Membership:
-    """The user's membership in a room the connection sees."""
+    """The user's membership in a room the connection sees (``event``: its member event,
+    loaded only for the rooms a response carries)."""
 
     room_id: str
     membership: str
-    event: StoredEvent
-
-    @property
-    def position(self) -> int:
-        return self.event.stream_ordering or 0
+    event_id: str
+    position: int
+    sender: str
+    event: StoredEvent | None = None
 
 
 @dataclass(slots=True)
@@ -84,26 +84,46 @@ class BumpStamps:
         return out
 
 
-def visible_memberships(user_id: str, memberships: dict[str, tuple[str, str]],
-                        events: dict[str, StoredEvent], since: int | None,
-                        forgotten: set[str], ignored: frozenset[str]
+def visible_memberships(user_id: str, memberships: dict[str, tuple[str, str, int, str]],
+                        since: int | None, forgotten: set[str], ignored: frozenset[str]
                         ) -> dict[str, Membership]:
     """The rooms a connection sees (Synapse's ``filter_membership_for_sync``): every
     membership but a leave, unless the leave came after ``since`` (the client gets its own
     leave) or someone else sent it (a kick)."""
     out: dict[str, Membership] = {}
-    for room_id, (membership, event_id) in memberships.items():
-        event = events.get(event_id)
-        if event is None or room_id in forgotten:
+    for room_id, (membership, event_id, position, sender) in memberships.items():
+        if room_id in forgotten:
             continue
-        sender = event.pdu.get("sender")
         if membership == "invite" and sender in ignored:
             continue
-        if membership == "leave" and sender == user_id and (
-                since is None or (event.stream_ordering or 0) <= since):
+        if membership == "leave" and sender == user_id and (since is None
+                                                            or position <= since):
             continue
-        out[room_id] = Membership(room_id, membership, event)
+        out[room_id] = Membership(room_id, membership, event_id, position, sender)
     return out
+
+
+class MembershipIndex:
+    """Each user's memberships with their positions and senders, in memory until a member
+    event about the user comes."""
+
+    USERS = 10_000
+
+    def __init__(self, store: SlidingSyncStore, notifier: Notifier) -> None:
+        self._store = store
+        self._notifier = notifier
+        self._users: LRUCache[str, tuple[int, dict[str, tuple[str, str, int, str]]]] = \
+            LRUCache(self.USERS)
+
+    async def of(self, user_id: str) -> dict[str, tuple[str, str, int, str]]:
+        cached = self._users.get(user_id)
+        if cached is not None and not self._notifier.membership_changed_since(user_id,
+                                                                              cached[0]):
+            return cached[1]
+        position = self._notifier.position
+        found = await self._store.memberships(user_id)
+        self._users[user_id] = (position, found)
+        return found
 
 
 def dm_rooms(direct: dict[str, Any] | None) -> frozenset[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from core.clock import Clock
@@ -20,7 +20,7 @@ from homeserver.services.e2e_keys import E2EKeyService
 from homeserver.services.ignored_users import IgnoredUsers
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
-from homeserver.services.push import UnreadCounts
+from homeserver.services.push import PushEvaluator, UnreadCounts
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.sliding_sync.connection import (
@@ -38,6 +38,7 @@ from homeserver.services.sliding_sync.room_data import RoomDataBuilder, RoomData
 from homeserver.services.sliding_sync.room_list import (
     BumpStamps,
     ListBuilder,
+    MembershipIndex,
     dm_rooms,
     visible_memberships,
 )
@@ -70,6 +71,7 @@ class SlidingSyncDeps:
     visibility: VisibilityService
     serializer: EventSerializer
     unread: UnreadCounts
+    push: PushEvaluator
     receipts: ReceiptService
     typing: TypingService
     to_device: ToDeviceService
@@ -91,9 +93,10 @@ class SlidingSyncService:
         self.d = deps
         self.connections = ConnectionStore()
         self._bumps = BumpStamps(deps.store, deps.notifier)
+        self._memberships = MembershipIndex(deps.store, deps.notifier)
         self._rooms = RoomDataSources(deps.sync_store, deps.store, deps.events, deps.state,
                                       deps.visibility, deps.serializer, deps.unread,
-                                      deps.receipts, deps.clock)
+                                      deps.push, deps.receipts, deps.clock)
         self._extensions = ExtensionSources(deps.to_device, deps.keys, deps.account_data,
                                             deps.receipts, deps.typing)
 
@@ -135,12 +138,11 @@ class SlidingSyncService:
         news would wake a wait."""
         d = self.d
         new = previous.copy()
-        memberships = await d.members.memberships(user_id)
-        events = await d.events.get_events(e for _, e in memberships.values())
+        memberships = await self._memberships.of(user_id)
         forgotten = await d.rooms.forgotten_rooms(user_id) if any(
-            m in ("leave", "ban") for m, _ in memberships.values()) else set()
+            m[0] in ("leave", "ban") for m in memberships.values()) else set()
         ignored = await d.ignored.of(user_id)
-        members = visible_memberships(user_id, memberships, events,
+        members = visible_memberships(user_id, memberships,
                                       since.events if since is not None else None,
                                       forgotten, ignored)
         dms = dm_rooms(await d.account_data.get(user_id, "", "m.direct"))
@@ -156,6 +158,11 @@ class SlidingSyncService:
             if room_id in members:
                 configs[room_id] = configs[room_id].combine(config) \
                     if room_id in configs else config
+        loaded = await d.events.get_events(members[r].event_id for r in configs)
+        for room_id in configs:
+            members[room_id] = replace(members[room_id],
+                                       event=loaded.get(members[room_id].event_id))
+        configs = {r: c for r, c in configs.items() if members[r].event is not None}
         changed = {r for r in configs if since is not None and (
             d.notifier.room_changed_since(r, since.events))}
         builder = RoomDataBuilder(self._rooms, user_id, device_id,
