@@ -61,12 +61,12 @@ def check_shape(body: dict[str, Any]) -> None:
 
 
 async def ss(client: TestClient, user: User, body: dict[str, Any], *, pos: str | None = None,
-             timeout: int | None = None, expect: int = 200) -> dict[str, Any]:
+             timeout_ms: int | None = None, expect: int = 200) -> dict[str, Any]:
     params = {}
     if pos is not None:
         params["pos"] = pos
-    if timeout is not None:
-        params["timeout"] = str(timeout)
+    if timeout_ms is not None:
+        params["timeout"] = str(timeout_ms)
     resp = await client.post(SS, json=body, params=params, headers=bearer(user.token))
     data = await resp.json()
     assert resp.status == expect, data
@@ -207,6 +207,8 @@ async def test_invites_and_leaves(client: TestClient, alice: User, bob: User,
     stripped = {(e["type"], e.get("state_key")) for e in room["invite_state"]}
     assert ("m.room.name", "") in stripped and ("m.room.member", bob.user_id) in stripped
     assert all("event_id" not in e for e in room["invite_state"])
+    assert room["name"] == "Invite me"
+    assert "joined_count" not in room and room["bump_stamp"] > 0
     await join(client, bob, room_id)
     body = await ss(client, bob, one_list(limit=3), pos=body["pos"])
     assert body["rooms"][room_id]["initial"] is True  # newly joined: whole
@@ -410,6 +412,39 @@ async def test_bad_input(client: TestClient, alice: User) -> None:
                              "whatever": 1})
 
 
+async def test_hostile_shapes_never_500(client: TestClient, alice: User) -> None:
+    room_id = await create_room(client, alice, name="h")
+    odd: list[Any] = [None, True, 0, -1, 2**70, 1.5, "", "x", [], [[]], [None], {}, {"a": []}]
+    keys = ["lists", "room_subscriptions", "extensions", "conn_id"]
+    seen = set()
+    for key in keys:
+        for value in odd:
+            for body in ({key: value},
+                         {"lists": {"l": {"ranges": value, "timeline_limit": 1,
+                                          "required_state": []}}},
+                         {"lists": {"l": {"ranges": [[0, 5]], "timeline_limit": 1,
+                                          "required_state": [], "filters": {key: value}}}},
+                         {"lists": {"l": {"ranges": [[0, 5]], "timeline_limit": value,
+                                          "required_state": value}}},
+                         {"room_subscriptions": {room_id: value}},
+                         {"extensions": {"typing": value, "to_device": {"enabled": True,
+                                                                        "limit": value}}}):
+                resp = await client.post(SS, json=body, headers=bearer(alice.token))
+                assert resp.status in (200, 400), (body, resp.status)
+                data = await resp.json()
+                if resp.status == 400:
+                    assert data["errcode"] in ("M_BAD_JSON", "M_INVALID_PARAM"), data
+                seen.add(resp.status)
+    assert seen == {200, 400}
+    # Ranges past the end, backwards, or huge: answered.
+    body = await ss(client, alice, {"lists": {"l": {"ranges": [[5, 2], [0, 2**40]],
+                                                    "timeline_limit": 0,
+                                                    "required_state": []}}})
+    assert body["lists"]["l"]["ops"][0]["room_ids"] == []
+    assert body["lists"]["l"]["ops"][1]["room_ids"] == [room_id]
+    assert "timeline" not in body["rooms"][room_id]
+
+
 # -- long polls -----------------------------------------------------------------------------
 
 
@@ -423,13 +458,13 @@ async def test_long_poll_woken_by_a_message(client: TestClient, alice: User) -> 
 
     start = time.monotonic()
     sender = asyncio.create_task(later())
-    body = await ss(client, alice, one_list(limit=5), pos=first["pos"], timeout=20_000)
+    body = await ss(client, alice, one_list(limit=5), pos=first["pos"], timeout_ms=20_000)
     assert time.monotonic() - start < 5
     await sender
     assert bodies(body["rooms"][room_id]) == ["wake up"]
     # Nothing comes: the poll ends at its timeout with an empty response, pos still valid.
     start = time.monotonic()
-    empty = await ss(client, alice, one_list(limit=5), pos=body["pos"], timeout=300)
+    empty = await ss(client, alice, one_list(limit=5), pos=body["pos"], timeout_ms=300)
     assert 0.25 < time.monotonic() - start < 5
     assert empty["rooms"] == {}
     await ss(client, alice, one_list(limit=5), pos=empty["pos"])
@@ -456,7 +491,7 @@ async def test_events_between_responses_exactly_once(client: TestClient, alice: 
     pos = body["pos"]
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        body = await ss(client, bob, request, pos=pos, timeout=500)
+        body = await ss(client, bob, request, pos=pos, timeout_ms=500)
         pos = body["pos"]
         for room in body["rooms"].values():
             assert room.get("limited") is not True
@@ -479,7 +514,7 @@ async def test_account_data_wakes_and_dm_flag(client: TestClient, alice: User) -
         await put_account_data(client, alice, "org.example.a", {"a": 1})
 
     task = asyncio.create_task(later())
-    body = await ss(client, alice, request, pos=first["pos"], timeout=10_000)
+    body = await ss(client, alice, request, pos=first["pos"], timeout_ms=10_000)
     await task
     assert body["extensions"]["account_data"]["global"] == [
         {"type": "org.example.a", "content": {"a": 1}}]

@@ -75,7 +75,7 @@ async def test_to_device_wakes_a_long_poll(client: TestClient, alice: User,
 
     task = asyncio.create_task(later())
     body = await ss(client, alice, with_ext("to_device", since=since), pos=first["pos"],
-                    timeout=10_000)
+                    timeout_ms=10_000)
     await task
     assert [e["content"]["n"] for e in body["extensions"]["to_device"]["events"]] == [9]
 
@@ -99,7 +99,7 @@ async def test_e2ee(client: TestClient, alice: User, bob: User) -> None:
     body = await ss(client, alice, with_ext("e2ee"), pos=body["pos"])
     assert bob.user_id in body["extensions"]["e2ee"]["device_lists"]["changed"]
     # Key counts alone are not news: a long poll waits.
-    body = await ss(client, alice, with_ext("e2ee"), pos=body["pos"], timeout=200)
+    body = await ss(client, alice, with_ext("e2ee"), pos=body["pos"], timeout_ms=200)
     assert body["extensions"]["e2ee"]["device_lists"] == {"changed": [], "left": []}
 
 
@@ -173,7 +173,7 @@ async def test_typing(client: TestClient, alice: User, bob: User) -> None:
         assert status == 200
 
     task = asyncio.create_task(later())
-    body = await ss(client, alice, with_ext("typing"), pos=first["pos"], timeout=10_000)
+    body = await ss(client, alice, with_ext("typing"), pos=first["pos"], timeout_ms=10_000)
     await task
     assert body["extensions"]["typing"]["rooms"] == {
         room_id: {"type": "m.typing", "content": {"user_ids": [bob.user_id]}}}

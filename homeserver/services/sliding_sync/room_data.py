@@ -335,6 +335,8 @@ class RoomDataBuilder:
                 room["is_dm"] = True
             if plan.member.membership in ("invite", "knock"):
                 room["invite_state"] = await self._stripped_state(plan)
+                if plan.initial:
+                    _name_from_stripped(room)
             self._record(plan)
             if plan.initial or self.since is None or timeline or state or name or avatar \
                     or summary is not None or plan.expanded or "invite_state" in room:
@@ -458,3 +460,17 @@ def _asked(plan: _Room, key: StateKey) -> bool:
     also read for the room's ``name`` and ``avatar``)."""
     return key in plan.config.required_state or (key[0], WILDCARD) in \
         plan.config.required_state or any(t == WILDCARD for t, _ in plan.config.required_state)
+
+
+def _name_from_stripped(room: dict[str, Any]) -> None:
+    """An invite's name and avatar, from the stripped state it came with."""
+    for event in room["invite_state"]:
+        content = event.get("content") if isinstance(event, dict) else None
+        if not isinstance(content, dict) or event.get("state_key") != "":
+            continue
+        if event.get("type") == "m.room.name" and isinstance(content.get("name"), str) \
+                and content["name"]:
+            room["name"] = content["name"]
+        if event.get("type") == "m.room.avatar" and isinstance(content.get("url"), str) \
+                and content["url"]:
+            room["avatar"] = content["url"]
