@@ -108,9 +108,9 @@ class _Connection:
 class ConnectionStore:
     """The connections of this process (bounded; see the module's docstring)."""
 
-    CONNECTIONS = 20_000
+    CONNECTIONS = 5_000
     PER_DEVICE = 10
-    POSITIONS = 10
+    POSITIONS = 4
     EXPIRY_S = 24 * 3600
 
     def __init__(self) -> None:
