@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from cachetools import LRUCache
+
 from core.clock import Clock
 from homeserver.services.e2e_keys import E2EKeyService
 from homeserver.services.ignored_users import IgnoredUsers
@@ -94,6 +96,8 @@ class SlidingSyncService:
         self.connections = ConnectionStore()
         self._bumps = BumpStamps(deps.store, deps.notifier)
         self._memberships = MembershipIndex(deps.store, deps.notifier)
+        # User -> (account data position read at, the rooms their m.direct names).
+        self._dms: LRUCache[str, tuple[int, frozenset[str]]] = LRUCache(10_000)
         self._rooms = RoomDataSources(deps.sync_store, deps.store, deps.events, deps.state,
                                       deps.visibility, deps.serializer, deps.unread,
                                       deps.push, deps.receipts, deps.clock)
@@ -131,6 +135,18 @@ class SlidingSyncService:
         response["pos"] = Pos(number, now).encode()
         return response
 
+    async def _dm_rooms(self, user_id: str) -> frozenset[str]:
+        """The rooms the user's ``m.direct`` names (read again when their account data
+        changes)."""
+        cached = self._dms.get(user_id)
+        notifier = self.d.notifier
+        if cached is not None and not notifier.account_data_changed_since(user_id, cached[0]):
+            return cached[1]
+        position = notifier.account_data_position
+        rooms = dm_rooms(await self.d.account_data.get(user_id, "", "m.direct"))
+        self._dms[user_id] = (position, rooms)
+        return rooms
+
     async def _build(self, user_id: str, device_id: str | None, request: SlidingSyncRequest,
                      since: SyncToken | None, now: SyncToken, previous: ConnectionState
                      ) -> tuple[dict[str, Any], ConnectionState, list[str]]:
@@ -145,7 +161,7 @@ class SlidingSyncService:
         members = visible_memberships(user_id, memberships,
                                       since.events if since is not None else None,
                                       forgotten, ignored)
-        dms = dm_rooms(await d.account_data.get(user_id, "", "m.direct"))
+        dms = await self._dm_rooms(user_id)
         lists = await ListBuilder(d.store, self._bumps, user_id, now.events).build(
             request.lists, members, dms)
         configs: dict[str, RoomConfig] = {}
