@@ -129,6 +129,19 @@ class SlidingSyncStore:
                     out[row.room_id][(row.type, row.state_key)] = row.event_id
         return out
 
+    async def account_data_between(self, user_id: str, after: int, up_to: int
+                                   ) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(room_id, type, content)`` of the user's account data written in
+        ``(after, up_to]`` (room ``""``: global)."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(account_data.c.room_id, account_data.c.type, account_data.c.content)
+                .where(and_(account_data.c.user_id == user_id,
+                            account_data.c.stream_id > after,
+                            account_data.c.stream_id <= up_to))
+                .order_by(account_data.c.stream_id))
+            return [(r.room_id, r.type, json.loads(r.content)) for r in rows]
+
     async def room_account_data_of_type(self, user_id: str, type_: str
                                         ) -> dict[str, dict[str, Any]]:
         """Room -> the user's room account data of this type (``m.tag``)."""

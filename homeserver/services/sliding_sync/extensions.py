@@ -21,7 +21,7 @@ from homeserver.services.sliding_sync.request import WILDCARD, ExtensionConfig
 from homeserver.services.sync_token import SyncToken
 from homeserver.services.to_device import ToDeviceService
 from homeserver.services.typing import TypingService
-from storage.stores.account_data import AccountDataStore
+from storage.stores.sliding_sync import SlidingSyncStore
 
 MAX_TO_DEVICE = 100
 
@@ -30,7 +30,7 @@ MAX_TO_DEVICE = 100
 class ExtensionSources:
     to_device: ToDeviceService
     keys: E2EKeyService
-    account_data: AccountDataStore
+    store: SlidingSyncStore
     receipts: ReceiptService
     typing: TypingService
 
@@ -146,7 +146,8 @@ class ExtensionsBuilder:
     async def _account_data(self, scope: set[str], initial_rooms: set[str]
                             ) -> dict[str, Any]:
         since = self.since.account_data if self.since is not None else None
-        entries = await self.s.account_data.since(self.user_id, since or 0)
+        entries = await self.s.store.account_data_between(self.user_id, since or 0,
+                                                          self.now.account_data)
         global_events = [{"type": t, "content": c} for r, t, c in entries if not r]
         live, behind, new = self._split(self.previous.account_data, scope, initial_rooms,
                                         since)
@@ -156,7 +157,8 @@ class ExtensionsBuilder:
                 by_room.setdefault(room_id, []).append({"type": type_, "content": content})
         if since is not None and (new or behind):
             # Rooms new to the connection, or behind it, get all of theirs.
-            for room_id, type_, content in await self.s.account_data.since(self.user_id, 0):
+            for room_id, type_, content in await self.s.store.account_data_between(
+                    self.user_id, 0, self.now.account_data):
                 if room_id in new or room_id in behind:
                     by_room.setdefault(room_id, []).append({"type": type_,
                                                             "content": content})

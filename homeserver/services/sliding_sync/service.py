@@ -101,7 +101,7 @@ class SlidingSyncService:
         self._rooms = RoomDataSources(deps.sync_store, deps.store, deps.events, deps.state,
                                       deps.visibility, deps.serializer, deps.unread,
                                       deps.push, deps.receipts, deps.clock)
-        self._extensions = ExtensionSources(deps.to_device, deps.keys, deps.account_data,
+        self._extensions = ExtensionSources(deps.to_device, deps.keys, deps.store,
                                             deps.receipts, deps.typing)
 
     async def sync(self, user_id: str, device_id: str | None, request: SlidingSyncRequest,
