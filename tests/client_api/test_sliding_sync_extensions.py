@@ -112,6 +112,9 @@ async def test_account_data_global_and_rooms(client: TestClient, alice: User) ->
     body = await ss(client, alice, with_ext("account_data"))
     ext = body["extensions"]["account_data"]
     assert {"type": "org.example.g", "content": {"g": 1}} in ext["global"]
+    # A new connection gets the push rules too (as Synapse sends them).
+    rules = [e for e in ext["global"] if e["type"] == "m.push_rules"]
+    assert rules and rules[0]["content"]["global"]["override"]
     assert ext["rooms"][first_room] == [{"type": "org.example.r", "content": {"r": 1}}]
     assert ext["rooms"][second_room] == [{"type": "org.example.r", "content": {"r": 2}}]
     # Incremental: only what changed.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from homeserver.services.e2e_keys import E2EKeyService
+from homeserver.services.push_rules import PushRuleService
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.sliding_sync.connection import (
     LIVE,
@@ -31,6 +32,7 @@ class ExtensionSources:
     to_device: ToDeviceService
     keys: E2EKeyService
     store: SlidingSyncStore
+    push_rules: PushRuleService
     receipts: ReceiptService
     typing: TypingService
 
@@ -149,6 +151,10 @@ class ExtensionsBuilder:
         entries = await self.s.store.account_data_between(self.user_id, since or 0,
                                                           self.now.account_data)
         global_events = [{"type": t, "content": c} for r, t, c in entries if not r]
+        if since is None:
+            # A new connection gets the push rules with the account data, as from Synapse.
+            global_events.append({"type": "m.push_rules", "content": {
+                "global": await self.s.push_rules.ruleset(self.user_id)}})
         live, behind, new = self._split(self.previous.account_data, scope, initial_rooms,
                                         since)
         by_room: dict[str, list[dict[str, Any]]] = {}

@@ -23,6 +23,7 @@ from homeserver.services.ignored_users import IgnoredUsers
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
 from homeserver.services.push import PushEvaluator, UnreadCounts
+from homeserver.services.push_rules import PushRuleService
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.sliding_sync.connection import (
@@ -74,6 +75,7 @@ class SlidingSyncDeps:
     serializer: EventSerializer
     unread: UnreadCounts
     push: PushEvaluator
+    push_rules: PushRuleService
     receipts: ReceiptService
     typing: TypingService
     to_device: ToDeviceService
@@ -101,7 +103,7 @@ class SlidingSyncService:
         self._rooms = RoomDataSources(deps.sync_store, deps.store, deps.events, deps.state,
                                       deps.visibility, deps.serializer, deps.unread,
                                       deps.push, deps.receipts, deps.clock)
-        self._extensions = ExtensionSources(deps.to_device, deps.keys, deps.store,
+        self._extensions = ExtensionSources(deps.to_device, deps.keys, deps.store, deps.push_rules,
                                             deps.receipts, deps.typing)
 
     async def sync(self, user_id: str, device_id: str | None, request: SlidingSyncRequest,
