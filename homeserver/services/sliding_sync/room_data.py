@@ -421,8 +421,10 @@ class RoomDataBuilder:
         if remote is not None:  # a room on another server: what its invite came with
             return [*remote, stripped(member.pdu)]
         info = await self.s.events.room_info(plan.room_id)
+        # The inviter's member event too, as Synapse's stripped state has it.
         state = await self.s.state.state_at_group(
-            (info or ("", None))[1], only=[(t, "") for t in STRIPPED_STATE_TYPES])
+            (info or ("", None))[1], only=[*((t, "") for t in STRIPPED_STATE_TYPES),
+                                           (MEMBER, str(member.pdu.get("sender")))])
         loaded = await self.s.events.get_events(state.values())
         return [*(stripped(loaded[e].pdu) for e in state.values() if e in loaded),
                 stripped(member.pdu)]
