@@ -284,7 +284,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         sync=sync,
         sliding_sync=SlidingSyncService(SlidingSyncDeps(
             db.sliding_sync, db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
-            members, visibility, serializer, unread, push, push_rules, receipts, typing,
+            visibility, serializer, unread, push, push_rules, receipts, typing,
             to_device, keys, ignored, clock, sync.current_token)),
         members=members,
         typing=typing,

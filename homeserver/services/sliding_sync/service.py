@@ -20,7 +20,6 @@ from cachetools import LRUCache
 from core.clock import Clock
 from homeserver.services.e2e_keys import E2EKeyService
 from homeserver.services.ignored_users import IgnoredUsers
-from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
 from homeserver.services.push import PushEvaluator, UnreadCounts
 from homeserver.services.push_rules import PushRuleService
@@ -70,7 +69,6 @@ class SlidingSyncDeps:
     account_data: AccountDataStore
     rooms: RoomStore
     notifier: Notifier
-    members: MembershipCache
     visibility: VisibilityService
     serializer: EventSerializer
     unread: UnreadCounts
@@ -116,16 +114,28 @@ class SlidingSyncService:
         device = device_id or ""
         previous = self.connections.get(user_id, device, conn_id, since)
         deadline = time.monotonic() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
-        while True:
+        built = self.d.current_token()
+        stream = since.stream.at_most(built) if since is not None else None
+        response, state, rooms = await self._build(user_id, device_id, request, stream, built,
+                                                   previous)
+        # Nothing new up to `checked` for this connection: only what comes after it is
+        # looked at (in memory), and a response is built again only when something may be
+        # for it — a busy server does not rebuild every waiting connection.
+        checked = built
+        while since is not None and is_empty(response):
             now = self.d.current_token()
-            stream = since.stream.at_most(now) if since is not None else None
-            response, state, rooms = await self._build(user_id, device_id, request, stream,
-                                                       now, previous)
+            if now != checked and await self._news(user_id, checked, now, rooms):
+                built = now
+                response, state, rooms = await self._build(
+                    user_id, device_id, request, since.stream.at_most(now), now, previous)
+                checked = now
+                continue
+            checked = now
             remaining = deadline - time.monotonic()
-            if since is None or not is_empty(response) or remaining <= 0:
+            if remaining <= 0:
                 break
             if self.d.current_token() != now:
-                continue  # something came while building (it awaits)
+                continue  # something came while looking (it may await)
             if await self.d.notifier.wait(user_id, rooms, remaining, until=until) is None:
                 break  # timed out, or the client left
         if since is not None and state == previous:
@@ -134,8 +144,34 @@ class SlidingSyncService:
             number = self.connections.put(user_id, device, conn_id, since, state)
         else:
             number = since.connection if since is not None else 0
-        response["pos"] = Pos(number, now).encode()
+        response["pos"] = Pos(number, built).encode()
         return response
+
+    async def _news(self, user_id: str, since: SyncToken, now: SyncToken, rooms: list[str]
+                    ) -> bool:
+        """Whether something for the user may have come in ``(since, now]``: events in their
+        rooms or about them, their account data, to-device messages, typing or receipts in
+        their rooms, device list changes of users they share a room with. From memory;
+        never False when a response would carry something."""
+        d = self.d
+        notifier = d.notifier
+        if now.events != since.events and (
+                notifier.membership_changed_since(user_id, since.events)
+                or any(notifier.room_changed_since(r, since.events) for r in rooms)):
+            return True
+        if now.account_data != since.account_data and \
+                notifier.account_data_changed_since(user_id, since.account_data):
+            return True
+        if now.to_device != since.to_device and d.to_device.changed_since(user_id,
+                                                                          since.to_device):
+            return True
+        if now.typing != since.typing and d.typing.rooms_changed_since(rooms, since.typing):
+            return True
+        if now.receipts != since.receipts and d.receipts.rooms_changed_since(
+                user_id, rooms, since.receipts):
+            return True
+        return now.device_lists != since.device_lists and await d.keys.may_have_news(
+            user_id, since.device_lists, now.device_lists)
 
     async def _dm_rooms(self, user_id: str) -> frozenset[str]:
         """The rooms the user's ``m.direct`` names (read again when their account data
