@@ -471,6 +471,25 @@ async def test_long_poll_woken_by_a_message(client: TestClient, alice: User) -> 
     await ss(client, alice, one_list(limit=5), pos=empty["pos"])
 
 
+async def test_long_poll_not_woken_by_other_users_rooms(client: TestClient, alice: User) -> None:
+    mine = await create_room(client, alice, name="mine")
+    eve = await new_user(client, "eve")
+    theirs = await create_room(client, eve, name="theirs")
+    first = await ss(client, alice, one_list(limit=5))
+
+    async def chatter() -> None:
+        for i in range(5):
+            await send_text(client, eve, theirs, f"not for alice {i}")
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(chatter())
+    start = time.monotonic()
+    body = await ss(client, alice, one_list(limit=5), pos=first["pos"], timeout_ms=600)
+    await task
+    assert time.monotonic() - start >= 0.55
+    assert body["rooms"] == {} and room_ids(body) == [mine]
+
+
 async def test_events_between_responses_exactly_once(client: TestClient, alice: User,
                                                      bob: User) -> None:
     rooms = [await create_room(client, alice, name=f"c{i}") for i in range(3)]
