@@ -30,6 +30,7 @@ from client_api import (
     reports,
     rooms,
     search,
+    sliding_sync,
     spaces,
     sync,
     threepid,
@@ -43,7 +44,8 @@ from client_api import (
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
             directory, account_data, sync, push_rules, presence, receipts, friends,
             search, history, to_device, key_backup, keys, dehydrated_devices,
-            relations, voip, threepid, reports, timestamp_to_event, user_directory, spaces)
+            relations, voip, threepid, reports, timestamp_to_event, user_directory, spaces,
+            sliding_sync)
 
 
 def add_client_routes(app: web.Application) -> None:

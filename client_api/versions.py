@@ -25,6 +25,9 @@ UNSTABLE_FEATURES = {
     "org.ktchat.history": True,
     # Dehydrated devices (client_api/dehydrated_devices.py).
     "org.matrix.msc3814": True,
+    # Simplified sliding sync (client_api/sliding_sync.py), and its SSE variant.
+    "org.matrix.simplified_msc3575": True,
+    "org.ktchat.sse.sliding": True,
 }
 
 ROOM_VERSIONS = {version: "stable" for version in KNOWN_ROOM_VERSIONS}

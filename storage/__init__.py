@@ -27,6 +27,7 @@ from storage.stores.reports import ReportStore
 from storage.stores.rooms import RoomStore
 from storage.stores.search import SearchStore
 from storage.stores.server_keys import ServerKeyStore
+from storage.stores.sliding_sync import SlidingSyncStore
 from storage.stores.state import StateStore
 from storage.stores.sync import SyncStore
 from storage.stores.to_device import ToDeviceStore
@@ -56,6 +57,7 @@ class Database:
         self.rooms = RoomStore(self.engine)
         self.account_data = AccountDataStore(self.engine)
         self.sync = SyncStore(self.engine)
+        self.sliding_sync = SlidingSyncStore(self.engine)
         self.filters = FilterStore(self.engine)
         self.receipts = ReceiptStore(self.engine)
         self.presence = PresenceStore(self.engine)

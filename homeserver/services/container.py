@@ -50,6 +50,7 @@ from homeserver.services.reports import ReportService
 from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 from homeserver.services.serialize import EventSerializer
+from homeserver.services.sliding_sync import SlidingSyncDeps, SlidingSyncService
 from homeserver.services.spaces import SpaceHierarchyService
 from homeserver.services.sync import SyncService
 from homeserver.services.to_device import ToDeviceService
@@ -89,6 +90,7 @@ class Services:
     account_data: AccountDataService
     filters: FilterService
     sync: SyncService
+    sliding_sync: SlidingSyncService
     members: MembershipCache
     typing: TypingService
     receipts: ReceiptService
@@ -266,6 +268,9 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                                    limiter(rl.invites_per_user), remote=remote_rooms)
     media = MediaService(db.media, clock, config.media, config.server_name,
                          remote=remote.media if remote is not None else None)
+    sync = SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
+                       serializer, visibility, members, typing, receipts, presence, clock,
+                       to_device, keys, ignored, unread)
     return Services(
         config=config,
         clock=clock,
@@ -287,9 +292,11 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                                    remote=remote.directory if remote is not None else None),
         account_data=account_data,
         filters=FilterService(db.filters),
-        sync=SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
-                         serializer, visibility, members, typing, receipts, presence, clock,
-                         to_device, keys, ignored, unread),
+        sync=sync,
+        sliding_sync=SlidingSyncService(SlidingSyncDeps(
+            db.sliding_sync, db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
+            visibility, serializer, unread, push, push_rules, receipts, typing,
+            to_device, keys, ignored, clock, sync.current_token)),
         members=members,
         typing=typing,
         receipts=receipts,

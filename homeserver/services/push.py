@@ -217,16 +217,19 @@ class PushEvaluator:
         """The newest event position committed (evaluated or not)."""
         return self._head
 
-    async def wait_for(self, position: int, timeout_s: float = SYNC_WAIT_S) -> None:
-        """Until evaluation has reached ``position`` (or the timeout)."""
+    async def wait_for(self, position: int, timeout_s: float = SYNC_WAIT_S, *,
+                       quiet: bool = False) -> None:
+        """Until evaluation has reached ``position`` (or the timeout; ``quiet``: a short
+        wait that may well time out, not worth a warning)."""
         if self.position >= position or self._task is None:
             return
         try:
             async with asyncio.timeout(timeout_s), self._position_changed:
                 await self._position_changed.wait_for(lambda: self.position >= position)
         except TimeoutError:
-            logger.warning("Push rule evaluation is behind (at %d, sync wants %d)",
-                           self.position, position)
+            if not quiet:
+                logger.warning("Push rule evaluation is behind (at %d, sync wants %d)",
+                               self.position, position)
 
     async def _run(self) -> None:
         while True:

@@ -84,6 +84,10 @@ class ToDeviceService:
     def position(self) -> int:
         return self._store.position
 
+    def changed_since(self, user_id: str, position: int) -> bool:
+        """Whether a message for the user may have come after ``position``."""
+        return self._changes.changed_since(user_id, position)
+
     # -- sending ------------------------------------------------------------------------
 
     async def send(self, sender: str, sender_device: str, event_type: str, txn_id: str,
