@@ -262,6 +262,21 @@ class ReceiptService:
                 self._read[user_id] = read
         return {r: read[r] for r in room_ids if r in read}
 
+    async def read_by(self, user_id: str, room_ids: Sequence[str], after: int, up_to: int
+                      ) -> set[str]:
+        """The rooms where the user's own read receipt (public or private) moved in
+        ``(after, up_to]``: their unread counts changed."""
+        rooms = sorted(self.rooms_changed_since(user_id, room_ids, after))
+        if not rooms:
+            return set()
+        receipts: list[Receipt]
+        if after >= self._recent.floor:
+            receipts = self._recent.between(set(rooms), after, up_to)
+        else:
+            receipts = await self._store.for_rooms(rooms, after=after, up_to=up_to)
+        return {r.room_id for r in receipts if r.user_id == user_id
+                and r.receipt_type in ("m.read", "m.read.private")}
+
     async def ephemeral(self, user_id: str, room_ids: Sequence[str], after: int, up_to: int
                         ) -> dict[str, dict[str, Any]]:
         """Room -> the ``m.receipt`` content of receipts in ``(after, up_to]`` the user may

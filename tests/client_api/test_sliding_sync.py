@@ -301,12 +301,22 @@ async def test_subscriptions(client: TestClient, alice: User, bob: User) -> None
     assert set(body["rooms"]) == {old, new}
     assert "old message" in bodies(body["rooms"][old])
     assert state_keys(body["rooms"][old]) == {("m.room.name", "")}
-    # unsubscribe_rooms is not part of the body Synapse reads: ignored as there.
-    body = await ss(client, alice, {**request, "unsubscribe_rooms": [old]}, pos=body["pos"])
+    # A subscription stays until unsubscribe_rooms names it (MSC3575's sticky parameters:
+    # matrix-js-sdk sends a subscription once).
+    body = await ss(client, alice, one_list(end=0), pos=body["pos"])
     assert body["rooms"] == {}
     await send_text(client, alice, old, "news")
-    body = await ss(client, alice, request, pos=body["pos"])
+    body = await ss(client, alice, one_list(end=0), pos=body["pos"])
     assert bodies(body["rooms"][old]) == ["news"]
+    body = await ss(client, alice, {**one_list(end=0), "unsubscribe_rooms": [old]},
+                    pos=body["pos"])
+    await send_text(client, alice, old, "not followed")
+    await send_text(client, alice, new, "keeps the top of the list")
+    body = await ss(client, alice, one_list(end=0), pos=body["pos"])
+    assert room_ids(body) == [new] and old not in body["rooms"]
+    for bad in ("!a:b", ["!a:b", 3]):
+        answer = await ss(client, alice, {**one_list(), "unsubscribe_rooms": bad}, expect=400)
+        assert answer["errcode"] == "M_BAD_JSON"
     # A subscription with a larger timeline_limit expands the timeline.
     bigger = {**request, "room_subscriptions": {
         new: {"timeline_limit": 3, "required_state": []}}}

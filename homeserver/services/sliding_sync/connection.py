@@ -13,6 +13,8 @@ before a restart) is ``400 M_UNKNOWN_POS``, and the client starts the connection
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -91,17 +93,18 @@ class ConnectionState:
     room_configs: dict[str, RoomConfig] = field(default_factory=dict)
     # Room -> the users whose member events lazy loading has sent.
     lazy_members: dict[str, frozenset[str]] = field(default_factory=dict)
+    # The room subscriptions in force (until ``unsubscribe_rooms`` names them).
+    subscriptions: dict[str, RoomConfig] = field(default_factory=dict)
 
     def copy(self) -> ConnectionState:
         return ConnectionState(self.rooms.copy(), self.receipts.copy(),
                                self.account_data.copy(), dict(self.room_configs),
-                               dict(self.lazy_members))
+                               dict(self.lazy_members), dict(self.subscriptions))
 
 
 @dataclass(slots=True)
 class _Connection:
     positions: dict[int, ConnectionState]
-    next_position: int
     used: float
 
 
@@ -116,6 +119,9 @@ class ConnectionStore:
     def __init__(self) -> None:
         self._connections: LRUCache[tuple[str, str, str], _Connection] = \
             LRUCache(self.CONNECTIONS)
+        # Position numbers, unique across this process's connections (so no connection
+        # takes another's position for its own) and unlikely to repeat after a restart.
+        self._numbers = itertools.count(secrets.randbelow(1 << 40) + 1)
         self._by_device: dict[tuple[str, str], list[str]] = {}
 
     def get(self, user_id: str, device_id: str, conn_id: str, pos: Pos | None
@@ -145,12 +151,10 @@ class ConnectionStore:
         key = (user_id, device_id, conn_id)
         connection = self._connections.get(key)
         if previous is None or previous.connection == 0 or connection is None:
-            connection = _Connection({}, connection.next_position if connection else 1,
-                                     time.monotonic())
+            connection = _Connection({}, time.monotonic())
             self._connections[key] = connection
             self._limit_device(user_id, device_id, conn_id)
-        number = connection.next_position
-        connection.next_position += 1
+        number = next(self._numbers)
         connection.positions[number] = state
         connection.used = time.monotonic()
         while len(connection.positions) > self.POSITIONS:

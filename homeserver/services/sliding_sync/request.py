@@ -72,6 +72,7 @@ class SlidingSyncRequest:
     lists: dict[str, ListConfig] = field(default_factory=dict)
     room_subscriptions: dict[str, RoomConfig] = field(default_factory=dict)
     extensions: dict[str, ExtensionConfig] = field(default_factory=dict)
+    unsubscribe_rooms: tuple[str, ...] = ()
 
 
 EXTENSIONS = ("to_device", "e2ee", "account_data", "receipts", "typing")
@@ -223,5 +224,10 @@ def parse_request(body: Mapping[str, Any]) -> SlidingSyncRequest:
         for name, value in _object(raw_extensions, "extensions").items():
             if name in EXTENSIONS and value is not None:
                 extensions[name] = _extension(name, value)
-    # `unsubscribe_rooms` (MSC3575) is not part of Synapse's body: ignored, as there.
-    return SlidingSyncRequest(conn_id, lists, subscriptions, extensions)
+    # Subscriptions stay until `unsubscribe_rooms` names them (MSC3575's sticky
+    # parameters, which matrix-js-sdk relies on: it sends a subscription once); Synapse
+    # forgets them after each request, and a client that repeats them sees no difference.
+    raw_unsubscribe = body.get("unsubscribe_rooms")
+    unsubscribe = tuple(_strings(raw_unsubscribe, "unsubscribe_rooms") or ()) \
+        if raw_unsubscribe is not None else ()
+    return SlidingSyncRequest(conn_id, lists, subscriptions, extensions, unsubscribe)

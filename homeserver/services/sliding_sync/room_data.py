@@ -103,7 +103,8 @@ def _matches(key: StateKey, everything: bool, types: set[str], pairs: set[StateK
 class RoomDataBuilder:
     def __init__(self, sources: RoomDataSources, user_id: str, device_id: str | None,
                  since: int | None, up_to: int, previous: ConnectionState,
-                 new: ConnectionState, ignored: frozenset[str]) -> None:
+                 new: ConnectionState, ignored: frozenset[str], bump_stamps: dict[str, int],
+                 counts_changed: set[str]) -> None:
         self.s = sources
         self.user_id = user_id
         self.device_id = device_id
@@ -112,8 +113,10 @@ class RoomDataBuilder:
         self.previous = previous
         self.new = new
         self.ignored = ignored
-        # Room -> bump stamp, where the room list worked it out (the service sets it).
-        self.bump_stamps: dict[str, int] = {}
+        # Room -> bump stamp (worked out with the room list).
+        self.bump_stamps = bump_stamps
+        # Rooms whose unread counts changed with nothing else (the user read on).
+        self.counts_changed = counts_changed
 
     async def build(self, configs: dict[str, RoomConfig], members: dict[str, Membership],
                     dms: frozenset[str], changed: set[str]) -> dict[str, dict[str, Any]]:
@@ -339,7 +342,8 @@ class RoomDataBuilder:
                     _name_from_stripped(room)
             self._record(plan)
             if plan.initial or self.since is None or timeline or state or name or avatar \
-                    or summary is not None or plan.expanded or "invite_state" in room:
+                    or summary is not None or plan.expanded or "invite_state" in room \
+                    or plan.room_id in self.counts_changed:
                 out[plan.room_id] = room
         return out
 

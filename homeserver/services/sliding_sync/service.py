@@ -56,6 +56,8 @@ from storage.stores.state import StateStore
 from storage.stores.sync import SyncStore
 
 MAX_TIMEOUT_MS = 5 * 60 * 1000
+# Room subscriptions a connection keeps (the oldest go first).
+MAX_SUBSCRIPTIONS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +142,7 @@ class SlidingSyncService:
                 break  # timed out, or the client left
         if since is not None and state == previous:
             number = since.connection  # nothing new recorded: the same connection position
-        elif request.lists or request.room_subscriptions:
+        elif request.lists or state.subscriptions:
             number = self.connections.put(user_id, device, conn_id, since, state)
         else:
             number = since.connection if since is not None else 0
@@ -208,7 +210,13 @@ class SlidingSyncService:
                 config = request.lists[key].room
                 configs[room_id] = configs[room_id].combine(config) \
                     if room_id in configs else config
-        for room_id, config in request.room_subscriptions.items():
+        subscriptions = {**previous.subscriptions, **request.room_subscriptions}
+        for room_id in request.unsubscribe_rooms:
+            subscriptions.pop(room_id, None)
+        while len(subscriptions) > MAX_SUBSCRIPTIONS:
+            subscriptions.pop(next(iter(subscriptions)))
+        new.subscriptions = subscriptions
+        for room_id, config in subscriptions.items():
             if room_id in members:
                 configs[room_id] = configs[room_id].combine(config) \
                     if room_id in configs else config
@@ -219,22 +227,27 @@ class SlidingSyncService:
         configs = {r: c for r, c in configs.items() if members[r].event is not None}
         changed = {r for r in configs if since is not None and (
             d.notifier.room_changed_since(r, since.events))}
-        builder = RoomDataBuilder(self._rooms, user_id, device_id,
-                                  since.events if since is not None else None, now.events,
-                                  previous, new, ignored)
-        builder.bump_stamps = dict(lists.bump_stamps)
-        missing = [r for r in configs if r not in builder.bump_stamps]
+        # The user read on in a room: its counts changed (sent even with nothing else new).
+        read_moved = await d.receipts.read_by(user_id, list(configs), since.receipts,
+                                              now.receipts) \
+            if since is not None and since.receipts != now.receipts else set()
+        changed |= read_moved
+        bump_stamps = dict(lists.bump_stamps)
+        missing = [r for r in configs if r not in bump_stamps]
         if missing:
-            builder.bump_stamps.update(await ListBuilder(
+            bump_stamps.update(await ListBuilder(
                 d.store, self._bumps, user_id, now.events).stamps(
                     {r: members[r] for r in missing}))
+        builder = RoomDataBuilder(self._rooms, user_id, device_id,
+                                  since.events if since is not None else None, now.events,
+                                  previous, new, ignored, bump_stamps, read_moved)
         rooms = await builder.build(configs, members, dms, changed)
         initial = {r for r, room in rooms.items()
                    if room.get("initial") or room.get("unstable_expanded_timeline")}
         extensions = await ExtensionsBuilder(
             self._extensions, user_id, device_id, since, now, previous, new).build(
                 request.extensions, lists.in_range, set(configs), initial)
-        if request.lists or request.room_subscriptions:
+        if request.lists or subscriptions:
             if since is not None:
                 unsent = [r for r in lists.all_rooms - configs.keys()
                           if d.notifier.room_changed_since(r, since.events)]
