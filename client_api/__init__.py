@@ -11,6 +11,9 @@ from client_api import (
     account,
     account_data,
     admin,
+    admin_federation,
+    admin_rooms,
+    admin_users,
     dehydrated_devices,
     devices,
     directory,
@@ -43,7 +46,8 @@ from client_api import (
 _MODULES = (versions, login, register, account, devices, profile, admin, rooms, membership,
             directory, account_data, sync, push_rules, presence, receipts, friends,
             search, history, to_device, key_backup, keys, dehydrated_devices,
-            relations, voip, threepid, reports, timestamp_to_event, user_directory, spaces)
+            relations, voip, threepid, reports, timestamp_to_event, user_directory, spaces,
+            admin_users, admin_rooms, admin_federation)
 
 
 def add_client_routes(app: web.Application) -> None:

@@ -17,6 +17,9 @@ from homeserver.config import HomeserverConfig, RateLimit
 from homeserver.ratelimit import RateLimiter
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.accounts import AccountService
+from homeserver.services.admin_federation import AdminFederationService
+from homeserver.services.admin_rooms import AdminRoomService
+from homeserver.services.admin_users import AdminUserService
 from homeserver.services.auth import AuthService
 from homeserver.services.censor import RedactionCensor
 from homeserver.services.dehydrated_devices import DehydratedDeviceService
@@ -60,6 +63,8 @@ from homeserver.services.visibility import VisibilityService
 from homeserver.services.voip import TurnService
 from roomserver.server import RoomServer
 from storage import Database
+from storage.stores.admin_rooms import AdminRoomStore
+from storage.stores.destinations import DestinationStore
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +120,9 @@ class Services:
     user_directory: UserDirectoryService
     spaces: SpaceHierarchyService
     url_previews: UrlPreviewService
+    admin_users: AdminUserService
+    admin_rooms: AdminRoomService
+    admin_federation: AdminFederationService
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -260,6 +268,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                                    limiter(rl.invites_per_user), remote=remote_rooms)
     media = MediaService(db.media, clock, config.media, config.server_name,
                          remote=remote.media if remote is not None else None)
+    devices = DeviceService(db.devices, auth)
     return Services(
         config=config,
         clock=clock,
@@ -268,7 +277,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         hasher=hasher,
         auth=auth,
         accounts=accounts,
-        devices=DeviceService(db.devices, auth),
+        devices=devices,
         uia=uia,
         profiles=profiles,
         notifier=notifier,
@@ -319,4 +328,11 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
             roomserver, clock, config.server_name,
             remote=remote.hierarchy if remote is not None else None),
         url_previews=UrlPreviewService(url_fetcher, media, clock, config.media.url_preview),
+        admin_users=AdminUserService(db.admin_users, db.profiles, db.state, db.media, accounts,
+                                     auth, devices, membership),
+        admin_rooms=AdminRoomService(AdminRoomStore(db.engine, config.server_name), db.events,
+                                     db.state, messages, serializer, clock, config.server_name),
+        admin_federation=AdminFederationService(
+            DestinationStore(db.engine, config.server_name), db.federation, clock,
+            remote.retry if remote is not None else None),
     )
