@@ -11,7 +11,7 @@ from client_api.admin_params import ADMIN_V1
 from client_api.auth import require_admin
 from homeserver.appkeys import SERVICES
 from homeserver.http.json import json_response, read_json_object
-from storage.stores.destinations import DESTINATION_ORDERINGS
+from homeserver.services.admin_federation import DESTINATION_ORDERINGS
 
 routes = ClientRoutes()
 

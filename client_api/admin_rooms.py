@@ -14,8 +14,8 @@ from client_api.auth import require_admin
 from core.errors import InvalidParam
 from homeserver.appkeys import SERVICES
 from homeserver.http.json import json_response
+from homeserver.services.admin_rooms import ROOM_ORDERINGS, RoomFilter
 from homeserver.services.filtering import RoomEventFilter
-from storage.stores.admin_rooms import ROOM_ORDERINGS, RoomFilter
 
 routes = ClientRoutes()
 

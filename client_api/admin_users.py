@@ -14,8 +14,7 @@ from client_api.auth import require_admin
 from core.errors import BadJson, MissingParam
 from homeserver.appkeys import SERVICES
 from homeserver.http.json import json_response, read_json_object
-from homeserver.services.admin_users import MEDIA_ORDERINGS
-from storage.stores.admin_users import USER_ORDERINGS, UserFilter
+from homeserver.services.admin_users import MEDIA_ORDERINGS, USER_ORDERINGS, UserFilter
 
 routes = ClientRoutes()
 SERVER_VERSION = "KT-Chat 0.1"

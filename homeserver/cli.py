@@ -1,4 +1,5 @@
-"""The ``ktchat`` command: generate-config, run, show-listeners, register-user (DESIGN.md)."""
+"""The ``ktchat`` command: generate-config, run, show-listeners, register-user, admin
+(DESIGN.md)."""
 
 from __future__ import annotations
 
@@ -203,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--password")
     reg.add_argument("--admin", action="store_true")
     reg.set_defaults(func=register_user)
+
+    from homeserver import admin_cli
+
+    admin_cli.add_parser(sub)
     return parser
 
 

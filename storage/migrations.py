@@ -122,7 +122,8 @@ def _v14_directory(conn: Connection) -> None:
 def _v15_admin(conn: Connection) -> None:
     if "erased" not in {c["name"] for c in inspect(conn).get_columns("users")}:
         default = "0" if conn.dialect.name == "sqlite" else "false"
-        conn.execute(text(f"ALTER TABLE users ADD COLUMN erased BOOLEAN NOT NULL DEFAULT {default}"))
+        conn.execute(text("ALTER TABLE users ADD COLUMN erased BOOLEAN NOT NULL "
+                          f"DEFAULT {default}"))
     for index in schema.media.indexes:
         if index.name == "media_user":
             index.create(conn, checkfirst=True)

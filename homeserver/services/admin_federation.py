@@ -9,6 +9,7 @@ from typing import Any
 from core.clock import Clock
 from core.errors import BadRequest, NotFound
 from homeserver.services.ports import DestinationRetry
+from storage.stores.destinations import DESTINATION_ORDERINGS as DESTINATION_ORDERINGS
 from storage.stores.destinations import Destination, DestinationStore
 from storage.stores.federation import FederationStore
 

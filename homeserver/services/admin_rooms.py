@@ -11,7 +11,9 @@ from core.errors import NotFound
 from homeserver.services.filtering import RoomEventFilter
 from homeserver.services.messages import MessageService, Reader
 from homeserver.services.serialize import EventSerializer
-from storage.stores.admin_rooms import AdminRoomStore, RoomFilter
+from storage.stores.admin_rooms import ROOM_ORDERINGS as ROOM_ORDERINGS  # the routes check it
+from storage.stores.admin_rooms import AdminRoomStore
+from storage.stores.admin_rooms import RoomFilter as RoomFilter  # what routes build
 from storage.stores.events import EventStore
 from storage.stores.state import StateStore
 

@@ -14,7 +14,9 @@ from homeserver.services.auth import AuthService
 from homeserver.services.devices import DeviceService
 from homeserver.services.membership import MembershipService
 from homeserver.services.profile import MAX_AVATAR_URL_LENGTH, MAX_DISPLAYNAME_LENGTH
-from storage.stores.admin_users import AdminUser, AdminUserStore, UserFilter
+from storage.stores.admin_users import USER_ORDERINGS as USER_ORDERINGS  # the routes check it
+from storage.stores.admin_users import AdminUser, AdminUserStore
+from storage.stores.admin_users import UserFilter as UserFilter  # what routes build
 from storage.stores.devices import Device
 from storage.stores.media import MediaStore
 from storage.stores.state import StateStore
@@ -194,12 +196,15 @@ class AdminUserService:
             raise BadRequest("You may not demote yourself.")
         await self._accounts.set_admin(user_id, admin)
 
-    async def deactivate(self, user_id: str, *, erase: bool) -> None:
-        """Leave every room (as Synapse does), then deactivate: sessions, devices and
+    async def deactivate(self, user_id: str, *, erase: bool, leave_rooms: bool = True) -> None:
+        """Leave every room (as Synapse does; not ``leave_rooms`` when the caller is not the
+        process that writes the rooms' events), then deactivate: sessions, devices and
         pushers go; with ``erase`` the profile too."""
         self.local_user(user_id, "Can only deactivate local users")
         await self._existing(user_id)
-        for room_id in await self._state.rooms_for_user(user_id, ("join", "invite", "knock")):
+        rooms = await self._state.rooms_for_user(user_id, ("join", "invite", "knock")) \
+            if leave_rooms else []
+        for room_id in rooms:
             try:
                 await self._membership.leave(user_id, room_id)
             except MatrixError as e:

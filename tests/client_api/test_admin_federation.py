@@ -142,9 +142,9 @@ async def admin_get(admin: User, path: str, **query: str) -> tuple[int, Any]:
     return await admin.raw("GET", path, params=query)
 
 
-async def until(check: Any, timeout: float = 20) -> Any:
+async def until(check: Any, within: float = 20) -> Any:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while True:
         value = await check()
         if value or loop.time() > deadline:

@@ -389,5 +389,5 @@ async def test_user_media(client: TestClient, admin: str, alice: User) -> None:
     status, page = await call(client, "GET", f"{V1}/users/{alice.user_id}/media", admin,
                               order_by="media_length", dir="b")
     assert [m["media_length"] for m in page["media"]] == [30, 20, 10]
-    status, body = await call(client, "GET", f"{V1}/users/{uid('ghost')}/media", admin)
+    status, _ = await call(client, "GET", f"{V1}/users/{uid('ghost')}/media", admin)
     assert status == 404
