@@ -118,8 +118,8 @@ class AdminRoomStore:
                  .offset(offset).limit(limit))
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
-            if rows or offset == 0:
-                total = int(rows[0].total) if rows else 0
+            if rows:
+                total = int(rows[0].total)
             else:
                 total = int((await conn.execute(select(func.count()).select_from(listed)
                                                 .where(and_(true(), *where)))).scalar_one())

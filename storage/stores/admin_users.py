@@ -130,9 +130,7 @@ class AdminUserStore:
             rows = (await conn.execute(query)).all()
             if rows:
                 return [_user(r) for r in rows], int(rows[0].total)
-            if offset == 0:
-                return [], 0
-            # Past the end: the count alone.
+            # An empty page (past the end, or limit=0): the count alone.
             total = (await conn.execute(select(func.count()).select_from(_FROM)
                                         .where(_conditions(f)))).scalar_one()
         return [], int(total)

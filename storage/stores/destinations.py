@@ -69,8 +69,8 @@ class DestinationStore:
                  .offset(offset).limit(limit))
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
-            if rows or offset == 0:
-                total = int(rows[0].total) if rows else 0
+            if rows:
+                total = int(rows[0].total)
             else:
                 total = int((await conn.execute(select(func.count()).select_from(known)
                                                 .where(and_(true(), *where)))).scalar_one())
@@ -105,8 +105,8 @@ class DestinationStore:
                  .order_by(order).offset(offset).limit(limit))
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
-            if rows or offset == 0:
-                total = int(rows[0].total) if rows else 0
+            if rows:
+                total = int(rows[0].total)
             else:
                 total = int((await conn.execute(select(func.count()).select_from(shared))
                              ).scalar_one())

@@ -165,8 +165,8 @@ class MediaStore:
                 select(*_COLUMNS, func.count().over().label("total")).where(condition)
                 .order_by(column.desc() if backwards else column.asc(), _m.media_id.asc())
                 .offset(offset).limit(limit))).all()
-            if rows or offset == 0:
-                total = int(rows[0].total) if rows else 0
+            if rows:
+                total = int(rows[0].total)
             else:
                 total = int((await conn.execute(select(func.count()).select_from(media)
                                                 .where(condition))).scalar_one())

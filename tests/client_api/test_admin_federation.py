@@ -72,6 +72,8 @@ async def test_list_destinations(client: TestClient, services: Services, admin: 
     status, page = await call(client, "GET", DEST, admin, limit="2", **{"from": "2"})
     assert [d["destination"] for d in page["destinations"]] == ["c.example"]
     assert "next_token" not in page
+    status, page = await call(client, "GET", DEST, admin, **{"from": "5"})
+    assert (page["destinations"], page["total"]) == ([], 3)
     status, page = await call(client, "GET", DEST, admin, order_by="retry_interval")
     assert [d["destination"] for d in page["destinations"]] == ["b.example", "a.example",
                                                                 "c.example"]

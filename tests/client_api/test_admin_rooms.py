@@ -86,6 +86,8 @@ async def test_list_rooms(client: TestClient, admin: str, alice: User, bob: User
     assert (page["offset"], page["prev_batch"], page["rooms"][0]["room_id"]) == (
         2, 1, rooms["unnamed"])
     assert "next_batch" not in page
+    status, page = await call(client, "GET", f"{V1}/rooms", admin, limit="0")
+    assert (page["rooms"], page["total_rooms"]) == ([], 3)
 
     # Orderings.
     status, page = await call(client, "GET", f"{V1}/rooms", admin, order_by="joined_members")

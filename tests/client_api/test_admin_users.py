@@ -98,6 +98,10 @@ async def test_list_users_filters_and_pages(client: TestClient, admin: str) -> N
     status, page = await call(client, "GET", f"{V2}/users", admin, limit="2", **{"from": "4"})
     assert [u["name"] for u in page["users"]] == [uid("erin"), uid("frank")]
     assert "next_token" not in page
+    # An empty page still counts (past the end, or limit=0).
+    for query in ({"from": "10"}, {"limit": "0"}):
+        status, page = await call(client, "GET", f"{V2}/users", admin, **query)
+        assert (status, page["users"], page["total"]) == (200, [], 6)
 
     # name: part of the localpart or of the display name; user_id: part of the user ID.
     status, page = await call(client, "GET", f"{V2}/users", admin, name="carol")
