@@ -43,10 +43,6 @@ class RoomFilter:
     empty: bool | None = None  # rooms nobody is joined to (True) or not (False)
 
 
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def _is_true(value: Any) -> bool:
     return value in (True, 1, "1", "true")
 
@@ -71,8 +67,7 @@ class AdminRoomStore:
         where = [cs.c.room_id == rooms.c.room_id, cs.c.type == "m.room.member",
                  cs.c.membership == "join"]
         if local:
-            where.append(cs.c.state_key.like(f"%{_escape_like(self._local_suffix)}",
-                                             escape="\\"))
+            where.append(cs.c.state_key.endswith(self._local_suffix, autoescape=True))
         return select(func.count()).select_from(cs).where(*where).scalar_subquery()
 
     def _rooms_query(self, *, detail: bool = False) -> Any:
@@ -96,10 +91,10 @@ class AdminRoomStore:
         c = listed.c
         where: list[ColumnElement[bool]] = []
         if f.search_term:
-            part = f"%{_escape_like(f.search_term.lower())}%"
-            where.append(or_(func.lower(c.name).like(part, escape="\\"),
-                             func.lower(c.canonical_alias).like(part, escape="\\"),
-                             func.lower(c.room_id).like(part, escape="\\")))
+            part = f.search_term.lower()
+            where.append(or_(func.lower(c.name).contains(part, autoescape=True),
+                             func.lower(c.canonical_alias).contains(part, autoescape=True),
+                             func.lower(c.room_id).contains(part, autoescape=True)))
         if f.public is not None:
             where.append(c.public.is_(f.public))
         if f.empty is not None:
@@ -149,8 +144,7 @@ class AdminRoomStore:
                 select(func.count()).select_from(current_state).where(
                     current_state.c.room_id == room_id,
                     current_state.c.type == "m.room.member",
-                    current_state.c.state_key.like(
-                        f"%{_escape_like(self._local_suffix)}", escape="\\"),
+                    current_state.c.state_key.endswith(self._local_suffix, autoescape=True),
                     current_state.c.membership.in_(("join", "invite", "knock"))))).scalar_one()
             forgot = (await conn.execute(select(func.count()).select_from(room_forgotten)
                                          .where(room_forgotten.c.room_id == room_id))

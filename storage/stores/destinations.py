@@ -25,10 +25,6 @@ class Destination:
     failure_ts: int | None
 
 
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 class DestinationStore:
     def __init__(self, engine: DatabaseEngine, server_name: str) -> None:
         self._db = engine
@@ -57,8 +53,7 @@ class DestinationStore:
         c = known.c
         where: list[ColumnElement[bool]] = []
         if search:
-            where.append(func.lower(c.destination).like(
-                f"%{_escape_like(search.lower())}%", escape="\\"))
+            where.append(func.lower(c.destination).contains(search.lower(), autoescape=True))
         # (Synapse's last_successful_stream_ordering is not tracked here: by name.)
         column = c.destination if order_by == "last_successful_stream_ordering" \
             else getattr(c, order_by)
@@ -95,7 +90,7 @@ class DestinationStore:
         cs = current_state
         shared = (select(cs.c.room_id).where(
             cs.c.type == "m.room.member", cs.c.membership == "join",
-            cs.c.state_key.like(f"%:{_escape_like(destination)}", escape="\\"))
+            cs.c.state_key.endswith(":" + destination, autoescape=True))
             .distinct().subquery("shared"))
         newest = (select(func.max(events.c.stream_ordering))
                   .where(events.c.room_id == shared.c.room_id).scalar_subquery())
