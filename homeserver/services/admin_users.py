@@ -8,7 +8,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from core.errors import BadJson, BadRequest, InvalidParam, MatrixError, MissingParam, NotFound
+from core.errors import (
+    BadJson,
+    BadRequest,
+    InvalidParam,
+    InvalidUsername,
+    MatrixError,
+    MissingParam,
+    NotFound,
+)
 from homeserver.services.accounts import AccountService
 from homeserver.services.auth import AuthService
 from homeserver.services.devices import DeviceService
@@ -161,6 +169,9 @@ class AdminUserService:
         existing = await self._store.get(user_id)
         if existing is None:
             localpart = user_id[1:].split(":", 1)[0]
+            if localpart != localpart.lower():  # (registering would lower-case it)
+                raise InvalidUsername(
+                    "User ID can only contain characters a-z, 0-9, or '=_-./+'")
             if password is not None:
                 self._accounts.check_password_strength(password)
             await self._accounts.register(localpart, password, admin=admin,

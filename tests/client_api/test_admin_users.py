@@ -214,6 +214,9 @@ async def test_put_user_refuses_other_servers_and_bad_json(client: TestClient,
                                                            admin: str) -> None:
     status, body = await call(client, "PUT", f"{V2}/users/@x:elsewhere.example", admin, {})
     assert (status, body["error"]) == (400, "This endpoint can only be used with local users")
+    for bad in ("@Upper:test.local", "@_hidden:test.local"):
+        status, body = await call(client, "PUT", f"{V2}/users/{bad}", admin, {})
+        assert (status, body["errcode"]) == (400, "M_INVALID_USERNAME"), bad
     resp = await client.put(f"{V2}/users/{uid('x')}", data=b"{nope", headers=bearer(admin))
     assert resp.status == 400 and (await resp.json())["errcode"] == "M_NOT_JSON"
 
