@@ -33,14 +33,24 @@ async def get_server_version(request: web.Request) -> web.Response:
 
 @routes.get("/users", versions=ADMIN_V2)
 async def get_users(request: web.Request) -> web.Response:
-    """GET /_synapse/admin/v2/users"""
+    """GET /_synapse/admin/v2/users: deactivated=true lists them too; absent or false leaves
+    them out."""
+    return await _list_users(request, None if q.boolean(request, "deactivated") else False)
+
+
+@routes.get("/users", versions=("/_synapse/admin/v3",))
+async def get_users_v3(request: web.Request) -> web.Response:
+    """GET /_synapse/admin/v3/users: deactivated=true lists only them, false only the
+    others, absent both."""
+    return await _list_users(request, q.boolean(request, "deactivated"))
+
+
+async def _list_users(request: web.Request, deactivated: bool | None) -> web.Response:
     await require_admin(request)
     offset, limit = q.page(request)
     user_filter = UserFilter(
         user_id=q.string(request, "user_id"), name=q.string(request, "name"),
-        guests=bool(q.boolean(request, "guests", True)),
-        # v2: deactivated=true lists them too; absent or false leaves them out.
-        deactivated=None if q.boolean(request, "deactivated") else False,
+        guests=bool(q.boolean(request, "guests", True)), deactivated=deactivated,
         admins=q.boolean(request, "admins"),
         not_user_types=request.query.getall("not_user_type", []))
     return json_response(await request.app[SERVICES].admin_users.list_users(

@@ -128,6 +128,11 @@ async def test_list_users_filters_and_pages(client: TestClient, admin: str) -> N
     status, page = await call(client, "GET", f"{V2}/users", admin, deactivated="true")
     dave = next(u for u in page["users"] if u["name"] == uid("dave"))
     assert dave["deactivated"] is True and page["total"] == 6
+    # v3: deactivated picks one side, absent lists both.
+    for query, total in (({"deactivated": "true"}, 1), ({"deactivated": "false"}, 5),
+                         ({}, 6)):
+        status, page = await call(client, "GET", "/_synapse/admin/v3/users", admin, **query)
+        assert (status, page["total"]) == (200, total), query
 
 
 @pytest.mark.parametrize(("query", "error"), [
