@@ -11,6 +11,9 @@ from client_api import (
     account,
     account_data,
     admin,
+    admin_federation,
+    admin_rooms,
+    admin_users,
     dehydrated_devices,
     devices,
     directory,
@@ -45,7 +48,7 @@ _MODULES = (versions, login, register, account, devices, profile, admin, rooms, 
             directory, account_data, sync, push_rules, presence, receipts, friends,
             search, history, to_device, key_backup, keys, dehydrated_devices,
             relations, voip, threepid, reports, timestamp_to_event, user_directory, spaces,
-            sliding_sync)
+            sliding_sync, admin_users, admin_rooms, admin_federation)
 
 
 def add_client_routes(app: web.Application) -> None:

@@ -70,7 +70,8 @@ class Outbound:
                                to_device=self.sender.queue_to_device,
                                backfill=self.backfiller.backfill, edus=self.sender,
                                keys=self.keys, device_lists=self.sender, media=self.media,
-                               hierarchy=RemoteHierarchyClient(self.client))
+                               hierarchy=RemoteHierarchyClient(self.client),
+                               retry=self.sender)
 
 
 def build_outbound(config: HomeserverConfig, db: Database, clock: Clock,

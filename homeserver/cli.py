@@ -1,4 +1,4 @@
-"""The ``ktchat`` command: generate-config, run, show-listeners, register-user, port-db
+"""The ``ktchat`` command: generate-config, run, show-listeners, register-user, port-db, admin
 (DESIGN.md)."""
 
 from __future__ import annotations
@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg.set_defaults(func=register_user)
 
     port_db.add_parser(sub)
+    from homeserver import admin_cli  # (imports the CLI's services only when used)
+
+    admin_cli.add_parser(sub)
     return parser
 
 

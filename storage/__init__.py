@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from storage.engine import DatabaseEngine
 from storage.stores.account_data import AccountDataStore
+from storage.stores.admin_users import AdminUserStore
 from storage.stores.auth_chains import AuthChainStore
 from storage.stores.auth_sessions import NonceStore, RegistrationTokenStore, UiAuthStore
 from storage.stores.devices import DeviceStore
@@ -45,6 +46,7 @@ class Database:
                                      sqlite_synchronous=sqlite_synchronous,
                                      postgres_search_path=postgres_search_path)
         self.users = UserStore(self.engine)
+        self.admin_users = AdminUserStore(self.engine)
         self.profiles = ProfileStore(self.engine)
         self.devices = DeviceStore(self.engine)
         self.ui_auth = UiAuthStore(self.engine)

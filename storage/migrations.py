@@ -132,12 +132,22 @@ def _v16_push_rotation(conn: Connection) -> None:
                 index.create(conn, checkfirst=True)
 
 
+def _v17_admin(conn: Connection) -> None:
+    if "erased" not in {c["name"] for c in inspect(conn).get_columns("users")}:
+        default = "0" if conn.dialect.name == "sqlite" else "false"
+        conn.execute(text("ALTER TABLE users ADD COLUMN erased BOOLEAN NOT NULL "
+                          f"DEFAULT {default}"))
+    for index in schema.media.indexes:
+        if index.name == "media_user":
+            index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [_v2_receipts_and_presence, _v3_history, _v4_federation,
                                _v5_auth_chain_index, _v6_end_to_end_encryption,
                                _v7_remote_device_lists, _v8_dehydrated_devices,
                                _v9_device_list_announced, _v10_relations, _v11_reports,
                                _v12_media, _v13_push, _v14_directory,
-                               _v15_url_cache, _v16_push_rotation]
+                               _v15_url_cache, _v16_push_rotation, _v17_admin]
 LATEST = 1 + len(MIGRATIONS)
 
 

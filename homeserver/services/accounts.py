@@ -206,6 +206,11 @@ class AccountService:
         if logout_devices:
             await self._auth.logout_all(user_id, except_device_id=keep_device_id)
 
+    async def set_admin(self, user_id: str, admin: bool) -> None:
+        await self._db.users.set_admin(user_id, admin)
+        self._auth.forget_user(user_id)  # cached sessions carry the old flag
+        logger.info("%s %s admin", user_id, "made" if admin else "no longer")
+
     async def deactivate(self, user_id: str, *, erase: bool) -> None:
         await self._db.users.deactivate(user_id, erase=erase)
         self._auth.forget_user(user_id)

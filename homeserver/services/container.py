@@ -17,6 +17,9 @@ from homeserver.config import HomeserverConfig, RateLimit
 from homeserver.ratelimit import RateLimiter
 from homeserver.services.account_data import AccountDataService
 from homeserver.services.accounts import AccountService
+from homeserver.services.admin_federation import AdminFederationService
+from homeserver.services.admin_rooms import AdminRoomService
+from homeserver.services.admin_users import AdminUserService
 from homeserver.services.auth import AuthService
 from homeserver.services.censor import RedactionCensor
 from homeserver.services.dehydrated_devices import DehydratedDeviceService
@@ -62,6 +65,8 @@ from homeserver.services.visibility import VisibilityService
 from homeserver.services.voip import TurnService
 from roomserver.server import RoomServer
 from storage import Database
+from storage.stores.admin_rooms import AdminRoomStore
+from storage.stores.destinations import DestinationStore
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +124,9 @@ class Services:
     user_directory: UserDirectoryService
     spaces: SpaceHierarchyService
     url_previews: UrlPreviewService
+    admin_users: AdminUserService
+    admin_rooms: AdminRoomService
+    admin_federation: AdminFederationService
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -271,6 +279,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     sync = SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
                        serializer, visibility, members, typing, receipts, presence, clock,
                        to_device, keys, ignored, unread)
+    devices = DeviceService(db.devices, auth)
     return Services(
         config=config,
         clock=clock,
@@ -279,7 +288,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         hasher=hasher,
         auth=auth,
         accounts=accounts,
-        devices=DeviceService(db.devices, auth),
+        devices=devices,
         uia=uia,
         profiles=profiles,
         notifier=notifier,
@@ -334,4 +343,11 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
             remote=remote.hierarchy if remote is not None else None),
         url_previews=UrlPreviewService(url_fetcher, media, db.url_previews, clock,
                                        config.media.url_preview),
+        admin_users=AdminUserService(db.admin_users, db.profiles, db.state, db.media, accounts,
+                                     auth, devices, membership),
+        admin_rooms=AdminRoomService(AdminRoomStore(db.engine, config.server_name), db.events,
+                                     db.state, messages, serializer, clock, config.server_name),
+        admin_federation=AdminFederationService(
+            DestinationStore(db.engine, config.server_name), db.federation, clock,
+            remote.retry if remote is not None else None),
     )

@@ -164,6 +164,13 @@ class RemoteHierarchy(Protocol):
         ...
 
 
+class DestinationRetry(Protocol):
+    """The federation sender, told to stop backing off from a destination."""
+
+    def peer_is_up(self, origin: str) -> None:
+        """Retry ``origin`` at once (its backoff is forgotten)."""
+
+
 @dataclass(frozen=True)
 class FederationPorts:
     """What the services ask of other servers, built by federation before the services."""
@@ -177,3 +184,4 @@ class FederationPorts:
     device_lists: DeviceListEdus
     media: RemoteMedia | None = None
     hierarchy: RemoteHierarchy | None = None
+    retry: DestinationRetry | None = None

@@ -33,6 +33,8 @@ users = Table(
     Column("deactivated", Boolean, nullable=False, default=False),
     Column("user_type", Text, nullable=True),
     Column("created_ts", BigInteger, nullable=False),
+    # Deactivated with erase: the admin API shows it (Synapse's erased_users).
+    Column("erased", Boolean, nullable=False, default=False, server_default="0"),
 )
 
 profiles = Table(

@@ -77,6 +77,8 @@ media = Table(
     PrimaryKeyConstraint("origin", "media_id"),
 )
 Index("media_sha256", media.c.sha256)
+# The admin API lists a user's uploads.
+Index("media_user", media.c.user_id, media.c.created_ts)
 Index("media_created", media.c.origin, media.c.created_ts)
 Index("media_pending", media.c.user_id, media.c.unused_expires_ts)
 

@@ -153,3 +153,21 @@ class MediaStore:
             result = await conn.execute(delete(media).where(and_(
                 _m.sha256.is_(None), _m.unused_expires_ts <= now_ms)))
         return int(result.rowcount)
+
+    async def page_by_user(self, user_id: str, *, offset: int, limit: int, order_by: str,
+                           backwards: bool) -> tuple[list[MediaRecord], int]:
+        """A page of what ``user_id`` uploaded (reservations aside), and how many in all.
+        ``order_by``: a column of this table (``created_ts``, ``size``...)."""
+        column = getattr(_m, order_by)
+        condition = and_(_m.user_id == user_id, _m.sha256.is_not(None))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(
+                select(*_COLUMNS, func.count().over().label("total")).where(condition)
+                .order_by(column.desc() if backwards else column.asc(), _m.media_id.asc())
+                .offset(offset).limit(limit))).all()
+            if rows:
+                total = int(rows[0].total)
+            else:
+                total = int((await conn.execute(select(func.count()).select_from(media)
+                                                .where(condition))).scalar_one())
+        return [_record(tuple(r)[:len(_COLUMNS)]) for r in rows], total

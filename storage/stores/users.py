@@ -20,6 +20,7 @@ class UserRecord:
     deactivated: bool
     user_type: str | None
     created_ts: int
+    erased: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,7 @@ class UserStore:
         async with self._db.write() as conn:
             await conn.execute(
                 update(users).where(users.c.user_id == user_id)
-                .values(deactivated=True)
+                .values(deactivated=True, **({"erased": True} if erase else {}))
             )
             await conn.execute(delete(access_tokens).where(access_tokens.c.user_id == user_id))
             await conn.execute(delete(refresh_tokens).where(refresh_tokens.c.user_id == user_id))
