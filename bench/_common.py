@@ -4,12 +4,14 @@ in count and time, figures as one JSON line."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import itertools
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +185,19 @@ async def run_bounded(jobs: list[Any], workers: int, deadline: float) -> int:
 
     await asyncio.gather(*(worker() for _ in range(workers)))
     return done
+
+
+@contextlib.contextmanager
+def data_root(prefix: str, keep: bool = False) -> Iterator[Path]:
+    """A temporary directory for the servers' data and logs: removed after a run that went
+    well (unless ``keep``), kept and named on stderr otherwise."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield root
+    except BaseException:
+        print(f"server data and logs kept in {root}", file=sys.stderr)
+        raise
+    if keep:
+        print(f"server data and logs kept in {root}", file=sys.stderr)
+    else:
+        shutil.rmtree(root, ignore_errors=True)

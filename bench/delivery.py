@@ -30,10 +30,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine, percentiles
+from _common import data_root, emit, machine, percentiles
 from _servers import (
     Client,
     Collector,
@@ -211,18 +209,10 @@ async def main() -> None:
     args.senders, args.receivers = max(1, args.senders), max(1, args.receivers)
     started = time.monotonic()
     deadline = started + args.seconds
-    root = Path(tempfile.mkdtemp(prefix="ktchat-bench-delivery-"))
     results: dict[str, dict[str, Any]] = {}
-    ok = False
-    try:
+    with data_root("ktchat-bench-delivery-", args.keep) as root:
         for implementation in implementations:
             results[implementation] = await _run(implementation, root, args, deadline)
-        ok = True
-    finally:
-        if ok and not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            print(f"server data and logs kept in {root}", file=sys.stderr)
     figures: dict[str, Any] = {"bench": "delivery", "rate_1": args.rate_1,
                                "rate_n": args.rate_n, **results}
     if "ktchat" in results and "synapse" in results:

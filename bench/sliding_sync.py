@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import emit, machine, percentiles, run_bounded
+from _common import data_root, emit, machine, percentiles, run_bounded
 from _servers import PASSWORD, Client, FedBenchServer, SynapseBenchServer, q
 
 from tests.helpers.sliding_sync_client import (
@@ -254,18 +252,10 @@ async def main() -> None:
     args.repeat = max(1, args.repeat)
     started = time.monotonic()
     deadline = started + args.seconds
-    root = Path(tempfile.mkdtemp(prefix="ktchat-bench-sliding-sync-"))
     results: dict[str, dict[str, Any]] = {}
-    ok = False
-    try:
+    with data_root("ktchat-bench-sliding-sync-", args.keep) as root:
         for implementation in implementations:
             results[implementation] = await _run(implementation, root, args, deadline)
-        ok = True
-    finally:
-        if ok and not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            print(f"server data and logs kept in {root}", file=sys.stderr)
     figures: dict[str, Any] = {"bench": "sliding_sync", "rooms": args.rooms,
                                "messages_per_room": args.messages, **results}
     ours, theirs = results.get("ktchat", {}), results.get("synapse", {})
