@@ -22,7 +22,7 @@ from federation.inbound.transaction import InboundEdus
 from federation.transport.push_gateway import PushGatewayClient
 from federation.transport.url_fetch import UrlFetchClient
 from homeserver.appkeys import SERVICES
-from homeserver.config import HomeserverConfig, ListenerConfig
+from homeserver.config import HomeserverConfig, ListenerConfig, WorkerConfig
 from homeserver.http.access_log import AccessLogger
 from homeserver.http.client_ip import x_forwarded_middleware
 from homeserver.http.disconnect import disconnect_middleware
@@ -31,7 +31,13 @@ from homeserver.http.nul import reject_nul_middleware
 from homeserver.http.request_body import request_body_middleware
 from homeserver.http.request_stats import request_stats_middleware
 from homeserver.metrics import ServerMetrics, add_metrics_routes
+from homeserver.replication.bus import RedisBus
+from homeserver.replication.persister import PersisterClient, add_persister_routes
+from homeserver.replication.relay import Relay
+from homeserver.replication.secret import replication_secret
+from homeserver.replication.worker import follow_writer, serve_workers
 from homeserver.services.container import Services, build_services, open_database
+from homeserver.services.ports import ALONE
 from homeserver.services.server_visibility import ServerVisibility
 from roomserver.server import RoomServer
 
@@ -56,10 +62,12 @@ async def health(_request: web.Request) -> web.Response:
 
 def build_app(services: Services, resources: Iterable[str] = ("client", "federation"),
               federation: Federation | None = None, *, x_forwarded: bool = False,
-              metrics: ServerMetrics | None = None) -> web.Application:
-    """The web application serving ``resources`` (client, federation, media, metrics);
-    ``x_forwarded``: it is behind a reverse proxy whose X-Forwarded-For it trusts;
-    ``metrics``: requests are counted there (and served, with the metrics resource)."""
+              metrics: ServerMetrics | None = None, relay: Relay | None = None
+              ) -> web.Application:
+    """The web application serving ``resources`` (client, federation, media, metrics,
+    replication); ``x_forwarded``: it is behind a reverse proxy whose X-Forwarded-For it
+    trusts; ``metrics``: requests are counted there (and served, with the metrics resource);
+    ``relay``: a worker's, which passes what it does not serve to the main process."""
     http = services.config.http
     app = web.Application(
         middlewares=[disconnect_middleware(logging.getLogger(ACCESS_LOGGER)), cors_middleware,
@@ -75,11 +83,17 @@ def build_app(services: Services, resources: Iterable[str] = ("client", "federat
     if x_forwarded:
         # First of all: every other middleware and the access log see the forwarded address.
         app.middlewares.insert(0, x_forwarded_middleware)
+    if relay is not None:
+        # Before the body limits and error handling: the main process applies its own.
+        app.middlewares.insert(0, relay.middleware)
     if metrics is not None:
         # Outermost: every answer is counted with the status the client gets.
         app.middlewares.insert(0, request_stats_middleware(metrics.requests))
     app[SERVICES] = services
     resources = set(resources)
+    if "replication" in resources:
+        add_persister_routes(app, services.roomserver, replication_secret(
+            services.signing_key, services.config.server_name))
     app.router.add_get("/health", health)
     if "metrics" in resources and metrics is not None:
         add_metrics_routes(app, metrics)
@@ -100,10 +114,12 @@ def _ssl_context(config: HomeserverConfig) -> ssl.SSLContext:
 
 
 async def _start_listener(services: Services, listener: ListenerConfig,
-                          federation: Federation | None, metrics: ServerMetrics | None
-                          ) -> web.AppRunner:
+                          federation: Federation | None, metrics: ServerMetrics | None,
+                          relay: Relay | None = None) -> web.AppRunner:
     runner = web.AppRunner(build_app(services, listener.resources, federation,
-                                     x_forwarded=listener.x_forwarded, metrics=metrics),
+                                     x_forwarded=listener.x_forwarded, metrics=metrics,
+                                     relay=relay if "client" in listener.resources
+                                     else None),
                            access_log_class=AccessLogger,
                            access_log=logging.getLogger(ACCESS_LOGGER),
                            shutdown_timeout=SHUTDOWN_GRACE_S,
@@ -127,14 +143,18 @@ async def _start_listener(services: Services, listener: ListenerConfig,
     return runner
 
 
-def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | None]:
+def build_homeserver(config: HomeserverConfig, bus: RedisBus | None = None
+                     ) -> tuple[Services, Federation | None]:
     """The composition root: storage and the roomserver, federation's clients, the
     services (given what federation offers them), then the federation API (given the services
-    it answers from). Every part gets what it uses through its constructor."""
+    it answers from). Every part gets what it uses through its constructor. ``bus``: the
+    workers hear of this process's writes there."""
     push_gateway = PushGatewayClient(config.federation)
     url_fetcher = UrlFetchClient(config.federation) if config.media.url_preview.enabled else None
+    replication = bus if bus is not None else ALONE
     if not config.federation.enabled:
-        return build_services(config, push_gateway=push_gateway, url_fetcher=url_fetcher), None
+        return build_services(config, push_gateway=push_gateway, url_fetcher=url_fetcher,
+                              replication=replication), None
     db = open_database(config)
     clock = SystemClock()
     signing_key = load_signing_key(config.signing_key_path)
@@ -143,7 +163,8 @@ def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | N
     roomserver.add_commit_listener(outbound.sender)
     services = build_services(config, clock=clock, db=db, signing_key=signing_key,
                               roomserver=roomserver, remote=outbound.ports(),
-                              push_gateway=push_gateway, url_fetcher=url_fetcher)
+                              push_gateway=push_gateway, url_fetcher=url_fetcher,
+                              replication=replication)
     served = Served(services.profiles, services.rooms, services.directory, services.devices,
                     services.membership, InboundEdus(services.typing, services.receipts,
                                                      services.presence, services.to_device,
@@ -152,6 +173,25 @@ def build_homeserver(config: HomeserverConfig) -> tuple[Services, Federation | N
                     spaces=services.spaces)
     return services, build_federation(config, db, clock, signing_key, roomserver, outbound,
                                       served)
+
+
+def build_worker(config: HomeserverConfig, worker: WorkerConfig, bus: RedisBus
+                 ) -> tuple[Services, PersisterClient]:
+    """A worker's services: rooms read here and written at the persister (the main
+    process's replication listener), every other stream mirrored from the bus; no
+    federation (the main process's)."""
+    persister_url = config.replication_url()
+    assert persister_url is not None  # (the config reader requires it with workers)
+    db = open_database(config)
+    clock = SystemClock()
+    signing_key = load_signing_key(config.signing_key_path)
+    roomserver = RoomServer(db, clock, config.server_name, signing_key)
+    persister = PersisterClient(roomserver, persister_url,
+                                replication_secret(signing_key, config.server_name))
+    services = build_services(config, clock=clock, db=db, signing_key=signing_key,
+                              roomserver=roomserver, replication=bus, writes=persister)
+    follow_writer(bus, services)
+    return services, persister
 
 
 def build_metrics(config: HomeserverConfig, services: Services,
@@ -174,15 +214,26 @@ def _freeze_start_up_objects() -> None:
     gc.freeze()
 
 
-async def serve(config: HomeserverConfig) -> None:
-    """Run until SIGTERM or SIGINT, then finish in-flight requests and close the database."""
+async def serve(config: HomeserverConfig, worker_name: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then finish in-flight requests and close the database.
+    ``worker_name``: run that worker of the config's ``workers`` (else the main process)."""
+    if worker_name is not None:
+        worker = config.worker(worker_name)
+        assert worker is not None  # (the command line checked)
+        await _serve_worker(config, worker)
+        return
     if config.registration.enabled and not config.registration.require_token:
         # (Synapse refuses to start so; we say it loudly.)
         logger.warning("Open registration: anyone who can reach %s can create accounts on it "
                        "(registration.enabled is true, registration.require_token false). "
                        "Set require_token: true and hand out tokens (admin API), or turn "
                        "registration off.", config.public_baseurl)
-    services, federation = build_homeserver(config)
+    bus = RedisBus(config.redis.url, config.server_name, "main") \
+        if config.workers and config.redis.url else None
+    services, federation = build_homeserver(config, bus)
+    if bus is not None:
+        serve_workers(bus, services)
+        await bus.start()
     await services.start()
     if federation is not None:
         await federation.start()
@@ -206,4 +257,42 @@ async def serve(config: HomeserverConfig) -> None:
         if federation is not None:
             await federation.stop()
         await services.stop()
+        if bus is not None:
+            await bus.stop()
+        logger.info("Stopped")
+
+
+async def _serve_worker(config: HomeserverConfig, worker: WorkerConfig) -> None:
+    assert config.redis.url is not None
+    main_url = config.main_client_url()
+    assert main_url is not None
+    bus = RedisBus(config.redis.url, config.server_name, worker.name)
+    services, persister = build_worker(config, worker, bus)
+    relay = Relay(main_url)
+    # Subscribed before the positions are read: nothing committed in between is missed.
+    await bus.start()
+    await services.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runners: list[web.AppRunner] = []
+    metrics = ServerMetrics(services) \
+        if any("metrics" in lst.resources for lst in worker.listeners) else None
+    _freeze_start_up_objects()
+    try:
+        for listener in worker.listeners:
+            runners.append(await _start_listener(services, listener, None, metrics, relay))
+        logger.info("KT-Chat %s worker %s is serving (%s)", config.server_name, worker.name,
+                    ", ".join(worker.roles))
+        await stop.wait()
+        logger.info("Shutting down")
+        services.notifier.close()
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        await relay.close()
+        await persister.close()
+        await services.stop()
+        await bus.stop()
         logger.info("Stopped")

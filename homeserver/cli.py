@@ -119,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
     from homeserver.logsetup import setup_logging
 
     config = _load(args.config)
+    if args.worker is not None and config.worker(args.worker) is None:
+        known = ", ".join(w.name for w in config.workers) or "none configured"
+        print(f"--worker: no worker {args.worker!r} in the config's workers ({known})",
+              file=sys.stderr)
+        return 2
     try:
         setup_logging(config.logging)
     except OSError as e:
@@ -127,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     _return_big_allocations_to_the_os()
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, args.worker))
     except OSError as e:
         print(f"ktchat: cannot start: {e.strerror or e}", file=sys.stderr)
         return 1
@@ -193,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_p = sub.add_parser("run", help="serve until SIGTERM/SIGINT")
     run_p.add_argument("-c", "--config", required=True)
+    run_p.add_argument("--worker", metavar="NAME", default=None,
+                       help="run the named worker of the config's workers section")
     run_p.set_defaults(func=run)
 
     show = sub.add_parser("show-listeners", help="print where the config listens")

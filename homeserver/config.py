@@ -23,7 +23,15 @@ from core.types import is_valid_server_name
 from core.url_preview import URL_PARTS
 from homeserver.config_reader import ConfigReader
 
-RESOURCES = ("client", "federation", "media", "metrics")
+RESOURCES = ("client", "federation", "media", "metrics", "replication")
+# What a worker process can be given (``workers.NAME.roles``). ``client``: the client API's
+# syncs (long-poll, SSE, sliding sync) and event sends, their writes reaching the event
+# persister over the replication listener; every other client request it relays to the main
+# process. The main process keeps every other role.
+WORKER_ROLES = ("client",)
+# Roles of the design (DESIGN.md, issue #19) not built yet: named so the error says so.
+_PLANNED_ROLES = ("federation_inbound", "federation_sender", "persister", "push", "media",
+                  "background")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 
@@ -255,6 +263,23 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisConfig:
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """One worker process of ``workers``: ``ktchat run --worker NAME``."""
+
+    name: str
+    roles: tuple[str, ...]
+    listeners: tuple[ListenerConfig, ...]
+
+    def client_urls(self) -> list[str]:
+        return [lst.url for lst in self.listeners if "client" in lst.resources]
+
+
+@dataclass(frozen=True, slots=True)
 class HomeserverConfig:
     server_name: str
     public_baseurl: str
@@ -274,6 +299,9 @@ class HomeserverConfig:
     push: PushConfig = PushConfig()
     user_directory: UserDirectoryConfig = UserDirectoryConfig()
     logging: LoggingConfig = LoggingConfig()
+    # Redis, between the processes of one server (required with workers).
+    redis: RedisConfig = RedisConfig()
+    workers: tuple[WorkerConfig, ...] = ()
     config_dir: Path = field(default=Path("."))
     # The version of rooms created without one (createRoom's room_version, DM rooms of the
     # friends API), advertised in /capabilities. v12 room IDs have no server part.
@@ -281,6 +309,20 @@ class HomeserverConfig:
     # Milliseconds a redacted event's content is kept before it is erased from storage
     # (None: never; 0: at once). Synapse's key, with its duration syntax in the file.
     redaction_retention_period: int | None = 7 * 86_400_000
+
+    def worker(self, name: str) -> WorkerConfig | None:
+        return next((w for w in self.workers if w.name == name), None)
+
+    def replication_url(self) -> str | None:
+        """Where the main process takes the workers' internal calls (its listener with the
+        ``replication`` resource)."""
+        return next((lst.url.replace("://*:", "://127.0.0.1:") for lst in self.listeners
+                     if "replication" in lst.resources), None)
+
+    def main_client_url(self) -> str | None:
+        """The main process's client listener (workers relay to it what they do not serve)."""
+        return next((lst.url.replace("://*:", "://127.0.0.1:") for lst in self.listeners
+                     if "client" in lst.resources), None)
 
 
 def _rate_limit(reader: ConfigReader, name: str, default: RateLimit) -> RateLimit:
@@ -334,6 +376,40 @@ def _listeners(reader: ConfigReader) -> tuple[ListenerConfig, ...]:
         listeners.append(ListenerConfig(port, bind, tls, tuple(str(r) for r in resources),
                                         x_forwarded))
     return tuple(listeners)
+
+
+def _workers(reader: ConfigReader, listeners: tuple[ListenerConfig, ...]
+             ) -> tuple[WorkerConfig, ...]:
+    """``workers``: name -> ``{roles: [...], listeners: [...]}``."""
+    workers = []
+    ports = {lst.port: "listeners" for lst in listeners}
+    for name in reader.keys():
+        sub = reader.section(str(name))
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            reader.problem(str(name), "a worker's name is letters, digits, '_', '.' or '-'")
+            continue
+        roles = sub.get("roles", list, [])
+        if not roles:
+            sub.problem("roles", f"needs at least one role (known: {', '.join(WORKER_ROLES)})")
+        for role in roles:
+            if role in _PLANNED_ROLES:
+                sub.problem("roles", f"role {role!r} cannot run in a worker yet (the main "
+                                     "process has it); available: " + ", ".join(WORKER_ROLES))
+            elif role not in WORKER_ROLES:
+                sub.problem("roles", f"unknown role {role!r} (known: {', '.join(WORKER_ROLES)})")
+        worker_listeners = _listeners(sub)
+        if not worker_listeners:
+            sub.problem("listeners", "needs at least one listener")
+        for i, lst in enumerate(worker_listeners):
+            if lst.port in ports:
+                sub.problem(f"listeners[{i}].port",
+                            f"port {lst.port} is also used by {ports[lst.port]}")
+            ports[lst.port] = f"workers.{name}"
+            if "federation" in lst.resources:
+                sub.problem(f"listeners[{i}].resources",
+                            "a worker serves no federation yet (the main process does)")
+        workers.append(WorkerConfig(name, tuple(str(r) for r in roles), worker_listeners))
+    return tuple(workers)
 
 
 def _logging(reader: ConfigReader, config_dir: Path) -> LoggingConfig:
@@ -599,6 +675,23 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
     if not retention.purge_interval_ms:
         ret_r.problem("purge_interval", "must be a positive duration")
 
+    redis_url = r.section("redis").get("url", str, "") or None
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        r.section("redis").problem("url", "must start with redis://, rediss:// or unix://")
+    workers = _workers(r.section("workers"), listeners)
+    if workers:
+        if url.startswith("sqlite"):
+            r.problem("workers", "workers need PostgreSQL (database.url postgresql+asyncpg://"
+                                 "...): SQLite has one writer per file")
+        if redis_url is None:
+            r.problem("workers", "workers need Redis between the processes (redis.url)")
+        if not any("replication" in lst.resources for lst in listeners):
+            r.problem("workers", "workers need a main-process listener with the "
+                                 "replication resource (their internal calls go there)")
+        if not any("client" in lst.resources for lst in listeners):
+            r.problem("workers", "workers need a main-process listener with the client "
+                                 "resource (they relay to it what they do not serve)")
+
     r.report_unknown_keys()
 
     if problems:
@@ -625,6 +718,8 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         config_dir=config_dir,
         default_room_version=str(room_version),
         redaction_retention_period=redaction_retention,
+        redis=RedisConfig(redis_url),
+        workers=workers,
     )
 
 

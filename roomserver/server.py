@@ -56,11 +56,23 @@ class RoomServer:
         return WriteStats(writer.events_persisted, writer.batch_sizes, writer.commit_seconds,
                           self._store.cache_stats)
 
-    async def start(self) -> int:
-        """Start the commit loop; returns the last stream position written."""
-        position = await self._writer.start()
-        self._merger.start()
+    async def start(self, *, writes: bool = True) -> int:
+        """Start the commit loop; returns the last stream position written. ``writes``
+        False: this process only reads rooms (a worker: another process writes them, and
+        ``forget_rooms`` is called as it commits)."""
+        position = await self._writer.start(loop=writes)
+        if writes:
+            self._merger.start()
         return position
+
+    def forget_rooms(self, room_ids: Iterable[str], redacted: Iterable[str] = ()) -> None:
+        """Another process committed events in these rooms (some redacting ``redacted``):
+        what is cached of them here is out of date."""
+        self._writer.forget_rooms(room_ids)
+        redacted = list(redacted)
+        if redacted:
+            self._store.forget_events(redacted)
+            self._store.db.events.forget_cached(redacted)
 
     async def stop(self) -> None:
         await self._merger.stop()

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from core.clock import Clock
@@ -40,6 +40,8 @@ class Writer:
         self._listeners: list[CommitListener] = []
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._rooms: OrderedDict[str, RoomSnapshot] = OrderedDict()
+        # Bumped by ``forget_rooms`` (a worker's snapshots as another process writes).
+        self._forgotten = 0
         self._queue: asyncio.Queue[tuple[PersistItem, asyncio.Future[None], int]] = \
             asyncio.Queue()
         # Bumped when a room's write fails: queued events built on the lost ones are dropped.
@@ -60,9 +62,10 @@ class Writer:
         and the federation outbox before the server starts)."""
         self._listeners.append(listener)
 
-    async def start(self) -> int:
+    async def start(self, *, loop: bool = True) -> int:
         position = await self.store.start()
-        self._task = asyncio.create_task(self._write_loop())
+        if loop:
+            self._task = asyncio.create_task(self._write_loop())
         return position
 
     async def stop(self) -> None:
@@ -85,6 +88,13 @@ class Writer:
     def cached_snapshot(self, room_id: str) -> RoomSnapshot | None:
         return self._rooms.get(room_id)
 
+    def forget_rooms(self, room_ids: Iterable[str]) -> None:
+        """Another process wrote these rooms: their snapshots here are out of date (and a
+        load running now may have read before that write: it is not kept)."""
+        self._forgotten += 1
+        for room_id in room_ids:
+            self._rooms.pop(room_id, None)
+
     def rooms_wider_than(self, extremities: int) -> list[str]:
         """Rooms (of those in memory) with more than ``extremities`` forward extremities."""
         return [r for r, s in self._rooms.items() if len(s.extremities) > extremities]
@@ -99,8 +109,9 @@ class Writer:
         if snapshot is not None:
             self._rooms.move_to_end(room_id)
             return snapshot
+        forgotten = self._forgotten
         snapshot = await self.store.load_snapshot(room_id)
-        if snapshot is not None:
+        if snapshot is not None and forgotten == self._forgotten:
             self.remember_room(snapshot)
         return snapshot
 

@@ -60,6 +60,10 @@ class StreamStore:
         it (an allocated position becomes visible only once its write commits)."""
         return self._visible
 
+    def advance(self, position: int) -> None:
+        """Another process (the stream's writer) committed up to ``position``."""
+        self._visible = max(self._visible, position)
+
     def _committed(self, position: int) -> None:
         """A write that allocated ``position`` committed (writes commit in order)."""
         self._visible = max(self._visible, position)

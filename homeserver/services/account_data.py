@@ -21,6 +21,7 @@ from core.errors import BadJson, Forbidden, MatrixError, NotFound, TooLarge
 from homeserver.services.filters import encoded_size
 from homeserver.services.ignored_users import IGNORED_USER_LIST, IgnoredUsers, check_content
 from homeserver.services.notifier import Notifier
+from homeserver.services.ports import ALONE, Replication
 from storage.stores.account_data import GLOBAL, AccountDataStore
 
 # Types the server manages itself; clients may not set them through account data.
@@ -34,10 +35,15 @@ MAX_TOTAL_BYTES = 4 * 1024 * 1024
 
 class AccountDataService:
     def __init__(self, store: AccountDataStore, notifier: Notifier,
-                 ignored: IgnoredUsers) -> None:
+                 ignored: IgnoredUsers, *, replication: Replication = ALONE) -> None:
         self._store = store
+        self._replication = replication
         self._notifier = notifier
         self._ignored = ignored
+
+    def apply_ignored(self, user_id: str, content: dict[str, Any], position: int) -> None:
+        """A worker: the writer stored a user's ignore list."""
+        self._ignored.changed(user_id, content, position)
 
     async def _put(self, user_id: str, room_id: str, type_: str, content: dict[str, Any],
                    *, shrinking: bool = False) -> None:
@@ -49,6 +55,7 @@ class AccountDataService:
             raise TooLarge(f"A user's account data is limited to {MAX_TOTAL_BYTES} bytes "
                            "in all")
         if room_id == GLOBAL and type_ == IGNORED_USER_LIST:
+            self._replication.publish("ignored", [user_id, content, position])
             self._ignored.changed(user_id, content, position)
         self._notifier.on_account_data(user_id, position)
 

@@ -19,6 +19,7 @@ from core.clock import Clock
 from core.errors import UnknownToken, UserDeactivated
 from core.stats import HitCounter
 from homeserver.config import AuthConfig
+from homeserver.services.ports import ALONE, Replication
 from storage.stores.devices import AccessTokenInfo, DeviceStore, NewTokens
 
 ACCESS_TOKEN_PREFIX = "kta_"
@@ -60,8 +61,10 @@ class DevicesDeleted(Protocol):
 
 class AuthService:
     def __init__(self, devices: DeviceStore, clock: Clock, config: AuthConfig, *,
-                 on_devices_deleted: DevicesDeleted | None = None) -> None:
+                 on_devices_deleted: DevicesDeleted | None = None,
+                 replication: Replication = ALONE) -> None:
         self._devices = devices
+        self._replication = replication
         self._on_devices_deleted = on_devices_deleted
         self._clock = clock
         self._config = config
@@ -171,7 +174,12 @@ class AuthService:
             await self._on_devices_deleted.devices_deleted(user_id, device_ids)
 
     def forget_user(self, user_id: str) -> None:
-        """Drop cached tokens of ``user_id`` after its sessions or account changed."""
+        """Drop cached tokens of ``user_id`` after its sessions or account changed (in every
+        process of the server)."""
+        self._replication.publish("tokens", user_id)
+        self.apply_forget_user(user_id)
+
+    def apply_forget_user(self, user_id: str) -> None:
         for token_hash in self._cached_by_user.pop(user_id, ()):
             self._cache.pop(token_hash, None)
 

@@ -38,7 +38,7 @@ from homeserver.services.member_cache import MembershipCache
 from homeserver.services.membership import MembershipService
 from homeserver.services.messages import MessageService
 from homeserver.services.notifier import Notifier
-from homeserver.services.ports import FederationPorts
+from homeserver.services.ports import ALONE, FederationPorts, Replication
 from homeserver.services.presence import PresenceService
 from homeserver.services.profile import ProfileService
 from homeserver.services.purge import PurgeService
@@ -63,6 +63,7 @@ from homeserver.services.url_preview import UrlFetcher, UrlPreviewService
 from homeserver.services.user_directory import UserDirectoryService
 from homeserver.services.visibility import VisibilityService
 from homeserver.services.voip import TurnService
+from roomserver.api import LocalRooms
 from roomserver.server import RoomServer
 from storage import Database
 from storage.stores.admin_rooms import AdminRoomStore
@@ -127,10 +128,16 @@ class Services:
     admin_users: AdminUserService
     admin_rooms: AdminRoomService
     admin_federation: AdminFederationService
+    # False in a worker: the main process writes events and streams and runs the background
+    # jobs; this process mirrors it (``homeserver.replication``).
+    writer: bool = True
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         """Open the database (migrating it) and start background housekeeping."""
+        if not self.writer:
+            await self._start_worker()
+            return
         await self.db.open()
         position = await self.roomserver.start()
         self.notifier.set_initial_position(position)
@@ -149,7 +156,29 @@ class Services:
         if self.config.retention.enabled:
             self._tasks.append(asyncio.create_task(self.purge.retention_loop()))
 
+    async def _start_worker(self) -> None:
+        """A worker: positions from the database; no write loop, no evaluation, no
+        housekeeping (the main process's)."""
+        await self.db.open()
+        position = await self.roomserver.start(writes=False)
+        self.notifier.set_initial_position(position)
+        await self.pushers.start()
+        await self.push.start(position)
+        self.notifier.set_initial_account_data_position(self.db.account_data.position)
+        self.receipts.start()
+        await self.presence.start()
+        self.to_device.start()
+        self.keys.start()
+
     async def stop(self) -> None:
+        if not self.writer:
+            await self.presence.stop()
+            await self.roomserver.stop()
+            await self.auth.flush_last_seen()
+            await self.db.close()
+            self.hasher.close()
+            self.media.close()
+            return
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -197,19 +226,28 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                    signing_key: SigningKey | None = None, roomserver: RoomServer | None = None,
                    remote: FederationPorts | None = None,
                    push_gateway: PushGateway | None = None,
-                   url_fetcher: UrlFetcher | None = None) -> Services:
+                   url_fetcher: UrlFetcher | None = None,
+                   replication: Replication = ALONE, writes: LocalRooms | None = None
+                   ) -> Services:
     """The services of one process; ``remote``: what federation offers them (None when
     federation is off); ``push_gateway``: the HTTP client for push gateways (None: pushes
     are not sent); ``url_fetcher``: the HTTP client for URL previews (None: no previews).
+    ``replication``: where this process (the main one, the writer) tells the workers what
+    it changed; ``writes``: a worker's way to the event persister (its services then
+    write through it and mirror the rest, see ``homeserver.replication``).
     Pieces not given are built here (tests give none)."""
     clock = clock or SystemClock()
     db = db or open_database(config)
     hasher = hasher or PasswordHasher()
-    notifier = Notifier()
+    writer = writes is None
+    notifier = Notifier(replication, positions=lambda: {
+        "account_data": db.account_data.position, "receipts": db.receipts.position,
+        "to_device": db.to_device.position, "e2e": db.e2e_keys.position})
     members = MembershipCache(db.sync, notifier)
     signing_key = signing_key or load_signing_key(config.signing_key_path)
     roomserver = roomserver or RoomServer(db, clock, config.server_name, signing_key)
     roomserver.add_commit_listener(notifier)
+    rooms_api: LocalRooms = writes or roomserver
     remote_lists = RemoteDeviceLists(db.remote_device_lists, members, roomserver, remote.keys,
                                      notifier, clock, config.server_name) \
         if remote is not None else None
@@ -219,8 +257,9 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     keys = E2EKeyService(db.e2e_keys, db.sync, members, notifier, clock, config.server_name,
                          local_keys, announcer,
                          remote=remote.keys if remote is not None else None,
-                         remote_lists=remote_lists)
-    auth = AuthService(db.devices, clock, config.auth, on_devices_deleted=keys)
+                         remote_lists=remote_lists, replication=replication)
+    auth = AuthService(db.devices, clock, config.auth, on_devices_deleted=keys,
+                       replication=replication)
     delivers = config.push.enabled and push_gateway is not None
     pushers = PusherService(db.push, clock, delivers=delivers)
     accounts = AccountService(db, auth, hasher, clock, config, pushers)
@@ -233,7 +272,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
 
     remote_rooms = remote.rooms if remote is not None else None
     profiles = ProfileService(db.profiles, db.users, remote=remote_rooms)
-    rooms = RoomService(roomserver, db.rooms, profiles, config.server_name,
+    rooms = RoomService(rooms_api, db.rooms, profiles, config.server_name,
                         limiter(rl.message_per_user),
                         default_room_version=KNOWN_ROOM_VERSIONS[config.default_room_version],
                         remote=remote_rooms)
@@ -242,23 +281,28 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     serializer = EventSerializer(
         db.events, aggregations=RelationAggregator(db.relations, db.events, visibility))
     ignored = IgnoredUsers(db.account_data)
-    account_data = AccountDataService(db.account_data, notifier, ignored)
+    account_data = AccountDataService(db.account_data, notifier, ignored,
+                                      replication=replication)
     edus = remote.edus if remote is not None else None
-    typing = TypingService(notifier, members, clock, config.server_name, edus)
-    roomserver.add_commit_listener(typing)
+    typing = TypingService(notifier, members, clock, config.server_name, edus,
+                           replication=replication, writer=writer)
     user_directory = UserDirectoryService(db.user_directory, roomserver, config.user_directory,
                                           config.server_name)
-    roomserver.add_commit_listener(user_directory)
     receipts = ReceiptService(db.receipts, db.events, members, account_data, notifier, clock,
-                              edus)
+                              edus, replication=replication)
     presence = PresenceService(db.presence, notifier, members, clock, config.presence,
-                               config.server_name, edus)
+                               config.server_name, edus, replication=replication,
+                               writer=writer)
     to_device = ToDeviceService(db.to_device, notifier, clock, config.server_name,
-                                remote_queue=remote.to_device if remote is not None else None)
+                                remote_queue=remote.to_device if remote is not None else None,
+                                replication=replication)
     push_rules = PushRuleService(db.push)
     push = PushEvaluator(db.push, db.events, push_rules, pushers, ignored, clock,
-                         config.server_name)
-    roomserver.add_commit_listener(push)
+                         config.server_name, replication=replication, writer=writer)
+    if writer:
+        roomserver.add_commit_listener(typing)
+        roomserver.add_commit_listener(user_directory)
+        roomserver.add_commit_listener(push)
     unread = UnreadCounts(db.push, receipts, members, push, db.events, serializer, clock)
     push_rotation = PushRotation(db.push_rotation, db.push, db.events, push, clock,
                                  config.server_name)
@@ -271,7 +315,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                               backfill=remote.backfill if remote is not None else None)
     relations = RelationService(db.relations, db.events, messages, visibility, serializer,
                                 clock)
-    membership = MembershipService(roomserver, rooms, db.rooms, db.state, db.users,
+    membership = MembershipService(rooms_api, rooms, db.rooms, db.state, db.users,
                                    config.server_name, limiter(rl.joins_per_user),
                                    limiter(rl.invites_per_user), remote=remote_rooms)
     media = MediaService(db.media, clock, config.media, config.server_name,
@@ -350,4 +394,5 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         admin_federation=AdminFederationService(
             DestinationStore(db.engine, config.server_name), db.federation, clock,
             remote.retry if remote is not None else None),
+        writer=writer,
     )

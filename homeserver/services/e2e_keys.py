@@ -50,7 +50,7 @@ from homeserver.services.key_requests import (
 from homeserver.services.local_keys import MASTER, SELF_SIGNING, USER_SIGNING, LocalKeys
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
-from homeserver.services.ports import RemoteKeys, RemoteKeysFailed
+from homeserver.services.ports import ALONE, RemoteKeys, RemoteKeysFailed, Replication
 from homeserver.services.remote_device_lists import RemoteDeviceLists
 from homeserver.services.sync_token import SyncToken
 from storage.stores.e2e_keys import (
@@ -83,7 +83,9 @@ class E2EKeyService:
                  notifier: Notifier, clock: Clock, server_name: str, local_keys: LocalKeys,
                  announcer: DeviceListAnnouncer, *,
                  remote: RemoteKeys | None = None,
-                 remote_lists: RemoteDeviceLists | None = None) -> None:
+                 remote_lists: RemoteDeviceLists | None = None,
+                 replication: Replication = ALONE) -> None:
+        self._replication = replication
         self._store = store
         self._remote = remote
         self._remote_lists = remote_lists
@@ -143,14 +145,28 @@ class E2EKeyService:
     async def _changed(self, changes: Iterable[tuple[int, str]]) -> None:
         """Device-list changes committed: remember them and wake everyone who shares a
         room with their users."""
-        users: set[str] = set()
-        for position, user_id in changes:
-            self._recent.append((position, user_id))
-            users.add(user_id)
+        changes = list(changes)
+        self._replication.publish("device_lists", changes)
+        users = self.apply_replicated_changes(changes)
         rooms: set[str] = set()
         for user_id in users:
             rooms |= await self._members.joined_rooms(user_id)
         self._notifier.wake(room_ids=rooms, user_ids=users)
+
+    def apply_replicated_changes(self, changes: Iterable[tuple[int, str]]) -> set[str]:
+        """Device-list changes committed (here, or by the process that writes them), as
+        (position, user); returns the users."""
+        users: set[str] = set()
+        for position, user_id in changes:
+            self._recent.append((position, user_id))
+            users.add(user_id)
+        return users
+
+    def apply_replicated_counts(self, devices: Iterable[tuple[str, str]]) -> None:
+        """Another process changed these devices' one-time or fallback keys."""
+        self._generation += 1
+        for user_id, device_id in devices:
+            self._counts.pop((user_id, device_id), None)
 
     async def remote_device_list_changed(self, origin: str, user_id: str,
                                          device_id: str | None,
@@ -361,8 +377,10 @@ class E2EKeyService:
         """Before and after a write that changes these devices' keys (a read begun before
         the write finished is not kept)."""
         self._generation += 1
+        devices = list(devices)
         for device in devices:
             self._counts.pop(device, None)
+        self._replication.publish("key_counts", devices)
 
     # -- device lists ----------------------------------------------------------------------
 

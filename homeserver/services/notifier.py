@@ -11,14 +11,40 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from homeserver.services.changes import ChangeLog
+from homeserver.services.ports import ALONE, Replication
 from homeserver.services.recent_events import RecentRoomEvents
-from roomserver.api import CommittedBatch
+from roomserver.api import CommittedBatch, CommittedEvent
+
+
+def batch_json(batch: CommittedBatch) -> list[list[object]]:
+    """A batch as JSON, for the other processes (``batch_from_json``)."""
+    return [[e.room_id, e.event_id, e.type, e.sender, e.stream_ordering, e.redacts,
+             [list(d) for d in e.state_delta], list(e.destinations)] for e in batch.events]
+
+
+def batch_from_json(data: Any) -> CommittedBatch:
+    """The batch another process published (``batch_json``)."""
+    events = []
+    for room_id, event_id, type_, sender, ordering, redacts, delta, destinations in data:
+        events.append(CommittedEvent(
+            room_id, event_id, type_, sender, ordering, redacts,
+            tuple((t, k, i, m) for t, k, i, m in delta), tuple(destinations)))
+    return CommittedBatch(tuple(events))
 
 
 class Notifier:
-    def __init__(self) -> None:
+    """``replication``: other processes of this server hear of every commit, wake and account
+    data change (``homeserver.replication.worker`` applies them to their notifier), with the
+    stream positions ``positions`` gives at that moment (committed before the change was
+    announced)."""
+
+    def __init__(self, replication: Replication = ALONE,
+                 positions: Callable[[], dict[str, int]] | None = None) -> None:
+        self._replication = replication
+        self._positions = positions or dict
         self._position = 0
         self._account_data_position = 0
         # A waiter is a future whose result is the (monotonic) time it was woken.
@@ -103,6 +129,8 @@ class Notifier:
         """The roomserver's commit listener: events in the timeline (positive positions; an
         outlier or backfilled history is nothing new for syncs) wake their rooms' and members'
         waiters."""
+        self._replication.publish("events", {"batch": batch_json(batch),
+                                             "pos": self._positions()})
         timeline = [e for e in batch.events
                     if e.stream_ordering is not None and e.stream_ordering > 0]
         if not timeline:
@@ -158,6 +186,11 @@ class Notifier:
         """Something other than events changed (typing, receipts, presence): wake the
         waiters of those rooms, of those users, and those following the presence of those
         rooms' members; the streams keep their own positions."""
+        room_ids, user_ids, presence_of_rooms = \
+            list(room_ids), list(user_ids), list(presence_of_rooms)
+        self._replication.publish("wake", {"rooms": room_ids, "users": user_ids,
+                                           "presence": presence_of_rooms,
+                                           "pos": self._positions()})
         for room_id in room_ids:
             self._wake(self._by_room.pop(room_id, ()))
         for user_id in user_ids:
@@ -166,6 +199,8 @@ class Notifier:
             self._wake(self._by_presence_room.pop(room_id, ()))
 
     def on_account_data(self, user_id: str, position: int) -> None:
+        self._replication.publish("account_data", {"user": user_id, "position": position,
+                                                   "pos": self._positions()})
         if position > self._account_data_position:
             self._account_data_position = position
         self._account_data.mark(user_id, position)

@@ -185,3 +185,20 @@ class FederationPorts:
     media: RemoteMedia | None = None
     hierarchy: RemoteHierarchy | None = None
     retry: DestinationRetry | None = None
+
+
+class Replication(Protocol):
+    """Tells the server's other processes what this one changed (``homeserver.replication``);
+    with one process it tells nobody."""
+
+    def publish(self, topic: str, payload: Any) -> None: ...
+
+
+class _Alone:
+    def publish(self, topic: str, payload: Any) -> None:
+        pass
+
+
+ALONE: Replication = _Alone()
+"""One process: nobody to tell."""
+

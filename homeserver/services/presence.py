@@ -23,7 +23,7 @@ from core.errors import InvalidParam
 from homeserver.config import PresenceConfig
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
-from homeserver.services.ports import LocalEdus
+from homeserver.services.ports import ALONE, LocalEdus, Replication
 from storage.stores.presence import PresenceRow, PresenceStore
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,10 @@ CURRENTLY_ACTIVE_MS = 60_000
 _RESTART_MARGIN = 100_000
 _FLUSH_DELAY_S = 0.5
 _RECENT_CHANGES = 10_000
+# A worker says which of its users are syncing this often (and at once when that changes);
+# the writer forgets a worker not heard from for _WORKER_SILENCE_S (it died).
+WORKER_HEARTBEAT_S = 10.0
+_WORKER_SILENCE_S = 35.0
 
 UNCHANGED: Any = object()
 
@@ -49,8 +53,19 @@ class UserPresence:
 class PresenceService:
     def __init__(self, store: PresenceStore, notifier: Notifier, members: MembershipCache,
                  clock: Clock, config: PresenceConfig, server_name: str = "",
-                 edus: LocalEdus | None = None) -> None:
+                 edus: LocalEdus | None = None, *, replication: Replication = ALONE,
+                 writer: bool = True) -> None:
+        """``writer``: this process keeps presence (the main process); a worker (False)
+        mirrors what the writer publishes over ``replication`` and tells it who syncs."""
         self._store = store
+        self._replication = replication
+        self._writer = writer
+        # Worker origin -> (user -> set_presence of their syncs there, when last heard).
+        self._remote_syncs: dict[str, tuple[dict[str, str], float]] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._syncs_changed = asyncio.Event()
+        # A worker: its users syncing now -> their set_presence.
+        self._syncing_wanted: dict[str, str] = {}
         self._local_suffix = ":" + server_name
         self._notifier = notifier
         self._members = members
@@ -79,6 +94,13 @@ class PresenceService:
         self._position = self._start_position = self._store.position + _RESTART_MARGIN
         self._states = {r.user_id: UserPresence(r.state, r.status_msg, r.last_active_ts,
                                                 r.stream_id) for r in rows}
+        if not self._writer:
+            # Every position the writer hands out from now on is above what it has
+            # written (no margin: the writer's numbers, not this process's, are the
+            # stream's).
+            self._position = self._start_position = self._store.position
+            self._heartbeat = asyncio.create_task(self._heartbeat_loop())
+            return
         # Nobody is connected to a process that just started: whoever was online goes
         # offline unless they come back within the timeout.
         for user_id, presence in self._states.items():
@@ -88,6 +110,11 @@ class PresenceService:
         self._flusher = asyncio.create_task(self._flush_loop())
 
     async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
         for timers in (self._idle_timers, self._offline_timers):
             for handle in timers.values():
                 handle.cancel()
@@ -171,6 +198,9 @@ class PresenceService:
         """The user did something (sent, typed, read): they are active now."""
         if not self.enabled:
             return
+        if not self._writer:
+            self._replication.publish("presence_active", user_id)
+            return
         current = self._states.get(user_id)
         now = self._clock.time_ms()
         if current is not None and current.state == "online":
@@ -190,6 +220,32 @@ class PresenceService:
             yield
             return
         self._connections[user_id] = self._connections.get(user_id, 0) + 1
+        if not self._writer:
+            self._syncing_wanted[user_id] = set_presence or "online"
+            self._syncs_changed.set()
+            try:
+                yield
+            finally:
+                left = self._connections.get(user_id, 1) - 1
+                if left > 0:
+                    self._connections[user_id] = left
+                else:
+                    self._connections.pop(user_id, None)
+                    self._syncing_wanted.pop(user_id, None)
+                    self._syncs_changed.set()
+            return
+        await self._connected(user_id, set_presence)
+        try:
+            yield
+        finally:
+            left = self._connections.get(user_id, 1) - 1
+            if left > 0:
+                self._connections[user_id] = left
+            else:
+                self._connections.pop(user_id, None)
+                self._disconnected(user_id)
+
+    async def _connected(self, user_id: str, set_presence: str | None) -> None:
         timer = self._offline_timers.pop(user_id, None)
         if timer is not None:
             timer.cancel()
@@ -201,17 +257,58 @@ class PresenceService:
         elif wanted == "unavailable" and (current is None or current.state != "unavailable"):
             await self._change(user_id, "unavailable", current.status_msg if current else None,
                                current.last_active_ts if current else self._clock.time_ms())
-        try:
-            yield
-        finally:
-            left = self._connections.get(user_id, 1) - 1
-            if left > 0:
-                self._connections[user_id] = left
-            else:
-                self._connections.pop(user_id, None)
-                if (self._states.get(user_id) or UserPresence("offline", None, 0, 0)
-                        ).state != "offline":
-                    self._arm_offline(user_id)
+
+    def _disconnected(self, user_id: str) -> None:
+        if self._connected_anywhere(user_id):
+            return
+        if (self._states.get(user_id) or UserPresence("offline", None, 0, 0)
+                ).state != "offline":
+            self._arm_offline(user_id)
+
+    def _connected_anywhere(self, user_id: str) -> bool:
+        return bool(self._connections.get(user_id)) or any(
+            user_id in users for users, _ in self._remote_syncs.values())
+
+    # -- several processes ------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        """A worker: tell the writer who syncs here, at once when it changes and every
+        ``WORKER_HEARTBEAT_S`` anyway (so it notices when this process is gone)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._syncs_changed.wait(), WORKER_HEARTBEAT_S)
+            self._syncs_changed.clear()
+            self._replication.publish("presence_syncs", dict(self._syncing_wanted))
+
+    def apply_worker_syncs(self, origin: str, users: dict[str, str]) -> None:
+        """The writer: worker ``origin`` says these users are syncing there (user ->
+        set_presence). Users who stopped there go offline after the timeout, as for a
+        connection here; those who started are connected."""
+        now = self._clock.monotonic()
+        before = self._remote_syncs.get(origin, ({}, now))[0]
+        self._remote_syncs[origin] = (users, now)
+        for gone_origin, (_, heard) in list(self._remote_syncs.items()):
+            if now - heard > _WORKER_SILENCE_S:  # that worker died: its syncs are over
+                gone = self._remote_syncs.pop(gone_origin)[0]
+                for user_id in gone:
+                    self._disconnected(user_id)
+        for user_id, set_presence in users.items():
+            if user_id not in before:
+                self._spawn(self._connected(user_id, set_presence))
+        for user_id in before:
+            if user_id not in users:
+                self._disconnected(user_id)
+
+    def apply_replicated(self, change: list[Any]) -> None:
+        """A worker: the writer changed a user's presence (``_published``)."""
+        user_id, state, status_msg, last_active_ts, position = change
+        self._states[user_id] = UserPresence(state, status_msg, last_active_ts, position)
+        self._position = max(self._position, position)
+        self._recent.append((position, user_id))
+
+    def _published(self, user_id: str, presence: UserPresence) -> None:
+        self._replication.publish("presence", [user_id, presence.state, presence.status_msg,
+                                               presence.last_active_ts, presence.position])
 
     async def _change(self, user_id: str, state: str, status_msg: str | None,
                       last_active_ts: int) -> None:
@@ -219,6 +316,7 @@ class PresenceService:
         presence = UserPresence(state, status_msg, last_active_ts, self._position)
         self._states[user_id] = presence
         self._recent.append((self._position, user_id))
+        self._published(user_id, presence)
         self._dirty[user_id] = presence
         self._flush_wanted.set()
         idle = self._idle_timers.pop(user_id, None)
@@ -246,6 +344,7 @@ class PresenceService:
                                 self._clock.time_ms() - max(0, last_active_ago), self._position)
         self._states[user_id] = presence
         self._recent.append((self._position, user_id))
+        self._published(user_id, presence)
         self._dirty[user_id] = presence
         self._flush_wanted.set()
         rooms = await self._members.joined_rooms(user_id)
@@ -279,7 +378,8 @@ class PresenceService:
     def _offline_check(self, user_id: str) -> None:
         self._offline_timers.pop(user_id, None)
         presence = self._states.get(user_id)
-        if self._connections.get(user_id) or presence is None or presence.state == "offline":
+        if self._connected_anywhere(user_id) or presence is None or \
+                presence.state == "offline":
             return
         self._spawn(self._change(user_id, "offline", presence.status_msg,
                                  presence.last_active_ts))

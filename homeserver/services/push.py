@@ -33,7 +33,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any, TypeVar
 
 from cachetools import LRUCache
@@ -43,6 +43,7 @@ from core.events.room_versions import KNOWN_ROOM_VERSIONS
 from core.push.evaluator import EventFacts, Outcome, Plan, Ruleset, UserFacts
 from homeserver.services.ignored_users import IgnoredUsers
 from homeserver.services.member_cache import MembershipCache
+from homeserver.services.ports import ALONE, Replication
 from homeserver.services.push_rules import PushRuleService
 from homeserver.services.pushers import PusherService
 from homeserver.services.receipts import ReceiptService
@@ -147,8 +148,13 @@ class PushEvaluator:
 
     def __init__(self, store: PushStore, events: EventStore, rules: PushRuleService,
                  pushers: PusherService, ignored: IgnoredUsers, clock: Clock,
-                 server_name: str) -> None:
+                 server_name: str, *, replication: Replication = ALONE,
+                 writer: bool = True) -> None:
+        """``writer``: rules are evaluated here (the main process); a worker (False) keeps
+        what the writer publishes over ``replication``: its position and recent results."""
         self._store = store
+        self._replication = replication
+        self._writer = writer
         self._ignored = ignored
         self._events = events
         self._rules = rules
@@ -198,6 +204,8 @@ class PushEvaluator:
         stored = await self._store.position()
         self.position = head if stored is None else stored
         self._log_start = self.position
+        if not self._writer:
+            return
         if stored is None:
             await self._store.record([], [], head, self._clock.time_ms())
         self._head = max(self._head, head)
@@ -262,14 +270,29 @@ class PushEvaluator:
     async def _advance(self, position: int, rows: list[NotificationRow],
                        queued: list[tuple[str, str, str, str, str, list[Any]]]) -> None:
         await self._store.record(rows, queued, position, self._clock.time_ms())
+        self._replication.publish("push", [position, [list(astuple(r)) for r in rows]])
+        await self._reached(position, rows)
+        if queued:
+            self._pushers.queued()
+
+    async def _reached(self, position: int, rows: list[NotificationRow]) -> None:
         # What was recorded, and the position that says so, change together (no await
         # between): UnreadCounts reads both.
         self._log(rows)
         self.position = max(self.position, position)
         async with self._position_changed:
             self._position_changed.notify_all()
-        if queued:
-            self._pushers.queued()
+
+    async def apply_replicated(self, advanced: list[Any]) -> None:
+        """A worker: the writer evaluated up to a position, with these results."""
+        position, rows = advanced
+        await self._reached(position, [NotificationRow(*r) for r in rows])
+
+    def events_seen(self, batch: CommittedBatch) -> None:
+        """A worker: a commit the writer made (evaluation is the writer's; only the head
+        moves here, so syncs wait for the writer's results)."""
+        self._head = max([self._head, *(e.stream_ordering for e in batch.events
+                                        if e.stream_ordering is not None)])
 
     def _log(self, rows: list[NotificationRow]) -> None:
         for row in rows:
@@ -290,6 +313,11 @@ class PushEvaluator:
 
     def rotated(self) -> None:
         """Results were rotated into summaries and deleted (``PushRotation``)."""
+        self._replication.publish("push_rotated", None)
+        self.rotations += 1
+
+    def apply_rotated(self) -> None:
+        """A worker: the writer rotated results into summaries."""
         self.rotations += 1
 
     def notifications_after(self, room_id: str, after: int, user_id: str

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import astuple
 from typing import Any
 
 from cachetools import LRUCache
@@ -23,7 +24,7 @@ from homeserver.services.account_data import AccountDataService
 from homeserver.services.changes import ChangeLog
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
-from homeserver.services.ports import LocalEdus
+from homeserver.services.ports import ALONE, LocalEdus, Replication
 from homeserver.services.typing import RoomWakes
 from storage.stores.events import EventStore
 from storage.stores.receipts import NewReceipt, Receipt, ReceiptStore
@@ -94,8 +95,9 @@ class ReceiptService:
 
     def __init__(self, store: ReceiptStore, events: EventStore, members: MembershipCache,
                  account_data: AccountDataService, notifier: Notifier, clock: Clock,
-                 edus: LocalEdus | None = None) -> None:
+                 edus: LocalEdus | None = None, *, replication: Replication = ALONE) -> None:
         self._store = store
+        self._replication = replication
         self._events = events
         self._members = members
         self._account_data = account_data
@@ -224,16 +226,31 @@ class ReceiptService:
 
     def _committed(self, stored: list[Receipt | None], local: list[bool]) -> None:
         """Bookkeeping once receipts are stored: listeners, caches, waking the syncs."""
+        new = [r for r in stored if r is not None]  # (others: not newer than what was there)
+        if new:
+            self._replication.publish("receipts", [list(astuple(r)) for r in new])
+        for receipt, is_local in zip(stored, local, strict=True):
+            if receipt is not None and is_local and receipt.receipt_type == "m.read" and \
+                    self._edus is not None:
+                self._edus.receipt_sent(receipt.room_id, receipt.user_id, receipt.receipt_type,
+                                        receipt.event_id, receipt.thread_id, receipt.ts)
+        rooms, users = self._remember(new)
+        if rooms:
+            self._wakes.wake(rooms)
+        if users:
+            self._notifier.wake(user_ids=users)  # private receipts: their owner, at once
+
+    def apply_replicated(self, receipts: list[list[Any]]) -> None:
+        """A worker: the receipts the writer stored (its wakes come on their own)."""
+        self._remember([Receipt(*r) for r in receipts])
+
+    def _remember(self, stored: list[Receipt]) -> tuple[set[str], set[str]]:
+        """Caches and change logs: the rooms and the users (private receipts) to wake."""
         rooms: set[str] = set()
         users: set[str] = set()
-        for receipt, is_local in zip(stored, local, strict=True):
-            if receipt is None:
-                continue  # not newer than the receipt already there
+        for receipt in stored:
             self._writes += 1
             self._recent.add(receipt)
-            if is_local and receipt.receipt_type == "m.read" and self._edus is not None:
-                self._edus.receipt_sent(receipt.room_id, receipt.user_id, receipt.receipt_type,
-                                    receipt.event_id, receipt.thread_id, receipt.ts)
             if receipt.receipt_type in READ_TYPES and receipt.thread_id in ("", "main"):
                 read = self._read.get(receipt.user_id)
                 if read is not None:
@@ -245,10 +262,7 @@ class ReceiptService:
             else:
                 self._rooms.mark(receipt.room_id, receipt.stream_id)
                 rooms.add(receipt.room_id)
-        if rooms:
-            self._wakes.wake(rooms)
-        if users:
-            self._notifier.wake(user_ids=users)  # private receipts: their owner, at once
+        return rooms, users
 
     async def read_positions(self, user_id: str, room_ids: Sequence[str]) -> dict[str, int]:
         """Room -> stream ordering of the latest event the user has read there."""

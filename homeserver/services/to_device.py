@@ -31,7 +31,7 @@ from core.types import (
 )
 from homeserver.services.changes import ChangeLog
 from homeserver.services.notifier import Notifier
-from homeserver.services.ports import RemoteQueue
+from homeserver.services.ports import ALONE, RemoteQueue, Replication
 from storage.stores.to_device import ToDeviceStore
 
 logger = logging.getLogger(__name__)
@@ -60,8 +60,10 @@ class ToDeviceService:
     DEVICES = 50_000
 
     def __init__(self, store: ToDeviceStore, notifier: Notifier, clock: Clock,
-                 server_name: str, *, remote_queue: RemoteQueue | None = None) -> None:
+                 server_name: str, *, remote_queue: RemoteQueue | None = None,
+                 replication: Replication = ALONE) -> None:
         self._store = store
+        self._replication = replication
         self._notifier = notifier
         self._clock = clock
         self._server_name = server_name
@@ -188,10 +190,16 @@ class ToDeviceService:
         if not messages:
             return
         last = await self._store.add(messages, self._clock.time_ms())
-        for user_id, position in last.items():
-            self._changes.mark(user_id, position)
+        self._replication.publish("to_device", last)
+        self.apply_replicated(last)
         if last:
             self._notifier.wake(user_ids=last)
+
+    def apply_replicated(self, last: Mapping[str, int]) -> None:
+        """Messages committed (here, or by the process that writes them): user -> the
+        position of their latest."""
+        for user_id, position in last.items():
+            self._changes.mark(user_id, position)
 
     # -- sync -----------------------------------------------------------------------------
 

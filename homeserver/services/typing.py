@@ -18,7 +18,7 @@ from core.errors import Forbidden
 from homeserver.services.changes import ChangeLog
 from homeserver.services.member_cache import MembershipCache
 from homeserver.services.notifier import Notifier
-from homeserver.services.ports import LocalEdus
+from homeserver.services.ports import ALONE, LocalEdus, Replication
 from roomserver.api import CommittedBatch
 
 DEFAULT_TIMEOUT_MS = 30_000
@@ -93,13 +93,17 @@ ENDS_TYPING = frozenset({"m.room.message", "m.room.encrypted", "m.sticker"})
 
 class TypingService:
     def __init__(self, notifier: Notifier, members: MembershipCache, clock: Clock,
-                 server_name: str, edus: LocalEdus | None = None) -> None:
+                 server_name: str, edus: LocalEdus | None = None, *,
+                 replication: Replication = ALONE, writer: bool = True) -> None:
+        """``writer``: typing is kept here (the main process); a worker (False) mirrors what
+        the writer publishes over ``replication``, with the writer's positions."""
         self._notifier = notifier
         self._members = members
         self._clock = clock
-        self._position = clock.time_ms()
-        # Room -> user -> the timer that ends their typing.
-        self._typing: dict[str, dict[str, asyncio.TimerHandle]] = {}
+        self._replication = replication
+        self._position = clock.time_ms() if writer else 0
+        # Room -> user -> the timer that ends their typing (None in a worker's mirror).
+        self._typing: dict[str, dict[str, asyncio.TimerHandle | None]] = {}
         self._changes = ChangeLog(self._position)
         self._wakes = RoomWakes.for_notifier(notifier)
         notifier.on_left.append(self._left)
@@ -130,6 +134,7 @@ class TypingService:
         if membership is None or membership[0] != "join":
             raise Forbidden("You are not in this room")
         users = self._typing.setdefault(room_id, {})
+        had = user_id in users
         previous = users.pop(user_id, None)
         if previous is not None:
             previous.cancel()
@@ -140,18 +145,19 @@ class TypingService:
         if not users:
             del self._typing[room_id]
         # A renewal (typing again while typing) changes nothing a client sees.
-        if (previous is None) if typing else (previous is not None):
+        if (not had) if typing else had:
             self._changed(room_id)
         # Other servers hear of a start, a renewal (it restarts their timeout) and an end
         # that changes something (a message may have ended it already, see below).
-        if local and self._edus is not None and (typing or previous is not None):
+        if local and self._edus is not None and (typing or had):
             self._edus.typing_changed(room_id, user_id, typing)
 
     def stop_all(self) -> None:
         self._wakes.cancel()
         for users in self._typing.values():
             for handle in users.values():
-                handle.cancel()
+                if handle is not None:
+                    handle.cancel()
         self._typing.clear()
 
     def _left(self, room_id: str, user_id: str) -> None:
@@ -172,14 +178,17 @@ class TypingService:
                     event.stream_ordering < 0:
                 continue
             users = self._typing.get(event.room_id)
-            handle = users.pop(event.sender, None) if users is not None else None
-            if handle is None:
+            if users is None or event.sender not in users:
                 continue
-            handle.cancel()
+            handle = users.pop(event.sender)
+            if handle is not None:
+                handle.cancel()
             if not users:
                 del self._typing[event.room_id]
             self._position += 1
             self._changes.mark(event.room_id, self._position)
+            # (The message's own commit wakes the room; a worker wakes it on this.)
+            self._publish(event.room_id, wake=True)
             if self._edus is not None and event.sender.endswith(self._local_suffix):
                 self._edus.typing_changed(event.room_id, event.sender, False,
                                           event.destinations)
@@ -195,4 +204,23 @@ class TypingService:
     def _changed(self, room_id: str) -> None:
         self._position += 1
         self._changes.mark(room_id, self._position)
+        self._publish(room_id, wake=False)  # (the wake below reaches the workers itself)
         self._wakes.wake([room_id])
+
+    def _publish(self, room_id: str, *, wake: bool) -> None:
+        self._replication.publish("typing", [room_id, sorted(self._typing.get(room_id, ())),
+                                             self._position, wake])
+
+    def apply_replicated(self, change: list[object]) -> None:
+        """A worker: the writer says who types in a room now (``_publish``)."""
+        room_id, users, position, wake = change
+        assert isinstance(room_id, str) and isinstance(users, list) and \
+            isinstance(position, int)
+        if users:
+            self._typing[room_id] = dict.fromkeys(users)
+        else:
+            self._typing.pop(room_id, None)
+        self._position = max(self._position, position)
+        self._changes.mark(room_id, position)
+        if wake:
+            self._notifier.wake(room_ids=[room_id])

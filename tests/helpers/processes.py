@@ -42,12 +42,13 @@ def wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 30) -
 class ServerProcess:
     """``ktchat run -c CONFIG`` as a child process, its stderr captured to a file."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, worker: str | None = None) -> None:
         self.config = config
         self.log_path = log
         self._log = open(log, "w")
         self.proc = subprocess.Popen(
-            [*KTCHAT, "run", "-c", str(config)], stdout=self._log, stderr=subprocess.STDOUT,
+            [*KTCHAT, "run", "-c", str(config), *(["--worker", worker] if worker else [])],
+            stdout=self._log, stderr=subprocess.STDOUT,
             text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def log(self) -> str:

@@ -1,0 +1,104 @@
+"""A worker serves what its role covers and relays every other request to the main process,
+as it came, answering with what the main process answered. A client (or a reverse proxy
+configured more simply than ``routing`` prints) may send anything to any worker.
+
+What a ``client`` worker serves itself (``served_here``): syncs (long-poll, SSE, sliding
+sync) and the event sends that go to the persister (``PUT send``, ``redact``, and ``state``
+other than membership). The same table drives the reverse-proxy configuration.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+_C = r"^/_matrix/client/(?:r0|v3)"
+# (methods, path): syncs, sticky per user at the proxy (a sliding-sync connection and the
+# SSE stream's buffers live in the process that serves them).
+SYNC_ROUTES: tuple[tuple[frozenset[str], re.Pattern[str]], ...] = (
+    (frozenset({"GET"}), re.compile(_C + r"/sync$")),
+    (frozenset({"GET"}), re.compile(r"^/_matrix/client/unstable/org\.ktchat\.sse/"
+                                    r"(?:sync|sliding_sync)$")),
+    (frozenset({"POST"}), re.compile(r"^/_matrix/client/unstable/"
+                                     r"org\.matrix\.simplified_msc3575/sync$")),
+)
+# Event sends: any client worker (each reaches the room's persister).
+SEND_ROUTES: tuple[tuple[frozenset[str], re.Pattern[str]], ...] = (
+    (frozenset({"PUT"}), re.compile(_C + r"/rooms/[^/]+/send/[^/]+/[^/]+$")),
+    (frozenset({"PUT"}), re.compile(_C + r"/rooms/[^/]+/redact/[^/]+/[^/]+$")),
+    (frozenset({"PUT"}), re.compile(_C + r"/rooms/[^/]+/state/"
+                                    r"(?!m\.room\.member(?:/|$))[^/]+(?:/[^/]*)?$")),
+)
+# Served by every process (no state): the versions, CORS preflights, health, metrics.
+_EVERYWHERE = re.compile(r"^/_matrix/client/versions$|^/health$|^/metrics$")
+
+# Not passed on in either direction (RFC 9110 7.6.1), or set anew by aiohttp.
+_HOP_BY_HOP = frozenset(h.lower() for h in (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
+    "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length"))
+# A relayed request can be a long poll or an upload: no overall limit, the main process
+# has its own.
+_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
+
+
+def served_here(method: str, path: str) -> bool:
+    """Whether a ``client`` worker answers this request itself."""
+    if method == "OPTIONS" or _EVERYWHERE.match(path):
+        return True
+    return any(method in methods and pattern.match(path)
+               for methods, pattern in (*SYNC_ROUTES, *SEND_ROUTES))
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Relay:
+    """Passes requests to the main process's client listener (``main_url``)."""
+
+    def __init__(self, main_url: str) -> None:
+        self._base = main_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self.relayed = 0
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if served_here(request.method, request.path):
+            return await handler(request)
+        return await self.relay(request)
+
+    async def relay(self, request: web.Request) -> web.StreamResponse:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=_TIMEOUT, auto_decompress=False)
+        self.relayed += 1
+        headers = CIMultiDict((k, v) for k, v in request.headers.items()
+                              if k.lower() not in _HOP_BY_HOP)
+        forwarded = request.headers.get("X-Forwarded-For")
+        remote = request.remote or ""
+        headers["X-Forwarded-For"] = f"{forwarded}, {remote}" if forwarded else remote
+        body = request.content.iter_any() if request.body_exists else None
+        try:
+            async with self._session.request(
+                    request.method, URL(self._base + request.raw_path, encoded=True),
+                    headers=headers, data=body, allow_redirects=False) as upstream:
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+                for key, value in upstream.headers.items():
+                    if key.lower() not in _HOP_BY_HOP or key.lower() == "content-length":
+                        response.headers.add(key, value)
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except aiohttp.ClientError:
+            return web.json_response({"errcode": "M_UNKNOWN",
+                                      "error": "The main process cannot be reached"},
+                                     status=502)

@@ -1,0 +1,94 @@
+"""What the processes of one server tell each other over the bus, and what each does with it.
+
+The main process (the writer) publishes; ``follow_writer`` makes a worker apply it: stream
+positions first (a sync reads up to them), then the change itself, then the wake, so a woken
+sync finds what woke it. ``serve_workers`` makes the main process take what workers report
+(who is syncing there, who was active).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from homeserver.replication.bus import RedisBus
+from homeserver.services.container import Services
+from homeserver.services.notifier import batch_from_json
+
+logger = logging.getLogger(__name__)
+
+
+def follow_writer(bus: RedisBus, services: Services) -> None:
+    """A worker: keep this process's memory as the writer's commits change the database."""
+    db = services.db
+    stores = {"account_data": db.account_data, "receipts": db.receipts,
+              "to_device": db.to_device, "e2e": db.e2e_keys}
+    notifier = services.notifier
+    roomserver = services.roomserver
+    pending: set[asyncio.Task[None]] = set()
+
+    def advance(payload: dict[str, Any]) -> None:
+        for name, position in (payload.get("pos") or {}).items():
+            store = stores.get(name)
+            if store is not None:
+                store.advance(position)
+
+    def on_events(payload: dict[str, Any], _origin: str) -> None:
+        advance(payload)
+        batch = batch_from_json(payload["batch"])
+        roomserver.forget_rooms({e.room_id for e in batch.events},
+                                [e.redacts for e in batch.events if e.redacts is not None])
+        services.push.events_seen(batch)
+        notifier.events_committed(batch)
+
+    def on_wake(payload: dict[str, Any], _origin: str) -> None:
+        advance(payload)
+        notifier.wake(payload["rooms"], payload["users"], payload["presence"])
+
+    def on_account_data(payload: dict[str, Any], _origin: str) -> None:
+        advance(payload)
+        notifier.on_account_data(payload["user"], payload["position"])
+
+    def on_push(payload: list[Any], _origin: str) -> None:
+        # In order: each waits for the one before (positions only grow anyway).
+        task = asyncio.get_running_loop().create_task(services.push.apply_replicated(payload))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    bus.subscribe("events", on_events)
+    bus.subscribe("wake", on_wake)
+    bus.subscribe("account_data", on_account_data)
+    bus.subscribe("ignored", lambda p, _: services.account_data.apply_ignored(*p))
+    bus.subscribe("typing", lambda p, _: services.typing.apply_replicated(p))
+    bus.subscribe("presence", lambda p, _: services.presence.apply_replicated(p))
+    bus.subscribe("receipts", lambda p, _: services.receipts.apply_replicated(p))
+    bus.subscribe("to_device", lambda p, _: services.to_device.apply_replicated(p))
+    def on_device_lists(changes: list[list[Any]], _origin: str) -> None:
+        services.keys.apply_replicated_changes((position, user) for position, user in changes)
+
+    bus.subscribe("device_lists", on_device_lists)
+    bus.subscribe("key_counts",
+                  lambda p, _: services.keys.apply_replicated_counts(
+                      (user, device) for user, device in p))
+    bus.subscribe("push", on_push)
+    bus.subscribe("push_rotated", lambda _p, _o: services.push.apply_rotated())
+    bus.subscribe("tokens", lambda p, _: services.auth.apply_forget_user(p))
+
+
+def serve_workers(bus: RedisBus, services: Services) -> None:
+    """The main process: what workers report."""
+    presence = services.presence
+
+    def on_active(user_id: str, _origin: str) -> None:
+        task = asyncio.get_running_loop().create_task(presence.user_active(user_id))
+        task.add_done_callback(_log_failure)
+
+    bus.subscribe("presence_syncs", lambda users, origin: presence.apply_worker_syncs(
+        origin, {str(u): str(s) for u, s in users.items()}))
+    bus.subscribe("presence_active", on_active)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("Applying a worker's report failed", exc_info=task.exception())

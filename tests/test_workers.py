@@ -1,0 +1,270 @@
+"""Several processes of one server (``workers``): a main process and two ``client`` workers
+as real processes on one PostgreSQL database (created for the test) and the test Redis.
+
+Clients talk to the workers only: what a worker does not serve it relays to the main
+process; its event sends reach the persister (the main process) over the replication
+listener; what the main process writes reaches the workers' syncs over Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+import yaml
+
+from tests.conftest import postgres_url
+from tests.helpers.processes import ServerProcess, free_port, ktchat, wait_for_port
+
+PASSWORD = "a long enough password"
+REDIS_ENV = "KTCHAT_TEST_REDIS_URL"
+
+
+def redis_url() -> str:
+    url = os.environ.get(REDIS_ENV)
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{REDIS_ENV} must be set under CI=true")
+        pytest.skip(f"{REDIS_ENV} is not set")
+    return url
+
+
+@pytest.fixture
+async def database() -> AsyncIterator[str]:
+    """A new PostgreSQL database (asyncpg URL), dropped afterwards."""
+    base = postgres_url()
+    assert base is not None
+    dsn = base.replace("postgresql+asyncpg://", "postgresql://")
+    name = "ktchat_workers_" + secrets.token_hex(5)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield base.rsplit("/", 1)[0] + "/" + name
+    finally:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+class Cluster:
+    """A generated config with two workers, and the three processes run from it."""
+
+    WORKERS = ("w1", "w2")
+
+    def __init__(self, root: Path, database: str) -> None:
+        self.root = root
+        data = root / "data"
+        self.main_port, self.replication_port = free_port(), free_port()
+        # A server name of its own: parallel tests share the Redis server.
+        self.server_name = f"w{secrets.token_hex(4)}.test"
+        ktchat("generate-config", "--server-name", self.server_name, "--data-dir", str(data),
+               "--client-port", str(self.main_port), "--federation-port", str(free_port()))
+        self.config_path = data / "homeserver.yaml"
+        config = yaml.safe_load(self.config_path.read_text())
+        self.ports = {name: free_port() for name in self.WORKERS}
+        config.update({
+            "registration": {"enabled": True, "require_token": False},
+            "rate_limits": {"enabled": False},
+            "logging": {"level": "WARNING"},
+            "federation": {"enabled": False},
+            "database": {"url": database},
+            "redis": {"url": redis_url()},
+            "listeners": [
+                {"port": self.main_port, "resources": ["client"], "x_forwarded": True},
+                {"port": self.replication_port, "resources": ["replication"]},
+            ],
+            "workers": {name: {"roles": ["client"],
+                               "listeners": [{"port": port, "resources": ["client"]}]}
+                        for name, port in self.ports.items()},
+        })
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.processes: dict[str, ServerProcess] = {}
+
+    def url(self, name: str) -> str:
+        port = self.main_port if name == "main" else self.ports[name]
+        return f"http://127.0.0.1:{port}"
+
+    def start(self, name: str) -> None:
+        process = ServerProcess(self.config_path, self.root / f"{name}.log",
+                                worker=None if name == "main" else name)
+        self.processes[name] = process
+        wait_for_port(self.main_port if name == "main" else self.ports[name], process.proc)
+
+    def stop_all(self) -> dict[str, int]:
+        return {name: process.stop() for name, process in self.processes.items()}
+
+    def logs(self) -> str:
+        return "\n".join(f"== {n}\n{p.log()}" for n, p in self.processes.items())
+
+
+class Client:
+    def __init__(self, http: aiohttp.ClientSession, base: str, token: str = "",
+                 user_id: str = "", device_id: str = "") -> None:
+        self.http = http
+        self.base = base
+        self.token = token
+        self.user_id = user_id
+        self.device_id = device_id
+
+    def at(self, base: str) -> Client:
+        """The same session, talking to another process."""
+        return Client(self.http, base, self.token, self.user_id, self.device_id)
+
+    async def call(self, method: str, path: str, body: Any = None, status: int = 200,
+                   **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        async with self.http.request(method, self.base + "/_matrix/client/v3" + path,
+                                     json=body, headers=headers, **kwargs) as resp:
+            text = await resp.text()
+            assert resp.status == status, f"{method} {path}: {resp.status} {text}"
+            return json.loads(text) if text else None
+
+    async def sync(self, since: str | None = None, timeout_ms: int = 0,
+                   **params: str) -> dict[str, Any]:
+        query = {"timeout": str(timeout_ms), **params}
+        if since is not None:
+            query["since"] = since
+        result: dict[str, Any] = await self.call("GET", "/sync", params=query)
+        return result
+
+
+async def register(http: aiohttp.ClientSession, base: str, name: str) -> Client:
+    anon = Client(http, base)
+    body: dict[str, Any] = {"username": name, "password": PASSWORD, "device_id": "DEV"}
+    session = (await anon.call("POST", "/register", body, 401))["session"]
+    body["auth"] = {"type": "m.login.dummy", "session": session}
+    answer = await anon.call("POST", "/register", body)
+    return Client(http, base, answer["access_token"], answer["user_id"], answer["device_id"])
+
+
+async def sync_until(client: Client, since: str, found: Any, *, timeout_s: float = 10,
+                     **params: str) -> tuple[dict[str, Any], str]:
+    """Long-poll until ``found(response)`` is true; the response and its next_batch."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = await client.sync(since, timeout_ms=5000, **params)
+        since = response["next_batch"]
+        if found(response):
+            return response, since
+    raise AssertionError("not seen in time")
+
+
+def timeline_bodies(response: dict[str, Any], room_id: str) -> list[str]:
+    room = response.get("rooms", {}).get("join", {}).get(room_id, {})
+    return [e["content"].get("body") for e in room.get("timeline", {}).get("events", [])
+            if e["type"] == "m.room.message"]
+
+
+def ephemeral(response: dict[str, Any], room_id: str, type_: str) -> list[dict[str, Any]]:
+    room = response.get("rooms", {}).get("join", {}).get(room_id, {})
+    return [e for e in room.get("ephemeral", {}).get("events", []) if e["type"] == type_]
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, database: str) -> AsyncIterator[Cluster]:
+    cluster = Cluster(tmp_path, database)
+    cluster.start("main")
+    for name in Cluster.WORKERS:
+        cluster.start(name)
+    try:
+        yield cluster
+    finally:
+        codes = cluster.stop_all()
+        assert all(code == 0 for code in codes.values()), (codes, cluster.logs())
+        assert "Traceback" not in cluster.logs(), cluster.logs()
+
+
+async def test_what_one_worker_writes_reaches_syncs_on_the_other(cluster: Cluster) -> None:
+    w1, w2 = cluster.url("w1"), cluster.url("w2")
+    async with aiohttp.ClientSession() as http:
+        # Registration, room creation and joins are relayed to the main process.
+        alice = await register(http, w1, "alice")
+        bob = (await register(http, w2, "bob"))
+        room_id = (await alice.call("POST", "/createRoom", {"preset": "public_chat"}))["room_id"]
+        await bob.call("POST", f"/join/{room_id}", {})
+        _, bob_since = await sync_until(bob, "", lambda r: room_id in r["rooms"]["join"])
+        _, alice_since = await sync_until(alice, "", lambda r: room_id in r["rooms"]["join"])
+
+        # A message sent through w1 (written by the persister) wakes a long poll on w2 and
+        # an SSE stream on w2.
+        async with http.get(w2 + "/_matrix/client/unstable/org.ktchat.sse/sync",
+                            params={"since": bob_since},
+                            headers={"Authorization": f"Bearer {bob.token}"}) as stream:
+            assert stream.status == 200
+            poll = asyncio.create_task(sync_until(
+                bob, bob_since, lambda r: timeline_bodies(r, room_id) != []))
+            await asyncio.sleep(0.3)  # the poll waits at w2
+            sent_at = time.monotonic()
+            event_id = (await alice.call(
+                "PUT", f"/rooms/{room_id}/send/m.room.message/t1",
+                {"msgtype": "m.text", "body": "across workers"}))["event_id"]
+            response, bob_since = await asyncio.wait_for(poll, 10)
+            waited = time.monotonic() - sent_at
+            assert timeline_bodies(response, room_id) == ["across workers"]
+            assert waited < 4, waited  # woken by the commit, not the poll's timeout
+            seen = []
+            async for line in stream.content:
+                if line.startswith(b"data: "):
+                    seen += timeline_bodies(json.loads(line[6:]), room_id)
+                    if "across workers" in seen:
+                        break
+        # The same transaction through the other worker is the same event.
+        again = await alice.at(w2).call("PUT", f"/rooms/{room_id}/send/m.room.message/t1",
+                                         {"msgtype": "m.text", "body": "across workers"})
+        assert again["event_id"] == event_id
+
+        # Typing (relayed to the main process, which keeps it) reaches bob's sync on w2.
+        await alice.call("PUT", f"/rooms/{room_id}/typing/{alice.user_id}",
+                         {"typing": True, "timeout": 20000})
+        _, bob_since = await sync_until(
+            bob, bob_since, lambda r: any(alice.user_id in e["content"]["user_ids"]
+                                          for e in ephemeral(r, room_id, "m.typing")))
+
+        # A read receipt through w2 reaches alice's sync on w1.
+        await bob.call("POST", f"/rooms/{room_id}/receipt/m.read/{event_id}", {})
+        _, alice_since = await sync_until(
+            alice, alice_since,
+            lambda r: any(bob.user_id in e["content"].get(event_id, {}).get("m.read", {})
+                          for e in ephemeral(r, room_id, "m.receipt")))
+
+        # Bob syncing at w2 is online for alice at w1 (the main process keeps presence).
+        def bob_online(r: dict[str, Any]) -> bool:
+            return any(e["sender"] == bob.user_id and e["content"]["presence"] == "online"
+                       for e in r.get("presence", {}).get("events", []))
+        await sync_until(alice, "", bob_online)
+
+        # To-device through w1 reaches bob's device at w2.
+        await alice.call("PUT", "/sendToDevice/m.test/td1",
+                         {"messages": {bob.user_id: {bob.device_id: {"hello": "bob"}}}})
+        _, bob_since = await sync_until(
+            bob, bob_since, lambda r: any(e["content"] == {"hello": "bob"}
+                                          for e in r.get("to_device", {}).get("events", [])))
+
+        # Bob's new device keys (uploaded through w2) change alice's device lists at w1.
+        await bob.call("POST", "/keys/upload", {"device_keys": {
+            "user_id": bob.user_id, "device_id": bob.device_id,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+            "keys": {f"ed25519:{bob.device_id}": "AAAA", f"curve25519:{bob.device_id}": "BBBB"},
+            "signatures": {}}})
+        _, alice_since = await sync_until(
+            alice, alice_since,
+            lambda r: bob.user_id in r.get("device_lists", {}).get("changed", []))
+
+        # Logging out at w1 ends the session at w2 at once.
+        await bob.at(w1).call("POST", "/logout", {})
+        await bob.call("GET", "/account/whoami", status=401)
+        with pytest.raises(AssertionError):
+            await bob.sync(bob_since)
