@@ -103,6 +103,20 @@ def show_listeners(args: argparse.Namespace) -> int:
     return 0
 
 
+def proxy_config(args: argparse.Namespace) -> int:
+    """Print the nginx or HAProxy configuration for the config's workers."""
+    from homeserver import proxy_config as render
+
+    config = _load(args.config)
+    try:
+        text = (render.nginx if args.proxy == "nginx" else render.haproxy)(config, args.listen)
+    except ValueError as e:
+        print(f"proxy-config: {e}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    return 0
+
+
 def _return_big_allocations_to_the_os() -> None:
     """Each password hash takes 19 MiB (argon2id). glibc's malloc raises its mmap threshold
     after such a block is freed, so later ones come from the heap and stay resident: fixing
@@ -201,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--worker", metavar="NAME", default=None,
                        help="run the named worker of the config's workers section")
     run_p.set_defaults(func=run)
+
+    proxy = sub.add_parser("proxy-config", help="print the reverse-proxy configuration "
+                                                 "that routes requests to the workers")
+    proxy.add_argument("-c", "--config", required=True)
+    proxy.add_argument("--proxy", choices=("nginx", "haproxy"), default="nginx")
+    proxy.add_argument("--listen", default="127.0.0.1:8080",
+                       help="where the proxy listens (default 127.0.0.1:8080)")
+    proxy.set_defaults(func=proxy_config)
 
     show = sub.add_parser("show-listeners", help="print where the config listens")
     show.add_argument("-c", "--config", required=True)

@@ -16,6 +16,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import shutil
+import subprocess
+
 import aiohttp
 import asyncpg
 import pytest
@@ -78,7 +81,8 @@ class Cluster:
         config.update({
             "registration": {"enabled": True, "require_token": False},
             "rate_limits": {"enabled": False},
-            "logging": {"level": "WARNING"},
+            # The access log says which process answered what.
+            "logging": {"level": "WARNING", "loggers": {"ktchat.access": "INFO"}},
             "federation": {"enabled": False},
             "database": {"url": database},
             "redis": {"url": redis_url()},
@@ -211,10 +215,17 @@ async def test_what_one_worker_writes_reaches_syncs_on_the_other(cluster: Cluste
             event_id = (await alice.call(
                 "PUT", f"/rooms/{room_id}/send/m.room.message/t1",
                 {"msgtype": "m.text", "body": "across workers"}))["event_id"]
+            before = bob_since
             response, bob_since = await asyncio.wait_for(poll, 10)
             waited = time.monotonic() - sent_at
             assert timeline_bodies(response, room_id) == ["across workers"]
             assert waited < 4, waited  # woken by the commit, not the poll's timeout
+            # Once, however many processes heard of it (a worker that passed on what it
+            # applied made the other one list it twice).
+            await asyncio.sleep(0.5)
+            for worker in (w1, w2):
+                again = await bob.at(worker).sync(before)
+                assert timeline_bodies(again, room_id) == ["across workers"]
             seen = []
             async for line in stream.content:
                 if line.startswith(b"data: "):
@@ -268,3 +279,67 @@ async def test_what_one_worker_writes_reaches_syncs_on_the_other(cluster: Cluste
         await bob.call("GET", "/account/whoami", status=401)
         with pytest.raises(AssertionError):
             await bob.sync(bob_since)
+
+
+def start_proxy(kind: str, cluster: Cluster, root: Path, port: int) -> subprocess.Popen[bytes]:
+    """nginx or HAProxy (Debian's), on loopback, with what ``ktchat proxy-config`` prints."""
+    binary = shutil.which(kind, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{kind} is not installed (.ci/run installs it)")
+        pytest.skip(f"{kind} is not installed")
+    generated = ktchat("proxy-config", "-c", str(cluster.config_path), "--proxy", kind,
+                       "--listen", f"127.0.0.1:{port}").stdout
+    if kind == "nginx":
+        (root / "logs").mkdir(exist_ok=True)
+        (root / "routes.conf").write_text(generated)
+        (root / "nginx.conf").write_text(
+            f"daemon off;\npid {root}/nginx.pid;\nerror_log {root}/nginx-error.log;\n"
+            "events {}\nhttp {\n  access_log off;\n"
+            f"  client_body_temp_path {root}/body;\n  proxy_temp_path {root}/proxy;\n"
+            f"  include {root}/routes.conf;\n}}\n")
+        command = [binary, "-p", str(root), "-c", str(root / "nginx.conf")]
+    else:
+        (root / "haproxy.cfg").write_text(
+            "global\n  maxconn 256\ndefaults\n  mode http\n  timeout connect 5s\n"
+            + generated)
+        subprocess.run([binary, "-c", "-q", "-f", str(root / "haproxy.cfg")], check=True)
+        command = [binary, "-db", "-f", str(root / "haproxy.cfg")]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, proc)  # type: ignore[arg-type]
+    return proc
+
+
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+async def test_a_reverse_proxy_sends_syncs_and_sends_to_the_workers(
+        kind: str, cluster: Cluster, tmp_path: Path) -> None:
+    port = free_port()
+    proxy = start_proxy(kind, cluster, tmp_path, port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+            alice = await register(http, base, "alice")
+            bob = await register(http, base, "bob")
+            room_id = (await alice.call("POST", "/createRoom",
+                                        {"preset": "public_chat"}))["room_id"]
+            await bob.call("POST", f"/join/{room_id}", {})
+            _, since = await sync_until(bob, "", lambda r: room_id in r["rooms"]["join"])
+            poll = asyncio.create_task(sync_until(
+                bob, since, lambda r: timeline_bodies(r, room_id) != []))
+            await asyncio.sleep(0.2)
+            await alice.call("PUT", f"/rooms/{room_id}/send/m.room.message/p1",
+                             {"msgtype": "m.text", "body": "through the proxy"})
+            response, _ = await asyncio.wait_for(poll, 10)
+            assert timeline_bodies(response, room_id) == ["through the proxy"]
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+    logs = {name: process.log() for name, process in cluster.processes.items()}
+    workers_log = logs["w1"] + logs["w2"]
+    # Syncs and sends were answered by the workers; registration and room creation by the
+    # main process, reached directly (not relayed by a worker).
+    assert "GET /_matrix/client/v3/sync" in workers_log
+    assert "PUT /_matrix/client/v3/rooms/" in workers_log
+    assert "GET /_matrix/client/v3/sync" not in logs["main"]
+    assert "POST /_matrix/client/v3/createRoom" in logs["main"]
+    assert "POST /_matrix/client/v3/createRoom" not in workers_log

@@ -240,6 +240,10 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     db = db or open_database(config)
     hasher = hasher or PasswordHasher()
     writer = writes is None
+    # What this process changed goes out only from the writer: a worker's changes are what
+    # it applies from the writer (its presence service alone reports, to the writer).
+    reports = replication
+    replication = replication if writer else ALONE
     notifier = Notifier(replication, positions=lambda: {
         "account_data": db.account_data.position, "receipts": db.receipts.position,
         "to_device": db.to_device.position, "e2e": db.e2e_keys.position})
@@ -291,7 +295,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     receipts = ReceiptService(db.receipts, db.events, members, account_data, notifier, clock,
                               edus, replication=replication)
     presence = PresenceService(db.presence, notifier, members, clock, config.presence,
-                               config.server_name, edus, replication=replication,
+                               config.server_name, edus, replication=reports,
                                writer=writer)
     to_device = ToDeviceService(db.to_device, notifier, clock, config.server_name,
                                 remote_queue=remote.to_device if remote is not None else None,
