@@ -33,7 +33,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, data_root, emit, free_port, machine, percentiles
 from _servers import ThrowawayPostgres
-from fanout import PASSWORD, Tally, _long_poll_receiver, _send, _filter
+from fanout import PASSWORD, Tally, _filter, _long_poll_receiver, _send
 
 WORKERS = ("sync1", "sync2")
 

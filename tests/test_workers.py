@@ -11,13 +11,12 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import shutil
-import subprocess
 
 import aiohttp
 import asyncpg
@@ -273,6 +272,29 @@ async def test_what_one_worker_writes_reaches_syncs_on_the_other(cluster: Cluste
         _, alice_since = await sync_until(
             alice, alice_since,
             lambda r: bob.user_id in r.get("device_lists", {}).get("changed", []))
+
+        # An edit through w2 is bundled with the original in syncs at w1 (its relations
+        # cache heard of it).
+        def original(r: dict[str, Any]) -> dict[str, Any]:
+            events = r["rooms"]["join"][room_id]["timeline"]["events"]
+            return next(e for e in events if e["event_id"] == event_id)
+        assert "m.relations" not in original(await bob.at(w1).sync(before)).get("unsigned", {})
+        await alice.at(w2).call("PUT", f"/rooms/{room_id}/send/m.room.message/edit1", {
+            "msgtype": "m.text", "body": "* edited", "m.new_content": {
+                "msgtype": "m.text", "body": "edited"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": event_id}})
+        await asyncio.sleep(0.5)
+        relations = original(await bob.at(w1).sync(before)).get("unsigned", {}).get(
+            "m.relations", {})
+        assert "m.replace" in relations, relations
+
+        # Clearing history through w2 hides it from bob's syncs at w1 (whose cache of the
+        # cleared points was warm).
+        assert "across workers" in timeline_bodies(await bob.at(w1).sync(), room_id)
+        await bob.call("POST", "/../unstable/org.ktchat.history/rooms/"
+                       f"{room_id}/clear", {})
+        await asyncio.sleep(0.5)
+        assert "across workers" not in timeline_bodies(await bob.at(w1).sync(), room_id)
 
         # Logging out at w1 ends the session at w2 at once.
         await bob.at(w1).call("POST", "/logout", {})

@@ -73,6 +73,8 @@ def follow_writer(bus: RedisBus, services: Services) -> None:
                       (user, device) for user, device in p))
     bus.subscribe("push", on_push)
     bus.subscribe("push_rotated", lambda _p, _o: services.push.apply_rotated())
+    bus.subscribe("relations", lambda p, _: db.relations.changed((), p[0], p[1]))
+    bus.subscribe("history_cleared", lambda p, _: services.history.forget_cleared(p))
     bus.subscribe("tokens", lambda p, _: services.auth.apply_forget_user(p))
 
 

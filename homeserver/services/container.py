@@ -252,6 +252,9 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     roomserver = roomserver or RoomServer(db, clock, config.server_name, signing_key)
     roomserver.add_commit_listener(notifier)
     rooms_api: LocalRooms = writes or roomserver
+    if writer:
+        db.relations.add_listener(
+            lambda parents, redacted: replication.publish("relations", [parents, redacted]))
     remote_lists = RemoteDeviceLists(db.remote_device_lists, members, roomserver, remote.keys,
                                      notifier, clock, config.server_name) \
         if remote is not None else None
@@ -280,7 +283,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                         limiter(rl.message_per_user),
                         default_room_version=KNOWN_ROOM_VERSIONS[config.default_room_version],
                         remote=remote_rooms)
-    cleared = ClearedHistory(db.rooms)
+    cleared = ClearedHistory(db.rooms, replication)
     visibility = VisibilityService(db.state, db.events, cleared)
     serializer = EventSerializer(
         db.events, aggregations=RelationAggregator(db.relations, db.events, visibility))

@@ -18,6 +18,7 @@ from core.clock import Clock
 from core.errors import Forbidden, NotFound
 from homeserver.services.censor import pruned_json
 from homeserver.services.membership import MembershipService
+from homeserver.services.ports import ALONE, Replication
 from homeserver.services.serialize import EventSerializer
 from roomserver.api import EventErasure
 from storage.stores.events import EventStore
@@ -32,8 +33,9 @@ class ClearedHistory:
 
     SIZE = 10_000
 
-    def __init__(self, rooms: RoomStore) -> None:
+    def __init__(self, rooms: RoomStore, replication: Replication = ALONE) -> None:
         self._rooms = rooms
+        self._replication = replication
         self._points: LRUCache[str, dict[str, Position]] = LRUCache(self.SIZE)
 
     async def points(self, user_id: str) -> dict[str, Position]:
@@ -54,6 +56,11 @@ class ClearedHistory:
             return
         await self._rooms.clear_history(user_id, room_id, event_id, position, ts)
         # Reloaded on the next read, so a concurrent load cannot put back the old point.
+        self._replication.publish("history_cleared", user_id)
+        self.forget(user_id)
+
+    def forget(self, user_id: str) -> None:
+        """The user's points changed (here, or in the process that writes them)."""
         self._points.pop(user_id, None)
 
 
@@ -75,6 +82,10 @@ class HistoryService:
         self._erasure = erasure
         self._clock = clock
         self._local = ":" + server_name
+
+    def forget_cleared(self, user_id: str) -> None:
+        """A worker: the writer stored where the user cleared a room up to."""
+        self._cleared.forget(user_id)
 
     async def forget(self, user_id: str, room_id: str) -> None:
         """POST /forget: the room's history is gone for the user (``MembershipService``)."""

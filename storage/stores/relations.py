@@ -9,7 +9,7 @@ overlapped such news does not fill the cache with what it saw.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from cachetools import LRUCache
@@ -67,12 +67,20 @@ class RelationStore:
         self._db = engine
         self._cache: LRUCache[str, RelationSummary] = LRUCache(cache_size)
         self._changes = 0
+        # Told (parents, redacted) of every change written here (other processes' caches).
+        self._listeners: list[Callable[[list[str], bool], None]] = []
+
+    def add_listener(self, listener: Callable[[list[str], bool], None]) -> None:
+        self._listeners.append(listener)
 
     def changed(self, fresh: Sequence[str], parent_ids: Sequence[str], redacted: bool) -> None:
         """A write: ``fresh`` events nothing relates to yet (known at once, so that sync
         fanning a new event out asks nothing), new relations of ``parent_ids``; ``redacted``:
         redactions were applied (which may have removed any relation: the whole cache
         goes)."""
+        for listener in self._listeners:
+            if parent_ids or redacted:
+                listener(list(parent_ids), redacted)
         if redacted:
             self._changes += 1
             self._cache.clear()
