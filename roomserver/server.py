@@ -65,6 +65,10 @@ class RoomServer:
             self._merger.start()
         return position
 
+    def forget_all_rooms(self) -> None:
+        """Another process may have written any room (a worker that missed messages)."""
+        self._writer.forget_rooms(self._writer.cached_rooms())
+
     def forget_rooms(self, room_ids: Iterable[str], redacted: Iterable[str] = ()) -> None:
         """Another process committed events in these rooms (some redacting ``redacted``):
         what is cached of them here is out of date."""

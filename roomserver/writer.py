@@ -88,6 +88,9 @@ class Writer:
     def cached_snapshot(self, room_id: str) -> RoomSnapshot | None:
         return self._rooms.get(room_id)
 
+    def cached_rooms(self) -> list[str]:
+        return list(self._rooms)
+
     def forget_rooms(self, room_ids: Iterable[str]) -> None:
         """Another process wrote these rooms: their snapshots here are out of date (and a
         load running now may have read before that write: it is not kept)."""

@@ -107,7 +107,10 @@ class Cluster:
         wait_for_port(self.main_port if name == "main" else self.ports[name], process.proc)
 
     def stop_all(self) -> dict[str, int]:
-        return {name: process.stop() for name, process in self.processes.items()}
+        """The workers first, then the main process (as an operator would)."""
+        order = [n for n in self.processes if n != "main"] + ["main"]
+        return {name: self.processes[name].stop() for name in order
+                if name in self.processes}
 
     def logs(self) -> str:
         return "\n".join(f"== {n}\n{p.log()}" for n, p in self.processes.items())
@@ -365,3 +368,35 @@ async def test_a_reverse_proxy_sends_syncs_and_sends_to_the_workers(
     assert "GET /_matrix/client/v3/sync" not in logs["main"]
     assert "POST /_matrix/client/v3/createRoom" in logs["main"]
     assert "POST /_matrix/client/v3/createRoom" not in workers_log
+
+
+async def test_a_worker_that_lost_redis_for_a_while_misses_nothing(cluster: Cluster) -> None:
+    """Messages published while a worker was not subscribed are lost to it: once back, it
+    forgets what it knew of changes and wakes its syncs, which then find the event."""
+    import redis.asyncio as aioredis
+
+    async with aiohttp.ClientSession() as http:
+        alice = await register(http, cluster.url("main"), "alice")
+        bob = await register(http, cluster.url("w2"), "bob")
+        room_id = (await alice.call("POST", "/createRoom", {"preset": "public_chat"}))["room_id"]
+        await bob.call("POST", f"/join/{room_id}", {})
+        _, since = await sync_until(bob, "", lambda r: room_id in r["rooms"]["join"])
+        poll = asyncio.create_task(sync_until(
+            bob, since, lambda r: "in the gap" in timeline_bodies(r, room_id), timeout_s=20))
+        await asyncio.sleep(0.3)
+        redis = aioredis.from_url(redis_url())
+        try:
+            clients = await redis.client_list()
+            name = f"ktchat.{cluster.server_name}.w2"
+            killed = [c["id"] for c in clients if c.get("name") == name]
+            assert killed, clients
+            for client_id in killed:
+                await redis.client_kill_filter(_id=client_id)
+        finally:
+            await redis.aclose()
+        # Published while w2 is away (it waits half a second before subscribing again).
+        await alice.call("PUT", f"/rooms/{room_id}/send/m.room.message/gap",
+                         {"msgtype": "m.text", "body": "in the gap"})
+        response, _ = await asyncio.wait_for(poll, 25)
+        assert "in the gap" in timeline_bodies(response, room_id)
+    assert "Resubscribed" in cluster.processes["w2"].log()

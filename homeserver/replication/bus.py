@@ -48,6 +48,8 @@ class RedisBus:
         self._channel = f"ktchat.{server_name}.replication"
         # Unique per run: a restarted worker is another origin.
         self.origin = f"{process}.{secrets.token_hex(4)}"
+        # How its connections show in Redis's CLIENT LIST.
+        self.client_name = f"ktchat.{server_name}.{process}"
         self._handlers: dict[str, list[Handler]] = {}
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._redis: aioredis.Redis | None = None
@@ -66,7 +68,7 @@ class RedisBus:
         self._queue.put_nowait(orjson.dumps([self.origin, topic, payload]))
 
     async def start(self) -> None:
-        self._redis = aioredis.from_url(self._url)
+        self._redis = aioredis.from_url(self._url, client_name=self.client_name)
         await self._redis.ping()  # fail at start-up, not later, when Redis is not there
         self._tasks = [asyncio.create_task(self._send_loop()),
                        asyncio.create_task(self._receive_loop())]

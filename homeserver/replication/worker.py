@@ -56,6 +56,15 @@ def follow_writer(bus: RedisBus, services: Services) -> None:
         pending.add(task)
         task.add_done_callback(pending.discard)
 
+    def resubscribed() -> None:
+        logger.warning("Resubscribed to the writer's messages: forgetting what may have "
+                       "changed meanwhile")
+        task = asyncio.get_running_loop().create_task(services.resync_worker())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        task.add_done_callback(_log_failure)
+
+    bus.on_resubscribed.append(resubscribed)
     bus.subscribe("events", on_events)
     bus.subscribe("wake", on_wake)
     bus.subscribe("account_data", on_account_data)

@@ -179,6 +179,11 @@ class AuthService:
         self._replication.publish("tokens", user_id)
         self.apply_forget_user(user_id)
 
+    def forget_all(self) -> None:
+        """Every cached token (a worker that may have missed revocations)."""
+        self._cache.clear()
+        self._cached_by_user.clear()
+
     def apply_forget_user(self, user_id: str) -> None:
         for token_hash in self._cached_by_user.pop(user_id, ()):
             self._cache.pop(token_hash, None)

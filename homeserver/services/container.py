@@ -170,6 +170,23 @@ class Services:
         self.to_device.start()
         self.keys.start()
 
+    async def resync_worker(self) -> None:
+        """A worker that may have missed some of the writer's messages (Redis went away
+        for a while): what it remembers of changes is forgotten (every position before now
+        counts as "may have changed", as after a start) and every waiting sync answers."""
+        self.roomserver.forget_all_rooms()
+        self.db.relations.clear()
+        self.auth.forget_all()
+        for store in (self.db.account_data, self.db.receipts, self.db.to_device,
+                      self.db.e2e_keys):
+            await store.load()
+        self.notifier.set_initial_position(await self.roomserver.start(writes=False))
+        self.notifier.set_initial_account_data_position(self.db.account_data.position)
+        self.receipts.start()
+        self.to_device.start()
+        self.keys.start()
+        self.notifier.wake_all()
+
     async def stop(self) -> None:
         if not self.writer:
             await self.presence.stop()

@@ -100,6 +100,15 @@ class Notifier:
         self._room_members.reset(position)
         self.recent.reset(position)
 
+    def wake_all(self) -> None:
+        """Every waiter answers now (a worker that may have missed changes)."""
+        for index in (self._by_room, self._by_user, self._by_presence_room):
+            for futures in index.values():
+                self._wake(futures)
+            index.clear()
+        self._wake(self._any)
+        self._any = set()
+
     def set_initial_account_data_position(self, position: int) -> None:
         self._account_data_position = position
         self._account_data.reset(position)
