@@ -1,0 +1,124 @@
+"""The ``workers`` and ``redis`` config keys: what a worker set-up needs is checked at start,
+one line per problem with its key's path, and the proxy configuration follows the workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from homeserver.config import ConfigError
+from homeserver.proxy_config import haproxy, nginx
+from homeserver.replication.relay import served_here
+from tests.conftest import make_config
+
+PG = "postgresql+asyncpg://ktchat@127.0.0.1/ktchat"
+
+
+def _workers(**extra: Any) -> dict[str, Any]:
+    return {"sync1": {"roles": ["client"], "listeners": [{"port": 8101,
+                                                           "resources": ["client"]}]},
+            **extra}
+
+
+def _good(tmp_path: Path, **overrides: Any) -> Any:
+    return make_config(tmp_path, **{
+        "database": {"url": PG}, "redis": {"url": "redis://127.0.0.1:6379/0"},
+        "listeners": [{"port": 8008, "resources": ["client"]},
+                      {"port": 9093, "resources": ["replication"]}],
+        "workers": _workers(), **overrides})
+
+
+def _problems(tmp_path: Path, **overrides: Any) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        _good(tmp_path, **overrides)
+    return e.value.problems
+
+
+def test_a_worker_set_up_is_read(tmp_path: Path) -> None:
+    config = _good(tmp_path)
+    assert config.redis.url == "redis://127.0.0.1:6379/0"
+    worker = config.worker("sync1")
+    assert worker is not None and worker.roles == ("client",)
+    assert worker.client_urls() == ["http://127.0.0.1:8101"]
+    assert config.replication_url() == "http://127.0.0.1:9093"
+    assert config.main_client_url() == "http://127.0.0.1:8008"
+    assert config.worker("nope") is None
+
+
+def test_workers_need_postgres_redis_and_the_main_listeners(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, database={"url": f"sqlite+aiosqlite:///{tmp_path}/h.db"},
+                         redis={"url": None}, listeners=[{"port": 8448,
+                                                          "resources": ["federation"]}])
+    assert any(p.startswith("workers: workers need PostgreSQL") for p in problems)
+    assert any(p.startswith("workers: workers need Redis") for p in problems)
+    assert any("replication resource" in p for p in problems)
+    assert any("client resource" in p for p in problems)
+
+
+def test_worker_roles_ports_and_keys_are_checked(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, workers=_workers(
+        bad={"roles": ["sorcerer"], "listeners": [{"port": 8101}]},
+        later={"roles": ["persister"], "listeners": [{"port": 8103, "tsl": True}]},
+        empty={"roles": []}))
+    assert any(p.startswith("workers.bad.roles: unknown role 'sorcerer'") for p in problems)
+    assert any(p.startswith("workers.bad.listeners[0].port: port 8101 is also used")
+               for p in problems)
+    assert any(p.startswith("workers.later.roles: role 'persister' cannot run in a worker yet")
+               for p in problems)
+    assert "workers.later.listeners[0].tsl: unknown key" in problems
+    assert any(p.startswith("workers.empty.roles: needs at least one role") for p in problems)
+    assert any(p.startswith("workers.empty.listeners: needs at least one listener")
+               for p in problems)
+    assert any(p.startswith("redis.url") for p in _problems(tmp_path, redis={"url": "http://x"}))
+
+
+def test_what_a_client_worker_serves_itself() -> None:
+    v3 = "/_matrix/client/v3"
+    assert served_here("GET", f"{v3}/sync")
+    assert served_here("GET", "/_matrix/client/unstable/org.ktchat.sse/sync")
+    assert served_here("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync")
+    assert served_here("PUT", f"{v3}/rooms/!r:x/send/m.room.message/t1")
+    assert served_here("PUT", f"{v3}/rooms/!r:x/state/m.room.name")
+    assert served_here("PUT", f"{v3}/rooms/!r:x/state/m.room.name/")
+    assert served_here("PUT", f"{v3}/rooms/!r:x/redact/$e/t2")
+    assert served_here("OPTIONS", f"{v3}/login")
+    # Membership, reads and everything else go to the main process.
+    assert not served_here("PUT", f"{v3}/rooms/!r:x/state/m.room.member/@a:x")
+    assert not served_here("GET", f"{v3}/rooms/!r:x/state/m.room.name")
+    assert not served_here("POST", f"{v3}/sync")
+    assert not served_here("POST", f"{v3}/login")
+    assert not served_here("POST", f"{v3}/createRoom")
+
+
+def test_proxy_configs_route_to_the_workers(tmp_path: Path) -> None:
+    config = _good(tmp_path, workers=_workers(
+        sync2={"roles": ["client"], "listeners": [{"port": 8102, "resources": ["client"]}]}))
+    text = nginx(config, "127.0.0.1:8080")
+    assert "listen 127.0.0.1:8080;" in text
+    assert "server 127.0.0.1:8101;  # sync1" in text and "server 127.0.0.1:8102;  # sync2" in text
+    assert "server 127.0.0.1:8008;" in text
+    assert "hash $ktchat_session consistent;" in text
+    text = haproxy(config, "127.0.0.1:8080")
+    assert "server sync1_0 127.0.0.1:8101" in text and "server sync2_1 127.0.0.1:8102" in text
+    assert "default_backend ktchat_main" in text
+
+
+def test_run_refuses_an_unknown_worker(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    import yaml
+
+    from homeserver.cli import main
+
+    _good(tmp_path)  # (writes the signing key)
+    path = tmp_path / "homeserver.yaml"
+    path.write_text(yaml.safe_dump({
+        "server_name": "example.test", "signing_key_path": str(tmp_path / "signing.key"),
+        "database": {"url": PG}, "redis": {"url": "redis://127.0.0.1:6379/0"},
+        "media": {"store_path": str(tmp_path / "media")},
+        "listeners": [{"port": 8008, "resources": ["client"]},
+                      {"port": 9093, "resources": ["replication"]}],
+        "workers": _workers()}))
+    assert main(["run", "-c", str(path), "--worker", "sync9"]) == 2
+    assert "no worker 'sync9'" in capsys.readouterr().err
