@@ -239,6 +239,18 @@ async def test_what_one_worker_writes_reaches_syncs_on_the_other(cluster: Cluste
                                          {"msgtype": "m.text", "body": "across workers"})
         assert again["event_id"] == event_id
 
+        # Sliding sync at w2 lists the room with the message as its latest event.
+        async with http.post(
+                w2 + "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+                params={"timeout": "0"}, headers={"Authorization": f"Bearer {bob.token}"},
+                json={"conn_id": "main", "lists": {"all": {
+                    "ranges": [[0, 10]], "timeline_limit": 1,
+                    "required_state": [["m.room.name", ""]]}}}) as resp:
+            assert resp.status == 200, await resp.text()
+            sliding = await resp.json()
+        events = sliding["rooms"][room_id]["timeline"]
+        assert [e["event_id"] for e in events] == [event_id]
+
         # Typing (relayed to the main process, which keeps it) reaches bob's sync on w2.
         await alice.call("PUT", f"/rooms/{room_id}/typing/{alice.user_id}",
                          {"typing": True, "timeout": 20000})
