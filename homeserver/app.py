@@ -33,7 +33,7 @@ from homeserver.http.request_stats import request_stats_middleware
 from homeserver.metrics import ServerMetrics, add_metrics_routes
 from homeserver.replication.bus import RedisBus
 from homeserver.replication.persister import PersisterClient, add_persister_routes
-from homeserver.replication.relay import Relay
+from homeserver.replication.relay import Relay, WorkerRoutes
 from homeserver.replication.secret import replication_secret
 from homeserver.replication.worker import follow_writer, serve_workers
 from homeserver.services.container import Services, build_services, open_database
@@ -118,8 +118,8 @@ async def _start_listener(services: Services, listener: ListenerConfig,
                           relay: Relay | None = None) -> web.AppRunner:
     runner = web.AppRunner(build_app(services, listener.resources, federation,
                                      x_forwarded=listener.x_forwarded, metrics=metrics,
-                                     relay=relay if "client" in listener.resources
-                                     else None),
+                                     relay=relay if {"client", "media"} &
+                                     set(listener.resources) else None),
                            access_log_class=AccessLogger,
                            access_log=logging.getLogger(ACCESS_LOGGER),
                            shutdown_timeout=SHUTDOWN_GRACE_S,
@@ -268,7 +268,7 @@ async def _serve_worker(config: HomeserverConfig, worker: WorkerConfig) -> None:
     assert main_url is not None
     bus = RedisBus(config.redis.url, config.server_name, worker.name)
     services, persister = build_worker(config, worker, bus)
-    relay = Relay(main_url)
+    relay = Relay(main_url, WorkerRoutes(worker.roles, config.server_name))
     # Subscribed before the positions are read: nothing committed in between is missed.
     await bus.start()
     await services.start()

@@ -27,10 +27,12 @@ RESOURCES = ("client", "federation", "media", "metrics", "replication")
 # What a worker process can be given (``workers.NAME.roles``). ``client``: the client API's
 # syncs (long-poll, SSE, sliding sync) and event sends, their writes reaching the event
 # persister over the replication listener; every other client request it relays to the main
-# process. The main process keeps every other role.
-WORKER_ROLES = ("client",)
+# process. ``media``: uploads, and this server's media (downloads, thumbnails, in the same
+# media store: a directory every process of the server sees). The main process keeps every
+# other role.
+WORKER_ROLES = ("client", "media")
 # Roles of the design (DESIGN.md, issue #19) not built yet: named so the error says so.
-_PLANNED_ROLES = ("federation_inbound", "federation_sender", "persister", "push", "media",
+_PLANNED_ROLES = ("federation_inbound", "federation_sender", "persister", "push",
                   "background")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")

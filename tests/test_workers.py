@@ -8,6 +8,7 @@ listener; what the main process writes reaches the workers' syncs over Redis."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import secrets
@@ -89,7 +90,8 @@ class Cluster:
                 {"port": self.main_port, "resources": ["client"], "x_forwarded": True},
                 {"port": self.replication_port, "resources": ["replication"]},
             ],
-            "workers": {name: {"roles": ["client"],
+            # w2 also serves media.
+            "workers": {name: {"roles": ["client", "media"] if name == "w2" else ["client"],
                                "listeners": [{"port": port, "resources": ["client"]}]}
                         for name, port in self.ports.items()},
         })
@@ -412,3 +414,58 @@ async def test_a_worker_that_lost_redis_for_a_while_misses_nothing(cluster: Clus
         response, _ = await asyncio.wait_for(poll, 25)
         assert "in the gap" in timeline_bodies(response, room_id)
     assert "Resubscribed" in cluster.processes["w2"].log()
+
+
+async def test_a_media_worker_stores_what_every_process_serves(cluster: Cluster) -> None:
+    """w2 has the media role: uploads there are stored there (in the media store every
+    process shares); the others serve them; a download waiting at the main process for an
+    upload to a reserved ID goes on when the upload reaches w2."""
+    from PIL import Image
+
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(picture, format="PNG")
+    async with aiohttp.ClientSession() as http:
+        alice = await register(http, cluster.url("w2"), "alice")
+        auth = {"Authorization": f"Bearer {alice.token}"}
+        async with http.post(cluster.url("w2") + "/_matrix/media/v3/upload",
+                             data=picture.getvalue(),
+                             headers={**auth, "Content-Type": "image/png"}) as resp:
+            assert resp.status == 200, await resp.text()
+            mxc = (await resp.json())["content_uri"]
+        server, media_id = mxc[len("mxc://"):].split("/")
+        for name in ("main", "w1", "w2"):
+            async with http.get(cluster.url(name) + "/_matrix/client/v1/media/download/"
+                                f"{server}/{media_id}", headers=auth) as resp:
+                assert resp.status == 200
+                assert await resp.read() == picture.getvalue()
+        async with http.get(cluster.url("w2") + "/_matrix/client/v1/media/thumbnail/"
+                            f"{server}/{media_id}", params={"width": "32", "height": "32"},
+                            headers=auth) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] in ("image/png", "image/jpeg")
+
+        # Reserved at the main process, downloaded there while the upload goes to w2.
+        async with http.post(cluster.url("main") + "/_matrix/media/v1/create",
+                             headers=auth) as resp:
+            reserved = (await resp.json())["content_uri"][len("mxc://"):]
+        started = time.monotonic()
+
+        async def download() -> bytes:
+            async with http.get(cluster.url("main") + "/_matrix/client/v1/media/download/"
+                                f"{reserved}", params={"timeout_ms": "20000"},
+                                headers=auth) as resp:
+                assert resp.status == 200, await resp.text()
+                return await resp.read()
+
+        waiting = asyncio.create_task(download())
+        await asyncio.sleep(0.5)
+        async with http.put(cluster.url("w2") + f"/_matrix/media/v3/upload/{reserved}",
+                            data=b"later", headers={**auth, "Content-Type": "text/plain"}
+                            ) as resp:
+            assert resp.status == 200, await resp.text()
+        assert await asyncio.wait_for(waiting, 20) == b"later"
+        assert time.monotonic() - started < 10  # woken by the upload, not its timeout
+    main_log = cluster.processes["main"].log()
+    assert "POST /_matrix/media/v3/upload" not in main_log
+    assert "PUT /_matrix/media/v3/upload" not in main_log
+    assert "POST /_matrix/media/v3/upload" in cluster.processes["w2"].log()

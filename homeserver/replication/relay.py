@@ -1,10 +1,12 @@
-"""A worker serves what its role covers and relays every other request to the main process,
+"""A worker serves what its roles cover and relays every other request to the main process,
 as it came, answering with what the main process answered. A client (or a reverse proxy
-configured more simply than ``routing`` prints) may send anything to any worker.
+configured more simply than ``proxy_config`` prints) may send anything to any worker.
 
-What a ``client`` worker serves itself (``served_here``): syncs (long-poll, SSE, sliding
-sync) and the event sends that go to the persister (``PUT send``, ``redact``, and ``state``
-other than membership). The same table drives the reverse-proxy configuration.
+What a worker serves itself (``WorkerRoutes``): with ``client``, syncs (long-poll, SSE,
+sliding sync) and the event sends that go to the persister (``PUT send``, ``redact``, and
+``state`` other than membership); with ``media``, uploads and this server's media
+(downloads, thumbnails, the config); others' media is fetched by the main process. The same
+tables drive the reverse-proxy configuration.
 """
 
 from __future__ import annotations
@@ -34,6 +36,31 @@ SEND_ROUTES: tuple[tuple[frozenset[str], re.Pattern[str]], ...] = (
     (frozenset({"PUT"}), re.compile(_C + r"/rooms/[^/]+/state/"
                                     r"(?!m\.room\.member(?:/|$))[^/]+(?:/[^/]*)?$")),
 )
+Routes = tuple[tuple[frozenset[str], re.Pattern[str]], ...]
+
+
+def media_routes(server_name: str) -> Routes:
+    """Uploads and this server's media (``media`` role)."""
+    ours = re.escape(server_name)
+    media = r"^/_matrix/(?:client/v1/media|media/(?:v3|r0))"
+    get = frozenset({"GET", "HEAD"})
+    return (
+        (frozenset({"POST"}), re.compile(r"^/_matrix/media/(?:v3|r0)/upload$")),
+        (frozenset({"POST"}), re.compile(r"^/_matrix/media/v1/create$")),
+        (frozenset({"PUT"}), re.compile(rf"^/_matrix/media/(?:v3|r0)/upload/{ours}/[^/]+$")),
+        (get, re.compile(media + rf"/(?:download|thumbnail)/{ours}/")),
+        (get, re.compile(media + r"/config$")),
+    )
+
+
+def role_routes(role: str, server_name: str) -> Routes:
+    if role == "client":
+        return (*SYNC_ROUTES, *SEND_ROUTES)
+    if role == "media":
+        return media_routes(server_name)
+    return ()
+
+
 # Served by every process (no state): the versions, CORS preflights, health, metrics.
 _EVERYWHERE = re.compile(r"^/_matrix/client/versions$|^/health$|^/metrics$")
 
@@ -46,12 +73,22 @@ _HOP_BY_HOP = frozenset(h.lower() for h in (
 _TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
 
 
+class WorkerRoutes:
+    """What a worker with ``roles`` answers itself."""
+
+    def __init__(self, roles: tuple[str, ...], server_name: str) -> None:
+        self._routes = tuple(r for role in roles for r in role_routes(role, server_name))
+
+    def served_here(self, method: str, path: str) -> bool:
+        if method == "OPTIONS" or _EVERYWHERE.match(path):
+            return True
+        return any(method in methods and pattern.match(path)
+                   for methods, pattern in self._routes)
+
+
 def served_here(method: str, path: str) -> bool:
     """Whether a ``client`` worker answers this request itself."""
-    if method == "OPTIONS" or _EVERYWHERE.match(path):
-        return True
-    return any(method in methods and pattern.match(path)
-               for methods, pattern in (*SYNC_ROUTES, *SEND_ROUTES))
+    return WorkerRoutes(("client",), "").served_here(method, path)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -60,8 +97,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Relay:
     """Passes requests to the main process's client listener (``main_url``)."""
 
-    def __init__(self, main_url: str) -> None:
+    def __init__(self, main_url: str, routes: WorkerRoutes) -> None:
         self._base = main_url.rstrip("/")
+        self._routes = routes
         self._session: aiohttp.ClientSession | None = None
         self.relayed = 0
 
@@ -71,7 +109,7 @@ class Relay:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if served_here(request.method, request.path):
+        if self._routes.served_here(request.method, request.path):
             return await handler(request)
         return await self.relay(request)
 

@@ -85,6 +85,7 @@ def follow_writer(bus: RedisBus, services: Services) -> None:
     bus.subscribe("relations", lambda p, _: db.relations.changed((), p[0], p[1]))
     bus.subscribe("history_cleared", lambda p, _: services.history.forget_cleared(p))
     bus.subscribe("tokens", lambda p, _: services.auth.apply_forget_user(p))
+    bus.subscribe("media_uploaded", lambda p, _: services.media.uploaded(p))
 
 
 def serve_workers(bus: RedisBus, services: Services) -> None:
@@ -98,6 +99,7 @@ def serve_workers(bus: RedisBus, services: Services) -> None:
     bus.subscribe("presence_syncs", lambda users, origin: presence.apply_worker_syncs(
         origin, {str(u): str(s) for u, s in users.items()}))
     bus.subscribe("presence_active", on_active)
+    bus.subscribe("media_uploaded", lambda p, _: services.media.uploaded(p))
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -343,7 +343,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                                    config.server_name, limiter(rl.joins_per_user),
                                    limiter(rl.invites_per_user), remote=remote_rooms)
     media = MediaService(db.media, clock, config.media, config.server_name,
-                         remote=remote.media if remote is not None else None)
+                         remote=remote.media if remote is not None else None,
+                         replication=reports)
     sync = SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
                        serializer, visibility, members, typing, receipts, presence, clock,
                        to_device, keys, ignored, unread)

@@ -41,7 +41,7 @@ from homeserver.services.media_files import (
     place,
     remove_tree,
 )
-from homeserver.services.ports import RemoteMedia
+from homeserver.services.ports import ALONE, RemoteMedia, Replication
 from storage.stores.media import Completion, MediaRecord, MediaStore
 
 logger = logging.getLogger(__name__)
@@ -83,8 +83,12 @@ class MediaService:
     """The media repository of one server (see the module docstring)."""
 
     def __init__(self, store: MediaStore, clock: Clock, config: MediaConfig, server_name: str,
-                 *, remote: RemoteMedia | None = None) -> None:
+                 *, remote: RemoteMedia | None = None, replication: Replication = ALONE
+                 ) -> None:
+        """``replication``: the other processes of the server hear of each upload to a
+        reserved ID (their downloads may be waiting for it)."""
         self._store = store
+        self._replication = replication
         self._clock = clock
         self._config = config
         self._server_name = server_name
@@ -170,11 +174,17 @@ class MediaService:
                 # Raced with another upload to the same ID: the same answers as before.
                 await self.check_upload_to(user_id, self._server_name, media_id)
                 raise NotFound("Unknown media ID")
-            for waiter in self._waiters.pop((self._server_name, media_id), ()):
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._replication.publish("media_uploaded", media_id)
+            self.uploaded(media_id)
         logger.info("Stored media %s (%d bytes) from %s", media_id, size, user_id)
         return f"mxc://{self._server_name}/{media_id}"
+
+    def uploaded(self, media_id: str) -> None:
+        """Content reached a reserved ID (here, or in another process): downloads waiting
+        for it go on."""
+        for waiter in self._waiters.pop((self._server_name, media_id), ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _content_path(self, sha256: str) -> Path:
         return self._root / "content" / sha256[:2] / sha256[2:4] / sha256

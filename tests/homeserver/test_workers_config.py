@@ -61,6 +61,7 @@ def test_worker_roles_ports_and_keys_are_checked(tmp_path: Path) -> None:
     problems = _problems(tmp_path, workers=_workers(
         bad={"roles": ["sorcerer"], "listeners": [{"port": 8101}]},
         later={"roles": ["persister"], "listeners": [{"port": 8103, "tsl": True}]},
+        pics={"roles": ["media"], "listeners": [{"port": 8104, "resources": ["media"]}]},
         empty={"roles": []}))
     assert any(p.startswith("workers.bad.roles: unknown role 'sorcerer'") for p in problems)
     assert any(p.startswith("workers.bad.listeners[0].port: port 8101 is also used")
@@ -103,6 +104,27 @@ def test_proxy_configs_route_to_the_workers(tmp_path: Path) -> None:
     text = haproxy(config, "127.0.0.1:8080")
     assert "server sync1_0 127.0.0.1:8101" in text and "server sync2_1 127.0.0.1:8102" in text
     assert "default_backend ktchat_main" in text
+
+
+def test_what_a_media_worker_serves_itself(tmp_path: Path) -> None:
+    from homeserver.replication.relay import WorkerRoutes
+
+    routes = WorkerRoutes(("media",), "example.test")
+    assert routes.served_here("POST", "/_matrix/media/v3/upload")
+    assert routes.served_here("POST", "/_matrix/media/v1/create")
+    assert routes.served_here("PUT", "/_matrix/media/v3/upload/example.test/abc")
+    assert routes.served_here("GET", "/_matrix/client/v1/media/download/example.test/abc")
+    assert routes.served_here("HEAD", "/_matrix/client/v1/media/thumbnail/example.test/abc")
+    assert routes.served_here("GET", "/_matrix/client/v1/media/config")
+    # Other servers' media, previews and syncs: the main process (or a client worker).
+    assert not routes.served_here("GET", "/_matrix/client/v1/media/download/other.test/abc")
+    assert not routes.served_here("GET", "/_matrix/client/v1/media/download/example.testx/a")
+    assert not routes.served_here("GET", "/_matrix/client/v1/media/preview_url")
+    assert not routes.served_here("GET", "/_matrix/client/v3/sync")
+    config = _good(tmp_path, workers=_workers(
+        pics={"roles": ["media"], "listeners": [{"port": 8104, "resources": ["media"]}]}))
+    assert "server 127.0.0.1:8104;  # pics" in nginx(config, "127.0.0.1:8080")
+    assert "server pics_0 127.0.0.1:8104" in haproxy(config, "127.0.0.1:8080")
 
 
 def test_run_refuses_an_unknown_worker(tmp_path: Path, capsys: pytest.CaptureFixture[str]
