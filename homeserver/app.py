@@ -149,12 +149,14 @@ def build_homeserver(config: HomeserverConfig, bus: RedisBus | None = None
     services (given what federation offers them), then the federation API (given the services
     it answers from). Every part gets what it uses through its constructor. ``bus``: the
     workers hear of this process's writes there."""
-    push_gateway = PushGatewayClient(config.federation)
+    # A push worker delivers what is queued here.
+    pushed_elsewhere = any("push" in worker.roles for worker in config.workers)
+    push_gateway = None if pushed_elsewhere else PushGatewayClient(config.federation)
     url_fetcher = UrlFetchClient(config.federation) if config.media.url_preview.enabled else None
     replication = bus if bus is not None else ALONE
     if not config.federation.enabled:
         return build_services(config, push_gateway=push_gateway, url_fetcher=url_fetcher,
-                              replication=replication), None
+                              replication=replication, pushed_elsewhere=pushed_elsewhere), None
     db = open_database(config)
     clock = SystemClock()
     signing_key = load_signing_key(config.signing_key_path)
@@ -164,7 +166,7 @@ def build_homeserver(config: HomeserverConfig, bus: RedisBus | None = None
     services = build_services(config, clock=clock, db=db, signing_key=signing_key,
                               roomserver=roomserver, remote=outbound.ports(),
                               push_gateway=push_gateway, url_fetcher=url_fetcher,
-                              replication=replication)
+                              replication=replication, pushed_elsewhere=pushed_elsewhere)
     served = Served(services.profiles, services.rooms, services.directory, services.devices,
                     services.membership, InboundEdus(services.typing, services.receipts,
                                                      services.presence, services.to_device,
@@ -189,7 +191,9 @@ def build_worker(config: HomeserverConfig, worker: WorkerConfig, bus: RedisBus
     persister = PersisterClient(roomserver, persister_url,
                                 replication_secret(signing_key, config.server_name))
     services = build_services(config, clock=clock, db=db, signing_key=signing_key,
-                              roomserver=roomserver, replication=bus, writes=persister)
+                              roomserver=roomserver, replication=bus, writes=persister,
+                              push_gateway=PushGatewayClient(config.federation)
+                              if "push" in worker.roles else None)
     follow_writer(bus, services)
     return services, persister
 

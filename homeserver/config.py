@@ -28,12 +28,11 @@ RESOURCES = ("client", "federation", "media", "metrics", "replication")
 # syncs (long-poll, SSE, sliding sync) and event sends, their writes reaching the event
 # persister over the replication listener; every other client request it relays to the main
 # process. ``media``: uploads, and this server's media (downloads, thumbnails, in the same
-# media store: a directory every process of the server sees). The main process keeps every
-# other role.
-WORKER_ROLES = ("client", "media")
+# media store: a directory every process of the server sees). ``push``: delivers the queued
+# pushes to the push gateways (one such worker). The main process keeps every other role.
+WORKER_ROLES = ("client", "media", "push")
 # Roles of the design (DESIGN.md, issue #19) not built yet: named so the error says so.
-_PLANNED_ROLES = ("federation_inbound", "federation_sender", "persister", "push",
-                  "background")
+_PLANNED_ROLES = ("federation_inbound", "federation_sender", "persister", "background")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 
@@ -411,6 +410,10 @@ def _workers(reader: ConfigReader, listeners: tuple[ListenerConfig, ...]
                 sub.problem(f"listeners[{i}].resources",
                             "a worker serves no federation yet (the main process does)")
         workers.append(WorkerConfig(name, tuple(str(r) for r in roles), worker_listeners))
+    pushers = [w.name for w in workers if "push" in w.roles]
+    if len(pushers) > 1:
+        reader.problem(pushers[1], "only one worker may have the push role (each push must be "
+                                   f"sent once; {pushers[0]} has it)")
     return tuple(workers)
 
 

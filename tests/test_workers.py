@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import asyncpg
 import pytest
 import yaml
+from aiohttp.test_utils import TestServer
 
 from tests.conftest import postgres_url
 from tests.helpers.processes import ServerProcess, free_port, ktchat, wait_for_port
@@ -83,15 +85,17 @@ class Cluster:
             "rate_limits": {"enabled": False},
             # The access log says which process answered what.
             "logging": {"level": "WARNING", "loggers": {"ktchat.access": "INFO"}},
-            "federation": {"enabled": False},
+            # (push gateways on loopback)
+            "federation": {"enabled": False, "ip_range_allowlist": ["127.0.0.0/8"]},
             "database": {"url": database},
             "redis": {"url": redis_url()},
             "listeners": [
                 {"port": self.main_port, "resources": ["client"], "x_forwarded": True},
                 {"port": self.replication_port, "resources": ["replication"]},
             ],
-            # w2 also serves media.
-            "workers": {name: {"roles": ["client", "media"] if name == "w2" else ["client"],
+            # w1 also delivers pushes, w2 also serves media.
+            "workers": {name: {"roles": ["client", "media"] if name == "w2"
+                               else ["client", "push"],
                                "listeners": [{"port": port, "resources": ["client"]}]}
                         for name, port in self.ports.items()},
         })
@@ -469,3 +473,37 @@ async def test_a_media_worker_stores_what_every_process_serves(cluster: Cluster)
     assert "POST /_matrix/media/v3/upload" not in main_log
     assert "PUT /_matrix/media/v3/upload" not in main_log
     assert "POST /_matrix/media/v3/upload" in cluster.processes["w2"].log()
+
+
+async def test_the_push_worker_delivers_what_the_main_process_queues(cluster: Cluster) -> None:
+    """w1 has the push role: the main process evaluates and queues, w1 sends (the main
+    process sends nothing itself, so a push that arrives came from w1)."""
+    from tests.test_push_gateway import Gateway
+
+    gateway = Gateway()
+    app = aiohttp.web.Application()
+    app.router.add_post("/_matrix/push/v1/notify", gateway.notify)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    gateway.server = server
+    try:
+        async with aiohttp.ClientSession() as http:
+            alice = await register(http, cluster.url("w2"), "alice")
+            bob = await register(http, cluster.url("w2"), "bob")
+            await alice.call("POST", "/pushers/set", {
+                "kind": "http", "app_id": "org.example.app", "pushkey": "pk",
+                "app_display_name": "App", "device_display_name": "Phone", "lang": "en",
+                "data": {"url": gateway.url}})
+            room_id = (await alice.call("POST", "/createRoom", {
+                "preset": "trusted_private_chat", "invite": [bob.user_id],
+                "is_direct": True}))["room_id"]
+            await bob.call("POST", f"/join/{room_id}", {})
+            await asyncio.sleep(0.5)  # (w1 read the pusher again)
+            event_id = (await bob.call("PUT", f"/rooms/{room_id}/send/m.room.message/p1",
+                                       {"msgtype": "m.text", "body": "push me"}))["event_id"]
+            received = await gateway.wait_for(1, timeout_s=15)
+        notification = received[0]["notification"]
+        assert notification["event_id"] == event_id
+        assert notification["devices"][0]["pushkey"] == "pk"
+    finally:
+        await server.close()

@@ -86,6 +86,8 @@ def follow_writer(bus: RedisBus, services: Services) -> None:
     bus.subscribe("history_cleared", lambda p, _: services.history.forget_cleared(p))
     bus.subscribe("tokens", lambda p, _: services.auth.apply_forget_user(p))
     bus.subscribe("media_uploaded", lambda p, _: services.media.uploaded(p))
+    bus.subscribe("push_queued", lambda _p, _o: services.pushers.wake.set())
+    bus.subscribe("pushers_changed", lambda _p, _o: services.pushers.changed_elsewhere())
 
 
 def serve_workers(bus: RedisBus, services: Services) -> None:
@@ -100,6 +102,7 @@ def serve_workers(bus: RedisBus, services: Services) -> None:
         origin, {str(u): str(s) for u, s in users.items()}))
     bus.subscribe("presence_active", on_active)
     bus.subscribe("media_uploaded", lambda p, _: services.media.uploaded(p))
+    bus.subscribe("pushers_changed", lambda _p, _o: services.pushers.changed_elsewhere())
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -169,6 +169,8 @@ class Services:
         await self.presence.start()
         self.to_device.start()
         self.keys.start()
+        if self.push_delivery is not None:  # (a push worker)
+            self.push_delivery.start()
 
     async def resync_worker(self) -> None:
         """A worker that may have missed some of the writer's messages (Redis went away
@@ -189,6 +191,10 @@ class Services:
 
     async def stop(self) -> None:
         if not self.writer:
+            if self.push_delivery is not None:
+                await self.push_delivery.stop()
+            if self.push_gateway is not None:
+                await self.push_gateway.close()
             await self.presence.stop()
             await self.roomserver.stop()
             await self.auth.flush_last_seen()
@@ -244,14 +250,15 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                    remote: FederationPorts | None = None,
                    push_gateway: PushGateway | None = None,
                    url_fetcher: UrlFetcher | None = None,
-                   replication: Replication = ALONE, writes: LocalRooms | None = None
-                   ) -> Services:
+                   replication: Replication = ALONE, writes: LocalRooms | None = None,
+                   pushed_elsewhere: bool = False) -> Services:
     """The services of one process; ``remote``: what federation offers them (None when
     federation is off); ``push_gateway``: the HTTP client for push gateways (None: pushes
     are not sent); ``url_fetcher``: the HTTP client for URL previews (None: no previews).
     ``replication``: where this process (the main one, the writer) tells the workers what
     it changed; ``writes``: a worker's way to the event persister (its services then
-    write through it and mirror the rest, see ``homeserver.replication``).
+    write through it and mirror the rest, see ``homeserver.replication``);
+    ``pushed_elsewhere``: pushes are queued here and a push worker delivers them.
     Pieces not given are built here (tests give none)."""
     clock = clock or SystemClock()
     db = db or open_database(config)
@@ -284,8 +291,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                          remote_lists=remote_lists, replication=replication)
     auth = AuthService(db.devices, clock, config.auth, on_devices_deleted=keys,
                        replication=replication)
-    delivers = config.push.enabled and push_gateway is not None
-    pushers = PusherService(db.push, clock, delivers=delivers)
+    delivers = config.push.enabled and (push_gateway is not None or pushed_elsewhere)
+    pushers = PusherService(db.push, clock, delivers=delivers, replication=reports)
     accounts = AccountService(db, auth, hasher, clock, config, pushers)
     uia = UiAuthService(db.ui_auth, db.registration_tokens, accounts, clock,
                         config.auth.ui_auth_session_timeout_ms)

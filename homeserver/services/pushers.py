@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from core.clock import Clock
 from core.errors import InvalidParam, MissingParam
+from homeserver.services.ports import ALONE, Replication
 from storage.stores.events import EventStore
 from storage.stores.push import Pusher, PushStore, QueuedPush
 
@@ -65,8 +66,12 @@ class PusherService:
     """Users' pushers (kept in memory: they are few, and evaluation asks for every
     notification)."""
 
-    def __init__(self, store: PushStore, clock: Clock, *, delivers: bool = True) -> None:
+    def __init__(self, store: PushStore, clock: Clock, *, delivers: bool = True,
+                 replication: Replication = ALONE) -> None:
+        """``replication``: the other processes hear of new pushes (a push worker delivers
+        them) and of changed pushers (each keeps them in memory)."""
         self._store = store
+        self._replication = replication
         self._clock = clock
         self._delivers = delivers
         self._by_user: dict[str, list[Pusher]] = {}
@@ -89,7 +94,13 @@ class PusherService:
 
     def queued(self) -> None:
         """New pushes are in the queue (wakes the delivery)."""
+        self._replication.publish("push_queued", None)
         self.wake.set()
+
+    def changed_elsewhere(self) -> None:
+        """Another process changed pushers: read them again."""
+        task = asyncio.get_running_loop().create_task(self.start())
+        task.add_done_callback(_log_failure)
 
     # -- the API ----------------------------------------------------------------------------
 
@@ -151,8 +162,11 @@ class PusherService:
         self.forget([(p.user_id, p.app_id, p.pushkey) for p in removed]
                      + [(user_id, app_id, pushkey)])
         self._by_user.setdefault(user_id, []).append(pusher)
+        self._replication.publish("pushers_changed", user_id)
 
     def forget(self, keys: list[tuple[str, str, str]]) -> None:
+        if keys:
+            self._replication.publish("pushers_changed", keys[0][0])
         for user_id, app_id, pushkey in keys:
             mine = [p for p in self._by_user.get(user_id, ())
                     if (p.app_id, p.pushkey) != (app_id, pushkey)]
@@ -165,6 +179,7 @@ class PusherService:
         """A user's pushers go (deactivation)."""
         mine = self._by_user.pop(user_id, [])
         await self._store.delete_pushers([(user_id, p.app_id, p.pushkey) for p in mine])
+        self._replication.publish("pushers_changed", user_id)
 
 
 
@@ -285,3 +300,8 @@ class PushDelivery:
             if self._include_content and isinstance(pdu.get("content"), dict):
                 notification["content"] = pdu["content"]
         return {"notification": notification}
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("Reading pushers failed", exc_info=task.exception())

@@ -73,6 +73,11 @@ def test_worker_roles_ports_and_keys_are_checked(tmp_path: Path) -> None:
     assert any(p.startswith("workers.empty.listeners: needs at least one listener")
                for p in problems)
     assert any(p.startswith("redis.url") for p in _problems(tmp_path, redis={"url": "http://x"}))
+    two_pushers = _problems(tmp_path, workers=_workers(
+        p1={"roles": ["push"], "listeners": [{"port": 8105, "resources": ["metrics"]}]},
+        p2={"roles": ["push"], "listeners": [{"port": 8106, "resources": ["metrics"]}]}))
+    assert any(p.startswith("workers.p2: only one worker may have the push role")
+               for p in two_pushers)
 
 
 def test_what_a_client_worker_serves_itself() -> None:
