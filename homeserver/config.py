@@ -680,7 +680,7 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
     if not retention.purge_interval_ms:
         ret_r.problem("purge_interval", "must be a positive duration")
 
-    redis_url = r.section("redis").get("url", str, "") or None
+    redis_url = r.section("redis").get("url", (str, type(None)), None) or None
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         r.section("redis").problem("url", "must start with redis://, rediss:// or unix://")
     workers = _workers(r.section("workers"), listeners)
