@@ -12,7 +12,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -680,9 +680,10 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
     if not retention.purge_interval_ms:
         ret_r.problem("purge_interval", "must be a positive duration")
 
-    redis_url = r.section("redis").get("url", (str, type(None)), None) or None
+    redis_r = r.section("redis")
+    redis_url = cast("str | None", redis_r.get("url", str, None)) or None
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        r.section("redis").problem("url", "must start with redis://, rediss:// or unix://")
+        redis_r.problem("url", "must start with redis://, rediss:// or unix://")
     workers = _workers(r.section("workers"), listeners)
     if workers:
         if url.startswith("sqlite"):
