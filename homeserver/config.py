@@ -12,7 +12,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import yaml
 
@@ -681,7 +681,9 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         ret_r.problem("purge_interval", "must be a positive duration")
 
     redis_r = r.section("redis")
-    redis_url = cast("str | None", redis_r.get("url", str, None)) or None
+    redis_url: str | None = redis_r.get("url", str, "") if redis_r.raw("url") is not None \
+        else None
+    redis_url = redis_url or None
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         redis_r.problem("url", "must start with redis://, rediss:// or unix://")
     workers = _workers(r.section("workers"), listeners)
