@@ -4,18 +4,27 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from federation.container import Federation, Served, build_federation, build_outbound
+from federation.container import (
+    Federation,
+    Served,
+    build_federation,
+    build_outbound,
+    build_sender_worker,
+)
 from federation.keys import notary
 from federation.keys import server as key_server
 from federation.routes import devices, events, media, membership, query, spaces, transactions
 from federation.routes._base import FEDERATION
+from federation.sender.relayed import apply_relayed
 
 __all__ = [
     "Federation",
     "Served",
     "add_federation_routes",
+    "apply_relayed",
     "build_federation",
     "build_outbound",
+    "build_sender_worker",
 ]
 
 

@@ -30,6 +30,7 @@ from federation.remote_keys import RemoteKeysClient
 from federation.remote_media import RemoteMediaClient
 from federation.remote_rooms import RemoteRoomsClient
 from federation.sender.queue import FederationSender
+from federation.sender.relayed import RelayedSender
 from federation.transport.client import FederationClient
 from homeserver.config import HomeserverConfig
 from homeserver.services.devices import DeviceService
@@ -37,7 +38,7 @@ from homeserver.services.directory import DirectoryService
 from homeserver.services.e2e_keys import E2EKeyService
 from homeserver.services.media import MediaService
 from homeserver.services.membership import MembershipService
-from homeserver.services.ports import FederationPorts
+from homeserver.services.ports import FederationPorts, Replication
 from homeserver.services.profile import ProfileService
 from homeserver.services.rooms import RoomService
 from homeserver.services.server_visibility import ServerVisibility
@@ -75,13 +76,17 @@ class Outbound:
 
 
 def build_outbound(config: HomeserverConfig, db: Database, clock: Clock,
-                   signing_key: SigningKey, rooms: FederatedRooms) -> Outbound:
+                   signing_key: SigningKey, rooms: FederatedRooms,
+                   sender_worker: Replication | None = None) -> Outbound:
+    """``sender_worker``: a federation_sender worker sends; it hears there what to."""
     server_name = config.server_name
     client = FederationClient(server_name, signing_key, config.federation)
     keyring = Keyring(db.server_keys, client, clock, server_name, signing_key,
                       config.federation.trusted_key_servers)
     pdus = PduHandler(rooms, keyring, client)
-    sender = FederationSender(db.federation, client, rooms, clock, config)
+    sender = FederationSender(db.federation, client, rooms, clock, config) \
+        if sender_worker is None else \
+        RelayedSender(db.federation, client, rooms, clock, config, sender_worker)
     return Outbound(client, keyring, pdus,
                     RemoteRoomsClient(rooms, client, pdus, clock, server_name, signing_key),
                     RemoteDirectoryClient(client),
@@ -161,3 +166,12 @@ def build_federation(config: HomeserverConfig, db: Database, clock: Clock,
         ResidentMembership(rooms, served.membership, db.users, db.rooms, clock, outbound.pdus,
                            server_name, signing_key),
         outbound.remote, outbound.backfiller, outbound.directory)
+
+
+def build_sender_worker(config: HomeserverConfig, db: Database, clock: Clock,
+                        signing_key: SigningKey, rooms: FederatedRooms
+                        ) -> tuple[FederationClient, FederationSender]:
+    """A federation_sender worker's client and sender (the main process queues)."""
+    client = FederationClient(config.server_name, signing_key, config.federation)
+    return client, FederationSender(db.federation, client, rooms, clock, config)
+

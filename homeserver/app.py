@@ -11,14 +11,25 @@ import logging
 import signal
 import ssl
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from client_api import add_client_routes, add_media_routes
 from core.clock import SystemClock
 from core.crypto.signing_keys import load_signing_key
-from federation import Federation, Served, add_federation_routes, build_federation, build_outbound
+from federation import (
+    Federation,
+    Served,
+    add_federation_routes,
+    apply_relayed,
+    build_federation,
+    build_outbound,
+    build_sender_worker,
+)
 from federation.inbound.transaction import InboundEdus
+from federation.sender.queue import FederationSender
+from federation.transport.client import FederationClient
 from federation.transport.push_gateway import PushGatewayClient
 from federation.transport.url_fetch import UrlFetchClient
 from homeserver.appkeys import SERVICES
@@ -161,7 +172,9 @@ def build_homeserver(config: HomeserverConfig, bus: RedisBus | None = None
     clock = SystemClock()
     signing_key = load_signing_key(config.signing_key_path)
     roomserver = RoomServer(db, clock, config.server_name, signing_key)
-    outbound = build_outbound(config, db, clock, signing_key, roomserver)
+    sender_worker = bus if any("federation_sender" in w.roles for w in config.workers) \
+        else None
+    outbound = build_outbound(config, db, clock, signing_key, roomserver, sender_worker)
     roomserver.add_commit_listener(outbound.sender)
     services = build_services(config, clock=clock, db=db, signing_key=signing_key,
                               roomserver=roomserver, remote=outbound.ports(),
@@ -177,11 +190,34 @@ def build_homeserver(config: HomeserverConfig, bus: RedisBus | None = None
                                       served)
 
 
+@dataclass
+class WorkerParts:
+    services: Services
+    persister: PersisterClient
+    # A federation_sender worker's.
+    federation_client: FederationClient | None = None
+    sender: FederationSender | None = None
+
+    async def start(self) -> None:
+        await self.services.start()
+        if self.federation_client is not None and self.sender is not None:
+            await self.federation_client.start()
+            await self.sender.start()
+
+    async def stop(self) -> None:
+        if self.federation_client is not None and self.sender is not None:
+            await self.sender.stop()
+            await self.federation_client.close()
+        await self.persister.close()
+        await self.services.stop()
+
+
 def build_worker(config: HomeserverConfig, worker: WorkerConfig, bus: RedisBus
-                 ) -> tuple[Services, PersisterClient]:
+                 ) -> WorkerParts:
     """A worker's services: rooms read here and written at the persister (the main
-    process's replication listener), every other stream mirrored from the bus; no
-    federation (the main process's)."""
+    process's replication listener), every other stream mirrored from the bus; the
+    federation sender when it has that role (the rest of federation is the main
+    process's)."""
     persister_url = config.replication_url()
     assert persister_url is not None  # (the config reader requires it with workers)
     db = open_database(config)
@@ -194,8 +230,15 @@ def build_worker(config: HomeserverConfig, worker: WorkerConfig, bus: RedisBus
                               roomserver=roomserver, replication=bus, writes=persister,
                               push_gateway=PushGatewayClient(config.federation)
                               if "push" in worker.roles else None)
-    follow_writer(bus, services)
-    return services, persister
+    parts = WorkerParts(services, persister)
+    if "federation_sender" in worker.roles:
+        client, sender = build_sender_worker(config, db, clock, signing_key, roomserver)
+        parts.federation_client, parts.sender = client, sender
+        bus.subscribe("federation_wake", lambda names, _: sender.wake(names))
+        bus.subscribe("federation_peer_up", lambda origin, _: sender.peer_is_up(origin))
+        bus.subscribe("federation_edu", lambda edu, _: apply_relayed(sender, *edu))
+    follow_writer(bus, services, [parts.sender] if parts.sender is not None else [])
+    return parts
 
 
 def build_metrics(config: HomeserverConfig, services: Services,
@@ -271,11 +314,12 @@ async def _serve_worker(config: HomeserverConfig, worker: WorkerConfig) -> None:
     main_url = config.main_client_url()
     assert main_url is not None
     bus = RedisBus(config.redis.url, config.server_name, worker.name)
-    services, persister = build_worker(config, worker, bus)
+    parts = build_worker(config, worker, bus)
+    services = parts.services
     relay = Relay(main_url, WorkerRoutes(worker.roles, config.server_name))
     # Subscribed before the positions are read: nothing committed in between is missed.
     await bus.start()
-    await services.start()
+    await parts.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -296,7 +340,6 @@ async def _serve_worker(config: HomeserverConfig, worker: WorkerConfig) -> None:
         for runner in runners:
             await runner.cleanup()
         await relay.close()
-        await persister.close()
-        await services.stop()
+        await parts.stop()
         await bus.stop()
         logger.info("Stopped")

@@ -29,10 +29,12 @@ RESOURCES = ("client", "federation", "media", "metrics", "replication")
 # persister over the replication listener; every other client request it relays to the main
 # process. ``media``: uploads, and this server's media (downloads, thumbnails, in the same
 # media store: a directory every process of the server sees). ``push``: delivers the queued
-# pushes to the push gateways (one such worker). The main process keeps every other role.
-WORKER_ROLES = ("client", "media", "push")
+# pushes to the push gateways (one such worker). ``federation_sender``: sends what the main
+# process queues for other servers (one such worker). The main process keeps every other
+# role.
+WORKER_ROLES = ("client", "media", "push", "federation_sender")
 # Roles of the design (DESIGN.md, issue #19) not built yet: named so the error says so.
-_PLANNED_ROLES = ("federation_inbound", "federation_sender", "persister", "background")
+_PLANNED_ROLES = ("federation_inbound", "persister", "background")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 
@@ -410,10 +412,11 @@ def _workers(reader: ConfigReader, listeners: tuple[ListenerConfig, ...]
                 sub.problem(f"listeners[{i}].resources",
                             "a worker serves no federation yet (the main process does)")
         workers.append(WorkerConfig(name, tuple(str(r) for r in roles), worker_listeners))
-    pushers = [w.name for w in workers if "push" in w.roles]
-    if len(pushers) > 1:
-        reader.problem(pushers[1], "only one worker may have the push role (each push must be "
-                                   f"sent once; {pushers[0]} has it)")
+    for role in ("push", "federation_sender"):
+        having = [w.name for w in workers if role in w.roles]
+        if len(having) > 1:
+            reader.problem(having[1], f"only one worker may have the {role} role (each "
+                                      f"message must be sent once; {having[0]} has it)")
     return tuple(workers)
 
 

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from homeserver.replication.bus import RedisBus
 from homeserver.services.container import Services
 from homeserver.services.notifier import batch_from_json
+from roomserver.api import CommitListener
 
 logger = logging.getLogger(__name__)
 
 
-def follow_writer(bus: RedisBus, services: Services) -> None:
-    """A worker: keep this process's memory as the writer's commits change the database."""
+def follow_writer(bus: RedisBus, services: Services,
+                  listeners: Sequence[CommitListener] = ()) -> None:
+    """A worker: keep this process's memory as the writer's commits change the database;
+    ``listeners`` hear of each commit too (a federation sender)."""
     db = services.db
     stores = {"account_data": db.account_data, "receipts": db.receipts,
               "to_device": db.to_device, "e2e": db.e2e_keys}
@@ -41,6 +45,8 @@ def follow_writer(bus: RedisBus, services: Services) -> None:
                                 [e.redacts for e in batch.events if e.redacts is not None])
         services.push.events_seen(batch)
         notifier.events_committed(batch)
+        for listener in listeners:
+            listener.events_committed(batch)
 
     def on_wake(payload: dict[str, Any], _origin: str) -> None:
         advance(payload)

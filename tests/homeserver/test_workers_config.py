@@ -78,6 +78,13 @@ def test_worker_roles_ports_and_keys_are_checked(tmp_path: Path) -> None:
         p2={"roles": ["push"], "listeners": [{"port": 8106, "resources": ["metrics"]}]}))
     assert any(p.startswith("workers.p2: only one worker may have the push role")
                for p in two_pushers)
+    two_senders = _problems(tmp_path, workers=_workers(
+        f1={"roles": ["federation_sender"], "listeners": [{"port": 8107,
+                                                            "resources": ["metrics"]}]},
+        f2={"roles": ["federation_sender"], "listeners": [{"port": 8108,
+                                                            "resources": ["metrics"]}]}))
+    assert any(p.startswith("workers.f2: only one worker may have the federation_sender")
+               for p in two_senders)
 
 
 def test_what_a_client_worker_serves_itself() -> None:
