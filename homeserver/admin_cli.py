@@ -150,13 +150,23 @@ Command = Callable[["Services", argparse.Namespace, str | None], Awaitable[None]
 
 async def _run(config: HomeserverConfig, command: Command, args: argparse.Namespace,
                password: str | None) -> None:
+    from homeserver.replication.bus import RedisBus
     from homeserver.services.container import build_services  # (slow to import: not for --help)
 
-    services = build_services(config)
+    # With workers, the running processes hear of what this changes (revoked sessions go at
+    # once); without, a running server notices within a minute (its token cache rechecks).
+    bus = RedisBus(config.redis.url, config.server_name, "admin") \
+        if config.redis.url and config.workers else None
+    services = build_services(config, replication=bus) if bus is not None \
+        else build_services(config)
     await services.db.open()
+    if bus is not None:
+        await bus.start()
     try:
         await command(services, args, password)
     finally:
+        if bus is not None:
+            await bus.stop()
         await services.db.close()
         services.hasher.close()
 

@@ -502,8 +502,26 @@ async def test_the_push_worker_delivers_what_the_main_process_queues(cluster: Cl
             event_id = (await bob.call("PUT", f"/rooms/{room_id}/send/m.room.message/p1",
                                        {"msgtype": "m.text", "body": "push me"}))["event_id"]
             received = await gateway.wait_for(1, timeout_s=15)
-        notification = received[0]["notification"]
-        assert notification["event_id"] == event_id
-        assert notification["devices"][0]["pushkey"] == "pk"
+            notification = received[0]["notification"]
+            assert notification["event_id"] == event_id
+            assert notification["devices"][0]["pushkey"] == "pk"
+
+            # `ktchat admin` on the database tells the running processes: a deactivated
+            # account's session ends at the workers at once (not after the token recheck).
+            # (whoami is relayed to the main process; /sync is answered at the worker)
+            paths = ("/account/whoami", "/sync?timeout=0")
+            for path in paths:
+                await alice.at(cluster.url("w1")).call("GET", path)
+            result = ktchat("admin", "-c", str(cluster.config_path), "deactivate", "alice")
+            assert result.returncode == 0, result.stderr
+            for path in paths:
+                for _ in range(40):
+                    async with http.get(cluster.url("w1") + "/_matrix/client/v3" + path,
+                                        headers={"Authorization": f"Bearer {alice.token}"}
+                                        ) as resp:
+                        if resp.status != 200:
+                            break
+                    await asyncio.sleep(0.05)
+                assert resp.status in (401, 403), path
     finally:
         await server.close()

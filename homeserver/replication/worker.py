@@ -107,6 +107,8 @@ def serve_workers(bus: RedisBus, services: Services) -> None:
     bus.subscribe("presence_syncs", lambda users, origin: presence.apply_worker_syncs(
         origin, {str(u): str(s) for u, s in users.items()}))
     bus.subscribe("presence_active", on_active)
+    # (``ktchat admin`` on the database: a deactivation, a new password)
+    bus.subscribe("tokens", lambda p, _: services.auth.apply_forget_user(p))
     bus.subscribe("media_uploaded", lambda p, _: services.media.uploaded(p))
     bus.subscribe("pushers_changed", lambda _p, _o: services.pushers.changed_elsewhere())
 

@@ -25,6 +25,8 @@ from storage.stores.devices import AccessTokenInfo, DeviceStore, NewTokens
 ACCESS_TOKEN_PREFIX = "kta_"
 REFRESH_TOKEN_PREFIX = "ktr_"
 _CACHE_SIZE = 50_000
+# A cached access token is checked against the database again after this long.
+TOKEN_RECHECK_MS = 60_000
 _LAST_SEEN_INTERVAL_MS = 60_000
 
 
@@ -62,13 +64,18 @@ class DevicesDeleted(Protocol):
 class AuthService:
     def __init__(self, devices: DeviceStore, clock: Clock, config: AuthConfig, *,
                  on_devices_deleted: DevicesDeleted | None = None,
-                 replication: Replication = ALONE) -> None:
+                 replication: Replication = ALONE, recheck_ms: int = TOKEN_RECHECK_MS) -> None:
+        """``recheck_ms``: a cached token is read again from the database this long after
+        it was (a change this process was not told of, by ``ktchat admin`` on the database,
+        takes effect within it)."""
         self._devices = devices
         self._replication = replication
         self._on_devices_deleted = on_devices_deleted
         self._clock = clock
         self._config = config
-        self._cache: OrderedDict[str, AccessTokenInfo] = OrderedDict()
+        self._recheck_ms = recheck_ms
+        # Token hash -> (what the database said, when to ask it again).
+        self._cache: OrderedDict[str, tuple[AccessTokenInfo, int]] = OrderedDict()
         self.cache_stats = HitCounter()  # lookups of the token cache (metrics)
         self._cached_by_user: dict[str, set[str]] = {}
         # (user_id, device_id) -> (ts, ip, user agent), flushed in batches.
@@ -113,7 +120,9 @@ class AuthService:
                             user_agent: str | None = None) -> Requester:
         """The requester an access token belongs to; raises 401/403 Matrix errors."""
         token_hash = hash_token(token)
-        info = self._cache.get(token_hash)
+        now = self._clock.time_ms()
+        cached = self._cache.get(token_hash)
+        info = cached[0] if cached is not None and now < cached[1] else None
         if info is not None:
             self._cache.move_to_end(token_hash)
             self.cache_stats.hits += 1
@@ -125,8 +134,7 @@ class AuthService:
             # The lookup was by hash; compare anyway, in constant time.
             if not hmac.compare_digest(token_hash, hash_token(token)):
                 raise UnknownToken("Unknown access token")
-            self._cache_put(token_hash, info)
-        now = self._clock.time_ms()
+            self._cache_put(token_hash, info, now)
         if info.expires_ts is not None and now >= info.expires_ts:
             self._cache_drop(token_hash)
             raise UnknownToken("Access token has expired", soft_logout=True)
@@ -188,15 +196,16 @@ class AuthService:
         for token_hash in self._cached_by_user.pop(user_id, ()):
             self._cache.pop(token_hash, None)
 
-    def _cache_put(self, token_hash: str, info: AccessTokenInfo) -> None:
-        self._cache[token_hash] = info
+    def _cache_put(self, token_hash: str, info: AccessTokenInfo, now: int) -> None:
+        self._cache[token_hash] = (info, now + self._recheck_ms)
         self._cached_by_user.setdefault(info.user_id, set()).add(token_hash)
         if len(self._cache) > _CACHE_SIZE:
             self._cache_drop(next(iter(self._cache)))
 
     def _cache_drop(self, token_hash: str) -> None:
-        info = self._cache.pop(token_hash, None)
-        if info is not None:
+        cached = self._cache.pop(token_hash, None)
+        if cached is not None:
+            info = cached[0]
             hashes = self._cached_by_user.get(info.user_id)
             if hashes is not None:
                 hashes.discard(token_hash)
