@@ -282,6 +282,8 @@ async def serve(config: HomeserverConfig, worker_name: str | None = None) -> Non
         serve_workers(bus, services)
         await bus.start()
     await services.start()
+    if bus is not None:
+        bus.publish("writer_started", None)
     if federation is not None:
         await federation.start()
     stop = asyncio.Event()

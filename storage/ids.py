@@ -52,7 +52,7 @@ class StreamStore:
 
     async def load(self) -> None:
         await self._stream.load(self._db)
-        self._visible = self._stream.last
+        self._visible = max(self._visible, self._stream.last)
 
     @property
     def position(self) -> int:

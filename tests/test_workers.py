@@ -106,8 +106,8 @@ class Cluster:
         port = self.main_port if name == "main" else self.ports[name]
         return f"http://127.0.0.1:{port}"
 
-    def start(self, name: str) -> None:
-        process = ServerProcess(self.config_path, self.root / f"{name}.log",
+    def start(self, name: str, log: str | None = None) -> None:
+        process = ServerProcess(self.config_path, self.root / (log or f"{name}.log"),
                                 worker=None if name == "main" else name)
         self.processes[name] = process
         wait_for_port(self.main_port if name == "main" else self.ports[name], process.proc)
@@ -525,3 +525,65 @@ async def test_the_push_worker_delivers_what_the_main_process_queues(cluster: Cl
                 assert resp.status in (401, 403), path
     finally:
         await server.close()
+
+
+async def test_the_persister_killed_mid_load_loses_nothing_acknowledged(
+        cluster: Cluster) -> None:
+    """Sends through both workers while the main process (every room's persister) is
+    killed with SIGKILL and started again: every send a worker acknowledged is in the room
+    and reaches the syncs at the workers, and the room goes on."""
+    async with aiohttp.ClientSession() as http:
+        alice = await register(http, cluster.url("w1"), "alice")
+        bob = await register(http, cluster.url("w2"), "bob")
+        room_id = (await alice.call("POST", "/createRoom", {"preset": "public_chat"}))["room_id"]
+        await bob.call("POST", f"/join/{room_id}", {})
+        _, since = await sync_until(bob, "", lambda r: room_id in r["rooms"]["join"])
+        acknowledged: list[str] = []
+        refused = 0
+        killed = asyncio.Event()
+        loaded = asyncio.Event()  # 30 sends acknowledged
+
+        async def sender(user: Client, base: str, tag: str) -> None:
+            nonlocal refused
+            for i in range(400):
+                try:
+                    async with http.put(
+                            f"{base}/_matrix/client/v3/rooms/{room_id}/send/m.room.message/"
+                            f"{tag}{i}", json={"msgtype": "m.text", "body": f"{tag}{i}"},
+                            headers={"Authorization": f"Bearer {user.token}"}) as resp:
+                        if resp.status == 200:
+                            acknowledged.append((await resp.json())["event_id"])
+                            if len(acknowledged) >= 30:
+                                loaded.set()
+                        else:
+                            refused += 1
+                except aiohttp.ClientError:
+                    refused += 1
+                if killed.is_set() and refused > 3:
+                    return
+
+        senders = [asyncio.create_task(sender(alice, cluster.url("w1"), "a")),
+                   asyncio.create_task(sender(bob, cluster.url("w2"), "b"))]
+        await asyncio.wait_for(loaded.wait(), 60)
+        cluster.processes["main"].proc.kill()  # SIGKILL, mid-load
+        killed.set()
+        await asyncio.wait_for(asyncio.gather(*senders), 60)
+        assert refused > 0  # (sends did meet the dead persister)
+        cluster.processes["main"].proc.wait()
+        cluster.start("main", log="main-after.log")
+
+        # The room goes on, through both workers.
+        after = (await alice.call("PUT", f"/rooms/{room_id}/send/m.room.message/after",
+                                  {"msgtype": "m.text", "body": "after"}))["event_id"]
+        # Bob's syncs at w2, from before the load, bring every acknowledged event.
+        seen: set[str] = set()
+        deadline = time.monotonic() + 30
+        while after not in seen and time.monotonic() < deadline:
+            response = await bob.sync(since, timeout_ms=5000, filter=json.dumps(
+                {"room": {"timeline": {"limit": 1000}}}))
+            since = response["next_batch"]
+            room = response["rooms"]["join"].get(room_id, {})
+            seen |= {e["event_id"] for e in room.get("timeline", {}).get("events", [])}
+        assert after in seen
+        missing = set(acknowledged) - seen
+        assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged sends missing"

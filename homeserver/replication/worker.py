@@ -70,7 +70,17 @@ def follow_writer(bus: RedisBus, services: Services,
         task.add_done_callback(pending.discard)
         task.add_done_callback(_log_failure)
 
+    def writer_started(_payload: Any, _origin: str) -> None:
+        # A main process that started again may have been killed between a commit and
+        # telling us of it: what we remember of changes may have gaps.
+        logger.warning("The main process started: forgetting what may have changed")
+        task = asyncio.get_running_loop().create_task(services.resync_worker())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        task.add_done_callback(_log_failure)
+
     bus.on_resubscribed.append(resubscribed)
+    bus.subscribe("writer_started", writer_started)
     bus.subscribe("events", on_events)
     bus.subscribe("wake", on_wake)
     bus.subscribe("account_data", on_account_data)

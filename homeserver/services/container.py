@@ -176,14 +176,18 @@ class Services:
         """A worker that may have missed some of the writer's messages (Redis went away
         for a while): what it remembers of changes is forgotten (every position before now
         counts as "may have changed", as after a start) and every waiting sync answers."""
-        self.roomserver.forget_all_rooms()
-        self.db.relations.clear()
-        self.auth.forget_all()
         for store in (self.db.account_data, self.db.receipts, self.db.to_device,
                       self.db.e2e_keys):
             await store.load()
-        self.notifier.set_initial_position(await self.roomserver.start(writes=False))
-        self.notifier.set_initial_account_data_position(self.db.account_data.position)
+        position = await self.roomserver.start(writes=False)
+        # From here on nothing awaits: what the writer's messages applied meanwhile is
+        # before the new start (counted as "may have changed"), what comes later after it.
+        self.roomserver.forget_all_rooms()
+        self.db.relations.clear()
+        self.auth.forget_all()
+        self.notifier.set_initial_position(max(position, self.notifier.position))
+        self.notifier.set_initial_account_data_position(
+            max(self.db.account_data.position, self.notifier.account_data_position))
         self.receipts.start()
         self.to_device.start()
         self.keys.start()
