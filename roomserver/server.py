@@ -14,6 +14,7 @@ from core.events.model import Event
 from core.events.room_versions import RoomVersion
 from roomserver.api import (
     CommitListener,
+    CommittedBatch,
     NewEvent,
     Outcome,
     RoomHead,
@@ -69,14 +70,16 @@ class RoomServer:
         """Another process may have written any room (a worker that missed messages)."""
         self._writer.forget_rooms(self._writer.cached_rooms())
 
-    def forget_rooms(self, room_ids: Iterable[str], redacted: Iterable[str] = ()) -> None:
-        """Another process committed events in these rooms (some redacting ``redacted``):
-        what is cached of them here is out of date."""
-        self._writer.forget_rooms(room_ids)
-        redacted = list(redacted)
+    def committed_elsewhere(self, batch: CommittedBatch) -> None:
+        """Another process (the writer) committed ``batch``: what is cached here of its
+        rooms and of the events it redacts is out of date; this process's commit listeners
+        hear of it as of a commit here."""
+        self._writer.forget_rooms({e.room_id for e in batch.events})
+        redacted = [e.redacts for e in batch.events if e.redacts is not None]
         if redacted:
             self._store.forget_events(redacted)
             self._store.db.events.forget_cached(redacted)
+        self._writer.announce(batch)
 
     async def stop(self) -> None:
         await self._merger.stop()

@@ -222,9 +222,12 @@ class Writer:
             if not future.done():
                 future.set_result(None)
         self.store.keys_committed(items)
-        announced = CommittedBatch(tuple(CommittedEvent(
+        self.announce(CommittedBatch(tuple(CommittedEvent(
             i.room_id, i.event_id, i.type, i.sender, i.stream_ordering, i.redacts,
-            tuple(i.current_state_delta), tuple(i.destinations)) for i in items))
+            tuple(i.current_state_delta), tuple(i.destinations)) for i in items)))
+
+    def announce(self, announced: CommittedBatch) -> None:
+        """Tell the listeners of a commit (this process's, or another's a worker heard of)."""
         for listener in self._listeners:
             try:
                 listener.events_committed(announced)

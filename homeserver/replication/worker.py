@@ -41,10 +41,10 @@ def follow_writer(bus: RedisBus, services: Services,
     def on_events(payload: dict[str, Any], _origin: str) -> None:
         advance(payload)
         batch = batch_from_json(payload["batch"])
-        roomserver.forget_rooms({e.room_id for e in batch.events},
-                                [e.redacts for e in batch.events if e.redacts is not None])
         services.push.events_seen(batch)
-        notifier.events_committed(batch)
+        # The notifier and the caches listening to commits (the writer's own listeners,
+        # push evaluation, typing's ends, the user directory, are not subscribed here).
+        roomserver.committed_elsewhere(batch)
         for listener in listeners:
             listener.events_committed(batch)
 
