@@ -1,8 +1,8 @@
 """``ktchat proxy-config``: the reverse-proxy configuration (nginx or HAProxy) that sends each
 client request to the process that serves it: syncs to the ``client`` workers, the same
 worker for the same access token (a sliding-sync connection and an SSE stream's state live
-there); event sends to any ``client`` worker; uploads and this server's media to the
-``media`` workers; everything else to the main process.
+there); event sends and reads of rooms to any ``client`` worker; uploads and this server's
+media to the ``media`` workers; everything else to the main process.
 
 It is an optimisation, not a correctness condition: a worker relays what it does not serve to
 the main process, so a simpler proxy (or none) still works, one hop slower. The routes are
@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from homeserver.config import HomeserverConfig
-from homeserver.replication.relay import SEND_ROUTES, SYNC_ROUTES, media_routes
+from homeserver.replication.relay import READ_ROUTES, SEND_ROUTES, SYNC_ROUTES, media_routes
 
 
 def _alternation(routes: tuple[tuple[frozenset[str], re.Pattern[str]], ...]) -> str:
@@ -88,7 +88,7 @@ def nginx(config: HomeserverConfig, listen: str) -> str:
         f"    location ~ {_alternation(SYNC_ROUTES)} {{",
         "        proxy_pass http://ktchat_sync;",
         "    }",
-        f"    location ~ {_alternation(SEND_ROUTES)} {{",
+        f"    location ~ {_alternation((*SEND_ROUTES, *READ_ROUTES))} {{",
         "        proxy_pass http://ktchat_send;",
         "    }",
         f"    location ~ {_alternation(media_routes(config.server_name))} {{",
@@ -119,7 +119,7 @@ def haproxy(config: HomeserverConfig, listen: str) -> str:
         "    option forwardfor",
         "    timeout client 600s",
         f"    acl ktchat_sync path_reg {_alternation(SYNC_ROUTES)}",
-        f"    acl ktchat_send path_reg {_alternation(SEND_ROUTES)}",
+        f"    acl ktchat_send path_reg {_alternation((*SEND_ROUTES, *READ_ROUTES))}",
         f"    acl ktchat_media path_reg {_alternation(media_routes(config.server_name))}",
         "    use_backend ktchat_sync if ktchat_sync",
         "    use_backend ktchat_send if ktchat_send",

@@ -306,6 +306,16 @@ async def test_what_one_worker_writes_reaches_syncs_on_the_other(cluster: Cluste
         relations = original(await bob.at(w1).sync(before)).get("unsigned", {}).get(
             "m.relations", {})
         assert "m.replace" in relations, relations
+        # Reads of the room at a worker (answered there) see it all too.
+        fetched = await bob.at(w1).call("GET", f"/rooms/{room_id}/event/{event_id}")
+        assert "m.replace" in fetched.get("unsigned", {}).get("m.relations", {})
+        members = await bob.at(w2).call("GET", f"/rooms/{room_id}/joined_members")
+        assert set(members["joined"]) == {alice.user_id, bob.user_id}
+        state = await alice.at(w2).call("GET", f"/rooms/{room_id}/state")
+        assert any(e["type"] == "m.room.create" for e in state)
+        main_log = cluster.processes["main"].log()
+        for read in ("/event/", "/joined_members", "/state "):
+            assert f"/rooms/{room_id}{read}" not in main_log  # (not relayed)
 
         # Clearing history through w2 hides it from bob's syncs at w1 (whose cache of the
         # cleared points was warm).
@@ -377,8 +387,9 @@ async def test_a_reverse_proxy_sends_syncs_and_sends_to_the_workers(
         proxy.wait(10)
     logs = {name: process.log() for name, process in cluster.processes.items()}
     workers_log = logs["w1"] + logs["w2"]
-    # Syncs and sends were answered by the workers; registration and room creation by the
-    # main process, reached directly (not relayed by a worker).
+    # Syncs and sends were answered by the workers (the room reads too); registration and
+    # room creation by the main process, reached directly (not relayed by a worker).
+    assert "GET /_matrix/client/v3/rooms/" not in logs["main"]
     assert "GET /_matrix/client/v3/sync" in workers_log
     assert "PUT /_matrix/client/v3/rooms/" in workers_log
     assert "GET /_matrix/client/v3/sync" not in logs["main"]

@@ -3,8 +3,9 @@ as it came, answering with what the main process answered. A client (or a revers
 configured more simply than ``proxy_config`` prints) may send anything to any worker.
 
 What a worker serves itself (``WorkerRoutes``): with ``client``, syncs (long-poll, SSE,
-sliding sync) and the event sends that go to the persister (``PUT send``, ``redact``, and
-``state`` other than membership); with ``media``, uploads and this server's media
+sliding sync), the event sends that go to the persister (``PUT send``, ``redact``, and
+``state`` other than membership) and reads of rooms as they stand (events, context,
+members, state, relations, threads, joined rooms); with ``media``, uploads and this server's media
 (downloads, thumbnails, the config); others' media is fetched by the main process. The same
 tables drive the reverse-proxy configuration.
 """
@@ -36,6 +37,19 @@ SEND_ROUTES: tuple[tuple[frozenset[str], re.Pattern[str]], ...] = (
     (frozenset({"PUT"}), re.compile(_C + r"/rooms/[^/]+/state/"
                                     r"(?!m\.room\.member(?:/|$))[^/]+(?:/[^/]*)?$")),
 )
+# Reads of rooms as they stand, answered from this process's (current) caches and the
+# database: any client worker. (/messages stays with the main process: reaching the start of
+# a room's history here, it asks other servers for more, which only the main process can
+# write.)
+_GET = frozenset({"GET"})
+READ_ROUTES: tuple[tuple[frozenset[str], re.Pattern[str]], ...] = (
+    (_GET, re.compile(_C + r"/rooms/[^/]+/(?:event|context)/[^/]+$")),
+    (_GET, re.compile(_C + r"/rooms/[^/]+/(?:members|joined_members)$")),
+    (_GET, re.compile(_C + r"/rooms/[^/]+/state(?:/[^/]+(?:/[^/]*)?)?$")),
+    (_GET, re.compile(r"^/_matrix/client/v1/rooms/[^/]+/(?:relations/.+|threads)$")),
+    (_GET, re.compile(_C + r"/joined_rooms$")),
+)
+
 Routes = tuple[tuple[frozenset[str], re.Pattern[str]], ...]
 
 
@@ -55,7 +69,7 @@ def media_routes(server_name: str) -> Routes:
 
 def role_routes(role: str, server_name: str) -> Routes:
     if role == "client":
-        return (*SYNC_ROUTES, *SEND_ROUTES)
+        return (*SYNC_ROUTES, *SEND_ROUTES, *READ_ROUTES)
     if role == "media":
         return media_routes(server_name)
     return ()

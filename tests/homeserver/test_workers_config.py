@@ -97,9 +97,16 @@ def test_what_a_client_worker_serves_itself() -> None:
     assert served_here("PUT", f"{v3}/rooms/!r:x/state/m.room.name/")
     assert served_here("PUT", f"{v3}/rooms/!r:x/redact/$e/t2")
     assert served_here("OPTIONS", f"{v3}/login")
-    # Membership, reads and everything else go to the main process.
+    # Reads of rooms as they stand.
+    for path in ("/rooms/!r:x/state/m.room.name", "/rooms/!r:x/state", "/rooms/!r:x/members",
+                 "/rooms/!r:x/joined_members", "/rooms/!r:x/event/$e", "/rooms/!r:x/context/$e",
+                 "/joined_rooms"):
+        assert served_here("GET", v3 + path), path
+    assert served_here("GET", "/_matrix/client/v1/rooms/!r:x/relations/$e/m.thread")
+    assert served_here("GET", "/_matrix/client/v1/rooms/!r:x/threads")
+    # Membership, /messages (it may backfill) and everything else: the main process.
     assert not served_here("PUT", f"{v3}/rooms/!r:x/state/m.room.member/@a:x")
-    assert not served_here("GET", f"{v3}/rooms/!r:x/state/m.room.name")
+    assert not served_here("GET", f"{v3}/rooms/!r:x/messages")
     assert not served_here("POST", f"{v3}/sync")
     assert not served_here("POST", f"{v3}/login")
     assert not served_here("POST", f"{v3}/createRoom")
