@@ -28,6 +28,7 @@ class NoBus:
     """One process: nothing to tell anyone."""
 
     origin = "main"
+    active = False
 
     def publish(self, topic: str, payload: Any) -> None:
         pass
@@ -38,6 +39,8 @@ class NoBus:
 
 class RedisBus:
     """Publishes and receives on ``ktchat.<server name>.replication``."""
+
+    active = True
 
     # Reconnect after this long when Redis went away (messages meanwhile are lost to the
     # others: they read what they missed from the database once resubscribed).

@@ -280,7 +280,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     roomserver = roomserver or RoomServer(db, clock, config.server_name, signing_key)
     roomserver.add_commit_listener(notifier)
     rooms_api: LocalRooms = writes or roomserver
-    if writer:
+    if writer and replication.active:
         db.relations.add_listener(
             lambda parents, redacted: replication.publish("relations", [parents, redacted]))
     remote_lists = RemoteDeviceLists(db.remote_device_lists, members, roomserver, remote.keys,

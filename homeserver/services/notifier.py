@@ -138,8 +138,9 @@ class Notifier:
         """The roomserver's commit listener: events in the timeline (positive positions; an
         outlier or backfilled history is nothing new for syncs) wake their rooms' and members'
         waiters."""
-        self._replication.publish("events", {"batch": batch_json(batch),
-                                             "pos": self._positions()})
+        if self._replication.active:
+            self._replication.publish("events", {"batch": batch_json(batch),
+                                                 "pos": self._positions()})
         timeline = [e for e in batch.events
                     if e.stream_ordering is not None and e.stream_ordering > 0]
         if not timeline:
@@ -195,11 +196,12 @@ class Notifier:
         """Something other than events changed (typing, receipts, presence): wake the
         waiters of those rooms, of those users, and those following the presence of those
         rooms' members; the streams keep their own positions."""
-        room_ids, user_ids, presence_of_rooms = \
-            list(room_ids), list(user_ids), list(presence_of_rooms)
-        self._replication.publish("wake", {"rooms": room_ids, "users": user_ids,
-                                           "presence": presence_of_rooms,
-                                           "pos": self._positions()})
+        if self._replication.active:
+            room_ids, user_ids, presence_of_rooms = \
+                list(room_ids), list(user_ids), list(presence_of_rooms)
+            self._replication.publish("wake", {"rooms": room_ids, "users": user_ids,
+                                               "presence": presence_of_rooms,
+                                               "pos": self._positions()})
         for room_id in room_ids:
             self._wake(self._by_room.pop(room_id, ()))
         for user_id in user_ids:
@@ -208,8 +210,9 @@ class Notifier:
             self._wake(self._by_presence_room.pop(room_id, ()))
 
     def on_account_data(self, user_id: str, position: int) -> None:
-        self._replication.publish("account_data", {"user": user_id, "position": position,
-                                                   "pos": self._positions()})
+        if self._replication.active:
+            self._replication.publish("account_data", {"user": user_id, "position": position,
+                                                       "pos": self._positions()})
         if position > self._account_data_position:
             self._account_data_position = position
         self._account_data.mark(user_id, position)

@@ -189,12 +189,17 @@ class FederationPorts:
 
 class Replication(Protocol):
     """Tells the server's other processes what this one changed (``homeserver.replication``);
-    with one process it tells nobody."""
+    with one process it tells nobody (``active`` is false: what a message would carry need
+    not even be built)."""
+
+    active: bool
 
     def publish(self, topic: str, payload: Any) -> None: ...
 
 
 class _Alone:
+    active = False
+
     def publish(self, topic: str, payload: Any) -> None:
         pass
 

@@ -307,6 +307,8 @@ class PresenceService:
         self._recent.append((position, user_id))
 
     def _published(self, user_id: str, presence: UserPresence) -> None:
+        if not self._replication.active:
+            return
         self._replication.publish("presence", [user_id, presence.state, presence.status_msg,
                                                presence.last_active_ts, presence.position])
 

@@ -270,7 +270,8 @@ class PushEvaluator:
     async def _advance(self, position: int, rows: list[NotificationRow],
                        queued: list[tuple[str, str, str, str, str, list[Any]]]) -> None:
         await self._store.record(rows, queued, position, self._clock.time_ms())
-        self._replication.publish("push", [position, [list(astuple(r)) for r in rows]])
+        if self._replication.active:
+            self._replication.publish("push", [position, [list(astuple(r)) for r in rows]])
         await self._reached(position, rows)
         if queued:
             self._pushers.queued()

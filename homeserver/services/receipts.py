@@ -227,7 +227,7 @@ class ReceiptService:
     def _committed(self, stored: list[Receipt | None], local: list[bool]) -> None:
         """Bookkeeping once receipts are stored: listeners, caches, waking the syncs."""
         new = [r for r in stored if r is not None]  # (others: not newer than what was there)
-        if new:
+        if new and self._replication.active:
             self._replication.publish("receipts", [list(astuple(r)) for r in new])
         for receipt, is_local in zip(stored, local, strict=True):
             if receipt is not None and is_local and receipt.receipt_type == "m.read" and \

@@ -208,6 +208,8 @@ class TypingService:
         self._wakes.wake([room_id])
 
     def _publish(self, room_id: str, *, wake: bool) -> None:
+        if not self._replication.active:
+            return
         self._replication.publish("typing", [room_id, sorted(self._typing.get(room_id, ())),
                                              self._position, wake])
 
