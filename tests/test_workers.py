@@ -20,11 +20,11 @@ from typing import Any
 
 import aiohttp
 import aiohttp.web
-import asyncpg
 import pytest
 import yaml
 
 from tests.conftest import postgres_url
+from tests.helpers.federation import PostgresDatabase
 from tests.helpers.processes import ServerProcess, free_port, ktchat, wait_for_port
 
 PASSWORD = "a long enough password"
@@ -45,21 +45,12 @@ async def database() -> AsyncIterator[str]:
     """A new PostgreSQL database (asyncpg URL), dropped afterwards."""
     base = postgres_url()
     assert base is not None
-    dsn = base.replace("postgresql+asyncpg://", "postgresql://")
-    name = "ktchat_workers_" + secrets.token_hex(5)
-    conn = await asyncpg.connect(dsn)
+    created = PostgresDatabase(base)
+    await created.create()
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        yield created.url
     finally:
-        await conn.close()
-    try:
-        yield base.rsplit("/", 1)[0] + "/" + name
-    finally:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await created.drop()
 
 
 class Cluster:

@@ -220,21 +220,11 @@ class PresenceService:
             yield
             return
         self._connections[user_id] = self._connections.get(user_id, 0) + 1
-        if not self._writer:
+        if self._writer:
+            await self._connected(user_id, set_presence)
+        else:  # a worker: the writer hears who syncs here
             self._syncing_wanted[user_id] = set_presence or "online"
             self._syncs_changed.set()
-            try:
-                yield
-            finally:
-                left = self._connections.get(user_id, 1) - 1
-                if left > 0:
-                    self._connections[user_id] = left
-                else:
-                    self._connections.pop(user_id, None)
-                    self._syncing_wanted.pop(user_id, None)
-                    self._syncs_changed.set()
-            return
-        await self._connected(user_id, set_presence)
         try:
             yield
         finally:
@@ -243,7 +233,11 @@ class PresenceService:
                 self._connections[user_id] = left
             else:
                 self._connections.pop(user_id, None)
-                self._disconnected(user_id)
+                if self._writer:
+                    self._disconnected(user_id)
+                else:
+                    self._syncing_wanted.pop(user_id, None)
+                    self._syncs_changed.set()
 
     async def _connected(self, user_id: str, set_presence: str | None) -> None:
         timer = self._offline_timers.pop(user_id, None)
