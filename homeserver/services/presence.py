@@ -37,6 +37,7 @@ _RECENT_CHANGES = 10_000
 # A worker says which of its users are syncing this often (and at once when that changes);
 # the writer forgets a worker not heard from for _WORKER_SILENCE_S (it died).
 WORKER_HEARTBEAT_S = 10.0
+_SYNCS_GATHER_S = 0.5
 _WORKER_SILENCE_S = 35.0
 
 UNCHANGED: Any = object()
@@ -266,13 +267,24 @@ class PresenceService:
     # -- several processes ------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        """A worker: tell the writer who syncs here, at once when it changes and every
-        ``WORKER_HEARTBEAT_S`` anyway (so it notices when this process is gone)."""
+        """A worker: tell the writer who syncs here when that changes and every
+        ``WORKER_HEARTBEAT_S`` anyway (so it notices when this process is gone). Changes are
+        gathered for ``_SYNCS_GATHER_S``: a long poll that answers and comes straight back
+        is one connection all along, not a leave and a return."""
+        published: dict[str, str] | None = None
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._syncs_changed.wait(), WORKER_HEARTBEAT_S)
+                changed = True
+            except TimeoutError:
+                changed = False
+            if changed:
+                await asyncio.sleep(_SYNCS_GATHER_S)
             self._syncs_changed.clear()
-            self._replication.publish("presence_syncs", dict(self._syncing_wanted))
+            now = dict(self._syncing_wanted)
+            if now != published or not changed:  # a change, or the heartbeat
+                self._replication.publish("presence_syncs", now)
+                published = now
 
     def apply_worker_syncs(self, origin: str, users: dict[str, str]) -> None:
         """The writer: worker ``origin`` says these users are syncing there (user ->
