@@ -68,10 +68,13 @@ class Cluster:
                 {"port": p, "resources": ["client"]}]} for n, p in self.ports.items()}
         path.write_text(yaml.safe_dump(config))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        # KTCHAT_BENCH_PROFILE=DIR: every process under cProfile (DIR/NAME.prof on exit).
+        profile = os.environ.get("KTCHAT_BENCH_PROFILE")
         for name in ["main", *self.names]:
             extra = [] if name == "main" else ["--worker", name]
+            runner = ["-m", "cProfile", "-o", f"{profile}/{name}.prof"] if profile else []
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "homeserver", "run", "-c", str(path), *extra],
+                [sys.executable, *runner, "-m", "homeserver", "run", "-c", str(path), *extra],
                 cwd=REPO, stdout=subprocess.DEVNULL,
                 stderr=open(root / f"{name}.log", "w"))
             self._wait(self.port if name == "main" else self.ports[name])
@@ -96,12 +99,15 @@ class Cluster:
             return self.main
         return f"http://127.0.0.1:{self.ports[self.names[i % len(self.names)]]}"
 
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for proc in self.procs.values():
+    def cpu_by_process(self) -> dict[str, float]:
+        out = {}
+        for name, proc in self.procs.items():
             fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+            out[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return out
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_by_process().values())
 
     def peak_rss_mib(self) -> float:
         total = 0.0
@@ -164,7 +170,7 @@ async def _fanout(session: aiohttp.ClientSession, cluster: Cluster, senders: lis
         session, cluster.entry(i), token, room_id, since, tally, deadline))
         for i, token in enumerate(receivers)]
     await asyncio.sleep(1.5)  # every receiver waiting
-    cpu_before = cluster.cpu_seconds()
+    cpu_before = cluster.cpu_by_process()
     started = time.monotonic()
     # Senders split over the entries: each group sends its share through one of them.
     groups: dict[str, list[str]] = {}
@@ -191,10 +197,13 @@ async def _fanout(session: aiohttp.ClientSession, cluster: Cluster, senders: lis
         "deliveries": tally.received,
         "deliveries_expected": sent * len(receivers),
         "deliveries_per_s": round(tally.received / delivered_s, 1),
+        "sync_batches": tally.batches,
         "duplicates": tally.duplicates,
         "delivery_latency": percentiles(tally.latencies_ms),
         "send_latency": percentiles([lat for _, lats in results for lat in lats]),
-        "cpu_s": round(cluster.cpu_seconds() - cpu_before, 2),
+        "cpu_s": round(cluster.cpu_seconds() - sum(cpu_before.values()), 2),
+        "cpu_s_by_process": {name: round(cpu - cpu_before[name], 2)
+                             for name, cpu in cluster.cpu_by_process().items()},
     }
 
 

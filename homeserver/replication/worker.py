@@ -98,7 +98,9 @@ def follow_writer(bus: RedisBus, services: Services,
                       (user, device) for user, device in p))
     bus.subscribe("push", on_push)
     bus.subscribe("push_rotated", lambda _p, _o: services.push.apply_rotated())
-    bus.subscribe("relations", lambda p, _: db.relations.changed((), p[0], p[1]))
+    # (before the commit's own message: new events are known to have no relations yet, so
+    # the syncs they wake do not all ask the database)
+    bus.subscribe("relations", lambda p, _: db.relations.changed(p[0], p[1], p[2]))
     bus.subscribe("history_cleared", lambda p, _: services.history.forget_cleared(p))
     bus.subscribe("tokens", lambda p, _: services.auth.apply_forget_user(p))
     bus.subscribe("media_uploaded", lambda p, _: services.media.uploaded(p))

@@ -281,8 +281,8 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     roomserver.add_commit_listener(notifier)
     rooms_api: LocalRooms = writes or roomserver
     if writer and replication.active:
-        db.relations.add_listener(
-            lambda parents, redacted: replication.publish("relations", [parents, redacted]))
+        db.relations.add_listener(lambda fresh, parents, redacted: replication.publish(
+            "relations", [fresh, parents, redacted]))
     remote_lists = RemoteDeviceLists(db.remote_device_lists, members, roomserver, remote.keys,
                                      notifier, clock, config.server_name) \
         if remote is not None else None

@@ -67,10 +67,11 @@ class RelationStore:
         self._db = engine
         self._cache: LRUCache[str, RelationSummary] = LRUCache(cache_size)
         self._changes = 0
-        # Told (parents, redacted) of every change written here (other processes' caches).
-        self._listeners: list[Callable[[list[str], bool], None]] = []
+        # Told (fresh, parents, redacted) of every change written here (other processes'
+        # caches).
+        self._listeners: list[Callable[[list[str], list[str], bool], None]] = []
 
-    def add_listener(self, listener: Callable[[list[str], bool], None]) -> None:
+    def add_listener(self, listener: Callable[[list[str], list[str], bool], None]) -> None:
         self._listeners.append(listener)
 
     def changed(self, fresh: Sequence[str], parent_ids: Sequence[str], redacted: bool) -> None:
@@ -79,8 +80,7 @@ class RelationStore:
         redactions were applied (which may have removed any relation: the whole cache
         goes)."""
         for listener in self._listeners:
-            if parent_ids or redacted:
-                listener(list(parent_ids), redacted)
+            listener(list(fresh), list(parent_ids), redacted)
         if redacted:
             self._changes += 1
             self._cache.clear()
