@@ -210,7 +210,8 @@ class Writer:
         self.store.keys_committed(items)
         announced = CommittedBatch(tuple(CommittedEvent(
             i.room_id, i.event_id, i.type, i.sender, i.stream_ordering, i.redacts,
-            tuple(i.current_state_delta), tuple(i.destinations)) for i in items))
+            tuple(i.current_state_delta), tuple(i.destinations),
+            tuple(i.current_state_removed)) for i in items))
         for listener in self._listeners:
             try:
                 listener.events_committed(announced)

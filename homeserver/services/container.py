@@ -54,6 +54,7 @@ from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.sliding_sync import SlidingSyncDeps, SlidingSyncService
+from homeserver.services.sliding_sync.room_cache import SlidingSyncRoomCache
 from homeserver.services.spaces import SpaceHierarchyService
 from homeserver.services.sync import SyncService
 from homeserver.services.to_device import ToDeviceService
@@ -276,6 +277,9 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
                                    limiter(rl.invites_per_user), remote=remote_rooms)
     media = MediaService(db.media, clock, config.media, config.server_name,
                          remote=remote.media if remote is not None else None)
+    # The rooms sliding sync keeps in memory, kept exact by every commit.
+    sliding_sync_rooms = SlidingSyncRoomCache(db.sliding_sync, db.sync)
+    roomserver.add_commit_listener(sliding_sync_rooms)
     sync = SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
                        serializer, visibility, members, typing, receipts, presence, clock,
                        to_device, keys, ignored, unread)
@@ -305,7 +309,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         sliding_sync=SlidingSyncService(SlidingSyncDeps(
             db.sliding_sync, db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
             visibility, serializer, unread, push, push_rules, receipts, typing,
-            to_device, keys, ignored, clock, sync.current_token)),
+            to_device, keys, ignored, clock, sliding_sync_rooms, sync.current_token)),
         members=members,
         typing=typing,
         receipts=receipts,

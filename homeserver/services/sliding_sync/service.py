@@ -36,6 +36,7 @@ from homeserver.services.sliding_sync.extensions import (
 )
 from homeserver.services.sliding_sync.extensions import is_empty as extensions_empty
 from homeserver.services.sliding_sync.request import RoomConfig, SlidingSyncRequest
+from homeserver.services.sliding_sync.room_cache import SlidingSyncRoomCache
 from homeserver.services.sliding_sync.room_data import RoomDataBuilder, RoomDataSources
 from homeserver.services.sliding_sync.room_list import (
     BumpStamps,
@@ -82,6 +83,8 @@ class SlidingSyncDeps:
     keys: E2EKeyService
     ignored: IgnoredUsers
     clock: Clock
+    # What is kept of rooms in memory (fed by the roomserver's commit listener).
+    room_cache: SlidingSyncRoomCache
     # The current stream positions (the sync service's).
     current_token: Callable[[], SyncToken]
 
@@ -102,7 +105,8 @@ class SlidingSyncService:
         self._dms: LRUCache[str, tuple[int, frozenset[str]]] = LRUCache(10_000)
         self._rooms = RoomDataSources(deps.sync_store, deps.store, deps.events, deps.state,
                                       deps.visibility, deps.serializer, deps.unread,
-                                      deps.push, deps.receipts, deps.clock)
+                                      deps.push, deps.receipts, deps.clock,
+                                      deps.room_cache)
         self._extensions = ExtensionSources(deps.to_device, deps.keys, deps.store, deps.push_rules,
                                             deps.receipts, deps.typing)
 
