@@ -54,7 +54,7 @@ from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.sliding_sync import SlidingSyncDeps, SlidingSyncService
-from homeserver.services.sliding_sync.room_cache import SlidingSyncRoomCache
+from homeserver.services.sliding_sync.cache import SlidingSyncCache
 from homeserver.services.spaces import SpaceHierarchyService
 from homeserver.services.sync import SyncService
 from homeserver.services.to_device import ToDeviceService
@@ -278,8 +278,9 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     media = MediaService(db.media, clock, config.media, config.server_name,
                          remote=remote.media if remote is not None else None)
     # The rooms sliding sync keeps in memory, kept exact by every commit.
-    sliding_sync_rooms = SlidingSyncRoomCache(db.sliding_sync, db.sync)
+    sliding_sync_rooms = SlidingSyncCache(db.sliding_sync, db.sync, notifier)
     roomserver.add_commit_listener(sliding_sync_rooms)
+    notifier.on_room_deleted.append(sliding_sync_rooms.forget_room)
     sync = SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
                        serializer, visibility, members, typing, receipts, presence, clock,
                        to_device, keys, ignored, unread)

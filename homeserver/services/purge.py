@@ -260,6 +260,7 @@ class PurgeService:
         # (remove_room forgot the roomserver's cached events of the room)
         self._events.forget_cached(deleted)
         self._forget(set(deleted), room_id)
+        self._notifier.room_deleted(room_id)
         self._members.invalidate(with_membership)
         await self._store.reclaim_space()
         logger.info("Deleted room %s (%d events)", room_id, len(deleted))

@@ -55,6 +55,9 @@ class PushRuleService:
         # A plain dict (evaluation looks up every member of a room per batch; an LRU's
         # bookkeeping costs more than the lookups), emptied when full.
         self._compiled: dict[str, Ruleset] = {}
+        # User -> their stored rules (what GET /pushrules and sliding sync show), dropped
+        # with the compiled ruleset when a rule changes.
+        self._rows: dict[str, list[StoredRule]] = {}
         self._changes = 0
 
     @property
@@ -105,7 +108,15 @@ class PushRuleService:
 
     async def ruleset(self, user_id: str) -> dict[str, Any]:
         """GET /pushrules/ (the ``global`` scope)."""
-        return self._merge(user_id, await self._stored(user_id))
+        rows = self._rows.get(user_id)
+        if rows is None:
+            changes = self._changes
+            rows = await self._stored(user_id)
+            if changes == self._changes:  # no rule changed while loading
+                if len(self._rows) >= self.CACHE_SIZE:
+                    self._rows.clear()
+                self._rows[user_id] = rows
+        return self._merge(user_id, rows)
 
     async def rule(self, user_id: str, scope: str, kind: str, rule_id: str) -> dict[str, Any]:
         _scope(scope)
@@ -141,6 +152,7 @@ class PushRuleService:
     def _changed(self, user_id: str) -> None:
         self._changes += 1
         self._compiled.pop(user_id, None)
+        self._rows.pop(user_id, None)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -148,6 +160,15 @@ class PushRuleService:
                        body: Mapping[str, Any], before: str | None, after: str | None
                        ) -> None:
         """PUT /pushrules/global/{kind}/{ruleId}"""
+        try:
+            await self._put_rule(user_id, scope, kind, rule_id, body, before, after)
+        finally:
+            # Even after a failure part-way: what is stored may have changed.
+            self._changed(user_id)
+
+    async def _put_rule(self, user_id: str, scope: str, kind: str, rule_id: str,
+                        body: Mapping[str, Any], before: str | None, after: str | None
+                        ) -> None:
         _scope(scope)
         _kind(kind)
         if not rule_id or "/" in rule_id or "\\" in rule_id:
@@ -197,16 +218,21 @@ class PushRuleService:
                 await self._store.put_rule(user_id, StoredRule(
                     rule.kind, rule.rule_id, False, priority, rule.conditions, rule.pattern,
                     rule.actions, rule.enabled))
-        self._changed(user_id)
 
     async def delete_rule(self, user_id: str, scope: str, kind: str, rule_id: str) -> None:
         """DELETE /pushrules/global/{kind}/{ruleId}: the user's own rules (server-default
         rules cannot be deleted: 404, as Synapse)."""
+        try:
+            await self._delete_rule(user_id, scope, kind, rule_id)
+        finally:
+            # Even after a failure part-way: what is stored may have changed.
+            self._changed(user_id)
+
+    async def _delete_rule(self, user_id: str, scope: str, kind: str, rule_id: str) -> None:
         _scope(scope)
         _kind(kind)
         if rule_id.startswith(".") or not await self._store.delete_rule(user_id, kind, rule_id):
             raise NotFound("Unknown push rule")
-        self._changed(user_id)
 
     async def _find(self, user_id: str, kind: str, rule_id: str
                     ) -> tuple[StoredRule | None, dict[str, Any]]:
@@ -221,6 +247,14 @@ class PushRuleService:
     async def set_attribute(self, user_id: str, scope: str, kind: str, rule_id: str,
                             attr: str, value: Any) -> None:
         """PUT /pushrules/global/{kind}/{ruleId}/enabled|actions"""
+        try:
+            await self._set_attribute(user_id, scope, kind, rule_id, attr, value)
+        finally:
+            # Even after a failure part-way: what is stored may have changed.
+            self._changed(user_id)
+
+    async def _set_attribute(self, user_id: str, scope: str, kind: str, rule_id: str,
+                             attr: str, value: Any) -> None:
         _scope(scope)
         _kind(kind)
         if attr == "enabled":
@@ -237,7 +271,6 @@ class PushRuleService:
                          row.pattern, value if attr == "actions" else row.actions,
                          value if attr == "enabled" else row.enabled)
         await self._store.put_rule(user_id, row)
-        self._changed(user_id)
 
     async def get_attribute(self, user_id: str, scope: str, kind: str, rule_id: str,
                             attr: str) -> dict[str, Any]:

@@ -142,6 +142,17 @@ class SlidingSyncStore:
                 .order_by(account_data.c.stream_id))
             return [(r.room_id, r.type, json.loads(r.content)) for r in rows]
 
+    async def account_data_of(self, user_id: str) -> list[tuple[str, str, dict[str, Any], int]]:
+        """``(room_id, type, content, stream position)`` of all the user's account data, in
+        stream order (room ``""``: global)."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(account_data.c.room_id, account_data.c.type, account_data.c.content,
+                       account_data.c.stream_id)
+                .where(account_data.c.user_id == user_id)
+                .order_by(account_data.c.stream_id))
+            return [(r.room_id, r.type, json.loads(r.content), int(r.stream_id)) for r in rows]
+
     async def room_account_data_of_type(self, user_id: str, type_: str
                                         ) -> dict[str, dict[str, Any]]:
         """Room -> the user's room account data of this type (``m.tag``)."""

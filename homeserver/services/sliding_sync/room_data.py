@@ -20,13 +20,13 @@ from homeserver.services.messages import make_token
 from homeserver.services.push import PushEvaluator, UnreadCounts
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.serialize import EventSerializer
+from homeserver.services.sliding_sync.cache import SlidingSyncCache
 from homeserver.services.sliding_sync.connection import (
     LIVE,
     PREVIOUSLY,
     ConnectionState,
 )
 from homeserver.services.sliding_sync.request import LAZY, ME, WILDCARD, RoomConfig
-from homeserver.services.sliding_sync.room_cache import SlidingSyncRoomCache
 from homeserver.services.sliding_sync.room_list import Membership
 from homeserver.services.visibility import VisibilityService
 from storage.stores.events import EventStore, StoredEvent
@@ -54,7 +54,7 @@ class RoomDataSources:
     push: PushEvaluator
     receipts: ReceiptService
     clock: Clock
-    cache: SlidingSyncRoomCache
+    cache: SlidingSyncCache
 
 
 @dataclass(slots=True)

@@ -25,6 +25,7 @@ from homeserver.services.push import PushEvaluator, UnreadCounts
 from homeserver.services.push_rules import PushRuleService
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.serialize import EventSerializer
+from homeserver.services.sliding_sync.cache import SlidingSyncCache
 from homeserver.services.sliding_sync.connection import (
     ConnectionState,
     ConnectionStore,
@@ -36,7 +37,6 @@ from homeserver.services.sliding_sync.extensions import (
 )
 from homeserver.services.sliding_sync.extensions import is_empty as extensions_empty
 from homeserver.services.sliding_sync.request import RoomConfig, SlidingSyncRequest
-from homeserver.services.sliding_sync.room_cache import SlidingSyncRoomCache
 from homeserver.services.sliding_sync.room_data import RoomDataBuilder, RoomDataSources
 from homeserver.services.sliding_sync.room_list import (
     BumpStamps,
@@ -84,7 +84,7 @@ class SlidingSyncDeps:
     ignored: IgnoredUsers
     clock: Clock
     # What is kept of rooms in memory (fed by the roomserver's commit listener).
-    room_cache: SlidingSyncRoomCache
+    room_cache: SlidingSyncCache
     # The current stream positions (the sync service's).
     current_token: Callable[[], SyncToken]
 
@@ -108,7 +108,7 @@ class SlidingSyncService:
                                       deps.push, deps.receipts, deps.clock,
                                       deps.room_cache)
         self._extensions = ExtensionSources(deps.to_device, deps.keys, deps.store, deps.push_rules,
-                                            deps.receipts, deps.typing)
+                                            deps.receipts, deps.typing, deps.room_cache)
 
     async def sync(self, user_id: str, device_id: str | None, request: SlidingSyncRequest,
                    *, pos: str | None, timeout_ms: int,

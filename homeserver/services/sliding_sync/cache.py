@@ -1,16 +1,21 @@
-"""The one place sliding sync keeps room data in memory: each room's current state IDs (with
-its members' memberships, so member counts and heroes need no query) and its latest
-timeline events, for the rooms sliding sync has read.
+"""The one place sliding sync keeps data in memory between requests (besides the
+per-connection state): each room's current state IDs (with its members' memberships, so
+member counts and heroes need no query), each room's latest timeline events, and each
+user's account data.
 
-Kept exact by the roomserver's commit listener (``events_committed``, called on the event
-loop right after each commit): state deltas and removals are applied, new timeline events
-appended. A room is loaded on first use, all missing rooms in one query; a load that a
-commit to one of its rooms overtook is not kept (the next read loads the room again). A
-commit whose state change cannot be followed exactly (a member event not in the timeline,
-as a state resolution brings) drops the room instead. ``forget_room`` drops a room for
-writers outside this process's roomserver (a deleted room; other workers, later). Rooms
-with more than ``MAX_STATE`` state entries are not kept: their reads go to the database,
-as before. No entry ever expires on a timer; the LRU bounds only drop rooms.
+Rooms are kept exact by the roomserver's commit listener (``events_committed``, called on
+the event loop right after each commit): state deltas and removals are applied, new
+timeline events appended. A room is loaded on first use, all missing rooms in one query; a
+load that a commit to one of its rooms overtook is not kept (the next read loads the room
+again). A commit whose state change cannot be followed exactly (a member event not in the
+timeline, as a state resolution brings) drops the room instead. Rooms with more than
+``MAX_STATE`` state entries are not kept: their reads go to the database, as before.
+
+A user's account data is read once and used until the notifier says it changed
+(``Notifier.on_account_data``, called by every write).
+
+``forget_room`` drops what is kept of a room (a deleted room; writers in other processes,
+later). No entry ever expires on a timer; the LRU bounds only drop entries.
 """
 
 from __future__ import annotations
@@ -18,15 +23,18 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cachetools import LRUCache
 
+from homeserver.services.notifier import Notifier
 from roomserver.api import CommittedBatch
 from storage.stores.sliding_sync import SlidingSyncStore
 from storage.stores.sync import RoomSummary, SyncStore
 
 MEMBER = "m.room.member"
 StateKey = tuple[str, str]
+AccountDataRow = tuple[str, str, dict[str, Any], int]
 
 
 @dataclass(slots=True)
@@ -88,7 +96,7 @@ class _Loads:
             self.touched[room_id] = self.touched.get(room_id, 0) + 1
 
 
-class SlidingSyncRoomCache:
+class SlidingSyncCache:
     """See the module docstring."""
 
     ROOMS = 50_000
@@ -97,9 +105,17 @@ class SlidingSyncRoomCache:
     # screen asks for 20: that read goes to the database).
     TIMELINE = 8
 
-    def __init__(self, store: SlidingSyncStore, sync_store: SyncStore) -> None:
+    USERS = 10_000
+
+    def __init__(self, store: SlidingSyncStore, sync_store: SyncStore, notifier: Notifier
+                 ) -> None:
         self._store = store
         self._sync = sync_store
+        self._notifier = notifier
+        # User -> (account data position read at, their entries as (room, type, content,
+        # stream position), in stream order).
+        self._account_data: LRUCache[str, tuple[int, list[AccountDataRow]]] = \
+            LRUCache(self.USERS)
         self._states: LRUCache[str, _RoomState] = LRUCache(self.ROOMS)
         self._timelines: LRUCache[str, _Timeline] = LRUCache(self.ROOMS)
         self._state_loads = _Loads()
@@ -156,6 +172,23 @@ class SlidingSyncRoomCache:
         self._timelines.pop(room_id, None)
         self._state_loads.touch(room_id)
         self._timeline_loads.touch(room_id)
+        # Its room account data went with it.
+        self._account_data.clear()
+
+    # -- account data -----------------------------------------------------------------------
+
+    async def account_data(self, user_id: str, after: int, up_to: int
+                           ) -> list[tuple[str, str, dict[str, Any]]]:
+        """As ``SlidingSyncStore.account_data_between``, from memory."""
+        notifier = self._notifier
+        if not notifier.account_data_changed_since(user_id, after):
+            return []
+        cached = self._account_data.get(user_id)
+        if cached is None or notifier.account_data_changed_since(user_id, cached[0]):
+            position = notifier.account_data_position
+            cached = (position, await self._store.account_data_of(user_id))
+            self._account_data[user_id] = cached
+        return [(r, t, c) for r, t, c, p in cached[1] if after < p <= up_to]
 
     # -- state ------------------------------------------------------------------------------
 
