@@ -9,6 +9,9 @@ Otherwise:
 * set-up: a reader account in ``--rooms`` (500) rooms, each with ``--messages`` (2)
   messages; ``--talker-rooms`` (10) of them are a talker's, the reader joined, the rest the
   reader's own; made with ``--workers`` (8) concurrent requests;
+* settling: until the server has digested the set-up (push rules evaluated for every set-up
+  event: the reader's unread count in a talker room has the talker's last message), not
+  measured (``settle_seconds``; ``--no-settle`` skips it);
 * ``first_response``: the initial request of Element X's room list (no ``pos``, list
   ``all_rooms`` with range 0-19, ``timeline_limit`` 1, the rust-sdk's required state with
   ``$LAZY``/``$ME``, the account data, receipts and typing extensions), ``--repeat`` (5)
@@ -27,6 +30,7 @@ server's CPU seconds and peak RSS.
 
     python bench/sliding_sync.py [--implementations ktchat,synapse] [--rooms 500]
                                  [--messages 2] [--samples 100] [--pause 0.1] [--repeat 5]
+                                 [--no-settle]
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -117,6 +122,26 @@ async def _first_responses(client: ElementXClient, rooms: int, repeat: int
     return {"cold_ms": round(samples[0], 3), **percentiles(samples),
             "min_ms": round(min(samples), 3), "max_ms": round(max(samples), 3),
             "rooms_in_response": min(20, rooms), "approx_chars": sizes[0]}
+
+
+async def _settle(client: ElementXClient, talker: Client, room_id: str, messages: int,
+                  deadline: float) -> float:
+    """Until the server has digested the set-up: the talker sends one more message into a
+    room of theirs, and the reader's unread count there is polled until it has it (a server
+    that evaluates push rules after the commit, in stream order, has then evaluated every
+    set-up event). Seconds waited."""
+    started = time.perf_counter()
+    await talker.call("PUT", f"/rooms/{q(room_id)}/send/m.room.message/settle",
+                      {"msgtype": "m.text", "body": "settled?"})
+    body = {"room_subscriptions": {room_id: {"required_state": [], "timeline_limit": 1}}}
+    for n in itertools.count():
+        answer = await Connection(client.http, f"bench-settle-{n}").request(body, 0)
+        if answer.get("rooms", {}).get(room_id, {}).get("notification_count") == messages + 1:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server did not settle after set-up in time")
+        await asyncio.sleep(0.2)
+    return round(time.perf_counter() - started, 1)
 
 
 async def _incremental(client: ElementXClient, talker: Client, rooms: list[str],
@@ -205,6 +230,9 @@ async def _run(implementation: str, root: Path, args: argparse.Namespace, deadli
             figures["setup_seconds"] = round(time.perf_counter() - started, 1)
             client = await ElementXClient.login(server.base, reader, PASSWORD)
             try:
+                if args.settle:
+                    figures["settle_seconds"] = await _settle(client, talker, talker_rooms[0],
+                                                              args.messages, deadline)
                 figures["first_response"] = await _first_responses(client, args.rooms,
                                                                    args.repeat)
                 started = time.perf_counter()
@@ -240,6 +268,9 @@ async def main() -> None:
     parser.add_argument("--samples", type=int, default=100, help="incremental messages")
     parser.add_argument("--pause", type=float, default=0.1,
                         help="seconds between a delivery and the next incremental message")
+    parser.add_argument("--no-settle", dest="settle", action="store_false",
+                        help="measure at once after set-up, not once the server has "
+                             "evaluated push rules for all of it")
     parser.add_argument("--seconds", type=float, default=1200.0, help="bound on the run")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     args = parser.parse_args()

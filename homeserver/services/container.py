@@ -280,7 +280,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     # The rooms sliding sync keeps in memory, kept exact by every commit.
     sliding_sync_rooms = SlidingSyncCache(db.sliding_sync, db.sync, notifier)
     roomserver.add_commit_listener(sliding_sync_rooms)
-    notifier.on_room_deleted.append(sliding_sync_rooms.forget_room)
+    notifier.on_room_purged.append(sliding_sync_rooms.forget_room)
     sync = SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
                        serializer, visibility, members, typing, receipts, presence, clock,
                        to_device, keys, ignored, unread)

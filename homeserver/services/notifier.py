@@ -40,9 +40,9 @@ class Notifier:
         self.on_left: list[Callable[[str, str], None]] = []
         # Called with the IDs of events that new redactions redact.
         self.on_redacted: list[Callable[[list[str]], None]] = []
-        # Called with a room's ID when everything stored about it was deleted (caches of
-        # it go).
-        self.on_room_deleted: list[Callable[[str], None]] = []
+        # Called with a room's ID when stored events of it were deleted (its history
+        # purged, or the whole room): what is cached of the room goes.
+        self.on_room_purged: list[Callable[[str], None]] = []
         # Set when the process shuts down: long polls answer at once instead of holding the
         # shutdown for their whole timeout.
         self.closing = False
@@ -168,9 +168,9 @@ class Notifier:
         for room_id in presence_of_rooms:
             self._wake(self._by_presence_room.pop(room_id, ()))
 
-    def room_deleted(self, room_id: str) -> None:
-        """Everything stored about the room was deleted (not an event: no waiter wakes)."""
-        for listener in self.on_room_deleted:
+    def room_purged(self, room_id: str) -> None:
+        """Stored events of the room were deleted (not news: no waiter wakes)."""
+        for listener in self.on_room_purged:
             listener(room_id)
 
     def on_account_data(self, user_id: str, position: int) -> None:

@@ -125,6 +125,7 @@ class PurgeService:
         storage's)."""
         self._serializer.forget(event_ids)
         self._notifier.recent.discard(room_id, event_ids)
+        self._notifier.room_purged(room_id)
 
     async def purge_point(self, room_id: str, *, event_id: str | None, ts: int | None
                           ) -> PurgePoint:
@@ -260,7 +261,6 @@ class PurgeService:
         # (remove_room forgot the roomserver's cached events of the room)
         self._events.forget_cached(deleted)
         self._forget(set(deleted), room_id)
-        self._notifier.room_deleted(room_id)
         self._members.invalidate(with_membership)
         await self._store.reclaim_space()
         logger.info("Deleted room %s (%d events)", room_id, len(deleted))

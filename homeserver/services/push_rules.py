@@ -55,9 +55,9 @@ class PushRuleService:
         # A plain dict (evaluation looks up every member of a room per batch; an LRU's
         # bookkeeping costs more than the lookups), emptied when full.
         self._compiled: dict[str, Ruleset] = {}
-        # User -> their stored rules (what GET /pushrules and sliding sync show), dropped
-        # with the compiled ruleset when a rule changes.
-        self._rows: dict[str, list[StoredRule]] = {}
+        # User -> their ruleset as GET /pushrules and sliding sync show it, dropped with the
+        # compiled ruleset when a rule changes.
+        self._shown: dict[str, dict[str, Any]] = {}
         self._changes = 0
 
     @property
@@ -107,16 +107,17 @@ class PushRuleService:
         return out
 
     async def ruleset(self, user_id: str) -> dict[str, Any]:
-        """GET /pushrules/ (the ``global`` scope)."""
-        rows = self._rows.get(user_id)
-        if rows is None:
+        """GET /pushrules/ (the ``global`` scope). Shared between callers: not to be
+        changed."""
+        shown = self._shown.get(user_id)
+        if shown is None:
             changes = self._changes
-            rows = await self._stored(user_id)
+            shown = self._merge(user_id, await self._stored(user_id))
             if changes == self._changes:  # no rule changed while loading
-                if len(self._rows) >= self.CACHE_SIZE:
-                    self._rows.clear()
-                self._rows[user_id] = rows
-        return self._merge(user_id, rows)
+                if len(self._shown) >= self.CACHE_SIZE:
+                    self._shown.clear()
+                self._shown[user_id] = shown
+        return shown
 
     async def rule(self, user_id: str, scope: str, kind: str, rule_id: str) -> dict[str, Any]:
         _scope(scope)
@@ -152,7 +153,7 @@ class PushRuleService:
     def _changed(self, user_id: str) -> None:
         self._changes += 1
         self._compiled.pop(user_id, None)
-        self._rows.pop(user_id, None)
+        self._shown.pop(user_id, None)
 
     # -- writing ----------------------------------------------------------------------------
 

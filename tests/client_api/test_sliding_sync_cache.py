@@ -12,6 +12,8 @@ from aiohttp.test_utils import TestClient
 from homeserver.services.container import Services
 from homeserver.services.sliding_sync.cache import SlidingSyncCache, _Loads
 from tests.client_api import test_sync_fanout
+from tests.client_api.test_admin import admin_token
+from tests.client_api.test_purge import ADMIN1, admin_call, q, start_purge, wait_purge
 from tests.client_api.test_rooms import User, api, create_room, join, new_user, send_text
 from tests.client_api.test_sliding_sync import bodies, one_list, ss
 from tests.client_api.test_sync import invite, leave, put_account_data
@@ -134,15 +136,24 @@ async def test_account_data_and_push_rules_after_the_cache_is_warm(
         {"type": "org.example.global", "content": {"n": 3}}]
 
 
-async def test_deleted_room_is_forgotten(services: Services, client: TestClient,
-                                         alice: User) -> None:
+async def test_purged_history_and_deleted_rooms(services: Services, client: TestClient,
+                                               alice: User) -> None:
+    token = await admin_token(client)
     room_id = await create_room(client, alice, name="doomed")
+    for n in range(3):
+        await send_text(client, alice, room_id, f"old {n}")
     await ss(client, alice, one_list())
+    await assert_cache_is_exact(services, [room_id], alice.user_id)
+    purge_id = await start_purge(client, token, room_id, delete_local_events=True,
+                                 purge_up_to_ts=services.clock.time_ms() + 1)
+    assert (await wait_purge(client, token, purge_id))["status"] == "complete"
+    await assert_cache_is_exact(services, [room_id], alice.user_id)
     cache = cache_of(services)
-    assert (await cache.current_state_ids([room_id], all_types=True, types=[],
-                                          pairs=[]))[room_id]
-    services.notifier.room_deleted(room_id)  # what the purge service says after deleting
+    await ss(client, alice, one_list())
+    status, res = await admin_call(client, "DELETE", f"{ADMIN1}/rooms/{q(room_id)}", token, {})
+    assert status == 200, res
     assert room_id not in cache._states and room_id not in cache._timelines
+    await assert_cache_is_exact(services, [room_id], alice.user_id)
 
 
 def test_a_load_overtaken_by_a_commit_is_not_kept() -> None:

@@ -172,7 +172,7 @@ class SlidingSyncCache:
         self._timelines.pop(room_id, None)
         self._state_loads.touch(room_id)
         self._timeline_loads.touch(room_id)
-        # Its room account data went with it.
+        # Its room account data may have gone with it (the room was deleted).
         self._account_data.clear()
 
     # -- account data -----------------------------------------------------------------------
@@ -278,6 +278,18 @@ class SlidingSyncCache:
 
     # -- timelines --------------------------------------------------------------------------
 
+    def newest_positions(self, room_ids: Iterable[str], up_to: int) -> int:
+        """The position of the newest event at or before ``up_to`` among these rooms, from
+        memory (``up_to`` when a room is not kept)."""
+        newest = 0
+        for room_id in room_ids:
+            timeline = self._timelines.get(room_id)
+            position = _newest(timeline, up_to) if timeline is not None else None
+            if position is None:
+                return up_to
+            newest = max(newest, position)
+        return newest
+
     async def latest_event_ids(self, room_ids: Sequence[str], *, after: int, up_to: int,
                                limit: int) -> dict[str, list[str]]:
         """As ``SyncStore.latest_event_ids``, from memory where kept."""
@@ -310,6 +322,15 @@ class SlidingSyncCache:
             out.update(await self._sync.latest_event_ids(rest, after=after, up_to=up_to,
                                                          limit=limit))
         return out
+
+
+def _newest(timeline: _Timeline, up_to: int) -> int | None:
+    """The position of the newest event at or before ``up_to`` (0: none); None when what is
+    kept does not tell."""
+    for position, _ in reversed(timeline.events):
+        if position <= up_to:
+            return position
+    return 0 if timeline.complete else None
 
 
 def _window(timeline: _Timeline, after: int, up_to: int, limit: int) -> list[str] | None:

@@ -414,9 +414,12 @@ class RoomDataBuilder:
         rooms = [p.room_id for p in plans]
         read = await self.s.receipts.read_positions(self.user_id, rooms)
         starts = {p.room_id: max(read.get(p.room_id, 0), p.member.position) for p in plans}
-        # Counts wait a moment for push rule evaluation to reach the response's position,
-        # not the seconds a catch-up after a restart can take (the room list must be fast).
-        await self.s.push.wait_for(self.up_to, UNREAD_WAIT_S, quiet=True)
+        # Counts wait a moment for push rule evaluation to reach these rooms' newest events
+        # (evaluation goes in stream order: the counts of a room are final once it has
+        # passed the room's newest event, whatever other rooms' events it is still on), not
+        # the seconds a catch-up after a restart can take (the room list must be fast).
+        await self.s.push.wait_for(self.s.cache.newest_positions(rooms, self.up_to),
+                                   UNREAD_WAIT_S, quiet=True)
         counts, _ = await self.s.unread.counts(self.user_id, starts, threads=False)
         return counts
 

@@ -114,6 +114,26 @@ class MembershipIndex:
         self._notifier = notifier
         self._users: LRUCache[str, tuple[int, dict[str, tuple[str, str, int, str]]]] = \
             LRUCache(self.USERS)
+        # User -> (the memberships, since, forgotten, ignored) -> what ``visible`` gave last.
+        self._visible: LRUCache[str, tuple[tuple[object, int | None, frozenset[str],
+                                                 frozenset[str]], dict[str, Membership]]] = \
+            LRUCache(self.USERS)
+
+    def visible(self, user_id: str, memberships: dict[str, tuple[str, str, int, str]],
+                since: int | None, forgotten: set[str], ignored: frozenset[str]
+                ) -> dict[str, Membership]:
+        """``visible_memberships`` of ``memberships`` (as ``of`` gave them), remembered
+        while they stay the same; a new dict each time (callers change it)."""
+        if since is not None and not any(m[0] == "leave" and m[3] == user_id
+                                         for m in memberships.values()):
+            since = None  # it only tells which of the user's own leaves to show
+        key = (memberships, since, frozenset(forgotten), ignored)
+        cached = self._visible.get(user_id)
+        if cached is not None and cached[0][0] is memberships and cached[0][1:] == key[1:]:
+            return dict(cached[1])
+        found = visible_memberships(user_id, memberships, since, forgotten, ignored)
+        self._visible[user_id] = (key, found)
+        return dict(found)
 
     async def of(self, user_id: str) -> dict[str, tuple[str, str, int, str]]:
         cached = self._users.get(user_id)

@@ -43,7 +43,6 @@ from homeserver.services.sliding_sync.room_list import (
     ListBuilder,
     MembershipIndex,
     dm_rooms,
-    visible_memberships,
 )
 from homeserver.services.sync_token import SyncToken
 from homeserver.services.to_device import ToDeviceService
@@ -202,9 +201,9 @@ class SlidingSyncService:
         forgotten = await d.rooms.forgotten_rooms(user_id) if any(
             m[0] in ("leave", "ban") for m in memberships.values()) else set()
         ignored = await d.ignored.of(user_id)
-        members = visible_memberships(user_id, memberships,
-                                      since.events if since is not None else None,
-                                      forgotten, ignored)
+        members = self._memberships.visible(user_id, memberships,
+                                            since.events if since is not None else None,
+                                            forgotten, ignored)
         dms = await self._dm_rooms(user_id)
         lists = await ListBuilder(d.store, self._bumps, user_id, now.events).build(
             request.lists, members, dms)
