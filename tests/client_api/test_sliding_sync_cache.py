@@ -28,7 +28,8 @@ def cache_of(services: Services) -> SlidingSyncCache:
 
 
 async def assert_cache_is_exact(services: Services, room_ids: list[str], user_id: str) -> None:
-    """The cache's state, summaries and latest events of the rooms equal the database's."""
+    """The cache's state, summaries, latest events and bump stamps of the rooms equal the
+    database's."""
     cache = cache_of(services)
     store, sync = services.db.sliding_sync, services.db.sync
     up_to = services.notifier.position
@@ -41,6 +42,10 @@ async def assert_cache_is_exact(services: Services, room_ids: list[str], user_id
                                       pairs=pairs)
     assert await cache.room_summaries(room_ids, user_id, heroes=5) == \
         await sync.room_summaries(room_ids, user_id, heroes=5)
+    for position in (up_to, max(0, up_to - 2)):
+        found = await store.bump_stamps(room_ids, position)
+        assert await cache.bump_stamps(room_ids, position) == \
+            {r: found.get(r, 0) for r in room_ids}
     for after in (0, max(0, up_to - 3)):
         for limit in (1, 2, SlidingSyncCache.TIMELINE + 3):
             assert await cache.latest_event_ids(room_ids, after=after, up_to=up_to,

@@ -1,13 +1,13 @@
 """The one place sliding sync keeps data in memory between requests (besides the
 per-connection state): each room's current state IDs (with its members' memberships, so
-member counts and heroes need no query), each room's latest timeline events, and each
-user's account data.
+member counts and heroes need no query), each room's latest timeline events and bump
+stamp, and each user's account data.
 
 Rooms are kept exact by the roomserver's commit listener (``events_committed``, called on
 the event loop right after each commit): state deltas and removals are applied, new
-timeline events appended. A room is loaded on first use, all missing rooms in one query; a
-load that a commit to one of its rooms overtook is not kept (the next read loads the room
-again). A commit whose state change cannot be followed exactly (a member event not in the
+timeline events appended, bump stamps moved. A room is loaded on first use, all missing
+rooms in one query; a load that a commit to one of its rooms overtook is not kept (the
+next read loads the room again). A commit whose state change cannot be followed exactly (a member event not in the
 timeline, as a state resolution brings) drops the room instead. Rooms with more than
 ``MAX_STATE`` state entries are not kept: their reads go to the database, as before.
 
@@ -15,7 +15,8 @@ A user's account data is read once and used until the notifier says it changed
 (``Notifier.on_account_data``, called by every write).
 
 ``forget_room`` drops what is kept of a room (a deleted room; writers in other processes,
-later). No entry ever expires on a timer; the LRU bounds only drop entries.
+later; a purge of its history too). No entry ever expires on a timer; the bounds only drop
+entries.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from cachetools import LRUCache
 
 from homeserver.services.notifier import Notifier
 from roomserver.api import CommittedBatch
-from storage.stores.sliding_sync import SlidingSyncStore
+from storage.stores.sliding_sync import BUMP_TYPES, SlidingSyncStore
 from storage.stores.sync import RoomSummary, SyncStore
 
 MEMBER = "m.room.member"
 StateKey = tuple[str, str]
 AccountDataRow = tuple[str, str, dict[str, Any], int]
+# A position past every event (what is kept is the newest).
+NEWEST = 2**62
 
 
 @dataclass(slots=True)
@@ -100,6 +103,7 @@ class SlidingSyncCache:
     """See the module docstring."""
 
     ROOMS = 50_000
+    BUMPS = 200_000
     MAX_STATE = 1_000
     # Timeline events kept per room (a list's timeline_limit is 1; a room opened on
     # screen asks for 20: that read goes to the database).
@@ -117,6 +121,9 @@ class SlidingSyncCache:
         self._account_data: LRUCache[str, tuple[int, list[AccountDataRow]]] = \
             LRUCache(self.USERS)
         self._states: LRUCache[str, _RoomState] = LRUCache(self.ROOMS)
+        # Room -> the position of its newest MSC4186 bump event (0: none). A plain dict
+        # (a room list looks up every room of the user on each request), emptied when full.
+        self._bumps: dict[str, int] = {}
         self._timelines: LRUCache[str, _Timeline] = LRUCache(self.ROOMS)
         self._state_loads = _Loads()
         self._timeline_loads = _Loads()
@@ -132,6 +139,10 @@ class SlidingSyncCache:
                                   event.state_delta, event.state_removed)
             if event.stream_ordering is not None and event.stream_ordering > 0:
                 self._timeline_loads.touch(room_id)
+                if event.type in BUMP_TYPES:
+                    bump = self._bumps.get(room_id)
+                    if bump is not None and bump < event.stream_ordering:
+                        self._bumps[room_id] = event.stream_ordering
                 timeline = self._timelines.get(room_id)
                 if timeline is not None and (not timeline.events or
                                              timeline.events[-1][0] < event.stream_ordering):
@@ -170,6 +181,7 @@ class SlidingSyncCache:
         commits here)."""
         self._states.pop(room_id, None)
         self._timelines.pop(room_id, None)
+        self._bumps.pop(room_id, None)
         self._state_loads.touch(room_id)
         self._timeline_loads.touch(room_id)
         # Its room account data may have gone with it (the room was deleted).
@@ -277,6 +289,40 @@ class SlidingSyncCache:
         return entry.ranked
 
     # -- timelines --------------------------------------------------------------------------
+
+    async def bump_stamps(self, room_ids: Sequence[str], up_to: int) -> dict[str, int]:
+        """Room -> the position of its newest bump event at or before ``up_to`` (0: none)."""
+        out: dict[str, int] = {}
+        missing = []
+        bumps = self._bumps
+        for room_id in room_ids:
+            stamp = bumps.get(room_id)
+            if stamp is not None and stamp <= up_to:
+                out[room_id] = stamp
+            else:
+                missing.append(room_id)
+        if not missing:
+            return out
+        started = self._timeline_loads.start(missing)
+        try:
+            found = await self._store.bump_stamps(missing, NEWEST)
+        finally:
+            kept = self._timeline_loads.finish(started)
+        if len(bumps) + len(kept) > self.BUMPS:
+            bumps.clear()
+        later = []
+        for room_id in missing:
+            stamp = found.get(room_id, 0)
+            if room_id in kept:
+                bumps[room_id] = stamp
+            if stamp <= up_to:
+                out[room_id] = stamp
+            else:
+                later.append(room_id)  # (built before its newest: asked again)
+        if later:
+            found = await self._store.bump_stamps(later, up_to)
+            out.update({r: found.get(r, 0) for r in later})
+        return out
 
     def newest_positions(self, room_ids: Iterable[str], up_to: int) -> int:
         """The position of the newest event at or before ``up_to`` among these rooms, from

@@ -39,7 +39,6 @@ from homeserver.services.sliding_sync.extensions import is_empty as extensions_e
 from homeserver.services.sliding_sync.request import RoomConfig, SlidingSyncRequest
 from homeserver.services.sliding_sync.room_data import RoomDataBuilder, RoomDataSources
 from homeserver.services.sliding_sync.room_list import (
-    BumpStamps,
     ListBuilder,
     MembershipIndex,
     dm_rooms,
@@ -98,7 +97,7 @@ class SlidingSyncService:
     def __init__(self, deps: SlidingSyncDeps) -> None:
         self.d = deps
         self.connections = ConnectionStore()
-        self._bumps = BumpStamps(deps.store, deps.notifier)
+        self._bumps = deps.room_cache
         self._memberships = MembershipIndex(deps.store, deps.notifier)
         # User -> (account data position read at, the rooms their m.direct names).
         self._dms: LRUCache[str, tuple[int, frozenset[str]]] = LRUCache(10_000)
