@@ -16,7 +16,8 @@ Otherwise:
 * ``first_response``: the initial request of Element X's room list (no ``pos``, list
   ``all_rooms`` with range 0-19, ``timeline_limit`` 1, the rust-sdk's required state with
   ``$LAZY``/``$ME``, the account data, receipts and typing extensions), ``--repeat`` (5)
-  times, each on a connection of its own: the first (cold) and p50/min/max, in ms;
+  times, each on a connection of its own: the first (cold) and p50/min/max, in ms, and the
+  server's CPU ms per request (clock ticks: use a larger ``--repeat`` for a finer figure);
 * ``full_load``: what Element X does next, the range grown by 100 rooms a request until all
   the rooms are loaded: requests and total ms;
 * ``incremental``: the reader long-polls (``pos``, ``timeout`` 30 s, the whole range) while
@@ -106,13 +107,16 @@ async def _populate(server: FedBenchServer, session: aiohttp.ClientSession,
     return reader_account["user_id"][1:].split(":")[0], talker, talker_rooms
 
 
-async def _first_responses(client: ElementXClient, rooms: int, repeat: int
-                           ) -> dict[str, Any]:
-    """The initial room-list request, ``repeat`` times on fresh connections."""
+async def _first_responses(server: FedBenchServer, client: ElementXClient, rooms: int,
+                           repeat: int) -> dict[str, Any]:
+    """The initial room-list request, ``repeat`` times on fresh connections; with the
+    server's CPU time per request (a figure a busy machine disturbs less than the wall
+    time; in clock ticks, so coarse for few requests)."""
     client.range = (0, 19)
     body = client.room_list_body()
     samples: list[float] = []
     sizes: list[int] = []
+    cpu_before = server.cpu_split()
     for i in range(repeat):
         connection = Connection(client.http, f"bench-first-{i}")
         start = time.perf_counter()
@@ -123,9 +127,12 @@ async def _first_responses(client: ElementXClient, rooms: int, repeat: int
             raise RuntimeError(f"first response: count {listed['count']}, "
                                f"{len(answer.get('rooms', {}))} rooms")
         sizes.append(len(str(answer)))
+    cpu_after = server.cpu_split()
+    cpu_ms = (sum(cpu_after) - sum(cpu_before)) * 1000 / repeat
     return {"cold_ms": round(samples[0], 3), **percentiles(samples),
             "min_ms": round(min(samples), 3), "max_ms": round(max(samples), 3),
-            "rooms_in_response": min(20, rooms), "approx_chars": sizes[0]}
+            "rooms_in_response": min(20, rooms), "approx_chars": sizes[0],
+            "server_cpu_ms_per_request": round(cpu_ms, 1)}
 
 
 async def _settle(server: FedBenchServer, deadline: float) -> float:
@@ -231,8 +238,8 @@ async def _run(implementation: str, root: Path, args: argparse.Namespace, deadli
             try:
                 if args.settle:
                     figures["settle_seconds"] = await _settle(server, deadline)
-                figures["first_response"] = await _first_responses(client, args.rooms,
-                                                                   args.repeat)
+                figures["first_response"] = await _first_responses(server, client,
+                                                                   args.rooms, args.repeat)
                 started = time.perf_counter()
                 await client.load_room_list()
                 requests = len(client.room_list.responses)

@@ -178,10 +178,11 @@ class SlidingSyncStore:
         for i in range(0, len(room_ids), _CHUNK):
             chunk = list(room_ids[i:i + _CHUNK])
             async with self._db.read() as conn:
-                sizes = dict((await conn.execute(
-                    select(current_state.c.room_id, func.count())
-                    .where(current_state.c.room_id.in_(chunk))
-                    .group_by(current_state.c.room_id))).all())
+                sizes: dict[str, int] = {
+                    r[0]: int(r[1]) for r in await conn.execute(
+                        select(current_state.c.room_id, func.count())
+                        .where(current_state.c.room_id.in_(chunk))
+                        .group_by(current_state.c.room_id))}
                 small = [r for r in chunk if sizes.get(r, 0) <= max_state]
                 big.update(r for r in chunk if sizes.get(r, 0) > max_state)
                 out.update({r: [] for r in small})

@@ -7,9 +7,10 @@ Rooms are kept exact by the roomserver's commit listener (``events_committed``, 
 the event loop right after each commit): state deltas and removals are applied, new
 timeline events appended, bump stamps moved. A room is loaded on first use, all missing
 rooms in one query; a load that a commit to one of its rooms overtook is not kept (the
-next read loads the room again). A commit whose state change cannot be followed exactly (a member event not in the
-timeline, as a state resolution brings) drops the room instead. Rooms with more than
-``MAX_STATE`` state entries are not kept: their reads go to the database, as before.
+next read loads the room again). A commit whose state change cannot be followed exactly
+(a member event not in the timeline, as a state resolution brings) drops the room instead.
+Rooms with more than ``MAX_STATE`` state entries are not kept: their reads go to the
+database, as before.
 
 A user's account data is read once and used until the notifier says it changed
 (``Notifier.on_account_data``, called by every write).

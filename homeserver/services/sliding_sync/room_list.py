@@ -125,10 +125,10 @@ def dm_rooms(direct: dict[str, Any] | None) -> frozenset[str]:
 class ListBuilder:
     """Filters, sorts and cuts the lists of one request."""
 
-    def __init__(self, store: SlidingSyncStore, bumps: SlidingSyncCache, user_id: str,
+    def __init__(self, store: SlidingSyncStore, cache: SlidingSyncCache, user_id: str,
                  up_to: int) -> None:
         self._store = store
-        self._bumps = bumps
+        self._cache = cache
         self._user_id = user_id
         self._up_to = up_to
 
@@ -166,7 +166,7 @@ class ListBuilder:
     async def stamps(self, memberships: dict[str, Membership]) -> dict[str, int]:
         """Joined rooms' latest bump event position; other rooms' membership position."""
         joined = [r for r, m in memberships.items() if m.membership == "join"]
-        stamps = await self._bumps.bump_stamps(joined, self._up_to)
+        stamps = await self._cache.bump_stamps(joined, self._up_to)
         return {r: stamps.get(r) or m.position for r, m in memberships.items()}
 
     async def _facts(self, lists: dict[str, ListConfig], memberships: dict[str, Membership]

@@ -97,7 +97,6 @@ class SlidingSyncService:
     def __init__(self, deps: SlidingSyncDeps) -> None:
         self.d = deps
         self.connections = ConnectionStore()
-        self._bumps = deps.room_cache
         self._memberships = MembershipIndex(deps.store, deps.notifier)
         # User -> (account data position read at, the rooms their m.direct names).
         self._dms: LRUCache[str, tuple[int, frozenset[str]]] = LRUCache(10_000)
@@ -204,7 +203,7 @@ class SlidingSyncService:
                                             since.events if since is not None else None,
                                             forgotten, ignored)
         dms = await self._dm_rooms(user_id)
-        lists = await ListBuilder(d.store, self._bumps, user_id, now.events).build(
+        lists = await ListBuilder(d.store, d.room_cache, user_id, now.events).build(
             request.lists, members, dms)
         configs: dict[str, RoomConfig] = {}
         for key, room_ids in lists.in_range.items():
@@ -238,7 +237,7 @@ class SlidingSyncService:
         missing = [r for r in configs if r not in bump_stamps]
         if missing:
             bump_stamps.update(await ListBuilder(
-                d.store, self._bumps, user_id, now.events).stamps(
+                d.store, d.room_cache, user_id, now.events).stamps(
                     {r: members[r] for r in missing}))
         builder = RoomDataBuilder(self._rooms, user_id, device_id,
                                   since.events if since is not None else None, now.events,
