@@ -17,7 +17,8 @@ Otherwise:
   ``all_rooms`` with range 0-19, ``timeline_limit`` 1, the rust-sdk's required state with
   ``$LAZY``/``$ME``, the account data, receipts and typing extensions), ``--repeat`` (5)
   times, each on a connection of its own: the first (cold) and p50/min/max, in ms, and the
-  server's CPU ms per request (clock ticks: use a larger ``--repeat`` for a finer figure);
+  server's CPU ms per request after the first (clock ticks: a larger ``--repeat`` gives a
+  finer figure);
 * ``full_load``: what Element X does next, the range grown by 100 rooms a request until all
   the rooms are loaded: requests and total ms;
 * ``incremental``: the reader long-polls (``pos``, ``timeout`` 30 s, the whole range) while
@@ -110,14 +111,16 @@ async def _populate(server: FedBenchServer, session: aiohttp.ClientSession,
 async def _first_responses(server: FedBenchServer, client: ElementXClient, rooms: int,
                            repeat: int) -> dict[str, Any]:
     """The initial room-list request, ``repeat`` times on fresh connections; with the
-    server's CPU time per request (a figure a busy machine disturbs less than the wall
-    time; in clock ticks, so coarse for few requests)."""
+    server's CPU time per request after the first (a figure a busy machine disturbs less
+    than the wall time; in clock ticks, so coarse for few requests)."""
     client.range = (0, 19)
     body = client.room_list_body()
     samples: list[float] = []
     sizes: list[int] = []
-    cpu_before = server.cpu_split()
+    cpu_before = (0.0, 0.0)
     for i in range(repeat):
+        if i == 1:
+            cpu_before = server.cpu_split()
         connection = Connection(client.http, f"bench-first-{i}")
         start = time.perf_counter()
         answer = await connection.request(body, 0)
@@ -127,12 +130,13 @@ async def _first_responses(server: FedBenchServer, client: ElementXClient, rooms
             raise RuntimeError(f"first response: count {listed['count']}, "
                                f"{len(answer.get('rooms', {}))} rooms")
         sizes.append(len(str(answer)))
-    cpu_after = server.cpu_split()
-    cpu_ms = (sum(cpu_after) - sum(cpu_before)) * 1000 / repeat
+    warm_cpu_ms = (sum(server.cpu_split()) - sum(cpu_before)) * 1000 / (repeat - 1) \
+        if repeat > 1 else None
     return {"cold_ms": round(samples[0], 3), **percentiles(samples),
             "min_ms": round(min(samples), 3), "max_ms": round(max(samples), 3),
             "rooms_in_response": min(20, rooms), "approx_chars": sizes[0],
-            "server_cpu_ms_per_request": round(cpu_ms, 1)}
+            "warm_server_cpu_ms_per_request": round(warm_cpu_ms, 2)
+            if warm_cpu_ms is not None else None}
 
 
 async def _settle(server: FedBenchServer, deadline: float) -> float:
