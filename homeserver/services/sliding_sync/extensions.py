@@ -151,7 +151,7 @@ class ExtensionsBuilder:
                             ) -> dict[str, Any]:
         since = self.since.account_data if self.since is not None else None
         entries = await self.s.cache.account_data(self.user_id, since or 0,
-                                                          self.now.account_data)
+                                                  self.now.account_data)
         global_events = [{"type": t, "content": c} for r, t, c in entries if not r]
         if since is None:
             # A new connection gets the push rules with the account data, as from Synapse.
