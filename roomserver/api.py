@@ -99,6 +99,9 @@ class CommittedEvent:
     state_delta: Sequence[tuple[str, str, str, str | None]]
     # The servers it is queued for (the durable outbox rows written with it).
     destinations: Sequence[str]
+    # (type, state_key) of the room's current state it removed (a state resolution can drop
+    # a key; storage applies these before ``state_delta``).
+    state_removed: Sequence[tuple[str, str]] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -224,7 +224,8 @@ class Writer:
         self.store.keys_committed(items)
         self.announce(CommittedBatch(tuple(CommittedEvent(
             i.room_id, i.event_id, i.type, i.sender, i.stream_ordering, i.redacts,
-            tuple(i.current_state_delta), tuple(i.destinations)) for i in items)))
+            tuple(i.current_state_delta), tuple(i.destinations),
+            tuple(i.current_state_removed)) for i in items)))
 
     def announce(self, announced: CommittedBatch) -> None:
         """Tell the listeners of a commit (this process's, or another's a worker heard of)."""

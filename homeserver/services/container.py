@@ -54,6 +54,7 @@ from homeserver.services.rooms import RoomService
 from homeserver.services.search import SearchService
 from homeserver.services.serialize import EventSerializer
 from homeserver.services.sliding_sync import SlidingSyncDeps, SlidingSyncService
+from homeserver.services.sliding_sync.cache import SlidingSyncCache
 from homeserver.services.spaces import SpaceHierarchyService
 from homeserver.services.sync import SyncService
 from homeserver.services.to_device import ToDeviceService
@@ -331,7 +332,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     to_device = ToDeviceService(db.to_device, notifier, clock, config.server_name,
                                 remote_queue=remote.to_device if remote is not None else None,
                                 replication=replication)
-    push_rules = PushRuleService(db.push)
+    push_rules = PushRuleService(db.push, replication)
     push = PushEvaluator(db.push, db.events, push_rules, pushers, ignored, clock,
                          config.server_name, replication=replication, writer=writer)
     if writer:
@@ -356,6 +357,11 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
     media = MediaService(db.media, clock, config.media, config.server_name,
                          remote=remote.media if remote is not None else None,
                          replication=reports)
+    # The rooms sliding sync keeps in memory, kept exact by every commit (a worker's too:
+    # the writer's commits reach its listeners, see ``RoomServer.committed_elsewhere``).
+    sliding_sync_rooms = SlidingSyncCache(db.sliding_sync, db.sync, notifier)
+    roomserver.add_commit_listener(sliding_sync_rooms)
+    notifier.on_room_purged.append(sliding_sync_rooms.forget_room)
     sync = SyncService(db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
                        serializer, visibility, members, typing, receipts, presence, clock,
                        to_device, keys, ignored, unread)
@@ -385,7 +391,7 @@ def build_services(config: HomeserverConfig, *, clock: Clock | None = None,
         sliding_sync=SlidingSyncService(SlidingSyncDeps(
             db.sliding_sync, db.sync, db.events, db.state, db.account_data, db.rooms, notifier,
             visibility, serializer, unread, push, push_rules, receipts, typing,
-            to_device, keys, ignored, clock, sync.current_token)),
+            to_device, keys, ignored, clock, sliding_sync_rooms, sync.current_token)),
         members=members,
         typing=typing,
         receipts=receipts,

@@ -22,16 +22,19 @@ from roomserver.api import CommittedBatch, CommittedEvent
 def batch_json(batch: CommittedBatch) -> list[list[object]]:
     """A batch as JSON, for the other processes (``batch_from_json``)."""
     return [[e.room_id, e.event_id, e.type, e.sender, e.stream_ordering, e.redacts,
-             [list(d) for d in e.state_delta], list(e.destinations)] for e in batch.events]
+             [list(d) for d in e.state_delta], list(e.destinations),
+             [list(k) for k in e.state_removed]] for e in batch.events]
 
 
 def batch_from_json(data: Any) -> CommittedBatch:
     """The batch another process published (``batch_json``)."""
     events = []
-    for room_id, event_id, type_, sender, ordering, redacts, delta, destinations in data:
+    for (room_id, event_id, type_, sender, ordering, redacts, delta, destinations,
+         removed) in data:
         events.append(CommittedEvent(
             room_id, event_id, type_, sender, ordering, redacts,
-            tuple((t, k, i, m) for t, k, i, m in delta), tuple(destinations)))
+            tuple((t, k, i, m) for t, k, i, m in delta), tuple(destinations),
+            tuple((t, k) for t, k in removed)))
     return CommittedBatch(tuple(events))
 
 
@@ -66,6 +69,9 @@ class Notifier:
         self.on_left: list[Callable[[str, str], None]] = []
         # Called with the IDs of events that new redactions redact.
         self.on_redacted: list[Callable[[list[str]], None]] = []
+        # Called with a room's ID when stored events of it were deleted (its history
+        # purged, or the whole room): what is cached of the room goes.
+        self.on_room_purged: list[Callable[[str], None]] = []
         # Set when the process shuts down: long polls answer at once instead of holding the
         # shutdown for their whole timeout.
         self.closing = False
@@ -208,6 +214,15 @@ class Notifier:
             self._wake(self._by_user.pop(user_id, ()))
         for room_id in presence_of_rooms:
             self._wake(self._by_presence_room.pop(room_id, ()))
+
+    def room_purged(self, room_id: str) -> None:
+        """Stored events of the room were deleted (not news: no waiter wakes)."""
+        self._replication.publish("room_purged", room_id)
+        self.apply_room_purged(room_id)
+
+    def apply_room_purged(self, room_id: str) -> None:
+        for listener in self.on_room_purged:
+            listener(room_id)
 
     def on_account_data(self, user_id: str, position: int) -> None:
         if self._replication.active:

@@ -125,6 +125,7 @@ class PurgeService:
         storage's)."""
         self._serializer.forget(event_ids)
         self._notifier.recent.discard(room_id, event_ids)
+        self._notifier.room_purged(room_id)
 
     async def purge_point(self, room_id: str, *, event_id: str | None, ts: int | None
                           ) -> PurgePoint:

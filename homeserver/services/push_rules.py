@@ -15,6 +15,7 @@ from typing import Any
 from core.errors import BadRequest, InvalidParam, MissingParam, NotFound
 from core.push.evaluator import Ruleset, ordered
 from core.push.rules import DEFAULT_RULE_KINDS, DEFAULT_RULES, KINDS, for_user
+from homeserver.services.ports import ALONE, Replication
 from storage.stores.push import PushStore, StoredRule
 
 _TOP_DEFAULTS = (".m.rule.master",)  # default rules that go before the user's own
@@ -48,13 +49,18 @@ def check_actions(actions: Any) -> list[Any]:
 class PushRuleService:
     CACHE_SIZE = 50_000
 
-    def __init__(self, store: PushStore) -> None:
+    def __init__(self, store: PushStore, replication: Replication = ALONE) -> None:
+        """``replication``: the other processes hear of each user whose rules changed."""
         self._store = store
+        self._replication = replication
         self._default = Ruleset(ordered(DEFAULT_RULES))
         # User -> their compiled ruleset (the shared default one when they changed nothing).
         # A plain dict (evaluation looks up every member of a room per batch; an LRU's
         # bookkeeping costs more than the lookups), emptied when full.
         self._compiled: dict[str, Ruleset] = {}
+        # User -> their ruleset as GET /pushrules and sliding sync show it, dropped with the
+        # compiled ruleset when a rule changes.
+        self._shown: dict[str, dict[str, Any]] = {}
         self._changes = 0
 
     @property
@@ -104,8 +110,17 @@ class PushRuleService:
         return out
 
     async def ruleset(self, user_id: str) -> dict[str, Any]:
-        """GET /pushrules/ (the ``global`` scope)."""
-        return self._merge(user_id, await self._stored(user_id))
+        """GET /pushrules/ (the ``global`` scope). Shared between callers: not to be
+        changed."""
+        shown = self._shown.get(user_id)
+        if shown is None:
+            changes = self._changes
+            shown = self._merge(user_id, await self._stored(user_id))
+            if changes == self._changes:  # no rule changed while loading
+                if len(self._shown) >= self.CACHE_SIZE:
+                    self._shown.clear()
+                self._shown[user_id] = shown
+        return shown
 
     async def rule(self, user_id: str, scope: str, kind: str, rule_id: str) -> dict[str, Any]:
         _scope(scope)
@@ -139,8 +154,14 @@ class PushRuleService:
         return out
 
     def _changed(self, user_id: str) -> None:
+        self._replication.publish("push_rules_changed", user_id)
+        self.changed_elsewhere(user_id)
+
+    def changed_elsewhere(self, user_id: str) -> None:
+        """The user's rules changed (here, or in the process that writes them)."""
         self._changes += 1
         self._compiled.pop(user_id, None)
+        self._shown.pop(user_id, None)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -148,6 +169,15 @@ class PushRuleService:
                        body: Mapping[str, Any], before: str | None, after: str | None
                        ) -> None:
         """PUT /pushrules/global/{kind}/{ruleId}"""
+        try:
+            await self._put_rule(user_id, scope, kind, rule_id, body, before, after)
+        finally:
+            # Even after a failure part-way: what is stored may have changed.
+            self._changed(user_id)
+
+    async def _put_rule(self, user_id: str, scope: str, kind: str, rule_id: str,
+                        body: Mapping[str, Any], before: str | None, after: str | None
+                        ) -> None:
         _scope(scope)
         _kind(kind)
         if not rule_id or "/" in rule_id or "\\" in rule_id:
@@ -197,16 +227,21 @@ class PushRuleService:
                 await self._store.put_rule(user_id, StoredRule(
                     rule.kind, rule.rule_id, False, priority, rule.conditions, rule.pattern,
                     rule.actions, rule.enabled))
-        self._changed(user_id)
 
     async def delete_rule(self, user_id: str, scope: str, kind: str, rule_id: str) -> None:
         """DELETE /pushrules/global/{kind}/{ruleId}: the user's own rules (server-default
         rules cannot be deleted: 404, as Synapse)."""
+        try:
+            await self._delete_rule(user_id, scope, kind, rule_id)
+        finally:
+            # Even after a failure part-way: what is stored may have changed.
+            self._changed(user_id)
+
+    async def _delete_rule(self, user_id: str, scope: str, kind: str, rule_id: str) -> None:
         _scope(scope)
         _kind(kind)
         if rule_id.startswith(".") or not await self._store.delete_rule(user_id, kind, rule_id):
             raise NotFound("Unknown push rule")
-        self._changed(user_id)
 
     async def _find(self, user_id: str, kind: str, rule_id: str
                     ) -> tuple[StoredRule | None, dict[str, Any]]:
@@ -221,6 +256,14 @@ class PushRuleService:
     async def set_attribute(self, user_id: str, scope: str, kind: str, rule_id: str,
                             attr: str, value: Any) -> None:
         """PUT /pushrules/global/{kind}/{ruleId}/enabled|actions"""
+        try:
+            await self._set_attribute(user_id, scope, kind, rule_id, attr, value)
+        finally:
+            # Even after a failure part-way: what is stored may have changed.
+            self._changed(user_id)
+
+    async def _set_attribute(self, user_id: str, scope: str, kind: str, rule_id: str,
+                             attr: str, value: Any) -> None:
         _scope(scope)
         _kind(kind)
         if attr == "enabled":
@@ -237,7 +280,6 @@ class PushRuleService:
                          row.pattern, value if attr == "actions" else row.actions,
                          value if attr == "enabled" else row.enabled)
         await self._store.put_rule(user_id, row)
-        self._changed(user_id)
 
     async def get_attribute(self, user_id: str, scope: str, kind: str, rule_id: str,
                             attr: str) -> dict[str, Any]:

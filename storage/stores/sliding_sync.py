@@ -142,6 +142,17 @@ class SlidingSyncStore:
                 .order_by(account_data.c.stream_id))
             return [(r.room_id, r.type, json.loads(r.content)) for r in rows]
 
+    async def account_data_of(self, user_id: str) -> list[tuple[str, str, dict[str, Any], int]]:
+        """``(room_id, type, content, stream position)`` of all the user's account data, in
+        stream order (room ``""``: global)."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(account_data.c.room_id, account_data.c.type, account_data.c.content,
+                       account_data.c.stream_id)
+                .where(account_data.c.user_id == user_id)
+                .order_by(account_data.c.stream_id))
+            return [(r.room_id, r.type, json.loads(r.content), int(r.stream_id)) for r in rows]
+
     async def room_account_data_of_type(self, user_id: str, type_: str
                                         ) -> dict[str, dict[str, Any]]:
         """Room -> the user's room account data of this type (``m.tag``)."""
@@ -155,3 +166,59 @@ class SlidingSyncStore:
                 value = json.loads(content)
                 out[room_id] = value if isinstance(value, dict) else {}
             return out
+
+    async def room_states(self, room_ids: Sequence[str], max_state: int
+                          ) -> tuple[dict[str, list[tuple[str, str, str, str | None,
+                                                          int | None]]], set[str]]:
+        """Room -> its current state as ``(type, state_key, event ID, membership, the
+        event's stream ordering)`` of the rooms with at most ``max_state`` state entries
+        (unknown rooms: none), and the rooms with more (left out)."""
+        out: dict[str, list[tuple[str, str, str, str | None, int | None]]] = {}
+        big: set[str] = set()
+        for i in range(0, len(room_ids), _CHUNK):
+            chunk = list(room_ids[i:i + _CHUNK])
+            async with self._db.read() as conn:
+                sizes: dict[str, int] = {
+                    r[0]: int(r[1]) for r in await conn.execute(
+                        select(current_state.c.room_id, func.count())
+                        .where(current_state.c.room_id.in_(chunk))
+                        .group_by(current_state.c.room_id))}
+                small = [r for r in chunk if sizes.get(r, 0) <= max_state]
+                big.update(r for r in chunk if sizes.get(r, 0) > max_state)
+                out.update({r: [] for r in small})
+                if not small:
+                    continue
+                rows = await conn.execute(
+                    select(current_state.c.room_id, current_state.c.type,
+                           current_state.c.state_key, current_state.c.event_id,
+                           current_state.c.membership, events.c.stream_ordering)
+                    .select_from(current_state.outerjoin(
+                        events, events.c.event_id == current_state.c.event_id))
+                    .where(current_state.c.room_id.in_(small)))
+                for row in rows:
+                    out[row.room_id].append((row.type, row.state_key, row.event_id,
+                                             row.membership, row.stream_ordering))
+        return out, big
+
+    async def latest_events(self, room_ids: Sequence[str], limit: int
+                            ) -> dict[str, list[tuple[int, str]]]:
+        """Room -> its newest ``limit`` timeline events as ``(stream ordering, event ID)``,
+        oldest first."""
+        out: dict[str, list[tuple[int, str]]] = {r: [] for r in room_ids}
+        for i in range(0, len(room_ids), _CHUNK):
+            rank = func.row_number().over(partition_by=events.c.room_id,
+                                          order_by=events.c.stream_ordering.desc()).label("rank")
+            ranked = (select(events.c.room_id, events.c.event_id, events.c.stream_ordering,
+                             rank)
+                      .where(and_(events.c.room_id.in_(list(room_ids[i:i + _CHUNK])),
+                                  events.c.stream_ordering > 0,
+                                  events.c.rejected_reason.is_(None)))
+                      .subquery())
+            async with self._db.read() as conn:
+                rows = await conn.execute(
+                    select(ranked.c.room_id, ranked.c.event_id, ranked.c.stream_ordering)
+                    .where(ranked.c.rank <= limit)
+                    .order_by(ranked.c.stream_ordering))
+                for row in rows:
+                    out[row.room_id].append((int(row.stream_ordering), row.event_id))
+        return out

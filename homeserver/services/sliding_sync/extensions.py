@@ -12,6 +12,7 @@ from typing import Any
 from homeserver.services.e2e_keys import E2EKeyService
 from homeserver.services.push_rules import PushRuleService
 from homeserver.services.receipts import ReceiptService
+from homeserver.services.sliding_sync.cache import SlidingSyncCache
 from homeserver.services.sliding_sync.connection import (
     LIVE,
     PREVIOUSLY,
@@ -35,6 +36,7 @@ class ExtensionSources:
     push_rules: PushRuleService
     receipts: ReceiptService
     typing: TypingService
+    cache: SlidingSyncCache
 
 
 def relevant_rooms(config: ExtensionConfig, in_range: dict[str, list[str]],
@@ -148,8 +150,8 @@ class ExtensionsBuilder:
     async def _account_data(self, scope: set[str], initial_rooms: set[str]
                             ) -> dict[str, Any]:
         since = self.since.account_data if self.since is not None else None
-        entries = await self.s.store.account_data_between(self.user_id, since or 0,
-                                                          self.now.account_data)
+        entries = await self.s.cache.account_data(self.user_id, since or 0,
+                                                  self.now.account_data)
         global_events = [{"type": t, "content": c} for r, t, c in entries if not r]
         if since is None:
             # A new connection gets the push rules with the account data, as from Synapse.
@@ -163,7 +165,7 @@ class ExtensionsBuilder:
                 by_room.setdefault(room_id, []).append({"type": type_, "content": content})
         if since is not None and (new or behind):
             # Rooms new to the connection, or behind it, get all of theirs.
-            for room_id, type_, content in await self.s.store.account_data_between(
+            for room_id, type_, content in await self.s.cache.account_data(
                     self.user_id, 0, self.now.account_data):
                 if room_id in new or room_id in behind:
                     by_room.setdefault(room_id, []).append({"type": type_,

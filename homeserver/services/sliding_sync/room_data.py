@@ -20,6 +20,7 @@ from homeserver.services.messages import make_token
 from homeserver.services.push import PushEvaluator, UnreadCounts
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.serialize import EventSerializer
+from homeserver.services.sliding_sync.cache import SlidingSyncCache
 from homeserver.services.sliding_sync.connection import (
     LIVE,
     PREVIOUSLY,
@@ -53,6 +54,7 @@ class RoomDataSources:
     push: PushEvaluator
     receipts: ReceiptService
     clock: Clock
+    cache: SlidingSyncCache
 
 
 @dataclass(slots=True)
@@ -187,7 +189,7 @@ class RoomDataBuilder:
             windows.setdefault((after, plan.up_to, plan.config.timeline_limit), []).append(plan)
         ids: dict[str, list[str]] = {}
         for (after, up_to, limit), group in windows.items():
-            ids.update(await self.s.sync.latest_event_ids(
+            ids.update(await self.s.cache.latest_event_ids(
                 [p.room_id for p in group], after=after, up_to=up_to, limit=limit + 1))
         loaded = await self.s.events.get_events(e for v in ids.values() for e in v)
         for (_, _, limit), group in windows.items():
@@ -256,7 +258,7 @@ class RoomDataBuilder:
                 fetch.append((plan, False, set(), missing))
         joined = [f for f in fetch if f[0].member.membership not in ("leave", "ban")]
         if joined:
-            current = await self.s.store.current_state_ids(
+            current = await self.s.cache.current_state_ids(
                 [f[0].room_id for f in joined], all_types=any(f[1] for f in joined),
                 types=sorted({t for f in joined for t in f[2]}),
                 pairs=sorted({k for f in joined for k in f[3]}))
@@ -284,7 +286,7 @@ class RoomDataBuilder:
 
     async def _render(self, plans: list[_Room], dms: frozenset[str]
                       ) -> dict[str, dict[str, Any]]:
-        summaries = await self.s.sync.room_summaries(
+        summaries = await self.s.cache.room_summaries(
             [p.room_id for p in plans if p.member.membership == "join" and (
                 p.initial or any(k[0] == MEMBER for k in p.deltas))],
             self.user_id, heroes=MAX_HEROES)
@@ -368,7 +370,7 @@ class RoomDataBuilder:
                  and summaries[p.room_id].heroes]
         if not rooms:
             return {}
-        current = await self.s.store.current_state_ids(rooms, all_types=False, types=[],
+        current = await self.s.cache.current_state_ids(rooms, all_types=False, types=[],
                                                        pairs=pairs)
         return {(r, k[1]): e for r, state in current.items() for k, e in state.items()}
 
@@ -412,9 +414,12 @@ class RoomDataBuilder:
         rooms = [p.room_id for p in plans]
         read = await self.s.receipts.read_positions(self.user_id, rooms)
         starts = {p.room_id: max(read.get(p.room_id, 0), p.member.position) for p in plans}
-        # Counts wait a moment for push rule evaluation to reach the response's position,
-        # not the seconds a catch-up after a restart can take (the room list must be fast).
-        await self.s.push.wait_for(self.up_to, UNREAD_WAIT_S, quiet=True)
+        # Counts wait a moment for push rule evaluation to reach these rooms' newest events
+        # (evaluation goes in stream order: the counts of a room are final once it has
+        # passed the room's newest event, whatever other rooms' events it is still on), not
+        # the seconds a catch-up after a restart can take (the room list must be fast).
+        await self.s.push.wait_for(self.s.cache.newest_positions(rooms, self.up_to),
+                                   UNREAD_WAIT_S, quiet=True)
         counts, _ = await self.s.unread.counts(self.user_id, starts, threads=False)
         return counts
 

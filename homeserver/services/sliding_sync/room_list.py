@@ -3,18 +3,18 @@
 and bans stay, as in Synapse), forgotten rooms and invites from ignored users; filtered per
 list (``is_dm``, ``is_invite``, ``is_encrypted``, ``room_types``, ``spaces``, ``tags``...);
 sorted by bump stamp (the stream position of the room's latest MSC4186 bump event, kept in
-memory and refreshed only for rooms with news); cut to the lists' ranges.
+memory by ``SlidingSyncCache``); cut to the lists' ranges.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cachetools import LRUCache
 
 from homeserver.services.notifier import Notifier
+from homeserver.services.sliding_sync.cache import SlidingSyncCache
 from homeserver.services.sliding_sync.request import Filters, ListConfig
 from storage.stores.events import StoredEvent
 from storage.stores.sliding_sync import SlidingSyncStore
@@ -51,39 +51,6 @@ class RoomLists:
     dm_rooms: frozenset[str] = frozenset()
 
 
-class BumpStamps:
-    """Room -> bump stamp, in memory: a room is read again only when the notifier says it
-    may have new events since it was last read (all stale rooms in one query)."""
-
-    ROOMS = 200_000
-
-    def __init__(self, store: SlidingSyncStore, notifier: Notifier) -> None:
-        self._store = store
-        self._notifier = notifier
-        # Room -> (bump stamp or 0, the position it is known up to).
-        self._known: LRUCache[str, tuple[int, int]] = LRUCache(self.ROOMS)
-
-    async def of(self, room_ids: Iterable[str], up_to: int) -> dict[str, int]:
-        out: dict[str, int] = {}
-        stale = []
-        for room_id in room_ids:
-            known = self._known.get(room_id)
-            if known is not None and (known[1] == up_to or (
-                    known[1] < up_to
-                    and not self._notifier.room_changed_since(room_id, known[1]))):
-                out[room_id] = known[0]
-            else:
-                stale.append(room_id)
-        if stale:
-            found = await self._store.bump_stamps(stale, up_to)
-            for room_id in stale:
-                stamp = found.get(room_id, 0)
-                out[room_id] = stamp
-                if up_to >= self._notifier.position:
-                    self._known[room_id] = (stamp, up_to)
-        return out
-
-
 def visible_memberships(user_id: str, memberships: dict[str, tuple[str, str, int, str]],
                         since: int | None, forgotten: set[str], ignored: frozenset[str]
                         ) -> dict[str, Membership]:
@@ -114,6 +81,26 @@ class MembershipIndex:
         self._notifier = notifier
         self._users: LRUCache[str, tuple[int, dict[str, tuple[str, str, int, str]]]] = \
             LRUCache(self.USERS)
+        # User -> (the memberships, since, forgotten, ignored) -> what ``visible`` gave last.
+        self._visible: LRUCache[str, tuple[tuple[object, int | None, frozenset[str],
+                                                 frozenset[str]], dict[str, Membership]]] = \
+            LRUCache(self.USERS)
+
+    def visible(self, user_id: str, memberships: dict[str, tuple[str, str, int, str]],
+                since: int | None, forgotten: set[str], ignored: frozenset[str]
+                ) -> dict[str, Membership]:
+        """``visible_memberships`` of ``memberships`` (as ``of`` gave them), remembered
+        while they stay the same; a new dict each time (callers change it)."""
+        if since is not None and not any(m[0] == "leave" and m[3] == user_id
+                                         for m in memberships.values()):
+            since = None  # it only tells which of the user's own leaves to show
+        key = (memberships, since, frozenset(forgotten), ignored)
+        cached = self._visible.get(user_id)
+        if cached is not None and cached[0][0] is memberships and cached[0][1:] == key[1:]:
+            return dict(cached[1])
+        found = visible_memberships(user_id, memberships, since, forgotten, ignored)
+        self._visible[user_id] = (key, found)
+        return dict(found)
 
     async def of(self, user_id: str) -> dict[str, tuple[str, str, int, str]]:
         cached = self._users.get(user_id)
@@ -138,10 +125,10 @@ def dm_rooms(direct: dict[str, Any] | None) -> frozenset[str]:
 class ListBuilder:
     """Filters, sorts and cuts the lists of one request."""
 
-    def __init__(self, store: SlidingSyncStore, bumps: BumpStamps, user_id: str,
+    def __init__(self, store: SlidingSyncStore, cache: SlidingSyncCache, user_id: str,
                  up_to: int) -> None:
         self._store = store
-        self._bumps = bumps
+        self._cache = cache
         self._user_id = user_id
         self._up_to = up_to
 
@@ -179,7 +166,7 @@ class ListBuilder:
     async def stamps(self, memberships: dict[str, Membership]) -> dict[str, int]:
         """Joined rooms' latest bump event position; other rooms' membership position."""
         joined = [r for r, m in memberships.items() if m.membership == "join"]
-        stamps = await self._bumps.of(joined, self._up_to)
+        stamps = await self._cache.bump_stamps(joined, self._up_to)
         return {r: stamps.get(r) or m.position for r, m in memberships.items()}
 
     async def _facts(self, lists: dict[str, ListConfig], memberships: dict[str, Membership]

@@ -25,6 +25,7 @@ from homeserver.services.push import PushEvaluator, UnreadCounts
 from homeserver.services.push_rules import PushRuleService
 from homeserver.services.receipts import ReceiptService
 from homeserver.services.serialize import EventSerializer
+from homeserver.services.sliding_sync.cache import SlidingSyncCache
 from homeserver.services.sliding_sync.connection import (
     ConnectionState,
     ConnectionStore,
@@ -38,11 +39,9 @@ from homeserver.services.sliding_sync.extensions import is_empty as extensions_e
 from homeserver.services.sliding_sync.request import RoomConfig, SlidingSyncRequest
 from homeserver.services.sliding_sync.room_data import RoomDataBuilder, RoomDataSources
 from homeserver.services.sliding_sync.room_list import (
-    BumpStamps,
     ListBuilder,
     MembershipIndex,
     dm_rooms,
-    visible_memberships,
 )
 from homeserver.services.sync_token import SyncToken
 from homeserver.services.to_device import ToDeviceService
@@ -82,6 +81,8 @@ class SlidingSyncDeps:
     keys: E2EKeyService
     ignored: IgnoredUsers
     clock: Clock
+    # What is kept of rooms in memory (fed by the roomserver's commit listener).
+    room_cache: SlidingSyncCache
     # The current stream positions (the sync service's).
     current_token: Callable[[], SyncToken]
 
@@ -96,15 +97,15 @@ class SlidingSyncService:
     def __init__(self, deps: SlidingSyncDeps) -> None:
         self.d = deps
         self.connections = ConnectionStore()
-        self._bumps = BumpStamps(deps.store, deps.notifier)
         self._memberships = MembershipIndex(deps.store, deps.notifier)
         # User -> (account data position read at, the rooms their m.direct names).
         self._dms: LRUCache[str, tuple[int, frozenset[str]]] = LRUCache(10_000)
         self._rooms = RoomDataSources(deps.sync_store, deps.store, deps.events, deps.state,
                                       deps.visibility, deps.serializer, deps.unread,
-                                      deps.push, deps.receipts, deps.clock)
+                                      deps.push, deps.receipts, deps.clock,
+                                      deps.room_cache)
         self._extensions = ExtensionSources(deps.to_device, deps.keys, deps.store, deps.push_rules,
-                                            deps.receipts, deps.typing)
+                                            deps.receipts, deps.typing, deps.room_cache)
 
     async def sync(self, user_id: str, device_id: str | None, request: SlidingSyncRequest,
                    *, pos: str | None, timeout_ms: int,
@@ -198,11 +199,11 @@ class SlidingSyncService:
         forgotten = await d.rooms.forgotten_rooms(user_id) if any(
             m[0] in ("leave", "ban") for m in memberships.values()) else set()
         ignored = await d.ignored.of(user_id)
-        members = visible_memberships(user_id, memberships,
-                                      since.events if since is not None else None,
-                                      forgotten, ignored)
+        members = self._memberships.visible(user_id, memberships,
+                                            since.events if since is not None else None,
+                                            forgotten, ignored)
         dms = await self._dm_rooms(user_id)
-        lists = await ListBuilder(d.store, self._bumps, user_id, now.events).build(
+        lists = await ListBuilder(d.store, d.room_cache, user_id, now.events).build(
             request.lists, members, dms)
         configs: dict[str, RoomConfig] = {}
         for key, room_ids in lists.in_range.items():
@@ -236,7 +237,7 @@ class SlidingSyncService:
         missing = [r for r in configs if r not in bump_stamps]
         if missing:
             bump_stamps.update(await ListBuilder(
-                d.store, self._bumps, user_id, now.events).stamps(
+                d.store, d.room_cache, user_id, now.events).stamps(
                     {r: members[r] for r in missing}))
         builder = RoomDataBuilder(self._rooms, user_id, device_id,
                                   since.events if since is not None else None, now.events,
