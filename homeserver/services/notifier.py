@@ -23,6 +23,8 @@ class Notifier:
         self._account_data_position = 0
         # A waiter is a future whose result is the (monotonic) time it was woken.
         self._by_room: dict[str, set[asyncio.Future[float]]] = {}
+        # Waiters that want the rooms' events but not their typing and receipts.
+        self._by_room_events: dict[str, set[asyncio.Future[float]]] = {}
         self._by_user: dict[str, set[asyncio.Future[float]]] = {}
         # Waiters that want the presence of the members of these rooms (whatever their room
         # filter lets through).
@@ -52,7 +54,8 @@ class Notifier:
     def close(self) -> None:
         """Shutting down: wake every waiter, and wait no more."""
         self.closing = True
-        for index in (self._by_room, self._by_user, self._by_presence_room):
+        for index in (self._by_room, self._by_room_events, self._by_user,
+                      self._by_presence_room):
             for futures in index.values():
                 self._wake(futures)
             index.clear()
@@ -145,6 +148,8 @@ class Notifier:
         for room_id in room_ids:
             self._rooms.mark(room_id, position)
             self._wake(self._by_room.pop(room_id, ()))
+            if self._by_room_events:
+                self._wake(self._by_room_events.pop(room_id, ()))
         for room_id in member_rooms:
             self._room_members.mark(room_id, position)
         for user_id in user_ids:
@@ -196,18 +201,21 @@ class Notifier:
 
     async def wait(self, user_id: str, room_ids: Iterable[str], wait_s: float,
                    presence_room_ids: Iterable[str] = (),
-                   until: asyncio.Future[None] | None = None) -> float | None:
+                   until: asyncio.Future[None] | None = None, *, events_only: bool = False
+                   ) -> float | None:
         """Wait until something for ``user_id`` or one of ``room_ids`` happens (or the
         presence of a member of ``presence_room_ids`` changes), ``wait_s`` seconds pass, or
         ``until`` is done (the client went away); the (monotonic) time it was woken by a
-        change, or None."""
+        change, or None. ``events_only``: the rooms' events wake it, their typing and
+        receipts (``wake``) do not."""
         if self.closing or (until is not None and until.done()):
             return None
         loop = asyncio.get_running_loop()
         future: asyncio.Future[float] = loop.create_future()
         # Plain lists of keys (not (key, index) pairs): an idle waiter of a user in many
         # rooms stays a few bytes per room.
-        registered = [(list(room_ids), self._by_room), ([user_id], self._by_user),
+        registered = [(list(room_ids), self._by_room_events if events_only else self._by_room),
+                      ([user_id], self._by_user),
                       (list(presence_room_ids), self._by_presence_room)]
         for keys, index in registered:
             for key in keys:

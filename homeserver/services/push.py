@@ -163,7 +163,9 @@ class PushEvaluator:
         self._task: asyncio.Task[None] | None = None
         self.position = 0
         self._head = 0
-        self._position_changed = asyncio.Condition()
+        # Position -> the future done when evaluation reaches it (shared by every sync that
+        # waits for the same position: a new event's members all ask for it).
+        self._reached: dict[int, asyncio.Future[None]] = {}
         # Room -> the newest position of a notification recorded for it by this process:
         # what counted up to a position after it is still the count (UnreadCounts).
         self.notified_at: dict[str, int] = {}
@@ -223,10 +225,12 @@ class PushEvaluator:
         wait that may well time out, not worth a warning)."""
         if self.position >= position or self._task is None:
             return
-        try:
-            async with asyncio.timeout(timeout_s), self._position_changed:
-                await self._position_changed.wait_for(lambda: self.position >= position)
-        except TimeoutError:
+        reached = self._reached.get(position)
+        if reached is None:
+            reached = self._reached[position] = asyncio.get_running_loop().create_future()
+        # (a timeout leaves the shared future to the others, and to _advance)
+        await asyncio.wait((reached,), timeout=timeout_s)
+        if not reached.done():
             if not quiet:
                 logger.warning("Push rule evaluation is behind (at %d, sync wants %d)",
                                self.position, position)
@@ -266,8 +270,11 @@ class PushEvaluator:
         # between): UnreadCounts reads both.
         self._log(rows)
         self.position = max(self.position, position)
-        async with self._position_changed:
-            self._position_changed.notify_all()
+        if self._reached:
+            for waited in [p for p in self._reached if p <= self.position]:
+                future = self._reached.pop(waited)
+                if not future.done():
+                    future.set_result(None)
         if queued:
             self._pushers.queued()
 
