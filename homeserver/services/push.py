@@ -159,6 +159,10 @@ class PushEvaluator:
         # Room -> how many state changes it has had (facts loaded across one are not kept).
         self._state_changes: dict[str, int] = {}
         self._pending: list[CommittedBatch] = []
+        # Whether what came after ``position`` must be read from the database (at start, and
+        # after a failure dropped the pending batches); otherwise the pending batches hold
+        # every event committed since (this is their listener).
+        self._from_database = True
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.position = 0
@@ -238,8 +242,9 @@ class PushEvaluator:
     async def _run(self) -> None:
         while True:
             try:
-                if self.position < self._head:
+                if self._from_database:
                     await self._catch_up()
+                    self._from_database = False
                 await self._wake.wait()
                 self._wake.clear()
                 batches, self._pending = self._pending, []
@@ -252,6 +257,7 @@ class PushEvaluator:
             except Exception:
                 logger.exception("Push rule evaluation failed; retrying from the database")
                 self._pending.clear()
+                self._from_database = True
                 self._wake.set()
                 await asyncio.sleep(1.0)
 
