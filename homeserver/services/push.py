@@ -140,6 +140,13 @@ class _Logged:
     user_rows: dict[str, NotificationRow]
 
 
+def _time_up(future: asyncio.Future[bool], waiters: list[asyncio.Future[bool]]) -> None:
+    """A wait for evaluation ran out of time (``PushEvaluator.wait_for``)."""
+    if not future.done():
+        future.set_result(False)
+        waiters.remove(future)
+
+
 class PushEvaluator:
     """The commit listener that evaluates push rules (see the module docstring)."""
 
@@ -167,9 +174,9 @@ class PushEvaluator:
         self._task: asyncio.Task[None] | None = None
         self.position = 0
         self._head = 0
-        # Position -> the future done when evaluation reaches it (shared by every sync that
-        # waits for the same position: a new event's members all ask for it).
-        self._reached: dict[int, asyncio.Future[None]] = {}
+        # Position -> the futures of the syncs waiting for evaluation to reach it (True when
+        # it does, False when a waiter's time is up).
+        self._reached: dict[int, list[asyncio.Future[bool]]] = {}
         # Room -> the newest position of a notification recorded for it by this process:
         # what counted up to a position after it is still the count (UnreadCounts).
         self.notified_at: dict[str, int] = {}
@@ -229,12 +236,16 @@ class PushEvaluator:
         wait that may well time out, not worth a warning)."""
         if self.position >= position or self._task is None:
             return
-        reached = self._reached.get(position)
-        if reached is None:
-            reached = self._reached[position] = asyncio.get_running_loop().create_future()
-        # (a timeout leaves the shared future to the others, and to _advance)
-        await asyncio.wait((reached,), timeout=timeout_s)
-        if not reached.done():
+        loop = asyncio.get_running_loop()
+        reached: asyncio.Future[bool] = loop.create_future()
+        waiters = self._reached.setdefault(position, [])
+        waiters.append(reached)
+        timer = loop.call_later(timeout_s, _time_up, reached, waiters)
+        try:
+            in_time = await reached
+        finally:
+            timer.cancel()
+        if not in_time:
             if not quiet:
                 logger.warning("Push rule evaluation is behind (at %d, sync wants %d)",
                                self.position, position)
@@ -278,9 +289,9 @@ class PushEvaluator:
         self.position = max(self.position, position)
         if self._reached:
             for waited in [p for p in self._reached if p <= self.position]:
-                future = self._reached.pop(waited)
-                if not future.done():
-                    future.set_result(None)
+                for future in self._reached.pop(waited):
+                    if not future.done():
+                        future.set_result(True)
         if queued:
             self._pushers.queued()
 
