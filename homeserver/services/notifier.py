@@ -16,19 +16,23 @@ from homeserver.services.changes import ChangeLog
 from homeserver.services.recent_events import RecentRoomEvents
 from roomserver.api import CommittedBatch
 
+# A waiting sync: done with the (monotonic) time a change woke it, or None when its time is
+# up or its client left.
+Waiter = asyncio.Future[float | None]
+
 
 class Notifier:
     def __init__(self) -> None:
         self._position = 0
         self._account_data_position = 0
         # A waiter is a future whose result is the (monotonic) time it was woken.
-        self._by_room: dict[str, set[asyncio.Future[float]]] = {}
+        self._by_room: dict[str, set[Waiter]] = {}
         # Waiters that want the rooms' events but not their typing and receipts.
-        self._by_room_events: dict[str, set[asyncio.Future[float]]] = {}
-        self._by_user: dict[str, set[asyncio.Future[float]]] = {}
+        self._by_room_events: dict[str, set[Waiter]] = {}
+        self._by_user: dict[str, set[Waiter]] = {}
         # Waiters that want the presence of the members of these rooms (whatever their room
         # filter lets through).
-        self._by_presence_room: dict[str, set[asyncio.Future[float]]] = {}
+        self._by_presence_room: dict[str, set[Waiter]] = {}
         # Since start-up: each room's latest event, the latest member event about each user
         # (event stream positions) and each user's latest account data change.
         self._rooms = ChangeLog()
@@ -36,7 +40,7 @@ class Notifier:
         # Each room's latest member event (device lists: who came and went).
         self._room_members = ChangeLog()
         self._account_data = ChangeLog()
-        self._any: set[asyncio.Future[float]] = set()
+        self._any: set[Waiter] = set()
         self.recent = RecentRoomEvents()
         # Called with (room, user) when a user stops being joined to a room (typing ends).
         self.on_left: list[Callable[[str, str], None]] = []
@@ -176,7 +180,7 @@ class Notifier:
         self._account_data.mark(user_id, position)
         self._wake(self._by_user.pop(user_id, ()))
 
-    def _wake(self, futures: Iterable[asyncio.Future[float]]) -> None:
+    def _wake(self, futures: Iterable[Waiter]) -> None:
         now = time.monotonic()
         woken = 0
         for future in futures:
@@ -189,7 +193,7 @@ class Notifier:
         """Wait for the next new events anywhere (tests, tools); True if woken."""
         if self.closing:
             return False
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        future: Waiter = asyncio.get_running_loop().create_future()
         self._any.add(future)
         try:
             await asyncio.wait_for(asyncio.shield(future), wait_s)
@@ -211,7 +215,7 @@ class Notifier:
         if self.closing or (until is not None and until.done()):
             return None
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[float] = loop.create_future()
+        future: Waiter = loop.create_future()
         # Plain lists of keys (not (key, index) pairs): an idle waiter of a user in many
         # rooms stays a few bytes per room.
         registered = [(list(room_ids), self._by_room_events if events_only else self._by_room),
@@ -220,20 +224,18 @@ class Notifier:
         for keys, index in registered:
             for key in keys:
                 index.setdefault(key, set()).add(future)
-        timer = loop.call_later(wait_s, _cancel_waiter, future)
+        # Ended with None, not cancelled: most waits of a held device end so, and a
+        # cancellation costs an exception.
+        timer = loop.call_later(wait_s, _end_wait, future)
 
         def gone(_: asyncio.Future[None]) -> None:
-            _cancel_waiter(future)
+            _end_wait(future)
 
         if until is not None:
             until.add_done_callback(gone)
         self.waiting += 1
         try:
             return await future
-        except asyncio.CancelledError:
-            if future.cancelled() and not _current_task_cancelling():
-                return None  # timed out, or the client left
-            raise
         finally:
             self.waiting -= 1
             timer.cancel()
@@ -248,11 +250,6 @@ class Notifier:
                             del index[key]
 
 
-def _cancel_waiter(future: asyncio.Future[float]) -> None:
+def _end_wait(future: Waiter) -> None:
     if not future.done():
-        future.cancel()
-
-
-def _current_task_cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+        future.set_result(None)
