@@ -217,6 +217,9 @@ async def test_what_one_worker_writes_reaches_syncs_on_the_other(cluster: Cluste
             waited = time.monotonic() - sent_at
             assert timeline_bodies(response, room_id) == ["across workers"]
             assert waited < 4, waited  # woken by the commit, not the poll's timeout
+            # The unread count at w2 counts it (w2 waited for the writer's push results).
+            unread = response["rooms"]["join"][room_id]["unread_notifications"]
+            assert unread["notification_count"] == 1, unread
             # Once, however many processes heard of it (a worker that passed on what it
             # applied made the other one list it twice).
             await asyncio.sleep(0.5)

@@ -101,8 +101,11 @@ async def _read_in_time(request: web.Request, timeout_s: float, min_bytes_per_se
     Raises:
         _TooSlow: the deadline passed with the body incomplete.
     """
-    loop = asyncio.get_running_loop()
     content = request.content
+    if content.is_eof():
+        await request.read()  # all here already (a small body comes with its head)
+        return
+    loop = asyncio.get_running_loop()
     started = loop.time()
     reading = asyncio.ensure_future(request.read())
     try:

@@ -56,12 +56,6 @@ def follow_writer(bus: RedisBus, services: Services,
         advance(payload)
         notifier.on_account_data(payload["user"], payload["position"])
 
-    def on_push(payload: list[Any], _origin: str) -> None:
-        # In order: each waits for the one before (positions only grow anyway).
-        task = asyncio.get_running_loop().create_task(services.push.apply_replicated(payload))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-
     def resubscribed() -> None:
         logger.warning("Resubscribed to the writer's messages: forgetting what may have "
                        "changed meanwhile")
@@ -96,7 +90,7 @@ def follow_writer(bus: RedisBus, services: Services,
     bus.subscribe("key_counts",
                   lambda p, _: services.keys.apply_replicated_counts(
                       (user, device) for user, device in p))
-    bus.subscribe("push", on_push)
+    bus.subscribe("push", lambda p, _: services.push.apply_replicated(p))
     bus.subscribe("push_rotated", lambda _p, _o: services.push.apply_rotated())
     # (before the commit's own message: new events are known to have no relations yet, so
     # the syncs they wake do not all ask the database)

@@ -37,6 +37,10 @@ def batch_from_json(data: Any) -> CommittedBatch:
             tuple((t, k) for t, k in removed)))
     return CommittedBatch(tuple(events))
 
+# A waiting sync: done with the (monotonic) time a change woke it, or None when its time is
+# up or its client left.
+Waiter = asyncio.Future[float | None]
+
 
 class Notifier:
     """``replication``: other processes of this server hear of every commit, wake and account
@@ -51,11 +55,13 @@ class Notifier:
         self._position = 0
         self._account_data_position = 0
         # A waiter is a future whose result is the (monotonic) time it was woken.
-        self._by_room: dict[str, set[asyncio.Future[float]]] = {}
-        self._by_user: dict[str, set[asyncio.Future[float]]] = {}
+        self._by_room: dict[str, set[Waiter]] = {}
+        # Waiters that want the rooms' events but not their typing and receipts.
+        self._by_room_events: dict[str, set[Waiter]] = {}
+        self._by_user: dict[str, set[Waiter]] = {}
         # Waiters that want the presence of the members of these rooms (whatever their room
         # filter lets through).
-        self._by_presence_room: dict[str, set[asyncio.Future[float]]] = {}
+        self._by_presence_room: dict[str, set[Waiter]] = {}
         # Since start-up: each room's latest event, the latest member event about each user
         # (event stream positions) and each user's latest account data change.
         self._rooms = ChangeLog()
@@ -63,7 +69,7 @@ class Notifier:
         # Each room's latest member event (device lists: who came and went).
         self._room_members = ChangeLog()
         self._account_data = ChangeLog()
-        self._any: set[asyncio.Future[float]] = set()
+        self._any: set[Waiter] = set()
         self.recent = RecentRoomEvents()
         # Called with (room, user) when a user stops being joined to a room (typing ends).
         self.on_left: list[Callable[[str, str], None]] = []
@@ -84,7 +90,8 @@ class Notifier:
     def close(self) -> None:
         """Shutting down: wake every waiter, and wait no more."""
         self.closing = True
-        for index in (self._by_room, self._by_user, self._by_presence_room):
+        for index in (self._by_room, self._by_room_events, self._by_user,
+                      self._by_presence_room):
             for futures in index.values():
                 self._wake(futures)
             index.clear()
@@ -189,6 +196,8 @@ class Notifier:
         for room_id in room_ids:
             self._rooms.mark(room_id, position)
             self._wake(self._by_room.pop(room_id, ()))
+            if self._by_room_events:
+                self._wake(self._by_room_events.pop(room_id, ()))
         for room_id in member_rooms:
             self._room_members.mark(room_id, position)
         for user_id in user_ids:
@@ -233,7 +242,7 @@ class Notifier:
         self._account_data.mark(user_id, position)
         self._wake(self._by_user.pop(user_id, ()))
 
-    def _wake(self, futures: Iterable[asyncio.Future[float]]) -> None:
+    def _wake(self, futures: Iterable[Waiter]) -> None:
         now = time.monotonic()
         woken = 0
         for future in futures:
@@ -246,7 +255,7 @@ class Notifier:
         """Wait for the next new events anywhere (tests, tools); True if woken."""
         if self.closing:
             return False
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        future: Waiter = asyncio.get_running_loop().create_future()
         self._any.add(future)
         try:
             await asyncio.wait_for(asyncio.shield(future), wait_s)
@@ -258,36 +267,37 @@ class Notifier:
 
     async def wait(self, user_id: str, room_ids: Iterable[str], wait_s: float,
                    presence_room_ids: Iterable[str] = (),
-                   until: asyncio.Future[None] | None = None) -> float | None:
+                   until: asyncio.Future[None] | None = None, *, events_only: bool = False
+                   ) -> float | None:
         """Wait until something for ``user_id`` or one of ``room_ids`` happens (or the
         presence of a member of ``presence_room_ids`` changes), ``wait_s`` seconds pass, or
         ``until`` is done (the client went away); the (monotonic) time it was woken by a
-        change, or None."""
+        change, or None. ``events_only``: the rooms' events wake it, their typing and
+        receipts (``wake``) do not."""
         if self.closing or (until is not None and until.done()):
             return None
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[float] = loop.create_future()
+        future: Waiter = loop.create_future()
         # Plain lists of keys (not (key, index) pairs): an idle waiter of a user in many
         # rooms stays a few bytes per room.
-        registered = [(list(room_ids), self._by_room), ([user_id], self._by_user),
+        registered = [(list(room_ids), self._by_room_events if events_only else self._by_room),
+                      ([user_id], self._by_user),
                       (list(presence_room_ids), self._by_presence_room)]
         for keys, index in registered:
             for key in keys:
                 index.setdefault(key, set()).add(future)
-        timer = loop.call_later(wait_s, _cancel_waiter, future)
+        # Ended with None, not cancelled: most waits of a held device end so, and a
+        # cancellation costs an exception.
+        timer = loop.call_later(wait_s, _end_wait, future)
 
         def gone(_: asyncio.Future[None]) -> None:
-            _cancel_waiter(future)
+            _end_wait(future)
 
         if until is not None:
             until.add_done_callback(gone)
         self.waiting += 1
         try:
             return await future
-        except asyncio.CancelledError:
-            if future.cancelled() and not _current_task_cancelling():
-                return None  # timed out, or the client left
-            raise
         finally:
             self.waiting -= 1
             timer.cancel()
@@ -302,11 +312,6 @@ class Notifier:
                             del index[key]
 
 
-def _cancel_waiter(future: asyncio.Future[float]) -> None:
+def _end_wait(future: Waiter) -> None:
     if not future.done():
-        future.cancel()
-
-
-def _current_task_cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+        future.set_result(None)

@@ -141,6 +141,13 @@ class _Logged:
     user_rows: dict[str, NotificationRow]
 
 
+def _time_up(future: asyncio.Future[bool], waiters: list[asyncio.Future[bool]]) -> None:
+    """A wait for evaluation ran out of time (``PushEvaluator.wait_for``)."""
+    if not future.done():
+        future.set_result(False)
+        waiters.remove(future)
+
+
 class PushEvaluator:
     """The commit listener that evaluates push rules (see the module docstring)."""
 
@@ -165,11 +172,17 @@ class PushEvaluator:
         # Room -> how many state changes it has had (facts loaded across one are not kept).
         self._state_changes: dict[str, int] = {}
         self._pending: list[CommittedBatch] = []
+        # Whether what came after ``position`` must be read from the database (at start, and
+        # after a failure dropped the pending batches); otherwise the pending batches hold
+        # every event committed since (this is their listener).
+        self._from_database = True
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.position = 0
         self._head = 0
-        self._position_changed = asyncio.Condition()
+        # Position -> the futures of the syncs waiting for evaluation to reach it (True when
+        # it does, False when a waiter's time is up).
+        self._reached: dict[int, list[asyncio.Future[bool]]] = {}
         # Room -> the newest position of a notification recorded for it by this process:
         # what counted up to a position after it is still the count (UnreadCounts).
         self.notified_at: dict[str, int] = {}
@@ -228,13 +241,20 @@ class PushEvaluator:
     async def wait_for(self, position: int, timeout_s: float = SYNC_WAIT_S, *,
                        quiet: bool = False) -> None:
         """Until evaluation has reached ``position`` (or the timeout; ``quiet``: a short
-        wait that may well time out, not worth a warning)."""
-        if self.position >= position or self._task is None:
+        wait that may well time out, not worth a warning). A worker waits for the writer's
+        results; a writer whose evaluation is not running does not wait."""
+        if self.position >= position or (self._task is None and self._writer):
             return
+        loop = asyncio.get_running_loop()
+        reached: asyncio.Future[bool] = loop.create_future()
+        waiters = self._reached.setdefault(position, [])
+        waiters.append(reached)
+        timer = loop.call_later(timeout_s, _time_up, reached, waiters)
         try:
-            async with asyncio.timeout(timeout_s), self._position_changed:
-                await self._position_changed.wait_for(lambda: self.position >= position)
-        except TimeoutError:
+            in_time = await reached
+        finally:
+            timer.cancel()
+        if not in_time:
             if not quiet:
                 logger.warning("Push rule evaluation is behind (at %d, sync wants %d)",
                                self.position, position)
@@ -242,8 +262,9 @@ class PushEvaluator:
     async def _run(self) -> None:
         while True:
             try:
-                if self.position < self._head:
+                if self._from_database:
                     await self._catch_up()
+                    self._from_database = False
                 await self._wake.wait()
                 self._wake.clear()
                 batches, self._pending = self._pending, []
@@ -256,6 +277,7 @@ class PushEvaluator:
             except Exception:
                 logger.exception("Push rule evaluation failed; retrying from the database")
                 self._pending.clear()
+                self._from_database = True
                 self._wake.set()
                 await asyncio.sleep(1.0)
 
@@ -272,22 +294,25 @@ class PushEvaluator:
         await self._store.record(rows, queued, position, self._clock.time_ms())
         if self._replication.active:
             self._replication.publish("push", [position, [list(astuple(r)) for r in rows]])
-        await self._reached(position, rows)
+        self._advanced_to(position, rows)
         if queued:
             self._pushers.queued()
 
-    async def _reached(self, position: int, rows: list[NotificationRow]) -> None:
+    def _advanced_to(self, position: int, rows: list[NotificationRow]) -> None:
         # What was recorded, and the position that says so, change together (no await
         # between): UnreadCounts reads both.
         self._log(rows)
         self.position = max(self.position, position)
-        async with self._position_changed:
-            self._position_changed.notify_all()
+        if self._reached:
+            for waited in [p for p in self._reached if p <= self.position]:
+                for future in self._reached.pop(waited):
+                    if not future.done():
+                        future.set_result(True)
 
-    async def apply_replicated(self, advanced: list[Any]) -> None:
+    def apply_replicated(self, advanced: list[Any]) -> None:
         """A worker: the writer evaluated up to a position, with these results."""
         position, rows = advanced
-        await self._reached(position, [NotificationRow(*r) for r in rows])
+        self._advanced_to(position, [NotificationRow(*r) for r in rows])
 
     def events_seen(self, batch: CommittedBatch) -> None:
         """A worker: a commit the writer made (evaluation is the writer's; only the head

@@ -87,12 +87,17 @@ class SyncService:
         self._lag = 0.0
         # (user, device) -> when its last non-empty incremental response was built.
         self._last_sent: LRUCache[tuple[str, str | None], float] = LRUCache(self.DEVICES)
+        # The stream positions of the last current_token(), and that token.
+        self._current: tuple[tuple[int, ...], SyncToken] = ((), SyncToken(0))
 
     def current_token(self) -> SyncToken:
-        return SyncToken(self._notifier.position, self._notifier.account_data_position,
-                         self._receipts.position, self._presence.position,
-                         self._typing.position, self._to_device.position,
-                         self._keys.position)
+        positions = (self._notifier.position, self._notifier.account_data_position,
+                     self._receipts.position, self._presence.position,
+                     self._typing.position, self._to_device.position, self._keys.position)
+        # Asked several times per response, mostly with nothing moved: one token per change.
+        if positions != self._current[0]:
+            self._current = (positions, SyncToken(*positions))
+        return self._current[1]
 
     async def sync(self, user_id: str, device_id: str | None, *, since: str | None,
                    timeout_ms: int, full_state: bool, sync_filter: SyncFilter,
@@ -251,7 +256,10 @@ class SyncService:
         hold_until = min(last + self.EPHEMERAL_INTERVAL_S, deadline)
         while (left := hold_until - time.monotonic()) > 0 and not self._event_news(
                 user_id, checked, self.current_token(), rooms):
-            if await self._notifier.wait(user_id, rooms, left, presence_rooms, until) is None:
+            # Only what ends the hold early wakes it (events, not the typing, receipts and
+            # presence it gathers).
+            if await self._notifier.wait(user_id, rooms, left, (), until,
+                                         events_only=True) is None:
                 return  # the interval is over, or the client left
 
     @property

@@ -178,7 +178,8 @@ class ResponseBuilder:
         changed_users, left_users = await self.s.keys.device_list_changes(
             self.user_id, self.since, self.now) if self.since is not None else ([], [])
         response = {
-            "next_batch": replace(self.now, to_device=to_device_position).encode(),
+            "next_batch": (self.now if to_device_position == self.now.to_device else
+                           replace(self.now, to_device=to_device_position)).encode(),
             "rooms": rooms,
             "account_data": {"events": account["global"]},
             "presence": {"events": await self._presence(joined)},

@@ -48,7 +48,12 @@ class SyncToken:
 
     def at_most(self, other: SyncToken) -> SyncToken:
         """Each position no further than ``other``'s (a token from the future, say from a
-        restored backup, means "from now")."""
+        restored backup, means "from now"); itself when it is no further already."""
+        if self.events <= other.events and self.account_data <= other.account_data and \
+                self.receipts <= other.receipts and self.presence <= other.presence and \
+                self.typing <= other.typing and self.to_device <= other.to_device and \
+                self.device_lists <= other.device_lists:
+            return self
         return SyncToken(min(self.events, other.events),
                          min(self.account_data, other.account_data),
                          min(self.receipts, other.receipts),
