@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -20,8 +21,9 @@ import redis.asyncio as aioredis
 
 logger = logging.getLogger(__name__)
 
-# Called with the payload and the publishing process.
-Handler = Callable[[Any, str], None]
+# Called with the payload and the publishing process; a coroutine function is awaited before
+# the next message is handled (messages are applied in the order they were published).
+Handler = Callable[[Any, str], None] | Callable[[Any, str], Awaitable[None]]
 
 
 class NoBus:
@@ -120,7 +122,7 @@ class RedisBus:
                 first = False
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
-                        self._dispatch(message["data"])
+                        await self._dispatch(message["data"])
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
                 logger.warning("Lost Redis; resubscribing")
                 await asyncio.sleep(self.RETRY_S)
@@ -128,7 +130,7 @@ class RedisBus:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
-    def _dispatch(self, data: bytes) -> None:
+    async def _dispatch(self, data: bytes) -> None:
         try:
             origin, topic, payload = orjson.loads(data)
         except (orjson.JSONDecodeError, ValueError, TypeError):
@@ -139,6 +141,8 @@ class RedisBus:
         self.received += 1
         for handler in self._handlers.get(topic, ()):
             try:
-                handler(payload, origin)
+                result = handler(payload, origin)
+                if inspect.isawaitable(result):
+                    await result
             except Exception:
                 logger.exception("Replication handler for %s failed", topic)

@@ -9,6 +9,7 @@ sync finds what woke it. ``serve_workers`` makes the main process take what work
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -38,9 +39,14 @@ def follow_writer(bus: RedisBus, services: Services,
             if store is not None:
                 store.advance(position)
 
-    def on_events(payload: dict[str, Any], _origin: str) -> None:
-        advance(payload)
+    async def on_events(payload: dict[str, Any], _origin: str) -> None:
         batch = batch_from_json(payload["batch"])
+        # The new events into the cache first, in one query: the syncs this wakes would
+        # otherwise each read them, all at once.
+        with contextlib.suppress(Exception):  # (a failed read only costs those reads)
+            await db.events.get_events([e.event_id for e in batch.events
+                                        if e.stream_ordering is not None])
+        advance(payload)
         services.push.events_seen(batch)
         # The notifier and the caches listening to commits (the writer's own listeners,
         # push evaluation, typing's ends, the user directory, are not subscribed here).
