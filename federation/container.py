@@ -22,7 +22,7 @@ from federation.backfill import Backfiller
 from federation.inbound.limits import OriginLimiter
 from federation.inbound.membership import ResidentMembership
 from federation.inbound.pdus import PduHandler
-from federation.inbound.transaction import InboundEdus, TransactionHandler
+from federation.inbound.transaction import ForwardTransaction, InboundEdus, TransactionHandler
 from federation.keys.keyring import Keyring
 from federation.remote_directory import RemoteDirectoryClient
 from federation.remote_hierarchy import RemoteHierarchyClient
@@ -157,12 +157,18 @@ class Federation:
 
 def build_federation(config: HomeserverConfig, db: Database, clock: Clock,
                      signing_key: SigningKey, rooms: FederatedRooms, outbound: Outbound,
-                     served: Served) -> Federation:
+                     served: Served, forward: ForwardTransaction | None = None) -> Federation:
+    """``forward``: a federation_inbound worker's. Its reads are answered there (``rooms``
+    is the worker's roomserver, kept current by the bus); each transaction's PDUs are
+    checked there and ``forward``ed with its EDUs to the persister; whatever else writes
+    (send_join, invites, key claims) the worker relays to the main process unchanged. It
+    sends nothing: its ``outbound`` was built with the bus as ``sender_worker``, so its
+    sender only passes on that an origin is up."""
     server_name = config.server_name
     return Federation(
         server_name, signing_key, clock, db.users, rooms, served, outbound.client,
         outbound.keyring, outbound.sender, outbound.pdus,
-        TransactionHandler(rooms, db.federation, clock, outbound.pdus, served.edus),
+        TransactionHandler(rooms, db.federation, clock, outbound.pdus, served.edus, forward),
         ResidentMembership(rooms, served.membership, db.users, db.rooms, clock, outbound.pdus,
                            server_name, signing_key),
         outbound.remote, outbound.backfiller, outbound.directory)

@@ -27,6 +27,7 @@ from federation import (
     build_outbound,
     build_sender_worker,
 )
+from federation.inbound.forwarded import TransactionForwarder, add_forwarded_transactions_route
 from federation.inbound.transaction import InboundEdus
 from federation.sender.queue import FederationSender
 from federation.transport.client import FederationClient
@@ -103,8 +104,10 @@ def build_app(services: Services, resources: Iterable[str] = ("client", "federat
     app[SERVICES] = services
     resources = set(resources)
     if "replication" in resources:
-        add_persister_routes(app, services.roomserver, replication_secret(
-            services.signing_key, services.config.server_name))
+        secret = replication_secret(services.signing_key, services.config.server_name)
+        add_persister_routes(app, services.roomserver, secret)
+        if federation is not None:
+            add_forwarded_transactions_route(app, federation.transactions, secret)
     app.router.add_get("/health", health)
     if "metrics" in resources and metrics is not None:
         add_metrics_routes(app, metrics)
@@ -129,7 +132,7 @@ async def _start_listener(services: Services, listener: ListenerConfig,
                           relay: Relay | None = None) -> web.AppRunner:
     runner = web.AppRunner(build_app(services, listener.resources, federation,
                                      x_forwarded=listener.x_forwarded, metrics=metrics,
-                                     relay=relay if {"client", "media"} &
+                                     relay=relay if {"client", "media", "federation"} &
                                      set(listener.resources) else None),
                            access_log_class=AccessLogger,
                            access_log=logging.getLogger(ACCESS_LOGGER),
@@ -180,14 +183,18 @@ def build_homeserver(config: HomeserverConfig, bus: RedisBus | None = None
                               roomserver=roomserver, remote=outbound.ports(),
                               push_gateway=push_gateway, url_fetcher=url_fetcher,
                               replication=replication, pushed_elsewhere=pushed_elsewhere)
-    served = Served(services.profiles, services.rooms, services.directory, services.devices,
-                    services.membership, InboundEdus(services.typing, services.receipts,
-                                                     services.presence, services.to_device,
-                                                     services.keys),
-                    ServerVisibility(roomserver), services.keys, services.media,
-                    spaces=services.spaces)
     return services, build_federation(config, db, clock, signing_key, roomserver, outbound,
-                                      served)
+                                      _served(services, roomserver))
+
+
+def _served(services: Services, roomserver: RoomServer) -> Served:
+    """The local services the server-server API answers from."""
+    return Served(services.profiles, services.rooms, services.directory, services.devices,
+                  services.membership, InboundEdus(services.typing, services.receipts,
+                                                   services.presence, services.to_device,
+                                                   services.keys),
+                  ServerVisibility(roomserver), services.keys, services.media,
+                  spaces=services.spaces)
 
 
 @dataclass
@@ -197,17 +204,26 @@ class WorkerParts:
     # A federation_sender worker's.
     federation_client: FederationClient | None = None
     sender: FederationSender | None = None
+    # A federation_inbound worker's.
+    federation: Federation | None = None
+    forwarder: TransactionForwarder | None = None
 
     async def start(self) -> None:
         await self.services.start()
         if self.federation_client is not None and self.sender is not None:
             await self.federation_client.start()
             await self.sender.start()
+        if self.federation is not None:
+            await self.federation.start()
 
     async def stop(self) -> None:
         if self.federation_client is not None and self.sender is not None:
             await self.sender.stop()
             await self.federation_client.close()
+        if self.federation is not None:
+            await self.federation.stop()
+        if self.forwarder is not None:
+            await self.forwarder.close()
         await self.persister.close()
         await self.services.stop()
 
@@ -224,8 +240,8 @@ def build_worker(config: HomeserverConfig, worker: WorkerConfig, bus: RedisBus
     clock = SystemClock()
     signing_key = load_signing_key(config.signing_key_path)
     roomserver = RoomServer(db, clock, config.server_name, signing_key)
-    persister = PersisterClient(roomserver, persister_url,
-                                replication_secret(signing_key, config.server_name))
+    secret = replication_secret(signing_key, config.server_name)
+    persister = PersisterClient(roomserver, persister_url, secret)
     services = build_services(config, clock=clock, db=db, signing_key=signing_key,
                               roomserver=roomserver, replication=bus, writes=persister,
                               push_gateway=PushGatewayClient(config.federation)
@@ -237,6 +253,12 @@ def build_worker(config: HomeserverConfig, worker: WorkerConfig, bus: RedisBus
         bus.subscribe("federation_wake", lambda names, _: sender.wake(names))
         bus.subscribe("federation_peer_up", lambda origin, _: sender.peer_is_up(origin))
         bus.subscribe("federation_edu", lambda edu, _: apply_relayed(sender, *edu))
+    if "federation_inbound" in worker.roles:
+        parts.forwarder = TransactionForwarder(persister_url, secret)
+        parts.federation = build_federation(
+            config, db, clock, signing_key, roomserver,
+            build_outbound(config, db, clock, signing_key, roomserver, bus),
+            _served(services, roomserver), parts.forwarder)
     follow_writer(bus, services, [parts.sender] if parts.sender is not None else [])
     return parts
 
@@ -280,6 +302,11 @@ async def serve(config: HomeserverConfig, worker_name: str | None = None) -> Non
     services, federation = build_homeserver(config, bus)
     if bus is not None:
         serve_workers(bus, services)
+        if federation is not None and not any("federation_sender" in w.roles
+                                              for w in config.workers):
+            # (a federation_inbound worker heard from a server we were backing off from)
+            sender = federation.sender
+            bus.subscribe("federation_peer_up", lambda origin, _: sender.peer_is_up(origin))
         await bus.start()
     await services.start()
     if bus is not None:
@@ -318,7 +345,8 @@ async def _serve_worker(config: HomeserverConfig, worker: WorkerConfig) -> None:
     bus = RedisBus(config.redis.url, config.server_name, worker.name)
     parts = build_worker(config, worker, bus)
     services = parts.services
-    relay = Relay(main_url, WorkerRoutes(worker.roles, config.server_name))
+    relay = Relay(main_url, WorkerRoutes(worker.roles, config.server_name),
+                  config.main_federation_url())
     # Subscribed before the positions are read: nothing committed in between is missed.
     await bus.start()
     await parts.start()
@@ -332,7 +360,8 @@ async def _serve_worker(config: HomeserverConfig, worker: WorkerConfig) -> None:
     _freeze_start_up_objects()
     try:
         for listener in worker.listeners:
-            runners.append(await _start_listener(services, listener, None, metrics, relay))
+            runners.append(await _start_listener(services, listener, parts.federation,
+                                                 metrics, relay))
         logger.info("KT-Chat %s worker %s is serving (%s)", config.server_name, worker.name,
                     ", ".join(worker.roles))
         await stop.wait()

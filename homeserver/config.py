@@ -32,9 +32,9 @@ RESOURCES = ("client", "federation", "media", "metrics", "replication")
 # pushes to the push gateways (one such worker). ``federation_sender``: sends what the main
 # process queues for other servers (one such worker). The main process keeps every other
 # role.
-WORKER_ROLES = ("client", "media", "push", "federation_sender")
+WORKER_ROLES = ("client", "media", "push", "federation_sender", "federation_inbound")
 # Roles of the design (DESIGN.md, issue #19) not built yet: named so the error says so.
-_PLANNED_ROLES = ("federation_inbound", "persister", "background")
+_PLANNED_ROLES = ("persister", "background")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 
@@ -322,6 +322,12 @@ class HomeserverConfig:
         return next((lst.url.replace("://*:", "://127.0.0.1:") for lst in self.listeners
                      if "replication" in lst.resources), None)
 
+    def main_federation_url(self) -> str | None:
+        """The main process's federation listener (federation_inbound workers relay to it
+        what writes other than transactions)."""
+        return next((lst.url.replace("://*:", "://127.0.0.1:") for lst in self.listeners
+                     if "federation" in lst.resources), None)
+
     def main_client_url(self) -> str | None:
         """The main process's client listener (workers relay to it what they do not serve)."""
         return next((lst.url.replace("://*:", "://127.0.0.1:") for lst in self.listeners
@@ -408,9 +414,9 @@ def _workers(reader: ConfigReader, listeners: tuple[ListenerConfig, ...]
                 sub.problem(f"listeners[{i}].port",
                             f"port {lst.port} is also used by {ports[lst.port]}")
             ports[lst.port] = f"workers.{name}"
-            if "federation" in lst.resources:
+            if "federation" in lst.resources and "federation_inbound" not in roles:
                 sub.problem(f"listeners[{i}].resources",
-                            "a worker serves no federation yet (the main process does)")
+                            "only a worker with the federation_inbound role serves federation")
         workers.append(WorkerConfig(name, tuple(str(r) for r in roles), worker_listeners))
     for role in ("push", "federation_sender"):
         having = [w.name for w in workers if role in w.roles]
@@ -702,6 +708,11 @@ def parse_config(data: Any, config_dir: Path) -> HomeserverConfig:
         if not any("client" in lst.resources for lst in listeners):
             r.problem("workers", "workers need a main-process listener with the client "
                                  "resource (they relay to it what they do not serve)")
+        if any("federation_inbound" in w.roles for w in workers) and not any(
+                "federation" in lst.resources for lst in listeners):
+            r.problem("workers", "federation_inbound workers need a main-process listener "
+                                 "with the federation resource (they relay joins, invites "
+                                 "and key claims to it)")
 
     r.report_unknown_keys()
 

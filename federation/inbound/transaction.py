@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from core.clock import Clock
 from core.errors import BadJson, MatrixError
 from core.events.hashing import compute_event_id
 from core.events.model import Event
-from core.events.room_versions import RoomVersion
+from core.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from core.rooms.auth import AuthError
 from core.types import MAX_IDENTIFIER_BYTES, InvalidIdentifier, byte_length, parse_user_id
 from federation.inbound.pdus import MAX_PDU_NESTING, InvalidPdu, PduHandler
@@ -56,7 +56,7 @@ def _event_id_of(pdu: Any, version: RoomVersion) -> str | None:
 
 
 @dataclass
-class _RoomPdus:
+class CheckedRoom:
     """A transaction's PDUs of one room once checked: the answers so far (refusals), the
     events that passed, and which of them are here already."""
 
@@ -64,6 +64,27 @@ class _RoomPdus:
     results: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     stored: set[str] = field(default_factory=set)
+
+    def to_json(self) -> dict[str, Any]:
+        """What a federation_inbound worker passes to the persister (``stored`` is read
+        again there)."""
+        return {"room_id": self.room_id, "results": self.results,
+                "events": [{"event_id": e.event_id, "room_version": e.room_version.identifier,
+                            "pdu": e.pdu} for e in self.events]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CheckedRoom:
+        return cls(str(data["room_id"]), dict(data["results"]),
+                   [Event(str(e["event_id"]), KNOWN_ROOM_VERSIONS[e["room_version"]],
+                          dict(e["pdu"])) for e in data["events"]])
+
+
+class ForwardTransaction(Protocol):
+    """A federation_inbound worker's way to the persister: it checked the transaction's PDUs
+    (format, signatures, hashes); the persister does the rest and answers."""
+
+    async def __call__(self, origin: str, txn_id: str, rooms: list[CheckedRoom],
+                       edus: list[Any]) -> dict[str, Any]: ...
 
 
 # EDUs whose repeat changes nothing: a typing or presence state set again, a receipt that
@@ -90,13 +111,18 @@ TXN_OUTCOMES = ("accepted", "some_pdus_refused", "refused", "failed")
 
 
 class TransactionHandler:
+    """``forward``: in a federation_inbound worker, where checked PDUs and the EDUs go (the
+    persister's ``apply_checked``); None: applied here."""
+
     def __init__(self, rooms: FederatedRooms, txns: FederationStore, clock: Clock,
-                 pdus: PduHandler, edus: InboundEdus) -> None:
+                 pdus: PduHandler, edus: InboundEdus,
+                 forward: ForwardTransaction | None = None) -> None:
         self._rooms = rooms
         self._txns = txns
         self._clock = clock
         self._pdus = pdus
         self._edus = edus
+        self._forward = forward
         # (origin, txn ID) being processed now: a repeat waits for the first.
         self._running: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
         # Transactions received since start-up, by outcome (metrics; see ``_count``).
@@ -135,14 +161,31 @@ class TransactionHandler:
         if "origin" in body and body["origin"] != origin:
             raise MatrixError("The transaction's origin is not the server that signed it",
                               status=403, errcode="M_FORBIDDEN")
+        if self._forward is not None:
+            # A federation_inbound worker: the checks here, the rest at the persister.
+            return await self._once(origin, txn_id, self._checked_and_forwarded(
+                origin, txn_id, pdus, edus))
+        return await self._once(origin, txn_id, self._handle(origin, txn_id, pdus, edus))
+
+    async def apply_checked(self, origin: str, txn_id: str, rooms: list[CheckedRoom],
+                            edus: list[Any]) -> dict[str, Any]:
+        """A transaction whose PDUs a federation_inbound worker checked: the rest of
+        ``on_send`` (what is stored already is read again here)."""
+        return await self._once(origin, txn_id, self._apply_checked(origin, txn_id, rooms,
+                                                                    edus))
+
+    async def _once(self, origin: str, txn_id: str,
+                    handle: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+        """``handle``'s answer, or, while the same transaction is being handled, that one's."""
         key = (origin, txn_id)
         running = self._running.get(key)
         if running is not None:
+            handle.close()
             return await asyncio.shield(running)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._running[key] = future
         try:
-            response = await self._handle(origin, txn_id, pdus, edus)
+            response = await handle
             future.set_result(response)
             return response
         except BaseException as e:
@@ -152,13 +195,39 @@ class TransactionHandler:
         finally:
             del self._running[key]
 
+    async def _checked_and_forwarded(self, origin: str, txn_id: str, pdus: list[Any],
+                                     edus: list[Any]) -> dict[str, Any]:
+        assert self._forward is not None
+        rooms = await self._check_pdus(origin, pdus)
+        return await self._forward(origin, txn_id, rooms, edus)
+
+    async def _apply_checked(self, origin: str, txn_id: str, rooms: list[CheckedRoom],
+                             edus: list[Any]) -> dict[str, Any]:
+        if not rooms and await self._edus_alone(origin, edus):
+            return {"pdus": {}}
+        done = await self._txns.received_txn(origin, txn_id)
+        if done is not None:
+            return done
+
+        async def read_stored(room: CheckedRoom) -> None:
+            room.stored = await self._rooms.is_stored([e.event_id for e in room.events])
+
+        await asyncio.gather(*(read_stored(room) for room in rooms if room.events))
+        return await self._apply(origin, txn_id, rooms, edus)
+
+    async def _edus_alone(self, origin: str, edus: list[Any]) -> bool:
+        """Typing, presence and receipts alone (most transactions) are applied at once: a
+        repeat changes nothing, so the transaction needs no record. False (and nothing
+        done) for any other EDU."""
+        if not all(isinstance(e, Mapping) and e.get("edu_type") in IDEMPOTENT_EDUS
+                   for e in edus):
+            return False
+        await self._process_edus(origin, edus)
+        return True
+
     async def _handle(self, origin: str, txn_id: str, pdus: list[Any], edus: list[Any]
                       ) -> dict[str, Any]:
-        if not pdus and all(isinstance(e, Mapping) and e.get("edu_type") in IDEMPOTENT_EDUS
-                            for e in edus):
-            # Typing, presence and receipts alone (most transactions): applying a repeat
-            # changes nothing, so the transaction needs no record.
-            await self._process_edus(origin, edus)
+        if not pdus and await self._edus_alone(origin, edus):
             return {"pdus": {}}
         store = self._txns
         # Whether this transaction was answered before is read while its PDUs are checked
@@ -172,6 +241,12 @@ class TransactionHandler:
         done = await seen
         if done is not None:
             return done
+        return await self._apply(origin, txn_id, rooms, edus)
+
+    async def _apply(self, origin: str, txn_id: str, rooms: list[CheckedRoom],
+                     edus: list[Any]) -> dict[str, Any]:
+        """Steps 4-6 of the checked PDUs, the EDUs, and the answer remembered."""
+        store = self._txns
         # Keys first: a room key (to-device) or a new device often comes with the first
         # message that needs it, and a client that decrypts an event once, as it arrives,
         # must have the key by then. The other EDUs (receipts of these events) after.
@@ -183,7 +258,7 @@ class TransactionHandler:
         await store.remember_txn(origin, txn_id, response, self._clock.time_ms())
         return response
 
-    async def _check_pdus(self, origin: str, pdus: list[Any]) -> list[_RoomPdus]:
+    async def _check_pdus(self, origin: str, pdus: list[Any]) -> list[CheckedRoom]:
         """Steps 1-3 (format, signatures, hashes) for each room's PDUs, rooms at once."""
         by_room: dict[str, list[Any]] = {}
         for pdu in pdus:
@@ -194,8 +269,8 @@ class TransactionHandler:
         return list(await asyncio.gather(*(self._check_room(origin, room_id, room_pdus)
                                            for room_id, room_pdus in by_room.items())))
 
-    async def _check_room(self, origin: str, room_id: str, pdus: list[Any]) -> _RoomPdus:
-        checked = _RoomPdus(room_id)
+    async def _check_room(self, origin: str, room_id: str, pdus: list[Any]) -> CheckedRoom:
+        checked = CheckedRoom(room_id)
         version = await self._rooms.room_version(room_id)
         if version is None:
             logger.info("%s sent %d PDUs for unknown room %s", origin, len(pdus), room_id)
@@ -231,7 +306,7 @@ class TransactionHandler:
         checked.stored = await stored
         return checked
 
-    async def _process_pdus(self, origin: str, rooms: list[_RoomPdus]) -> dict[str, Any]:
+    async def _process_pdus(self, origin: str, rooms: list[CheckedRoom]) -> dict[str, Any]:
         """Steps 4-6 for the checked PDUs of each room, rooms at once; answered after their
         commits."""
         results: dict[str, Any] = {}
@@ -240,7 +315,7 @@ class TransactionHandler:
             results.update(outcome)
         return results
 
-    async def _process_room(self, origin: str, room: _RoomPdus) -> dict[str, Any]:
+    async def _process_room(self, origin: str, room: CheckedRoom) -> dict[str, Any]:
         results = dict(room.results)
         commits: list[asyncio.Future[None]] = []
         for event in sorted(room.events, key=lambda e: e.depth):

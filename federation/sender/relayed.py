@@ -17,6 +17,8 @@ from homeserver.services.ports import Replication
 from roomserver.api import CommittedBatch, FederatedRooms
 from storage.stores.federation import FederationStore
 
+PEER_UP_EVERY_MS = 5_000
+
 
 class RelayedSender(FederationSender):
     def __init__(self, store: FederationStore, client: FederationClient,
@@ -24,6 +26,9 @@ class RelayedSender(FederationSender):
                  replication: Replication) -> None:
         super().__init__(store, client, rooms, clock, config)
         self._replication = replication
+        # When each origin was last said to be up (ms): once per PEER_UP_EVERY_MS is enough,
+        # not once per request.
+        self._peer_up_said: dict[str, int] = {}
 
     async def start(self) -> None:
         pass  # (the worker sends what is pending)
@@ -38,6 +43,12 @@ class RelayedSender(FederationSender):
         self._replication.publish("federation_wake", sorted(set(destinations)))
 
     def peer_is_up(self, origin: str) -> None:
+        now = self.now_ms()
+        if now - self._peer_up_said.get(origin, -PEER_UP_EVERY_MS) < PEER_UP_EVERY_MS:
+            return
+        if len(self._peer_up_said) > 10_000:
+            self._peer_up_said.clear()
+        self._peer_up_said[origin] = now
         self._replication.publish("federation_peer_up", origin)
 
     def typing_changed(self, room_id: str, user_id: str, typing: bool,

@@ -67,12 +67,30 @@ def media_routes(server_name: str) -> Routes:
     )
 
 
+_ANY = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE"})
+# The server-server API (``federation_inbound`` role): reads, and transactions (their PDUs
+# checked here, then passed to the persister)...
+FEDERATION_ROUTES: Routes = ((_ANY, re.compile(r"^/_matrix/(?:federation|key)/")),)
+# ...but not what writes in other ways: joins, leaves, knocks and invites handed to us,
+# third-party invites, one-time key claims. These go to the main process as they came.
+FEDERATION_WRITES: Routes = (
+    (frozenset({"PUT"}), re.compile(r"^/_matrix/federation/(?!v1/send/)")),
+    (frozenset({"POST"}), re.compile(r"^/_matrix/federation/v1/user/keys/claim$")),
+)
+
+
 def role_routes(role: str, server_name: str) -> Routes:
     if role == "client":
         return (*SYNC_ROUTES, *SEND_ROUTES, *READ_ROUTES)
     if role == "media":
         return media_routes(server_name)
+    if role == "federation_inbound":
+        return FEDERATION_ROUTES
     return ()
+
+
+def _matches(routes: Routes, method: str, path: str) -> bool:
+    return any(method in methods and pattern.match(path) for methods, pattern in routes)
 
 
 # Served by every process (no state): the versions, CORS preflights, health, metrics.
@@ -96,8 +114,8 @@ class WorkerRoutes:
     def served_here(self, method: str, path: str) -> bool:
         if method == "OPTIONS" or _EVERYWHERE.match(path):
             return True
-        return any(method in methods and pattern.match(path)
-                   for methods, pattern in self._routes)
+        return _matches(self._routes, method, path) and \
+            not _matches(FEDERATION_WRITES, method, path)
 
 
 def served_here(method: str, path: str) -> bool:
@@ -108,11 +126,20 @@ def served_here(method: str, path: str) -> bool:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class Relay:
-    """Passes requests to the main process's client listener (``main_url``)."""
+_FEDERATION_PATH = re.compile(r"^/_matrix/(?:federation|key)/")
 
-    def __init__(self, main_url: str, routes: WorkerRoutes) -> None:
+
+class Relay:
+    """Passes requests to the main process's client listener (``main_url``), or its
+    federation listener (``federation_url``) for the server-server API. The federation
+    listener's certificate is not checked on that hop: it is for the server's name, and this
+    is the operator's own process (the X-Matrix signature, relayed unchanged, is checked
+    there as it came)."""
+
+    def __init__(self, main_url: str, routes: WorkerRoutes,
+                 federation_url: str | None = None) -> None:
         self._base = main_url.rstrip("/")
+        self._federation_base = (federation_url or main_url).rstrip("/")
         self._routes = routes
         self._session: aiohttp.ClientSession | None = None
         self.relayed = 0
@@ -129,8 +156,11 @@ class Relay:
 
     async def relay(self, request: web.Request) -> web.StreamResponse:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=_TIMEOUT, auto_decompress=False)
+            self._session = aiohttp.ClientSession(
+                timeout=_TIMEOUT, auto_decompress=False,
+                connector=aiohttp.TCPConnector(ssl=False))
         self.relayed += 1
+        base = self._federation_base if _FEDERATION_PATH.match(request.path) else self._base
         headers = CIMultiDict((k, v) for k, v in request.headers.items()
                               if k.lower() not in _HOP_BY_HOP)
         forwarded = request.headers.get("X-Forwarded-For")
@@ -139,7 +169,7 @@ class Relay:
         body = request.content.iter_any() if request.body_exists else None
         try:
             async with self._session.request(
-                    request.method, URL(self._base + request.raw_path, encoded=True),
+                    request.method, URL(base + request.raw_path, encoded=True),
                     headers=headers, data=body, allow_redirects=False) as upstream:
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
                 for key, value in upstream.headers.items():

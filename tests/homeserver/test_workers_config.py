@@ -146,6 +146,47 @@ def test_what_a_media_worker_serves_itself(tmp_path: Path) -> None:
     assert "server pics_0 127.0.0.1:8104" in haproxy(config, "127.0.0.1:8080")
 
 
+def test_what_a_federation_inbound_worker_serves_itself(tmp_path: Path) -> None:
+    from homeserver.replication.relay import WorkerRoutes
+
+    routes = WorkerRoutes(("federation_inbound",), "example.test")
+    fed = "/_matrix/federation"
+    # Transactions (checked here, applied by the persister) and reads.
+    assert routes.served_here("PUT", f"{fed}/v1/send/txn1")
+    for path in ("/v1/event/$e", "/v1/state/!r:x", "/v1/state_ids/!r:x", "/v1/backfill/!r:x",
+                 "/v1/make_join/!r:x/@a:y", "/v1/query/profile", "/v1/user/devices/@a:x",
+                 "/v1/publicRooms", "/v1/hierarchy/!r:x", "/v1/version"):
+        assert routes.served_here("GET", fed + path), path
+    assert routes.served_here("POST", f"{fed}/v1/get_missing_events/!r:x")
+    assert routes.served_here("POST", f"{fed}/v1/user/keys/query")
+    assert routes.served_here("GET", "/_matrix/key/v2/server")
+    assert routes.served_here("POST", "/_matrix/key/v2/query")
+    # What writes otherwise: relayed to the main process.
+    for path in ("/v2/send_join/!r:x/$e", "/v1/send_join/!r:x/$e", "/v2/send_leave/!r:x/$e",
+                 "/v1/send_knock/!r:x/$e", "/v2/invite/!r:x/$e",
+                 "/v1/exchange_third_party_invite/!r:x"):
+        assert not routes.served_here("PUT", fed + path), path
+    assert not routes.served_here("POST", f"{fed}/v1/user/keys/claim")
+    # Nothing of the client API.
+    assert not routes.served_here("GET", "/_matrix/client/v3/sync")
+    config = _good(tmp_path, listeners=[{"port": 8008, "resources": ["client"]},
+                                        {"port": 8449, "resources": ["federation"]},
+                                        {"port": 9093, "resources": ["replication"]}],
+                   workers=_workers(fed={"roles": ["federation_inbound"], "listeners": [
+                       {"port": 8448, "resources": ["federation"]}]}))
+    assert config.main_federation_url() == "http://127.0.0.1:8449"
+    # Its federation listener needs the role; the relays need the main process's listener.
+    problems = _problems(tmp_path, workers=_workers(
+        fed={"roles": ["federation_inbound"], "listeners": [
+            {"port": 8448, "resources": ["federation"]}]},
+        nofed={"roles": ["client"], "listeners": [
+            {"port": 8450, "resources": ["federation"]}]}))
+    assert any(p.startswith("workers.nofed.listeners[0].resources: only a worker with the "
+                            "federation_inbound role") for p in problems)
+    assert any("federation_inbound workers need a main-process listener with the federation"
+               in p for p in problems)
+
+
 def test_run_refuses_an_unknown_worker(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                        ) -> None:
     import yaml
