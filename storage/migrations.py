@@ -160,8 +160,10 @@ def migrate(conn: Connection) -> int:
     if conn.dialect.name == "postgresql":
         # Several workers may start at once: one migrates, the others wait and find it done.
         conn.execute(text("SELECT pg_advisory_xact_lock(7447736)"))
-    if not inspect(conn).has_table("schema_version"):
-        schema.metadata.create_all(conn)
+    tables = inspect(conn).get_table_names()
+    if "schema_version" not in tables:
+        # An empty database is created without asking about each table first.
+        schema.metadata.create_all(conn, checkfirst=bool(tables))
         search_index.create_index(conn)
         conn.execute(schema.schema_version.insert().values(lock=1, version=LATEST))
         return 0
