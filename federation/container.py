@@ -29,7 +29,7 @@ from federation.remote_hierarchy import RemoteHierarchyClient
 from federation.remote_keys import RemoteKeysClient
 from federation.remote_media import RemoteMediaClient
 from federation.remote_rooms import RemoteRoomsClient
-from federation.sender.queue import FederationSender
+from federation.sender.queue import FederationSender, Shard
 from federation.sender.relayed import RelayedSender
 from federation.transport.client import FederationClient
 from homeserver.config import HomeserverConfig
@@ -175,9 +175,10 @@ def build_federation(config: HomeserverConfig, db: Database, clock: Clock,
 
 
 def build_sender_worker(config: HomeserverConfig, db: Database, clock: Clock,
-                        signing_key: SigningKey, rooms: FederatedRooms
+                        signing_key: SigningKey, rooms: FederatedRooms, shard: Shard
                         ) -> tuple[FederationClient, FederationSender]:
-    """A federation_sender worker's client and sender (the main process queues)."""
+    """A federation_sender worker's client and sender (the main process queues); it sends
+    to the destinations of its ``shard``."""
     client = FederationClient(config.server_name, signing_key, config.federation)
-    return client, FederationSender(db.federation, client, rooms, clock, config)
+    return client, FederationSender(db.federation, client, rooms, clock, config, shard)
 

@@ -29,7 +29,7 @@ from federation import (
 )
 from federation.inbound.forwarded import TransactionForwarder, add_forwarded_transactions_route
 from federation.inbound.transaction import InboundEdus
-from federation.sender.queue import FederationSender
+from federation.sender.queue import FederationSender, Shard
 from federation.transport.client import FederationClient
 from federation.transport.push_gateway import PushGatewayClient
 from federation.transport.url_fetch import UrlFetchClient
@@ -248,7 +248,9 @@ def build_worker(config: HomeserverConfig, worker: WorkerConfig, bus: RedisBus
                               if "push" in worker.roles else None)
     parts = WorkerParts(services, persister)
     if "federation_sender" in worker.roles:
-        client, sender = build_sender_worker(config, db, clock, signing_key, roomserver)
+        client, sender = build_sender_worker(
+            config, db, clock, signing_key, roomserver,
+            Shard(*config.shard_of(worker, "federation_sender")))
         parts.federation_client, parts.sender = client, sender
         bus.subscribe("federation_wake", lambda names, _: sender.wake(names))
         bus.subscribe("federation_peer_up", lambda origin, _: sender.peer_is_up(origin))

@@ -316,6 +316,12 @@ class HomeserverConfig:
     def worker(self, name: str) -> WorkerConfig | None:
         return next((w for w in self.workers if w.name == name), None)
 
+    def shard_of(self, worker: WorkerConfig, role: str) -> tuple[int, int]:
+        """``(index, count)``: which of the workers with ``role`` (sharded among them, in
+        the config's order) ``worker`` is."""
+        having = [w.name for w in self.workers if role in w.roles]
+        return having.index(worker.name), len(having)
+
     def replication_url(self) -> str | None:
         """Where the main process takes the workers' internal calls (its listener with the
         ``replication`` resource)."""
@@ -418,7 +424,7 @@ def _workers(reader: ConfigReader, listeners: tuple[ListenerConfig, ...]
                 sub.problem(f"listeners[{i}].resources",
                             "only a worker with the federation_inbound role serves federation")
         workers.append(WorkerConfig(name, tuple(str(r) for r in roles), worker_listeners))
-    for role in ("push", "federation_sender"):
+    for role in ("push",):
         having = [w.name for w in workers if role in w.roles]
         if len(having) > 1:
             reader.problem(having[1], f"only one worker may have the {role} role (each "

@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -36,6 +38,23 @@ MAX_PDUS = 50
 MAX_EDUS = 100
 _MAX_EPHEMERAL = 500  # per destination; older typing/presence updates are dropped
 RECEIPT_GATHER_S = 0.05
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which destinations one of ``count`` federation_sender workers sends to: those whose
+    name hashes to ``index`` (a hash every process computes alike, not Python's salted
+    one). Every destination has exactly one sender while all run with the same config."""
+
+    index: int = 0
+    count: int = 1
+
+    def owns(self, destination: str) -> bool:
+        return self.count == 1 or \
+            zlib.crc32(destination.encode()) % self.count == self.index
+
+
+EVERY_DESTINATION = Shard()
 
 
 class _Destination:
@@ -189,8 +208,10 @@ class _Destination:
 
 class FederationSender:
     def __init__(self, store: FederationStore, client: FederationClient,
-                 rooms: FederatedRooms, clock: Clock, config: HomeserverConfig) -> None:
+                 rooms: FederatedRooms, clock: Clock, config: HomeserverConfig,
+                 shard: Shard = EVERY_DESTINATION) -> None:
         self.store = store
+        self._shard = shard
         self.client = client
         self.rooms = rooms
         self._clock = clock
@@ -224,7 +245,8 @@ class FederationSender:
         return f"{self._txn_prefix}.{self._txn_counter}"
 
     async def start(self) -> None:
-        self._backoffs = await self.store.backoffs()
+        self._backoffs = {name: backoff for name, backoff in (await self.store.backoffs()).items()
+                          if self._shard.owns(name)}
         self.wake(await self.store.destinations_with_pending())
 
     async def stop(self) -> None:
@@ -245,6 +267,10 @@ class FederationSender:
         for task in list(self._tasks):
             task.cancel()
 
+    def _ours(self, names: Iterable[str]) -> list[str]:
+        """The destinations among ``names`` this sender sends to (not this server)."""
+        return [name for name in names if name != self.server_name and self._shard.owns(name)]
+
     def _destination(self, name: str) -> _Destination:
         destination = self._destinations.get(name)
         if destination is None:
@@ -261,9 +287,8 @@ class FederationSender:
         for event in batch.events:
             for name in event.destinations:
                 by_destination.setdefault(name, []).append(event.event_id)
-        for name, event_ids in by_destination.items():
-            if name == self.server_name:
-                continue
+        for name in self._ours(by_destination):
+            event_ids = by_destination[name]
             destination = self._destination(name)
             if not destination.durable and destination.backoff is None:
                 destination.fresh.extend(event_ids)
@@ -273,11 +298,10 @@ class FederationSender:
 
     def wake(self, destinations: Iterable[str]) -> None:
         """New entries are queued for these destinations."""
-        for name in destinations:
-            if name != self.server_name:
-                destination = self._destination(name)
-                destination.durable = True
-                destination.wanted.set()
+        for name in self._ours(destinations):
+            destination = self._destination(name)
+            destination.durable = True
+            destination.wanted.set()
 
     def peer_is_up(self, origin: str) -> None:
         """``origin`` just made an authenticated request to us: if it was backing off,
@@ -304,11 +328,11 @@ class FederationSender:
     # -- EDUs ------------------------------------------------------------------------------
 
     async def _servers_in_rooms(self, room_ids: Iterable[str]) -> set[str]:
+        """The other servers in these rooms this sender sends to."""
         servers: set[str] = set()
         for room_id in room_ids:
             servers |= await self.rooms.joined_servers(room_id)
-        servers.discard(self.server_name)
-        return servers
+        return set(self._ours(servers))
 
     # LocalEdus: what this server's users do, for the servers that share a room with them.
 
@@ -318,9 +342,8 @@ class FederationSender:
                "content": {"room_id": room_id, "user_id": user_id, "typing": typing}}
         key = ("typing", room_id, user_id)
         if servers is not None:  # now, so it goes out with what is being committed
-            for server in servers:
-                if server != self.server_name:
-                    self._destination(server).add_ephemeral(key, edu)
+            for server in self._ours(servers):
+                self._destination(server).add_ephemeral(key, edu)
             return
 
         async def send() -> None:

@@ -1,17 +1,20 @@
-"""Federation with the sending in a worker: server A is a main process (PostgreSQL, Redis)
-and a ``federation_sender`` worker; server B is one plain process. A's main process receives
-(its federation listener) and queues; only the worker sends, so whatever reaches B came
-from it: events, typing, receipts, presence, to-device, device lists."""
+"""Federation with the sending in workers: server A is a main process (PostgreSQL, Redis)
+and two ``federation_sender`` workers, sharded by destination; servers B and C are plain
+processes, one in each worker's shard. A's main process receives (its federation listener)
+and queues; only the workers send, so whatever reaches B came from B's worker: events,
+typing, receipts, presence, to-device, device lists; and nothing went to B from the other."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from federation.sender.queue import Shard
 from tests.conftest import postgres_url
 from tests.federation.test_to_device_federation import collect, send_to_device, to_device_token
 from tests.helpers.federation import FedServer, PostgresDatabase, User
@@ -27,50 +30,68 @@ def _redis_url() -> str:
     return url
 
 
+Servers = tuple[FedServer, FedServer, FedServer, list[ServerProcess]]
+_SENT = re.compile(r"Sent transaction \S+ to (\S+):")
+
+
 @pytest.fixture
-async def servers(tmp_path: Path) -> AsyncIterator[tuple[FedServer, FedServer, ServerProcess]]:
+async def servers(tmp_path: Path) -> AsyncIterator[Servers]:
     base = postgres_url()
     assert base is not None
     database = PostgresDatabase(base)
     await database.create()
     a = FedServer(tmp_path, "a", database_url=database.url)
     config = yaml.safe_load(a.config_path.read_text())
-    worker_port = free_port()
     config["listeners"].append({"port": free_port(), "resources": ["replication"]})
     config["redis"] = {"url": _redis_url()}
-    config["workers"] = {"sender": {"roles": ["federation_sender"], "listeners": [
-        {"port": worker_port, "resources": ["metrics"]}]}}
+    ports = [free_port(), free_port()]
+    config["workers"] = {f"sender{i}": {"roles": ["federation_sender"], "listeners": [
+        {"port": port, "resources": ["metrics"]}]} for i, port in enumerate(ports)}
+    # (what each worker sent, and to whom, in its log)
+    config["logging"]["loggers"] = {"federation.sender.queue": "DEBUG"}
     a.config_path.write_text(yaml.safe_dump(config))
     b = FedServer(tmp_path, "b")
+    # C in the other worker's shard than B's (a server's name is its port here).
+    c = FedServer(tmp_path, "c0")
+    for attempt in range(1, 20):
+        if Shard(0, 2).owns(c.server_name) != Shard(0, 2).owns(b.server_name):
+            break
+        c = FedServer(tmp_path, f"c{attempt}")
     a.start()
-    worker = ServerProcess(a.config_path, tmp_path / "sender.log", worker="sender")
+    workers = [ServerProcess(a.config_path, tmp_path / f"sender{i}.log", worker=f"sender{i}")
+               for i in range(2)]
     b.start()
+    c.start()
     try:
-        wait_for_port(worker_port, worker.proc)
-        yield a, b, worker
+        for port, worker in zip(ports, workers, strict=True):
+            wait_for_port(port, worker.proc)
+        yield a, b, c, workers
     finally:
-        code = worker.stop()
+        codes = [worker.stop() for worker in workers]
         a.stop()
         b.stop()
+        c.stop()
         await database.drop()
-        assert code == 0, worker.log()
-        assert "Traceback" not in worker.log(), worker.log()
+        assert codes == [0, 0], "".join(worker.log() for worker in workers)
+        for worker in workers:
+            assert "Traceback" not in worker.log(), worker.log()
 
 
-async def test_what_a_sends_goes_out_through_its_sender_worker(
-        servers: tuple[FedServer, FedServer, ServerProcess]) -> None:
-    a, b, worker = servers
-    assert worker.proc.poll() is None
+async def test_what_a_sends_goes_out_through_its_sender_workers(servers: Servers) -> None:
+    a, b, c, workers = servers
     alice: User = await a.register("alice")
     bob: User = await b.register("bob")
+    carol: User = await c.register("carol")
     room_id = await alice.create_room(preset="public_chat")
-    # B joins through A's main process (make_join / send_join are answered there).
-    assert await bob.join(room_id, via=[a.server_name]) == room_id
-    await alice.wait_for_membership(room_id, bob.user_id, "join")
+    # B and C join through A's main process (make_join / send_join are answered there).
+    for user in (bob, carol):
+        assert await user.join(room_id, via=[a.server_name]) == room_id
+        await alice.wait_for_membership(room_id, user.user_id, "join")
 
-    # An event sent at A reaches B: only the worker sends.
-    event_id = await alice.send_text(room_id, "from A's worker")
+    # An event sent at A reaches B and C: only the workers send.
+    event_id = await alice.send_text(room_id, "from A's workers")
     await bob.wait_for_event(room_id, type="m.room.message", event_id=event_id)
+    await carol.wait_for_event(room_id, type="m.room.message", event_id=event_id)
     # And B's events reach A (A's main process receives).
     reply = await bob.send_text(room_id, "to A's main process")
     await alice.wait_for_event(room_id, type="m.room.message", event_id=reply)
@@ -97,4 +118,9 @@ async def test_what_a_sends_goes_out_through_its_sender_worker(
     await bob.wait_for(lambda r: alice.user_id in r.get("device_lists", {}).get("changed", []),
                        what="alice in device_lists.changed")
     assert "Traceback" not in a.log()
-    assert worker.proc.poll() is None  # (still serving: it sent all of the above)
+    # Each destination had one sender: the worker whose shard holds it.
+    for i, worker in enumerate(workers):
+        assert worker.proc.poll() is None  # (still serving)
+        sent_to = set(_SENT.findall(worker.log()))
+        owned = {s.server_name for s in (b, c) if Shard(i, 2).owns(s.server_name)}
+        assert sent_to == owned, (i, sent_to, owned)

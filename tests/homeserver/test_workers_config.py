@@ -3,6 +3,9 @@ one line per problem with its key's path, and the proxy configuration follows th
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +81,22 @@ def test_worker_roles_ports_and_keys_are_checked(tmp_path: Path) -> None:
         p2={"roles": ["push"], "listeners": [{"port": 8106, "resources": ["metrics"]}]}))
     assert any(p.startswith("workers.p2: only one worker may have the push role")
                for p in two_pushers)
-    two_senders = _problems(tmp_path, workers=_workers(
+    # Federation senders are sharded by destination: any number.
+    config = _good(tmp_path, workers=_workers(
         f1={"roles": ["federation_sender"], "listeners": [{"port": 8107,
                                                             "resources": ["metrics"]}]},
         f2={"roles": ["federation_sender"], "listeners": [{"port": 8108,
                                                             "resources": ["metrics"]}]}))
-    assert any(p.startswith("workers.f2: only one worker may have the federation_sender")
-               for p in two_senders)
+    f1, f2 = config.worker("f1"), config.worker("f2")
+    assert f1 is not None and f2 is not None
+    assert config.shard_of(f1, "federation_sender") == (0, 2)
+    assert config.shard_of(f2, "federation_sender") == (1, 2)
+    from federation.sender.queue import Shard
+
+    names = [f"s{i}.example" for i in range(50)]
+    owners = [[Shard(i, 2).owns(n) for i in range(2)] for n in names]
+    assert all(sum(o) == 1 for o in owners)  # one sender each
+    assert 10 < sum(o[0] for o in owners) < 40  # spread
 
 
 def test_what_a_client_worker_serves_itself() -> None:
@@ -175,6 +187,10 @@ def test_what_a_federation_inbound_worker_serves_itself(tmp_path: Path) -> None:
                    workers=_workers(fed={"roles": ["federation_inbound"], "listeners": [
                        {"port": 8448, "resources": ["federation"]}]}))
     assert config.main_federation_url() == "http://127.0.0.1:8449"
+    text = nginx(config, "127.0.0.1:8080")
+    assert "server 127.0.0.1:8448;  # fed" in text
+    assert "location ~ ^/_matrix/(?:federation|key)/ {" in text
+    assert "use_backend ktchat_federation if ktchat_federation" in haproxy(config, "*:8080")
     # Its federation listener needs the role; the relays need the main process's listener.
     problems = _problems(tmp_path, workers=_workers(
         fed={"roles": ["federation_inbound"], "listeners": [
@@ -185,6 +201,40 @@ def test_what_a_federation_inbound_worker_serves_itself(tmp_path: Path) -> None:
                             "federation_inbound role") for p in problems)
     assert any("federation_inbound workers need a main-process listener with the federation"
                in p for p in problems)
+
+
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+def test_the_printed_proxy_configs_are_valid(kind: str, tmp_path: Path) -> None:
+    """Every kind of worker at once, checked by the proxy itself (``nginx -t``,
+    ``haproxy -c``)."""
+    binary = shutil.which(kind, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{kind} is not installed (.ci/run installs it)")
+        pytest.skip(f"{kind} is not installed")
+    config = _good(tmp_path, listeners=[{"port": 8008, "resources": ["client"]},
+                                        {"port": 8449, "resources": ["federation"]},
+                                        {"port": 9093, "resources": ["replication"]}],
+                   workers=_workers(
+                       pics={"roles": ["media"], "listeners": [{"port": 8104,
+                                                                "resources": ["media"]}]},
+                       fed={"roles": ["federation_inbound"], "listeners": [
+                           {"port": 8448, "tls": True, "resources": ["federation"]}]}),
+                   tls={"certificate_path": str(tmp_path / "c.pem"),
+                        "private_key_path": str(tmp_path / "k.pem")})
+    if kind == "nginx":
+        (tmp_path / "routes.conf").write_text(nginx(config, "127.0.0.1:8080"))
+        (tmp_path / "nginx.conf").write_text(
+            f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+            f"http {{\n  access_log off;\n  include {tmp_path}/routes.conf;\n}}\n")
+        command = [binary, "-t", "-q", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]
+    else:
+        (tmp_path / "haproxy.cfg").write_text(
+            "global\n  maxconn 256\ndefaults\n  mode http\n  timeout connect 5s\n"
+            + haproxy(config, "127.0.0.1:8080"))
+        command = [binary, "-c", "-q", "-f", str(tmp_path / "haproxy.cfg")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_run_refuses_an_unknown_worker(tmp_path: Path, capsys: pytest.CaptureFixture[str]
