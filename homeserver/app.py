@@ -34,7 +34,8 @@ from federation.transport.client import FederationClient
 from federation.transport.push_gateway import PushGatewayClient
 from federation.transport.url_fetch import UrlFetchClient
 from homeserver.appkeys import SERVICES
-from homeserver.config import HomeserverConfig, ListenerConfig, WorkerConfig
+from homeserver.config import HomeserverConfig
+from homeserver.config_workers import ListenerConfig, WorkerConfig
 from homeserver.http.access_log import AccessLogger
 from homeserver.http.client_ip import x_forwarded_middleware
 from homeserver.http.disconnect import disconnect_middleware
