@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from core.crypto.passwords import PasswordHasher
 from core.crypto.signing_keys import generate_key_file
 from homeserver.app import build_app
 from homeserver.config import HomeserverConfig, parse_config
@@ -109,6 +110,18 @@ async def open_database(kind: str, tmp_path: Path) -> AsyncIterator[Database]:
         await schema.drop()
 
 
+def test_hasher() -> PasswordHasher:
+    """The password hasher of the in-process servers: argon2id as in production, at its
+    lowest cost (1 MiB, one pass). Every test registers users, and the production cost
+    (19 MiB, two passes: tens of milliseconds a hash) made that a good part of the suite's
+    time; ``tests/core/test_crypto.py`` holds the production parameters, and the servers
+    the tests run as processes use them."""
+    return PasswordHasher(memory_kib=1024, time_cost=1)
+
+
+test_hasher.__test__ = False  # type: ignore[attr-defined]  # (not a test: a helper)
+
+
 def make_config(tmp_path: Path, **overrides: Any) -> HomeserverConfig:
     """A valid config for tests; ``overrides`` are top-level YAML keys (sections merge)."""
     key_path = tmp_path / "signing.key"
@@ -155,7 +168,7 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path,
 @pytest.fixture
 async def services(tmp_path: Path, config_overrides: dict[str, Any]
                    ) -> AsyncIterator[Services]:
-    services = build_services(make_config(tmp_path, **config_overrides))
+    services = build_services(make_config(tmp_path, **config_overrides), hasher=test_hasher())
     await services.start()
     try:
         yield services

@@ -11,7 +11,7 @@ import pytest
 from homeserver.config import HomeserverConfig
 from homeserver.services.container import Services, build_services
 from storage import Database
-from tests.conftest import PostgresSchema, make_config, postgres_url
+from tests.conftest import PostgresSchema, make_config, postgres_url, test_hasher
 
 
 class Harness:
@@ -41,11 +41,11 @@ class Harness:
     def _build(self) -> Services:
         if self.schema is None:
             config = make_config(self.tmp_path, **self.overrides)
-            return build_services(config, **self.extras(config))
+            return build_services(config, hasher=test_hasher(), **self.extras(config))
         config = make_config(self.tmp_path,
                              **{**self.overrides, "database": {"url": self.schema.url}})
         db = Database(self.schema.url, postgres_search_path=self.schema.name)
-        return build_services(config, db=db, **self.extras(config))
+        return build_services(config, db=db, hasher=test_hasher(), **self.extras(config))
 
     async def start(self) -> Services:
         self.services = self._build()
