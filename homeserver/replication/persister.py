@@ -12,14 +12,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import aiohttp
-import orjson
 from aiohttp import web
 
-from core.errors import MatrixError
 from core.events.model import Event
 from core.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.replication.secret import HEADER, SCHEME, authorized
+from homeserver.replication.internal_http import InternalClient, add_internal_route
 from roomserver.api import LocalRooms, NewEvent, RoomHead, StateKey
 
 T = TypeVar("T")
@@ -53,26 +50,13 @@ def _new_event_from_json(data: Mapping[str, Any]) -> NewEvent:
 def add_persister_routes(app: web.Application, rooms: LocalRooms, secret: str) -> None:
     """The replication resource: what workers ask of this process's roomserver."""
 
-    async def send_events(request: web.Request) -> web.Response:
-        if not authorized(request.headers.get(HEADER), secret):
-            return web.json_response({"errcode": "M_FORBIDDEN", "error": "Not a worker"},
-                                     status=403)
-        try:
-            body = orjson.loads(await request.read())
-            room_id = str(body["room_id"])
-            news = [_new_event_from_json(n) for n in body["events"]]
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            return web.json_response({"errcode": "M_BAD_JSON", "error": "Bad request"},
-                                     status=400)
-        try:
-            events = await rooms.send_events(room_id, news)
-        except MatrixError as e:
-            return web.Response(body=orjson.dumps(e.to_json()), status=e.status,
-                                content_type="application/json")
-        return web.Response(body=orjson.dumps({"events": [_event_json(e) for e in events]}),
-                            content_type="application/json")
+    async def send_events(body: Any) -> Any:
+        room_id = str(body["room_id"])
+        news = [_new_event_from_json(n) for n in body["events"]]
+        events = await rooms.send_events(room_id, news)
+        return {"events": [_event_json(e) for e in events]}
 
-    app.router.add_post(SEND_EVENTS, send_events)
+    add_internal_route(app, SEND_EVENTS, secret, send_events)
 
 
 class PersisterClient:
@@ -80,31 +64,14 @@ class PersisterClient:
 
     def __init__(self, local: LocalRooms, persister_url: str, secret: str) -> None:
         self._local = local
-        self._url = persister_url.rstrip("/") + SEND_EVENTS
-        self._auth = SCHEME + secret
-        self._session: aiohttp.ClientSession | None = None
+        self._client = InternalClient(persister_url, SEND_EVENTS, secret, _TIMEOUT_S)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._client.close()
 
     async def send_events(self, room_id: str, news: list[NewEvent]) -> list[Event]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=_TIMEOUT_S))
-        body = orjson.dumps({"room_id": room_id, "events": [_new_event_json(n) for n in news]})
-        try:
-            async with self._session.post(self._url, data=body, headers={
-                    HEADER: self._auth, "Content-Type": "application/json"}) as response:
-                data = orjson.loads(await response.read())
-                status = response.status
-        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as e:
-            raise MatrixError("The event persister cannot be reached", status=503,
-                              errcode="M_UNKNOWN") from e
-        if status != 200:
-            raise MatrixError(str(data.get("error", "Error")), status=status,
-                              errcode=str(data.get("errcode", "M_UNKNOWN")),
-                              **{k: v for k, v in data.items() if k not in ("errcode", "error")})
+        data = await self._client.post(
+            {"room_id": room_id, "events": [_new_event_json(n) for n in news]})
         return [_event_from_json(e) for e in data["events"]]
 
     async def send(self, room_id: str, new: NewEvent) -> Event:

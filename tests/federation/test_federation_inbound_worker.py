@@ -19,8 +19,10 @@ import yaml
 from core.events.hashing import compute_event_id
 from federation.inbound.forwarded import FEDERATION_SEND
 from tests.conftest import postgres_url
-from tests.federation.test_federation_sender_worker import _redis_url
-from tests.federation.test_to_device_federation import collect, send_to_device, to_device_token
+from tests.federation.test_federation_sender_worker import (
+    _redis_url,
+    ephemeral_and_to_device_reach,
+)
 from tests.helpers.fake_peer import FakePeer
 from tests.helpers.federation import FedServer, PostgresDatabase, User
 from tests.helpers.processes import ServerProcess, free_port, wait_for_port
@@ -91,16 +93,7 @@ async def test_b_talks_to_a_through_its_inbound_worker(
     await bob.wait_for_event(room_id, type="m.room.message", event_id=event_id)
 
     # EDUs of the transactions: typing, receipts, to-device.
-    await bob.typing(room_id, True)
-    await alice.wait_for_ephemeral(room_id, "m.typing",
-                                   lambda c: bob.user_id in c.get("user_ids", []))
-    await bob.receipt(room_id, event_id)
-    await alice.wait_for_ephemeral(
-        room_id, "m.receipt", lambda c: bob.user_id in c.get(event_id, {}).get("m.read", {}))
-    since = await to_device_token(alice)
-    await send_to_device(bob, "m.test", {alice.user_id: {alice.device_id: {"hi": "alice"}}})
-    events, _ = await collect(alice, since, 1)
-    assert [e["content"] for e in events] == [{"hi": "alice"}]
+    await ephemeral_and_to_device_reach(bob, alice, room_id, event_id)
 
     # An invite from B (relayed to the main process), and A's user joining B's room.
     other = await bob.create_room(preset="private_chat")

@@ -30,6 +30,23 @@ def _redis_url() -> str:
     return url
 
 
+async def ephemeral_and_to_device_reach(sender: User, receiver: User, room_id: str,
+                                        event_id: str) -> None:
+    """``sender`` types in the room, reads ``event_id`` and sends ``receiver`` a to-device
+    message: each reaches ``receiver``, on another server."""
+    await sender.typing(room_id, True)
+    await receiver.wait_for_ephemeral(room_id, "m.typing",
+                                      lambda c: sender.user_id in c.get("user_ids", []))
+    await sender.receipt(room_id, event_id)
+    await receiver.wait_for_ephemeral(
+        room_id, "m.receipt", lambda c: sender.user_id in c.get(event_id, {}).get("m.read", {}))
+    since = await to_device_token(receiver)
+    await send_to_device(sender, "m.test",
+                         {receiver.user_id: {receiver.device_id: {"hello": receiver.user_id}}})
+    events, _ = await collect(receiver, since, 1)
+    assert [e["content"] for e in events] == [{"hello": receiver.user_id}]
+
+
 Servers = tuple[FedServer, FedServer, FedServer, list[ServerProcess]]
 _SENT = re.compile(r"Sent transaction \S+ to (\S+):")
 
@@ -96,19 +113,9 @@ async def test_what_a_sends_goes_out_through_its_sender_workers(servers: Servers
     reply = await bob.send_text(room_id, "to A's main process")
     await alice.wait_for_event(room_id, type="m.room.message", event_id=reply)
 
-    # Typing and receipts (kept in the worker's memory until sent) reach B.
-    await alice.typing(room_id, True)
-    await bob.wait_for_ephemeral(room_id, "m.typing",
-                                 lambda c: alice.user_id in c.get("user_ids", []))
-    await alice.receipt(room_id, reply)
-    await bob.wait_for_ephemeral(
-        room_id, "m.receipt",
-        lambda c: alice.user_id in c.get(reply, {}).get("m.read", {}))
-    # To-device (queued durably by the main process, sent by the worker).
-    since = await to_device_token(bob)
-    await send_to_device(alice, "m.test", {bob.user_id: {bob.device_id: {"hello": "bob"}}})
-    events, _ = await collect(bob, since, 1)
-    assert [e["content"] for e in events] == [{"hello": "bob"}]
+    # Typing and receipts (kept in the worker's memory until sent) reach B, and to-device
+    # messages (queued durably by the main process, sent by the worker).
+    await ephemeral_and_to_device_reach(alice, bob, room_id, reply)
     # A device-list change (queued durably by the main process) reaches B.
     await alice.request("POST", "/keys/upload", {"device_keys": {
         "user_id": alice.user_id, "device_id": alice.device_id,
