@@ -267,13 +267,15 @@ def build_worker(config: HomeserverConfig, worker: WorkerConfig, bus: RedisBus
 
 
 def build_metrics(config: HomeserverConfig, services: Services,
-                  federation: Federation | None) -> ServerMetrics | None:
+                  federation: Federation | None, bus: RedisBus | None = None
+                  ) -> ServerMetrics | None:
     """The metrics, when a listener serves them (otherwise nothing is counted)."""
     if not any("metrics" in listener.resources for listener in config.listeners):
         return None
     if federation is None:
-        return ServerMetrics(services)
-    return ServerMetrics(services, sender=federation.sender, inbound=federation.transactions)
+        return ServerMetrics(services, replication=bus)
+    return ServerMetrics(services, sender=federation.sender, inbound=federation.transactions,
+                         replication=bus)
 
 
 def _freeze_start_up_objects() -> None:
@@ -321,7 +323,7 @@ async def serve(config: HomeserverConfig, worker_name: str | None = None) -> Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runners: list[web.AppRunner] = []
-    metrics = build_metrics(config, services, federation)
+    metrics = build_metrics(config, services, federation, bus)
     _freeze_start_up_objects()  # before the first request: a full collection takes a while
     try:
         for listener in config.listeners:
@@ -358,8 +360,11 @@ async def _serve_worker(config: HomeserverConfig, worker: WorkerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runners: list[web.AppRunner] = []
-    metrics = ServerMetrics(services) \
-        if any("metrics" in lst.resources for lst in worker.listeners) else None
+    metrics = ServerMetrics(
+        services, sender=parts.sender,
+        inbound=parts.federation.transactions if parts.federation is not None else None,
+        replication=bus, relayed=lambda: relay.relayed,
+    ) if any("metrics" in lst.resources for lst in worker.listeners) else None
     _freeze_start_up_objects()
     try:
         for listener in worker.listeners:

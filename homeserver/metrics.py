@@ -9,7 +9,7 @@ file descriptors. One registry per server, so several servers can live in one pr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 from aiohttp import web
@@ -45,15 +45,31 @@ class InboundTransactionStats(Protocol):
     def outcomes(self) -> Mapping[str, int]: ...
 
 
+class ReplicationStats(Protocol):
+    """The bus between the processes of one server (``homeserver.replication.bus``)."""
+
+    published: int
+    received: int
+    resubscribes: int
+
+    @property
+    def backlog(self) -> int: ...
+
+
 class ServerMetrics:
     """The registry of one server, and the request counts its listeners add to."""
 
     def __init__(self, services: Services, *,
                  sender: FederationSenderStats | None = None,
-                 inbound: InboundTransactionStats | None = None) -> None:
+                 inbound: InboundTransactionStats | None = None,
+                 replication: ReplicationStats | None = None,
+                 relayed: Callable[[], int] | None = None) -> None:
+        """``replication``: the bus, with workers; ``relayed``: a worker's count of the
+        requests it passed to the main process."""
         self.requests = RequestStats()
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(KtchatCollector(services, self.requests, sender, inbound))
+        self.registry.register(KtchatCollector(services, self.requests, sender, inbound,
+                                               replication, relayed))
         # (each registers itself)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -80,11 +96,15 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], histogram: Hist
 class KtchatCollector(Collector):
     def __init__(self, services: Services, requests: RequestStats,
                  sender: FederationSenderStats | None,
-                 inbound: InboundTransactionStats | None) -> None:
+                 inbound: InboundTransactionStats | None,
+                 replication: ReplicationStats | None = None,
+                 relayed: Callable[[], int] | None = None) -> None:
         self._services = services
         self._requests = requests
         self._sender = sender
         self._inbound = inbound
+        self._replication = replication
+        self._relayed = relayed
 
     def collect(self) -> Iterator[Metric]:
         yield from self._http()
@@ -93,6 +113,7 @@ class KtchatCollector(Collector):
         yield from self._caches()
         yield from self._database()
         yield from self._federation()
+        yield from self._workers()
 
     def _http(self) -> Iterator[Metric]:
         duration = HistogramMetricFamily(
@@ -180,3 +201,25 @@ class KtchatCollector(Collector):
             if interval_ms is not None:
                 backoff.add_metric([name], interval_ms / 1000)
         yield backoff
+
+    def _workers(self) -> Iterator[Metric]:
+        bus = self._replication
+        if bus is not None:
+            yield CounterMetricFamily("ktchat_replication_published",
+                                      "Messages this process published to the others",
+                                      value=bus.published)
+            yield CounterMetricFamily("ktchat_replication_received",
+                                      "Messages this process received from the others",
+                                      value=bus.received)
+            yield GaugeMetricFamily("ktchat_replication_backlog",
+                                    "Messages waiting to be published (Redis slow or away)",
+                                    value=bus.backlog)
+            yield CounterMetricFamily(
+                "ktchat_replication_resubscribes",
+                "Times the subscription was lost and made again (what was published "
+                "meanwhile was missed: the process forgot what it knew of changes)",
+                value=bus.resubscribes)
+        if self._relayed is not None:
+            yield CounterMetricFamily("ktchat_worker_relayed_requests",
+                                      "Requests this worker passed on to the main process",
+                                      value=self._relayed())

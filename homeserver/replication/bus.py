@@ -65,6 +65,7 @@ class RedisBus:
         self.on_resubscribed: list[Callable[[], None]] = []
         self.published = 0
         self.received = 0
+        self.resubscribes = 0
 
     def subscribe(self, topic: str, handler: Handler) -> None:
         self._handlers.setdefault(topic, []).append(handler)
@@ -90,6 +91,11 @@ class RedisBus:
         self._tasks.clear()
         if self._redis is not None:
             await self._redis.aclose()
+
+    @property
+    def backlog(self) -> int:
+        """Messages waiting to be published (Redis slow or away)."""
+        return self._queue.qsize()
 
     async def _drain(self) -> None:
         await self._queue.join()
@@ -117,6 +123,7 @@ class RedisBus:
                 await pubsub.subscribe(self._channel)
                 self._subscribed.set()
                 if not first:
+                    self.resubscribes += 1
                     for callback in self.on_resubscribed:
                         callback()
                 first = False

@@ -22,6 +22,7 @@ from tests.conftest import postgres_url
 from tests.federation.test_federation_sender_worker import (
     _redis_url,
     ephemeral_and_to_device_reach,
+    metric_samples,
 )
 from tests.helpers.fake_peer import FakePeer
 from tests.helpers.federation import FedServer, PostgresDatabase, User
@@ -30,9 +31,13 @@ from tests.helpers.processes import ServerProcess, free_port, wait_for_port
 _SEND = re.compile(r"\"PUT /_matrix/federation/v1/send/\S+\" 200 ")
 
 
+# A, B, A's inbound worker, the port of its metrics listener.
+Servers = tuple[FedServer, FedServer, ServerProcess, int]
+
+
 @pytest.fixture
 async def servers(tmp_path: Path
-                  ) -> AsyncIterator[tuple[FedServer, FedServer, ServerProcess, ServerProcess]]:
+                  ) -> AsyncIterator[Servers]:
     base = postgres_url()
     assert base is not None
     database = PostgresDatabase(base)
@@ -47,10 +52,11 @@ async def servers(tmp_path: Path
     main_federation["port"] = a.federation_port = free_port()
     config["listeners"].append({"port": free_port(), "resources": ["replication"]})
     config["redis"] = {"url": _redis_url()}
-    sender_port = free_port()
+    sender_port, metrics_port = free_port(), free_port()
     config["workers"] = {
         "inbound": {"roles": ["federation_inbound"], "listeners": [
-            {"port": public_port, "tls": True, "resources": ["federation"]}]},
+            {"port": public_port, "tls": True, "resources": ["federation"]},
+            {"port": metrics_port, "resources": ["metrics"]}]},
         "sender": {"roles": ["federation_sender"], "listeners": [
             {"port": sender_port, "resources": ["metrics"]}]},
     }
@@ -63,7 +69,7 @@ async def servers(tmp_path: Path
     try:
         wait_for_port(public_port, inbound.proc)
         wait_for_port(sender_port, sender.proc)
-        yield a, b, inbound, sender
+        yield a, b, inbound, metrics_port
     finally:
         codes = [inbound.stop(), sender.stop()]
         a.stop()
@@ -75,8 +81,8 @@ async def servers(tmp_path: Path
 
 
 async def test_b_talks_to_a_through_its_inbound_worker(
-        servers: tuple[FedServer, FedServer, ServerProcess, ServerProcess]) -> None:
-    a, b, inbound, _sender = servers
+        servers: Servers) -> None:
+    a, b, inbound, metrics_port = servers
     alice: User = await a.register("alice")
     bob: User = await b.register("bob")
     room_id = await alice.create_room(preset="public_chat")
@@ -111,15 +117,19 @@ async def test_b_talks_to_a_through_its_inbound_worker(
     assert "/_matrix/federation/v1/send_join/" in a.log() or \
         "/_matrix/federation/v2/send_join/" in a.log()
     assert "Traceback" not in a.log()
+    # The worker counts what it received and what it relayed.
+    samples = await metric_samples(metrics_port)
+    assert samples[("ktchat_federation_inbound_transactions_total",
+                    (("outcome", "accepted"),))] >= 3
+    assert samples[("ktchat_worker_relayed_requests_total", ())] >= 2  # send_join, invite
 
 
 async def test_a_peers_transactions_are_checked_at_the_worker(
-        servers: tuple[FedServer, FedServer, ServerProcess, ServerProcess],
-        tmp_path: Path) -> None:
+        servers: Servers, tmp_path: Path) -> None:
     """Unsigned requests, PDUs whose signature or hash is wrong: refused or redacted by the
     worker's checks, in the answer the persister's outcome joins; the persister is never
     reachable without the workers' secret."""
-    a, _b, inbound, _sender = servers
+    a, _b, inbound, _metrics_port = servers
     peer = await FakePeer(tmp_path / "peer").start()
     try:
         alice = await a.register("alice")

@@ -11,8 +11,10 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from federation.sender.queue import Shard
 from tests.conftest import postgres_url
@@ -47,7 +49,17 @@ async def ephemeral_and_to_device_reach(sender: User, receiver: User, room_id: s
     assert [e["content"] for e in events] == [{"hello": receiver.user_id}]
 
 
-Servers = tuple[FedServer, FedServer, FedServer, list[ServerProcess]]
+async def metric_samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A worker's metrics listener: every sample, (name, sorted labels) -> value."""
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{port}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+Servers = tuple[FedServer, FedServer, FedServer, list[ServerProcess], list[int]]
 _SENT = re.compile(r"Sent transaction \S+ to (\S+):")
 
 
@@ -82,7 +94,7 @@ async def servers(tmp_path: Path) -> AsyncIterator[Servers]:
     try:
         for port, worker in zip(ports, workers, strict=True):
             wait_for_port(port, worker.proc)
-        yield a, b, c, workers
+        yield a, b, c, workers, ports
     finally:
         codes = [worker.stop() for worker in workers]
         a.stop()
@@ -95,7 +107,7 @@ async def servers(tmp_path: Path) -> AsyncIterator[Servers]:
 
 
 async def test_what_a_sends_goes_out_through_its_sender_workers(servers: Servers) -> None:
-    a, b, c, workers = servers
+    a, b, c, workers, ports = servers
     alice: User = await a.register("alice")
     bob: User = await b.register("bob")
     carol: User = await c.register("carol")
@@ -131,3 +143,8 @@ async def test_what_a_sends_goes_out_through_its_sender_workers(servers: Servers
         sent_to = set(_SENT.findall(worker.log()))
         owned = {s.server_name for s in (b, c) if Shard(i, 2).owns(s.server_name)}
         assert sent_to == owned, (i, sent_to, owned)
+        # Its metrics: its sender's queue, and the bus it followed the commits on.
+        samples = await metric_samples(ports[i])
+        assert ("ktchat_federation_outbound_queue_depth", ()) in samples
+        assert samples[("ktchat_replication_received_total", ())] > 0
+        assert samples[("ktchat_replication_resubscribes_total", ())] == 0
