@@ -270,6 +270,11 @@ class EventErasure(Protocol):
         entries (a history purge)."""
         ...
 
+    def deleted_elsewhere(self, room_id: str, event_ids: Iterable[str]) -> None:
+        """Another process (the writer) deleted these events of the room (a purge, the room's
+        removal): forget what this process cached of them and of the room."""
+        ...
+
 
 class LocalRooms(RoomReader, RoomWriter, Protocol):
     """What the client-facing services use: reading rooms and writing local events."""

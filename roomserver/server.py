@@ -125,6 +125,12 @@ class RoomServer:
     async def purge_events(self, nids_and_ids: Sequence[tuple[int, str]]) -> None:
         await self._store.delete_events(nids_and_ids)
 
+    def deleted_elsewhere(self, room_id: str, event_ids: Iterable[str]) -> None:
+        event_ids = list(event_ids)
+        self._store.forget_events(event_ids)
+        self._store.db.events.forget_cached(event_ids)
+        self._writer.forget_rooms({room_id})
+
     # -- RemoteEventWriter ------------------------------------------------------------------
 
     async def receive(self, event: Event, *, relay_except: str | None = None) -> Outcome:

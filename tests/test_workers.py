@@ -319,6 +319,30 @@ async def test_what_one_worker_writes_reaches_syncs_on_the_other(cluster: Cluste
         await asyncio.sleep(0.5)
         assert "across workers" not in timeline_bodies(await bob.at(w1).sync(), room_id)
 
+        # An admin's purge at the main process: what w1 had cached of the purged events
+        # (the event, the room's recent window its syncs answer from) goes at once.
+        purged_id = (await alice.at(w2).call(
+            "PUT", f"/rooms/{room_id}/send/m.room.message/purged1",
+            {"msgtype": "m.text", "body": "to be purged"}))["event_id"]
+        await bob.at(w1).call("GET", f"/rooms/{room_id}/event/{purged_id}")
+        assert "to be purged" in timeline_bodies(await bob.at(w1).sync(), room_id)
+        await alice.call("PUT", f"/rooms/{room_id}/send/m.room.message/after1",
+                         {"msgtype": "m.text", "body": "after the purge point"})
+        ktchat("admin", "-c", str(cluster.config_path), "make-admin", alice.user_id)
+        admin = "/../../../_synapse/admin/v1"
+        purge_id = (await alice.call("POST", f"{admin}/purge_history/{room_id}", {
+            "delete_local_events": True,
+            "purge_up_to_ts": int(time.time() * 1000)}))["purge_id"]
+        for _ in range(100):
+            status = (await alice.call("GET", f"{admin}/purge_history_status/{purge_id}"))
+            if status["status"] != "active":
+                break
+            await asyncio.sleep(0.1)
+        assert status["status"] == "complete", status
+        await asyncio.sleep(0.5)
+        await bob.at(w1).call("GET", f"/rooms/{room_id}/event/{purged_id}", status=404)
+        assert "to be purged" not in timeline_bodies(await bob.at(w1).sync(), room_id)
+
         # Logging out at w1 ends the session at w2 at once.
         await bob.at(w1).call("POST", "/logout", {})
         await bob.call("GET", "/account/whoami", status=401)

@@ -105,7 +105,8 @@ def follow_writer(bus: RedisBus, services: Services,
     bus.subscribe("tokens", lambda p, _: services.auth.apply_forget_user(p))
     bus.subscribe("push_rules_changed",
                   lambda p, _: services.push_rules.changed_elsewhere(p))
-    bus.subscribe("room_purged", lambda p, _: notifier.apply_room_purged(p))
+    bus.subscribe("room_purged", lambda p, _: services.purge.deleted_elsewhere(
+        p["room"], set(p["events"]), p["users"]))
     bus.subscribe("media_uploaded", lambda p, _: services.media.uploaded(p))
     bus.subscribe("push_queued", lambda _p, _o: services.pushers.wake.set())
     bus.subscribe("pushers_changed", lambda _p, _o: services.pushers.changed_elsewhere())

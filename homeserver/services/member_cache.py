@@ -36,7 +36,7 @@ class MembershipCache:
         event in."""
         return (await self._entry(user_id))[1]
 
-    def invalidate(self, user_ids: list[str]) -> None:
+    def invalidate(self, user_ids: Iterable[str]) -> None:
         """Memberships changed outside the event stream (a room was deleted)."""
         for user_id in user_ids:
             self._entries.pop(user_id, None)

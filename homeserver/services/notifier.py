@@ -224,9 +224,13 @@ class Notifier:
         for room_id in presence_of_rooms:
             self._wake(self._by_presence_room.pop(room_id, ()))
 
-    def room_purged(self, room_id: str) -> None:
-        """Stored events of the room were deleted (not news: no waiter wakes)."""
-        self._replication.publish("room_purged", room_id)
+    def room_purged(self, room_id: str, event_ids: Iterable[str] = (),
+                    users: Iterable[str] = ()) -> None:
+        """Stored events of the room were deleted (not news: no waiter wakes); ``users``
+        lost their memberships of it (a removed room)."""
+        if self._replication.active:
+            self._replication.publish("room_purged", {
+                "room": room_id, "events": sorted(event_ids), "users": sorted(users)})
         self.apply_room_purged(room_id)
 
     def apply_room_purged(self, room_id: str) -> None:

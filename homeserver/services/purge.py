@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,12 +120,23 @@ class PurgeService:
         logger.info("Purged %d events from %s", len(doomed), room_id)
         return len(doomed)
 
-    def _forget(self, event_ids: set[str], room_id: str) -> None:
+    def _forget(self, event_ids: set[str], room_id: str, users: Sequence[str] = ()) -> None:
         """Deleted events leave the services' caches (the roomserver forgets its own, and
-        storage's)."""
+        storage's), and ``users``' memberships the membership cache; the workers are told."""
         self._serializer.forget(event_ids)
         self._notifier.recent.discard(room_id, event_ids)
-        self._notifier.room_purged(room_id)
+        self._members.invalidate(users)
+        self._notifier.room_purged(room_id, event_ids, users)
+
+    def deleted_elsewhere(self, room_id: str, event_ids: set[str], users: Sequence[str]
+                          ) -> None:
+        """A worker: the writer deleted these events (a purge, the room's removal); what this
+        process cached of them, of the room and of ``users``' memberships goes."""
+        self._erasure.deleted_elsewhere(room_id, event_ids)
+        self._serializer.forget(event_ids)
+        self._notifier.recent.discard(room_id, event_ids)
+        self._members.invalidate(users)
+        self._notifier.apply_room_purged(room_id)
 
     async def purge_point(self, room_id: str, *, event_id: str | None, ts: int | None
                           ) -> PurgePoint:
@@ -260,8 +271,7 @@ class PurgeService:
             room_id, lambda: self._store.delete_room(room_id))
         # (remove_room forgot the roomserver's cached events of the room)
         self._events.forget_cached(deleted)
-        self._forget(set(deleted), room_id)
-        self._members.invalidate(with_membership)
+        self._forget(set(deleted), room_id, with_membership)
         await self._store.reclaim_space()
         logger.info("Deleted room %s (%d events)", room_id, len(deleted))
 
