@@ -355,6 +355,7 @@ async def _serve_worker(config: HomeserverConfig, worker: WorkerConfig) -> None:
     # Subscribed before the positions are read: nothing committed in between is missed.
     await bus.start()
     await parts.start()
+    bus.publish("worker_started", worker.name)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

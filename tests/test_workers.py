@@ -255,6 +255,17 @@ async def test_what_one_worker_writes_reaches_syncs_on_the_other(cluster: Cluste
         _, bob_since = await sync_until(
             bob, bob_since, lambda r: any(alice.user_id in e["content"]["user_ids"]
                                           for e in ephemeral(r, room_id, "m.typing")))
+        # A worker started while alice types knows it from its first sync.
+        assert cluster.processes["w1"].stop() == 0
+        cluster.start("w1", "w1-again.log")
+        for _ in range(20):  # (its first message from the main process: milliseconds)
+            fresh = await bob.at(w1).sync()
+            if any(alice.user_id in e["content"]["user_ids"]
+                   for e in ephemeral(fresh, room_id, "m.typing")):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"no typing at the new worker: {fresh['rooms']['join']}")
 
         # A read receipt through w2 reaches alice's sync on w1.
         await bob.call("POST", f"/rooms/{room_id}/receipt/m.read/{event_id}", {})

@@ -123,6 +123,8 @@ def serve_workers(bus: RedisBus, services: Services) -> None:
     bus.subscribe("presence_syncs", lambda users, origin: presence.apply_worker_syncs(
         origin, {str(u): str(s) for u, s in users.items()}))
     bus.subscribe("presence_active", on_active)
+    # A worker that starts learns who is typing now.
+    bus.subscribe("worker_started", lambda _p, _o: services.typing.publish_all())
     # (``ktchat admin`` on the database: a deactivation, a new password)
     bus.subscribe("tokens", lambda p, _: services.auth.apply_forget_user(p))
     bus.subscribe("media_uploaded", lambda p, _: services.media.uploaded(p))

@@ -213,6 +213,12 @@ class TypingService:
         self._replication.publish("typing", [room_id, sorted(self._typing.get(room_id, ())),
                                              self._position, wake])
 
+    def publish_all(self) -> None:
+        """The writer: tell the workers who types where now (a worker that just started
+        knows nothing of typing that began before it)."""
+        for room_id in list(self._typing):
+            self._publish(room_id, wake=True)
+
     def apply_replicated(self, change: list[object]) -> None:
         """A worker: the writer says who types in a room now (``_publish``)."""
         room_id, users, position, wake = change
