@@ -148,3 +148,5 @@ async def test_what_a_sends_goes_out_through_its_sender_workers(servers: Servers
         assert ("ktchat_federation_outbound_queue_depth", ()) in samples
         assert samples[("ktchat_replication_received_total", ())] > 0
         assert samples[("ktchat_replication_resubscribes_total", ())] == 0
+        assert samples[("ktchat_replication_published_total", ())] >= 1  # (it started)
+        assert ("ktchat_replication_backlog", ()) in samples
