@@ -12,29 +12,38 @@ event types and state keys at most 255 bytes, else ``413 M_TOO_LARGE`` (Synapse'
 refused in every identifier but state keys. A ``/`` (``%2F`` in a path segment) is allowed in
 event types, state keys, account data types and transaction IDs, as Synapse allows it, and what
 is stored under it reads back under the same name.
+
+The refusals share one server and one world per backend (``env``): each compares what is
+stored before and after its own request, and a refusal leaves it as it found it. The tests
+that store something have a fresh server and world each (``client`` and ``world``).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+import pytest_asyncio
 import sqlalchemy as sa
 from aiohttp.test_utils import TestClient
 
 from homeserver.services.container import Services
 from storage import schema
 from tests.conftest import SERVER_NAME, bearer
-from tests.helpers.harness import harness_services
+from tests.helpers.harness import harness_services, served
 from tests.helpers.room_api import V3, User, api, create_room, join, new_user, send_text
 
 # Lengths in bytes of the over-long identifiers: just over the limit, and two the issue tried.
 LENGTHS = (256, 1000, 8000)
 
 
-services = harness_services
+services = harness_services  # of the fresh server of ``client`` (once per test)
+
+# The tests on the module's shared server (``env``) run in the module's event loop.
+shared = pytest.mark.asyncio(loop_scope="module")
 
 
 @dataclass
@@ -45,8 +54,7 @@ class World:
     event_id: str
 
 
-@pytest.fixture
-async def world(client: TestClient) -> World:
+async def build_world(client: TestClient) -> World:
     alice, bob = await new_user(client, "alice"), await new_user(client, "bob")
     room_id = await create_room(client, alice, preset="public_chat", room_alias_name="room")
     await join(client, bob, room_id)
@@ -58,6 +66,29 @@ async def world(client: TestClient) -> World:
         status, answer = await api(client, "PUT", path, alice, body, spec=False)
         assert status == 200, (path, answer)
     return World(alice, bob, room_id, event_id)
+
+
+@pytest.fixture
+async def world(client: TestClient) -> World:
+    """A world of its own on a fresh server, for a test that stores something."""
+    return await build_world(client)
+
+
+@dataclass
+class Env:
+    client: TestClient
+    services: Services
+    world: World
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
+async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> AsyncIterator[Env]:
+    """One server and one world per backend, shared by the refusals."""
+    kind = request.param
+    async with served(kind, tmp_path_factory.mktemp(f"identifiers-{kind}")) as (services,
+                                                                               client):
+        yield Env(client, services, await build_world(client))
 
 
 # Tables a refused identifier could have landed in.
@@ -215,21 +246,21 @@ async def _refused(client: TestClient, services: Services, w: World, method: str
     assert await snapshot(client, services, w) == before
 
 
+@shared
 @pytest.mark.parametrize("length", LENGTHS)
 @pytest.mark.parametrize(("name", "make", "status", "errcode"), OVERLONG,
                          ids=[name for name, *_ in OVERLONG])
 async def test_overlong_identifier_is_refused_and_nothing_is_stored(
-        client: TestClient, services: Services, world: World, name: str, make: Maker,
-        status: int, errcode: str, length: int) -> None:
-    method, path, body = make(world, length)
-    await _refused(client, services, world, method, path, body, status, errcode)
+        env: Env, name: str, make: Maker, status: int, errcode: str, length: int) -> None:
+    method, path, body = make(env.world, length)
+    await _refused(env.client, env.services, env.world, method, path, body, status, errcode)
 
 
-async def test_multibyte_identifiers_count_bytes(client: TestClient, services: Services,
-                                                 world: World) -> None:
+@shared
+async def test_multibyte_identifiers_count_bytes(env: Env) -> None:
     """200 characters of two bytes each are 400 bytes: over the limit."""
     wide = "é" * 200
-    w = world
+    w = env.world
     for method, path, body, status, errcode in (
             ("PUT", f"/directory/room/{_q('#' + wide + ':' + SERVER_NAME)}",
              {"room_id": w.room_id}, 400, "M_INVALID_PARAM"),
@@ -243,7 +274,7 @@ async def test_multibyte_identifiers_count_bytes(client: TestClient, services: S
              400, "M_INVALID_PARAM"),
             ("POST", f"/rooms/{_q(w.room_id)}/receipt/m.read/{_q(w.event_id)}",
              {"thread_id": "$" + wide}, 400, "M_INVALID_PARAM")):
-        await _refused(client, services, w, method, path, body, status, errcode)
+        await _refused(env.client, env.services, w, method, path, body, status, errcode)
 
 
 # Control characters (and other grammar errors): 400 M_INVALID_PARAM.
@@ -278,25 +309,28 @@ MALFORMED: list[tuple[str, str, Any]] = [
 ]
 
 
+@shared
 @pytest.mark.parametrize(("method", "template", "body"), MALFORMED,
                          ids=[f"{m} {t} {i}" for i, (m, t, _) in enumerate(MALFORMED)])
-async def test_malformed_identifier_is_invalid_param(client: TestClient, services: Services,
-                                                     world: World, method: str,
-                                                     template: str, body: Any) -> None:
+async def test_malformed_identifier_is_invalid_param(env: Env, method: str, template: str,
+                                                     body: Any) -> None:
+    world = env.world
     path = template.format(room=_q(world.room_id), me=_q(world.alice.user_id))
     if isinstance(body, dict) and body.get("room_id") == "{room}":
         body = {**body, "room_id": world.room_id}
-    await _refused(client, services, world, method, path, body, 400, "M_INVALID_PARAM")
+    await _refused(env.client, env.services, world, method, path, body, 400,
+                   "M_INVALID_PARAM")
 
 
-async def test_initial_state_key_must_be_a_string(client: TestClient, services: Services,
-                                                  world: World) -> None:
+@shared
+async def test_initial_state_key_must_be_a_string(env: Env) -> None:
     """Not turned into one (``5`` into ``"5"``): ``400 M_BAD_JSON``."""
-    await _refused(client, services, world, "POST", "/createRoom", {"initial_state": [
-        {"type": "org.example", "state_key": 5, "content": {}}]}, 400, "M_BAD_JSON")
+    await _refused(env.client, env.services, env.world, "POST", "/createRoom", {
+        "initial_state": [{"type": "org.example", "state_key": 5, "content": {}}]},
+        400, "M_BAD_JSON")
 
 
-# -- what is allowed ------------------------------------------------------------------------
+# -- what is allowed (stored: a fresh server each) ------------------------------------------
 
 
 async def test_identifiers_of_255_bytes_are_accepted(client: TestClient,

@@ -4,20 +4,26 @@ hold it): both answer alike and never 500 (``homeserver/http/nul.py``).
 In a path segment or query parameter (``%00``) it is ``400 M_INVALID_PARAM``; in any string of
 a JSON body, key or value, at any depth, ``400 M_BAD_JSON``. After each refusal what is stored
 is unchanged and reads back as before.
+
+The refusals share one server and one world per backend (``env``): each compares what is
+stored before and after its own request, and a refusal leaves it as it found it. The test that
+stores something has a fresh server and world (``client`` and ``world``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import bearer
-from tests.helpers.harness import harness_services
+from tests.helpers.harness import harness_services, served
 from tests.helpers.room_api import (
     V3,
     User,
@@ -32,7 +38,10 @@ NUL = "\u0000"
 ESCAPED = quote(NUL)  # %00
 
 
-services = harness_services
+services = harness_services  # of the fresh server of ``client`` (once per test)
+
+# The tests on the module's shared server (``env``) run in the module's event loop.
+shared = pytest.mark.asyncio(loop_scope="module")
 
 
 @dataclass
@@ -46,8 +55,7 @@ class World:
     filter_id: str
 
 
-@pytest.fixture
-async def world(client: TestClient) -> World:
+async def build_world(client: TestClient) -> World:
     alice, bob = await new_user(client, "alice"), await new_user(client, "bob")
     room_id = await create_room(client, alice, preset="public_chat", name="Room",
                                 topic="Topic", room_alias_name="room")
@@ -68,6 +76,27 @@ async def world(client: TestClient) -> World:
                                {"room": {"timeline": {"limit": 5}}})
     assert status == 200, answer
     return World(alice, bob, room_id, event_id, answer["filter_id"])
+
+
+@pytest.fixture
+async def world(client: TestClient) -> World:
+    """A world of its own on a fresh server, for a test that stores something."""
+    return await build_world(client)
+
+
+@dataclass
+class Env:
+    client: TestClient
+    world: World
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
+async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> AsyncIterator[Env]:
+    """One server and one world per backend, shared by the refusals."""
+    kind = request.param
+    async with served(kind, tmp_path_factory.mktemp(f"nul-{kind}")) as (_, client):
+        yield Env(client, await build_world(client))
 
 
 async def _get(client: TestClient, user: User, path: str, **query: str) -> Any:
@@ -189,23 +218,26 @@ async def _refused(client: TestClient, w: World, method: str, template: str, bod
     assert await snapshot(client, w) == before
 
 
+@shared
 @pytest.mark.parametrize("method, template, body", IN_PATH,
                          ids=[f"{m} {t}" for m, t, _ in IN_PATH])
-async def test_nul_in_a_path_or_query_is_invalid_param(client: TestClient, world: World,
-                                                       method: str, template: str,
+async def test_nul_in_a_path_or_query_is_invalid_param(env: Env, method: str, template: str,
                                                        body: Any) -> None:
-    await _refused(client, world, method, template, body, "M_INVALID_PARAM")
+    await _refused(env.client, env.world, method, template, body, "M_INVALID_PARAM")
 
 
+@shared
 @pytest.mark.parametrize("method, template, body", IN_BODY,
                          ids=[f"{m} {t} {i}" for i, (m, t, _) in enumerate(IN_BODY)])
-async def test_nul_in_a_body_is_bad_json(client: TestClient, world: World, method: str,
-                                         template: str, body: Any) -> None:
-    await _refused(client, world, method, template, body, "M_BAD_JSON")
+async def test_nul_in_a_body_is_bad_json(env: Env, method: str, template: str,
+                                         body: Any) -> None:
+    await _refused(env.client, env.world, method, template, body, "M_BAD_JSON")
 
 
-async def test_nul_before_login_and_in_registration(client: TestClient) -> None:
+@shared
+async def test_nul_before_login_and_in_registration(env: Env) -> None:
     """Unauthenticated endpoints too (their user names reach the database)."""
+    client = env.client
     for path, body in (
             ("/login", {"type": "m.login.password", "password": "x",
                         "identifier": {"type": "m.id.user", "user": f"a{NUL}"}}),

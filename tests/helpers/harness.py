@@ -3,11 +3,15 @@ restartable on the same data (the ``harness``/``hs`` fixtures of ``tests/homeser
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from homeserver.app import build_app
 from homeserver.config import HomeserverConfig
 from homeserver.services.container import Services, build_services
 from storage import Database
@@ -73,3 +77,22 @@ def harness_services(harness: Harness) -> Services:
     tests run on both says ``services = harness_services``: its ``client`` then talks to them."""
     assert harness.services is not None
     return harness.services
+
+
+@asynccontextmanager
+async def served(kind: str, tmp_path: Path, overrides: dict[str, Any] | None = None
+                 ) -> AsyncIterator[tuple[Services, TestClient]]:
+    """A ``Harness``'s services (``kind``: sqlite or postgres) behind a real HTTP server, and
+    a client of it (as the ``client`` fixture has), for a fixture of a wider scope than one
+    test: a module's tests that leave what is stored as they found it share one server."""
+    h = Harness(kind, tmp_path, overrides)
+    try:
+        services = await h.setup()
+        client = TestClient(TestServer(build_app(services)))
+        await client.start_server()
+        try:
+            yield services, client
+        finally:
+            await client.close()
+    finally:
+        await h.teardown()
