@@ -4,6 +4,11 @@ Every request gets a well-formed answer: never a 5xx, and every error is a Matri
 a successful one's body is what the spec says. Hand-picked bodies and queries first, then
 (``test_spec_generated_requests``) every implemented operation with requests Hypothesis
 generates from the spec's OpenAPI schemas. Random but seeded, so a failure reproduces.
+
+The module shares one server (SQLite), built once. Each test fuzzes as users of its own, in
+rooms of its own, under names no other test uses (``fresh``), so that what one test's requests
+change is nothing another test's requests name; only the GET operations, which read what they
+name (a /sync may set the user's presence), share one such world.
 """
 
 from __future__ import annotations
@@ -11,15 +16,19 @@ from __future__ import annotations
 import json
 import os
 import random
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
 from tests.conftest import SERVER_NAME, bearer, register_user
+from tests.helpers.module_server import ModuleServer, module_server
 from tests.helpers.openapi_fuzz import (
     GeneratedRequest,
     Known,
@@ -28,6 +37,26 @@ from tests.helpers.openapi_fuzz import (
     request_strategy,
 )
 from tests.helpers.spec import assert_matches_operation, request_properties
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ModuleServer]:
+    """The module's server (SQLite, as the ``services`` fixture)."""
+    async with module_server("sqlite", tmp_path_factory.mktemp("fuzz")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server: ModuleServer) -> TestClient:
+    return server.client
+
+
+def fresh(prefix: str) -> str:
+    """A user name or alias no other test uses (the server is the module's)."""
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
 
 ENDPOINTS = [
     ("POST", "/login"),
@@ -66,7 +95,7 @@ def _body(rng: random.Random, properties: list[str]) -> Any:
 @pytest.mark.parametrize(("method", "template"), ENDPOINTS)
 async def test_random_bodies_get_matrix_errors_never_500(
         client: TestClient, method: str, template: str) -> None:
-    alice = await register_user(client, "fuzzer")
+    alice = await register_user(client, fresh("fuzzer"))
     path = template.replace("{deviceId}", alice["device_id"]).replace(
         "{userId}", alice["user_id"])
     properties = request_properties("client-server", method, template)
@@ -115,7 +144,8 @@ ROOM_ENDPOINTS = [
 @pytest.mark.parametrize(("method", "template"), ROOM_ENDPOINTS)
 async def test_random_room_bodies_get_matrix_errors_never_500(
         client: TestClient, method: str, template: str) -> None:
-    alice = await register_user(client, "fuzzer")
+    alice = await register_user(client, fresh("fuzzer"))
+    aliases = fresh("fuzz")
     headers = bearer(alice["access_token"])
     resp = await client.post("/_matrix/client/v3/createRoom", json={"name": "fuzz"},
                              headers=headers)
@@ -129,7 +159,7 @@ async def test_random_room_bodies_get_matrix_errors_never_500(
         path = (template.replace("{roomId}", room_id).replace("{eventType}", "m.room.topic")
                 .replace("{txnId}", f"t{i}").replace("{stateKey}", "")
                 .replace("{eventId}", event_id).replace("{roomIdOrAlias}", room_id)
-                .replace("{roomAlias}", f"%23fuzz{i}:test.local")
+                .replace("{roomAlias}", f"%23{aliases}{i}:test.local")
                 .replace("{userId}", alice["user_id"]).replace("{type}", "org.example.fuzz")
                 .replace("{tag}", "u.fuzz")
                 .replace("{receiptType}", rng.choice(["m.read", "m.read.private",
@@ -165,7 +195,7 @@ _SEARCH_FIELDS: dict[str, list[Any]] = {
 
 
 async def test_random_search_criteria_get_matrix_errors_never_500(client: TestClient) -> None:
-    alice = await register_user(client, "fuzzer")
+    alice = await register_user(client, fresh("fuzzer"))
     headers = bearer(alice["access_token"])
     resp = await client.post("/_matrix/client/v3/createRoom", json={"name": "hello"},
                              headers=headers)
@@ -224,7 +254,7 @@ BAD_QUERIES = [
 
 @pytest.mark.parametrize("template", BAD_QUERIES)
 async def test_bad_query_parameters_get_matrix_errors(client: TestClient, template: str) -> None:
-    alice = await register_user(client, "querier")
+    alice = await register_user(client, fresh("querier"))
     headers = bearer(alice["access_token"])
     resp = await client.post("/_matrix/client/v3/createRoom", json={}, headers=headers)
     room_id = (await resp.json())["room_id"]
@@ -268,15 +298,13 @@ class FuzzWorld:
         self.known: Known | None = None
         self.token = ""
         self._strategies: dict[tuple[str, int], st.SearchStrategy[GeneratedRequest]] = {}
-        self._users = 0
 
     async def set_up(self) -> None:
-        self._users += 1
-        me = await register_user(self.client, f"fuzzer{self._users}")
-        other = await register_user(self.client, f"other{self._users}")
+        me = await register_user(self.client, fresh("fuzzer"))
+        other = await register_user(self.client, fresh("other"))
         self.token = me["access_token"]
         headers = bearer(self.token)
-        alias = f"fuzz{self._users}"
+        alias = fresh("fuzz")
         resp = await self.client.post("/_matrix/client/v3/createRoom", headers=headers, json={
             "preset": "public_chat", "name": "fuzz", "room_alias_name": alias})
         room_id = (await resp.json())["room_id"]
@@ -295,7 +323,8 @@ class FuzzWorld:
         self.known = Known(server_name=SERVER_NAME, user_id=me["user_id"],
                            other_user_id=other["user_id"], device_id=me["device_id"],
                            room_id=room_id, room_alias=f"#{alias}:{SERVER_NAME}",
-                           event_id=event_id, filter_id=filter_id, since=since)
+                           event_id=event_id, filter_id=filter_id, since=since,
+                           fresh_alias=f"#{fresh('fresh')}:{SERVER_NAME}")
 
     def strategy(self, operation: Operation) -> st.SearchStrategy[GeneratedRequest]:
         assert self.known is not None
@@ -311,8 +340,22 @@ class FuzzWorld:
             await self.set_up()
 
 
-@pytest.fixture
-async def fuzz_world(client: TestClient) -> FuzzWorld:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def reading_world(client: TestClient) -> FuzzWorld:
+    """The world of the GET operations: they read it (a /sync may set the user's presence)."""
+    world = FuzzWorld(client)
+    await world.set_up()
+    return world
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def fuzz_world(client: TestClient, reading_world: FuzzWorld,
+                     operation: Operation) -> FuzzWorld:
+    """A world of the test's own for an operation that may change it (leave the room, ban the
+    other member, redact the event, deactivate the user: what the next test's requests would
+    stop at); the GET operations share one."""
+    if operation.method == "GET":
+        return reading_world
     world = FuzzWorld(client)
     await world.set_up()
     return world

@@ -10,15 +10,23 @@ PostgreSQL: never a 500, nothing stored, and what is stored reads back.
 Integer query parameters (``limit``) are checked for range and sign (``400 M_INVALID_PARAM``),
 and the numbers in pagination tokens are bounded alike. ``createRoom`` is all-or-nothing: an
 initial event that fails leaves no room behind.
+
+The module shares one server and one world (alice, bob, their room) per database: a test that
+checks that nothing changed does so against its own snapshot, taken just before; what a test
+stores has names no other test uses, and a test that would leave something behind that the
+others read (a lone surrogate in an account's data) has a user of its own.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select
 
@@ -26,7 +34,7 @@ from homeserver.services.container import Services
 from storage.schema import events as events_table
 from storage.schema import rooms as rooms_table
 from tests.conftest import bearer
-from tests.helpers.harness import harness_services
+from tests.helpers.module_server import ModuleServer, module_server
 from tests.helpers.room_api import (
     V3,
     User,
@@ -38,10 +46,33 @@ from tests.helpers.room_api import (
     send_text,
 )
 
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
 MAX_INT = 2**53 - 1
 
 
-services = harness_services
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
+async def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                 ) -> AsyncIterator[ModuleServer]:
+    """The module's server, once on SQLite and once on PostgreSQL."""
+    async with module_server(request.param,
+                             tmp_path_factory.mktemp(f"hostile_json_{request.param}")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def services(server: ModuleServer) -> Services:
+    return server.services
+
+
+@pytest.fixture(scope="module")
+def client(server: ModuleServer) -> TestClient:
+    return server.client
+
+
+def tag() -> str:
+    """A name no other test uses (the server is the module's)."""
+    return uuid.uuid4().hex[:10]
 
 
 @dataclass
@@ -52,7 +83,7 @@ class World:
     filter_id: str
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(client: TestClient) -> World:
     alice, bob = await new_user(client, "alice"), await new_user(client, "bob")
     room_id = await create_room(client, alice, preset="public_chat", name="Room")
@@ -215,16 +246,17 @@ async def test_nesting_deeper_than_100_levels_is_refused_before_login(
 
 
 async def test_100_levels_are_stored_and_read_back(client: TestClient, world: World) -> None:
-    a, room = world.alice, world.room_id
+    a, room, t = world.alice, world.room_id, tag()
     deep = nested(99)
-    status, sent = await send_raw(client, "PUT", f"/rooms/{room}/send/org.example/deep", a,
+    status, sent = await send_raw(client, "PUT", f"/rooms/{room}/send/org.example/deep{t}", a,
                                   '{"x": ' + deep + "}")
     assert status == 200, sent
-    status, state = await send_raw(client, "PUT", f"/rooms/{room}/state/org.example/deep", a,
-                                   '{"x": ' + deep + "}")
+    status, state = await send_raw(client, "PUT", f"/rooms/{room}/state/org.example/deep{t}",
+                                   a, '{"x": ' + deep + "}")
     assert status == 200, state
-    status, answer = await send_raw(client, "PUT", f"/user/{a.user_id}/account_data/org.deep",
-                                    a, '{"x": ' + deep + "}")
+    status, answer = await send_raw(client, "PUT",
+                                    f"/user/{a.user_id}/account_data/org.deep{t}", a,
+                                    '{"x": ' + deep + "}")
     assert status == 200, answer
     expected: dict[str, Any] = {}
     for _ in range(98):
@@ -232,15 +264,15 @@ async def test_100_levels_are_stored_and_read_back(client: TestClient, world: Wo
     content = {"x": expected}
     event = await _get(client, a, f"/rooms/{room}/event/{sent['event_id']}")
     assert event["content"] == content
-    assert await _get(client, a, f"/rooms/{room}/state/org.example/deep") == content
-    assert await _get(client, a, f"/user/{a.user_id}/account_data/org.deep") == content
+    assert await _get(client, a, f"/rooms/{room}/state/org.example/deep{t}") == content
+    assert await _get(client, a, f"/user/{a.user_id}/account_data/org.deep{t}") == content
     for user in (world.alice, world.bob):
         status, body = await api(client, "GET", "/sync", user, spec=False)
         assert status == 200, body
         timeline = body["rooms"]["join"][room]["timeline"]["events"]
         assert content in [e["content"] for e in timeline]
     status, body = await api(client, "GET", "/sync", a, spec=False)
-    assert {"type": "org.deep", "content": content} in body["account_data"]["events"]
+    assert {"type": f"org.deep{t}", "content": content} in body["account_data"]["events"]
 
 
 # -- createRoom: all or nothing -----------------------------------------------------------------
@@ -318,15 +350,15 @@ async def test_lone_surrogate_in_named_fields_is_bad_json(client: TestClient,
 
 async def test_surrogate_pairs_and_escaped_backslashes_are_kept(client: TestClient,
                                                                 world: World) -> None:
-    a = world.alice
+    a, t = world.alice, tag()
     text = r'{"emoji": "\ud83d\ude00", "upper": "\uD83D\uDE00", "literal": "\\ud800"}'
-    status, answer = await send_raw(client, "PUT", f"/user/{a.user_id}/account_data/org.e", a,
-                                    text)
+    status, answer = await send_raw(client, "PUT", f"/user/{a.user_id}/account_data/org.e{t}",
+                                    a, text)
     assert status == 200, answer
     content = {"emoji": "\U0001f600", "upper": "\U0001f600", "literal": "\\ud800"}
-    assert await _get(client, a, f"/user/{a.user_id}/account_data/org.e") == content
+    assert await _get(client, a, f"/user/{a.user_id}/account_data/org.e{t}") == content
     status, sent = await send_raw(client, "PUT",
-                                  f"/rooms/{world.room_id}/send/m.room.message/emoji", a,
+                                  f"/rooms/{world.room_id}/send/m.room.message/emoji{t}", a,
                                   r'{"msgtype": "m.text", "body": "\ud83d\ude00 \\udfff"}')
     assert status == 200, sent
     event = await _get(client, a, f"/rooms/{world.room_id}/event/{sent['event_id']}")
@@ -334,11 +366,12 @@ async def test_surrogate_pairs_and_escaped_backslashes_are_kept(client: TestClie
 
 
 async def test_a_stored_lone_surrogate_is_served_not_a_500(client: TestClient,
-                                                           services: Services,
-                                                           world: World) -> None:
+                                                           services: Services) -> None:
     """Data stored before bodies were checked still reads back (escaped, as it came in),
-    and /sync keeps working."""
-    a = world.alice
+    and /sync keeps working. (A user of its own, in a room of her own: what is stored here
+    stays, and the other tests' snapshots sync the world's users.)"""
+    a = await new_user(client, f"old{tag()}")
+    await create_room(client, a, name="Old")
     await services.db.account_data.put(a.user_id, "", "org.old", {"x": "\ud800"})
     resp = await client.get(f"{V3}/user/{quote(a.user_id)}/account_data/org.old",
                             headers=bearer(a.token))
@@ -396,14 +429,18 @@ async def test_integers_out_of_range_in_request_fields_are_bad_json(
 
 async def test_integers_at_the_edges_of_the_range_are_kept(client: TestClient,
                                                            world: World) -> None:
-    a = world.alice
+    a, t = world.alice, tag()
     content = {"max": MAX_INT, "min": -MAX_INT, "list": [0, -1, MAX_INT]}
-    status, answer = await api(client, "PUT", f"/user/{a.user_id}/account_data/org.ints", a,
+    status, answer = await api(client, "PUT", f"/user/{a.user_id}/account_data/org.ints{t}", a,
                                content)
     assert status == 200, answer
-    assert await _get(client, a, f"/user/{a.user_id}/account_data/org.ints") == content
+    assert await _get(client, a, f"/user/{a.user_id}/account_data/org.ints{t}") == content
     status, answer = await api(client, "PUT", f"/rooms/{world.room_id}/typing/{a.user_id}", a,
                                {"typing": True, "timeout": MAX_INT})
+    assert status == 200, answer
+    # The world is the module's: alice stops typing.
+    status, answer = await api(client, "PUT", f"/rooms/{world.room_id}/typing/{a.user_id}", a,
+                               {"typing": False})
     assert status == 200, answer
 
 
@@ -485,7 +522,7 @@ async def test_huge_public_rooms_since_is_a_matrix_error_not_a_500(client: TestC
 
 async def test_an_inline_filter_is_held_to_the_rules_of_bodies(client: TestClient) -> None:
     """``/sync?filter={...}``: the same JSON rules as a request body."""
-    alice = await new_user(client, "inlinefilter")
+    alice = await new_user(client, f"inlinefilter{tag()}")
     for bad, errcode in (('{"room": {"timeline": {"limit": 1}}, "room": {}}', "M_NOT_JSON"),
                          ('{"event_fields": ["\\ud800"]}', "M_BAD_JSON"),
                          ('{"room": {"timeline": {"limit": 9007199254740992}}}', "M_BAD_JSON"),

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import yaml
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
 from client_api import _MODULES
+from tests.helpers.spec import _load
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "spec" / "data" / "api" / "client-server"
 
@@ -31,11 +31,6 @@ SPEC_DIR = Path(__file__).resolve().parent.parent / "spec" / "data" / "api" / "c
 _DESCRIPTIVE = {"description", "title", "example", "examples", "deprecated", "readOnly",
                 "writeOnly", "externalDocs", "discriminator", "xml"}
 _MAX_REF_DEPTH = 6
-
-
-@functools.cache
-def _load(path: Path) -> Any:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 def _follow(ref: str, base: Path) -> tuple[Any, Path]:
@@ -155,6 +150,7 @@ class Known:
     event_id: str
     filter_id: str
     since: str
+    fresh_alias: str  # an alias nobody has made (yet)
 
     def by_format(self) -> dict[str, list[str]]:
         return {
@@ -175,7 +171,7 @@ class Known:
             "userId": formats["mx-user-id"],
             "roomId": formats["mx-room-id"],
             "roomIdOrAlias": [self.room_id, self.room_alias, f"#nowhere:{self.server_name}"],
-            "roomAlias": [self.room_alias, f"#fresh:{self.server_name}"],
+            "roomAlias": [self.room_alias, self.fresh_alias],
             "eventId": formats["mx-event-id"],
             "eventType": ["m.room.message", "m.room.topic", "m.room.name", "m.room.member",
                           "m.reaction", "org.example.custom"],
