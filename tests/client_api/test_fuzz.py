@@ -27,8 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from homeserver.services.container import Services
 from tests.conftest import SERVER_NAME, bearer, register_user
-from tests.helpers.module_server import ModuleServer, module_server
+from tests.helpers.harness import served
 from tests.helpers.openapi_fuzz import (
     GeneratedRequest,
     Known,
@@ -42,15 +43,16 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ModuleServer]:
-    """The module's server (SQLite, as the ``services`` fixture)."""
-    async with module_server("sqlite", tmp_path_factory.mktemp("fuzz")) as s:
+async def server(tmp_path_factory: pytest.TempPathFactory
+                 ) -> AsyncIterator[tuple[Services, TestClient]]:
+    """The module's server (SQLite, as the ``services`` fixture) and its client."""
+    async with served("sqlite", tmp_path_factory.mktemp("fuzz")) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
-def client(server: ModuleServer) -> TestClient:
-    return server.client
+def client(server: tuple[Services, TestClient]) -> TestClient:
+    return server[1]
 
 
 def fresh(prefix: str) -> str:

@@ -34,7 +34,7 @@ from homeserver.services.container import Services
 from storage.schema import events as events_table
 from storage.schema import rooms as rooms_table
 from tests.conftest import bearer
-from tests.helpers.module_server import ModuleServer, module_server
+from tests.helpers.harness import served
 from tests.helpers.room_api import (
     V3,
     User,
@@ -53,21 +53,21 @@ MAX_INT = 2**53 - 1
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
 async def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                 ) -> AsyncIterator[ModuleServer]:
-    """The module's server, once on SQLite and once on PostgreSQL."""
-    async with module_server(request.param,
-                             tmp_path_factory.mktemp(f"hostile_json_{request.param}")) as s:
+                 ) -> AsyncIterator[tuple[Services, TestClient]]:
+    """The module's server, once on SQLite and once on PostgreSQL, and its client."""
+    async with served(request.param,
+                      tmp_path_factory.mktemp(f"hostile_json_{request.param}")) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
-def services(server: ModuleServer) -> Services:
-    return server.services
+def services(server: tuple[Services, TestClient]) -> Services:
+    return server[0]
 
 
 @pytest.fixture(scope="module")
-def client(server: ModuleServer) -> TestClient:
-    return server.client
+def client(server: tuple[Services, TestClient]) -> TestClient:
+    return server[1]
 
 
 def tag() -> str:
