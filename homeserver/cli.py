@@ -10,9 +10,7 @@ import getpass
 import secrets
 import ssl
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 import yaml
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,17 +25,6 @@ from storage.migrations import SchemaTooNewError
 
 EXIT_USAGE = 2
 
-
-
-def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run the server on uvloop's event loop (libuv: the same asyncio code, a cheaper loop
-    under many connections) where it is installed, else on asyncio's own."""
-    try:
-        import uvloop
-    except ImportError:  # (a platform without its wheels)
-        asyncio.run(main)
-        return
-    uvloop.run(main)
 
 def _fail(problems: list[str]) -> int:
     for line in problems:
@@ -159,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     _return_big_allocations_to_the_os()
     try:
-        run_loop(serve(config, args.worker))
+        asyncio.run(serve(config, args.worker))
     except OSError as e:
         print(f"ktchat: cannot start: {e.strerror or e}", file=sys.stderr)
         return 1
