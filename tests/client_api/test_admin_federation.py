@@ -1,11 +1,15 @@
 """Synapse's admin API for federation destinations (list, details, rooms, reset_connection)
 and the background-updates status: paging, ordering and errors through HTTP on SQLite and
-PostgreSQL, and a real pair of servers where one goes down and is retried at once."""
+PostgreSQL, and a real pair of servers where one goes down and is retried at once.
+
+The refusals and the background-updates status share one server per backend (``env``): they
+store nothing. The tests of destinations have a fresh server each (``client``)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +23,14 @@ from tests.client_api.test_admin import admin_token
 from tests.client_api.test_admin_users import call
 from tests.federation.conftest import FedServers
 from tests.helpers.federation import FedServer, User
-from tests.helpers.harness import harness_services
+from tests.helpers.harness import harness_services, served
 from tests.helpers.room_api import User as LocalUser
+from tests.helpers.room_api import new_user
 
-services = harness_services
+services = harness_services  # of the fresh server of ``client`` (once per test)
+
+# The tests on the module's shared server (``env``) run in the module's event loop.
+shared = pytest.mark.asyncio(loop_scope="module")
 
 V1 = "/_synapse/admin/v1"
 DEST = f"{V1}/federation/destinations"
@@ -33,6 +41,24 @@ DEST_KEYS = {"destination", "retry_last_ts", "retry_interval", "failure_ts",
 @pytest.fixture
 async def admin(client: TestClient) -> str:
     return await admin_token(client)
+
+
+@dataclass
+class Env:
+    client: TestClient
+    admin: str
+    alice: LocalUser
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
+async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> AsyncIterator[Env]:
+    """One server per backend with an admin and alice, shared by the tests that store
+    nothing."""
+    kind = request.param
+    async with served(kind, tmp_path_factory.mktemp(f"admin-federation-{kind}")) as (_,
+                                                                                    client):
+        yield Env(client, await admin_token(client), await new_user(client, "alice"))
 
 
 async def backing_off(services: Services) -> None:
@@ -46,7 +72,9 @@ async def backing_off(services: Services) -> None:
     ("GET", DEST), ("GET", f"{DEST}/a.example"), ("GET", f"{DEST}/a.example/rooms"),
     ("POST", f"{DEST}/a.example/reset_connection"), ("GET", f"{V1}/background_updates/status"),
 ])
-async def test_admin_only(client: TestClient, alice: LocalUser, method: str, path: str) -> None:
+@shared
+async def test_admin_only(env: Env, method: str, path: str) -> None:
+    client, alice = env.client, env.alice
     status, body = await call(client, method, path, alice.token, {})
     assert (status, body["errcode"], body["error"]) == (403, "M_FORBIDDEN",
                                                         "You are not a server admin")
@@ -95,8 +123,10 @@ async def test_list_destinations(client: TestClient, services: Services, admin: 
     ({"from": "-1"}, "Query parameter from must be a positive integer."),
     ({"limit": "many"}, "Query parameter limit must be an integer"),
 ])
-async def test_list_destinations_bad_query(client: TestClient, admin: str,
-                                           query: dict[str, str], error: str) -> None:
+@shared
+async def test_list_destinations_bad_query(env: Env, query: dict[str, str], error: str
+                                           ) -> None:
+    client, admin = env.client, env.admin
     status, body = await call(client, "GET", DEST, admin, **query)
     assert (status, body["errcode"]) == (400, "M_INVALID_PARAM"), body
     assert body["error"].startswith(error)
@@ -120,7 +150,9 @@ async def test_unknown_destination_and_reset(client: TestClient, services: Servi
     assert body["error"] == "The retry timing does not need to be reset for this destination."
 
 
-async def test_background_updates_status(client: TestClient, admin: str) -> None:
+@shared
+async def test_background_updates_status(env: Env) -> None:
+    client, admin = env.client, env.admin
     status, body = await call(client, "GET", f"{V1}/background_updates/status", admin)
     assert (status, body) == (200, {"enabled": True, "current_updates": {}})
 

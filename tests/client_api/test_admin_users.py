@@ -1,20 +1,29 @@
 """Synapse's admin API for users (the subset the synapse-admin UI and operators' scripts
 call), through HTTP, on SQLite and PostgreSQL: shapes as Synapse's documentation gives them,
-admin-only everywhere, bad input refused with Matrix errors."""
+admin-only everywhere, bad input refused with Matrix errors.
+
+The refusals (and the server version) share one server per backend (``env``): they store
+nothing. The tests that create, change or count users have a fresh server each (``client``)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
 from tests.client_api.test_admin import admin_token
 from tests.conftest import SERVER_NAME, bearer
-from tests.helpers.harness import harness_services
+from tests.helpers.harness import harness_services, served
 from tests.helpers.room_api import User, api, create_room, join, new_user
 
-services = harness_services
+services = harness_services  # of the fresh server of ``client`` (once per test)
+
+# The tests on the module's shared server (``env``) run in the module's event loop.
+shared = pytest.mark.asyncio(loop_scope="module")
 
 V1 = "/_synapse/admin/v1"
 V2 = "/_synapse/admin/v2"
@@ -55,7 +64,26 @@ async def admin(client: TestClient) -> str:
     return await admin_token(client)
 
 
-async def test_server_version_needs_no_token(client: TestClient) -> None:
+@dataclass
+class Env:
+    client: TestClient
+    admin: str
+    alice: User
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
+async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> AsyncIterator[Env]:
+    """One server per backend with an admin and alice, shared by the tests that store
+    nothing."""
+    kind = request.param
+    async with served(kind, tmp_path_factory.mktemp(f"admin-users-{kind}")) as (_, client):
+        yield Env(client, await admin_token(client), await new_user(client, "alice"))
+
+
+@shared
+async def test_server_version_needs_no_token(env: Env) -> None:
+    client = env.client
     status, body = await call(client, "GET", f"{V1}/server_version", None)
     assert status == 200, body
     assert isinstance(body["server_version"], str) and body["server_version"]
@@ -72,7 +100,9 @@ async def test_server_version_needs_no_token(client: TestClient) -> None:
     ("GET", f"{V1}/users/@alice:test.local/media"),
     ("POST", f"{V2}/users/@alice:test.local/delete_devices"),
 ])
-async def test_admin_only(client: TestClient, alice: User, method: str, path: str) -> None:
+@shared
+async def test_admin_only(env: Env, method: str, path: str) -> None:
+    client, alice = env.client, env.alice
     status, body = await call(client, method, path, alice.token, {})
     assert (status, body) == (403, {"errcode": "M_FORBIDDEN",
                                     "error": "You are not a server admin"})
@@ -142,8 +172,9 @@ async def test_list_users_filters_and_pages(client: TestClient, admin: str) -> N
     ({"dir": "up"}, "Query parameter 'dir' must be one of ['b', 'f']"),
     ({"deactivated": "yes"}, "Boolean query parameter 'deactivated' must be one of"),
 ])
-async def test_list_users_bad_query(client: TestClient, admin: str, query: dict[str, str],
-                                    error: str) -> None:
+@shared
+async def test_list_users_bad_query(env: Env, query: dict[str, str], error: str) -> None:
+    client, admin = env.client, env.admin
     status, body = await call(client, "GET", f"{V2}/users", admin, **query)
     assert status == 400 and body["errcode"] == "M_INVALID_PARAM", body
     assert body["error"].startswith(error), body
@@ -204,8 +235,10 @@ async def test_query_create_and_modify_user(client: TestClient, admin: str) -> N
     ({"displayname": 5}, "M_INVALID_PARAM", None),
     ({"displayname": "d" * 300}, "M_INVALID_PARAM", None),
 ])
-async def test_put_user_bad_body(client: TestClient, admin: str, body: dict[str, Any],
-                                 errcode: str, error: str | None) -> None:
+@shared
+async def test_put_user_bad_body(env: Env, body: dict[str, Any], errcode: str,
+                                 error: str | None) -> None:
+    client, admin = env.client, env.admin
     status, answer = await call(client, "PUT", f"{V2}/users/{uid('newbie')}", admin, body)
     assert (status, answer["errcode"]) == (400, errcode), answer
     if error is not None:
@@ -215,8 +248,9 @@ async def test_put_user_bad_body(client: TestClient, admin: str, body: dict[str,
     assert status == 404
 
 
-async def test_put_user_refuses_other_servers_and_bad_json(client: TestClient,
-                                                           admin: str) -> None:
+@shared
+async def test_put_user_refuses_other_servers_and_bad_json(env: Env) -> None:
+    client, admin = env.client, env.admin
     status, body = await call(client, "PUT", f"{V2}/users/@x:elsewhere.example", admin, {})
     assert (status, body["error"]) == (400, "This endpoint can only be used with local users")
     for bad in ("@Upper:test.local", "@_hidden:test.local"):

@@ -3,16 +3,22 @@
 fallback key), /keys/changes, the device lists and key counts of /sync (and its long polls),
 deleting a device, and cross-signing (/keys/device_signing/upload with user-interactive auth,
 /keys/signatures/upload). Responses are checked against the spec's OpenAPI files. Once on
-SQLite, once on PostgreSQL."""
+SQLite, once on PostgreSQL.
+
+The refusals share one server and alice per backend (``env``): they store nothing, and none
+of them reads what another left. The other tests have a fresh server each (``client``)."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
@@ -22,12 +28,14 @@ from tests.client_api import test_sync_fanout
 from tests.client_api.test_account import PASSWORD
 from tests.client_api.test_sync import sync
 from tests.client_api.test_to_device import device
+from tests.helpers.harness import served
 from tests.helpers.room_api import (
     User,
     api,
     assert_error,
     create_room,
     join,
+    new_user,
 )
 
 Json = dict[str, Any]
@@ -40,6 +48,25 @@ def config_overrides() -> dict[str, Any]:
 
 
 services = test_sync_fanout.services  # every test here runs on SQLite and on PostgreSQL
+
+# The tests on the module's shared server (``env``) run in the module's event loop.
+shared = pytest.mark.asyncio(loop_scope="module")
+
+
+@dataclass
+class Env:
+    client: TestClient
+    alice: User
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
+async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> AsyncIterator[Env]:
+    """One server per backend and alice on it, shared by the refusals."""
+    kind = request.param
+    async with served(kind, tmp_path_factory.mktemp(f"e2e-keys-{kind}"),
+                      {"presence": {"enabled": False}}) as (_, client):
+        yield Env(client, await new_user(client, "alice"))
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -149,9 +176,9 @@ async def test_upload_and_query_device_keys(client: TestClient, alice: User, bob
     {"fallback_keys": {"a:1": "k", "a:2": "k"}},
     {"one_time_keys": {f"signed_curve25519:{i}": "k" for i in range(1001)}},
 ])
-async def test_bad_uploads_are_matrix_errors(client: TestClient, alice: User, body: Json
-                                            ) -> None:
-    status, err = await api(client, "POST", "/keys/upload", alice, body)
+@shared
+async def test_bad_uploads_are_matrix_errors(env: Env, body: Json) -> None:
+    status, err = await api(env.client, "POST", "/keys/upload", env.alice, body)
     assert status == 400 and err["errcode"] in ("M_BAD_JSON", "M_INVALID_PARAM"), err
 
 
@@ -164,15 +191,16 @@ async def test_bad_uploads_are_matrix_errors(client: TestClient, alice: User, bo
     ("/keys/signatures/upload", {"@a:test.local": "x"}),
     ("/keys/device_signing/upload", {"master_key": "x"}),
 ])
-async def test_bad_requests_are_matrix_errors(client: TestClient, alice: User, path: str,
-                                              body: Json) -> None:
-    status, err = await api(client, "POST", path, alice, body)
+@shared
+async def test_bad_requests_are_matrix_errors(env: Env, path: str, body: Json) -> None:
+    status, err = await api(env.client, "POST", path, env.alice, body)
     assert status == 400 and err["errcode"] in ("M_BAD_JSON", "M_INVALID_PARAM",
                                                 "M_MISSING_PARAM"), err
 
 
-async def test_keys_need_a_token(client: TestClient) -> None:
-    status, err = await api(client, "POST", "/keys/query", None, {"device_keys": {}})
+@shared
+async def test_keys_need_a_token(env: Env) -> None:
+    status, err = await api(env.client, "POST", "/keys/query", None, {"device_keys": {}})
     assert_error(status, err, 401, "M_MISSING_TOKEN")
 
 

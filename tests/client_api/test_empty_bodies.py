@@ -5,19 +5,26 @@ leaving, deleting a device), it is taken as ``{}``.
 The table follows the spec's ``requestBody: required`` (tests/spec) and, where Synapse is more
 lenient than the spec, its ``parse_json_object_from_request(allow_empty_body=True)`` call
 sites.
+
+The tests share one server (``server``, on SQLite as before) and each has a room and users of
+its own (``place``), so what one request changes (a join, a leave, a logout) is its test's.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import bearer
-from tests.helpers.room_api import User, api, create_room, join, room_state, send_text
+from tests.helpers.harness import served
+from tests.helpers.room_api import User, api, create_room, join, new_user, room_state, send_text
 
 V3 = "/_matrix/client/v3"
 HISTORY = "/_matrix/client/unstable/org.ktchat.history"
@@ -77,7 +84,38 @@ TABLE: list[tuple[str, str, int, str | None]] = [
 ]
 
 
+# Every test runs on the module's shared server, in the module's event loop.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TestClient]:
+    """One server (SQLite) for the module."""
+    async with served("sqlite", tmp_path_factory.mktemp("empty-bodies")) as (_, client):
+        yield client
+
+
 @pytest.fixture
+def client(server: TestClient) -> TestClient:
+    return server
+
+
+_numbers = itertools.count()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def alice(client: TestClient) -> User:
+    """A user of this test's own."""
+    return await new_user(client, f"alice{next(_numbers)}")
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def bob(client: TestClient) -> User:
+    """A user of this test's own."""
+    return await new_user(client, f"bob{next(_numbers)}")
+
+
+@pytest_asyncio.fixture(loop_scope="module")
 async def place(client: TestClient, alice: User, bob: User) -> Place:
     room_id = await create_room(client, alice, preset="public_chat")
     await join(client, bob, room_id)

@@ -7,18 +7,21 @@ status, and none of the requests here may ever produce a 500.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core.errors import Forbidden
 from homeserver.http.middleware import add_cors_headers, cors_middleware, error_middleware
 from tests.conftest import bearer, register_user
+from tests.helpers.harness import served
 from tests.helpers.spec import assert_matches_spec
 
 V3 = "/_matrix/client/v3"
@@ -53,10 +56,31 @@ def login_body(user: str = "alice", password: str = PASSWORD, **extra: Any) -> d
             "password": password, **extra}
 
 
+# The tests of the default config that store nothing another test reads share one server
+# (``server``, on SQLite as the others): the users they register have names of their own
+# (``register_someone``), never the "alice" (nor "nobody") the logins below name. The tests
+# of other configs, and those that log in as alice, have a fresh server each (``client``).
+shared = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TestClient]:
+    async with served("sqlite", tmp_path_factory.mktemp("errors")) as (_, client):
+        yield client
+
+
+_numbers = itertools.count()
+
+
+async def register_someone(client: TestClient) -> dict[str, Any]:
+    """Register a user no other test has (never alice); returns the login response."""
+    return await register_user(client, f"someone{next(_numbers)}")
+
+
 async def token_for(client: TestClient, needs_auth: bool) -> dict[str, str]:
     if not needs_auth:
         return {}
-    return bearer((await register_user(client, "alice"))["access_token"])
+    return bearer((await register_someone(client))["access_token"])
 
 
 # -- routing --------------------------------------------------------------------------------
@@ -78,9 +102,10 @@ async def token_for(client: TestClient, needs_auth: bool) -> dict[str, str]:
     ("GET", "/_synapse/admin/v1/nonexistent"),
     ("GET", "/.well-known/matrix/nonexistent"),
 ])
-async def test_unknown_endpoint_is_unrecognized(client: TestClient, method: str, path: str
+@shared
+async def test_unknown_endpoint_is_unrecognized(server: TestClient, method: str, path: str
                                                 ) -> None:
-    resp = await client.request(method, path)
+    resp = await server.request(method, path)
     await assert_error(resp, 404, "M_UNRECOGNIZED")
 
 
@@ -97,9 +122,10 @@ async def test_unknown_endpoint_is_unrecognized(client: TestClient, method: str,
     ("POST", f"{V3}/devices/ABCDEF"),
     ("GET", "/_matrix/client/r0/logout/all"),
 ])
-async def test_wrong_method_is_unrecognized_405(client: TestClient, method: str, path: str
+@shared
+async def test_wrong_method_is_unrecognized_405(server: TestClient, method: str, path: str
                                                 ) -> None:
-    resp = await client.request(method, path)
+    resp = await server.request(method, path)
     await assert_error(resp, 405, "M_UNRECOGNIZED")
     allowed = {m.strip() for m in resp.headers["Allow"].split(",")}
     assert allowed and method not in allowed
@@ -140,24 +166,27 @@ NOT_JSON_BODIES = [
 
 
 @pytest.mark.parametrize("raw", NOT_JSON_BODIES)
-async def test_malformed_json_login(client: TestClient, raw: bytes) -> None:
-    resp = await client.post(f"{V3}/login", data=raw,
+@shared
+async def test_malformed_json_login(server: TestClient, raw: bytes) -> None:
+    resp = await server.post(f"{V3}/login", data=raw,
                              headers={"Content-Type": "application/json"})
     await assert_error(resp, 400, "M_NOT_JSON")
 
 
 @pytest.mark.parametrize("method, path, needs_auth", BODY_ENDPOINTS)
-async def test_malformed_json_everywhere(client: TestClient, method: str, path: str,
+@shared
+async def test_malformed_json_everywhere(server: TestClient, method: str, path: str,
                                          needs_auth: bool) -> None:
-    headers = await token_for(client, needs_auth)
+    headers = await token_for(server, needs_auth)
     for raw in (b"{", b'{"a": NaN}', b'{"a": "\xff"}', b"[" * 100_000):
-        resp = await client.request(method, path, data=raw,
+        resp = await server.request(method, path, data=raw,
                                     headers={**headers, "Content-Type": "application/json"})
         await assert_error(resp, 400, "M_NOT_JSON")
 
 
-async def test_empty_body_is_not_json(client: TestClient) -> None:
-    resp = await client.post(f"{V3}/login", data=b"")
+@shared
+async def test_empty_body_is_not_json(server: TestClient) -> None:
+    resp = await server.post(f"{V3}/login", data=b"")
     await assert_error(resp, 400, "M_NOT_JSON")
 
 
@@ -166,11 +195,12 @@ NOT_OBJECTS = [b"[]", b'[{"type": "m.login.password"}]', b'"a string"', b"42", b
 
 
 @pytest.mark.parametrize("method, path, needs_auth", BODY_ENDPOINTS)
-async def test_json_that_is_not_an_object(client: TestClient, method: str, path: str,
+@shared
+async def test_json_that_is_not_an_object(server: TestClient, method: str, path: str,
                                           needs_auth: bool) -> None:
-    headers = await token_for(client, needs_auth)
+    headers = await token_for(server, needs_auth)
     for raw in NOT_OBJECTS:
-        resp = await client.request(method, path, data=raw,
+        resp = await server.request(method, path, data=raw,
                                     headers={**headers, "Content-Type": "application/json"})
         await assert_error(resp, 400, "M_BAD_JSON")
 
@@ -203,8 +233,9 @@ LOGIN_WRONG_TYPES = [
 
 
 @pytest.mark.parametrize("change", LOGIN_WRONG_TYPES)
-async def test_login_wrong_field_types(client: TestClient, change: dict[str, Any]) -> None:
-    resp = await client.post(f"{V3}/login", json={**login_body(), **change})
+@shared
+async def test_login_wrong_field_types(server: TestClient, change: dict[str, Any]) -> None:
+    resp = await server.post(f"{V3}/login", json={**login_body(), **change})
     await assert_error(resp, 400, {"M_BAD_JSON", "M_INVALID_PARAM"})
 
 
@@ -232,10 +263,11 @@ async def test_login_wrong_field_types(client: TestClient, change: dict[str, Any
     pytest.param("POST", f"{V3}/account/deactivate", True, {"erase": "yes"},
                  id="deactivate-erase-string"),
 ])
-async def test_wrong_field_types_elsewhere(client: TestClient, method: str, path: str,
+@shared
+async def test_wrong_field_types_elsewhere(server: TestClient, method: str, path: str,
                                            needs_auth: bool, body: dict[str, Any]) -> None:
-    headers = await token_for(client, needs_auth)
-    resp = await client.request(method, path, json=body, headers=headers)
+    headers = await token_for(server, needs_auth)
+    resp = await server.request(method, path, json=body, headers=headers)
     await assert_error(resp, 400, {"M_BAD_JSON", "M_INVALID_PARAM"})
 
 
@@ -256,18 +288,20 @@ async def test_wrong_field_types_elsewhere(client: TestClient, method: str, path
     pytest.param("POST", f"{V3}/account/password", True, {}, id="password-empty"),
     pytest.param("POST", f"{V3}/delete_devices", True, {}, id="delete-devices-empty"),
 ])
-async def test_missing_fields(client: TestClient, method: str, path: str, needs_auth: bool,
+@shared
+async def test_missing_fields(server: TestClient, method: str, path: str, needs_auth: bool,
                               body: dict[str, Any]) -> None:
-    headers = await token_for(client, needs_auth)
-    resp = await client.request(method, path, json=body, headers=headers)
+    headers = await token_for(server, needs_auth)
+    resp = await server.request(method, path, json=body, headers=headers)
     await assert_error(resp, 400, "M_MISSING_PARAM")
 
 
-async def test_login_errors_match_the_spec(client: TestClient) -> None:
-    resp = await client.post(f"{V3}/login", data=b"{")
+@shared
+async def test_login_errors_match_the_spec(server: TestClient) -> None:
+    resp = await server.post(f"{V3}/login", data=b"{")
     body = await assert_error(resp, 400, "M_NOT_JSON")
     assert_matches_spec("client-server", "POST", "/login", 400, body)
-    resp = await client.post(f"{V3}/login", json={"type": "m.login.password"})
+    resp = await server.post(f"{V3}/login", json={"type": "m.login.password"})
     body = await assert_error(resp, 400, "M_MISSING_PARAM")
     assert_matches_spec("client-server", "POST", "/login", 400, body)
 
@@ -332,16 +366,18 @@ AUTHED_GETS = [f"{V3}/account/whoami", f"{V3}/devices", f"{V3}/capabilities",
 
 
 @pytest.mark.parametrize("path", AUTHED_GETS)
-async def test_missing_token(client: TestClient, path: str) -> None:
-    resp = await client.get(path)
+@shared
+async def test_missing_token(server: TestClient, path: str) -> None:
+    resp = await server.get(path)
     await assert_error(resp, 401, "M_MISSING_TOKEN")
 
 
 @pytest.mark.parametrize("path", AUTHED_GETS)
-async def test_unknown_token(client: TestClient, path: str) -> None:
+@shared
+async def test_unknown_token(server: TestClient, path: str) -> None:
     for token in ("garbage", "kta_" + "A" * 43, "x" * 2000, "ktr_refresh_not_access", "%00",
                   "'; DROP TABLE access_tokens; --"):
-        resp = await client.get(path, headers=bearer(token))
+        resp = await server.get(path, headers=bearer(token))
         body = await assert_error(resp, 401, "M_UNKNOWN_TOKEN")
         assert body.get("soft_logout", False) is False
 
@@ -355,45 +391,50 @@ async def test_unknown_token(client: TestClient, path: str) -> None:
     "abc",
     "",
 ])
-async def test_malformed_authorization_header(client: TestClient, header: str) -> None:
-    await register_user(client, "alice")
-    resp = await client.get(f"{V3}/account/whoami", headers={"Authorization": header})
+@shared
+async def test_malformed_authorization_header(server: TestClient, header: str) -> None:
+    await register_someone(server)
+    resp = await server.get(f"{V3}/account/whoami", headers={"Authorization": header})
     await assert_error(resp, 401, "M_MISSING_TOKEN")
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
-async def test_bearer_scheme_is_case_insensitive(client: TestClient, scheme: str) -> None:
-    token = (await register_user(client, "alice"))["access_token"]
-    resp = await client.get(f"{V3}/account/whoami", headers={"Authorization": f"{scheme} {token}"})
+@shared
+async def test_bearer_scheme_is_case_insensitive(server: TestClient, scheme: str) -> None:
+    token = (await register_someone(server))["access_token"]
+    resp = await server.get(f"{V3}/account/whoami", headers={"Authorization": f"{scheme} {token}"})
     assert resp.status == 200, await resp.text()
 
 
-async def test_logged_out_token_is_unknown(client: TestClient) -> None:
-    token = (await register_user(client, "alice"))["access_token"]
-    assert (await client.get(f"{V3}/account/whoami", headers=bearer(token))).status == 200
-    resp = await client.post(f"{V3}/logout", headers=bearer(token))
+@shared
+async def test_logged_out_token_is_unknown(server: TestClient) -> None:
+    token = (await register_someone(server))["access_token"]
+    assert (await server.get(f"{V3}/account/whoami", headers=bearer(token))).status == 200
+    resp = await server.post(f"{V3}/logout", headers=bearer(token))
     assert resp.status == 200
     for path in AUTHED_GETS:
-        resp = await client.get(path, headers=bearer(token))
+        resp = await server.get(path, headers=bearer(token))
         body = await assert_error(resp, 401, "M_UNKNOWN_TOKEN")
         assert body.get("soft_logout", False) is False
 
 
-async def test_access_token_query_parameter(client: TestClient) -> None:
-    registered = await register_user(client, "alice")
-    resp = await client.get(f"{V3}/account/whoami",
+@shared
+async def test_access_token_query_parameter(server: TestClient) -> None:
+    registered = await register_someone(server)
+    resp = await server.get(f"{V3}/account/whoami",
                             params={"access_token": registered["access_token"]})
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["user_id"] == registered["user_id"]
 
-    resp = await client.get(f"{V3}/account/whoami", params={"access_token": "garbage"})
+    resp = await server.get(f"{V3}/account/whoami", params={"access_token": "garbage"})
     await assert_error(resp, 401, "M_UNKNOWN_TOKEN")
-    resp = await client.get(f"{V3}/account/whoami", params={"access_token": ""})
+    resp = await server.get(f"{V3}/account/whoami", params={"access_token": ""})
     await assert_error(resp, 401, "M_MISSING_TOKEN")
 
 
-async def test_token_is_checked_before_the_body(client: TestClient) -> None:
-    resp = await client.post(f"{V3}/account/password", data=b"{")
+@shared
+async def test_token_is_checked_before_the_body(server: TestClient) -> None:
+    resp = await server.post(f"{V3}/account/password", data=b"{")
     await assert_error(resp, 401, "M_MISSING_TOKEN")
 
 
@@ -453,8 +494,9 @@ def assert_cors_preflight_headers(headers: Any) -> None:
     "/totally/unknown",
     "/",
 ])
-async def test_options_preflight(client: TestClient, path: str) -> None:
-    resp = await client.options(path, headers={
+@shared
+async def test_options_preflight(server: TestClient, path: str) -> None:
+    resp = await server.options(path, headers={
         "Origin": "https://app.example.org",
         "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "authorization, content-type",
@@ -463,8 +505,9 @@ async def test_options_preflight(client: TestClient, path: str) -> None:
     assert_cors_preflight_headers(resp.headers)
 
 
-async def test_cors_on_success(client: TestClient) -> None:
-    resp = await client.get("/_matrix/client/versions", headers={"Origin": "https://x.example"})
+@shared
+async def test_cors_on_success(server: TestClient) -> None:
+    resp = await server.get("/_matrix/client/versions", headers={"Origin": "https://x.example"})
     assert resp.status == 200
     assert_cors_preflight_headers(resp.headers)
 
@@ -477,9 +520,10 @@ async def test_cors_on_success(client: TestClient) -> None:
     ("POST", f"{V3}/login", b"[]", 400),
     ("POST", f"{V3}/login", json.dumps(login_body("nobody")).encode(), 403),
 ])
-async def test_cors_on_errors(client: TestClient, method: str, path: str, data: bytes | None,
+@shared
+async def test_cors_on_errors(server: TestClient, method: str, path: str, data: bytes | None,
                               status: int) -> None:
-    resp = await client.request(method, path, data=data, headers={"Origin": "https://x.example"})
+    resp = await server.request(method, path, data=data, headers={"Origin": "https://x.example"})
     assert resp.status == status
     assert_cors_preflight_headers(resp.headers)
 
@@ -614,7 +658,8 @@ async def test_rate_limits_disabled_by_config(client: TestClient) -> None:
         await assert_error(resp, 403, "M_FORBIDDEN")
 
 
-async def test_float_overflowing_to_infinity_is_not_json(client) -> None:
-    resp = await client.post("/_matrix/client/v3/login", data='{"type": 1e999}')
+@shared
+async def test_float_overflowing_to_infinity_is_not_json(server: TestClient) -> None:
+    resp = await server.post("/_matrix/client/v3/login", data='{"type": 1e999}')
     assert resp.status == 400
     assert (await resp.json())["errcode"] == "M_NOT_JSON"

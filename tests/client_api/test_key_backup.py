@@ -1,16 +1,24 @@
 """Server-side key backup over real HTTP, on SQLite and on PostgreSQL: /room_keys/version and
 /room_keys/keys at all three levels (``homeserver/services/key_backup.py``), answers checked
-against the spec's OpenAPI definitions."""
+against the spec's OpenAPI definitions.
+
+A backup is its user's own (versions, etags and counts are counted per user), so the tests
+share one server per backend (``env``) and each has users of its own (``alice``, ``fresh_user``),
+whose backups start empty as on a fresh server."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
 from homeserver.services.container import Services
-from tests.helpers.harness import harness_services
+from tests.helpers.harness import served
 from tests.helpers.room_api import User, api, assert_error, new_user
 from tests.helpers.spec import assert_matches_spec
 
@@ -20,13 +28,47 @@ OTHER_ROOM = "!other:test.local"
 MAX_BODY = 300_000
 
 
+# Every test runs on the module's shared server (``env``), in the module's event loop.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@dataclass
+class Env:
+    client: TestClient
+    services: Services
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
+async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> AsyncIterator[Env]:
+    """One server per backend, shared by all the tests."""
+    kind = request.param
+    async with served(kind, tmp_path_factory.mktemp(f"key-backup-{kind}"),
+                      {"http": {"max_request_body_bytes": MAX_BODY}}) as (services, client):
+        yield Env(client, services)
+
+
 @pytest.fixture
-def config_overrides() -> dict[str, Any]:
-    return {"http": {"max_request_body_bytes": MAX_BODY}}
+def client(env: Env) -> TestClient:
+    return env.client
 
 
-services = harness_services
+@pytest.fixture
+def services(env: Env) -> Services:
+    return env.services
 
+
+_numbers = itertools.count()
+
+
+async def fresh_user(client: TestClient, name: str) -> User:
+    """A user no other test has: a backup of nothing yet."""
+    return await new_user(client, f"{name}{next(_numbers)}")
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def alice(client: TestClient) -> User:
+    return await fresh_user(client, "alice")
 
 
 def auth_data(public_key: str = "abcdefg") -> dict[str, Any]:
@@ -288,7 +330,7 @@ async def test_deleting_a_version_deletes_its_keys(client: TestClient, alice: Us
 
 
 async def test_two_users_backups_are_their_own(client: TestClient, alice: User) -> None:
-    bob = await new_user(client, "bob")
+    bob = await fresh_user(client, "bob")
     assert await create(client, alice, "alice's") == "1"
     assert await create(client, bob, "bob's") == "1"
     await put(client, alice, "1", f"/{ROOM}/s", key(data="alice"))

@@ -1,23 +1,31 @@
 """Reporting events and rooms (``POST /rooms/{roomId}/report[/{eventId}]``) and the admin API
 listing the reports (Synapse's ``/_synapse/admin/v1/event_reports``), on SQLite and
-PostgreSQL."""
+PostgreSQL.
+
+The refusals share one server, an admin and alice per backend (``env``): none of them reads
+what another left (the reports they refuse are never made). The tests that make or count
+reports have a fresh server each (``client``)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
 from tests.client_api.test_admin import admin_token
 from tests.conftest import bearer
-from tests.helpers.harness import harness_services
+from tests.helpers.harness import harness_services, served
 from tests.helpers.room_api import (
     User,
     api,
     assert_error,
     create_room,
     join,
+    new_user,
     put_state,
     send_text,
     txn,
@@ -26,9 +34,26 @@ from tests.helpers.room_api import (
 ADMIN = "/_synapse/admin/v1"
 
 
-services = harness_services
+services = harness_services  # of the fresh server of ``client`` (once per test)
+
+# The tests on the module's shared server (``env``) run in the module's event loop.
+shared = pytest.mark.asyncio(loop_scope="module")
 
 
+@dataclass
+class Env:
+    client: TestClient
+    admin: str
+    alice: User
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
+async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+              ) -> AsyncIterator[Env]:
+    """One server per backend with an admin and alice, shared by the refusals."""
+    kind = request.param
+    async with served(kind, tmp_path_factory.mktemp(f"reports-{kind}")) as (_, client):
+        yield Env(client, await admin_token(client), await new_user(client, "alice"))
 
 
 async def admin_get(client: TestClient, token: str, path: str, **query: str
@@ -120,20 +145,24 @@ async def test_paging_and_filters(client: TestClient, alice: User, bob: User) ->
 
 @pytest.mark.parametrize("query", [{"from": "-1"}, {"from": "x"}, {"limit": "-5"},
                                    {"dir": "up"}])
-async def test_admin_bad_query(client: TestClient, query: dict[str, str]) -> None:
-    token = await admin_token(client)
+@shared
+async def test_admin_bad_query(env: Env, query: dict[str, str]) -> None:
+    client, token = env.client, env.admin
     status, body = await admin_get(client, token, "/event_reports", **query)
     assert_error(status, body, 400, "M_INVALID_PARAM")
 
 
 @pytest.mark.parametrize("report_id", ["abc", "-1", "99999999999999999999"])
-async def test_admin_bad_report_id(client: TestClient, report_id: str) -> None:
-    token = await admin_token(client)
+@shared
+async def test_admin_bad_report_id(env: Env, report_id: str) -> None:
+    client, token = env.client, env.admin
     status, body = await admin_get(client, token, f"/event_reports/{report_id}")
     assert_error(status, body, 400, "M_INVALID_PARAM")
 
 
-async def test_admin_only(client: TestClient, alice: User) -> None:
+@shared
+async def test_admin_only(env: Env) -> None:
+    client, alice = env.client, env.alice
     for method, path in (("GET", "/event_reports"), ("GET", "/event_reports/1"),
                          ("DELETE", "/event_reports/1"), ("GET", "/room_reports")):
         resp = await client.request(method, ADMIN + path, headers=bearer(alice.token))
@@ -184,22 +213,27 @@ async def test_unknown_or_invisible_events_are_404(client: TestClient, alice: Us
     ({"reason": "x" * 70000}, "M_BAD_JSON"),
     (["reason"], "M_BAD_JSON"),
 ])
-async def test_bad_event_report_bodies(client: TestClient, alice: User, body: Any,
-                                       errcode: str) -> None:
+@shared
+async def test_bad_event_report_bodies(env: Env, body: Any, errcode: str) -> None:
+    client, alice = env.client, env.alice
     room_id = await create_room(client, alice)
     event_id = await send_text(client, alice, room_id, "x")
     status, answer = await report(client, alice, room_id, event_id, body)
     assert_error(status, answer, 400, errcode)
 
 
-async def test_bad_ids(client: TestClient, alice: User) -> None:
+@shared
+async def test_bad_ids(env: Env) -> None:
+    client, alice = env.client, env.alice
     status, body = await report(client, alice, "not-a-room", "$x", {})
     assert status == 400 and body["errcode"] in ("M_INVALID_PARAM", "M_BAD_JSON"), body
     status, body = await api(client, "POST", "/rooms/not-a-room/report", alice, {"reason": ""})
     assert status == 400 and body["errcode"] in ("M_INVALID_PARAM", "M_BAD_JSON"), body
 
 
-async def test_report_needs_auth(client: TestClient, alice: User) -> None:
+@shared
+async def test_report_needs_auth(env: Env) -> None:
+    client, alice = env.client, env.alice
     room_id = await create_room(client, alice)
     event_id = await send_text(client, alice, room_id, "x")
     status, body = await report(client, None, room_id, event_id, {})  # type: ignore[arg-type]

@@ -34,7 +34,7 @@ from tests.client_api.test_sync import (
     timeline_bodies,
     timeline_ids,
 )
-from tests.conftest import PostgresSchema, make_config, postgres_url
+from tests.conftest import PostgresSchema, make_config, postgres_url, test_hasher
 from tests.helpers.room_api import (
     User,
     api,
@@ -60,9 +60,9 @@ def config_overrides() -> dict[str, Any]:
 async def services(request: pytest.FixtureRequest, tmp_path: Path,
                    config_overrides: dict[str, Any]) -> AsyncIterator[Services]:
     """The server of these tests (and so the ``client``), once on SQLite and once on a
-    throwaway PostgreSQL schema."""
+    throwaway PostgreSQL schema; passwords hashed at the tests' cost (``test_hasher``)."""
     if request.param == "sqlite":
-        built = build_services(make_config(tmp_path, **config_overrides))
+        built = build_services(make_config(tmp_path, **config_overrides), hasher=test_hasher())
         schema = None
     else:
         url = postgres_url()
@@ -70,7 +70,8 @@ async def services(request: pytest.FixtureRequest, tmp_path: Path,
         schema = PostgresSchema(url)
         await schema.create()
         config = make_config(tmp_path, **{**config_overrides, "database": {"url": url}})
-        built = build_services(config, db=Database(url, postgres_search_path=schema.name))
+        built = build_services(config, db=Database(url, postgres_search_path=schema.name),
+                               hasher=test_hasher())
     try:
         await built.start()
         try:
