@@ -203,6 +203,68 @@ class FedBenchServer:
         self._log.close()
 
 
+class InboundWorkerBenchServer(FedBenchServer):
+    """A ``ktchat`` main process with a ``federation_inbound`` worker (PostgreSQL and Redis,
+    ``KTCHAT_TEST_REDIS_URL``): the port in the server name is the worker's, so everything
+    other servers send arrives there; the main process's federation listener moves to a port
+    of its own (the worker relays joins to it). CPU and memory count both processes."""
+
+    worker: subprocess.Popen[bytes] | None = None
+
+    def _configure(self, database_url: str | None) -> list[str]:
+        if not database_url:
+            raise SystemExit("a federation_inbound worker needs --backend postgres")
+        command = super()._configure(database_url)
+        config_path = self.dir / "homeserver.yaml"
+        config = yaml.safe_load(config_path.read_text())
+        self.main_federation_port = free_port()
+        for listener in config["listeners"]:
+            if "federation" in listener["resources"]:
+                listener["port"] = self.main_federation_port
+        config["listeners"].append({"port": free_port(), "bind": "127.0.0.1",
+                                    "resources": ["replication"]})
+        config["redis"] = {"url": os.environ.get("KTCHAT_TEST_REDIS_URL",
+                                                 "redis://127.0.0.1:6379/0")}
+        config["workers"] = {"inbound": {"roles": ["federation_inbound"], "listeners": [
+            {"port": self.federation_port, "tls": True, "resources": ["federation"]}]}}
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self._worker_command = [*command, "--worker", "inbound"]
+        return command
+
+    def _wait_ready(self, deadline: float) -> None:
+        self._wait_for_port(self.client_port, deadline)
+        self._wait_for_port(self.main_federation_port, deadline)
+        self.worker = subprocess.Popen(
+            self._worker_command, cwd=self._cwd(), stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self._wait_for_port(self.federation_port, deadline)
+
+    def cpu_split(self) -> tuple[float, float]:
+        user, system = super().cpu_split()
+        if self.worker is None:
+            return user, system
+        try:
+            fields = Path(f"/proc/{self.worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return user, system
+        tick = os.sysconf("SC_CLK_TCK")
+        return user + int(fields[11]) / tick, system + int(fields[12]) / tick
+
+    def terminate(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+        super().terminate()
+
+    def stop(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            try:
+                self.worker.wait(20)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+        super().stop()
+
+
 SYNAPSE_PYTHON = Path(os.environ.get("KTCHAT_TEST_SYNAPSE_PYTHON")
                       or REPO / ".venv-synapse" / "bin" / "python")
 # Every rate limit Synapse has, far out of reach of the bench.

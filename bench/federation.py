@@ -29,6 +29,10 @@ backoff shortened as for KT-Chat; its figures give ``synapse_version``.
                                [--rooms 1] [--concurrency 16] [--seconds 300]
                                [--backend sqlite|postgres]
                                [--implementations ktchat|synapse|ktchat,synapse]
+                               [--b-inbound-worker]
+
+``--b-inbound-worker`` (KT-Chat, PostgreSQL): B receives through a ``federation_inbound``
+worker, which checks each transaction and hands it to B's main process (the hop's cost).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from _servers import (
     Client,
     Collector,
     FedBenchServer,
+    InboundWorkerBenchServer,
     SynapseBenchServer,
     ThrowawayPostgres,
     q,
@@ -197,6 +202,11 @@ async def _run(implementation: str, args: argparse.Namespace) -> dict[str, Any]:
     ok = False
     try:
         for label, database in itertools.zip_longest(("a", "b"), databases):
+            if label == "b" and args.b_inbound_worker:
+                servers.append(InboundWorkerBenchServer(
+                    root, label, database.url if database else None,
+                    start_timeout=max(1.0, min(90.0, deadline - time.monotonic()))))
+                continue
             servers.append(server_class(
                 root, label, database.url if database else None,
                 start_timeout=max(1.0, min(90.0, deadline - time.monotonic()))))
@@ -265,6 +275,9 @@ async def main() -> None:
                              "synapse (from .venv-synapse, or $KTCHAT_TEST_SYNAPSE_PYTHON), "
                              "or both (ktchat,synapse), which also prints the ratios")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
+    parser.add_argument("--b-inbound-worker", action="store_true",
+                        help="B receives through a federation_inbound worker (needs --backend "
+                             "postgres and Redis at KTCHAT_TEST_REDIS_URL)")
     args = parser.parse_args()
     args.senders, args.rooms = max(1, args.senders), max(1, args.rooms)
     args.concurrency = max(1, args.concurrency)
@@ -277,6 +290,7 @@ async def main() -> None:
     results = {i: await _run(i, args) for i in implementations}
     figures: dict[str, Any] = {
         "bench": "federation", "database": args.backend, "senders": args.senders,
+        "b_inbound_worker": args.b_inbound_worker,
         "rooms": args.rooms, "concurrency": args.concurrency, "messages": args.messages,
         **results}
     if "ktchat" in results and "synapse" in results:
