@@ -228,7 +228,10 @@ class InboundWorkerBenchServer(FedBenchServer):
         config["workers"] = {"inbound": {"roles": ["federation_inbound"], "listeners": [
             {"port": self.federation_port, "tls": True, "resources": ["federation"]}]}}
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self._worker_command = [*command, "--worker", "inbound"]
+        # (under KTCHAT_BENCH_PROFILE the worker's profile is a file of its own)
+        self._worker_command = [f"{arg[:-len('.prof')]}-worker.prof"
+                                if arg.endswith(".prof") else arg for arg in command]
+        self._worker_command += ["--worker", "inbound"]
         return command
 
     def _wait_ready(self, deadline: float) -> None:
@@ -239,16 +242,21 @@ class InboundWorkerBenchServer(FedBenchServer):
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self._wait_for_port(self.federation_port, deadline)
 
-    def cpu_split(self) -> tuple[float, float]:
-        user, system = super().cpu_split()
+    def worker_cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the worker so far."""
         if self.worker is None:
-            return user, system
+            return 0.0, 0.0
         try:
             fields = Path(f"/proc/{self.worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            return user, system
+            return 0.0, 0.0
         tick = os.sysconf("SC_CLK_TCK")
-        return user + int(fields[11]) / tick, system + int(fields[12]) / tick
+        return int(fields[11]) / tick, int(fields[12]) / tick
+
+    def cpu_split(self) -> tuple[float, float]:
+        user, system = super().cpu_split()
+        worker_user, worker_system = self.worker_cpu_split()
+        return user + worker_user, system + worker_system
 
     def terminate(self) -> None:
         if self.worker is not None and self.worker.poll() is None:

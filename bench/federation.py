@@ -236,6 +236,8 @@ async def _run(implementation: str, args: argparse.Namespace) -> dict[str, Any]:
             "receiver_sync_errors": collector.errors,
             "server_a_peak_rss_mib": a.peak_rss_mib(), "server_b_peak_rss_mib": b.peak_rss_mib(),
             "server_a_cpu_seconds": a.cpu_seconds(), "server_b_cpu_seconds": b.cpu_seconds(),
+            **({"server_b_worker_cpu_seconds": round(sum(b.worker_cpu_split()), 2)}
+               if isinstance(b, InboundWorkerBenchServer) else {}),
             "elapsed_seconds": round(time.monotonic() - started, 1),
         }
         ok = True
