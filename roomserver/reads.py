@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from cachetools import LRUCache
+
 from core.errors import NotFound
 from core.events.model import Event
 from core.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
@@ -20,12 +22,22 @@ from roomserver.writer import Writer
 from storage.delta_map import as_dict
 from storage.stores.events import StoredEvent
 
+# Rooms whose version is remembered apart from their snapshots.
+_VERSIONS_KEPT = 100_000
+
 
 class RoomReads:
     def __init__(self, writer: Writer, received: ReceivedEvents) -> None:
         self._writer = writer
         self._store = writer.store
         self._received = received
+        # A room's version never changes: remembered once read, however often the room's
+        # snapshot is forgotten (a worker forgets it at every commit it follows).
+        self._versions: LRUCache[str, RoomVersion] = LRUCache(_VERSIONS_KEPT)
+
+    def forget_room(self, room_id: str) -> None:
+        """The room was removed here or elsewhere."""
+        self._versions.pop(room_id, None)
 
     async def get_events(self, event_ids: list[str]) -> dict[str, Event]:
         return await self._store.get_events(event_ids)
@@ -47,8 +59,14 @@ class RoomReads:
         snapshot = self._writer.cached_snapshot(room_id)
         if snapshot is not None:
             return snapshot.room_version
+        version = self._versions.get(room_id)
+        if version is not None:
+            return version
         info = await self._store.db.events.room_info(room_id)
-        return KNOWN_ROOM_VERSIONS.get(info[0]) if info is not None else None
+        version = KNOWN_ROOM_VERSIONS.get(info[0]) if info is not None else None
+        if version is not None:
+            self._versions[room_id] = version
+        return version
 
     async def room_head(self, room_id: str) -> RoomHead | None:
         """A copy of the room's current state and head (for templates and answers)."""

@@ -111,6 +111,7 @@ class RoomServer:
         await self._received.receive(event)
 
     async def remove_room(self, room_id: str, delete: Callable[[], Awaitable[T]]) -> T:
+        self._reads.forget_room(room_id)
         return await self._writer.remove_room(room_id, delete)
 
     # -- EventErasure -----------------------------------------------------------------------
@@ -130,6 +131,7 @@ class RoomServer:
         self._store.forget_events(event_ids)
         self._store.db.events.forget_cached(event_ids)
         self._writer.forget_rooms({room_id})
+        self._reads.forget_room(room_id)
 
     # -- RemoteEventWriter ------------------------------------------------------------------
 
