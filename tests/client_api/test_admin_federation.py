@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,10 @@ from aiohttp.test_utils import TestClient
 from homeserver.services.container import Services
 from storage.stores.federation import Backoff
 from tests.client_api.test_admin import admin_token
-from tests.client_api.test_admin_users import call
+from tests.client_api.test_admin_users import Env, admin_env, call
 from tests.federation.conftest import FedServers
 from tests.helpers.federation import FedServer, User
-from tests.helpers.harness import harness_services, served
-from tests.helpers.room_api import User as LocalUser
-from tests.helpers.room_api import new_user
+from tests.helpers.harness import SharedServer, harness_services, shared_server
 
 services = harness_services  # of the fresh server of ``client`` (once per test)
 
@@ -43,22 +40,14 @@ async def admin(client: TestClient) -> str:
     return await admin_token(client)
 
 
-@dataclass
-class Env:
-    client: TestClient
-    admin: str
-    alice: LocalUser
+server = shared_server("admin-federation")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
-async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-              ) -> AsyncIterator[Env]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(server: SharedServer) -> Env:
     """One server per backend with an admin and alice, shared by the tests that store
     nothing."""
-    kind = request.param
-    async with served(kind, tmp_path_factory.mktemp(f"admin-federation-{kind}")) as (_,
-                                                                                    client):
-        yield Env(client, await admin_token(client), await new_user(client, "alice"))
+    return await admin_env(server)
 
 
 async def backing_off(services: Services) -> None:

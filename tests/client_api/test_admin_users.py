@@ -7,7 +7,6 @@ nothing. The tests that create, change or count users have a fresh server each (
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.client_api.test_admin import admin_token
 from tests.conftest import SERVER_NAME, bearer
-from tests.helpers.harness import harness_services, served
+from tests.helpers.harness import SharedServer, harness_services, shared_server
 from tests.helpers.room_api import User, api, create_room, join, new_user
 
 services = harness_services  # of the fresh server of ``client`` (once per test)
@@ -71,14 +70,20 @@ class Env:
     alice: User
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
-async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-              ) -> AsyncIterator[Env]:
+async def admin_env(server: SharedServer) -> Env:
+    """An admin and alice on a module's shared server (``shared_server``)."""
+    client = server[1]
+    return Env(client, await admin_token(client), await new_user(client, "alice"))
+
+
+server = shared_server("admin-users")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(server: SharedServer) -> Env:
     """One server per backend with an admin and alice, shared by the tests that store
     nothing."""
-    kind = request.param
-    async with served(kind, tmp_path_factory.mktemp(f"admin-users-{kind}")) as (_, client):
-        yield Env(client, await admin_token(client), await new_user(client, "alice"))
+    return await admin_env(server)
 
 
 @shared

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +27,7 @@ from tests.client_api import test_sync_fanout
 from tests.client_api.test_account import PASSWORD
 from tests.client_api.test_sync import sync
 from tests.client_api.test_to_device import device
-from tests.helpers.harness import served
+from tests.helpers.harness import SharedServer, shared_server
 from tests.helpers.room_api import (
     User,
     api,
@@ -59,14 +58,14 @@ class Env:
     alice: User
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
-async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-              ) -> AsyncIterator[Env]:
+server = shared_server("e2e-keys", overrides={"presence": {"enabled": False}})
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(server: SharedServer) -> Env:
     """One server per backend and alice on it, shared by the refusals."""
-    kind = request.param
-    async with served(kind, tmp_path_factory.mktemp(f"e2e-keys-{kind}"),
-                      {"presence": {"enabled": False}}) as (_, client):
-        yield Env(client, await new_user(client, "alice"))
+    client = server[1]
+    return Env(client, await new_user(client, "alice"))
 
 
 # -- helpers ----------------------------------------------------------------------------------

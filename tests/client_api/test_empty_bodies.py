@@ -13,7 +13,6 @@ its own (``place``), so what one request changes (a join, a leave, a logout) is 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -23,7 +22,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import bearer
-from tests.helpers.harness import served
+from tests.helpers.harness import SharedServer, shared_server
 from tests.helpers.room_api import User, api, create_room, join, new_user, room_state, send_text
 
 V3 = "/_matrix/client/v3"
@@ -88,16 +87,13 @@ TABLE: list[tuple[str, str, int, str | None]] = [
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TestClient]:
-    """One server (SQLite) for the module."""
-    async with served("sqlite", tmp_path_factory.mktemp("empty-bodies")) as (_, client):
-        yield client
+# One server (SQLite) for the module.
+server = shared_server("empty-bodies", kinds=("sqlite",))
 
 
 @pytest.fixture
-def client(server: TestClient) -> TestClient:
-    return server
+def client(server: SharedServer) -> TestClient:
+    return server[1]
 
 
 _numbers = itertools.count()

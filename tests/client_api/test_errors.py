@@ -14,14 +14,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core.errors import Forbidden
 from homeserver.http.middleware import add_cors_headers, cors_middleware, error_middleware
 from tests.conftest import bearer, register_user
-from tests.helpers.harness import served
+from tests.helpers.harness import SharedServer, shared_server
 from tests.helpers.spec import assert_matches_spec
 
 V3 = "/_matrix/client/v3"
@@ -63,10 +62,12 @@ def login_body(user: str = "alice", password: str = PASSWORD, **extra: Any) -> d
 shared = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TestClient]:
-    async with served("sqlite", tmp_path_factory.mktemp("errors")) as (_, client):
-        yield client
+shared_errors_server = shared_server("errors", kinds=("sqlite",))
+
+
+@pytest.fixture(scope="module")
+def server(shared_errors_server: SharedServer) -> TestClient:
+    return shared_errors_server[1]
 
 
 _numbers = itertools.count()

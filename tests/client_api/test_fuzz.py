@@ -17,7 +17,6 @@ import json
 import os
 import random
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,9 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from homeserver.services.container import Services
 from tests.conftest import SERVER_NAME, bearer, register_user
-from tests.helpers.harness import served
+from tests.helpers.harness import SharedServer, shared_server
 from tests.helpers.openapi_fuzz import (
     GeneratedRequest,
     Known,
@@ -42,16 +40,12 @@ from tests.helpers.spec import assert_matches_operation, request_properties
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def server(tmp_path_factory: pytest.TempPathFactory
-                 ) -> AsyncIterator[tuple[Services, TestClient]]:
-    """The module's server (SQLite, as the ``services`` fixture) and its client."""
-    async with served("sqlite", tmp_path_factory.mktemp("fuzz")) as s:
-        yield s
+# The module's server (SQLite, as the ``services`` fixture).
+server = shared_server("fuzz", kinds=("sqlite",))
 
 
 @pytest.fixture(scope="module")
-def client(server: tuple[Services, TestClient]) -> TestClient:
+def client(server: SharedServer) -> TestClient:
     return server[1]
 
 

@@ -20,7 +20,6 @@ others read (a lone surrogate in an account's data) has a user of its own.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -34,7 +33,7 @@ from homeserver.services.container import Services
 from storage.schema import events as events_table
 from storage.schema import rooms as rooms_table
 from tests.conftest import bearer
-from tests.helpers.harness import served
+from tests.helpers.harness import SharedServer, shared_server
 from tests.helpers.room_api import (
     V3,
     User,
@@ -51,22 +50,17 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 MAX_INT = 2**53 - 1
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
-async def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                 ) -> AsyncIterator[tuple[Services, TestClient]]:
-    """The module's server, once on SQLite and once on PostgreSQL, and its client."""
-    async with served(request.param,
-                      tmp_path_factory.mktemp(f"hostile_json_{request.param}")) as s:
-        yield s
+# The module's server, once on SQLite and once on PostgreSQL.
+server = shared_server("hostile_json")
 
 
 @pytest.fixture(scope="module")
-def services(server: tuple[Services, TestClient]) -> Services:
+def services(server: SharedServer) -> Services:
     return server[0]
 
 
 @pytest.fixture(scope="module")
-def client(server: tuple[Services, TestClient]) -> TestClient:
+def client(server: SharedServer) -> TestClient:
     return server[1]
 
 

@@ -20,7 +20,6 @@ that store something have a fresh server and world each (``client`` and ``world`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -33,7 +32,7 @@ from aiohttp.test_utils import TestClient
 from homeserver.services.container import Services
 from storage import schema
 from tests.conftest import SERVER_NAME, bearer
-from tests.helpers.harness import harness_services, served
+from tests.helpers.harness import SharedServer, harness_services, shared_server
 from tests.helpers.room_api import V3, User, api, create_room, join, new_user, send_text
 
 # Lengths in bytes of the over-long identifiers: just over the limit, and two the issue tried.
@@ -81,14 +80,14 @@ class Env:
     world: World
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
-async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-              ) -> AsyncIterator[Env]:
+server = shared_server("identifiers")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(server: SharedServer) -> Env:
     """One server and one world per backend, shared by the refusals."""
-    kind = request.param
-    async with served(kind, tmp_path_factory.mktemp(f"identifiers-{kind}")) as (services,
-                                                                               client):
-        yield Env(client, services, await build_world(client))
+    services, client = server
+    return Env(client, services, await build_world(client))
 
 
 # Tables a refused identifier could have landed in.

@@ -9,7 +9,6 @@ whose backups start empty as on a fresh server."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
 from homeserver.services.container import Services
-from tests.helpers.harness import served
+from tests.helpers.harness import SharedServer, shared_server
 from tests.helpers.room_api import User, api, assert_error, new_user
 from tests.helpers.spec import assert_matches_spec
 
@@ -38,14 +37,14 @@ class Env:
     services: Services
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
-async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-              ) -> AsyncIterator[Env]:
-    """One server per backend, shared by all the tests."""
-    kind = request.param
-    async with served(kind, tmp_path_factory.mktemp(f"key-backup-{kind}"),
-                      {"http": {"max_request_body_bytes": MAX_BODY}}) as (services, client):
-        yield Env(client, services)
+# One server per backend, shared by all the tests.
+server = shared_server("key-backup", overrides={"http": {"max_request_body_bytes": MAX_BODY}})
+
+
+@pytest.fixture(scope="module")
+def env(server: SharedServer) -> Env:
+    services, client = server
+    return Env(client, services)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ stores something has a fresh server and world (``client`` and ``world``).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -23,7 +22,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import bearer
-from tests.helpers.harness import harness_services, served
+from tests.helpers.harness import SharedServer, harness_services, shared_server
 from tests.helpers.room_api import (
     V3,
     User,
@@ -90,13 +89,14 @@ class Env:
     world: World
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
-async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-              ) -> AsyncIterator[Env]:
+server = shared_server("nul")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(server: SharedServer) -> Env:
     """One server and one world per backend, shared by the refusals."""
-    kind = request.param
-    async with served(kind, tmp_path_factory.mktemp(f"nul-{kind}")) as (_, client):
-        yield Env(client, await build_world(client))
+    client = server[1]
+    return Env(client, await build_world(client))
 
 
 async def _get(client: TestClient, user: User, path: str, **query: str) -> Any:

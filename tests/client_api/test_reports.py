@@ -8,8 +8,6 @@ reports have a fresh server each (``client``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -17,15 +15,15 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
 from tests.client_api.test_admin import admin_token
+from tests.client_api.test_admin_users import Env, admin_env
 from tests.conftest import bearer
-from tests.helpers.harness import harness_services, served
+from tests.helpers.harness import SharedServer, harness_services, shared_server
 from tests.helpers.room_api import (
     User,
     api,
     assert_error,
     create_room,
     join,
-    new_user,
     put_state,
     send_text,
     txn,
@@ -40,20 +38,13 @@ services = harness_services  # of the fresh server of ``client`` (once per test)
 shared = pytest.mark.asyncio(loop_scope="module")
 
 
-@dataclass
-class Env:
-    client: TestClient
-    admin: str
-    alice: User
+server = shared_server("reports")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "postgres"])
-async def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-              ) -> AsyncIterator[Env]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(server: SharedServer) -> Env:
     """One server per backend with an admin and alice, shared by the refusals."""
-    kind = request.param
-    async with served(kind, tmp_path_factory.mktemp(f"reports-{kind}")) as (_, client):
-        yield Env(client, await admin_token(client), await new_user(client, "alice"))
+    return await admin_env(server)
 
 
 async def admin_get(client: TestClient, token: str, path: str, **query: str

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from homeserver.app import build_app
@@ -96,3 +97,23 @@ async def served(kind: str, tmp_path: Path, overrides: dict[str, Any] | None = N
             await client.close()
     finally:
         await h.teardown()
+
+
+SharedServer = tuple[Services, TestClient]
+
+
+def shared_server(name: str, *, kinds: tuple[str, ...] = ("sqlite", "postgres"),
+                  overrides: dict[str, Any] | None = None) -> Any:
+    """A module-scoped fixture yielding ``served``'s (services, client), once per backend of
+    ``kinds``: a module says ``server = shared_server("name")`` and its tests (run in the
+    module's event loop) share it."""
+
+    @pytest_asyncio.fixture(scope="module", loop_scope="module",
+                            params=list(kinds) if len(kinds) > 1 else None)
+    async def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                     ) -> AsyncIterator[SharedServer]:
+        kind = getattr(request, "param", kinds[0])
+        async with served(kind, tmp_path_factory.mktemp(f"{name}-{kind}"), overrides) as s:
+            yield s
+
+    return server
