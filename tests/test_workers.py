@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -25,7 +24,7 @@ import yaml
 
 from tests.conftest import postgres_url
 from tests.helpers.federation import PostgresDatabase
-from tests.helpers.processes import ServerProcess, free_port, ktchat, wait_for_port
+from tests.helpers.processes import ServerProcess, free_port, ktchat, proxy_binary, wait_for_port
 
 PASSWORD = "a long enough password"
 REDIS_ENV = "KTCHAT_TEST_REDIS_URL"
@@ -363,11 +362,7 @@ async def test_what_one_worker_writes_reaches_syncs_on_the_other(cluster: Cluste
 
 def start_proxy(kind: str, cluster: Cluster, root: Path, port: int) -> subprocess.Popen[bytes]:
     """nginx or HAProxy (Debian's), on loopback, with what ``ktchat proxy-config`` prints."""
-    binary = shutil.which(kind, path="/usr/sbin:/usr/bin:/sbin:/bin")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{kind} is not installed (.ci/run installs it)")
-        pytest.skip(f"{kind} is not installed")
+    binary = proxy_binary(kind)
     generated = ktchat("proxy-config", "-c", str(cluster.config_path), "--proxy", kind,
                        "--listen", f"127.0.0.1:{port}").stdout
     if kind == "nginx":

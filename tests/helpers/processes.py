@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 KTCHAT = [sys.executable, "-m", "homeserver"]
 REPO = Path(__file__).resolve().parents[2]
@@ -143,3 +146,14 @@ class HarnessProcess:
             self._output.close()
             self._output = None
         return code
+
+
+def proxy_binary(kind: str) -> str:
+    """Debian's nginx or haproxy. Skipped where it is not installed (a developer's machine),
+    a failure under CI, whose set-up (``.ci/run``) installs both."""
+    binary = shutil.which(kind, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{kind} is not installed (.ci/run installs it)")
+        pytest.skip(f"{kind} is not installed")
+    return binary

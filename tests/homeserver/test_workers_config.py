@@ -3,8 +3,6 @@ one line per problem with its key's path, and the proxy configuration follows th
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from homeserver.config import ConfigError
 from homeserver.proxy_config import haproxy, nginx
 from homeserver.replication.relay import served_here
 from tests.conftest import make_config
+from tests.helpers.processes import proxy_binary
 
 PG = "postgresql+asyncpg://ktchat@127.0.0.1/ktchat"
 
@@ -207,11 +206,7 @@ def test_what_a_federation_inbound_worker_serves_itself(tmp_path: Path) -> None:
 def test_the_printed_proxy_configs_are_valid(kind: str, tmp_path: Path) -> None:
     """Every kind of worker at once, checked by the proxy itself (``nginx -t``,
     ``haproxy -c``)."""
-    binary = shutil.which(kind, path="/usr/sbin:/usr/bin:/sbin:/bin")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{kind} is not installed (.ci/run installs it)")
-        pytest.skip(f"{kind} is not installed")
+    binary = proxy_binary(kind)
     config = _good(tmp_path, listeners=[{"port": 8008, "resources": ["client"]},
                                         {"port": 8449, "resources": ["federation"]},
                                         {"port": 9093, "resources": ["replication"]}],
