@@ -51,6 +51,16 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+def cpu_of(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of process ``pid`` so far, all threads (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 class FedBenchServer:
     """A ``ktchat run`` process federating on loopback: its own data directory, a server name
     with an explicit port, TLS unchecked, rate limits off. ``SynapseBenchServer`` overrides
@@ -167,12 +177,7 @@ class FedBenchServer:
 
     def cpu_split(self) -> tuple[float, float]:
         """(user, system) CPU seconds of the process so far, all threads."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0, 0.0
-        tick = os.sysconf("SC_CLK_TCK")
-        return int(fields[11]) / tick, int(fields[12]) / tick
+        return cpu_of(self.proc.pid)
 
     async def register(self, session: aiohttp.ClientSession, username: str) -> dict[str, Any]:
         async with session.get(f"{self.base}/_synapse/admin/v1/register") as resp:
@@ -244,14 +249,7 @@ class InboundWorkerBenchServer(FedBenchServer):
 
     def worker_cpu_split(self) -> tuple[float, float]:
         """(user, system) CPU seconds of the worker so far."""
-        if self.worker is None:
-            return 0.0, 0.0
-        try:
-            fields = Path(f"/proc/{self.worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0, 0.0
-        tick = os.sysconf("SC_CLK_TCK")
-        return int(fields[11]) / tick, int(fields[12]) / tick
+        return cpu_of(self.worker.pid) if self.worker is not None else (0.0, 0.0)
 
     def cpu_split(self) -> tuple[float, float]:
         user, system = super().cpu_split()
