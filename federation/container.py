@@ -133,7 +133,8 @@ class Federation:
     async def start(self) -> None:
         await self.client.start()
         await self.sender.start()
-        self._cleanup = asyncio.create_task(self._forget_old_transactions())
+        if not self.transactions.forwards:  # (the persister keeps the answers)
+            self._cleanup = asyncio.create_task(self._forget_old_transactions())
 
     async def _forget_old_transactions(self) -> None:
         """Answers to transactions are kept a day: long enough for any retry."""

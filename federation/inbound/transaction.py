@@ -128,6 +128,11 @@ class TransactionHandler:
         # Transactions received since start-up, by outcome (metrics; see ``_count``).
         self.outcomes: dict[str, int] = dict.fromkeys(TXN_OUTCOMES, 0)
 
+    @property
+    def forwards(self) -> bool:
+        """Whether transactions go on to the persister (a federation_inbound worker)."""
+        return self._forward is not None
+
     async def forget_answers_before(self, ts: int) -> None:
         """Forget the answers to transactions received before ``ts`` (ms)."""
         await self._txns.forget_txns_before(ts)
